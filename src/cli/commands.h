@@ -1,0 +1,22 @@
+// Subcommand registry. Each subcommand lives in its own file src/cli/<name>.cpp and
+// exposes one `add_<name>_command(CLI::App&)` that declares its options (with defaults
+// shown in --help) and installs a callback that runs it. Callbacks report failure by
+// throwing medllm::UsageError (exit 2) or medllm::Error (exit 1); main() maps them.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace medllm::cli {
+
+void add_cpt_command(CLI::App& app);
+void add_build_prefs_command(CLI::App& app);
+void add_rpo_command(CLI::App& app);
+void add_eval_command(CLI::App& app);  // `eval igakuqa`
+void add_generate_command(CLI::App& app);
+void add_quantize_command(CLI::App& app);
+void add_merge_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
+void add_info_command(CLI::App& app);
+void add_version_command(CLI::App& app);
+
+}  // namespace medllm::cli
