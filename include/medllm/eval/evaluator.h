@@ -1,0 +1,71 @@
+// The IgakuQA evaluation loop: prompts -> CompletionBackend (batched, resumable) -> extraction -> scoring,
+// and the same scoring for predictions made elsewhere.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "medllm/eval/backend.h"
+#include "medllm/eval/igakuqa_data.h"
+#include "medllm/eval/predictions.h"
+#include "medllm/eval/prompt.h"
+#include "medllm/eval/scoring.h"
+
+namespace medllm::eval {
+
+// One question's answer in the two extractions.
+struct ScoredPrediction {
+    std::string prediction;                // official string (split on ',' by the scorer)
+    std::optional<std::string> extracted;  // lenient answer "a,c"; nullopt = unparseable
+};
+
+struct ModeResult {
+    PromptMode mode = PromptMode::standard;
+    bool lenient_primary = false;  // headline extraction: standard mode official by default, explanation lenient
+    std::vector<std::optional<ScoredPrediction>> predictions;  // aligned with the questions; nullopt = missing
+    ScoreSummary official;
+    ScoreSummary lenient;
+    const ScoreSummary& primary() const { return lenient_primary ? lenient : official; }
+    const char* primary_name() const { return lenient_primary ? "lenient" : "official"; }
+};
+
+struct EvalResult {
+    std::string model;
+    std::string source;         // "model" or "predictions"
+    std::string prompt_format;  // "base", "chat", or "" for external predictions
+    std::vector<int> years;
+    std::vector<ModeResult> modes;  // standard before explanation
+    const ModeResult* find(PromptMode mode) const;
+};
+
+// Scores aligned predictions with both extractions.
+ModeResult score_mode(const std::vector<Question>& questions, PromptMode mode, bool lenient_primary,
+                      std::vector<std::optional<ScoredPrediction>> predictions);
+
+struct ModelEvalOptions {
+    std::vector<PromptMode> modes{PromptMode::standard};
+    PromptFormat format = PromptFormat::chat;
+    int batch_size      = 64;
+    GenerationParams standard_params;     // max_new_tokens 64 by default
+    GenerationParams explanation_params;  // set max_new_tokens large enough for the reasoning
+    bool lenient_standard = false;        // headline extraction for standard mode
+    std::filesystem::path output_dir;     // predictions.jsonl and run.json go here; a rerun resumes
+};
+
+// Runs every question of every mode through `backend` in batches of options.batch_size, skipping questions
+// whose prediction is already saved in <output_dir>/predictions.jsonl (resume), appending each batch as it
+// completes, logging questions/s and ETA. Refuses (UsageError) to resume a directory whose run.json names a
+// different model, prompt format or generation settings. Returns the scored result.
+EvalResult evaluate_model(const std::vector<Question>& questions, const std::vector<FewShotExample>& examples,
+                          CompletionBackend& backend, const ModelEvalOptions& options, const std::vector<int>& years);
+
+// Scores predictions made elsewhere. Records without a `mode` field are scored as the single mode requested;
+// medllm predictions.jsonl files carry `mode` and can be rescored in both modes. Lenient extraction reads
+// `raw_output` when present, else `prediction`.
+EvalResult evaluate_predictions(const std::vector<Question>& questions, const ExternalPredictions& predictions,
+                                const std::vector<PromptMode>& modes, bool lenient_standard,
+                                const std::vector<int>& years);
+
+}  // namespace medllm::eval
