@@ -1,0 +1,180 @@
+// `medllm eval igakuqa`: the IgakuQA exam evaluator (../shared/reference/igakuqa.md).
+//
+//   medllm eval igakuqa --data-dir ../shared/igakuqa_data --predictions runs/gpt4o/ --output runs/gpt4o-eval
+//   medllm eval igakuqa --data-dir ../shared/igakuqa_data --model models/qwen2.5-7b --mode both --output runs/eval
+//
+// Settings come from flags, or from --config FILE / --set key=value with the same names as keys
+// (data_dir, model, ...); flags given on the command line win. --predictions scores saved predictions with
+// no model. --model needs the generation engine (a medllm::eval::CompletionBackend), which is not built yet.
+#include <filesystem>
+#include <iostream>
+
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "medllm/core/config.h"
+#include "medllm/core/error.h"
+#include "medllm/eval/evaluator.h"
+#include "medllm/eval/report.h"
+
+namespace medllm::cli {
+namespace {
+
+struct EvalIgakuqaConfig {
+    std::string data_dir;
+    std::string model;
+    std::string adapter;
+    std::string predictions;
+    std::string model_name;
+    std::string output;
+    std::string mode          = "standard";
+    std::string years         = "2018-2022";
+    std::string prompt_format = "auto";
+    std::string prompt_file;
+    std::string extraction = "official";
+    int64_t batch_size                 = 64;
+    int64_t max_new_tokens             = 64;
+    int64_t max_new_tokens_explanation = 1024;
+};
+
+ConfigSchema<EvalIgakuqaConfig> make_schema() {
+    using C = EvalIgakuqaConfig;
+    ConfigSchema<C> s;
+    s.field("data_dir", &C::data_dir, "IgakuQA data folder (holds data/ and scripts/prompts/)");
+    s.field("model", &C::model, "model directory to evaluate (needs the generation engine)");
+    s.field("adapter", &C::adapter, "LoRA adapter directory applied to --model");
+    s.field("predictions", &C::predictions, "JSONL file or baseline_results-style folder of predictions to score");
+    s.field("model_name", &C::model_name, "label in the reports (default: from the model or predictions)");
+    s.field("output", &C::output, "output folder: report.json, report.md, scored.jsonl, predictions.jsonl");
+    s.field("mode", &C::mode, "standard (3-shot), explanation (3-shot with reasoning) or both")
+        .one_of({"standard", "explanation", "both"});
+    s.field("years", &C::years, "exam years, e.g. 2018-2022 or 2019,2021");
+    s.field("prompt_format", &C::prompt_format, "auto (chat if the model has a chat template), base or chat")
+        .one_of({"auto", "base", "chat"});
+    s.field("prompt_file", &C::prompt_file, "few-shot examples (default <data_dir>/scripts/prompts/prompt.jsonl)");
+    s.field("extraction", &C::extraction, "headline extraction in standard mode: official (strict) or lenient")
+        .one_of({"official", "lenient"});
+    s.field("batch_size", &C::batch_size, "questions per generation batch; larger is faster if memory allows")
+        .range(1, 65536);
+    s.field("max_new_tokens", &C::max_new_tokens, "answer length limit in standard mode").range(1, 1 << 20);
+    s.field("max_new_tokens_explanation", &C::max_new_tokens_explanation,
+            "reasoning + answer length limit in explanation mode")
+        .range(1, 1 << 20);
+    return s;
+}
+
+// A flag value as a YAML scalar for the config overrides: numbers as they are, text single-quoted.
+std::string yaml_quote(const std::string& text) {
+    std::string out = "'";
+    for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
+    return out + "'";
+}
+
+std::vector<eval::PromptMode> parse_modes(const std::string& mode) {
+    if (mode == "both") return {eval::PromptMode::standard, eval::PromptMode::explanation};
+    return {eval::parse_prompt_mode(mode)};
+}
+
+void print_summary(const eval::EvalResult& result, const std::filesystem::path& output) {
+    for (const auto& m : result.modes) {
+        const auto& t = m.primary().total;
+        std::printf("IgakuQA %s %s (%s): %d / %d = %.4f\n", result.model.c_str(), eval::to_string(m.mode),
+                    m.primary_name(), t.points, t.possible, t.normalized());
+    }
+    if (const auto* s = result.find(eval::PromptMode::standard)) {
+        if (const auto* e = result.find(eval::PromptMode::explanation))
+            std::printf("stability gap (explanation - standard): %+.4f\n",
+                        e->primary().total.normalized() - s->primary().total.normalized());
+    }
+    std::printf("reports: %s\n", (output / "report.md").string().c_str());
+    std::fflush(stdout);
+}
+
+void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEntry>& resolved) {
+    if (cfg.model.empty() == cfg.predictions.empty())
+        throw UsageError("eval igakuqa: give exactly one of --model DIR or --predictions FILE_OR_DIR");
+    if (!cfg.predictions.empty() && !cfg.adapter.empty())
+        throw UsageError("eval igakuqa: --adapter applies to --model, not to --predictions");
+    if (!cfg.model.empty()) {
+        // The engine plugs in here: build a CompletionBackend for cfg.model (+ cfg.adapter), resolve
+        // prompt_format auto via backend.has_chat_template(), then eval::evaluate_model(...).
+        throw NotImplementedError("eval igakuqa --model: the model-running part (generation engine) is not built "
+                                  "yet; score saved outputs with --predictions FILE_OR_DIR");
+    }
+    if (cfg.data_dir.empty()) throw UsageError("eval igakuqa: --data-dir DIR (config key data_dir) is required");
+    if (cfg.output.empty()) throw UsageError("eval igakuqa: --output DIR (config key output) is required");
+    const auto years = eval::parse_years(cfg.years);
+    const auto modes = parse_modes(cfg.mode);
+    start_run(cfg.output, resolved);
+    const auto questions   = eval::load_questions(cfg.data_dir, years);
+    const auto predictions = eval::load_external_predictions(cfg.predictions);
+    auto result = eval::evaluate_predictions(questions, predictions, modes, cfg.extraction == "lenient", years);
+    if (!cfg.model_name.empty()) result.model = cfg.model_name;
+    eval::write_reports(cfg.output, result, questions);
+    print_summary(result, cfg.output);
+}
+
+}  // namespace
+
+void add_eval_command(CLI::App& app) {
+    auto* eval_cmd = app.add_subcommand("eval", "Evaluate a model on a benchmark");
+    eval_cmd->require_subcommand(1);
+    auto* cmd = eval_cmd->add_subcommand(
+        "igakuqa", "IgakuQA (Japanese medical licensing exam 2018-2022): official 3-shot scoring, pass/fail, "
+                   "explanation stability gap; --predictions scores saved predictions");
+
+    // Flags mirror the config keys; only the ones given on the command line override --config / --set.
+    struct State {
+        EvalIgakuqaConfig flags;
+        ConfigOptions config;
+        std::vector<std::pair<CLI::Option*, std::string>> keyed;  // option, config key
+        bool numeric[64] = {};
+    };
+    auto state = std::make_shared<State>();
+    auto& f    = state->flags;
+    auto text  = [&](const char* flag, std::string& target, const char* key, const char* help) {
+        auto* opt = cmd->add_option(flag, target, help)->capture_default_str();
+        state->keyed.push_back({opt, key});
+        return opt;
+    };
+    auto number = [&](const char* flag, int64_t& target, const char* key, const char* help) {
+        auto* opt = cmd->add_option(flag, target, help)->capture_default_str();
+        state->numeric[state->keyed.size()] = true;
+        state->keyed.push_back({opt, key});
+        return opt;
+    };
+    text("--data-dir", f.data_dir, "data_dir", "IgakuQA data folder (holds data/ and scripts/prompts/)");
+    text("--model", f.model, "model", "Model directory to evaluate (needs the generation engine)");
+    text("--adapter", f.adapter, "adapter", "LoRA adapter directory applied to --model");
+    text("--predictions", f.predictions, "predictions",
+         "Score saved predictions: a JSONL file ({problem_id, prediction} per line) or a folder laid out like "
+         "IgakuQA's baseline_results/ (<year>/<exam>-<section>_<name>.jsonl)");
+    text("--model-name", f.model_name, "model_name", "Label in the reports (default: from the model or predictions)");
+    text("--output", f.output, "output", "Output folder (report.json, report.md, scored.jsonl, predictions.jsonl)");
+    text("--mode", f.mode, "mode", "standard | explanation | both");
+    text("--years", f.years, "years", "Exam years, e.g. 2018-2022 or 2019,2021");
+    text("--prompt-format", f.prompt_format, "prompt_format", "auto | base | chat (auto: chat if the model has a chat template)");
+    text("--prompt-file", f.prompt_file, "prompt_file", "Few-shot examples (default <data-dir>/scripts/prompts/prompt.jsonl)");
+    text("--extraction", f.extraction, "extraction", "Headline extraction in standard mode: official | lenient (both are reported)");
+    number("--batch-size", f.batch_size, "batch_size", "Questions per generation batch");
+    number("--max-new-tokens", f.max_new_tokens, "max_new_tokens", "Answer length limit, standard mode");
+    number("--max-new-tokens-explanation", f.max_new_tokens_explanation, "max_new_tokens_explanation",
+           "Reasoning + answer length limit, explanation mode");
+    add_config_options(cmd, state->config);
+
+    cmd->callback([state] {
+        ConfigSource source = state->config.source();
+        for (size_t i = 0; i < state->keyed.size(); ++i) {
+            const auto& [opt, key] = state->keyed[i];
+            if (opt->count() == 0) continue;
+            const std::string value = opt->as<std::string>();
+            source.overrides.push_back(key + "=" + (state->numeric[i] ? value : yaml_quote(value)));
+        }
+        std::vector<ResolvedEntry> resolved;
+        const EvalIgakuqaConfig cfg = make_schema().load(source, &resolved);
+        run_eval_igakuqa(cfg, resolved);
+    });
+}
+
+}  // namespace medllm::cli

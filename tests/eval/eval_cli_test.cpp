@@ -1,0 +1,86 @@
+// `medllm eval igakuqa` through the built binary: scoring saved predictions, and the exit code when
+// the model-running part is asked for.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+namespace fs = std::filesystem;
+
+const std::string kData = std::string(MEDLLM_SHARED_DIR) + "/igakuqa_data";
+
+struct CliRun {
+    int exit_code = -1;
+    std::string output;  // stdout and stderr
+};
+
+CliRun run_medllm(const std::string& args) {
+    CliRun run;
+    const std::string command = std::string(MEDLLM_BINARY) + " " + args + " 2>&1";
+    FILE* pipe                = popen(command.c_str(), "r");
+    if (!pipe) return run;
+    char buf[4096];
+    while (size_t n = fread(buf, 1, sizeof buf, pipe)) run.output.append(buf, n);
+    const int status = pclose(pipe);
+    run.exit_code    = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return run;
+}
+
+TEST(EvalIgakuqaCli, ScoresTheChatGptBaselineFolder) {
+    const fs::path out = fs::path(testing::TempDir()) / "igakuqa_cli_chatgpt";
+    fs::remove_all(out);
+    const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --predictions " + kData +
+                               "/baseline_results --output " + out.string());
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_NE(run.output.find("IgakuQA chatgpt standard (official): 1366 / 2485 = 0.5497"), std::string::npos)
+        << run.output;
+    std::ifstream in(out / "report.json");
+    const auto report = nlohmann::json::parse(in);
+    EXPECT_EQ(report["modes"]["standard"]["points"], 1366);
+    EXPECT_EQ(report["modes"]["standard"]["official"]["years"][0]["points"], 266);
+    EXPECT_EQ(report["modes"]["standard"]["official"]["years"][0]["kinki_selected"], 4);
+    EXPECT_EQ(report["modes"]["standard"]["official"]["years"][0]["passed"], false);
+    EXPECT_TRUE(fs::exists(out / "report.md"));
+    EXPECT_TRUE(fs::exists(out / "scored.jsonl"));
+}
+
+TEST(EvalIgakuqaCli, ScoresOneJsonlFileAndListsMissingQuestions) {
+    const fs::path dir = fs::path(testing::TempDir()) / "igakuqa_cli_file";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    std::ofstream(dir / "gpt4o.jsonl") << "{\"problem_id\": \"115A1\", \"prediction\": \"x\"}\n"
+                                          "{\"problem_id\": \"115A2\", \"prediction\": \"y\"}\n";
+    const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --predictions " + (dir / "gpt4o.jsonl").string() +
+                               " --years 2021 --output " + (dir / "out").string());
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    std::ifstream in(dir / "out" / "report.json");
+    const auto report = nlohmann::json::parse(in);
+    EXPECT_EQ(report["model"], "gpt4o");
+    EXPECT_EQ(report["modes"]["standard"]["official"]["missing"].size(), 398u);
+    EXPECT_EQ(report["modes"]["standard"]["possible"], 500);
+}
+
+TEST(EvalIgakuqaCli, ModelWithoutTheEngineIsAUsageError) {
+    const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --model /nonexistent --output " +
+                               (fs::path(testing::TempDir()) / "igakuqa_cli_model").string());
+    EXPECT_EQ(run.exit_code, 2) << run.output;
+    EXPECT_NE(run.output.find("not built yet"), std::string::npos) << run.output;
+    EXPECT_EQ(std::count(run.output.begin(), run.output.end(), '\n'), 1) << run.output;
+}
+
+TEST(EvalIgakuqaCli, BadArgumentsExitTwo) {
+    const std::string base = "eval igakuqa --data-dir " + kData + " --output " +
+                             (fs::path(testing::TempDir()) / "igakuqa_cli_bad").string();
+    EXPECT_EQ(run_medllm(base).exit_code, 2);  // neither --model nor --predictions
+    EXPECT_EQ(run_medllm(base + " --predictions " + kData + "/baseline_results --years 2017").exit_code, 2);
+    EXPECT_EQ(run_medllm(base + " --predictions " + kData + "/baseline_results --mode sometimes").exit_code, 2);
+    EXPECT_EQ(run_medllm(base + " --predictions /nonexistent").exit_code, 2);
+}
+
+}  // namespace
