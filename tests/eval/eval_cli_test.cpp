@@ -66,6 +66,26 @@ TEST(EvalIgakuqaCli, ScoresOneJsonlFileAndListsMissingQuestions) {
     EXPECT_EQ(report["modes"]["standard"]["possible"], 500);
 }
 
+TEST(EvalIgakuqaCli, ReadsAConfigFileAndFlagsWin) {
+    const fs::path dir = fs::path(testing::TempDir()) / "igakuqa_cli_config";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    std::ofstream(dir / "eval.yaml") << "data_dir: " << kData << "\npredictions: " << kData
+                                     << "/baseline_results\nyears: 2018-2019\noutput: " << (dir / "ignored").string()
+                                     << "\n";
+    const CliRun run = run_medllm("eval igakuqa --config " + (dir / "eval.yaml").string() + " --years 2022 --output " +
+                                  (dir / "out").string());
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_NE(run.output.find("287 / 494 = 0.5810"), std::string::npos) << run.output;  // 2022 only
+    EXPECT_TRUE(fs::exists(dir / "out" / "report.json"));
+    EXPECT_FALSE(fs::exists(dir / "ignored"));
+    // An unknown key is named.
+    std::ofstream(dir / "bad.yaml") << "data_dri: x\n";
+    const CliRun bad = run_medllm("eval igakuqa --config " + (dir / "bad.yaml").string());
+    EXPECT_EQ(bad.exit_code, 2);
+    EXPECT_NE(bad.output.find("data_dri"), std::string::npos) << bad.output;
+}
+
 TEST(EvalIgakuqaCli, ModelWithoutTheEngineIsAUsageError) {
     const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --model /nonexistent --output " +
                                (fs::path(testing::TempDir()) / "igakuqa_cli_model").string());
