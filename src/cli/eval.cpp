@@ -32,7 +32,7 @@ struct EvalIgakuqaConfig {
     std::string years         = "2018-2022";
     std::string prompt_format = "auto";
     std::string prompt_file;
-    std::string extraction = "official";
+    std::string extraction             = "official";
     int64_t batch_size                 = 64;
     int64_t max_new_tokens             = 64;
     int64_t max_new_tokens_explanation = 1024;
@@ -99,8 +99,9 @@ void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEn
     if (!cfg.model.empty()) {
         // The engine plugs in here: build a CompletionBackend for cfg.model (+ cfg.adapter), resolve
         // prompt_format auto via backend.has_chat_template(), then eval::evaluate_model(...).
-        throw NotImplementedError("eval igakuqa --model: the model-running part (generation engine) is not built "
-                                  "yet; score saved outputs with --predictions FILE_OR_DIR");
+        throw NotImplementedError(
+            "eval igakuqa --model: the model-running part (generation engine) is not built "
+            "yet; score saved outputs with --predictions FILE_OR_DIR");
     }
     if (cfg.data_dir.empty()) throw UsageError("eval igakuqa: --data-dir DIR (config key data_dir) is required");
     if (cfg.output.empty()) throw UsageError("eval igakuqa: --output DIR (config key output) is required");
@@ -121,8 +122,9 @@ void add_eval_command(CLI::App& app) {
     auto* eval_cmd = app.add_subcommand("eval", "Evaluate a model on a benchmark");
     eval_cmd->require_subcommand(1);
     auto* cmd = eval_cmd->add_subcommand(
-        "igakuqa", "IgakuQA (Japanese medical licensing exam 2018-2022): official 3-shot scoring, pass/fail, "
-                   "explanation stability gap; --predictions scores saved predictions");
+        "igakuqa",
+        "IgakuQA (Japanese medical licensing exam 2018-2022): official 3-shot scoring, pass/fail, "
+        "explanation stability gap; --predictions scores saved predictions");
 
     // Flags mirror the config keys; only the ones given on the command line override --config / --set.
     struct State {
@@ -139,7 +141,7 @@ void add_eval_command(CLI::App& app) {
         return opt;
     };
     auto number = [&](const char* flag, int64_t& target, const char* key, const char* help) {
-        auto* opt = cmd->add_option(flag, target, help)->capture_default_str();
+        auto* opt                           = cmd->add_option(flag, target, help)->capture_default_str();
         state->numeric[state->keyed.size()] = true;
         state->keyed.push_back({opt, key});
         return opt;
@@ -154,9 +156,12 @@ void add_eval_command(CLI::App& app) {
     text("--output", f.output, "output", "Output folder (report.json, report.md, scored.jsonl, predictions.jsonl)");
     text("--mode", f.mode, "mode", "standard | explanation | both");
     text("--years", f.years, "years", "Exam years, e.g. 2018-2022 or 2019,2021");
-    text("--prompt-format", f.prompt_format, "prompt_format", "auto | base | chat (auto: chat if the model has a chat template)");
-    text("--prompt-file", f.prompt_file, "prompt_file", "Few-shot examples (default <data-dir>/scripts/prompts/prompt.jsonl)");
-    text("--extraction", f.extraction, "extraction", "Headline extraction in standard mode: official | lenient (both are reported)");
+    text("--prompt-format", f.prompt_format, "prompt_format",
+         "auto | base | chat (auto: chat if the model has a chat template)");
+    text("--prompt-file", f.prompt_file, "prompt_file",
+         "Few-shot examples (default <data-dir>/scripts/prompts/prompt.jsonl)");
+    text("--extraction", f.extraction, "extraction",
+         "Headline extraction in standard mode: official | lenient (both are reported)");
     number("--batch-size", f.batch_size, "batch_size", "Questions per generation batch");
     number("--max-new-tokens", f.max_new_tokens, "max_new_tokens", "Answer length limit, standard mode");
     number("--max-new-tokens-explanation", f.max_new_tokens_explanation, "max_new_tokens_explanation",

@@ -34,13 +34,13 @@ std::array<HalfWidth, 0x30F5 - 0x30A1> build_katakana_table() {
         set(0x30AB + 2 * i, 0xFF76 + i);
         set(0x30AC + 2 * i, 0xFF76 + i, kDakuten);
     }
-    set(0x30C3, 0xFF6F);  // ッ
+    set(0x30C3, 0xFF6F);           // ッ
     for (int i = 0; i < 3; ++i) {  // ツヅ テデ トド
         set(0x30C4 + 2 * i, 0xFF82 + i);
         set(0x30C5 + 2 * i, 0xFF82 + i, kDakuten);
     }
     for (int i = 0; i < 5; ++i) set(0x30CA + i, 0xFF85 + i);  // ナ..ノ
-    for (int i = 0; i < 5; ++i) {                              // ハバパ .. ホボポ
+    for (int i = 0; i < 5; ++i) {                             // ハバパ .. ホボポ
         set(0x30CF + 3 * i, 0xFF8A + i);
         set(0x30D0 + 3 * i, 0xFF8A + i, kDakuten);
         set(0x30D1 + 3 * i, 0xFF8A + i, kHandakuten);
@@ -52,10 +52,10 @@ std::array<HalfWidth, 0x30F5 - 0x30A1> build_katakana_table() {
         set(0x30E4 + 2 * i, 0xFF94 + i);
     }
     for (int i = 0; i < 5; ++i) set(0x30E9 + i, 0xFF97 + i);  // ラ..ロ
-    set(0x30EF, 0xFF9C);                                       // ワ
-    set(0x30F2, 0xFF66);                                       // ヲ
-    set(0x30F3, 0xFF9D);                                       // ン
-    set(0x30F4, 0xFF73, kDakuten);                             // ヴ
+    set(0x30EF, 0xFF9C);                                      // ワ
+    set(0x30F2, 0xFF66);                                      // ヲ
+    set(0x30F3, 0xFF9D);                                      // ン
+    set(0x30F4, 0xFF73, kDakuten);                            // ヴ
     return table;
 }
 
@@ -65,20 +65,34 @@ HalfWidth to_half_width(char32_t cp) {
     if (cp >= 0xFF01 && cp <= 0xFF5E && cp != 0xFF02 && cp != 0xFF07 && cp != 0xFF40) return {cp - 0xFEE0, 0};
     if (cp >= 0x30A1 && cp <= 0x30F4) return katakana[cp - 0x30A1];
     switch (cp) {
-        case 0x2018: return {U'`', 0};
-        case 0x2019: return {U'\'', 0};
-        case 0x201D: return {U'"', 0};
-        case 0x3000: return {U' ', 0};
-        case 0x3001: return {0xFF64, 0};  // 、
-        case 0x3002: return {0xFF61, 0};  // 。
-        case 0x300C: return {0xFF62, 0};  // 「
-        case 0x300D: return {0xFF63, 0};  // 」
-        case 0x309B: return {0xFF9E, 0};  // ゛
-        case 0x309C: return {0xFF9F, 0};  // ゜
-        case 0x30FB: return {0xFF65, 0};  // ・
-        case 0x30FC: return {0xFF70, 0};  // ー
-        case 0xFFE5: return {0x00A5, 0};  // ￥
-        default: return {};
+        case 0x2018:
+            return {U'`', 0};
+        case 0x2019:
+            return {U'\'', 0};
+        case 0x201D:
+            return {U'"', 0};
+        case 0x3000:
+            return {U' ', 0};
+        case 0x3001:
+            return {0xFF64, 0};  // 、
+        case 0x3002:
+            return {0xFF61, 0};  // 。
+        case 0x300C:
+            return {0xFF62, 0};  // 「
+        case 0x300D:
+            return {0xFF63, 0};  // 」
+        case 0x309B:
+            return {0xFF9E, 0};  // ゛
+        case 0x309C:
+            return {0xFF9F, 0};  // ゜
+        case 0x30FB:
+            return {0xFF65, 0};  // ・
+        case 0x30FC:
+            return {0xFF70, 0};  // ー
+        case 0xFFE5:
+            return {0x00A5, 0};  // ￥
+        default:
+            return {};
     }
 }
 
@@ -92,10 +106,10 @@ void append_utf8(std::string& out, char32_t cp) {
 template <typename Fn, typename RawFn>
 void for_each_code_point(std::string_view text, Fn fn, RawFn fn_raw) {
     const auto* data = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
-    size_t pos = 0;
+    size_t pos       = 0;
     while (pos < text.size()) {
         utf8proc_int32_t cp = 0;
-        const auto n = utf8proc_iterate(data + pos, static_cast<utf8proc_ssize_t>(text.size() - pos), &cp);
+        const auto n        = utf8proc_iterate(data + pos, static_cast<utf8proc_ssize_t>(text.size() - pos), &cp);
         if (n <= 0) {
             fn_raw(text[pos]);
             ++pos;
@@ -106,7 +120,9 @@ void for_each_code_point(std::string_view text, Fn fn, RawFn fn_raw) {
     }
 }
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_space(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 std::string_view trim(std::string_view s) {
     while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
@@ -114,7 +130,9 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
-bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+bool starts_with(std::string_view s, std::string_view p) {
+    return s.substr(0, p.size()) == p;
+}
 bool ends_with(std::string_view s, std::string_view p) {
     return s.size() >= p.size() && s.substr(s.size() - p.size()) == p;
 }
@@ -124,7 +142,7 @@ std::string_view strip_decorations(std::string_view s) {
     static const std::string_view kWrapOpen[]  = {"**", "*", "(", "[", "｢", "【", "『", "\"", "'", "`", "<", "{"};
     static const std::string_view kWrapClose[] = {"**", "*", ")", "]", "｣", "】", "』", "\"", "'", "`", ">", "}"};
     static const std::string_view kTrailing[]  = {".", "｡", "!", "です", "である", "だ"};
-    bool changed = true;
+    bool changed                               = true;
     while (changed) {
         changed = false;
         s       = trim(s);
@@ -166,8 +184,8 @@ std::string_view first_nonempty_line(std::string_view s, std::string_view* rest)
 
 // Separators between answer letters, after zen_to_han + lower-case (so 、 is ､ and ・ is ･).
 const std::regex& letter_list_regex() {
-    static const std::regex re(
-        "([a-h])((\\s*(,|､|･|と|/|&|\\+|and|および|及び)\\s*|\\s+)?[a-h])*", std::regex::ECMAScript);
+    static const std::regex re("([a-h])((\\s*(,|､|･|と|/|&|\\+|and|および|及び)\\s*|\\s+)?[a-h])*",
+                               std::regex::ECMAScript);
     return re;
 }
 
@@ -205,17 +223,22 @@ std::string unicode_lower(std::string_view text) {
     std::string out;
     out.reserve(text.size());
     for_each_code_point(
-        text, [&](char32_t cp) { append_utf8(out, static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp)))); },
+        text,
+        [&](char32_t cp) {
+            append_utf8(out, static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp))));
+        },
         [&](char byte) { out.push_back(byte); });
     return out;
 }
 
-std::string official_prediction(std::string_view raw_output) { return unicode_lower(zen_to_han(raw_output)); }
+std::string official_prediction(std::string_view raw_output) {
+    return unicode_lower(zen_to_han(raw_output));
+}
 
 size_t find_after_last_answer_marker(std::string_view normalized) {
     static const std::string_view kMarkers[] = {"答え:", "答:", "答えは", "正解:", "正解は", "answer:"};
-    size_t best_start = std::string_view::npos;
-    size_t best_end   = std::string_view::npos;
+    size_t best_start                        = std::string_view::npos;
+    size_t best_end                          = std::string_view::npos;
     for (auto marker : kMarkers) {
         const size_t pos = normalized.rfind(marker);
         if (pos == std::string_view::npos) continue;

@@ -88,7 +88,8 @@ std::string format_seconds(double s) {
 
 EvalResult evaluate_model(const std::vector<Question>& questions, const std::vector<FewShotExample>& examples,
                           CompletionBackend& backend, const ModelEvalOptions& options, const std::vector<int>& years) {
-    if (options.batch_size < 1) throw UsageError("batch size must be at least 1, got " + std::to_string(options.batch_size));
+    if (options.batch_size < 1)
+        throw UsageError("batch size must be at least 1, got " + std::to_string(options.batch_size));
     std::error_code ec;
     fs::create_directories(options.output_dir, ec);
     if (ec) throw Error(options.output_dir.string() + ": cannot create directory (" + ec.message() + ")");
@@ -151,13 +152,14 @@ EvalResult evaluate_predictions(const std::vector<Question>& questions, const Ex
                                 const std::vector<PromptMode>& modes, bool lenient_standard,
                                 const std::vector<int>& years) {
     EvalResult result;
-    result.model  = predictions.model_name;
-    result.source = "predictions";
-    result.years  = years;
+    result.model         = predictions.model_name;
+    result.source        = "predictions";
+    result.years         = years;
     const bool has_plain = predictions.by_mode.count("") > 0;
     if (has_plain && modes.size() != 1)
-        throw UsageError("--predictions: records without a 'mode' field can be scored as one mode only; pass "
-                         "--mode standard or --mode explanation");
+        throw UsageError(
+            "--predictions: records without a 'mode' field can be scored as one mode only; pass "
+            "--mode standard or --mode explanation");
     size_t matched = 0;
     for (PromptMode mode : modes) {
         const std::string key = has_plain ? "" : to_string(mode);
@@ -184,7 +186,8 @@ EvalResult evaluate_predictions(const std::vector<Question>& questions, const Ex
         if (by_id.size() + missing > questions.size())
             spdlog::warn("igakuqa: {} predictions are for questions outside the selected years; ignored",
                          by_id.size() + missing - questions.size());
-        if (missing) spdlog::warn("igakuqa {}: {} questions have no prediction and count as wrong", to_string(mode), missing);
+        if (missing)
+            spdlog::warn("igakuqa {}: {} questions have no prediction and count as wrong", to_string(mode), missing);
         const bool lenient_primary = mode == PromptMode::explanation || lenient_standard;
         result.modes.push_back(score_mode(questions, mode, lenient_primary, std::move(aligned)));
     }

@@ -16,7 +16,9 @@ namespace {
 constexpr int kFirstYear = 2018;
 constexpr int kLastYear  = 2022;
 
-std::string where(const fs::path& file, size_t line) { return file.string() + ":" + std::to_string(line); }
+std::string where(const fs::path& file, size_t line) {
+    return file.string() + ":" + std::to_string(line);
+}
 
 const json& require(const json& record, const char* key, const fs::path& file, size_t line) {
     auto it = record.find(key);
@@ -122,8 +124,8 @@ std::vector<Question> load_questions(const fs::path& data_dir, const std::vector
             const auto qrecords    = read_jsonl(qfile);
             const auto mrecords    = read_jsonl(mfile);
             if (qrecords.size() != mrecords.size())
-                throw Error(mfile.string() + ": " + std::to_string(mrecords.size()) + " records but " +
-                            qfile.string() + " has " + std::to_string(qrecords.size()));
+                throw Error(mfile.string() + ": " + std::to_string(mrecords.size()) + " records but " + qfile.string() +
+                            " has " + std::to_string(qrecords.size()));
             const std::string id_prefix = std::to_string(exam) + section;
             for (size_t i = 0; i < qrecords.size(); ++i) {
                 const json& q = qrecords[i];
@@ -153,7 +155,7 @@ std::vector<Question> load_questions(const fs::path& data_dir, const std::vector
                 question.answer    = require_string_list(q, "answer", qfile, i + 1);
                 if (question.answer.empty()) throw Error(where(qfile, i + 1) + ": key 'answer' is empty");
                 // `points` is a string in the data ("1", "3", "0"); the official scorer does int(points).
-                const json& points = require(q, "points", qfile, i + 1);
+                const json& points      = require(q, "points", qfile, i + 1);
                 std::string points_text = points.is_string() ? points.get<std::string>() : points.dump();
                 size_t used             = 0;
                 try {
@@ -172,7 +174,9 @@ std::vector<Question> load_questions(const fs::path& data_dir, const std::vector
     return questions;
 }
 
-fs::path default_prompt_file(const fs::path& data_dir) { return data_dir / "scripts" / "prompts" / "prompt.jsonl"; }
+fs::path default_prompt_file(const fs::path& data_dir) {
+    return data_dir / "scripts" / "prompts" / "prompt.jsonl";
+}
 
 std::vector<FewShotExample> load_few_shot_examples(const fs::path& prompt_file) {
     const auto records = read_jsonl(prompt_file);

@@ -15,7 +15,9 @@ using nlohmann::json;
 
 namespace {
 
-std::string where(const fs::path& file, size_t line) { return file.string() + ":" + std::to_string(line); }
+std::string where(const fs::path& file, size_t line) {
+    return file.string() + ":" + std::to_string(line);
+}
 
 std::string string_field(const json& j, const char* key, const std::string& at) {
     auto it = j.find(key);
@@ -139,12 +141,12 @@ std::string official_prediction_for_mode(const std::string& raw_output, PromptMo
 PredictionRecord make_prediction_record(const Question& question, PromptMode mode, PromptFormat format,
                                         const std::string& raw_output) {
     PredictionRecord r;
-    r.problem_id        = question.problem_id;
-    r.mode              = mode;
-    r.prompt_format     = to_string(format);
-    r.raw_output        = raw_output;
-    r.prediction        = official_prediction_for_mode(raw_output, mode);
-    const auto answer   = extract_answer(raw_output, answer_spec(question));
+    r.problem_id      = question.problem_id;
+    r.mode            = mode;
+    r.prompt_format   = to_string(format);
+    r.raw_output      = raw_output;
+    r.prediction      = official_prediction_for_mode(raw_output, mode);
+    const auto answer = extract_answer(raw_output, answer_spec(question));
     if (answer.parsed) r.extracted = answer.as_prediction();
     return r;
 }

@@ -27,8 +27,12 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 }  // namespace
 
-const char* to_string(PromptMode mode) { return mode == PromptMode::standard ? "standard" : "explanation"; }
-const char* to_string(PromptFormat format) { return format == PromptFormat::base ? "base" : "chat"; }
+const char* to_string(PromptMode mode) {
+    return mode == PromptMode::standard ? "standard" : "explanation";
+}
+const char* to_string(PromptFormat format) {
+    return format == PromptFormat::base ? "base" : "chat";
+}
 
 PromptMode parse_prompt_mode(const std::string& text) {
     if (text == "standard") return PromptMode::standard;
@@ -73,7 +77,8 @@ std::vector<ChatMessage> build_messages(const Question& question, const std::vec
                 {"assistant", kExplanationLead + ex.explanation + "\n" + kAnswerMarker + join_answer(ex.answer)});
         }
     }
-    messages.push_back({"user", render_user_turn(question.problem_text, question.choices, question.answer.size(), mode)});
+    messages.push_back(
+        {"user", render_user_turn(question.problem_text, question.choices, question.answer.size(), mode)});
     return messages;
 }
 
@@ -94,8 +99,10 @@ std::string render_base(const std::vector<ChatMessage>& messages, bool final_is_
             out += "\n\n" + m.content;
             if (!ends_with(m.content, kAnswerMarker)) {
                 const bool is_final = i + 1 == messages.size();
-                if (is_final && final_is_numeric && mode == PromptMode::standard) out += std::string("\n") + kAnswerMarker;
-                else out += "\n";
+                if (is_final && final_is_numeric && mode == PromptMode::standard)
+                    out += std::string("\n") + kAnswerMarker;
+                else
+                    out += "\n";
             }
         } else {
             out += m.content;

@@ -13,8 +13,8 @@ using nlohmann::json;
 namespace {
 
 json tally_json(const Tally& t) {
-    return {{"points", t.points},     {"possible", t.possible}, {"normalized_score", t.normalized()},
-            {"correct", t.correct},   {"count", t.count},       {"accuracy", t.accuracy()}};
+    return {{"points", t.points},   {"possible", t.possible}, {"normalized_score", t.normalized()},
+            {"correct", t.correct}, {"count", t.count},       {"accuracy", t.accuracy()}};
 }
 
 std::string fixed4(double v) {
@@ -52,18 +52,18 @@ std::vector<Flip> flipped_questions(const ModeResult& standard, const ModeResult
 }  // namespace
 
 json summary_json(const ScoreSummary& summary) {
-    json j             = tally_json(summary.total);
+    json j                          = tally_json(summary.total);
     j["year_mean_normalized_score"] = summary.year_mean_normalized;
-    json years         = json::array();
+    json years                      = json::array();
     for (const auto& y : summary.years) {
-        json yj = tally_json(y.total);
-        yj["year"] = y.year;
-        yj["exam"] = y.exam;
+        json yj       = tally_json(y.total);
+        yj["year"]    = y.year;
+        yj["exam"]    = y.exam;
         json sections = json::object();
         for (const auto& [section, t] : y.sections) sections[std::string(1, section)] = tally_json(t);
-        yj["sections"] = sections;
-        yj["required"] = tally_json(y.required);
-        yj["general"]  = tally_json(y.general);
+        yj["sections"]        = sections;
+        yj["required"]        = tally_json(y.required);
+        yj["general"]         = tally_json(y.general);
         yj["kinki_selected"]  = y.kinki_selected;
         yj["kinki_questions"] = y.kinki_questions;
         if (y.thresholds) {
@@ -75,7 +75,7 @@ json summary_json(const ScoreSummary& summary) {
         yj["passed"]   = y.passed ? json(*y.passed) : json(nullptr);
         years.push_back(yj);
     }
-    j["years"] = years;
+    j["years"]      = years;
     json categories = json::object();
     for (const auto& [name, t] : summary.categories) categories[name] = tally_json(t);
     j["categories"] = categories;
@@ -104,7 +104,7 @@ json report_json(const EvalResult& result, const std::vector<Question>& question
         json unparseable       = json::array();
         for (size_t i = 0; i < questions.size(); ++i)
             if (m.predictions[i] && !m.predictions[i]->extracted) unparseable.push_back(questions[i].problem_id);
-        mj["unparseable"]      = unparseable;
+        mj["unparseable"]        = unparseable;
         modes[to_string(m.mode)] = mj;
     }
     j["modes"] = modes;
@@ -135,9 +135,9 @@ json report_json(const EvalResult& result, const std::vector<Question>& question
                                {"explanation_correct", f.explanation_correct}});
             (f.explanation_correct ? gained : lost)++;
         }
-        gap["gained"]  = gained;
-        gap["lost"]    = lost;
-        gap["flipped"] = flipped;
+        gap["gained"]      = gained;
+        gap["lost"]        = lost;
+        gap["flipped"]     = flipped;
         j["stability_gap"] = gap;
     }
     return j;
@@ -146,7 +146,7 @@ json report_json(const EvalResult& result, const std::vector<Question>& question
 std::string report_markdown(const EvalResult& result) {
     const ModeResult* standard    = result.find(PromptMode::standard);
     const ModeResult* explanation = result.find(PromptMode::explanation);
-    std::string md = "# IgakuQA: " + result.model + "\n\n";
+    std::string md                = "# IgakuQA: " + result.model + "\n\n";
     md += "Normalized score = points earned / points possible, pooled over ";
     for (size_t i = 0; i < result.years.size(); ++i) md += (i ? ", " : "") + std::to_string(result.years[i]);
     md += result.prompt_format.empty() ? ".\n\n" : " (prompt format: " + result.prompt_format + ").\n\n";
@@ -166,23 +166,25 @@ std::string report_markdown(const EvalResult& result) {
                   std::to_string(y.required.points) + "/" + std::to_string(y.required.possible) +
                   (th ? " (≥" + std::to_string(th->required_min) + ")" : "") + " | " +
                   std::to_string(y.general.points) + "/" + std::to_string(y.general.possible) +
-                  (th ? " (≥" + std::to_string(th->general_min) + ")" : "") + " | " +
-                  std::to_string(y.kinki_selected) + (th ? " (≤" + std::to_string(th->max_kinki) + ")" : "") +
-                  " | " + (y.passed ? (*y.passed ? "pass" : "fail") : "–") + " |\n";
+                  (th ? " (≥" + std::to_string(th->general_min) + ")" : "") + " | " + std::to_string(y.kinki_selected) +
+                  (th ? " (≤" + std::to_string(th->max_kinki) + ")" : "") + " | " +
+                  (y.passed ? (*y.passed ? "pass" : "fail") : "–") + " |\n";
         }
         md += "| all | " + std::to_string(s.total.points) + "/" + std::to_string(s.total.possible) + " | " +
               fixed4(s.total.normalized()) + " | | | | |\n\n";
         const ScoreSummary& other = m.lenient_primary ? m.official : m.lenient;
         md += std::string("Other extraction (") + (m.lenient_primary ? "official" : "lenient") +
-              ", not comparable with the headline): " + score_cell(other.total) + ". Per-question accuracy: " +
-              fixed4(s.total.accuracy()) + " (" + std::to_string(s.total.correct) + "/" +
+              ", not comparable with the headline): " + score_cell(other.total) +
+              ". Per-question accuracy: " + fixed4(s.total.accuracy()) + " (" + std::to_string(s.total.correct) + "/" +
               std::to_string(s.total.count) + ")";
         if (!s.missing.empty()) md += "; " + std::to_string(s.missing.size()) + " questions had no prediction";
         md += ".\n\n";
     }
 
     if (standard && explanation) {
-        md += "## Stability gap (w/ explanation − 3-shot)\n\n| Year | 3-shot | w/ explanation | gap |\n|---|---:|---:|---:|\n";
+        md +=
+            "## Stability gap (w/ explanation − 3-shot)\n\n| Year | 3-shot | w/ explanation | gap "
+            "|\n|---|---:|---:|---:|\n";
         for (size_t i = 0; i < standard->primary().years.size(); ++i) {
             const double s = standard->primary().years[i].total.normalized();
             const double e = explanation->primary().years[i].total.normalized();

@@ -33,12 +33,18 @@ bool official_is_correct(const std::string& problem_id, std::vector<std::string>
 
 std::optional<PassThresholds> pass_thresholds(int year) {
     switch (year) {
-        case 2018: return PassThresholds{160, 208, 3};
-        case 2019: return PassThresholds{160, 209, 3};
-        case 2020: return PassThresholds{158, 217, 3};
-        case 2021: return PassThresholds{160, 209, 3};
-        case 2022: return PassThresholds{158, 214, 3};
-        default: return std::nullopt;
+        case 2018:
+            return PassThresholds{160, 208, 3};
+        case 2019:
+            return PassThresholds{160, 209, 3};
+        case 2020:
+            return PassThresholds{158, 217, 3};
+        case 2021:
+            return PassThresholds{160, 209, 3};
+        case 2022:
+            return PassThresholds{158, 214, 3};
+        default:
+            return std::nullopt;
     }
 }
 
@@ -67,8 +73,8 @@ ScoreSummary score_questions(const std::vector<Question>& questions, const std::
         if (!items[i]) {
             summary.missing.push_back(q.problem_id);
         } else {
-            correct = official_is_correct(q.problem_id, *items[i], q.answer);
-            const auto& chosen = *items[i];
+            correct               = official_is_correct(q.problem_id, *items[i], q.answer);
+            const auto& chosen    = *items[i];
             const bool hits_kinki = std::any_of(chosen.begin(), chosen.end(), [&](const std::string& c) {
                 return std::find(q.kinki.begin(), q.kinki.end(), c) != q.kinki.end();
             });

@@ -36,7 +36,7 @@ TEST(EvalIgakuqaCli, ScoresTheChatGptBaselineFolder) {
     const fs::path out = fs::path(testing::TempDir()) / "igakuqa_cli_chatgpt";
     fs::remove_all(out);
     const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --predictions " + kData +
-                               "/baseline_results --output " + out.string());
+                                  "/baseline_results --output " + out.string());
     ASSERT_EQ(run.exit_code, 0) << run.output;
     EXPECT_NE(run.output.find("IgakuQA chatgpt standard (official): 1366 / 2485 = 0.5497"), std::string::npos)
         << run.output;
@@ -56,8 +56,8 @@ TEST(EvalIgakuqaCli, ScoresOneJsonlFileAndListsMissingQuestions) {
     fs::create_directories(dir);
     std::ofstream(dir / "gpt4o.jsonl") << "{\"problem_id\": \"115A1\", \"prediction\": \"x\"}\n"
                                           "{\"problem_id\": \"115A2\", \"prediction\": \"y\"}\n";
-    const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --predictions " + (dir / "gpt4o.jsonl").string() +
-                               " --years 2021 --output " + (dir / "out").string());
+    const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --predictions " +
+                                  (dir / "gpt4o.jsonl").string() + " --years 2021 --output " + (dir / "out").string());
     ASSERT_EQ(run.exit_code, 0) << run.output;
     std::ifstream in(dir / "out" / "report.json");
     const auto report = nlohmann::json::parse(in);
@@ -88,15 +88,15 @@ TEST(EvalIgakuqaCli, ReadsAConfigFileAndFlagsWin) {
 
 TEST(EvalIgakuqaCli, ModelWithoutTheEngineIsAUsageError) {
     const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --model /nonexistent --output " +
-                               (fs::path(testing::TempDir()) / "igakuqa_cli_model").string());
+                                  (fs::path(testing::TempDir()) / "igakuqa_cli_model").string());
     EXPECT_EQ(run.exit_code, 2) << run.output;
     EXPECT_NE(run.output.find("not built yet"), std::string::npos) << run.output;
     EXPECT_EQ(std::count(run.output.begin(), run.output.end(), '\n'), 1) << run.output;
 }
 
 TEST(EvalIgakuqaCli, BadArgumentsExitTwo) {
-    const std::string base = "eval igakuqa --data-dir " + kData + " --output " +
-                             (fs::path(testing::TempDir()) / "igakuqa_cli_bad").string();
+    const std::string base =
+        "eval igakuqa --data-dir " + kData + " --output " + (fs::path(testing::TempDir()) / "igakuqa_cli_bad").string();
     EXPECT_EQ(run_medllm(base).exit_code, 2);  // neither --model nor --predictions
     EXPECT_EQ(run_medllm(base + " --predictions " + kData + "/baseline_results --years 2017").exit_code, 2);
     EXPECT_EQ(run_medllm(base + " --predictions " + kData + "/baseline_results --mode sometimes").exit_code, 2);

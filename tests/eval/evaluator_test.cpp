@@ -19,7 +19,9 @@ namespace fs = std::filesystem;
 
 const std::string kData = std::string(MEDLLM_SHARED_DIR) + "/igakuqa_data";
 
-int question_number(const Question& q) { return std::stoi(q.problem_id.substr(4)); }
+int question_number(const Question& q) {
+    return std::stoi(q.problem_id.substr(4));
+}
 
 std::string join(const std::vector<std::string>& items, const std::string& sep) {
     std::string out;
@@ -39,7 +41,8 @@ public:
                 script_[render_prompt(q, examples, mode, format)] = respond(q, mode);
         }
     }
-    std::vector<std::string> complete(const std::vector<std::string>& prompts, const GenerationParams& params) override {
+    std::vector<std::string> complete(const std::vector<std::string>& prompts,
+                                      const GenerationParams& params) override {
         ++calls;
         last_params = params;
         if (fail_on_call == calls) throw Error("scripted failure");
@@ -77,8 +80,8 @@ protected:
     void SetUp() override {
         questions = load_questions(kData, {2018});
         examples  = load_few_shot_examples(default_prompt_file(kData));
-        out_dir   = fs::path(testing::TempDir()) / ("igakuqa_eval_" + std::string(
-                        testing::UnitTest::GetInstance()->current_test_info()->name()));
+        out_dir   = fs::path(testing::TempDir()) /
+                  ("igakuqa_eval_" + std::string(testing::UnitTest::GetInstance()->current_test_info()->name()));
         fs::remove_all(out_dir);
         options.modes                             = {PromptMode::standard, PromptMode::explanation};
         options.format                            = PromptFormat::chat;
@@ -135,10 +138,9 @@ TEST_F(EvaluatorTest, BothModesEndToEnd) {
     std::ifstream md_in(out_dir / "report.md");
     const std::string md((std::istreambuf_iterator<char>(md_in)), std::istreambuf_iterator<char>());
     char headline[64];
-    std::snprintf(headline, sizeof headline, "| scripted-test-model | %.4f (%d/%d) |", static_cast<double>(even_points) / possible,
-                  even_points, possible);
-    EXPECT_NE(md.find(headline), std::string::npos)
-        << md.substr(0, 400);
+    std::snprintf(headline, sizeof headline, "| scripted-test-model | %.4f (%d/%d) |",
+                  static_cast<double>(even_points) / possible, even_points, possible);
+    EXPECT_NE(md.find(headline), std::string::npos) << md.substr(0, 400);
     EXPECT_NE(md.find("## Stability gap"), std::string::npos);
     EXPECT_NE(md.find("| 循環器 |"), std::string::npos);
 
@@ -150,7 +152,7 @@ TEST_F(EvaluatorTest, BothModesEndToEnd) {
 
 TEST_F(EvaluatorTest, ResumesFromSavedPredictions) {
     ScriptedTestBackend reference(questions, examples, PromptFormat::chat);
-    options.output_dir = out_dir / "uninterrupted";
+    options.output_dir  = out_dir / "uninterrupted";
     const auto expected = report_json(evaluate_model(questions, examples, reference, options, {2018}), questions);
 
     options.output_dir = out_dir / "interrupted";
@@ -163,7 +165,8 @@ TEST_F(EvaluatorTest, ResumesFromSavedPredictions) {
     ScriptedTestBackend resumed(questions, examples, PromptFormat::chat);
     const auto result = report_json(evaluate_model(questions, examples, resumed, options, {2018}), questions);
     EXPECT_EQ(resumed.asked.size(), 300u + 400u);  // 100 standard answers were already saved
-    for (const auto& p : resumed.asked) EXPECT_EQ(std::count(crashing.asked.begin(), crashing.asked.begin() + 100, p), 0);
+    for (const auto& p : resumed.asked)
+        EXPECT_EQ(std::count(crashing.asked.begin(), crashing.asked.begin() + 100, p), 0);
     EXPECT_EQ(result["modes"], expected["modes"]);
     EXPECT_EQ(result["stability_gap"], expected["stability_gap"]);
 
@@ -198,7 +201,7 @@ TEST_F(EvaluatorTest, RejectsABackendThatLosesCompletions) {
 TEST(EvaluatePredictions, ModeRules) {
     const auto questions = load_questions(kData, {2018});
     ExternalPredictions plain;
-    plain.model_name         = "m";
+    plain.model_name           = "m";
     plain.by_mode[""]["112A1"] = {"e", std::nullopt};
     // Mode-less records are one mode only.
     EXPECT_THROW(evaluate_predictions(questions, plain, {PromptMode::standard, PromptMode::explanation}, false, {2018}),

@@ -32,7 +32,7 @@ protected:
     static std::vector<Question>* questions_;
     static std::vector<FewShotExample>* examples_;
 };
-std::vector<Question>* PromptTest::questions_       = nullptr;
+std::vector<Question>* PromptTest::questions_      = nullptr;
 std::vector<FewShotExample>* PromptTest::examples_ = nullptr;
 
 TEST_F(PromptTest, StandardModeMatchesTheOriginalCharacterByCharacter) {
@@ -87,7 +87,8 @@ TEST_F(PromptTest, BaseRenderingIsPlainText) {
     EXPECT_EQ(prompt.rfind("医師国家試験を解きます。\n\n問題: ヒトゲノム", 0), 0u) << prompt.substr(0, 80);
     EXPECT_NE(prompt.find("ちょうど1個選んでください。\n答え:e\n\n問題: 57歳"), std::string::npos);
     EXPECT_NE(prompt.find("答え:a,b\n\n問題: 28歳"), std::string::npos);
-    EXPECT_EQ(prompt.substr(prompt.size() - std::string("1個選んでください。\n答え:").size()), "1個選んでください。\n答え:");
+    EXPECT_EQ(prompt.substr(prompt.size() - std::string("1個選んでください。\n答え:").size()),
+              "1個選んでください。\n答え:");
     EXPECT_EQ(prompt.find("<|im_start|>"), std::string::npos);
     // A numeric question gets an answer marker in base form (the chat form keeps the original bare stem).
     const std::string numeric = render_prompt(find("112C66"), *examples_, PromptMode::standard, PromptFormat::base);

@@ -1,5 +1,6 @@
 // Official IgakuQA scoring: crafted cases for each rule, and the ChatGPT baseline reproduction against the
-// independent Python scorer (scripts/igakuqa_reference_score.py -> tests/fixtures/eval/chatgpt_baseline_reference.json).
+// independent Python scorer (scripts/igakuqa_reference_score.py ->
+// tests/fixtures/eval/chatgpt_baseline_reference.json).
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -15,7 +16,7 @@ namespace medllm::eval {
 namespace {
 
 const std::string kData = std::string(MEDLLM_SHARED_DIR) + "/igakuqa_data";
-using Items = std::vector<std::string>;
+using Items             = std::vector<std::string>;
 
 TEST(OfficialSplit, BehavesLikePythonSplit) {
     EXPECT_EQ(official_split(""), Items{""});
@@ -71,12 +72,9 @@ Question make_question(const std::string& id, int year, char section, Items answ
 
 TEST(ScoreQuestions, PointsSectionsKinkiAndMissing) {
     const std::vector<Question> qs = {
-        make_question("112A1", 2018, 'A', {"e"}, 1, {"a"}),
-        make_question("112A2", 2018, 'A', {"b", "c"}, 1),
-        make_question("112B1", 2018, 'B', {"a"}, 3, {"c"}),
-        make_question("112B30", 2018, 'B', {"a or d"}, 3),
-        make_question("112E1", 2018, 'E', {"d"}, 0),
-        make_question("112F1", 2018, 'F', {"a"}, 1),
+        make_question("112A1", 2018, 'A', {"e"}, 1, {"a"}), make_question("112A2", 2018, 'A', {"b", "c"}, 1),
+        make_question("112B1", 2018, 'B', {"a"}, 3, {"c"}), make_question("112B30", 2018, 'B', {"a or d"}, 3),
+        make_question("112E1", 2018, 'E', {"d"}, 0),        make_question("112F1", 2018, 'F', {"a"}, 1),
     };
     const std::vector<ScoredItems> items = {
         Items{"a"},       // wrong, and a prohibited choice
@@ -180,8 +178,8 @@ TEST(ChatGptBaseline, ReproducesTheReferenceScorerExactly) {
 
     ASSERT_EQ(s.years.size(), ref["years"].size());
     for (size_t i = 0; i < s.years.size(); ++i) {
-        const YearScore& y  = s.years[i];
-        const auto& r       = ref["years"][i];
+        const YearScore& y = s.years[i];
+        const auto& r      = ref["years"][i];
         SCOPED_TRACE(y.year);
         EXPECT_EQ(y.year, r["year"].get<int>());
         EXPECT_EQ(y.total.points, r["points"].get<int>());
@@ -222,7 +220,8 @@ TEST(ExternalPredictions, RejectsBadInput) {
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
     const auto file = dir / "preds.jsonl";
-    std::ofstream(file) << "{\"problem_id\": \"112A1\", \"prediction\": \"e\"}\n{\"problem_id\": \"112A1\", \"prediction\": \"a\"}\n";
+    std::ofstream(file)
+        << "{\"problem_id\": \"112A1\", \"prediction\": \"e\"}\n{\"problem_id\": \"112A1\", \"prediction\": \"a\"}\n";
     try {
         load_external_predictions(file);
         FAIL() << "duplicate accepted";

@@ -33,9 +33,9 @@ size_t find_after_last_answer_marker(std::string_view normalized);
 
 // What kind of answer a question expects.
 struct AnswerSpec {
-    bool numeric        = false;  // numeric entry (no choices): the answer is one number string
-    int num_choices     = 5;      // letters a.. up to this many are valid
-    int expected_count  = 0;      // "choose exactly N" (0 = unknown); used to read one label line per answer
+    bool numeric       = false;  // numeric entry (no choices): the answer is one number string
+    int num_choices    = 5;      // letters a.. up to this many are valid
+    int expected_count = 0;      // "choose exactly N" (0 = unknown); used to read one label line per answer
 };
 
 struct ExtractedAnswer {

@@ -9,7 +9,7 @@ namespace medllm::eval {
 
 struct GenerationParams {
     int max_new_tokens = 64;
-    double temperature = 0.0;        // 0 = greedy (the evaluator always asks for greedy decoding)
+    double temperature = 0.0;       // 0 = greedy (the evaluator always asks for greedy decoding)
     std::vector<std::string> stop;  // stop strings; the text of the stop string is not part of the completion
 };
 

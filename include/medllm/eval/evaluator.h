@@ -22,7 +22,7 @@ struct ScoredPrediction {
 };
 
 struct ModeResult {
-    PromptMode mode = PromptMode::standard;
+    PromptMode mode      = PromptMode::standard;
     bool lenient_primary = false;  // headline extraction: standard mode official by default, explanation lenient
     std::vector<std::optional<ScoredPrediction>> predictions;  // aligned with the questions; nullopt = missing
     ScoreSummary official;

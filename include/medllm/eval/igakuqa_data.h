@@ -13,12 +13,14 @@ namespace medllm::eval {
 inline constexpr char kSections[] = {'A', 'B', 'C', 'D', 'E', 'F'};
 
 // 2018 = 第112回 ... 2022 = 第116回.
-inline int exam_number_for_year(int year) { return year - 1906; }
+inline int exam_number_for_year(int year) {
+    return year - 1906;
+}
 
 struct Question {
     std::string problem_id;  // "112A1"
-    int year = 0;
-    int exam = 0;        // 112
+    int year     = 0;
+    int exam     = 0;    // 112
     char section = 'A';  // 'A'..'F'
     std::string problem_text;
     std::vector<std::string> choices;  // unlabeled; empty for numeric-entry questions

@@ -59,9 +59,9 @@ struct ScoreSummary {
     Tally total;
     double year_mean_normalized = 0.0;  // mean over years of points/possible
     std::map<std::string, Tally> categories;
-    std::vector<std::string> missing;      // problem_ids without a prediction
-    std::vector<std::string> incorrect;    // problem_ids scored wrong (missing ones included)
-    std::vector<bool> correct;             // per question, aligned with the questions scored
+    std::vector<std::string> missing;    // problem_ids without a prediction
+    std::vector<std::string> incorrect;  // problem_ids scored wrong (missing ones included)
+    std::vector<bool> correct;           // per question, aligned with the questions scored
 };
 
 // Scores `items[i]` against `questions[i]` (same length; throws std::invalid_argument otherwise).
