@@ -85,6 +85,9 @@ CURATED = [
     "e\u0301 a\u0300 o\u0308 n\u0303 A\u030a c\u0327 Ä Å é", "\u1100\u1161\u11a8 각 \u1112\u1161\u11ab",
     "q\u0307\u0323 \u1e0b\u0323 d\u0323\u0307 \u212b \u2126 \u00c5",
     "x\u0301\u0301\u0301 \u0301start",
+    # NFC singletons (Greek oxia vowels, Angstrom/Ohm/Kelvin signs) and composition exclusions
+    "\u1f71\u1f73\u1f75\u1f77\u1f79\u1f7b\u1f7d \u1fbb\u1fc9\u1fcb\u1fd3\u1fdb\u1fe3\u1feb\u1fee\u1ff9\u1ffb \u212b\u2126\u212a",
+    "\u0958\u0959 \u2adc \u0344 \u0f73 \u0340\u0341 a\u0340",
     # Korean, Chinese, other scripts
     "안녕하세요, 세계! 의학 시험 문제입니다.", "你好，世界！医学考试题目。这是一个测试。", "繁體中文：醫學檢查與診斷",
     "مرحبا بالعالم ١٢٣", "नमस्ते दुनिया १२३", "Привет, мир! Ёлка", "Γειά σου Κόσμε", "ខ្ញុំស្រលាញ់អ្នក", "שלום עולם",

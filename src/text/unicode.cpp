@@ -3,6 +3,7 @@
 #include <utf8proc.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 
 #include "medllm/core/error.h"
@@ -66,11 +67,15 @@ private:
                                                      &last_boundclass);
         if (n <= 0 || n > 8) return;
         for (utf8proc_ssize_t i = 1; i < n; ++i) classes_[static_cast<std::uint32_t>(buf[i])] |= kNfcUnsafe;
-        if (n == 1) {
-            if (static_cast<std::uint32_t>(buf[0]) != c) classes_[c] |= kNfcUnsafe;
-            return;
-        }
-        if (p->comp_exclusion) classes_[c] |= kNfcUnsafe;
+        if (c >= 0xAC00 && c <= 0xD7A3) return;  // precomposed Hangul syllables are NFC
+        // Singletons (U+212B ANGSTROM SIGN, Greek oxia vowels) and composition exclusions: ask utf8proc itself.
+        utf8proc_uint8_t encoded[8];
+        const utf8proc_ssize_t len = utf8proc_encode_char(static_cast<utf8proc_int32_t>(c), encoded);
+        utf8proc_uint8_t* composed = nullptr;
+        const utf8proc_ssize_t clen =
+            utf8proc_map(encoded, len, &composed, static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+        if (clen != len || std::memcmp(composed, encoded, static_cast<std::size_t>(len)) != 0) classes_[c] |= kNfcUnsafe;
+        std::free(composed);
         if (utf8proc_get_property(buf[0])->combining_class != 0) classes_[c] |= kNfcUnsafe;
     }
 

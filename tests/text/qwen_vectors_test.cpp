@@ -2,6 +2,7 @@
 // larger golden set written by scripts/make_tokenizer_fixtures.py.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -91,6 +92,33 @@ TEST(QwenGolden, MatchesHuggingFaceTokenizers) {
     }
     EXPECT_GT(cases, 200u);
     EXPECT_EQ(failures, 0u) << "of " << cases << " cases";
+}
+
+}  // namespace
+}  // namespace medllm::text
+
+namespace medllm::text {
+namespace {
+
+// Optional exhaustive check: every code point in several contexts, expectations from
+// `scripts/make_tokenizer_fixtures.py --sweep FILE` (about 60 MB, so not committed). Set MEDLLM_TOKENIZER_SWEEP=FILE.
+TEST(QwenSweep, EveryCodePointMatchesHuggingFace) {
+    const char* path = std::getenv("MEDLLM_TOKENIZER_SWEEP");
+    if (!path) GTEST_SKIP() << "set MEDLLM_TOKENIZER_SWEEP to a file written by make_tokenizer_fixtures.py --sweep";
+    std::ifstream in(path);
+    ASSERT_TRUE(in) << path;
+    std::vector<std::string> texts;
+    std::vector<std::vector<TokenId>> wanted;
+    for (std::string line; std::getline(in, line);) {
+        const auto j = nlohmann::json::parse(line);
+        texts.push_back(j.at("text").get<std::string>());
+        wanted.push_back(j.at("ids").get<std::vector<TokenId>>());
+    }
+    const auto got       = qwen().encode_batch(texts);
+    std::size_t failures = 0;
+    for (std::size_t i = 0; i < texts.size(); ++i)
+        if (got[i] != wanted[i] && ++failures <= 20) ADD_FAILURE() << "mismatch for " << nlohmann::json(texts[i]).dump();
+    EXPECT_EQ(failures, 0u) << "of " << texts.size();
 }
 
 }  // namespace
