@@ -478,6 +478,12 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::files
             throw Error(where + ": model type '" + model.value("type", "") + "' is not BPE");
         if (model.contains("byte_fallback") && model["byte_fallback"].is_boolean() && model["byte_fallback"].get<bool>())
             throw Error(where + ": byte_fallback BPE is not supported");
+        for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+            if (model.contains(key) && model[key].is_string() && !model[key].get<std::string>().empty())
+                throw Error(where + ": model." + key + " is not supported by the byte-level BPE");
+        }
+        if (model.contains("dropout") && model["dropout"].is_number() && model["dropout"].get<double>() > 0)
+            throw Error(where + ": model.dropout is not supported (BPE dropout is for training only)");
         check_pipeline(j, where, options);
         options.ignore_merges = model.value("ignore_merges", false);
 

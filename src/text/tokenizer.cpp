@@ -133,9 +133,17 @@ std::unique_ptr<Tokenizer> Tokenizer::from_dir(const fs::path& dir) {
         return config.contains(key) && config[key].is_boolean() ? config[key].get<bool>() : fallback;
     };
     std::unique_ptr<Tokenizer> tokenizer;
-    const bool has_json = fs::exists(dir / "tokenizer.json");
+    bool has_json       = fs::exists(dir / "tokenizer.json");
     const bool has_bpe  = fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt");
     const bool has_sp   = fs::exists(dir / "tokenizer.model");
+    if (has_json && has_sp) {
+        // Llama-family repos ship both; their tokenizer.json is not byte-level BPE, so SentencePiece reads them.
+        const nlohmann::json j = read_json(dir / "tokenizer.json");
+        const std::string dump = j.value("pre_tokenizer", nlohmann::json()).dump();
+        const bool byte_level  = j.contains("model") && j["model"].value("type", "") == "BPE" &&
+                                dump.find("\"ByteLevel\"") != std::string::npos;
+        if (!byte_level) has_json = false;
+    }
     if (has_json || has_bpe) {
         BpeOptions options;
         options.add_bos   = flag("add_bos_token", false);

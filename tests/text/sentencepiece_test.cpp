@@ -71,6 +71,16 @@ TEST_F(SentencePieceModel, RoundTripsThroughTheTokenizerInterface) {
     EXPECT_EQ(tok->encode("ok\xFF"), tok->encode("ok\xEF\xBF\xBD"));  // invalid UTF-8 repaired first
 }
 
+TEST_F(SentencePieceModel, PreferredOverANonByteLevelTokenizerJson) {
+    // Llama-family repos ship tokenizer.json (Metaspace, byte_fallback BPE) next to tokenizer.model.
+    std::ofstream(dir_ / "tokenizer.json")
+        << R"({"model": {"type": "BPE", "byte_fallback": true, "vocab": {}, "merges": []},
+              "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"}})";
+    const auto tok = Tokenizer::from_dir(dir_);
+    fs::remove(dir_ / "tokenizer.json");
+    EXPECT_EQ(tok->kind(), "sentencepiece");
+}
+
 TEST(SentencePieceErrors, CorruptModelNamesTheFile) {
     const fs::path dir = fs::temp_directory_path() / ("medllm_sp_bad_" + std::to_string(::getpid()));
     fs::create_directories(dir);
