@@ -1,0 +1,165 @@
+// Config machinery: YAML/JSON parsing, --set precedence, unknown keys with suggestions, types, ranges.
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <yaml-cpp/yaml.h>
+
+#include "medllm/core/config.h"
+
+namespace fs = std::filesystem;
+using medllm::ConfigSchema;
+using medllm::ConfigSource;
+using medllm::UsageError;
+
+namespace {
+
+struct TrainConfig {
+    std::string model;
+    int64_t lora_rank = 16;
+    double lr         = 2e-4;
+    bool bf16         = true;
+    std::string schedule = "cosine";
+    std::vector<std::string> targets = {"q_proj", "v_proj"};
+};
+
+ConfigSchema<TrainConfig> schema() {
+    ConfigSchema<TrainConfig> s;
+    s.field("model", &TrainConfig::model, "checkpoint dir").required();
+    s.field("lora.rank", &TrainConfig::lora_rank, "adapter rank").range(1, 1024);
+    s.field("lora.target_modules", &TrainConfig::targets, "projections to adapt");
+    s.field("optim.lr", &TrainConfig::lr, "peak learning rate").range(0, 1);
+    s.field("optim.schedule", &TrainConfig::schedule, "lr schedule").one_of({"cosine", "linear", "constant"});
+    s.field("bf16", &TrainConfig::bf16, "train in bf16");
+    return s;
+}
+
+class ConfigTest : public ::testing::Test {
+protected:
+    fs::path dir = fs::temp_directory_path() / ("medllm_config_test_" + std::to_string(::getpid()));
+    void SetUp() override { fs::create_directories(dir); }
+    void TearDown() override { fs::remove_all(dir); }
+    std::string write(const std::string& name, const std::string& text) {
+        auto p = dir / name;
+        std::ofstream(p) << text;
+        return p.string();
+    }
+    std::string error_of(const ConfigSource& src) {
+        try {
+            schema().load(src);
+        } catch (const UsageError& e) {
+            return e.what();
+        }
+        return "";
+    }
+};
+
+TEST_F(ConfigTest, YamlAndJsonGiveTheSameConfig) {
+    auto y = write("c.yaml",
+                   "model: /m\nlora:\n  rank: 64\n  target_modules: [q_proj, k_proj]\noptim:\n  lr: 1.5e-5\n"
+                   "  schedule: linear\nbf16: false\n");
+    auto j = write("c.json",
+                   R"({"model": "/m", "lora": {"rank": 64, "target_modules": ["q_proj", "k_proj"]},)"
+                   R"( "optim": {"lr": 1.5e-5, "schedule": "linear"}, "bf16": false})");
+    for (const auto& path : {y, j}) {
+        auto c = schema().load({path, {}});
+        EXPECT_EQ(c.model, "/m");
+        EXPECT_EQ(c.lora_rank, 64);
+        EXPECT_DOUBLE_EQ(c.lr, 1.5e-5);
+        EXPECT_EQ(c.schedule, "linear");
+        EXPECT_FALSE(c.bf16);
+        EXPECT_EQ(c.targets, (std::vector<std::string>{"q_proj", "k_proj"}));
+    }
+}
+
+TEST_F(ConfigTest, DefaultsApplyWhenKeysAreAbsent) {
+    auto c = schema().load({write("c.yaml", "model: x\n"), {}});
+    EXPECT_EQ(c.lora_rank, 16);
+    EXPECT_DOUBLE_EQ(c.lr, 2e-4);
+    EXPECT_TRUE(c.bf16);
+}
+
+TEST_F(ConfigTest, OverridesWinOverTheFileInOrder) {
+    auto path = write("c.yaml", "model: x\nlora:\n  rank: 8\n");
+    std::vector<medllm::ResolvedEntry> resolved;
+    auto c = schema().load({path, {"lora.rank=32", "optim.lr=3e-4", "lora.rank=48", "lora.target_modules=[o_proj]"}},
+                           &resolved);
+    EXPECT_EQ(c.lora_rank, 48);
+    EXPECT_DOUBLE_EQ(c.lr, 3e-4);
+    EXPECT_EQ(c.targets, (std::vector<std::string>{"o_proj"}));
+    bool saw = false;
+    for (const auto& e : resolved) {
+        if (e.key == "lora.rank") {
+            EXPECT_EQ(e.value, "48");
+            EXPECT_EQ(e.origin, "--set");
+            saw = true;
+        }
+        if (e.key == "model") EXPECT_EQ(e.origin, "c.yaml");
+        if (e.key == "bf16") EXPECT_EQ(e.origin, "default");
+    }
+    EXPECT_TRUE(saw);
+}
+
+TEST_F(ConfigTest, UnknownKeyNamesFileAndClosestKey) {
+    auto msg = error_of({write("cpt.yaml", "model: x\nlora:\n  rnak: 8\n"), {}});
+    EXPECT_EQ(msg, "unknown key 'lora.rnak' in " + (dir / "cpt.yaml").string() + "; did you mean 'lora.rank'?");
+    msg = error_of({write("c.yaml", "model: x\n"), {"optim.learning_rate=1"}});
+    EXPECT_NE(msg.find("unknown key 'optim.learning_rate' in --set"), std::string::npos) << msg;
+    msg = error_of({write("c.yaml", "model: x\ncompletely_unrelated_thing: 1\n"), {}});
+    EXPECT_EQ(msg.find("did you mean"), std::string::npos) << msg;
+}
+
+TEST_F(ConfigTest, WrongTypesNameKeyAndValue) {
+    auto msg = error_of({write("c.yaml", "model: x\nlora:\n  rank: sixteen\n"), {}});
+    EXPECT_NE(msg.find("key 'lora.rank'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("must be an integer"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'sixteen'"), std::string::npos) << msg;
+    msg = error_of({write("c.yaml", "model: x\nbf16: 1\n"), {}});
+    EXPECT_NE(msg.find("must be true or false"), std::string::npos) << msg;
+    msg = error_of({write("c.yaml", "model: x\nlora:\n  rank: 2.5\n"), {}});
+    EXPECT_NE(msg.find("must be an integer"), std::string::npos) << msg;
+    msg = error_of({write("c.yaml", "model: x\nlora:\n  target_modules: q_proj\n"), {}});
+    EXPECT_NE(msg.find("a list of strings"), std::string::npos) << msg;
+    // Quoted scalars stay strings even when they look like numbers.
+    msg = error_of({write("c.yaml", "model: x\nlora:\n  rank: \"16\"\n"), {}});
+    EXPECT_NE(msg.find("must be an integer"), std::string::npos) << msg;
+}
+
+TEST_F(ConfigTest, OutOfRangeValuesNameTheAllowedRange) {
+    auto msg = error_of({write("c.yaml", "model: x\nlora:\n  rank: 0\n"), {}});
+    EXPECT_NE(msg.find("key 'lora.rank' = 0"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("between 1 and 1024"), std::string::npos) << msg;
+    msg = error_of({write("c.yaml", "model: x\noptim:\n  schedule: cosin\n"), {}});
+    EXPECT_NE(msg.find("one of cosine, linear, constant"), std::string::npos) << msg;
+}
+
+TEST_F(ConfigTest, MissingRequiredKeyAndMalformedFiles) {
+    EXPECT_NE(error_of({write("c.yaml", "lora:\n  rank: 4\n"), {}}).find("missing required key 'model'"),
+              std::string::npos);
+    auto msg = error_of({write("bad.yaml", "model: x\nlora: [1, 2\n"), {}});
+    EXPECT_NE(msg.find("malformed YAML in"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("bad.yaml"), std::string::npos) << msg;
+    msg = error_of({write("bad.json", "{\"model\": }"), {}});
+    EXPECT_NE(msg.find("malformed JSON in"), std::string::npos) << msg;
+    EXPECT_NE(error_of({(dir / "absent.yaml").string(), {}}).find("cannot read config file"), std::string::npos);
+    EXPECT_NE(error_of({write("c.yaml", "- a\n- b\n"), {}}).find("mapping"), std::string::npos);
+    EXPECT_NE(error_of({"", {"model"}}).find("--set expects key=value"), std::string::npos);
+}
+
+TEST_F(ConfigTest, ResolvedYamlReloadsToTheSameConfig) {
+    std::vector<medllm::ResolvedEntry> resolved;
+    auto first = schema().load({write("c.yaml", "model: /ckpt\noptim:\n  lr: 1e-5\n"), {"lora.rank=7"}}, &resolved);
+    auto out   = (dir / "config.resolved.yaml").string();
+    medllm::write_resolved_yaml(resolved, out);
+    auto again = schema().load({out, {}});
+    EXPECT_EQ(again.model, first.model);
+    EXPECT_EQ(again.lora_rank, 7);
+    EXPECT_DOUBLE_EQ(again.lr, first.lr);
+    EXPECT_EQ(again.targets, first.targets);
+    EXPECT_EQ(again.bf16, first.bf16);
+    auto table = medllm::format_resolved_table(resolved);
+    EXPECT_NE(table.find("lora.rank"), std::string::npos);
+    EXPECT_NE(table.find("(--set)"), std::string::npos);
+}
+
+}  // namespace
