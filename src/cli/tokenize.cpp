@@ -10,8 +10,8 @@
 #include <iostream>
 #include <memory>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "medllm/core/error.h"
@@ -60,7 +60,7 @@ void run_tokenize(const TokenizeOptions& opt) {
     const auto tokenizer = text::Tokenizer::from_dir(opt.model);
 
     std::ifstream file;
-    std::istream* in = &std::cin;
+    std::istream* in             = &std::cin;
     const std::string input_name = opt.input == "-" ? std::string("<stdin>") : opt.input;
     if (opt.input != "-") {
         file.open(opt.input, std::ios::binary);
@@ -169,7 +169,7 @@ void run_tokenize(const TokenizeOptions& opt) {
 }  // namespace
 
 void add_tokenize_command(CLI::App& app) {
-    auto opt = std::make_shared<TokenizeOptions>();
+    auto opt  = std::make_shared<TokenizeOptions>();
     auto* cmd = app.add_subcommand("tokenize", "Encode text to token ids (JSONL) or decode ids back to text");
     cmd->add_option("--model,-m", opt->model,
                     "Model or tokenizer directory (tokenizer.json, vocab.json + merges.txt, or tokenizer.model)")
@@ -180,8 +180,7 @@ void add_tokenize_command(CLI::App& app) {
     cmd->add_option("--output,-o", opt->output, "Output JSONL file, '-' for stdout")->capture_default_str();
     cmd->add_option("--field", opt->field, "Read JSONL input and encode this string field of each object");
     cmd->add_flag("--decode", opt->decode, "Decode: each line is [ids] or {\"ids\": [...]}; writes {\"text\": ...}");
-    cmd->add_flag("--stats", opt->stats,
-                  "Print documents, tokens, tokens per character and throughput to stderr");
+    cmd->add_flag("--stats", opt->stats, "Print documents, tokens, tokens per character and throughput to stderr");
     cmd->add_flag("--add-special-tokens", opt->add_special_tokens,
                   "Add BOS/EOS where the tokenizer config asks for them (Qwen2.5 adds none)");
     cmd->add_flag("--skip-special-tokens", opt->skip_special_tokens, "Decode: drop special tokens");

@@ -41,9 +41,10 @@ struct ByteSymbols {
         int next = 0;
         for (int b = 0; b < 256; ++b) {
             const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-            const std::uint32_t cp = printable ? static_cast<std::uint32_t>(b) : 256u + static_cast<std::uint32_t>(next++);
-            symbol[b]                   = encode_utf8(cp);
-            code_point_to_byte[cp]      = static_cast<unsigned char>(b);
+            const std::uint32_t cp =
+                printable ? static_cast<std::uint32_t>(b) : 256u + static_cast<std::uint32_t>(next++);
+            symbol[b]              = encode_utf8(cp);
+            code_point_to_byte[cp] = static_cast<unsigned char>(b);
         }
     }
 };
@@ -109,7 +110,7 @@ std::vector<std::pair<std::size_t, std::uint32_t>> code_points(std::string_view 
     std::size_t i = 0;
     while (i < s.size()) {
         const unsigned char b = p[i];
-        int len = b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
+        int len               = b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
         if (i + static_cast<std::size_t>(len) > s.size()) len = static_cast<int>(s.size() - i);
         std::uint32_t cp = len == 1 ? b : (b & (0x7Fu >> len));
         for (int k = 1; k < len; ++k) cp = (cp << 6) | (p[i + k] & 0x3Fu);
@@ -128,7 +129,9 @@ bool is_word_cp(std::uint32_t cp) {
 
 }  // namespace
 
-const std::string& byte_symbol(unsigned char byte) { return byte_symbols().symbol[byte]; }
+const std::string& byte_symbol(unsigned char byte) {
+    return byte_symbols().symbol[byte];
+}
 
 // ------------------------------------------------------------------------------------------------ merge table
 // Open addressing over (left id, right id) -> (rank, merged id): the BPE inner loop's only lookup.
@@ -154,7 +157,9 @@ struct BpeTokenizer::MergeTable {
     static std::uint64_t key_of(TokenId a, TokenId b) {
         return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) | static_cast<std::uint32_t>(b);
     }
-    std::size_t home(std::uint64_t key) const { return static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ull) >> shift); }
+    std::size_t home(std::uint64_t key) const {
+        return static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ull) >> shift);
+    }
     // Later duplicates overwrite earlier ones, as HF's HashMap collect does.
     void put(TokenId a, TokenId b, std::int32_t rank, TokenId merged) {
         const std::uint64_t key = key_of(a, b);
@@ -203,10 +208,10 @@ public:
     }
 
 private:
-    static constexpr std::uint32_t kEmptyLen    = ~0u;
-    static constexpr std::size_t kCapacity      = 1u << 17;  // 65536 words at half load
-    static constexpr std::size_t kMaxWordBytes  = 256;
-    static constexpr std::size_t kMaxArena      = 16u << 20;
+    static constexpr std::uint32_t kEmptyLen   = ~0u;
+    static constexpr std::size_t kCapacity     = 1u << 17;  // 65536 words at half load
+    static constexpr std::size_t kMaxWordBytes = 256;
+    static constexpr std::size_t kMaxArena     = 16u << 20;
     struct Entry {
         std::size_t hash      = 0;
         std::size_t key_off   = 0;
@@ -275,7 +280,7 @@ struct BpeTokenizer::AddedMatcher {
         std::size_t emitted = 0, search = 0;
         while (search < text.size()) {
             // leftmost-longest match at or after `search`
-            std::size_t start = std::string_view::npos;
+            std::size_t start      = std::string_view::npos;
             const Candidate* found = nullptr;
             for (std::size_t i = search; i < text.size() && !found; ++i) {
                 for (const Candidate& c : by_first[static_cast<unsigned char>(text[i])]) {
@@ -287,8 +292,8 @@ struct BpeTokenizer::AddedMatcher {
                 }
             }
             if (!found) break;
-            std::size_t stop = start + found->text.size();
-            search           = stop;
+            std::size_t stop      = start + found->text.size();
+            search                = stop;
             const AddedToken& tok = *found->token;
             if (tok.single_word) {
                 const auto before = code_points(text.substr(0, start));
@@ -441,15 +446,15 @@ void check_pipeline(const nlohmann::json& j, const std::string& where, BpeOption
     if (!norm.is_null() && norm.value("type", "") != "NFC")
         throw Error(where + ": unsupported normalizer '" + norm.dump() + "' (only NFC or none)");
     const auto& pre = j.value("pre_tokenizer", nlohmann::json());
-    bool has_split = false;
-    auto check_one = [&](const nlohmann::json& p) {
+    bool has_split  = false;
+    auto check_one  = [&](const nlohmann::json& p) {
         const std::string type = p.value("type", "");
         if (type == "Split") {
-            const auto& pat = p.value("pattern", nlohmann::json());
+            const auto& pat         = p.value("pattern", nlohmann::json());
             const std::string regex = pat.is_object() ? pat.value("Regex", "") : "";
             if (regex != kQwen2Pattern || p.value("behavior", "") != "Isolated" || p.value("invert", false))
                 throw Error(where + ": unsupported pre-tokenizer split " + p.dump() +
-                            " (medllm implements the Qwen2 regex only)");
+                             " (medllm implements the Qwen2 regex only)");
             has_split = true;
         } else if (type == "ByteLevel") {
             if (p.value("add_prefix_space", false) || p.value("use_regex", true))
@@ -468,15 +473,15 @@ void check_pipeline(const nlohmann::json& j, const std::string& where, BpeOption
 }
 }  // namespace
 
-std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::filesystem::path& path,
-                                                                BpeOptions options) {
-    const nlohmann::json j = parse_json_file(path);
+std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::filesystem::path& path, BpeOptions options) {
+    const nlohmann::json j  = parse_json_file(path);
     const std::string where = path.string();
     try {
         const auto& model = j.at("model");
         if (model.value("type", "BPE") != "BPE")
             throw Error(where + ": model type '" + model.value("type", "") + "' is not BPE");
-        if (model.contains("byte_fallback") && model["byte_fallback"].is_boolean() && model["byte_fallback"].get<bool>())
+        if (model.contains("byte_fallback") && model["byte_fallback"].is_boolean() &&
+            model["byte_fallback"].get<bool>())
             throw Error(where + ": byte_fallback BPE is not supported");
         for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
             if (model.contains(key) && model[key].is_string() && !model[key].get<std::string>().empty())
@@ -498,10 +503,11 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::files
         for (std::size_t i = 0; i < mj.size(); ++i) {
             const auto& m = mj[i];
             if (m.is_string()) {
-                const std::string s = m.get<std::string>();
+                const std::string s  = m.get<std::string>();
                 const std::size_t sp = s.find(' ');
                 if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
-                    throw Error(where + ": model.merges[" + std::to_string(i) + "] is not two tokens separated by one space");
+                    throw Error(where + ": model.merges[" + std::to_string(i) +
+                                "] is not two tokens separated by one space");
                 merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
             } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
                 merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
@@ -646,8 +652,8 @@ void BpeTokenizer::bpe_word(std::string_view word, Scratch& scratch, std::vector
 
         cur.id = top.merged;
         cur.len += sym[next_pos].len;
-        cur.next           = sym[next_pos].next;
-        sym[next_pos].len  = 0;
+        cur.next          = sym[next_pos].next;
+        sym[next_pos].len = 0;
         if (cur.next != -1) sym[cur.next].prev = top.pos;
 
         if (cur.prev != -1) {

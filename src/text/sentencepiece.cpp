@@ -7,7 +7,9 @@
 
 namespace medllm::text {
 namespace {
-std::optional<TokenId> valid_id(int id) { return id >= 0 ? std::optional<TokenId>(id) : std::nullopt; }
+std::optional<TokenId> valid_id(int id) {
+    return id >= 0 ? std::optional<TokenId>(id) : std::nullopt;
+}
 }  // namespace
 
 SentencePieceTokenizer::SentencePieceTokenizer(const std::filesystem::path& model_file, bool add_bos, bool add_eos)
@@ -63,7 +65,9 @@ std::optional<std::string> SentencePieceTokenizer::id_to_token(TokenId id) const
     return sp_->IdToPiece(id);
 }
 
-std::size_t SentencePieceTokenizer::vocab_size() const { return static_cast<std::size_t>(sp_->GetPieceSize()); }
+std::size_t SentencePieceTokenizer::vocab_size() const {
+    return static_cast<std::size_t>(sp_->GetPieceSize());
+}
 
 bool SentencePieceTokenizer::is_special(TokenId id) const {
     if (id < 0 || id >= sp_->GetPieceSize()) return false;
@@ -77,9 +81,15 @@ std::vector<TokenId> SentencePieceTokenizer::special_token_ids() const {
     return ids;
 }
 
-std::optional<TokenId> SentencePieceTokenizer::bos_id() const { return valid_id(sp_->bos_id()); }
-std::optional<TokenId> SentencePieceTokenizer::eos_id() const { return valid_id(sp_->eos_id()); }
-std::optional<TokenId> SentencePieceTokenizer::pad_id() const { return valid_id(sp_->pad_id()); }
+std::optional<TokenId> SentencePieceTokenizer::bos_id() const {
+    return valid_id(sp_->bos_id());
+}
+std::optional<TokenId> SentencePieceTokenizer::eos_id() const {
+    return valid_id(sp_->eos_id());
+}
+std::optional<TokenId> SentencePieceTokenizer::pad_id() const {
+    return valid_id(sp_->pad_id());
+}
 
 std::string SentencePieceTokenizer::token_bytes(TokenId id, bool first) const {
     if (id < 0 || id >= sp_->GetPieceSize() || sp_->IsControl(id)) return {};

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <fstream>
-#include <sstream>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -133,9 +133,9 @@ std::unique_ptr<Tokenizer> Tokenizer::from_dir(const fs::path& dir) {
         return config.contains(key) && config[key].is_boolean() ? config[key].get<bool>() : fallback;
     };
     std::unique_ptr<Tokenizer> tokenizer;
-    bool has_json       = fs::exists(dir / "tokenizer.json");
-    const bool has_bpe  = fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt");
-    const bool has_sp   = fs::exists(dir / "tokenizer.model");
+    bool has_json      = fs::exists(dir / "tokenizer.json");
+    const bool has_bpe = fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt");
+    const bool has_sp  = fs::exists(dir / "tokenizer.model");
     if (has_json && has_sp) {
         // Llama-family repos ship both; their tokenizer.json is not byte-level BPE, so SentencePiece reads them.
         const nlohmann::json j = read_json(dir / "tokenizer.json");
@@ -220,8 +220,7 @@ StreamDecoder Tokenizer::stream_decoder(bool skip_special_tokens) const {
     return StreamDecoder(*this, skip_special_tokens);
 }
 
-std::string Tokenizer::apply_chat_template(const std::vector<ChatMessage>& messages,
-                                           bool add_generation_prompt) const {
+std::string Tokenizer::apply_chat_template(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
     return render_chatml(messages, add_generation_prompt, default_system_prompt_);
 }
 

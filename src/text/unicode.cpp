@@ -16,11 +16,11 @@ constexpr std::uint32_t kMaxCodePoint = 0x10FFFF;
 // Per-code-point classes for the pre-tokenizer and the NFC quick check, built once from utf8proc's tables
 // (1.1 MB; a lookup is one load, much cheaper than utf8proc_get_property's two-level walk on the hot path).
 enum : std::uint8_t {
-    kLetter    = 1,  // \p{L}: Lu Ll Lt Lm Lo
-    kNumber    = 2,  // \p{N}: Nd Nl No
-    kSpace     = 4,  // \s in Oniguruma = Unicode White_Space
-    kNfcUnsafe = 8,  // NFC may change a string containing this code point
-    kEnd       = 16, // pseudo-class the scanner reports past the end of the text
+    kLetter    = 1,   // \p{L}: Lu Ll Lt Lm Lo
+    kNumber    = 2,   // \p{N}: Nd Nl No
+    kSpace     = 4,   // \s in Oniguruma = Unicode White_Space
+    kNfcUnsafe = 8,   // NFC may change a string containing this code point
+    kEnd       = 16,  // pseudo-class the scanner reports past the end of the text
 };
 
 bool is_white_space(std::uint32_t c) {
@@ -34,17 +34,22 @@ public:
     ClassTable() : classes_(new std::uint8_t[kMaxCodePoint + 1]()) {
         for (std::uint32_t c = 0; c <= kMaxCodePoint; ++c) {
             const utf8proc_property_t* p = utf8proc_get_property(static_cast<utf8proc_int32_t>(c));
-            std::uint8_t v = 0;
+            std::uint8_t v               = 0;
             switch (p->category) {
                 case UTF8PROC_CATEGORY_LU:
                 case UTF8PROC_CATEGORY_LL:
                 case UTF8PROC_CATEGORY_LT:
                 case UTF8PROC_CATEGORY_LM:
-                case UTF8PROC_CATEGORY_LO: v |= kLetter; break;
+                case UTF8PROC_CATEGORY_LO:
+                    v |= kLetter;
+                    break;
                 case UTF8PROC_CATEGORY_ND:
                 case UTF8PROC_CATEGORY_NL:
-                case UTF8PROC_CATEGORY_NO: v |= kNumber; break;
-                default: break;
+                case UTF8PROC_CATEGORY_NO:
+                    v |= kNumber;
+                    break;
+                default:
+                    break;
             }
             if (is_white_space(c)) v |= kSpace;
             if (p->combining_class != 0) v |= kNfcUnsafe;
@@ -63,8 +68,8 @@ private:
         if (p->decomp_type != 0 && !(c >= 0xAC00 && c <= 0xD7A3)) return;  // compatibility-only: NFC leaves it
         utf8proc_int32_t buf[8];
         int last_boundclass = 0;
-        utf8proc_ssize_t n = utf8proc_decompose_char(static_cast<utf8proc_int32_t>(c), buf, 8, UTF8PROC_DECOMPOSE,
-                                                     &last_boundclass);
+        utf8proc_ssize_t n =
+            utf8proc_decompose_char(static_cast<utf8proc_int32_t>(c), buf, 8, UTF8PROC_DECOMPOSE, &last_boundclass);
         if (n <= 0 || n > 8) return;
         for (utf8proc_ssize_t i = 1; i < n; ++i) classes_[static_cast<std::uint32_t>(buf[i])] |= kNfcUnsafe;
         if (c >= 0xAC00 && c <= 0xD7A3) return;  // precomposed Hangul syllables are NFC
@@ -74,7 +79,8 @@ private:
         utf8proc_uint8_t* composed = nullptr;
         const utf8proc_ssize_t clen =
             utf8proc_map(encoded, len, &composed, static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
-        if (clen != len || std::memcmp(composed, encoded, static_cast<std::size_t>(len)) != 0) classes_[c] |= kNfcUnsafe;
+        if (clen != len || std::memcmp(composed, encoded, static_cast<std::size_t>(len)) != 0)
+            classes_[c] |= kNfcUnsafe;
         std::free(composed);
         if (utf8proc_get_property(buf[0])->combining_class != 0) classes_[c] |= kNfcUnsafe;
     }
@@ -137,7 +143,7 @@ inline int valid_sequence_length(const unsigned char* s, std::size_t i, std::siz
             return 0;
         }
         const unsigned char c = s[i + k];
-        const bool ok = k == 1 ? (c >= lo && c <= hi) : (c >= 0x80 && c <= 0xBF);
+        const bool ok         = k == 1 ? (c >= lo && c <= hi) : (c >= 0x80 && c <= 0xBF);
         if (!ok) {
             bad = k;
             return 0;
@@ -151,15 +157,15 @@ constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
 }  // namespace
 
 bool is_valid_utf8(std::string_view s) {
-    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    const auto* p       = reinterpret_cast<const unsigned char*>(s.data());
     const std::size_t n = s.size();
-    std::size_t i = 0;
+    std::size_t i       = 0;
     while (i < n) {
         if (p[i] < 0x80) {
             ++i;
             continue;
         }
-        int bad = 0;
+        int bad       = 0;
         const int len = valid_sequence_length(p, i, n, bad);
         if (len == 0) return false;
         i += static_cast<std::size_t>(len);
@@ -168,13 +174,13 @@ bool is_valid_utf8(std::string_view s) {
 }
 
 std::string to_valid_utf8(std::string_view s) {
-    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    const auto* p       = reinterpret_cast<const unsigned char*>(s.data());
     const std::size_t n = s.size();
     std::string out;
     out.reserve(n + 8);
     std::size_t i = 0;
     while (i < n) {
-        int bad = 0;
+        int bad       = 0;
         const int len = valid_sequence_length(p, i, n, bad);
         if (len > 0) {
             out.append(s.data() + i, static_cast<std::size_t>(len));
@@ -188,11 +194,11 @@ std::string to_valid_utf8(std::string_view s) {
 }
 
 std::size_t utf8_settled_prefix(std::string_view s) {
-    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    const auto* p       = reinterpret_cast<const unsigned char*>(s.data());
     const std::size_t n = s.size();
-    std::size_t i = 0;
+    std::size_t i       = 0;
     while (i < n) {
-        int bad = 0;
+        int bad       = 0;
         const int len = valid_sequence_length(p, i, n, bad);
         if (len > 0) {
             i += static_cast<std::size_t>(len);
@@ -206,10 +212,10 @@ std::size_t utf8_settled_prefix(std::string_view s) {
 }
 
 bool nfc_quick_stable(std::string_view text) {
-    const auto* p = reinterpret_cast<const unsigned char*>(text.data());
-    const std::size_t n = text.size();
+    const auto* p           = reinterpret_cast<const unsigned char*>(text.data());
+    const std::size_t n     = text.size();
     const ClassTable* table = nullptr;
-    std::size_t i = 0;
+    std::size_t i           = 0;
     while (i < n) {
         if (p[i] < 0x80) {
             ++i;
@@ -227,9 +233,9 @@ std::string nfc(std::string_view text) {
     if (nfc_quick_stable(text)) return std::string(text);
     utf8proc_uint8_t* out = nullptr;
     // Explicit length (no NULLTERM): embedded NUL bytes are ordinary code points.
-    const utf8proc_ssize_t len = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
-                                              static_cast<utf8proc_ssize_t>(text.size()), &out,
-                                              static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+    const utf8proc_ssize_t len =
+        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()), static_cast<utf8proc_ssize_t>(text.size()),
+                     &out, static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
     if (len < 0) {
         std::free(out);
         throw Error(std::string("NFC normalization failed: ") + utf8proc_errmsg(len));
@@ -241,8 +247,8 @@ std::string nfc(std::string_view text) {
 
 void qwen2_pretokenize(std::string_view text, std::vector<std::string_view>& pieces) {
     const ClassTable& table = classes();
-    const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    const std::size_t n = text.size();
+    const auto* s           = reinterpret_cast<const unsigned char*>(text.data());
+    const std::size_t n     = text.size();
 
     // Class of the code point at byte i (and its length); past the end reads as "nothing".
     auto at = [&](std::size_t i, std::uint32_t& cp, int& len) -> std::uint8_t {
@@ -269,7 +275,7 @@ void qwen2_pretokenize(std::string_view text, std::vector<std::string_view>& pie
         int l0, l1;
         const std::uint8_t k0 = at(pos, c0, l0);
         const std::uint8_t k1 = at(pos + l0, c1, l1);
-        std::size_t end = 0;
+        std::size_t end       = 0;
 
         // (?i:'s|'t|'re|'ve|'m|'ll|'d): case-insensitive by Unicode simple case folding, so U+017F (long s)
         // matches 's as well.

@@ -54,7 +54,9 @@ TEST_P(QwenVectors, MatchHuggingFace) {
 
 INSTANTIATE_TEST_SUITE_P(Llamacpp, QwenVectors,
                          ::testing::Values("ggml-vocab-qwen2.gguf", "ggml-vocab-qwen2.2024-07.gguf"),
-                         [](const auto& info) { return info.index == 0 ? std::string("current") : std::string("v2024_07"); });
+                         [](const auto& info) {
+                             return info.index == 0 ? std::string("current") : std::string("v2024_07");
+                         });
 
 TEST(QwenTokenizer, SanityExamplesFromSpec) {
     const Tokenizer& tok = qwen();
@@ -117,7 +119,8 @@ TEST(QwenSweep, EveryCodePointMatchesHuggingFace) {
     const auto got       = qwen().encode_batch(texts);
     std::size_t failures = 0;
     for (std::size_t i = 0; i < texts.size(); ++i)
-        if (got[i] != wanted[i] && ++failures <= 20) ADD_FAILURE() << "mismatch for " << nlohmann::json(texts[i]).dump();
+        if (got[i] != wanted[i] && ++failures <= 20)
+            ADD_FAILURE() << "mismatch for " << nlohmann::json(texts[i]).dump();
     EXPECT_EQ(failures, 0u) << "of " << texts.size();
 }
 

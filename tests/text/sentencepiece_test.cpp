@@ -20,9 +20,9 @@ protected:
         dir_ = fs::temp_directory_path() / ("medllm_sp_" + std::to_string(::getpid()));
         fs::create_directories(dir_);
         std::ofstream corpus(dir_ / "corpus.txt");
-        const char* lines[] = {"患者は発熱と咳嗽を主訴に来院した。", "血圧は128/76 mmHgであった。",
+        const char* lines[] = {"患者は発熱と咳嗽を主訴に来院した。",          "血圧は128/76 mmHgであった。",
                                "The patient presented with fever and cough.", "Chest X-ray showed infiltrates.",
-                               "高アンモニア血症をきたす疾患はどれか。", "糖尿病の治療にはインスリンを用いる。"};
+                               "高アンモニア血症をきたす疾患はどれか。",      "糖尿病の治療にはインスリンを用いる。"};
         for (int i = 0; i < 50; ++i)
             for (const char* l : lines) corpus << l << "\n";
         corpus.close();
@@ -48,7 +48,8 @@ TEST_F(SentencePieceModel, RoundTripsThroughTheTokenizerInterface) {
     sentencepiece::SentencePieceProcessor reference;
     ASSERT_TRUE(reference.Load((dir_ / "tokenizer.model").string()).ok());
     // Includes characters absent from training: byte fallback must round-trip them.
-    for (const std::string text : {"患者は発熱を主訴に来院した。", "The patient has fever.", "未知の文字👍 ok", "a  b"}) {
+    for (const std::string text :
+         {"患者は発熱を主訴に来院した。", "The patient has fever.", "未知の文字👍 ok", "a  b"}) {
         const auto ids = tok->encode(text);
         std::vector<int> want;
         ASSERT_TRUE(reference.Encode(text, &want).ok());

@@ -10,8 +10,12 @@
 
 namespace medllm::text {
 
-inline std::filesystem::path qwen_dir() { return std::filesystem::path(MEDLLM_SHARED_DIR) / "qwen_tokenizer"; }
-inline std::filesystem::path fixtures_dir() { return std::filesystem::path(MEDLLM_FIXTURES_DIR) / "text"; }
+inline std::filesystem::path qwen_dir() {
+    return std::filesystem::path(MEDLLM_SHARED_DIR) / "qwen_tokenizer";
+}
+inline std::filesystem::path fixtures_dir() {
+    return std::filesystem::path(MEDLLM_FIXTURES_DIR) / "text";
+}
 
 inline std::string read_text(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);

@@ -34,16 +34,16 @@ const char* kQwenRegex =
 // A tokenizer.json equivalent to the shared vocab.json + merges.txt + added tokens, merges in either spelling.
 nlohmann::json make_tokenizer_json(bool pair_merges) {
     nlohmann::json j;
-    j["version"]    = "1.0";
-    j["normalizer"] = {{"type", "NFC"}};
+    j["version"]       = "1.0";
+    j["normalizer"]    = {{"type", "NFC"}};
     j["pre_tokenizer"] = {
         {"type", "Sequence"},
         {"pretokenizers",
          {{{"type", "Split"}, {"pattern", {{"Regex", kQwenRegex}}}, {"behavior", "Isolated"}, {"invert", false}},
           {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}}}};
-    j["decoder"] = {{"type", "ByteLevel"}};
-    j["model"]   = {{"type", "BPE"}, {"ignore_merges", false}, {"byte_fallback", false}};
-    j["model"]["vocab"] = nlohmann::json::parse(read_text(qwen_dir() / "vocab.json"));
+    j["decoder"]          = {{"type", "ByteLevel"}};
+    j["model"]            = {{"type", "BPE"}, {"ignore_merges", false}, {"byte_fallback", false}};
+    j["model"]["vocab"]   = nlohmann::json::parse(read_text(qwen_dir() / "vocab.json"));
     nlohmann::json merges = nlohmann::json::array();
     std::istringstream lines(read_text(qwen_dir() / "merges.txt"));
     for (std::string line; std::getline(lines, line);) {
@@ -57,8 +57,12 @@ nlohmann::json make_tokenizer_json(bool pair_merges) {
     j["model"]["merges"] = merges;
     j["added_tokens"]    = nlohmann::json::array();
     for (const auto& t : nlohmann::json::parse(read_text(qwen_dir() / "added_tokens_qwen2.5.json"))) {
-        j["added_tokens"].push_back({{"id", t["id"]}, {"content", t["content"]}, {"special", t["special"]},
-                                     {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+        j["added_tokens"].push_back({{"id", t["id"]},
+                                     {"content", t["content"]},
+                                     {"special", t["special"]},
+                                     {"single_word", false},
+                                     {"lstrip", false},
+                                     {"rstrip", false},
                                      {"normalized", false}});
     }
     return j;
@@ -66,8 +70,12 @@ nlohmann::json make_tokenizer_json(bool pair_merges) {
 
 const std::vector<std::string>& sample_texts() {
     static const std::vector<std::string> texts = {
-        "58歳の男性。発熱と咳嗽を主訴に来院した。", "I'LL be there, they're   late\n\n", "e\u0301 👨\u200d👩\u200d👧",
-        "<|im_start|>user\n質問<|im_end|>\n", "ｶﾞ ＡＢＣ １２３ 333", "",
+        "58歳の男性。発熱と咳嗽を主訴に来院した。",
+        "I'LL be there, they're   late\n\n",
+        "e\u0301 👨\u200d👩\u200d👧",
+        "<|im_start|>user\n質問<|im_end|>\n",
+        "ｶﾞ ＡＢＣ １２３ 333",
+        "",
     };
     return texts;
 }
@@ -106,7 +114,7 @@ TEST(TokenizerLoading, MergesWithVersionHeaderAndCrlf) {
 
 TEST(TokenizerLoading, ErrorsNameTheFile) {
     const fs::path dir = temp_dir("errors");
-    auto message = [&] {
+    auto message       = [&] {
         try {
             Tokenizer::from_dir(dir);
         } catch (const Error& e) {
@@ -126,7 +134,7 @@ TEST(TokenizerLoading, ErrorsNameTheFile) {
     write(dir / "tokenizer_config.json", "[1,");
     EXPECT_NE(message().find("tokenizer_config.json: malformed JSON"), std::string::npos) << message();
     fs::remove(dir / "tokenizer_config.json");
-    auto j                                          = make_tokenizer_json(false);
+    auto j                                                     = make_tokenizer_json(false);
     j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\p{N}{1,3}";
     write(dir / "tokenizer.json", j.dump());
     EXPECT_NE(message().find("tokenizer.json: unsupported pre-tokenizer"), std::string::npos) << message();
@@ -210,13 +218,17 @@ TEST(Encode, RoundTripIsNfc) {
 TEST(Encode, InvalidUtf8IsRepairedLikePython) {
     const Tokenizer& tok = qwen();
     // Python: b"a\xff\xe3\x81b\xed\xa0\x80".decode("utf-8", "replace") == "a\ufffd\ufffdb\ufffd\ufffd\ufffd"
-    const std::string bad = "a\xff\xe3\x81" "b\xed\xa0\x80";
-    EXPECT_EQ(to_valid_utf8(bad), "a\xEF\xBF\xBD\xEF\xBF\xBD" "b\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+    const std::string bad =
+        "a\xff\xe3\x81"
+        "b\xed\xa0\x80";
+    EXPECT_EQ(to_valid_utf8(bad),
+              "a\xEF\xBF\xBD\xEF\xBF\xBD"
+              "b\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
     EXPECT_EQ(tok.encode(bad), tok.encode(to_valid_utf8(bad)));
     EXPECT_FALSE(is_valid_utf8(bad));
     EXPECT_TRUE(is_valid_utf8("日本\xF0\x9F\x91\x8D"));
-    EXPECT_FALSE(is_valid_utf8("\xC0\xAF"));        // overlong
-    EXPECT_FALSE(is_valid_utf8("\xF4\x90\x80\x80"));  // above U+10FFFF
+    EXPECT_FALSE(is_valid_utf8("\xC0\xAF"));                   // overlong
+    EXPECT_FALSE(is_valid_utf8("\xF4\x90\x80\x80"));           // above U+10FFFF
     EXPECT_EQ(to_valid_utf8("\xF0\x9F\x91"), "\xEF\xBF\xBD");  // truncated: one replacement
     EXPECT_EQ(utf8_settled_prefix("ab\xF0\x9F\x91"), 2u);
     EXPECT_EQ(utf8_settled_prefix("ab\xFF"), 3u);

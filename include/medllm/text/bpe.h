@@ -17,7 +17,7 @@ namespace medllm::text {
 
 struct AddedToken {
     std::string content;
-    TokenId id = -1;
+    TokenId id       = -1;
     bool special     = false;  // dropped by decode(skip_special_tokens = true)
     bool lstrip      = false;
     bool rstrip      = false;
@@ -75,16 +75,16 @@ private:
     std::unique_ptr<Scratch> acquire_scratch() const;
     void release_scratch(std::unique_ptr<Scratch> scratch) const;
 
-    std::vector<std::string> vocab_storage_;                      // owns the strings the map's keys point into
-    std::unordered_map<std::string_view, TokenId> vocab_;         // byte-symbol string -> id (model vocab only)
-    std::vector<std::optional<std::string>> id_to_token_;         // model + added tokens
-    std::vector<std::string> decoded_;                            // id -> raw bytes for decode
-    std::vector<char> special_;                                   // id -> special flag
+    std::vector<std::string> vocab_storage_;               // owns the strings the map's keys point into
+    std::unordered_map<std::string_view, TokenId> vocab_;  // byte-symbol string -> id (model vocab only)
+    std::vector<std::optional<std::string>> id_to_token_;  // model + added tokens
+    std::vector<std::string> decoded_;                     // id -> raw bytes for decode
+    std::vector<char> special_;                            // id -> special flag
     std::vector<AddedToken> added_;
     std::unordered_map<std::string, TokenId> added_by_content_;
     std::unique_ptr<MergeTable> merges_;
     std::unique_ptr<AddedMatcher> raw_matcher_, normalized_matcher_;
-    TokenId byte_ids_[256];                                        // byte -> id of its byte symbol, -1 if absent
+    TokenId byte_ids_[256];  // byte -> id of its byte symbol, -1 if absent
     BpeOptions options_;
     std::optional<TokenId> bos_id_, eos_id_, pad_id_;
 

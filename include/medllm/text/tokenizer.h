@@ -62,8 +62,7 @@ public:
     virtual std::vector<TokenId> encode(std::string_view text, bool add_special_tokens = false) const = 0;
     // Encodes each document independently; num_threads <= 0 means all hardware threads.
     virtual std::vector<std::vector<TokenId>> encode_batch(const std::vector<std::string>& texts,
-                                                           bool add_special_tokens = false,
-                                                           int num_threads = 0) const;
+                                                           bool add_special_tokens = false, int num_threads = 0) const;
 
     virtual std::string decode(const std::vector<TokenId>& ids, bool skip_special_tokens = false) const;
     StreamDecoder stream_decoder(bool skip_special_tokens = false) const;
@@ -72,8 +71,8 @@ public:
     // The token's string as stored in the vocabulary (byte symbols for BPE, "▁" pieces for SentencePiece).
     virtual std::optional<std::string> id_to_token(TokenId id) const = 0;
     // Ids 0..vocab_size()-1, added tokens included (151665 for Qwen2.5).
-    virtual std::size_t vocab_size() const = 0;
-    virtual bool is_special(TokenId id) const = 0;
+    virtual std::size_t vocab_size() const                 = 0;
+    virtual bool is_special(TokenId id) const              = 0;
     virtual std::vector<TokenId> special_token_ids() const = 0;
 
     virtual std::optional<TokenId> bos_id() const = 0;
