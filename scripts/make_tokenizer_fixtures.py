@@ -106,7 +106,10 @@ CURATED = [
     "e\u0301<|im_end|>\u0301",
     # exotic white space and controls
     "a\u0085b", "a\u2028b\u2029c", "a\u180eb", "a\u200ab", "a\u202fb\u205fc", "a\u1680b", "a\ufeffb",
-    "\x00\x01\x1f\x7f", "a\x00b", "\ufffd\ufffe\uffff", "\U0010ffff\U000e0001",
+    "\x00\x01\x1f\x7f",
+    # long runs (BPE on long words, long white space)
+    "a" * 3000, " " * 2000 + "x", "ab" * 1500, "\u0301" * 500, "e\u0301" * 500, "1" * 300, "日本" * 700,
+    "\n" * 300 + " " * 300, "!" * 1000, "a\x00b", "\ufffd\ufffe\uffff", "\U0010ffff\U000e0001",
 ]
 
 
