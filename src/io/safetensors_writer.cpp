@@ -1,0 +1,220 @@
+// safetensors writing: single files and HF-style sharded checkpoints with model.safetensors.index.json.
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <regex>
+#include <set>
+
+#include "medllm/core/error.h"
+#include "medllm/io/safetensors.h"
+#include "safetensors_util.h"
+
+namespace fs = std::filesystem;
+
+namespace medllm::io {
+
+namespace {
+
+uint64_t tensor_bytes(const at::Tensor& t) {
+    return static_cast<uint64_t>(t.numel()) * dtype_size(from_scalar_type(t.scalar_type()));
+}
+
+class OutFile {
+public:
+    explicit OutFile(const fs::path& path) : path_(path), f_(std::fopen(path.c_str(), "wb")) {
+        if (!f_) throw Error(path.string() + ": cannot create: " + std::strerror(errno));
+    }
+    ~OutFile() {
+        if (f_) std::fclose(f_);
+    }
+    void write(const void* data, size_t size) {
+        if (size && std::fwrite(data, 1, size, f_) != size)
+            throw Error(path_.string() + ": write failed: " + std::strerror(errno));
+    }
+    void close() {
+        FILE* f = f_;
+        f_ = nullptr;
+        if (std::fflush(f) != 0 || std::fclose(f) != 0)
+            throw Error(path_.string() + ": write failed: " + std::strerror(errno));
+    }
+
+private:
+    fs::path path_;
+    FILE* f_;
+};
+
+void write_index(const fs::path& path, const nlohmann::json& index) {
+    // Same form as transformers: json.dumps(index, indent=2, sort_keys=True) + "\n" (ASCII-escaped).
+    const std::string text = index.dump(2, ' ', /*ensure_ascii=*/true) + "\n";
+    const fs::path tmp = path.string() + ".tmp";
+    OutFile out(tmp);
+    out.write(text.data(), text.size());
+    out.close();
+    fs::rename(tmp, path);
+}
+
+}  // namespace
+
+void save_file(const fs::path& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+               const std::map<std::string, std::string>& metadata) {
+    struct Item {
+        const std::string* name;
+        const at::Tensor* tensor;
+        DType dtype;
+        uint64_t nbytes;
+    };
+    std::vector<Item> items;
+    std::set<std::string_view> names;
+    for (const auto& [name, tensor] : tensors) {
+        if (name == "__metadata__") throw Error(path.string() + ": '__metadata__' cannot be a tensor name");
+        if (!names.insert(name).second) throw Error(path.string() + ": tensor " + quoted_name(name) + " given twice");
+        if (!tensor.defined()) throw Error(path.string() + ": tensor " + quoted_name(name) + " is undefined");
+        DType dtype;
+        try {
+            dtype = from_scalar_type(tensor.scalar_type());
+        } catch (const Error& e) {
+            throw Error(path.string() + ": tensor " + quoted_name(name) + ": " + e.what());
+        }
+        items.push_back({&name, &tensor, dtype, tensor_bytes(tensor)});
+    }
+    // Largest element size first keeps every tensor aligned to its element size (the header is padded to 8).
+    std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+        const size_t sa = dtype_size(a.dtype), sb = dtype_size(b.dtype);
+        return sa != sb ? sa > sb : *a.name < *b.name;
+    });
+
+    nlohmann::json header = nlohmann::json::object();
+    if (!metadata.empty()) header["__metadata__"] = metadata;
+    uint64_t offset = 0;
+    for (const auto& item : items) {
+        header[*item.name] = {{"dtype", std::string(dtype_name(item.dtype))},
+                              {"shape", item.tensor->sizes().vec()},
+                              {"data_offsets", {offset, offset + item.nbytes}}};
+        offset += item.nbytes;
+    }
+    std::string text;
+    try {
+        text = header.dump();
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(path.string() + ": cannot write header (tensor names and metadata must be UTF-8): " + e.what());
+    }
+    text.append((8 - text.size() % 8) % 8, ' ');
+    if (text.size() > kMaxHeaderBytes) throw Error(path.string() + ": header would exceed the 100 MB limit");
+
+    const fs::path tmp = path.string() + ".tmp";
+    try {
+        OutFile out(tmp);
+        uint8_t length[8];
+        for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
+        out.write(length, 8);
+        out.write(text.data(), text.size());
+        for (const auto& item : items) {
+            // One tensor at a time on the CPU: a model on the GPU is never copied to host memory as a whole.
+            const at::Tensor cpu = item.tensor->detach().to(at::kCPU).contiguous();
+            out.write(cpu.data_ptr(), item.nbytes);
+        }
+        out.close();
+        fs::rename(tmp, path);
+    } catch (...) {
+        std::error_code ignored;
+        fs::remove(tmp, ignored);
+        throw;
+    }
+}
+
+// ---------------------------------------------------------------- CheckpointWriter
+
+CheckpointWriter::CheckpointWriter(fs::path dir, uint64_t max_shard_bytes, std::map<std::string, std::string> metadata,
+                                   std::string prefix)
+    : dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes), metadata_(std::move(metadata)), prefix_(std::move(prefix)) {
+    if (max_shard_bytes_ == 0) throw UsageError("checkpoint writer: max shard size must be positive");
+    std::error_code ec;
+    fs::create_directories(dir_, ec);
+    if (ec) throw Error(dir_.string() + ": cannot create directory: " + ec.message());
+}
+
+CheckpointWriter::~CheckpointWriter() {
+    if (finished_) return;
+    std::error_code ignored;  // abandoned (an exception unwound us): leave no half-written shards behind
+    for (const auto& tmp : temp_shards_) fs::remove(tmp, ignored);
+}
+
+void CheckpointWriter::add(const std::string& name, const at::Tensor& tensor) {
+    if (finished_) throw Error(dir_.string() + ": checkpoint writer already finished");
+    if (!seen_.emplace(name, true).second)
+        throw Error(dir_.string() + ": tensor " + quoted_name(name) + " added twice");
+    if (!tensor.defined()) throw Error(dir_.string() + ": tensor " + quoted_name(name) + " is undefined");
+    const uint64_t bytes = tensor_bytes(tensor);
+    // HF's rule: start a new shard when this tensor would tip the current one over the limit; a tensor larger
+    // than the limit gets a shard of its own.
+    if (!pending_.empty() && pending_bytes_ + bytes > max_shard_bytes_) flush_shard();
+    pending_.emplace_back(name, tensor);
+    pending_bytes_ += bytes;
+    total_bytes_ += bytes;
+    total_numel_ += static_cast<uint64_t>(tensor.numel());
+    if (pending_bytes_ >= max_shard_bytes_) flush_shard();
+}
+
+void CheckpointWriter::flush_shard() {
+    if (pending_.empty()) return;
+    const fs::path tmp = dir_ / ("." + prefix_ + "-shard-" + std::to_string(temp_shards_.size()) + ".safetensors");
+    temp_shards_.push_back(tmp);
+    save_file(tmp, pending_, metadata_);
+    std::vector<std::string> names;
+    for (const auto& p : pending_) names.push_back(p.first);
+    shard_names_.push_back(std::move(names));
+    pending_.clear();
+    pending_bytes_ = 0;
+}
+
+std::vector<fs::path> CheckpointWriter::finish() {
+    if (finished_) throw Error(dir_.string() + ": checkpoint writer already finished");
+    if (!pending_.empty() || temp_shards_.empty()) {
+        // An empty checkpoint still gets a (tensor-less) file so readers find something valid.
+        const fs::path tmp = dir_ / ("." + prefix_ + "-shard-" + std::to_string(temp_shards_.size()) + ".safetensors");
+        temp_shards_.push_back(tmp);
+        save_file(tmp, pending_, metadata_);
+        std::vector<std::string> names;
+        for (const auto& p : pending_) names.push_back(p.first);
+        shard_names_.push_back(std::move(names));
+        pending_.clear();
+    }
+    const size_t n = temp_shards_.size();
+    const fs::path index_path = dir_ / (prefix_ + ".safetensors.index.json");
+    std::vector<fs::path> final_paths;
+    if (n == 1) {
+        final_paths.push_back(dir_ / (prefix_ + ".safetensors"));
+    } else {
+        for (size_t i = 0; i < n; ++i) {
+            char buf[64];
+            std::snprintf(buf, sizeof buf, "-%05zu-of-%05zu.safetensors", i + 1, n);
+            final_paths.push_back(dir_ / (prefix_ + buf));
+        }
+    }
+    // Remove what an earlier save left in this directory, so no stale shard or index contradicts the new files.
+    std::error_code ec;
+    const std::regex shard_pattern(std::regex_replace(prefix_, std::regex(R"([.^$|()\[\]{}*+?\\])"), R"(\$&)") +
+                                   R"((-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?)");
+    for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+        const std::string file = entry.path().filename().string();
+        if (std::regex_match(file, shard_pattern) &&
+            std::find(final_paths.begin(), final_paths.end(), entry.path()) == final_paths.end())
+            fs::remove(entry.path(), ec);
+    }
+    for (size_t i = 0; i < n; ++i) fs::rename(temp_shards_[i], final_paths[i]);
+    temp_shards_.clear();
+    if (n > 1) {
+        nlohmann::json weight_map = nlohmann::json::object();
+        for (size_t i = 0; i < n; ++i)
+            for (const auto& name : shard_names_[i]) weight_map[name] = final_paths[i].filename().string();
+        write_index(index_path, {{"metadata", {{"total_parameters", total_numel_}, {"total_size", total_bytes_}}},
+                                 {"weight_map", weight_map}});
+    }
+    finished_ = true;
+    return final_paths;
+}
+
+}  // namespace medllm::io

@@ -1,0 +1,380 @@
+// safetensors reader/writer: reference files from the Python `safetensors` package and transformers
+// (scripts/make_io_fixtures.py), round trips, and corrupt or truncated files that must fail with a clear error.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "medllm/core/error.h"
+#include "medllm/io/safetensors.h"
+
+namespace fs = std::filesystem;
+using medllm::Error;
+using namespace medllm::io;
+
+namespace {
+
+// libtorch.so exports its own (older) std::filesystem::remove_all, which the dynamic linker binds first and which
+// crashes; remove trees with directory_iterator + remove instead.
+void remove_tree(const fs::path& p) {
+    std::error_code ec;
+    if (fs::is_directory(fs::symlink_status(p, ec)))
+        for (const auto& e : fs::directory_iterator(p, ec)) remove_tree(e.path());
+    fs::remove(p, ec);
+}
+
+const fs::path kFixtures = fs::path(MEDLLM_FIXTURES_DIR) / "io";
+
+std::string read_bytes(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+void write_bytes(const fs::path& p, const std::string& bytes) {
+    std::ofstream out(p, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(read_bytes(p)); }
+
+// A safetensors file from a header text and a data buffer (the length prefix is computed).
+std::string make_file(const std::string& header, const std::string& data, std::optional<uint64_t> length = {}) {
+    std::string out(8, '\0');
+    const uint64_t n = length.value_or(header.size());
+    for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    return out + header + data;
+}
+
+class TempDir {
+public:
+    TempDir() {
+        char tmpl[] = "/tmp/medllm_io_test_XXXXXX";
+        path_ = ::mkdtemp(tmpl);
+    }
+    ~TempDir() {
+        remove_tree(path_);
+    }
+    const fs::path& path() const { return path_; }
+
+private:
+    fs::path path_;
+};
+
+double checksum(const at::Tensor& t) {
+    const at::Tensor flat = t.reshape(-1).to(at::kDouble);
+    const at::Tensor weights = at::arange(flat.numel(), at::kDouble).remainder(7) + 1;
+    return (flat * weights).sum().item<double>();
+}
+
+// Expect `fn` to throw medllm::Error whose message contains every fragment.
+template <typename Fn>
+void expect_error(Fn&& fn, const std::vector<std::string>& fragments) {
+    try {
+        fn();
+        ADD_FAILURE() << "no error thrown; wanted one mentioning " << fragments.front();
+    } catch (const Error& e) {
+        const std::string what = e.what();
+        EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+        for (const auto& f : fragments) EXPECT_NE(what.find(f), std::string::npos) << "'" << f << "' not in: " << what;
+    }
+}
+
+Header parse(const std::string& file, const std::string& source = "mem.safetensors") {
+    return parse_header(reinterpret_cast<const uint8_t*>(file.data()), file.size(), source);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- reference files
+
+TEST(Safetensors, ReadsEveryDtypeWrittenByPythonSafetensors) {
+    const auto expected = read_json(kFixtures / "dtypes.json");
+    SafetensorsFile file(kFixtures / "dtypes.safetensors");
+    EXPECT_EQ(file.metadata().at("format"), "pt");
+    EXPECT_EQ(file.metadata().at("producer"), expected["metadata"]["producer"].get<std::string>());
+    ASSERT_EQ(file.names().size(), expected["tensors"].size());
+    for (const auto& [name, want] : expected["tensors"].items()) {
+        SCOPED_TRACE(name);
+        const at::Tensor t = file.tensor(name);
+        EXPECT_EQ(t.sizes().vec(), want["shape"].get<std::vector<int64_t>>());
+        const auto& values = want["values"];
+        ASSERT_EQ(static_cast<size_t>(t.numel()), values.size());
+        const std::string dtype = want["dtype"];
+        const at::Tensor flat = t.reshape(-1);
+        for (size_t i = 0; i < values.size(); ++i) {
+            const auto& v = values[i];
+            if (dtype == "int64") {
+                EXPECT_EQ(flat[i].item<int64_t>(), v.get<int64_t>()) << i;
+            } else if (dtype == "bool" || dtype.rfind("int", 0) == 0 || dtype == "uint8") {
+                EXPECT_EQ(flat[i].to(at::kLong).item<int64_t>(), v.get<int64_t>()) << i;
+            } else {
+                const double want_v = v.is_string() ? (v == "inf" ? INFINITY : -INFINITY) : v.get<double>();
+                const double got = flat[i].to(at::kDouble).item<double>();
+                EXPECT_EQ(got, want_v) << i;  // exact: the same bits were written
+                EXPECT_EQ(std::signbit(got), std::signbit(want_v)) << i;
+            }
+        }
+    }
+    const std::map<std::string, at::ScalarType> dtypes = {
+        {"bf16", at::kBFloat16}, {"f16", at::kHalf}, {"f32", at::kFloat}, {"f64", at::kDouble}, {"u8", at::kByte},
+        {"i8", at::kChar},       {"i16", at::kShort}, {"i32", at::kInt},  {"i64", at::kLong},   {"bool", at::kBool}};
+    for (const auto& [name, type] : dtypes) EXPECT_EQ(file.tensor(name).scalar_type(), type) << name;
+    EXPECT_EQ(file.info("bf16").dtype, DType::BF16);
+    EXPECT_EQ(file.tensor("scalar").dim(), 0);
+    EXPECT_EQ(file.tensor("empty").numel(), 0);
+}
+
+TEST(Safetensors, TensorsAreZeroCopyViewsThatOutliveTheReaderAndNeverWriteTheFile) {
+    TempDir dir;
+    const fs::path copy = dir.path() / "dtypes.safetensors";
+    fs::copy_file(kFixtures / "dtypes.safetensors", copy);
+    const std::string before = read_bytes(copy);
+    at::Tensor f32;
+    {
+        SafetensorsFile file(copy);
+        f32 = file.tensor("f32");
+        EXPECT_EQ(f32.data_ptr(), static_cast<const void*>(file.data("f32")));  // a view into the mapping
+        EXPECT_EQ(file.header().data_start % 8, 0u);
+    }
+    EXPECT_EQ(f32[0].item<float>(), 1.5f);  // mapping kept alive by the tensor's deleter
+    f32.mul_(2);                             // private mapping: the file must not change
+    EXPECT_EQ(f32[0].item<float>(), 3.0f);
+    f32.reset();
+    EXPECT_EQ(read_bytes(copy), before);
+}
+
+TEST(Safetensors, ReadsTheShardedCheckpointTransformersWrote) {
+    const auto meta = read_json(kFixtures / "sharded.json");
+    const auto index = read_json(kFixtures / "sharded" / "model.safetensors.index.json");
+    CheckpointReader reader(kFixtures / "sharded");
+    EXPECT_TRUE(reader.sharded());
+    EXPECT_EQ(reader.files().size(), 3u);
+    EXPECT_EQ(reader.names().size(), index["weight_map"].size());
+    EXPECT_EQ(reader.total_bytes(), index["metadata"]["total_size"].get<uint64_t>());
+    for (const auto& [name, file] : index["weight_map"].items()) {
+        SCOPED_TRACE(name);
+        EXPECT_EQ(reader.file_of(name).filename().string(), file.get<std::string>());
+        const at::Tensor t = reader.load(name);
+        EXPECT_EQ(t.scalar_type(), at::kBFloat16);
+        EXPECT_DOUBLE_EQ(checksum(t), meta["checksums"][name].get<double>());
+    }
+    size_t visited = 0;
+    reader.for_each([&](const TensorInfo& info, const at::Tensor& t) {
+        ++visited;
+        EXPECT_DOUBLE_EQ(checksum(t), meta["checksums"][info.name].get<double>()) << info.name;
+    });
+    EXPECT_EQ(visited, reader.names().size());
+    expect_error([&] { reader.load("lm_head.bias"); }, {"sharded", "'lm_head.bias'"});
+}
+
+// ---------------------------------------------------------------- writer
+
+TEST(Safetensors, WriterRoundTripsEveryDtypeAlignedAndBitExact) {
+    TempDir dir;
+    SafetensorsFile reference(kFixtures / "dtypes.safetensors");
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const auto& name : reference.names()) tensors.emplace_back(name, reference.tensor(name));
+    // A non-contiguous view must be written as its logical (row-major) values.
+    tensors.emplace_back("transposed", at::arange(6, at::kFloat).reshape({2, 3}).t());
+    const fs::path path = dir.path() / "out.safetensors";
+    save_file(path, tensors, {{"format", "pt"}, {"note", "ünïcode ok"}});
+
+    SafetensorsFile back(path);
+    EXPECT_EQ(back.metadata().at("note"), "ünïcode ok");
+    EXPECT_EQ(back.header().data_start % 8, 0u);
+    for (const auto& t : back.header().tensors) EXPECT_EQ(t.begin % dtype_size(t.dtype), 0u) << t.name;
+    for (const auto& [name, want] : tensors) {
+        const at::Tensor got = back.tensor(name);
+        EXPECT_EQ(got.scalar_type(), want.scalar_type()) << name;
+        EXPECT_EQ(got.sizes(), want.sizes()) << name;
+        if (want.numel())
+            EXPECT_TRUE(at::equal(got.reshape(-1).view(at::kByte), want.reshape(-1).view(at::kByte))) << name;
+    }
+    EXPECT_FALSE(fs::exists(path.string() + ".tmp"));
+    expect_error([&] { save_file(dir.path() / "dup.safetensors", {{"a", at::ones(1)}, {"a", at::ones(1)}}); },
+                 {"dup.safetensors", "'a'", "twice"});
+    expect_error([&] { save_file(dir.path() / "c.safetensors", {{"c", at::ones(1, at::kComplexFloat)}}); },
+                 {"c.safetensors", "'c'"});
+}
+
+TEST(Safetensors, ShardsLikeTransformersAtTheSizeLimit) {
+    const auto meta = read_json(kFixtures / "sharded.json");
+    const std::string hf_index_text = read_bytes(kFixtures / "sharded" / "model.safetensors.index.json");
+    CheckpointReader hf(kFixtures / "sharded");
+    TempDir dir;
+    write_bytes(dir.path() / "model-00001-of-00009.safetensors", "stale shard from an earlier save");
+    CheckpointWriter writer(dir.path(), meta["max_shard_bytes"].get<uint64_t>());
+    for (const auto& name : meta["order"]) writer.add(name, hf.load(name.get<std::string>()));
+    const auto files = writer.finish();
+    ASSERT_EQ(files.size(), 3u);
+    EXPECT_EQ(files[0].filename(), "model-00001-of-00003.safetensors");
+    EXPECT_FALSE(fs::exists(dir.path() / "model-00001-of-00009.safetensors"));
+    // Same shard assignment and the same index text, byte for byte.
+    EXPECT_EQ(read_bytes(dir.path() / "model.safetensors.index.json"), hf_index_text);
+    CheckpointReader back(dir.path());
+    for (const auto& name : back.names())
+        EXPECT_TRUE(at::equal(back.load(name), hf.load(name))) << name;
+
+    // Everything under the limit: one model.safetensors and no index, like save_pretrained.
+    TempDir single;
+    CheckpointWriter one(single.path());
+    one.add("x", at::ones({4, 4}));
+    one.add("y", at::zeros({3}, at::kBFloat16));
+    ASSERT_EQ(one.finish().size(), 1u);
+    EXPECT_TRUE(fs::exists(single.path() / "model.safetensors"));
+    EXPECT_FALSE(fs::exists(single.path() / "model.safetensors.index.json"));
+    CheckpointReader single_back(single.path());
+    EXPECT_FALSE(single_back.sharded());
+    EXPECT_EQ(single_back.names(), (std::vector<std::string>{"x", "y"}));
+    EXPECT_EQ(single_back.load("x").sum().item<float>(), 16.0f);
+    EXPECT_EQ(CheckpointReader(single.path() / "model.safetensors").names().size(), 2u);
+
+    // A tensor larger than the limit gets a shard of its own.
+    TempDir big;
+    CheckpointWriter w(big.path(), 100);
+    w.add("a", at::ones(10));   // 40 B
+    w.add("b", at::ones(100));  // 400 B: own shard
+    w.add("c", at::ones(10));
+    EXPECT_EQ(w.finish().size(), 3u);
+    const auto idx = read_json(big.path() / "model.safetensors.index.json");
+    EXPECT_EQ(idx["weight_map"]["b"], "model-00002-of-00003.safetensors");
+    EXPECT_EQ(idx["metadata"]["total_size"], 480);
+    EXPECT_EQ(idx["metadata"]["total_parameters"], 120);
+}
+
+// Writes files for scripts/make_io_fixtures.py --verify-cpp, which loads them with Python safetensors/transformers.
+TEST(Safetensors, ExportForPython) {
+    const char* out = std::getenv("MEDLLM_IO_EXPORT_DIR");
+    if (!out) GTEST_SKIP() << "set MEDLLM_IO_EXPORT_DIR (scripts/make_io_fixtures.py --verify-cpp does)";
+    SafetensorsFile reference(kFixtures / "dtypes.safetensors");
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const auto& name : reference.names()) tensors.emplace_back(name, reference.tensor(name));
+    save_file(fs::path(out) / "dtypes_cpp.safetensors", tensors, {{"format", "pt"}, {"writer", "medllm"}});
+
+    const auto meta = read_json(kFixtures / "sharded.json");
+    CheckpointReader hf(kFixtures / "sharded");
+    const fs::path dir = fs::path(out) / "sharded_cpp";
+    CheckpointWriter writer(dir, meta["max_shard_bytes"].get<uint64_t>());
+    for (const auto& name : meta["order"]) writer.add(name, hf.load(name.get<std::string>()));
+    writer.finish();
+    fs::copy_file(kFixtures / "sharded" / "config.json", dir / "config.json");
+}
+
+// ---------------------------------------------------------------- corrupt and truncated files
+
+TEST(Safetensors, EveryTruncationOfAValidFileIsRejected) {
+    const std::string good = read_bytes(kFixtures / "dtypes.safetensors");
+    for (size_t len = 0; len < good.size(); ++len) {
+        const std::string cut = good.substr(0, len);
+        EXPECT_THROW(parse(cut), Error) << "prefix of " << len << " bytes";
+    }
+    EXPECT_NO_THROW(parse(good));
+    TempDir dir;
+    write_bytes(dir.path() / "cut.safetensors", good.substr(0, good.size() - 3));
+    expect_error([&] { SafetensorsFile f(dir.path() / "cut.safetensors"); }, {"cut.safetensors", "truncated"});
+}
+
+TEST(Safetensors, CorruptHeadersNameFileAndTensor) {
+    const std::string data(8, '\0');
+    const std::string ok = R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+    EXPECT_NO_THROW(parse(make_file(ok, data)));
+    EXPECT_NO_THROW(parse(make_file(ok + "   ", data)));  // space padding, as HF writes
+
+    struct Case {
+        std::string header;
+        std::string data;
+        std::vector<std::string> fragments;
+    };
+    const std::vector<Case> cases = {
+        {"[1,2]", "", {"does not start with '{'"}},
+        {"{\"w\":", "", {"not valid JSON"}},
+        {R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}} x)", data, {"not valid JSON"}},
+        {R"({"w":{"dtype":"Q4","shape":[2],"data_offsets":[0,8]}})", data, {"'w'", "unsupported dtype 'Q4'"}},
+        {R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data, {"'w'", "shape"}},
+        {R"({"w":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", data, {"'w'", "shape"}},
+        {R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", data, {"'w'", "needs 12"}},
+        {R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8,1]}})", data, {"'w'", "data_offsets"}},
+        {R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", data, {"'w'", "before begin"}},
+        {R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", data, {"'w'", "past the data buffer"}},
+        {R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", data + "xx", {"2 bytes after the last tensor"}},
+        {R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+         data, {"'b'", "overlaps tensor 'a'"}},
+        {R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data, {"'a'", "gap of 4"}},
+        {R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+         data, {"duplicate key 'a'"}},
+        {R"({"w":{"dtype":"F32","shape":[[[2]]],"data_offsets":[0,8]}})", data, {"nests deeper"}},
+        {R"({"__metadata__":{"k":1},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", data, {"'k'"}},
+        {R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"extra":1}})", data, {"'w'", "'extra'"}},
+        {R"({"w":{"shape":[2],"data_offsets":[0,8]}})", data, {"'w'", "dtype"}},
+        {R"({"w":[1]})", data, {"'w'", "not an object"}},
+        {R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", data, {"'w'", "overflow"}},
+        {R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551616]}})", data, {"'w'", "data_offsets"}},
+        {"{\"w\\n\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", data, {"'w\\x0a'"}},
+        {"{\"\xff\":{}}", data, {"not valid JSON"}},
+    };
+    for (const auto& c : cases) {
+        SCOPED_TRACE(c.header);
+        expect_error([&] { parse(make_file(c.header, c.data), "bad.safetensors"); }, c.fragments);
+    }
+    expect_error([&] { parse(make_file(ok, data, 200'000'000)); }, {"exceeds"});
+    expect_error([&] { parse(make_file(ok, data, ok.size() + 100)); }, {"runs past the end"});
+    expect_error([&] { parse("abc"); }, {"too short"});
+    std::string deep(10'000'000, '[');  // must fail fast, without recursion or a huge DOM
+    expect_error([&] { parse(make_file("{\"w\":" + deep, "")); }, {"nests deeper"});
+
+    TempDir dir;
+    write_bytes(dir.path() / "bool.safetensors",
+                make_file(R"({"b":{"dtype":"BOOL","shape":[2],"data_offsets":[0,2]}})", std::string("\x01\x02", 2)));
+    SafetensorsFile bools(dir.path() / "bool.safetensors");
+    expect_error([&] { bools.tensor("b"); }, {"bool.safetensors", "'b'", "byte value 2"});
+}
+
+TEST(Safetensors, RandomByteFlipsNeverCrash) {
+    const std::string good = read_bytes(kFixtures / "dtypes.safetensors");
+    const size_t header_end = 8 + parse(good).header_bytes;
+    std::mt19937 rng(7);
+    int accepted = 0;
+    for (int i = 0; i < 3000; ++i) {
+        std::string bad = good;
+        const int flips = 1 + static_cast<int>(rng() % 4);
+        for (int f = 0; f < flips; ++f) bad[rng() % header_end] = static_cast<char>(rng() & 0xff);
+        try {
+            const Header h = parse(bad);
+            ++accepted;  // a flip inside a name or metadata value can leave a valid file
+            for (const auto& t : h.tensors) EXPECT_LE(8 + h.header_bytes + t.end, bad.size());
+        } catch (const Error&) {
+        }
+    }
+    EXPECT_LT(accepted, 3000);
+}
+
+TEST(Safetensors, CorruptShardIndexesAreRejected) {
+    TempDir dir;
+    save_file(dir.path() / "a.safetensors", {{"x", at::ones(2)}, {"y", at::ones(3)}});
+    auto write_index = [&](const std::string& text) {
+        write_bytes(dir.path() / "model.safetensors.index.json", text);
+    };
+    write_index(R"({"metadata":{},"weight_map":{"x":"a.safetensors","y":"a.safetensors"}})");
+    EXPECT_EQ(CheckpointReader(dir.path()).names().size(), 2u);
+    write_index(R"({"weight_map":{"x":"a.safetensors"}})");
+    expect_error([&] { CheckpointReader r(dir.path()); }, {"a.safetensors", "'y'", "not mapped"});
+    write_index(R"({"weight_map":{"x":"a.safetensors","y":"a.safetensors","z":"a.safetensors"}})");
+    expect_error([&] { CheckpointReader r(dir.path()); }, {"a.safetensors", "'z'", "missing"});
+    write_index(R"({"weight_map":{"x":"../etc/passwd"}})");
+    expect_error([&] { CheckpointReader r(dir.path()); }, {"index.json", "'x'", "plain file name"});
+    write_index(R"({"weight_map":{"x":"missing.safetensors"}})");
+    expect_error([&] { CheckpointReader r(dir.path()); }, {"missing.safetensors", "cannot open"});
+    write_index(R"({"weight_map":[]})");
+    expect_error([&] { CheckpointReader r(dir.path()); }, {"index.json", "weight_map"});
+    write_index("{");
+    expect_error([&] { CheckpointReader r(dir.path()); }, {"index.json", "not valid JSON"});
+    TempDir empty;
+    expect_error([&] { CheckpointReader r(empty.path()); }, {"no model.safetensors"});
+    expect_error([&] { CheckpointReader r(empty.path() / "nope"); }, {"nope", "no such"});
+}
