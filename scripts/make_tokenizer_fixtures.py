@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 QWEN = SHARED / "qwen_tokenizer"
 OUT = ROOT / "tests" / "fixtures" / "text" / "qwen2_golden.jsonl"
+OUT_ADDED = ROOT / "tests" / "fixtures" / "text" / "added_token_rules.jsonl"
 
 PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
            r"\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -171,6 +172,35 @@ def sweep(tok: Tokenizer, path: Path):
                 f.write(json.dumps({"text": text, "ids": enc.ids}, ensure_ascii=False) + "\n")
 
 
+# Added-token flags Qwen2.5 does not use but other tokenizer.json files do (lstrip/rstrip/single_word/normalized).
+EXTRA_TOKENS = [
+    dict(content="<mask>", lstrip=True, rstrip=False, single_word=False, normalized=False, special=True),
+    dict(content="[SEP]", lstrip=False, rstrip=True, single_word=False, normalized=False, special=True),
+    dict(content="word", lstrip=False, rstrip=False, single_word=True, normalized=False, special=False),
+    dict(content="\u00e9t\u00e9", lstrip=False, rstrip=False, single_word=False, normalized=True, special=False),
+    dict(content="<both>", lstrip=True, rstrip=True, single_word=False, normalized=False, special=False),
+    dict(content="<|im_start|>x", lstrip=False, rstrip=False, single_word=False, normalized=False, special=False),
+]
+EXTRA_TEXTS = [
+    "a <mask> b", "a   <mask>", "<mask>", "x\t\n <mask>y", "a [SEP]   b", "[SEP]\n\nz", "a word b", "aword b",
+    "a words", "word", "(word)", "_word_", "1word", "\u00e9t\u00e9 et e\u0301te\u0301", "ete\u0301t\u00e9",
+    "x  <both>  y", "\u2460word\u24b6 word\u0301 \u200dword -word- \u203fword\u3001word\u3002 \u0660word", "<both><both>", " <mask> [SEP] word <both> ", "<|im_start|>x <|im_start|>y", "日本word語 word。",
+]
+
+
+def added_rules_rows():
+    tok = build_tokenizer()
+    defs = []
+    for t in EXTRA_TOKENS:
+        token = AddedToken(t["content"], single_word=t["single_word"], lstrip=t["lstrip"], rstrip=t["rstrip"],
+                           normalized=t["normalized"], special=t["special"])
+        (tok.add_special_tokens if t["special"] else tok.add_tokens)([token])
+        defs.append(dict(t, id=tok.token_to_id(t["content"])))
+    rows = [{"tokens": defs}]
+    rows += [record(tok, t) for t in EXTRA_TEXTS]
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", type=Path, help="write a per-code-point differential set to this file instead")
@@ -195,6 +225,11 @@ def main():
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(f"wrote {len(rows)} cases to {OUT.relative_to(ROOT)}", file=sys.stderr)
+    rows = added_rules_rows()
+    with OUT_ADDED.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"wrote {len(rows) - 1} cases to {OUT_ADDED.relative_to(ROOT)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

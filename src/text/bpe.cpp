@@ -6,6 +6,7 @@
 #include <functional>
 #include <sstream>
 
+#include <utf8proc.h>
 #include <nlohmann/json.hpp>
 
 #include "medllm/core/error.h"
@@ -121,10 +122,27 @@ std::vector<std::pair<std::size_t, std::uint32_t>> code_points(std::string_view 
 }
 
 bool is_word_cp(std::uint32_t cp) {
-    // Rust char::is_alphanumeric, approximated by ASCII alnum and anything non-ASCII that is not white space or
-    // punctuation-like below U+00C0; only single_word added tokens use this.
-    if (cp < 0x80) return (cp >= '0' && cp <= '9') || (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z');
-    return cp >= 0xC0 && !is_white_space_cp(cp);
+    // HF checks single_word boundaries with the Rust regex `\w`: Alphabetic, marks, decimal digits, connector
+    // punctuation and the joiners. Other_Alphabetic symbols (circled/squared letters) are listed explicitly.
+    if (cp == 0x200C || cp == 0x200D || (cp >= 0x24B6 && cp <= 0x24E9) || (cp >= 0x1F130 && cp <= 0x1F149) ||
+        (cp >= 0x1F150 && cp <= 0x1F169) || (cp >= 0x1F170 && cp <= 0x1F189))
+        return true;
+    switch (utf8proc_category(static_cast<utf8proc_int32_t>(cp))) {
+        case UTF8PROC_CATEGORY_LU:
+        case UTF8PROC_CATEGORY_LL:
+        case UTF8PROC_CATEGORY_LT:
+        case UTF8PROC_CATEGORY_LM:
+        case UTF8PROC_CATEGORY_LO:
+        case UTF8PROC_CATEGORY_NL:
+        case UTF8PROC_CATEGORY_MN:
+        case UTF8PROC_CATEGORY_MC:
+        case UTF8PROC_CATEGORY_ME:
+        case UTF8PROC_CATEGORY_ND:
+        case UTF8PROC_CATEGORY_PC:
+            return true;
+        default:
+            return false;
+    }
 }
 
 }  // namespace
@@ -211,7 +229,7 @@ private:
     static constexpr std::uint32_t kEmptyLen   = ~0u;
     static constexpr std::size_t kCapacity     = 1u << 17;  // 65536 words at half load
     static constexpr std::size_t kMaxWordBytes = 256;
-    static constexpr std::size_t kMaxArena     = 16u << 20;
+    static constexpr std::size_t kMaxArena     = 4u << 20;  // bytes of cached words per thread
     struct Entry {
         std::size_t hash      = 0;
         std::size_t key_off   = 0;

@@ -263,3 +263,37 @@ TEST(Chat, MatchesOfficialTemplateRendering) {
 
 }  // namespace
 }  // namespace medllm::text
+
+namespace medllm::text {
+namespace {
+
+// lstrip / rstrip / single_word / normalized added tokens, against HF (scripts/make_tokenizer_fixtures.py).
+TEST(AddedTokens, FlagRulesMatchHuggingFace) {
+    std::ifstream in(fixtures_dir() / "added_token_rules.jsonl");
+    ASSERT_TRUE(in);
+    std::vector<AddedToken> added;
+    for (const auto& t : nlohmann::json::parse(read_text(qwen_dir() / "added_tokens_qwen2.5.json")))
+        added.push_back(AddedToken{t["content"], t["id"], t["special"]});
+    std::string line;
+    std::getline(in, line);
+    const auto header = nlohmann::json::parse(line);
+    for (const auto& t : header.at("tokens"))
+        added.push_back(AddedToken{t["content"], t["id"], t["special"], t["lstrip"], t["rstrip"], t["single_word"],
+                                   t["normalized"]});
+    const auto tok =
+        BpeTokenizer::from_vocab_merges(qwen_dir() / "vocab.json", qwen_dir() / "merges.txt", added, BpeOptions{});
+    std::size_t cases = 0;
+    while (std::getline(in, line)) {
+        const auto j    = nlohmann::json::parse(line);
+        const auto text = j["text"].get<std::string>();
+        const auto ids  = j["ids"].get<std::vector<TokenId>>();
+        EXPECT_EQ(tok->encode(text), ids) << j["text"].dump();
+        EXPECT_EQ(tok->decode(ids), j["decoded"].get<std::string>()) << j["text"].dump();
+        EXPECT_EQ(tok->decode(ids, true), j["decoded_skip"].get<std::string>()) << j["text"].dump();
+        ++cases;
+    }
+    EXPECT_GE(cases, 20u);
+}
+
+}  // namespace
+}  // namespace medllm::text
