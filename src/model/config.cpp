@@ -1,0 +1,253 @@
+// Qwen2Config from HF config.json: strict types, HF defaults for omitted keys, clear rejection of features
+// medllm does not implement (sliding-window attention, non-default RoPE scaling).
+#include "medllm/model/config.h"
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "medllm/core/error.h"
+
+namespace fs = std::filesystem;
+
+namespace medllm::model {
+
+namespace {
+
+class Reader {
+public:
+    Reader(const nlohmann::json& json, const std::string& source) : json_(json), source_(source) {}
+
+    [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+        throw UsageError(source_ + ": key '" + key + "': " + what);
+    }
+
+    const nlohmann::json* find(const std::string& key) const {
+        auto it = json_.find(key);
+        return it == json_.end() || it->is_null() ? nullptr : &*it;
+    }
+
+    static bool is_int(const nlohmann::json& v) { return v.is_number_integer(); }
+
+    int64_t as_int(const std::string& key, const nlohmann::json& v, int64_t min) const {
+        if (!is_int(v)) fail(key, "expected an integer, got " + v.dump());
+        if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+            fail(key, "integer out of range");
+        const int64_t x = v.get<int64_t>();
+        if (x < min) fail(key, "must be >= " + std::to_string(min) + ", got " + std::to_string(x));
+        return x;
+    }
+
+    int64_t get_int(const std::string& key, int64_t fallback, int64_t min = 1) const {
+        const auto* v = find(key);
+        return v ? as_int(key, *v, min) : fallback;
+    }
+
+    std::optional<int64_t> get_optional_int(const std::string& key, int64_t min = 0) const {
+        const auto* v = find(key);
+        if (!v) return std::nullopt;
+        return as_int(key, *v, min);
+    }
+
+    double get_double(const std::string& key, double fallback) const {
+        const auto* v = find(key);
+        if (!v) return fallback;
+        if (!v->is_number()) fail(key, "expected a number, got " + v->dump());
+        const double x = v->get<double>();
+        if (!std::isfinite(x)) fail(key, "must be finite");
+        return x;
+    }
+
+    bool get_bool(const std::string& key, bool fallback) const {
+        const auto* v = find(key);
+        if (!v) return fallback;
+        if (!v->is_boolean()) fail(key, "expected true or false, got " + v->dump());
+        return v->get<bool>();
+    }
+
+    std::string get_string(const std::string& key, const std::string& fallback) const {
+        const auto* v = find(key);
+        if (!v) return fallback;
+        if (!v->is_string()) fail(key, "expected a string, got " + v->dump());
+        return v->get<std::string>();
+    }
+
+private:
+    const nlohmann::json& json_;
+    const std::string& source_;
+};
+
+bool known_dtype(const std::string& d) {
+    return d == "bfloat16" || d == "float16" || d == "float32" || d == "float" || d == "half";
+}
+
+}  // namespace
+
+Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string& source) {
+    if (!json.is_object()) throw UsageError(source + ": config is not a JSON object");
+    const Reader r(json, source);
+    Qwen2Config c;
+    c.source = source;
+
+    const std::string model_type = r.get_string("model_type", "qwen2");
+    if (model_type != "qwen2")
+        r.fail("model_type", "'" + model_type + "' is not a Qwen2 model (medllm implements model_type \"qwen2\")");
+
+    c.vocab_size = r.get_int("vocab_size", c.vocab_size);
+    c.hidden_size = r.get_int("hidden_size", c.hidden_size);
+    c.intermediate_size = r.get_int("intermediate_size", c.intermediate_size);
+    c.num_hidden_layers = r.get_int("num_hidden_layers", c.num_hidden_layers);
+    c.num_attention_heads = r.get_int("num_attention_heads", c.num_attention_heads);
+    c.num_key_value_heads = r.get_int("num_key_value_heads", c.num_attention_heads);
+    if (c.num_attention_heads % c.num_key_value_heads != 0)
+        r.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) + " does not divide num_attention_heads " +
+                                          std::to_string(c.num_attention_heads));
+    if (r.find("head_dim")) {
+        c.head_dim = r.get_int("head_dim", 0);
+    } else {
+        if (c.hidden_size % c.num_attention_heads != 0)
+            r.fail("num_attention_heads", std::to_string(c.num_attention_heads) + " does not divide hidden_size " +
+                                              std::to_string(c.hidden_size) + " (and no head_dim is given)");
+        c.head_dim = c.hidden_size / c.num_attention_heads;
+    }
+    if (c.head_dim % 2 != 0) r.fail("head_dim", "must be even for rotate-half RoPE, got " + std::to_string(c.head_dim));
+
+    c.hidden_act = r.get_string("hidden_act", c.hidden_act);
+    if (c.hidden_act != "silu") r.fail("hidden_act", "'" + c.hidden_act + "' is not implemented (only silu)");
+    c.max_position_embeddings = r.get_int("max_position_embeddings", c.max_position_embeddings);
+    c.initializer_range = r.get_double("initializer_range", c.initializer_range);
+    c.rms_norm_eps = r.get_double("rms_norm_eps", c.rms_norm_eps);
+    if (!(c.rms_norm_eps > 0)) r.fail("rms_norm_eps", "must be positive");
+    c.use_cache = r.get_bool("use_cache", c.use_cache);
+    c.tie_word_embeddings = r.get_bool("tie_word_embeddings", c.tie_word_embeddings);
+    c.attention_dropout = r.get_double("attention_dropout", c.attention_dropout);
+    if (c.attention_dropout < 0 || c.attention_dropout >= 1) r.fail("attention_dropout", "must be in [0, 1)");
+
+    // RoPE: `rope_theta` + `rope_scaling` (transformers 4.x) or `rope_parameters` (transformers 5).
+    std::optional<double> theta;
+    if (r.find("rope_theta")) theta = r.get_double("rope_theta", 0);
+    auto check_rope_type = [&](const std::string& key, const nlohmann::json& block) {
+        if (!block.is_object()) r.fail(key, "expected an object or null, got " + block.dump());
+        std::string type = "default";
+        for (const char* type_key : {"rope_type", "type"}) {
+            auto it = block.find(type_key);
+            if (it != block.end() && !it->is_null()) {
+                if (!it->is_string()) r.fail(key, std::string(type_key) + " is not a string");
+                type = it->get<std::string>();
+                break;
+            }
+        }
+        if (type != "default")
+            r.fail(key, "rope type '" + type + "' is not implemented (medllm implements default RoPE only)");
+    };
+    if (const auto* scaling = r.find("rope_scaling")) check_rope_type("rope_scaling", *scaling);
+    if (const auto* params = r.find("rope_parameters")) {
+        check_rope_type("rope_parameters", *params);
+        auto it = params->find("rope_theta");
+        if (it != params->end() && !it->is_null()) {
+            if (!it->is_number() || !std::isfinite(it->get<double>()))
+                r.fail("rope_parameters", "rope_theta is not a finite number");
+            const double t = it->get<double>();
+            if (theta && *theta != t)
+                r.fail("rope_parameters", "rope_theta " + it->dump() + " disagrees with rope_theta " +
+                                              nlohmann::json(*theta).dump());
+            theta = t;
+        }
+    }
+    c.rope_theta = theta.value_or(c.rope_theta);
+    if (!(c.rope_theta > 0)) r.fail("rope_theta", "must be positive");
+
+    // Sliding-window attention: inert in every Qwen2.5 release; enabling it would change the math, so refuse.
+    c.use_sliding_window = r.get_bool("use_sliding_window", false);
+    if (c.use_sliding_window)
+        r.fail("use_sliding_window", "sliding-window attention is not implemented (no Qwen2.5 release enables it)");
+    c.sliding_window = r.get_optional_int("sliding_window", 0);
+    c.max_window_layers = r.get_int("max_window_layers", c.max_window_layers, 0);
+    if (const auto* types = r.find("layer_types")) {
+        if (!types->is_array()) r.fail("layer_types", "expected a list of strings");
+        if (static_cast<int64_t>(types->size()) != c.num_hidden_layers)
+            r.fail("layer_types", "has " + std::to_string(types->size()) + " entries for " +
+                                      std::to_string(c.num_hidden_layers) + " layers");
+        for (size_t i = 0; i < types->size(); ++i) {
+            const auto& t = (*types)[i];
+            if (!t.is_string()) r.fail("layer_types", "entry " + std::to_string(i) + " is not a string");
+            if (t != "full_attention")
+                r.fail("layer_types", "layer " + std::to_string(i) + " is " + t.dump() +
+                                          "; only full_attention is implemented");
+        }
+    }
+
+    c.bos_token_id = r.get_optional_int("bos_token_id");
+    c.pad_token_id = r.get_optional_int("pad_token_id");
+    if (const auto* eos = r.find("eos_token_id")) {
+        if (eos->is_array()) {
+            for (const auto& e : *eos) c.eos_token_ids.push_back(r.as_int("eos_token_id", e, 0));
+        } else {
+            c.eos_token_ids.push_back(r.as_int("eos_token_id", *eos, 0));
+        }
+    }
+
+    const std::string dtype = r.get_string("dtype", "");
+    const std::string torch_dtype = r.get_string("torch_dtype", "");
+    if (!dtype.empty() && !torch_dtype.empty() && dtype != torch_dtype)
+        r.fail("dtype", "'" + dtype + "' disagrees with torch_dtype '" + torch_dtype + "'");
+    c.torch_dtype = dtype.empty() ? torch_dtype : dtype;
+    if (!c.torch_dtype.empty() && !known_dtype(c.torch_dtype))
+        r.fail(dtype.empty() ? "torch_dtype" : "dtype", "'" + c.torch_dtype + "' is not a supported dtype");
+    return c;
+}
+
+Qwen2Config Qwen2Config::from_file(const fs::path& path) {
+    std::error_code ec;
+    const fs::path file = fs::is_directory(path, ec) ? path / "config.json" : path;
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw Error(file.string() + ": cannot open config");
+    std::ostringstream text;
+    text << in.rdbuf();
+    nlohmann::json json;
+    try {
+        json = nlohmann::json::parse(text.str());
+    } catch (const nlohmann::json::parse_error& e) {
+        throw Error(file.string() + ": not valid JSON: " + e.what());
+    }
+    return from_json(json, file.string());
+}
+
+nlohmann::json Qwen2Config::to_json() const {
+    nlohmann::json j = {
+        {"architectures", {"Qwen2ForCausalLM"}},
+        {"model_type", "qwen2"},
+        {"vocab_size", vocab_size},
+        {"hidden_size", hidden_size},
+        {"intermediate_size", intermediate_size},
+        {"num_hidden_layers", num_hidden_layers},
+        {"num_attention_heads", num_attention_heads},
+        {"num_key_value_heads", num_key_value_heads},
+        {"hidden_act", hidden_act},
+        {"max_position_embeddings", max_position_embeddings},
+        {"initializer_range", initializer_range},
+        {"rms_norm_eps", rms_norm_eps},
+        {"use_cache", use_cache},
+        {"tie_word_embeddings", tie_word_embeddings},
+        {"rope_theta", rope_theta},
+        {"rope_scaling", nullptr},
+        {"use_sliding_window", use_sliding_window},
+        {"sliding_window", sliding_window ? nlohmann::json(*sliding_window) : nlohmann::json(nullptr)},
+        {"max_window_layers", max_window_layers},
+        {"attention_dropout", attention_dropout},
+        {"bos_token_id", bos_token_id ? nlohmann::json(*bos_token_id) : nlohmann::json(nullptr)},
+        {"pad_token_id", pad_token_id ? nlohmann::json(*pad_token_id) : nlohmann::json(nullptr)},
+    };
+    if (hidden_size != num_attention_heads * head_dim) j["head_dim"] = head_dim;
+    if (eos_token_ids.size() == 1)
+        j["eos_token_id"] = eos_token_ids.front();
+    else if (eos_token_ids.empty())
+        j["eos_token_id"] = nullptr;
+    else
+        j["eos_token_id"] = eos_token_ids;
+    if (!torch_dtype.empty()) j["torch_dtype"] = torch_dtype;
+    return j;
+}
+
+}  // namespace medllm::model
