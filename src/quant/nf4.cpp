@@ -1,6 +1,8 @@
 // Tensor-level NF4 API: validation, CPU reference wrappers, and dispatch to the CUDA kernels.
 #include "medllm/quant/nf4.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <map>
 #include <mutex>
 #include <tuple>
