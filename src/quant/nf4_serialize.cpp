@@ -152,6 +152,10 @@ Nf4Tensor nf4_from_state_dict(const std::map<std::string, at::Tensor>& tensors, 
         w.nested_absmax    = require(tensors, weight_key + ".nested_absmax").contiguous().reshape({-1});
         w.nested_quant_map = require(tensors, weight_key + ".nested_quant_map").contiguous().reshape({-1});
     }
+    const at::Tensor nf4 = at::from_blob(const_cast<float*>(nf4_code().data()), {16}, at::TensorOptions().dtype(at::kFloat));
+    if (w.quant_map.scalar_type() != at::kFloat || w.quant_map.numel() != 16 || !at::equal(w.quant_map.cpu(), nf4)) {
+        throw Error(weight_key + ".quant_map: not the NF4 code book");
+    }
     w.validate(weight_key);
     return w;
 }

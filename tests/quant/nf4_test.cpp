@@ -172,6 +172,9 @@ TEST(Nf4Serialize, RoundTripAndErrorsNameTheKey) {
     fp4.erase(key + kNf4QuantStateSuffix);
     fp4[key + ".quant_state.bitsandbytes__fp4"] = sd.at(key + kNf4QuantStateSuffix);
     EXPECT_THROW(nf4_from_state_dict(fp4, key), Error);
+    auto not_nf4 = sd;
+    not_nf4[key + ".quant_map"] = at::zeros({16});
+    EXPECT_THROW(nf4_from_state_dict(not_nf4, key), Error);
     auto short_weight = sd;
     short_weight[key] = sd.at(key).narrow(0, 0, 3);
     EXPECT_THROW(nf4_from_state_dict(short_weight, key), Error);
