@@ -1,0 +1,413 @@
+#include "medllm/peft/adapter.h"
+
+#include <cmath>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include "medllm/core/error.h"
+#include "medllm/io/safetensors.h"
+#include "medllm/quant/nf4_serialize.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace medllm::peft {
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string short_name_of(const std::string& module) {
+    auto pos = module.rfind('.');
+    return pos == std::string::npos ? module : module.substr(pos + 1);
+}
+
+// PEFT's get_pattern_key: a pattern key matches a module name when `(.*\.)?(key)$` matches it from the start.
+template <typename T>
+const T* match_pattern(const std::map<std::string, T>& patterns, const std::string& module) {
+    for (const auto& [key, value] : patterns) {
+        try {
+            if (std::regex_match(module, std::regex("(.*\\.)?(" + key + ")"))) return &value;
+        } catch (const std::regex_error&) {
+            if (module == key || ends_with(module, "." + key)) return &value;
+        }
+    }
+    return nullptr;
+}
+
+double scaling_of(double alpha, int64_t r, bool rslora) {
+    return rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+}
+
+json number_json(double v) {
+    if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 1e15) return json(static_cast<int64_t>(v));
+    return json(v);
+}
+
+}  // namespace
+
+int64_t AdapterConfig::rank_for(const std::string& module) const {
+    const int64_t* r = match_pattern(rank_pattern, module);
+    return r ? *r : lora.r;
+}
+
+double AdapterConfig::alpha_for(const std::string& module) const {
+    const double* a = match_pattern(alpha_pattern, module);
+    return a ? *a : lora.alpha;
+}
+
+double AdapterConfig::scaling_for(const std::string& module) const {
+    return scaling_of(alpha_for(module), rank_for(module), lora.use_rslora);
+}
+
+AdapterConfig read_adapter_config(const fs::path& dir) {
+    const fs::path path = dir / kAdapterConfigFile;
+    const std::string where = path.string();
+    if (!fs::exists(path)) throw Error(where + ": not found (not a PEFT adapter directory)");
+    std::ifstream in(path);
+    if (!in) throw Error(where + ": cannot open");
+    json j;
+    try {
+        j = json::parse(in);
+    } catch (const json::exception& e) {
+        throw Error(where + ": malformed JSON: " + e.what());
+    }
+    if (!j.is_object()) throw Error(where + ": expected a JSON object");
+    auto key_error = [&](const std::string& key, const std::string& what) {
+        return Error(where + ": key '" + key + "' " + what);
+    };
+    auto get_int = [&](const char* key, int64_t fallback) -> int64_t {
+        if (!j.contains(key) || j[key].is_null()) return fallback;
+        if (!j[key].is_number_integer()) throw key_error(key, "must be an integer");
+        return j[key].get<int64_t>();
+    };
+    auto get_double = [&](const char* key, double fallback) -> double {
+        if (!j.contains(key) || j[key].is_null()) return fallback;
+        if (!j[key].is_number()) throw key_error(key, "must be a number");
+        return j[key].get<double>();
+    };
+    auto get_bool = [&](const char* key) -> bool {
+        if (!j.contains(key) || j[key].is_null()) return false;
+        if (!j[key].is_boolean()) throw key_error(key, "must be true or false");
+        return j[key].get<bool>();
+    };
+    auto unsupported = [&](const std::string& key, const std::string& why) {
+        return UsageError(where + ": key '" + key + "': " + why + " is not supported by medllm");
+    };
+
+    if (!j.contains("peft_type")) throw key_error("peft_type", "is missing");
+    if (!j["peft_type"].is_string()) throw key_error("peft_type", "must be a string");
+    if (j["peft_type"] != "LORA") throw unsupported("peft_type", "adapter type " + j["peft_type"].get<std::string>());
+
+    AdapterConfig cfg;
+    cfg.lora.r          = get_int("r", 8);
+    cfg.lora.alpha      = get_double("lora_alpha", 8.0);
+    cfg.lora.dropout    = get_double("lora_dropout", 0.0);
+    cfg.lora.use_rslora = get_bool("use_rslora");
+    if (cfg.lora.r < 1) throw key_error("r", "must be >= 1, got " + std::to_string(cfg.lora.r));
+    if (!(cfg.lora.dropout >= 0.0 && cfg.lora.dropout < 1.0)) throw key_error("lora_dropout", "must be in [0, 1)");
+    if (get_bool("use_dora")) throw unsupported("use_dora", "DoRA");
+    if (get_bool("lora_bias")) throw unsupported("lora_bias", "a bias on lora_B");
+    if (get_bool("fan_in_fan_out")) throw unsupported("fan_in_fan_out", "Conv1D-style weights");
+    if (get_bool("use_qalora")) throw unsupported("use_qalora", "QALoRA");
+    if (j.contains("bias") && !j["bias"].is_null() && j["bias"] != "none")
+        throw unsupported("bias", "training base biases (bias=" + j["bias"].dump() + ")");
+    for (const char* key : {"modules_to_save", "layer_replication", "trainable_token_indices", "target_parameters"}) {
+        if (j.contains(key) && !j[key].is_null() && !j[key].empty()) throw unsupported(key, std::string(key));
+    }
+    if (j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string())
+        cfg.lora.base_model_name_or_path = j["base_model_name_or_path"].get<std::string>();
+
+    // target_modules: a list of names, "all-linear", or a regex (then the weight file decides which modules).
+    cfg.lora.target_modules = all_projection_names();
+    if (j.contains("target_modules") && j["target_modules"].is_array()) {
+        std::vector<std::string> targets;
+        for (const auto& t : j["target_modules"]) {
+            if (!t.is_string()) throw key_error("target_modules", "must hold strings");
+            std::string name = short_name_of(t.get<std::string>());
+            const auto& known = all_projection_names();
+            if (std::find(known.begin(), known.end(), name) == known.end())
+                throw unsupported("target_modules", "adapting '" + t.get<std::string>() + "' (only the 7 projections)");
+            targets.push_back(name);
+        }
+        if (targets.empty()) throw key_error("target_modules", "is empty");
+        cfg.lora.target_modules = targets;
+    } else if (j.contains("target_modules") && !j["target_modules"].is_null() && !j["target_modules"].is_string()) {
+        throw key_error("target_modules", "must be a list of names or a string");
+    }
+    for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+        if (!j.contains(key) || j[key].is_null()) continue;
+        if (!j[key].is_object()) throw key_error(key, "must be an object");
+        for (const auto& [pattern, value] : j[key].items()) {
+            if (std::string(key) == "rank_pattern") {
+                if (!value.is_number_integer() || value.get<int64_t>() < 1)
+                    throw key_error(std::string(key) + "." + pattern, "must be an integer >= 1");
+                cfg.rank_pattern[pattern] = value.get<int64_t>();
+            } else {
+                if (!value.is_number()) throw key_error(std::string(key) + "." + pattern, "must be a number");
+                cfg.alpha_pattern[pattern] = value.get<double>();
+            }
+        }
+    }
+    return cfg;
+}
+
+json adapter_config_json(const LoraConfig& cfg) {
+    std::vector<std::string> targets = cfg.target_modules;
+    std::sort(targets.begin(), targets.end());
+    json j;  // nlohmann's object is a std::map: keys come out sorted, as PEFT writes them
+    j["alpha_pattern"]           = json::object();
+    j["auto_mapping"]            = nullptr;
+    j["base_model_name_or_path"] = cfg.base_model_name_or_path.empty() ? json(nullptr) : json(cfg.base_model_name_or_path);
+    j["bias"]                    = "none";
+    j["exclude_modules"]         = nullptr;
+    j["fan_in_fan_out"]          = false;
+    j["inference_mode"]          = true;
+    j["init_lora_weights"]       = true;
+    j["layer_replication"]       = nullptr;
+    j["layers_pattern"]          = nullptr;
+    j["layers_to_transform"]     = nullptr;
+    j["lora_alpha"]              = number_json(cfg.alpha);
+    j["lora_bias"]               = false;
+    j["lora_dropout"]            = cfg.dropout;
+    j["modules_to_save"]         = nullptr;
+    j["peft_type"]               = "LORA";
+    j["r"]                       = cfg.r;
+    j["rank_pattern"]            = json::object();
+    j["revision"]                = nullptr;
+    j["target_modules"]          = targets;
+    j["task_type"]               = "CAUSAL_LM";
+    j["use_dora"]                = false;
+    j["use_rslora"]              = cfg.use_rslora;
+    return j;
+}
+
+std::map<std::string, AdapterWeights> read_adapter_weights(const fs::path& dir, const AdapterConfig& cfg) {
+    const fs::path path = dir / kAdapterWeightsFile;
+    const std::string where = path.string();
+    if (!fs::exists(path)) {
+        if (fs::exists(dir / "adapter_model.bin"))
+            throw UsageError((dir / "adapter_model.bin").string() +
+                             ": pickle adapters are not supported; re-save with safe_serialization=True");
+        throw Error(where + ": not found (not a PEFT adapter directory)");
+    }
+    io::SafetensorsFile file(path);
+    const std::string prefix = kPeftKeyPrefix;
+    const std::string suffix_a = ".lora_A.weight", suffix_b = ".lora_B.weight";
+    std::map<std::string, AdapterWeights> out;
+    for (const auto& key : file.names()) {
+        auto bad = [&](const std::string& what) { return Error(where + ": tensor '" + key + "' " + what); };
+        if (key.compare(0, prefix.size(), prefix) != 0) throw bad("does not start with '" + prefix + "'");
+        std::string rest = key.substr(prefix.size());
+        bool is_a = ends_with(rest, suffix_a), is_b = ends_with(rest, suffix_b);
+        if (!is_a && !is_b) {
+            if (ends_with(rest, ".lora_B.bias")) throw UsageError(where + ": tensor '" + key + "': lora_bias is not supported");
+            if (rest.find("lora_magnitude_vector") != std::string::npos)
+                throw UsageError(where + ": tensor '" + key + "': DoRA is not supported");
+            throw bad("is not a LoRA weight (expected <module>.lora_A.weight or <module>.lora_B.weight)");
+        }
+        std::string module = rest.substr(0, rest.size() - suffix_a.size());
+        at::Tensor t       = file.tensor(key);
+        if (!at::isFloatingType(t.scalar_type())) throw bad("has non-floating dtype " + std::string(c10::toString(t.scalar_type())));
+        if (t.dim() != 2) throw bad("must be 2-D, got shape " + c10::str(t.sizes()));
+        const int64_t r = cfg.rank_for(module);
+        if (is_a && t.size(0) != r)
+            throw bad("has rank " + std::to_string(t.size(0)) + " but adapter_config.json says r=" + std::to_string(r));
+        if (is_b && t.size(1) != r)
+            throw bad("has rank " + std::to_string(t.size(1)) + " but adapter_config.json says r=" + std::to_string(r));
+        auto& w = out[module];
+        (is_a ? w.A : w.B) = t;
+        w.scaling          = cfg.scaling_for(module);
+    }
+    for (const auto& [module, w] : out) {
+        if (!w.A.defined()) throw Error(where + ": missing tensor '" + prefix + module + suffix_a + "'");
+        if (!w.B.defined()) throw Error(where + ": missing tensor '" + prefix + module + suffix_b + "'");
+    }
+    if (out.empty()) throw Error(where + ": holds no LoRA weights");
+    return out;
+}
+
+void save_adapter(model::Qwen2ForCausalLM& model, const LoraConfig& cfg, const fs::path& dir) {
+    fs::create_directories(dir);
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    json config = adapter_config_json(cfg);
+    std::set<std::string> targets;
+    for (const auto& [name, layer] : lora_layers(model)) {
+        if (!layer->has_adapter()) continue;
+        tensors.emplace_back(kPeftKeyPrefix + name + ".lora_A.weight", layer->lora_A->weight.detach().cpu().contiguous());
+        tensors.emplace_back(kPeftKeyPrefix + name + ".lora_B.weight", layer->lora_B->weight.detach().cpu().contiguous());
+        targets.insert(short_name_of(name));
+        // Modules whose rank or scaling differ from the config's are recorded as PEFT patterns (full name).
+        const int64_t r = layer->rank();
+        const double alpha = cfg.use_rslora ? layer->scaling() * std::sqrt(static_cast<double>(r))
+                                            : layer->scaling() * static_cast<double>(r);
+        if (r != cfg.r) config["rank_pattern"][name] = r;
+        if (std::fabs(alpha - cfg.alpha) > 1e-9 * std::max(1.0, std::fabs(cfg.alpha)))
+            config["alpha_pattern"][name] = number_json(alpha);
+    }
+    if (tensors.empty()) throw Error("save_adapter: the model has no LoRA adapters");
+    config["target_modules"] = std::vector<std::string>(targets.begin(), targets.end());
+    io::save_file(dir / kAdapterWeightsFile, tensors, {{"format", "pt"}});
+    const fs::path config_path = dir / kAdapterConfigFile;
+    std::ofstream out(config_path);
+    out << config.dump(2) << "\n";
+    if (!out) throw Error(config_path.string() + ": cannot write");
+}
+
+void load_adapter(model::Qwen2ForCausalLM& model, const fs::path& dir) {
+    const AdapterConfig cfg = read_adapter_config(dir);
+    auto weights            = read_adapter_weights(dir, cfg);
+    const std::string where = (dir / kAdapterWeightsFile).string();
+    at::NoGradGuard no_grad;
+    std::set<std::string> used;
+    for (auto& [name, layer] : lora_layers(model)) {
+        if (!layer->has_adapter()) continue;
+        auto it = weights.find(name);
+        if (it == weights.end())
+            throw Error(where + ": missing tensor '" + kPeftKeyPrefix + name + ".lora_A.weight' (the model adapts " + name + ")");
+        const auto& w = it->second;
+        auto check = [&](const at::Tensor& dst, const at::Tensor& src, const char* which) {
+            if (dst.sizes() != src.sizes())
+                throw Error(where + ": tensor '" + kPeftKeyPrefix + name + "." + which + ".weight' has shape " +
+                            c10::str(src.sizes()) + " but the model needs " + c10::str(dst.sizes()));
+        };
+        check(layer->lora_A->weight, w.A, "lora_A");
+        check(layer->lora_B->weight, w.B, "lora_B");
+        if (layer->merged()) layer->unmerge();
+        layer->lora_A->weight.copy_(w.A);
+        layer->lora_B->weight.copy_(w.B);
+        layer->set_scaling(w.scaling);
+        used.insert(name);
+    }
+    for (const auto& [module, w] : weights) {
+        if (!used.count(module))
+            throw Error(where + ": tensor '" + kPeftKeyPrefix + module + ".lora_A.weight' names a module the model does not adapt");
+    }
+}
+
+std::shared_ptr<model::Qwen2ForCausalLM> load_model_with_adapter(const std::string& base_dir, const fs::path& adapter_dir,
+                                                                 at::ScalarType dtype, at::Device device,
+                                                                 bool quantize_base) {
+    AdapterConfig cfg = read_adapter_config(adapter_dir);
+    auto weights      = read_adapter_weights(adapter_dir, cfg);
+    ModuleRanks modules;
+    for (const auto& [name, w] : weights) modules[name] = {w.A.size(0), w.scaling};
+    cfg.lora.quantize_base = quantize_base;
+    auto model             = load_model_for_lora(base_dir, cfg.lora, dtype, device, &modules);
+    load_adapter(*model, adapter_dir);
+    return model;
+}
+
+// ---------------------------------------------------------------- merge into a checkpoint
+
+MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& adapter_dir, const fs::path& out_dir,
+                                    uint64_t max_shard_bytes) {
+    if (!fs::is_directory(base_dir)) throw Error(base_dir.string() + ": not a model directory");
+    if (fs::exists(out_dir) && fs::equivalent(fs::absolute(out_dir), fs::absolute(base_dir)))
+        throw UsageError("--output must differ from --model (" + out_dir.string() + ")");
+    const AdapterConfig cfg = read_adapter_config(adapter_dir);
+    const auto weights      = read_adapter_weights(adapter_dir, cfg);
+
+    // config.json is copied as is (so every key the base has survives), with the dtype and quantization updated.
+    const fs::path config_path = base_dir / "config.json";
+    std::ifstream config_in(config_path);
+    if (!config_in) throw Error(config_path.string() + ": not found");
+    json config;
+    try {
+        config = json::parse(config_in);
+    } catch (const json::exception& e) {
+        throw Error(config_path.string() + ": malformed JSON: " + e.what());
+    }
+
+    io::CheckpointReader reader(base_dir);
+    const auto names = reader.names();
+    // bitsandbytes 4-bit weights: "<key>" plus "<key>.<statistic>" entries, recognised by their quant_state.
+    std::set<std::string> quantized_keys;
+    const std::string qs_suffix = quant::kNf4QuantStateSuffix;
+    for (const auto& n : names) {
+        if (ends_with(n, qs_suffix)) quantized_keys.insert(n.substr(0, n.size() - qs_suffix.size()));
+    }
+    auto is_statistic = [&](const std::string& n) {  // "<module>.weight.<statistic>"
+        auto pos = n.find(".weight.");
+        return pos != std::string::npos && quantized_keys.count(n.substr(0, pos + 7)) > 0;
+    };
+
+    fs::create_directories(out_dir);
+    MergeStats stats;
+    std::set<std::string> merged;
+    {
+        io::CheckpointWriter writer(out_dir, max_shard_bytes);
+        for (const auto& name : names) {
+            if (is_statistic(name)) continue;
+            at::Tensor t;
+            if (quantized_keys.count(name)) {
+                std::map<std::string, at::Tensor> entries;
+                for (const auto& n : names) {
+                    if (n == name || (n.size() > name.size() && n.compare(0, name.size(), name) == 0 && n[name.size()] == '.'))
+                        entries[n] = reader.load(n);
+                }
+                // The weight the adapter was trained against: dequantized to the stored dtype.
+                t = quant::nf4_dequantize(quant::nf4_from_state_dict(entries, name));
+                ++stats.dequantized_modules;
+            } else {
+                t = reader.load(name);
+            }
+            if (ends_with(name, ".weight")) {
+                const std::string module = name.substr(0, name.size() - 7);
+                auto it = weights.find(module);
+                if (it != weights.end()) {
+                    const auto& w = it->second;
+                    if (t.dim() != 2 || t.size(0) != w.B.size(0) || t.size(1) != w.A.size(1))
+                        throw Error((adapter_dir / kAdapterWeightsFile).string() + ": adapter for '" + module +
+                                    "' is [" + std::to_string(w.B.size(0)) + ", " + std::to_string(w.A.size(1)) +
+                                    "] but the base weight " + name + " is " + c10::str(t.sizes()));
+                    auto delta = at::addmm(at::empty({0}, at::kFloat), w.B.to(at::kFloat), w.A.to(at::kFloat), 0, w.scaling);
+                    t          = t.to(at::kFloat) + delta;
+                    merged.insert(module);
+                    ++stats.merged_modules;
+                }
+            }
+            if (at::isFloatingType(t.scalar_type())) t = t.to(at::kBFloat16);
+            writer.add(name, t);
+            ++stats.tensors;
+        }
+        stats.files = writer.finish();
+    }
+    for (const auto& [module, w] : weights) {
+        if (!merged.count(module))
+            throw Error((adapter_dir / kAdapterWeightsFile).string() + ": module '" + module + "' has no weight '" +
+                        module + ".weight' in " + base_dir.string());
+    }
+
+    config.erase("quantization_config");
+    bool had_dtype = false;
+    for (const char* key : {"dtype", "torch_dtype"}) {
+        if (config.contains(key)) {
+            config[key] = "bfloat16";
+            had_dtype   = true;
+        }
+    }
+    if (!had_dtype) config["torch_dtype"] = "bfloat16";
+    {
+        std::ofstream out(out_dir / "config.json");
+        out << config.dump(2) << "\n";
+        if (!out) throw Error((out_dir / "config.json").string() + ": cannot write");
+    }
+    for (const char* file : {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                             "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "chat_template.jinja",
+                             "chat_template.json", "generation_config.json"}) {
+        if (fs::exists(base_dir / file))
+            fs::copy_file(base_dir / file, out_dir / file, fs::copy_options::overwrite_existing);
+    }
+    spdlog::info("merged {} modules ({} dequantized from NF4) into {} tensors -> {}", stats.merged_modules,
+                 stats.dequantized_modules, stats.tensors, out_dir.string());
+    return stats;
+}
+
+}  // namespace medllm::peft

@@ -1,0 +1,495 @@
+#include "medllm/peft/lora.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include "medllm/core/error.h"
+#include "medllm/io/safetensors.h"
+#include "medllm/quant/nf4_serialize.h"
+
+namespace medllm::peft {
+
+const std::vector<std::string>& all_projection_names() {
+    static const std::vector<std::string> names = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                   "gate_proj", "up_proj", "down_proj"};
+    return names;
+}
+
+double LoraConfig::scaling() const {
+    return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+}
+
+void LoraConfig::validate() const {
+    if (r < 1) throw UsageError("lora: r must be >= 1, got " + std::to_string(r));
+    if (!std::isfinite(alpha)) throw UsageError("lora: alpha must be finite");
+    if (!(dropout >= 0.0 && dropout < 1.0)) throw UsageError("lora: dropout must be in [0, 1), got " + std::to_string(dropout));
+    if (target_modules.empty()) throw UsageError("lora: target_modules is empty");
+    const auto& known = all_projection_names();
+    for (const auto& t : target_modules) {
+        if (std::find(known.begin(), known.end(), t) == known.end())
+            throw UsageError("lora: unknown target module '" + t +
+                             "' (Qwen2 projections: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)");
+    }
+    if (!at::isFloatingType(adapter_dtype)) throw UsageError("lora: adapter dtype must be a floating type");
+    if (quantize_base && !quant::is_valid_nf4_blocksize(blocksize))
+        throw UsageError("lora: NF4 blocksize must be a power of two in [32, 4096], got " + std::to_string(blocksize));
+}
+
+// ---------------------------------------------------------------- LoraLayer
+
+LoraLayer::LoraLayer(int64_t in, int64_t out, int64_t r, double scaling, double dropout, at::ScalarType adapter_dtype,
+                     at::Device device)
+    : in_features_(in), out_features_(out), r_(r), scaling_(scaling), dropout_(dropout) {
+    if (r < 0) throw UsageError("lora: rank must be >= 0, got " + std::to_string(r));
+    if (r > 0) {
+        lora_A = register_module("lora_A", torch::nn::Linear(torch::nn::LinearOptions(in, r).bias(false)));
+        lora_B = register_module("lora_B", torch::nn::Linear(torch::nn::LinearOptions(r, out).bias(false)));
+        lora_A->to(device, adapter_dtype);
+        lora_B->to(device, adapter_dtype);
+        reset_adapter();
+    }
+}
+
+void LoraLayer::reset_adapter(std::optional<uint64_t> seed) {
+    if (!has_adapter()) return;
+    at::NoGradGuard no_grad;
+    // kaiming_uniform_(a=sqrt(5)) on [r, in]: gain sqrt(2/(1+5)), bound = sqrt(3)·gain/sqrt(fan_in) = 1/sqrt(in).
+    const double bound = 1.0 / std::sqrt(static_cast<double>(in_features_));
+    at::Tensor a       = at::empty({r_, in_features_}, at::TensorOptions().dtype(at::kFloat));
+    if (seed) {
+        auto gen = at::make_generator<at::CPUGeneratorImpl>(*seed);
+        a.uniform_(-bound, bound, gen);
+    } else {
+        a.uniform_(-bound, bound);
+    }
+    lora_A->weight.copy_(a);
+    lora_B->weight.zero_();
+}
+
+at::Tensor LoraLayer::delta_weight() const {
+    if (!has_adapter()) throw Error("lora: layer has no adapter");
+    at::NoGradGuard no_grad;
+    auto B = lora_B->weight.to(at::kFloat), A = lora_A->weight.to(at::kFloat);
+    return at::addmm(at::empty({0}, B.options()), B, A, /*beta=*/0, /*alpha=*/scaling_).reshape({out_features_, in_features_});
+}
+
+at::Tensor LoraLayer::forward(const at::Tensor& x) {
+    if (!has_adapter() || !adapters_enabled || merged_) return base_forward(x);
+    // Dropout applies to the adapter's input only (PEFT).
+    at::Tensor x_lora = (dropout_ > 0.0 && is_training()) ? at::dropout(x, dropout_, true) : x;
+    return adapted_forward(x, x_lora);
+}
+
+// ---------------------------------------------------------------- LoraLinear
+
+LoraLinear::LoraLinear(const model::DenseLinear& base, int64_t r, double scaling, double dropout,
+                       at::ScalarType adapter_dtype)
+    : LoraLayer(base.in_features(), base.out_features(), r, scaling, dropout, adapter_dtype, base.weight.device()) {
+    weight = register_parameter("weight", base.weight, /*requires_grad=*/false);
+    if (base.bias.defined()) bias = register_parameter("bias", base.bias, /*requires_grad=*/false);
+}
+
+at::Tensor LoraLinear::base_forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+
+at::Tensor LoraLinear::adapted_forward(const at::Tensor& x, const at::Tensor& x_lora) {
+    at::Tensor result  = at::linear(x, weight, bias);
+    const auto& A      = lora_A->weight;
+    const auto& B      = lora_B->weight;
+    auto out_shape     = result.sizes().vec();
+    auto xa            = at::matmul(x_lora.to(A.scalar_type()), A.t()).reshape({-1, r_});
+    auto result2d      = result.reshape({-1, out_features_});
+    // result + scaling·(xa·Bᵀ) as one GEMM with alpha = scaling, beta = 1; promoted like PEFT's `result + lora`.
+    if (result.scalar_type() == A.scalar_type()) return at::addmm(result2d, xa, B.t(), 1, scaling_).view(out_shape);
+    return at::addmm(result2d.to(A.scalar_type()), xa, B.t(), 1, scaling_).to(result.scalar_type()).view(out_shape);
+}
+
+void LoraLinear::merge() {
+    if (merged_ || !has_adapter()) return;
+    at::NoGradGuard no_grad;
+    weight.add_(delta_weight().to(weight.device()));
+    merged_ = true;
+}
+
+void LoraLinear::unmerge() {
+    if (!merged_) return;
+    at::NoGradGuard no_grad;
+    weight.sub_(delta_weight().to(weight.device()));
+    merged_ = false;
+}
+
+// ---------------------------------------------------------------- QLoRA autograd function
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The NF4 state travels in saved_data (tensors are shared, not copied), so a backward never depends on the layer
+// object still holding the same quantized weight.
+void stash_nf4(AutogradContext* ctx, const quant::Nf4Tensor& w) {
+    auto& d               = ctx->saved_data;
+    d["packed"]           = w.packed;
+    d["absmax"]           = w.absmax;
+    d["quant_map"]        = w.quant_map;
+    d["nested"]           = w.nested;
+    if (w.nested) {
+        d["nested_absmax"]    = w.nested_absmax;
+        d["nested_quant_map"] = w.nested_quant_map;
+    }
+    d["offset"]           = static_cast<double>(w.offset);
+    d["nested_blocksize"] = w.nested_blocksize;
+    d["shape"]            = w.shape;
+    d["dtype"]            = static_cast<int64_t>(w.dtype);
+    d["blocksize"]        = w.blocksize;
+}
+
+quant::Nf4Tensor unstash_nf4(AutogradContext* ctx) {
+    auto& d = ctx->saved_data;
+    quant::Nf4Tensor w;
+    w.packed    = d["packed"].toTensor();
+    w.absmax    = d["absmax"].toTensor();
+    w.quant_map = d["quant_map"].toTensor();
+    w.nested    = d["nested"].toBool();
+    if (w.nested) {
+        w.nested_absmax    = d["nested_absmax"].toTensor();
+        w.nested_quant_map = d["nested_quant_map"].toTensor();
+    }
+    w.offset           = static_cast<float>(d["offset"].toDouble());
+    w.nested_blocksize = d["nested_blocksize"].toInt();
+    w.shape            = d["shape"].toIntVector();
+    w.dtype            = static_cast<at::ScalarType>(d["dtype"].toInt());
+    w.blocksize        = d["blocksize"].toInt();
+    return w;
+}
+
+struct QLoraFunction : public torch::autograd::Function<QLoraFunction> {
+    static at::Tensor forward(AutogradContext* ctx, at::Tensor x, at::Tensor x_lora, at::Tensor bias, at::Tensor A,
+                              at::Tensor B, double scaling, const quant::Nf4Tensor& w) {
+        const int64_t out = w.shape[0], in = w.shape[1];
+        // Forward runs without autograd, so nf4_linear takes its fused/workspace paths and keeps no weight.
+        at::Tensor y = quant::nf4_linear(x, w, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+        at::Tensor xl, xa;
+        if (A.defined()) {
+            xl      = x_lora.reshape({-1, in}).to(A.scalar_type());
+            xa      = at::mm(xl, A.t());  // [N, r]
+            auto y2 = y.view({-1, out});
+            if (y.scalar_type() == A.scalar_type()) {
+                y2.addmm_(xa, B.t(), 1, scaling);  // y += scaling·xa·Bᵀ in one GEMM
+            } else {
+                // PEFT's Linear4bit: the adapter output is computed in the adapter dtype, cast, then added.
+                y2.add_(at::addmm(at::empty({0}, xa.options()), xa, B.t(), 0, scaling).to(y.scalar_type()));
+            }
+        }
+        stash_nf4(ctx, w);
+        ctx->saved_data["scaling"]    = scaling;
+        ctx->saved_data["x_dtype"]    = static_cast<int64_t>(x.scalar_type());
+        ctx->saved_data["x_shape"]    = x.sizes().vec();
+        ctx->saved_data["xl_dtype"]   = static_cast<int64_t>(x_lora.defined() ? x_lora.scalar_type() : x.scalar_type());
+        ctx->saved_data["xl_shape"]   = x_lora.defined() ? x_lora.sizes().vec() : x.sizes().vec();
+        ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias.defined() ? bias.scalar_type() : x.scalar_type());
+        ctx->save_for_backward({xl, xa, A, B});
+        return y;
+    }
+
+    static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+        const auto w       = unstash_nf4(ctx);
+        const int64_t out  = w.shape[0], in = w.shape[1];
+        const double s     = ctx->saved_data["scaling"].toDouble();
+        auto saved         = ctx->get_saved_variables();
+        const auto& xl     = saved[0];
+        const auto& xa     = saved[1];
+        const auto& A      = saved[2];
+        const auto& B      = saved[3];
+        at::Tensor g       = grad_out[0].reshape({-1, out});
+        at::Tensor grad_x, grad_xl, grad_bias, grad_A, grad_B;
+        if (ctx->needs_input_grad(0)) {
+            // A fresh dequantization (bitsandbytes' order: to the stored dtype, then to the gradient's dtype).
+            at::Tensor W = quant::nf4_dequantize(w);
+            if (W.scalar_type() != g.scalar_type()) W = W.to(g.scalar_type());
+            grad_x = at::mm(g, W).view(ctx->saved_data["x_shape"].toIntVector());
+            grad_x = grad_x.to(static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+        }
+        if (ctx->needs_input_grad(2))
+            grad_bias = g.sum(0).to(static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt()));
+        if (A.defined()) {
+            at::Tensor gl  = g.to(A.scalar_type());
+            auto empty     = at::empty({0}, gl.options());
+            at::Tensor gBs = at::addmm(empty, gl, B, 0, s);  // scaling·g·B [N, r], shared by dA and dx_lora
+            if (ctx->needs_input_grad(4)) grad_B = at::addmm(empty, gl.t(), xa, 0, s);
+            if (ctx->needs_input_grad(3)) grad_A = at::mm(gBs.t(), xl);
+            if (ctx->needs_input_grad(1)) {
+                grad_xl = at::mm(gBs, A)
+                              .to(static_cast<at::ScalarType>(ctx->saved_data["xl_dtype"].toInt()))
+                              .view(ctx->saved_data["xl_shape"].toIntVector());
+            }
+        }
+        (void)in;
+        return {grad_x, grad_xl, grad_bias, grad_A, grad_B, at::Tensor(), at::Tensor()};
+    }
+};
+
+}  // namespace
+
+at::Tensor qlora_linear(const at::Tensor& x, const at::Tensor& x_lora, const quant::Nf4Tensor& w,
+                        const at::Tensor& bias, const at::Tensor& A, const at::Tensor& B, double scaling) {
+    if (w.shape.size() != 2) throw Error("qlora_linear: the NF4 weight must be 2-D");
+    if (A.defined() != B.defined()) throw Error("qlora_linear: lora_A and lora_B must both be given or both omitted");
+    if (A.defined() && (A.dim() != 2 || B.dim() != 2 || A.size(1) != w.shape[1] || B.size(0) != w.shape[0] ||
+                        B.size(1) != A.size(0))) {
+        throw Error("qlora_linear: adapter shapes A " + c10::str(A.sizes()) + ", B " + c10::str(B.sizes()) +
+                    " do not fit the weight [" + std::to_string(w.shape[0]) + ", " + std::to_string(w.shape[1]) + "]");
+    }
+    at::Tensor xl = x_lora.defined() ? x_lora : x;
+    if (xl.sizes() != x.sizes()) throw Error("qlora_linear: x_lora must have the shape of x");
+    return QLoraFunction::apply(x, xl, bias, A, B, scaling, w);
+}
+
+// ---------------------------------------------------------------- QLoraLinear
+
+QLoraLinear::QLoraLinear(quant::Nf4Tensor base_weight, at::Tensor base_bias, int64_t r, double scaling, double dropout,
+                         at::ScalarType adapter_dtype)
+    : LoraLayer(base_weight.shape.size() == 2 ? base_weight.shape[1] : 0,
+                base_weight.shape.size() == 2 ? base_weight.shape[0] : 0, r, scaling, dropout, adapter_dtype,
+                base_weight.device()),
+      base(std::move(base_weight)) {
+    if (base.shape.size() != 2) throw Error("QLoraLinear: the NF4 weight must be 2-D [out, in]");
+    base.validate("QLoraLinear weight");
+    if (base_bias.defined()) bias = register_parameter("bias", base_bias, /*requires_grad=*/false);
+}
+
+at::Tensor QLoraLinear::dequantized_weight(std::optional<at::ScalarType> dtype) const {
+    return quant::nf4_dequantize(base, dtype);
+}
+
+at::Tensor QLoraLinear::base_forward(const at::Tensor& x) {
+    if (merged_) return at::linear(x, merged_weight_.to(x.scalar_type()), bias.defined() ? bias.to(x.scalar_type()) : bias);
+    return qlora_linear(x, x, base, bias, at::Tensor(), at::Tensor(), 1.0);
+}
+
+at::Tensor QLoraLinear::adapted_forward(const at::Tensor& x, const at::Tensor& x_lora) {
+    return qlora_linear(x, x_lora, base, bias, lora_A->weight, lora_B->weight, scaling_);
+}
+
+void QLoraLinear::merge() {
+    if (merged_ || !has_adapter()) return;
+    at::NoGradGuard no_grad;
+    merged_weight_ = (dequantized_weight().to(at::kFloat) + delta_weight().to(base.device())).to(base.dtype);
+    merged_        = true;
+}
+
+void QLoraLinear::unmerge() {
+    merged_weight_ = at::Tensor();
+    merged_        = false;
+}
+
+void QLoraLinear::to(at::Device device, bool non_blocking) {
+    base = base.to(device);
+    if (merged_weight_.defined()) merged_weight_ = merged_weight_.to(device);
+    LoraLayer::to(device, non_blocking);
+}
+
+void QLoraLinear::to(at::Device device, at::ScalarType dtype, bool non_blocking) {
+    base = base.to(device);
+    if (merged_weight_.defined()) merged_weight_ = merged_weight_.to(device);
+    LoraLayer::to(device, dtype, non_blocking);
+}
+
+// ---------------------------------------------------------------- model level
+
+namespace {
+
+struct ProjectionSlot {
+    std::string name;   // model.layers.N.self_attn.q_proj
+    std::string short_name;
+    torch::nn::Module* parent;
+    std::shared_ptr<model::Projection>* member;
+};
+
+std::vector<ProjectionSlot> projection_slots(model::Qwen2ForCausalLM& m) {
+    std::vector<ProjectionSlot> out;
+    for (size_t i = 0; i < m.model->layers.size(); ++i) {
+        auto& layer        = *m.model->layers[i];
+        std::string prefix = "model.layers." + std::to_string(i) + ".";
+        auto* attn         = layer.self_attn.get();
+        auto* mlp          = layer.mlp.get();
+        out.push_back({prefix + "self_attn.q_proj", "q_proj", attn, &attn->q_proj});
+        out.push_back({prefix + "self_attn.k_proj", "k_proj", attn, &attn->k_proj});
+        out.push_back({prefix + "self_attn.v_proj", "v_proj", attn, &attn->v_proj});
+        out.push_back({prefix + "self_attn.o_proj", "o_proj", attn, &attn->o_proj});
+        out.push_back({prefix + "mlp.gate_proj", "gate_proj", mlp, &mlp->gate_proj});
+        out.push_back({prefix + "mlp.up_proj", "up_proj", mlp, &mlp->up_proj});
+        out.push_back({prefix + "mlp.down_proj", "down_proj", mlp, &mlp->down_proj});
+    }
+    return out;
+}
+
+void install(const ProjectionSlot& slot, std::shared_ptr<model::Projection> replacement) {
+    slot.parent->replace_module(slot.short_name, replacement);
+    *slot.member = std::move(replacement);
+}
+
+std::vector<NamedLoraLayer> apply_lora_impl(model::Qwen2ForCausalLM& m, const LoraConfig& cfg,
+                                            std::map<std::string, quant::Nf4Tensor>* prequantized,
+                                            const ModuleRanks* modules) {
+    cfg.validate();
+    const std::set<std::string> targets(cfg.target_modules.begin(), cfg.target_modules.end());
+    std::optional<uint64_t> seed = cfg.seed;
+    for (auto& p : m.parameters()) p.requires_grad_(false);
+    std::vector<NamedLoraLayer> adapted;
+    for (const auto& slot : projection_slots(m)) {
+        const bool target = modules ? modules->count(slot.name) > 0 : targets.count(slot.short_name) > 0;
+        const int64_t r      = !target ? 0 : modules ? modules->at(slot.name).first : cfg.r;
+        const double scaling = !target ? 1.0 : modules ? modules->at(slot.name).second : cfg.scaling();
+        if (target && r < 1) throw UsageError("lora: rank of " + slot.name + " must be >= 1, got " + std::to_string(r));
+        std::shared_ptr<LoraLayer> layer;
+        if (prequantized && prequantized->count(slot.name)) {
+            auto dense = std::dynamic_pointer_cast<model::DenseLinear>(*slot.member);
+            at::Tensor bias = dense ? dense->bias : at::Tensor();
+            layer = std::make_shared<QLoraLinear>(std::move(prequantized->at(slot.name)), bias, r, scaling, cfg.dropout,
+                                                  cfg.adapter_dtype);
+            prequantized->erase(slot.name);
+        } else if (target) {
+            auto dense = std::dynamic_pointer_cast<model::DenseLinear>(*slot.member);
+            if (!dense) throw Error("apply_lora: " + slot.name + " is not a dense projection (LoRA applied twice?)");
+            if (cfg.quantize_base) {
+                auto nf4 = quant::nf4_quantize(dense->weight.detach(), cfg.blocksize, cfg.double_quant);
+                layer = std::make_shared<QLoraLinear>(std::move(nf4), dense->bias, r, scaling, cfg.dropout,
+                                                      cfg.adapter_dtype);
+            } else {
+                layer = std::make_shared<LoraLinear>(*dense, r, scaling, cfg.dropout, cfg.adapter_dtype);
+            }
+        } else {
+            continue;
+        }
+        if (layer->has_adapter()) {
+            layer->reset_adapter(seed);
+            if (seed) ++*seed;  // a different but reproducible A per module
+        }
+        install(slot, layer);
+        adapted.push_back({slot.name, layer});
+    }
+    return adapted;
+}
+
+}  // namespace
+
+std::vector<NamedLoraLayer> apply_lora(model::Qwen2ForCausalLM& model, const LoraConfig& cfg) {
+    return apply_lora_impl(model, cfg, nullptr, nullptr);
+}
+
+std::vector<NamedLoraLayer> apply_lora(model::Qwen2ForCausalLM& model, const LoraConfig& cfg, const ModuleRanks& modules) {
+    std::set<std::string> known;
+    for (const auto& slot : projection_slots(model)) known.insert(slot.name);
+    for (const auto& [name, rs] : modules) {
+        if (!known.count(name)) throw Error("apply_lora: the model has no projection named '" + name + "'");
+    }
+    return apply_lora_impl(model, cfg, nullptr, &modules);
+}
+
+std::vector<NamedLoraLayer> lora_layers(model::Qwen2ForCausalLM& model) {
+    std::vector<NamedLoraLayer> out;
+    for (const auto& slot : projection_slots(model)) {
+        if (auto layer = std::dynamic_pointer_cast<LoraLayer>(*slot.member)) out.push_back({slot.name, layer});
+    }
+    return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> adapter_parameters(model::Qwen2ForCausalLM& model) {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const auto& [name, layer] : lora_layers(model)) {
+        if (!layer->has_adapter()) continue;
+        out.emplace_back(name + ".lora_A.weight", layer->lora_A->weight);
+        out.emplace_back(name + ".lora_B.weight", layer->lora_B->weight);
+    }
+    return out;
+}
+
+std::shared_ptr<model::Qwen2ForCausalLM> load_model_for_lora(const std::string& dir, const LoraConfig& cfg,
+                                                             at::ScalarType dtype, at::Device device,
+                                                             const ModuleRanks* modules) {
+    cfg.validate();
+    auto config = model::Qwen2Config::from_file(dir);
+    // Built on CPU: LibTorch's CPU allocations are lazy, so the dense target weights that are quantized instead of
+    // loaded are never touched; the remaining parameters move to `device` once loaded.
+    auto m = std::make_shared<model::Qwen2ForCausalLM>(config, at::TensorOptions().dtype(dtype));
+    std::set<std::string> projections, targets;
+    const std::set<std::string> target_short(cfg.target_modules.begin(), cfg.target_modules.end());
+    for (const auto& slot : projection_slots(*m)) {
+        projections.insert(slot.name);
+        if (modules ? modules->count(slot.name) > 0 : target_short.count(slot.short_name) > 0) targets.insert(slot.name);
+    }
+    std::map<std::string, quant::Nf4Tensor> quantized;                      // module name -> NF4 weight
+    std::map<std::string, std::map<std::string, at::Tensor>> bnb_entries;  // module name -> its 4-bit entries
+    auto module_of = [&](const std::string& name) -> std::string {
+        // "<module>.weight" or "<module>.weight.<4-bit statistic>"
+        auto pos = name.find(".weight");
+        if (pos == std::string::npos) return {};
+        std::string module = name.substr(0, pos);
+        return projections.count(module) ? module : std::string();
+    };
+    auto on_tensor = [&](const std::string& name, const at::Tensor& src) -> bool {
+        std::string module = module_of(name);
+        if (module.empty()) return false;
+        const bool statistic = name.size() > module.size() + 7;
+        if (statistic || src.scalar_type() == at::kByte) {  // part of a bitsandbytes 4-bit weight
+            bnb_entries[module][name] = src.to(device);
+            return true;
+        }
+        if (cfg.quantize_base && targets.count(module)) {
+            quantized.emplace(module, quant::nf4_quantize(src.to(device), cfg.blocksize, cfg.double_quant));
+            return true;
+        }
+        return false;
+    };
+    m->load_checkpoint(dir, on_tensor);
+    for (auto& [module, entries] : bnb_entries) {
+        quantized.emplace(module, quant::nf4_from_state_dict(entries, module + ".weight"));
+    }
+    for (auto& slot : projection_slots(*m)) {  // free the untouched dense placeholders before moving the model
+        if (!quantized.count(slot.name)) continue;
+        if (auto dense = std::dynamic_pointer_cast<model::DenseLinear>(*slot.member))
+            dense->weight.set_data(at::empty({0}, dense->weight.options()));
+    }
+    if (modules) {
+        for (const auto& [name, rs] : *modules) {
+            if (!projections.count(name)) throw Error(dir + ": the model has no projection named '" + name + "'");
+        }
+    }
+    auto layers = apply_lora_impl(*m, cfg, &quantized, modules);
+    m->to(device);
+    spdlog::info("{}: LoRA r={} alpha={} on {} modules ({})", dir, cfg.r, cfg.alpha, layers.size(),
+                 cfg.quantize_base || !bnb_entries.empty() ? "NF4 base" : "dense base");
+    return m;
+}
+
+// ---------------------------------------------------------------- adapter scopes
+
+AdaptersDisabled::AdaptersDisabled(model::Qwen2ForCausalLM& model) {
+    for (auto& [name, layer] : lora_layers(model)) {
+        saved_.push_back({layer, layer->adapters_enabled, layer->merged()});
+        if (layer->merged()) layer->unmerge();
+        layer->adapters_enabled = false;
+    }
+}
+
+AdaptersDisabled::~AdaptersDisabled() {
+    for (auto& s : saved_) {
+        s.layer->adapters_enabled = s.enabled;
+        if (s.merged) s.layer->merge();
+    }
+}
+
+void merge_adapters(model::Qwen2ForCausalLM& model) {
+    for (auto& [name, layer] : lora_layers(model)) layer->merge();
+}
+
+void unmerge_adapters(model::Qwen2ForCausalLM& model) {
+    for (auto& [name, layer] : lora_layers(model)) layer->unmerge();
+}
+
+}  // namespace medllm::peft
