@@ -80,3 +80,23 @@ TEST(Cli, CommandsNotBuiltYetExitTwoWithOneLine) {
 }
 
 }  // namespace
+
+namespace {
+
+// Every shipped stage config parses; the eval one scores the ChatGPT baseline through the config path.
+TEST(Cli, ShippedEvalConfigRuns) {
+    std::string out_dir = "/tmp/medllm_cli_cfg_" + std::to_string(::getpid());
+    auto r = run_medllm(std::string("eval igakuqa --config ") + MEDLLM_SOURCE_DIR + "/configs/qwen2.5-72b/eval_igakuqa.yaml" +
+                        " --set data_dir=" + MEDLLM_SHARED_DIR + "/igakuqa_data --set mode=standard --set model=" +
+                        " --set predictions=" + MEDLLM_SHARED_DIR + "/igakuqa_data/baseline_results --set output=" +
+                        out_dir);
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("1366 / 2485"), std::string::npos) << r.out;
+    std::system(("rm -rf " + out_dir).c_str());
+    auto bad = run_medllm(std::string("eval igakuqa --config ") + MEDLLM_SOURCE_DIR +
+                          "/configs/qwen2.5-72b/eval_igakuqa.yaml --set mdoe=both");
+    EXPECT_EQ(bad.code, 2) << bad.out;
+    EXPECT_NE(bad.out.find("did you mean 'mode'?"), std::string::npos) << bad.out;
+}
+
+}  // namespace
