@@ -9,13 +9,16 @@
 
 namespace medllm::kernels::nf4_detail {
 
-// NF4 code book, exact fp32 bits (bitsandbytes `get_4bit_type("nf4")`).
-__device__ __forceinline__ float nf4_value(int index) {
-    constexpr uint32_t kBits[16] = {0xBF800000u, 0xBF3239B1u, 0xBF066B30u, 0xBECA32A0u, 0xBE91A24Du, 0xBE3D353Fu,
-                                    0xBDBA7871u, 0x00000000u, 0x3DA2FAFFu, 0x3E24CAE3u, 0x3E7C04DDu, 0x3EAD033Au,
-                                    0x3EE1A4B8u, 0x3F1007ABu, 0x3F3913B3u, 0x3F800000u};
-    return __uint_as_float(kBits[index]);
-}
+// NF4 code book, exact fp32 values as hexadecimal literals (bitsandbytes `get_4bit_type("nf4")`). Kept in
+// constant memory: a local array would give every thread a 64-byte stack frame.
+static __constant__ float kNf4Code[16] = {
+    -0x1.0000000000000p+0f, -0x1.6473620000000p-1f, -0x1.0cd6600000000p-1f, -0x1.9465400000000p-2f,
+    -0x1.23449a0000000p-2f, -0x1.7a6a7e0000000p-3f, -0x1.74f0e20000000p-4f, 0x0.0p+0f,
+    0x1.45f5fe0000000p-4f, 0x1.4995c60000000p-3f, 0x1.f809ba0000000p-3f, 0x1.5a06740000000p-2f,
+    0x1.c349700000000p-2f, 0x1.200f560000000p-1f, 0x1.7227660000000p-1f, 0x1.0000000000000p+0f,
+};
+
+__device__ __forceinline__ float nf4_value(int index) { return kNf4Code[index]; }
 
 // Element conversions: round to nearest even, the same as c10::BFloat16 / c10::Half for finite values.
 template <typename T>
