@@ -14,6 +14,9 @@ Writes tests/fixtures/quant/nf4_bnb.safetensors: for every case "<name>/<field>"
 and a "linear/" case: a bitsandbytes.nn.Linear4bit state_dict ("linear/sd.<key>"), an input and its output.
 The safetensors metadata key "cases" holds a JSON list of {name, shape, dtype, blocksize, double_quant}.
 
+and "hf/" + "hf_orig/": a tiny Qwen2 quantized by transformers (BitsAndBytesConfig nf4 + double quant) and
+saved with save_pretrained, with the bf16 weights it came from (metadata "hf_quantization_config").
+
 Usage: .venv/bin/python scripts/make_nf4_fixtures.py   (needs scripts/requirements-fixtures.txt; CPU only)
 """
 import json
@@ -75,6 +78,39 @@ CASES = [
 ]
 
 
+def transformers_checkpoint(tensors):
+    """A tiny Qwen2 (bf16) loaded with transformers' BitsAndBytesConfig (NF4, double quantization) on CPU and saved
+    with save_pretrained: "hf/<key>" holds every 4-bit linear entry of its model.safetensors, "hf_orig/<weight>"
+    the bf16 weight it was quantized from. Returns config.json's quantization_config."""
+    import tempfile
+    from safetensors import safe_open
+    from transformers import BitsAndBytesConfig, Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=128, vocab_size=256)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).to(torch.bfloat16)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as dst:
+        model.save_pretrained(src)
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        qmodel = Qwen2ForCausalLM.from_pretrained(src, quantization_config=quant, device_map="cpu", dtype=torch.bfloat16)
+        qmodel.save_pretrained(dst)
+        with open(os.path.join(dst, "config.json")) as f:
+            config = json.load(f)["quantization_config"]
+        with safe_open(os.path.join(dst, "model.safetensors"), "pt") as f:
+            weights = sorted(k[: -len(".quant_state.bitsandbytes__nf4")] for k in f.keys()
+                             if k.endswith(".quant_state.bitsandbytes__nf4"))
+            assert weights, "transformers wrote no 4-bit weights"
+            for key in f.keys():
+                if any(key == w or key.startswith(w + ".") for w in weights):
+                    tensors["hf/" + key] = f.get_tensor(key)
+        for w in weights:
+            tensors["hf_orig/" + w] = original[w]
+    return config
+
+
 def main():
     print(f"torch {torch.__version__}, bitsandbytes {bnb.__version__}", file=sys.stderr)
     tensors, meta = {}, []
@@ -133,10 +169,12 @@ def main():
     tensors["linear/x"] = x.contiguous()
     tensors["linear/y"] = y.contiguous()
 
+    hf_config = transformers_checkpoint(tensors)
+
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     tensors = {k: v.clone() for k, v in tensors.items()}  # safetensors refuses shared storage
     save_file(tensors, OUT, metadata={"cases": json.dumps(meta), "bitsandbytes": bnb.__version__,
-                                      "torch": torch.__version__})
+                                      "torch": torch.__version__, "hf_quantization_config": json.dumps(hf_config)})
     print(f"wrote {os.path.normpath(OUT)} ({os.path.getsize(OUT)} bytes, {len(meta)} cases)", file=sys.stderr)
 
 

@@ -140,5 +140,37 @@ TEST(Nf4Fixtures, Linear4bitStateDictLoadsAndMatchesForward) {
     for (const auto& [key, t] : ours) expect_same_bits(t, sd.at(key), key);
 }
 
+TEST(Nf4Fixtures, TransformersCheckpointLoadsAndIsReproducedByteForByte) {
+    std::map<std::string, at::Tensor> hf;
+    for (const auto& [key, t] : fixtures().tensors) {
+        if (key.rfind("hf/", 0) == 0) hf[key.substr(3)] = t;
+    }
+    int weights = 0;
+    for (const auto& [key, t] : fixtures().tensors) {
+        if (key.rfind("hf_orig/", 0) != 0) continue;
+        const std::string weight_key = key.substr(8);
+        SCOPED_TRACE(weight_key);
+        ++weights;
+        ASSERT_TRUE(has_nf4_state(hf, weight_key));
+        // Load what transformers saved and dequantize it ...
+        const Nf4Tensor loaded = nf4_from_state_dict(hf, weight_key);
+        EXPECT_EQ(loaded.dtype, at::kBFloat16);
+        EXPECT_EQ(loaded.shape, t.sizes().vec());
+        const at::Tensor restored = nf4_dequantize(loaded);
+        EXPECT_LT((restored.to(at::kFloat) - t.to(at::kFloat)).abs().max().item<float>(),
+                  t.to(at::kFloat).abs().max().item<float>() * 0.3f);
+        // ... and quantize the original bf16 weight ourselves: every checkpoint entry is identical.
+        const auto ours = nf4_to_state_dict(nf4_quantize(t, 64, true), weight_key);
+        for (const auto& [entry, value] : ours) {
+            ASSERT_TRUE(hf.count(entry)) << entry;
+            expect_same_bits(value, hf.at(entry), entry);
+        }
+    }
+    EXPECT_EQ(weights, 7);  // q, k, v, o, gate, up, down of the one layer
+    const auto config = nlohmann::json::parse(fixtures().metadata.at("hf_quantization_config"));
+    EXPECT_EQ(config.at("bnb_4bit_quant_type"), "nf4");
+    EXPECT_EQ(config.at("quant_method"), "bitsandbytes");
+}
+
 }  // namespace
 }  // namespace medllm::quant
