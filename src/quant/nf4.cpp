@@ -58,15 +58,13 @@ void double_quantize(Nf4Tensor& w, const at::Tensor& absmax_cpu) {
     w.nested_quant_map = code_tensor(dynamic_map().data(), 256);
 }
 
+#ifdef MEDLLM_HAVE_CUDA_KERNELS
 // Reused dequantization buffers for the training-size path, one per (device, dtype, stream): the next call on the
 // same stream may overwrite it only after the previous matmul has consumed it, which stream order guarantees.
 at::Tensor workspace_for(const at::Tensor& like, int64_t numel) {
     static std::mutex mutex;
     static std::map<std::tuple<int, int, int64_t>, at::Tensor> buffers;
-    int64_t stream_id = 0;
-#ifdef MEDLLM_HAVE_CUDA_KERNELS
-    stream_id = static_cast<int64_t>(c10::cuda::getCurrentCUDAStream(like.device().index()).id());
-#endif
+    const int64_t stream_id = static_cast<int64_t>(c10::cuda::getCurrentCUDAStream(like.device().index()).id());
     const auto key = std::make_tuple(static_cast<int>(like.device().index()), static_cast<int>(like.scalar_type()),
                                      stream_id);
     const std::lock_guard<std::mutex> lock(mutex);
@@ -74,6 +72,7 @@ at::Tensor workspace_for(const at::Tensor& like, int64_t numel) {
     if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, like.options());
     return buffer.narrow(0, 0, numel);
 }
+#endif
 
 }  // namespace
 
@@ -258,8 +257,9 @@ at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::option
                     std::to_string(out_features));
     }
     const at::Tensor bias_cast = (bias && bias->defined()) ? bias->to(x.scalar_type()) : at::Tensor();
-    const bool needs_grad      = at::GradMode::is_enabled() && (x.requires_grad() || (bias_cast.defined() && bias_cast.requires_grad()));
 #ifdef MEDLLM_HAVE_CUDA_KERNELS
+    const bool needs_grad =
+        at::GradMode::is_enabled() && (x.requires_grad() || (bias_cast.defined() && bias_cast.requires_grad()));
     if (x.is_cuda() && !needs_grad) {
         w.validate("nf4_linear weight");
         const at::Tensor rows = x.reshape({-1, in_features});
