@@ -1,0 +1,102 @@
+#include "medllm/quant/quantize_checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "medllm/core/error.h"
+#include "medllm/io/safetensors.h"
+#include "medllm/quant/nf4.h"
+#include "medllm/quant/nf4_serialize.h"
+
+namespace fs = std::filesystem;
+
+namespace medllm::quant {
+
+bool is_quantizable_weight(const std::string& name) {
+    static const char* kProjections[] = {".q_proj.weight",    ".k_proj.weight",  ".v_proj.weight", ".o_proj.weight",
+                                         ".gate_proj.weight", ".up_proj.weight", ".down_proj.weight"};
+    for (const char* suffix : kProjections) {
+        std::string s(suffix);
+        if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) return true;
+    }
+    return false;
+}
+
+QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::string& output_dir,
+                                   const QuantizeOptions& options,
+                                   const std::function<void(int64_t, int64_t, const std::string&)>& progress) {
+    if (!is_valid_nf4_blocksize(options.blocksize))
+        throw UsageError("--blocksize " + std::to_string(options.blocksize) +
+                         " is not a power of two between 32 and 4096");
+    fs::path in(model_dir), out(output_dir);
+    fs::path config_path = in / "config.json";
+    std::ifstream config_in(config_path);
+    if (!config_in) throw Error("cannot read " + config_path.string());
+    nlohmann::json config;
+    try {
+        config = nlohmann::json::parse(config_in);
+    } catch (const nlohmann::json::parse_error& e) {
+        throw Error("malformed JSON in " + config_path.string() + ": " + e.what());
+    }
+    if (config.contains("quantization_config"))
+        throw UsageError(model_dir + " is already quantized (its config.json has quantization_config)");
+    if (fs::exists(out) && fs::equivalent(in, out)) throw UsageError("--output must differ from --model");
+
+    io::CheckpointReader reader(model_dir);
+    fs::create_directories(out);
+    io::CheckpointWriter writer(out, options.max_shard_bytes);
+    QuantizeReport report;
+    auto names    = reader.names();
+    int64_t done  = 0;
+    std::string compute_dtype = "bfloat16";
+    for (const auto& name : names) {
+        at::Tensor t = reader.load(name);
+        report.bytes_in += t.nbytes();
+        if (is_quantizable_weight(name) && t.is_floating_point()) {
+            Nf4Tensor q = nf4_quantize(t, options.blocksize, options.double_quant);
+            std::string key = name;
+            for (const auto& [k, v] : nf4_to_state_dict(q, key)) {
+                writer.add(k, v);
+                report.bytes_out += v.nbytes();
+            }
+            ++report.quantized_tensors;
+            if (t.scalar_type() == at::kFloat) compute_dtype = "float32";
+        } else {
+            writer.add(name, t);
+            report.bytes_out += t.nbytes();
+            ++report.kept_tensors;
+        }
+        if (progress) progress(++done, static_cast<int64_t>(names.size()), name);
+    }
+    writer.finish();
+
+    // What transformers writes for BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", ...).
+    config["quantization_config"] = {
+        {"quant_method", "bitsandbytes"},
+        {"load_in_4bit", true},
+        {"load_in_8bit", false},
+        {"_load_in_4bit", true},
+        {"_load_in_8bit", false},
+        {"bnb_4bit_quant_type", "nf4"},
+        {"bnb_4bit_use_double_quant", options.double_quant},
+        {"bnb_4bit_compute_dtype", compute_dtype},
+        {"bnb_4bit_quant_storage", "uint8"},
+        {"llm_int8_enable_fp32_cpu_offload", false},
+        {"llm_int8_has_fp16_weight", false},
+        {"llm_int8_skip_modules", nullptr},
+        {"llm_int8_threshold", 6.0},
+    };
+    std::ofstream config_out(out / "config.json");
+    config_out << config.dump(2) << "\n";
+    if (!config_out) throw Error("cannot write " + (out / "config.json").string());
+
+    for (const char* extra : {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+                              "merges.txt", "special_tokens_map.json", "added_tokens.json", "tokenizer.model"}) {
+        if (fs::exists(in / extra)) fs::copy_file(in / extra, out / extra, fs::copy_options::overwrite_existing);
+    }
+    return report;
+}
+
+}  // namespace medllm::quant

@@ -1,0 +1,98 @@
+// `medllm quantize` on the tiny HF fixture: every projection becomes bitsandbytes' NF4 state, the rest is kept,
+// and the 4-bit tensors are exactly what nf4_quantize gives (itself checked byte-for-byte against bitsandbytes).
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "medllm/io/safetensors.h"
+#include "medllm/quant/nf4.h"
+#include "medllm/quant/nf4_serialize.h"
+#include "medllm/quant/quantize_checkpoint.h"
+
+namespace fs = std::filesystem;
+using namespace medllm;
+
+namespace {
+
+int run(const std::string& args, std::string* out = nullptr) {
+    std::string cmd = std::string(MEDLLM_BINARY) + " " + args + " 2>&1 </dev/null";
+    FILE* pipe      = popen(cmd.c_str(), "r");
+    std::string text;
+    std::array<char, 4096> buf;
+    while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) text.append(buf.data(), n);
+    int status = pclose(pipe);
+    if (out) *out = text;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+const fs::path kModel = fs::path(MEDLLM_FIXTURES_DIR) / "model" / "qwen2-tiny-untied";
+
+TEST(QuantizeCheckpoint, WritesBitsandbytesNf4StateForProjectionsOnly) {
+    auto out = fs::temp_directory_path() / ("medllm_quantize_" + std::to_string(::getpid()));
+    std::string log;
+    ASSERT_EQ(run("quantize --model " + kModel.string() + " --output " + out.string(), &log), 0) << log;
+
+    io::CheckpointReader original(kModel.string()), quantized(out.string());
+    std::map<std::string, at::Tensor> tensors;
+    for (const auto& name : quantized.names()) tensors[name] = quantized.load(name);
+    int64_t projections = 0;
+    for (const auto& name : original.names()) {
+        at::Tensor w = original.load(name);
+        if (quant::is_quantizable_weight(name)) {
+            ++projections;
+            ASSERT_TRUE(quant::has_nf4_state(tensors, name)) << name;
+            auto q      = quant::nf4_from_state_dict(tensors, name);
+            auto expect = quant::nf4_quantize(w, 64, true);
+            EXPECT_TRUE(at::equal(q.packed.reshape(-1), expect.packed.reshape(-1))) << name;
+            EXPECT_TRUE(at::equal(q.absmax, expect.absmax)) << name;
+            EXPECT_TRUE(q.nested);
+            auto back = quant::nf4_dequantize(q, at::kFloat);
+            EXPECT_EQ(back.sizes(), w.sizes());
+            // NF4's largest gap between codes is ~0.28 of absmax, so no value moves by more than ~0.14·absmax.
+            EXPECT_LE((back - w).abs().max().item<double>(), 0.15 * w.abs().max().item<double>()) << name;
+        } else {
+            ASSERT_TRUE(tensors.count(name)) << name;
+            EXPECT_TRUE(at::equal(tensors[name], w)) << name;  // embeddings, norms, biases, lm_head kept as is
+        }
+    }
+    EXPECT_EQ(projections, 2 * 7);
+    nlohmann::json cfg = nlohmann::json::parse(std::ifstream(out / "config.json"));
+    EXPECT_EQ(cfg["quantization_config"]["quant_method"], "bitsandbytes");
+    EXPECT_EQ(cfg["quantization_config"]["bnb_4bit_quant_type"], "nf4");
+    EXPECT_EQ(cfg["quantization_config"]["bnb_4bit_use_double_quant"], true);
+
+    // Quantizing twice is refused; so are bad block sizes and a missing model.
+    EXPECT_EQ(run("quantize --model " + out.string() + " --output " + out.string() + "-again", &log), 2) << log;
+    EXPECT_NE(log.find("already quantized"), std::string::npos) << log;
+    EXPECT_EQ(run("quantize --model " + kModel.string() + " --output " + out.string() + "-b --blocksize 48", &log), 2);
+    EXPECT_NE(log.find("--blocksize 48"), std::string::npos) << log;
+    EXPECT_EQ(run("quantize --model /nonexistent --output " + out.string() + "-c", &log), 2);
+    std::system(("rm -rf " + out.string() + " " + out.string() + "-b").c_str());
+}
+
+TEST(QuantizeCheckpoint, NoDoubleQuantKeepsFp32Absmax) {
+    auto out = fs::temp_directory_path() / ("medllm_quantize_nodq_" + std::to_string(::getpid()));
+    std::string log;
+    ASSERT_EQ(run("quantize --no-double-quant --blocksize 128 --model " + kModel.string() + " --output " + out.string(),
+                  &log),
+              0)
+        << log;
+    io::CheckpointReader quantized(out.string());
+    const std::string key = "model.layers.0.mlp.down_proj.weight";
+    std::map<std::string, at::Tensor> tensors;
+    for (const auto& name : quantized.names()) tensors[name] = quantized.load(name);
+    auto q = quant::nf4_from_state_dict(tensors, key);
+    EXPECT_FALSE(q.nested);
+    EXPECT_EQ(q.blocksize, 128);
+    EXPECT_EQ(q.absmax.scalar_type(), at::kFloat);
+    std::system(("rm -rf " + out.string()).c_str());
+}
+
+}  // namespace
