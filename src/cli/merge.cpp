@@ -1,13 +1,33 @@
-// `medllm merge`: merge LoRA adapters into a bf16 HF checkpoint.
-// Not built yet: the subcommand is registered so --help lists it, and running it exits 2.
+// `medllm merge`: fold a PEFT LoRA adapter into a bf16 copy of its base model (dequantized first when the base is
+// a bitsandbytes 4-bit checkpoint) and write a HF checkpoint that transformers loads.
+#include <spdlog/spdlog.h>
+
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "medllm/core/error.h"
+#include "medllm/peft/adapter.h"
 
 namespace medllm::cli {
 
 void add_merge_command(CLI::App& app) {
-    auto* cmd = app.add_subcommand("merge", "Merge LoRA adapters into a bf16 HF checkpoint (not built yet)");
-    add_not_built_callback(cmd, "adapter merging is not built yet");
+    struct Options {
+        std::string model, adapter, output;
+        uint64_t max_shard_bytes = 5'000'000'000ULL;
+    };
+    auto opts = std::make_shared<Options>();
+    auto* cmd = app.add_subcommand("merge", "Merge a PEFT LoRA adapter into a bf16 HF checkpoint");
+    cmd->add_option("--model", opts->model, "Base model directory (HF bf16/fp32, or bitsandbytes 4-bit)")->required();
+    cmd->add_option("--adapter", opts->adapter,
+                    "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
+        ->required();
+    cmd->add_option("--output", opts->output, "Output directory for the merged checkpoint")->required();
+    cmd->add_option("--max-shard-bytes", opts->max_shard_bytes, "Largest safetensors shard in bytes")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    cmd->callback([opts]() {
+        auto stats = peft::merge_adapter_checkpoint(opts->model, opts->adapter, opts->output, opts->max_shard_bytes);
+        spdlog::info("wrote {} files to {}", stats.files.size() + 1, opts->output);
+    });
 }
 
 }  // namespace medllm::cli

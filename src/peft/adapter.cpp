@@ -67,7 +67,7 @@ double AdapterConfig::scaling_for(const std::string& module) const {
 }
 
 AdapterConfig read_adapter_config(const fs::path& dir) {
-    const fs::path path = dir / kAdapterConfigFile;
+    const fs::path path     = dir / kAdapterConfigFile;
     const std::string where = path.string();
     if (!fs::exists(path)) throw Error(where + ": not found (not a PEFT adapter directory)");
     std::ifstream in(path);
@@ -130,7 +130,7 @@ AdapterConfig read_adapter_config(const fs::path& dir) {
         std::vector<std::string> targets;
         for (const auto& t : j["target_modules"]) {
             if (!t.is_string()) throw key_error("target_modules", "must hold strings");
-            std::string name = short_name_of(t.get<std::string>());
+            std::string name  = short_name_of(t.get<std::string>());
             const auto& known = all_projection_names();
             if (std::find(known.begin(), known.end(), name) == known.end())
                 throw unsupported("target_modules", "adapting '" + t.get<std::string>() + "' (only the 7 projections)");
@@ -162,34 +162,35 @@ json adapter_config_json(const LoraConfig& cfg) {
     std::vector<std::string> targets = cfg.target_modules;
     std::sort(targets.begin(), targets.end());
     json j;  // nlohmann's object is a std::map: keys come out sorted, as PEFT writes them
-    j["alpha_pattern"]           = json::object();
-    j["auto_mapping"]            = nullptr;
-    j["base_model_name_or_path"] = cfg.base_model_name_or_path.empty() ? json(nullptr) : json(cfg.base_model_name_or_path);
-    j["bias"]                    = "none";
-    j["exclude_modules"]         = nullptr;
-    j["fan_in_fan_out"]          = false;
-    j["inference_mode"]          = true;
-    j["init_lora_weights"]       = true;
-    j["layer_replication"]       = nullptr;
-    j["layers_pattern"]          = nullptr;
-    j["layers_to_transform"]     = nullptr;
-    j["lora_alpha"]              = number_json(cfg.alpha);
-    j["lora_bias"]               = false;
-    j["lora_dropout"]            = cfg.dropout;
-    j["modules_to_save"]         = nullptr;
-    j["peft_type"]               = "LORA";
-    j["r"]                       = cfg.r;
-    j["rank_pattern"]            = json::object();
-    j["revision"]                = nullptr;
-    j["target_modules"]          = targets;
-    j["task_type"]               = "CAUSAL_LM";
-    j["use_dora"]                = false;
-    j["use_rslora"]              = cfg.use_rslora;
+    j["alpha_pattern"] = json::object();
+    j["auto_mapping"]  = nullptr;
+    j["base_model_name_or_path"] =
+        cfg.base_model_name_or_path.empty() ? json(nullptr) : json(cfg.base_model_name_or_path);
+    j["bias"]                = "none";
+    j["exclude_modules"]     = nullptr;
+    j["fan_in_fan_out"]      = false;
+    j["inference_mode"]      = true;
+    j["init_lora_weights"]   = true;
+    j["layer_replication"]   = nullptr;
+    j["layers_pattern"]      = nullptr;
+    j["layers_to_transform"] = nullptr;
+    j["lora_alpha"]          = number_json(cfg.alpha);
+    j["lora_bias"]           = false;
+    j["lora_dropout"]        = cfg.dropout;
+    j["modules_to_save"]     = nullptr;
+    j["peft_type"]           = "LORA";
+    j["r"]                   = cfg.r;
+    j["rank_pattern"]        = json::object();
+    j["revision"]            = nullptr;
+    j["target_modules"]      = targets;
+    j["task_type"]           = "CAUSAL_LM";
+    j["use_dora"]            = false;
+    j["use_rslora"]          = cfg.use_rslora;
     return j;
 }
 
 std::map<std::string, AdapterWeights> read_adapter_weights(const fs::path& dir, const AdapterConfig& cfg) {
-    const fs::path path = dir / kAdapterWeightsFile;
+    const fs::path path     = dir / kAdapterWeightsFile;
     const std::string where = path.string();
     if (!fs::exists(path)) {
         if (fs::exists(dir / "adapter_model.bin"))
@@ -198,7 +199,7 @@ std::map<std::string, AdapterWeights> read_adapter_weights(const fs::path& dir, 
         throw Error(where + ": not found (not a PEFT adapter directory)");
     }
     io::SafetensorsFile file(path);
-    const std::string prefix = kPeftKeyPrefix;
+    const std::string prefix   = kPeftKeyPrefix;
     const std::string suffix_a = ".lora_A.weight", suffix_b = ".lora_B.weight";
     std::map<std::string, AdapterWeights> out;
     for (const auto& key : file.names()) {
@@ -207,21 +208,23 @@ std::map<std::string, AdapterWeights> read_adapter_weights(const fs::path& dir, 
         std::string rest = key.substr(prefix.size());
         bool is_a = ends_with(rest, suffix_a), is_b = ends_with(rest, suffix_b);
         if (!is_a && !is_b) {
-            if (ends_with(rest, ".lora_B.bias")) throw UsageError(where + ": tensor '" + key + "': lora_bias is not supported");
+            if (ends_with(rest, ".lora_B.bias"))
+                throw UsageError(where + ": tensor '" + key + "': lora_bias is not supported");
             if (rest.find("lora_magnitude_vector") != std::string::npos)
                 throw UsageError(where + ": tensor '" + key + "': DoRA is not supported");
             throw bad("is not a LoRA weight (expected <module>.lora_A.weight or <module>.lora_B.weight)");
         }
         std::string module = rest.substr(0, rest.size() - suffix_a.size());
         at::Tensor t       = file.tensor(key);
-        if (!at::isFloatingType(t.scalar_type())) throw bad("has non-floating dtype " + std::string(c10::toString(t.scalar_type())));
+        if (!at::isFloatingType(t.scalar_type()))
+            throw bad("has non-floating dtype " + std::string(c10::toString(t.scalar_type())));
         if (t.dim() != 2) throw bad("must be 2-D, got shape " + c10::str(t.sizes()));
         const int64_t r = cfg.rank_for(module);
         if (is_a && t.size(0) != r)
             throw bad("has rank " + std::to_string(t.size(0)) + " but adapter_config.json says r=" + std::to_string(r));
         if (is_b && t.size(1) != r)
             throw bad("has rank " + std::to_string(t.size(1)) + " but adapter_config.json says r=" + std::to_string(r));
-        auto& w = out[module];
+        auto& w            = out[module];
         (is_a ? w.A : w.B) = t;
         w.scaling          = cfg.scaling_for(module);
     }
@@ -240,11 +243,13 @@ void save_adapter(model::Qwen2ForCausalLM& model, const LoraConfig& cfg, const f
     std::set<std::string> targets;
     for (const auto& [name, layer] : lora_layers(model)) {
         if (!layer->has_adapter()) continue;
-        tensors.emplace_back(kPeftKeyPrefix + name + ".lora_A.weight", layer->lora_A->weight.detach().cpu().contiguous());
-        tensors.emplace_back(kPeftKeyPrefix + name + ".lora_B.weight", layer->lora_B->weight.detach().cpu().contiguous());
+        tensors.emplace_back(kPeftKeyPrefix + name + ".lora_A.weight",
+                             layer->lora_A->weight.detach().cpu().contiguous());
+        tensors.emplace_back(kPeftKeyPrefix + name + ".lora_B.weight",
+                             layer->lora_B->weight.detach().cpu().contiguous());
         targets.insert(short_name_of(name));
         // Modules whose rank or scaling differ from the config's are recorded as PEFT patterns (full name).
-        const int64_t r = layer->rank();
+        const int64_t r    = layer->rank();
         const double alpha = cfg.use_rslora ? layer->scaling() * std::sqrt(static_cast<double>(r))
                                             : layer->scaling() * static_cast<double>(r);
         if (r != cfg.r) config["rank_pattern"][name] = r;
@@ -270,12 +275,13 @@ void load_adapter(model::Qwen2ForCausalLM& model, const fs::path& dir) {
         if (!layer->has_adapter()) continue;
         auto it = weights.find(name);
         if (it == weights.end())
-            throw Error(where + ": missing tensor '" + kPeftKeyPrefix + name + ".lora_A.weight' (the model adapts " + name + ")");
+            throw Error(where + ": missing tensor '" + kPeftKeyPrefix + name + ".lora_A.weight' (the model adapts " +
+                        name + ")");
         const auto& w = it->second;
-        auto check = [&](const at::Tensor& dst, const at::Tensor& src, const char* which) {
+        auto check    = [&](const at::Tensor& dst, const at::Tensor& src, const char* which) {
             if (dst.sizes() != src.sizes())
                 throw Error(where + ": tensor '" + kPeftKeyPrefix + name + "." + which + ".weight' has shape " +
-                            c10::str(src.sizes()) + " but the model needs " + c10::str(dst.sizes()));
+                               c10::str(src.sizes()) + " but the model needs " + c10::str(dst.sizes()));
         };
         check(layer->lora_A->weight, w.A, "lora_A");
         check(layer->lora_B->weight, w.B, "lora_B");
@@ -287,13 +293,14 @@ void load_adapter(model::Qwen2ForCausalLM& model, const fs::path& dir) {
     }
     for (const auto& [module, w] : weights) {
         if (!used.count(module))
-            throw Error(where + ": tensor '" + kPeftKeyPrefix + module + ".lora_A.weight' names a module the model does not adapt");
+            throw Error(where + ": tensor '" + kPeftKeyPrefix + module +
+                        ".lora_A.weight' names a module the model does not adapt");
     }
 }
 
-std::shared_ptr<model::Qwen2ForCausalLM> load_model_with_adapter(const std::string& base_dir, const fs::path& adapter_dir,
-                                                                 at::ScalarType dtype, at::Device device,
-                                                                 bool quantize_base) {
+std::shared_ptr<model::Qwen2ForCausalLM> load_model_with_adapter(const std::string& base_dir,
+                                                                 const fs::path& adapter_dir, at::ScalarType dtype,
+                                                                 at::Device device, bool quantize_base) {
     AdapterConfig cfg = read_adapter_config(adapter_dir);
     auto weights      = read_adapter_weights(adapter_dir, cfg);
     ModuleRanks modules;
@@ -349,7 +356,8 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
             if (quantized_keys.count(name)) {
                 std::map<std::string, at::Tensor> entries;
                 for (const auto& n : names) {
-                    if (n == name || (n.size() > name.size() && n.compare(0, name.size(), name) == 0 && n[name.size()] == '.'))
+                    if (n == name ||
+                        (n.size() > name.size() && n.compare(0, name.size(), name) == 0 && n[name.size()] == '.'))
                         entries[n] = reader.load(n);
                 }
                 // The weight the adapter was trained against: dequantized to the stored dtype.
@@ -360,14 +368,14 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
             }
             if (ends_with(name, ".weight")) {
                 const std::string module = name.substr(0, name.size() - 7);
-                auto it = weights.find(module);
+                auto it                  = weights.find(module);
                 if (it != weights.end()) {
                     const auto& w = it->second;
                     if (t.dim() != 2 || t.size(0) != w.B.size(0) || t.size(1) != w.A.size(1))
                         throw Error((adapter_dir / kAdapterWeightsFile).string() + ": adapter for '" + module +
                                     "' is [" + std::to_string(w.B.size(0)) + ", " + std::to_string(w.A.size(1)) +
                                     "] but the base weight " + name + " is " + c10::str(t.sizes()));
-                    auto delta = at::addmm(at::empty({0}, at::kFloat), w.B.to(at::kFloat), w.A.to(at::kFloat), 0, w.scaling);
+                    auto delta = scaled_mm(w.B.to(at::kFloat), w.A.to(at::kFloat), w.scaling);
                     t          = t.to(at::kFloat) + delta;
                     merged.insert(module);
                     ++stats.merged_modules;

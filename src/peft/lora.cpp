@@ -14,6 +14,11 @@
 
 namespace medllm::peft {
 
+// s·(a·b) as one GEMM (the scale is the GEMM's alpha; beta = 0 so the 0-dim input is never read).
+at::Tensor scaled_mm(const at::Tensor& a, const at::Tensor& b, double s) {
+    return at::addmm(at::zeros({}, a.options()), a, b, /*beta=*/0, /*alpha=*/s);
+}
+
 const std::vector<std::string>& all_projection_names() {
     static const std::vector<std::string> names = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                    "gate_proj", "up_proj", "down_proj"};
@@ -27,7 +32,8 @@ double LoraConfig::scaling() const {
 void LoraConfig::validate() const {
     if (r < 1) throw UsageError("lora: r must be >= 1, got " + std::to_string(r));
     if (!std::isfinite(alpha)) throw UsageError("lora: alpha must be finite");
-    if (!(dropout >= 0.0 && dropout < 1.0)) throw UsageError("lora: dropout must be in [0, 1), got " + std::to_string(dropout));
+    if (!(dropout >= 0.0 && dropout < 1.0))
+        throw UsageError("lora: dropout must be in [0, 1), got " + std::to_string(dropout));
     if (target_modules.empty()) throw UsageError("lora: target_modules is empty");
     const auto& known = all_projection_names();
     for (const auto& t : target_modules) {
@@ -75,7 +81,7 @@ at::Tensor LoraLayer::delta_weight() const {
     if (!has_adapter()) throw Error("lora: layer has no adapter");
     at::NoGradGuard no_grad;
     auto B = lora_B->weight.to(at::kFloat), A = lora_A->weight.to(at::kFloat);
-    return at::addmm(at::empty({0}, B.options()), B, A, /*beta=*/0, /*alpha=*/scaling_).reshape({out_features_, in_features_});
+    return scaled_mm(B, A, scaling_);
 }
 
 at::Tensor LoraLayer::forward(const at::Tensor& x) {
@@ -94,15 +100,17 @@ LoraLinear::LoraLinear(const model::DenseLinear& base, int64_t r, double scaling
     if (base.bias.defined()) bias = register_parameter("bias", base.bias, /*requires_grad=*/false);
 }
 
-at::Tensor LoraLinear::base_forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+at::Tensor LoraLinear::base_forward(const at::Tensor& x) {
+    return at::linear(x, weight, bias);
+}
 
 at::Tensor LoraLinear::adapted_forward(const at::Tensor& x, const at::Tensor& x_lora) {
-    at::Tensor result  = at::linear(x, weight, bias);
-    const auto& A      = lora_A->weight;
-    const auto& B      = lora_B->weight;
-    auto out_shape     = result.sizes().vec();
-    auto xa            = at::matmul(x_lora.to(A.scalar_type()), A.t()).reshape({-1, r_});
-    auto result2d      = result.reshape({-1, out_features_});
+    at::Tensor result = at::linear(x, weight, bias);
+    const auto& A     = lora_A->weight;
+    const auto& B     = lora_B->weight;
+    auto out_shape    = result.sizes().vec();
+    auto xa           = at::matmul(x_lora.to(A.scalar_type()), A.t()).reshape({-1, r_});
+    auto result2d     = result.reshape({-1, out_features_});
     // result + scaling·(xa·Bᵀ) as one GEMM with alpha = scaling, beta = 1; promoted like PEFT's `result + lora`.
     if (result.scalar_type() == A.scalar_type()) return at::addmm(result2d, xa, B.t(), 1, scaling_).view(out_shape);
     return at::addmm(result2d.to(A.scalar_type()), xa, B.t(), 1, scaling_).to(result.scalar_type()).view(out_shape);
@@ -132,11 +140,11 @@ using torch::autograd::variable_list;
 // The NF4 state travels in saved_data (tensors are shared, not copied), so a backward never depends on the layer
 // object still holding the same quantized weight.
 void stash_nf4(AutogradContext* ctx, const quant::Nf4Tensor& w) {
-    auto& d               = ctx->saved_data;
-    d["packed"]           = w.packed;
-    d["absmax"]           = w.absmax;
-    d["quant_map"]        = w.quant_map;
-    d["nested"]           = w.nested;
+    auto& d        = ctx->saved_data;
+    d["packed"]    = w.packed;
+    d["absmax"]    = w.absmax;
+    d["quant_map"] = w.quant_map;
+    d["nested"]    = w.nested;
     if (w.nested) {
         d["nested_absmax"]    = w.nested_absmax;
         d["nested_quant_map"] = w.nested_quant_map;
@@ -172,9 +180,11 @@ struct QLoraFunction : public torch::autograd::Function<QLoraFunction> {
                               at::Tensor B, double scaling, const quant::Nf4Tensor& w) {
         const int64_t out = w.shape[0], in = w.shape[1];
         // Forward runs without autograd, so nf4_linear takes its fused/workspace paths and keeps no weight.
-        at::Tensor y = quant::nf4_linear(x, w, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+        // Absent bias / adapter arrive as empty tensors (autograd functions cannot take undefined inputs).
+        const bool has_bias = bias.numel() > 0, has_adapter = A.numel() > 0;
+        at::Tensor y = quant::nf4_linear(x, w, has_bias ? std::optional<at::Tensor>(bias) : std::nullopt);
         at::Tensor xl, xa;
-        if (A.defined()) {
+        if (has_adapter) {
             xl      = x_lora.reshape({-1, in}).to(A.scalar_type());
             xa      = at::mm(xl, A.t());  // [N, r]
             auto y2 = y.view({-1, out});
@@ -182,30 +192,30 @@ struct QLoraFunction : public torch::autograd::Function<QLoraFunction> {
                 y2.addmm_(xa, B.t(), 1, scaling);  // y += scaling·xa·Bᵀ in one GEMM
             } else {
                 // PEFT's Linear4bit: the adapter output is computed in the adapter dtype, cast, then added.
-                y2.add_(at::addmm(at::empty({0}, xa.options()), xa, B.t(), 0, scaling).to(y.scalar_type()));
+                y2.add_(scaled_mm(xa, B.t(), scaling).to(y.scalar_type()));
             }
         }
         stash_nf4(ctx, w);
-        ctx->saved_data["scaling"]    = scaling;
-        ctx->saved_data["x_dtype"]    = static_cast<int64_t>(x.scalar_type());
-        ctx->saved_data["x_shape"]    = x.sizes().vec();
-        ctx->saved_data["xl_dtype"]   = static_cast<int64_t>(x_lora.defined() ? x_lora.scalar_type() : x.scalar_type());
-        ctx->saved_data["xl_shape"]   = x_lora.defined() ? x_lora.sizes().vec() : x.sizes().vec();
-        ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias.defined() ? bias.scalar_type() : x.scalar_type());
-        ctx->save_for_backward({xl, xa, A, B});
+        ctx->saved_data["scaling"]     = scaling;
+        ctx->saved_data["x_dtype"]     = static_cast<int64_t>(x.scalar_type());
+        ctx->saved_data["x_shape"]     = x.sizes().vec();
+        ctx->saved_data["xl_dtype"]    = static_cast<int64_t>(x_lora.scalar_type());
+        ctx->saved_data["xl_shape"]    = x_lora.sizes().vec();
+        ctx->saved_data["bias_dtype"]  = static_cast<int64_t>(bias.scalar_type());
+        ctx->saved_data["has_adapter"] = has_adapter;
+        if (has_adapter) ctx->save_for_backward({xl, xa, A, B});
         return y;
     }
 
     static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-        const auto w       = unstash_nf4(ctx);
-        const int64_t out  = w.shape[0], in = w.shape[1];
-        const double s     = ctx->saved_data["scaling"].toDouble();
-        auto saved         = ctx->get_saved_variables();
-        const auto& xl     = saved[0];
-        const auto& xa     = saved[1];
-        const auto& A      = saved[2];
-        const auto& B      = saved[3];
-        at::Tensor g       = grad_out[0].reshape({-1, out});
+        const auto w      = unstash_nf4(ctx);
+        const int64_t out = w.shape[0], in = w.shape[1];
+        const double s         = ctx->saved_data["scaling"].toDouble();
+        const bool has_adapter = ctx->saved_data["has_adapter"].toBool();
+        auto saved             = ctx->get_saved_variables();
+        at::Tensor xl, xa, A, B;
+        if (has_adapter) xl = saved[0], xa = saved[1], A = saved[2], B = saved[3];
+        at::Tensor g = grad_out[0].reshape({-1, out});
         at::Tensor grad_x, grad_xl, grad_bias, grad_A, grad_B;
         if (ctx->needs_input_grad(0)) {
             // A fresh dequantization (bitsandbytes' order: to the stored dtype, then to the gradient's dtype).
@@ -216,11 +226,10 @@ struct QLoraFunction : public torch::autograd::Function<QLoraFunction> {
         }
         if (ctx->needs_input_grad(2))
             grad_bias = g.sum(0).to(static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt()));
-        if (A.defined()) {
+        if (has_adapter) {
             at::Tensor gl  = g.to(A.scalar_type());
-            auto empty     = at::empty({0}, gl.options());
-            at::Tensor gBs = at::addmm(empty, gl, B, 0, s);  // scaling·g·B [N, r], shared by dA and dx_lora
-            if (ctx->needs_input_grad(4)) grad_B = at::addmm(empty, gl.t(), xa, 0, s);
+            at::Tensor gBs = scaled_mm(gl, B, s);  // scaling·g·B [N, r], shared by dA and dx_lora
+            if (ctx->needs_input_grad(4)) grad_B = scaled_mm(gl.t(), xa, s);
             if (ctx->needs_input_grad(3)) grad_A = at::mm(gBs.t(), xl);
             if (ctx->needs_input_grad(1)) {
                 grad_xl = at::mm(gBs, A)
@@ -246,7 +255,9 @@ at::Tensor qlora_linear(const at::Tensor& x, const at::Tensor& x_lora, const qua
     }
     at::Tensor xl = x_lora.defined() ? x_lora : x;
     if (xl.sizes() != x.sizes()) throw Error("qlora_linear: x_lora must have the shape of x");
-    return QLoraFunction::apply(x, xl, bias, A, B, scaling, w);
+    const at::Tensor none = at::empty({0}, x.options());
+    return QLoraFunction::apply(x, xl, bias.defined() ? bias : none, A.defined() ? A : none, B.defined() ? B : none,
+                                scaling, w);
 }
 
 // ---------------------------------------------------------------- QLoraLinear
@@ -267,7 +278,8 @@ at::Tensor QLoraLinear::dequantized_weight(std::optional<at::ScalarType> dtype) 
 }
 
 at::Tensor QLoraLinear::base_forward(const at::Tensor& x) {
-    if (merged_) return at::linear(x, merged_weight_.to(x.scalar_type()), bias.defined() ? bias.to(x.scalar_type()) : bias);
+    if (merged_)
+        return at::linear(x, merged_weight_.to(x.scalar_type()), bias.defined() ? bias.to(x.scalar_type()) : bias);
     return qlora_linear(x, x, base, bias, at::Tensor(), at::Tensor(), 1.0);
 }
 
@@ -304,7 +316,7 @@ void QLoraLinear::to(at::Device device, at::ScalarType dtype, bool non_blocking)
 namespace {
 
 struct ProjectionSlot {
-    std::string name;   // model.layers.N.self_attn.q_proj
+    std::string name;  // model.layers.N.self_attn.q_proj
     std::string short_name;
     torch::nn::Module* parent;
     std::shared_ptr<model::Projection>* member;
@@ -342,13 +354,13 @@ std::vector<NamedLoraLayer> apply_lora_impl(model::Qwen2ForCausalLM& m, const Lo
     for (auto& p : m.parameters()) p.requires_grad_(false);
     std::vector<NamedLoraLayer> adapted;
     for (const auto& slot : projection_slots(m)) {
-        const bool target = modules ? modules->count(slot.name) > 0 : targets.count(slot.short_name) > 0;
+        const bool target    = modules ? modules->count(slot.name) > 0 : targets.count(slot.short_name) > 0;
         const int64_t r      = !target ? 0 : modules ? modules->at(slot.name).first : cfg.r;
         const double scaling = !target ? 1.0 : modules ? modules->at(slot.name).second : cfg.scaling();
         if (target && r < 1) throw UsageError("lora: rank of " + slot.name + " must be >= 1, got " + std::to_string(r));
         std::shared_ptr<LoraLayer> layer;
         if (prequantized && prequantized->count(slot.name)) {
-            auto dense = std::dynamic_pointer_cast<model::DenseLinear>(*slot.member);
+            auto dense      = std::dynamic_pointer_cast<model::DenseLinear>(*slot.member);
             at::Tensor bias = dense ? dense->bias : at::Tensor();
             layer = std::make_shared<QLoraLinear>(std::move(prequantized->at(slot.name)), bias, r, scaling, cfg.dropout,
                                                   cfg.adapter_dtype);
@@ -358,7 +370,7 @@ std::vector<NamedLoraLayer> apply_lora_impl(model::Qwen2ForCausalLM& m, const Lo
             if (!dense) throw Error("apply_lora: " + slot.name + " is not a dense projection (LoRA applied twice?)");
             if (cfg.quantize_base) {
                 auto nf4 = quant::nf4_quantize(dense->weight.detach(), cfg.blocksize, cfg.double_quant);
-                layer = std::make_shared<QLoraLinear>(std::move(nf4), dense->bias, r, scaling, cfg.dropout,
+                layer    = std::make_shared<QLoraLinear>(std::move(nf4), dense->bias, r, scaling, cfg.dropout,
                                                       cfg.adapter_dtype);
             } else {
                 layer = std::make_shared<LoraLinear>(*dense, r, scaling, cfg.dropout, cfg.adapter_dtype);
@@ -382,7 +394,8 @@ std::vector<NamedLoraLayer> apply_lora(model::Qwen2ForCausalLM& model, const Lor
     return apply_lora_impl(model, cfg, nullptr, nullptr);
 }
 
-std::vector<NamedLoraLayer> apply_lora(model::Qwen2ForCausalLM& model, const LoraConfig& cfg, const ModuleRanks& modules) {
+std::vector<NamedLoraLayer> apply_lora(model::Qwen2ForCausalLM& model, const LoraConfig& cfg,
+                                       const ModuleRanks& modules) {
     std::set<std::string> known;
     for (const auto& slot : projection_slots(model)) known.insert(slot.name);
     for (const auto& [name, rs] : modules) {
@@ -421,9 +434,10 @@ std::shared_ptr<model::Qwen2ForCausalLM> load_model_for_lora(const std::string& 
     const std::set<std::string> target_short(cfg.target_modules.begin(), cfg.target_modules.end());
     for (const auto& slot : projection_slots(*m)) {
         projections.insert(slot.name);
-        if (modules ? modules->count(slot.name) > 0 : target_short.count(slot.short_name) > 0) targets.insert(slot.name);
+        if (modules ? modules->count(slot.name) > 0 : target_short.count(slot.short_name) > 0)
+            targets.insert(slot.name);
     }
-    std::map<std::string, quant::Nf4Tensor> quantized;                      // module name -> NF4 weight
+    std::map<std::string, quant::Nf4Tensor> quantized;                     // module name -> NF4 weight
     std::map<std::string, std::map<std::string, at::Tensor>> bnb_entries;  // module name -> its 4-bit entries
     auto module_of = [&](const std::string& name) -> std::string {
         // "<module>.weight" or "<module>.weight.<4-bit statistic>"

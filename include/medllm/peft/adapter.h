@@ -20,8 +20,8 @@ inline constexpr const char* kPeftKeyPrefix      = "base_model.model.";
 
 // The LoRA part of adapter_config.json as medllm uses it.
 struct AdapterConfig {
-    LoraConfig lora;                               // r, alpha, dropout, use_rslora, target_modules
-    std::map<std::string, int64_t> rank_pattern;   // PEFT per-module overrides (key matched as a name suffix regex)
+    LoraConfig lora;                              // r, alpha, dropout, use_rslora, target_modules
+    std::map<std::string, int64_t> rank_pattern;  // PEFT per-module overrides (key matched as a name suffix regex)
     std::map<std::string, double> alpha_pattern;
 
     int64_t rank_for(const std::string& module) const;
@@ -60,9 +60,9 @@ std::shared_ptr<model::Qwen2ForCausalLM> load_model_with_adapter(const std::stri
                                                                  bool quantize_base = false);
 
 struct MergeStats {
-    int64_t merged_modules = 0;
+    int64_t merged_modules      = 0;
     int64_t dequantized_modules = 0;
-    int64_t tensors = 0;
+    int64_t tensors             = 0;
     std::vector<std::filesystem::path> files;
 };
 

@@ -27,17 +27,17 @@ namespace medllm::peft {
 const std::vector<std::string>& all_projection_names();
 
 struct LoraConfig {
-    int64_t r          = 8;
-    double alpha       = 8.0;
-    double dropout     = 0.0;
-    bool use_rslora    = false;
+    int64_t r                               = 8;
+    double alpha                            = 8.0;
+    double dropout                          = 0.0;
+    bool use_rslora                         = false;
     std::vector<std::string> target_modules = all_projection_names();  // short names: q_proj, ..., down_proj
-    at::ScalarType adapter_dtype            = at::kFloat;               // PEFT keeps adapters in fp32
+    at::ScalarType adapter_dtype            = at::kFloat;              // PEFT keeps adapters in fp32
     // QLoRA: hold the target projections' frozen weights in NF4 (bitsandbytes layout).
-    bool quantize_base   = false;
-    int64_t blocksize    = quant::kNf4DefaultBlocksize;
-    bool double_quant    = true;
-    std::optional<uint64_t> seed;        // adapter init RNG (default: LibTorch's global generator)
+    bool quantize_base = false;
+    int64_t blocksize  = quant::kNf4DefaultBlocksize;
+    bool double_quant  = true;
+    std::optional<uint64_t> seed;         // adapter init RNG (default: LibTorch's global generator)
     std::string base_model_name_or_path;  // recorded in adapter_config.json
 
     double scaling() const;
@@ -72,7 +72,7 @@ public:
 protected:
     LoraLayer(int64_t in, int64_t out, int64_t r, double scaling, double dropout, at::ScalarType adapter_dtype,
               at::Device device);
-    virtual at::Tensor base_forward(const at::Tensor& x)                       = 0;
+    virtual at::Tensor base_forward(const at::Tensor& x)                              = 0;
     virtual at::Tensor adapted_forward(const at::Tensor& x, const at::Tensor& x_lora) = 0;
 
     int64_t in_features_, out_features_, r_;
@@ -129,6 +129,9 @@ private:
 at::Tensor qlora_linear(const at::Tensor& x, const at::Tensor& x_lora, const quant::Nf4Tensor& w,
                         const at::Tensor& bias, const at::Tensor& A, const at::Tensor& B, double scaling);
 
+// s·(a·b) with the scale as the GEMM's alpha.
+at::Tensor scaled_mm(const at::Tensor& a, const at::Tensor& b, double s);
+
 // ---------------------------------------------------------------- model level
 
 struct NamedLoraLayer {
@@ -144,7 +147,8 @@ std::vector<NamedLoraLayer> apply_lora(model::Qwen2ForCausalLM& model, const Lor
 // Per-module rank and scaling, keyed by HF module name (an adapter file's modules, PEFT's rank/alpha patterns).
 using ModuleRanks = std::map<std::string, std::pair<int64_t, double>>;
 // As apply_lora, but adapts exactly the modules in `modules` with their own rank and scaling.
-std::vector<NamedLoraLayer> apply_lora(model::Qwen2ForCausalLM& model, const LoraConfig& cfg, const ModuleRanks& modules);
+std::vector<NamedLoraLayer> apply_lora(model::Qwen2ForCausalLM& model, const LoraConfig& cfg,
+                                       const ModuleRanks& modules);
 
 // The model's LoRA layers (with or without an adapter), in module order.
 std::vector<NamedLoraLayer> lora_layers(model::Qwen2ForCausalLM& model);
@@ -177,7 +181,9 @@ private:
     };
     std::vector<Saved> saved_;
 };
-inline AdaptersDisabled disable_adapters(model::Qwen2ForCausalLM& model) { return AdaptersDisabled(model); }
+inline AdaptersDisabled disable_adapters(model::Qwen2ForCausalLM& model) {
+    return AdaptersDisabled(model);
+}
 
 void merge_adapters(model::Qwen2ForCausalLM& model);
 void unmerge_adapters(model::Qwen2ForCausalLM& model);
