@@ -5,7 +5,7 @@
 //
 // Settings come from flags, or from --config FILE / --set key=value with the same names as keys
 // (data_dir, model, ...); flags given on the command line win. --predictions scores saved predictions with
-// no model. --model needs the generation engine (a medllm::eval::CompletionBackend), which is not built yet.
+// no model. --model runs the model through the generation engine (medllm::generate::EngineBackend).
 #include <filesystem>
 #include <iostream>
 
@@ -17,6 +17,7 @@
 #include "medllm/core/error.h"
 #include "medllm/eval/evaluator.h"
 #include "medllm/eval/report.h"
+#include "medllm/generate/eval_backend.h"
 
 namespace medllm::cli {
 namespace {
@@ -42,7 +43,7 @@ ConfigSchema<EvalIgakuqaConfig> make_schema() {
     using C = EvalIgakuqaConfig;
     ConfigSchema<C> s;
     s.field("data_dir", &C::data_dir, "IgakuQA data folder (holds data/ and scripts/prompts/)");
-    s.field("model", &C::model, "model directory to evaluate (needs the generation engine)");
+    s.field("model", &C::model, "model directory to evaluate");
     s.field("adapter", &C::adapter, "LoRA adapter directory applied to --model");
     s.field("predictions", &C::predictions, "JSONL file or baseline_results-style folder of predictions to score");
     s.field("model_name", &C::model_name, "label in the reports (default: from the model or predictions)");
@@ -96,19 +97,40 @@ void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEn
         throw UsageError("eval igakuqa: give exactly one of --model DIR or --predictions FILE_OR_DIR");
     if (!cfg.predictions.empty() && !cfg.adapter.empty())
         throw UsageError("eval igakuqa: --adapter applies to --model, not to --predictions");
-    if (!cfg.model.empty()) {
-        // The engine plugs in here: build a CompletionBackend for cfg.model (+ cfg.adapter), resolve
-        // prompt_format auto via backend.has_chat_template(), then eval::evaluate_model(...).
-        throw NotImplementedError(
-            "eval igakuqa --model: the model-running part (generation engine) is not built "
-            "yet; score saved outputs with --predictions FILE_OR_DIR");
-    }
     if (cfg.data_dir.empty()) throw UsageError("eval igakuqa: --data-dir DIR (config key data_dir) is required");
     if (cfg.output.empty()) throw UsageError("eval igakuqa: --output DIR (config key output) is required");
+    if (!cfg.model.empty() && !std::filesystem::is_directory(cfg.model))
+        throw UsageError("eval igakuqa: --model " + cfg.model + ": no such model directory");
     const auto years = eval::parse_years(cfg.years);
     const auto modes = parse_modes(cfg.mode);
     start_run(cfg.output, resolved);
     const auto questions   = eval::load_questions(cfg.data_dir, years);
+    if (!cfg.model.empty()) {
+        // The generation engine as the evaluator's CompletionBackend (src/generate/eval_backend.cpp).
+        const auto examples = eval::load_few_shot_examples(
+            cfg.prompt_file.empty() ? eval::default_prompt_file(cfg.data_dir) : std::filesystem::path(cfg.prompt_file));
+        generate::LoadOptions load;
+        load.adapter = cfg.adapter;
+        generate::GenerateOptions engine;
+        engine.max_batch_size = cfg.batch_size;
+        generate::EngineBackend backend(generate::load_model(cfg.model, load), engine);
+        eval::ModelEvalOptions options;
+        options.modes  = modes;
+        options.format = cfg.prompt_format == "chat" ? eval::PromptFormat::chat
+                         : cfg.prompt_format == "base" ? eval::PromptFormat::base
+                         : backend.has_chat_template() ? eval::PromptFormat::chat
+                                                       : eval::PromptFormat::base;
+        options.batch_size                        = static_cast<int>(cfg.batch_size);
+        options.standard_params.max_new_tokens    = static_cast<int>(cfg.max_new_tokens);
+        options.explanation_params.max_new_tokens = static_cast<int>(cfg.max_new_tokens_explanation);
+        options.lenient_standard                  = cfg.extraction == "lenient";
+        options.output_dir                        = cfg.output;
+        auto result = eval::evaluate_model(questions, examples, backend, options, years);
+        if (!cfg.model_name.empty()) result.model = cfg.model_name;
+        eval::write_reports(cfg.output, result, questions);
+        print_summary(result, cfg.output);
+        return;
+    }
     const auto predictions = eval::load_external_predictions(cfg.predictions);
     auto result = eval::evaluate_predictions(questions, predictions, modes, cfg.extraction == "lenient", years);
     if (!cfg.model_name.empty()) result.model = cfg.model_name;
@@ -147,7 +169,7 @@ void add_eval_command(CLI::App& app) {
         return opt;
     };
     text("--data-dir", f.data_dir, "data_dir", "IgakuQA data folder (holds data/ and scripts/prompts/)");
-    text("--model", f.model, "model", "Model directory to evaluate (needs the generation engine)");
+    text("--model", f.model, "model", "Model directory to evaluate");
     text("--adapter", f.adapter, "adapter", "LoRA adapter directory applied to --model");
     text("--predictions", f.predictions, "predictions",
          "Score saved predictions: a JSONL file ({problem_id, prediction} per line) or a folder laid out like "

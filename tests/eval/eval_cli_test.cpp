@@ -1,5 +1,5 @@
-// `medllm eval igakuqa` through the built binary: scoring saved predictions, and the exit code when
-// the model-running part is asked for.
+// `medllm eval igakuqa` through the built binary: scoring saved predictions, and the exit codes of bad
+// arguments.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -86,11 +86,12 @@ TEST(EvalIgakuqaCli, ReadsAConfigFileAndFlagsWin) {
     EXPECT_NE(bad.output.find("data_dri"), std::string::npos) << bad.output;
 }
 
-TEST(EvalIgakuqaCli, ModelWithoutTheEngineIsAUsageError) {
+TEST(EvalIgakuqaCli, MissingModelDirectoryIsAUsageError) {
+    // (A run on a real model folder is tested in tests/generate/generate_cli_test.cpp.)
     const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --model /nonexistent --output " +
                                   (fs::path(testing::TempDir()) / "igakuqa_cli_model").string());
     EXPECT_EQ(run.exit_code, 2) << run.output;
-    EXPECT_NE(run.output.find("not built yet"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find("/nonexistent: no such model directory"), std::string::npos) << run.output;
     EXPECT_EQ(std::count(run.output.begin(), run.output.end(), '\n'), 1) << run.output;
 }
 

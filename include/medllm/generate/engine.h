@@ -1,0 +1,125 @@
+// The generation engine: batched decoding with a KV cache over prompts of different lengths.
+//
+// Prompts are left-padded and prefilled together (positions = cumsum(mask) - 1, as HF generate), then decoded
+// one token per step for the whole batch. A finished sequence leaves the batch at once (KVCache::select_rows),
+// and freed slots are refilled from the waiting prompts (continuous batching): the new prompts are prefilled on
+// their own and their cache rows are joined to the running ones, left-padded to a common length. `n` samples of a
+// prompt share one prefill. Greedy results do not depend on the batch composition (up to float rounding).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "medllm/generate/sampling.h"
+#include "medllm/model/qwen2.h"
+#include "medllm/text/tokenizer.h"
+
+namespace medllm::generate {
+
+using text::TokenId;
+
+enum class FinishReason { stop, eos, length };
+const char* to_string(FinishReason reason);
+
+struct GenerateOptions {
+    int64_t max_new_tokens = 256;
+    SamplingParams sampling;
+    int64_t num_samples = 1;  // completions per prompt, sharing the prompt's prefill
+    uint64_t seed       = 0;
+    // Each prompt's identity for its random streams (default: its position). A caller that runs a subset of a
+    // larger list (a resumed file) passes the positions in the full list, so every prompt keeps its samples.
+    std::vector<uint64_t> prompt_keys;
+    std::vector<int64_t> stop_token_ids;    // end a sequence like EOS, with finish reason "stop"
+    std::vector<std::string> stop_strings;  // matched on decoded text; needs a tokenizer
+    bool ignore_eos          = false;       // keep going past EOS (benchmarks)
+    bool logprobs            = false;       // record log p(token) under the model (raw logits, before processors)
+    int64_t max_batch_size   = 64;          // sequences decoded together
+    bool skip_special_tokens = true;        // in the decoded text
+    // Throws UsageError naming the bad value.
+    void validate() const;
+};
+
+struct Completion {
+    std::size_t prompt_index = 0;
+    int64_t sample_index     = 0;
+    std::string text;          // decoded (empty without a tokenizer), cut before a matched stop string
+    std::vector<TokenId> ids;  // generated tokens; the EOS / stop token is not included
+    FinishReason finish_reason = FinishReason::length;
+    std::string stop;              // the stop string, or the EOS / stop token id (as text) that ended it
+    int64_t prompt_tokens    = 0;  // length of the prompt
+    int64_t generated_tokens = 0;  // tokens produced, the final EOS / stop token included
+    std::vector<float> logprobs;   // one per entry of `ids` when asked
+};
+
+struct GenerationStats {
+    int64_t prompt_tokens    = 0;  // prefilled (each prompt once, whatever num_samples)
+    int64_t generated_tokens = 0;
+    int64_t decode_steps     = 0;
+    int64_t decode_tokens  = 0;  // tokens chosen by decode steps (the first token of each sequence comes from prefill)
+    double prefill_seconds = 0;
+    double decode_seconds  = 0;  // decode forwards + sampling
+};
+
+struct GenerateCallbacks {
+    // Streamed text of a sequence as it becomes final (stop strings held back until they can be ruled out).
+    std::function<void(const Completion& partial, const std::string& piece)> on_text;
+    // A sequence is done (called in finishing order).
+    std::function<void(const Completion&)> on_complete;
+};
+
+class Generator {
+public:
+    // `tokenizer` may be null: then completions carry ids only and stop strings are refused.
+    // `eos_token_ids`: usually from load_eos_token_ids().
+    Generator(std::shared_ptr<model::Qwen2ForCausalLM> model, std::shared_ptr<const text::Tokenizer> tokenizer,
+              std::vector<int64_t> eos_token_ids);
+
+    // Completions for every prompt × sample, ordered by prompt then sample. Throws before generating anything
+    // when a prompt is empty or does not leave room for one new token in the model's context
+    // (max_position_embeddings); otherwise max_new_tokens is cut to what fits, with finish reason "length".
+    std::vector<Completion> generate(const std::vector<std::vector<TokenId>>& prompts, const GenerateOptions& options,
+                                     const GenerateCallbacks& callbacks = {});
+
+    const GenerationStats& last_stats() const { return stats_; }
+    const std::vector<int64_t>& eos_token_ids() const { return eos_; }
+    model::Qwen2ForCausalLM& model() { return *model_; }
+    const text::Tokenizer* tokenizer() const { return tokenizer_.get(); }
+    int64_t context_length() const { return model_->config.max_position_embeddings; }
+
+private:
+    std::shared_ptr<model::Qwen2ForCausalLM> model_;
+    std::shared_ptr<const text::Tokenizer> tokenizer_;
+    std::vector<int64_t> eos_;
+    GenerationStats stats_;
+};
+
+// EOS ids of a model directory: generation_config.json `eos_token_id` (int or list) when present, else the
+// config's. Errors name the file.
+std::vector<int64_t> load_eos_token_ids(const std::filesystem::path& model_dir, const model::Qwen2Config& config);
+
+// A model directory loaded for generation: weights, tokenizer (if the folder has one), EOS ids.
+struct LoadedModel {
+    std::shared_ptr<model::Qwen2ForCausalLM> model;
+    std::shared_ptr<const text::Tokenizer> tokenizer;  // null when the folder has no tokenizer files
+    std::vector<int64_t> eos_token_ids;
+    bool has_chat_template = false;  // tokenizer_config.json has `chat_template`, or chat_template.jinja exists
+    std::string name;                // folder name (+ "+<adapter folder>")
+};
+
+struct LoadOptions {
+    std::string dtype  = "auto";     // auto (config dtype on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    std::string device = "auto";     // auto (cuda when present) | cpu | cuda | cuda:N
+    std::string adapter;             // PEFT LoRA adapter folder applied to the model
+    bool quantize_base     = false;  // with an adapter: quantize the base weights to NF4 as they load (QLoRA)
+    bool require_tokenizer = true;
+};
+
+// Throws UsageError for a missing folder or bad option, Error for unreadable or inconsistent files.
+LoadedModel load_model(const std::filesystem::path& dir, const LoadOptions& options);
+
+}  // namespace medllm::generate

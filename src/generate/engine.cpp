@@ -1,0 +1,473 @@
+#include "medllm/generate/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <set>
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include "medllm/core/error.h"
+#include "medllm/generate/stop.h"
+#include "medllm/peft/adapter.h"
+
+namespace medllm::generate {
+namespace {
+
+// Padded prompt tokens prefilled in one forward at most (bounds activation memory; at least one prompt).
+constexpr int64_t kPrefillTokenBudget = 32768;
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+struct Sequence {
+    Completion out;
+    std::optional<text::StreamDecoder> decoder;
+    std::optional<StopStringMatcher> matcher;
+    SequenceRng rng;
+    int64_t budget = 0;  // max new tokens for this sequence (options, cut by the context)
+    bool done      = false;
+};
+
+// Rows decoding together. Every row's real tokens are right-aligned in the cache: row r has pad[r] leading padding
+// columns, so the attention mask and the positions follow from `pad` alone.
+struct Batch {
+    explicit Batch(int64_t layers) : cache(layers) {}
+    model::KVCache cache;
+    std::vector<std::size_t> seqs;  // sequence index of each row
+    std::vector<int64_t> pad;
+    std::vector<int64_t> last;  // token each row feeds next
+    at::Tensor seen;            // [rows, V] bool, tokens for the repetition penalty (undefined when off)
+    int64_t rows() const { return static_cast<int64_t>(seqs.size()); }
+    bool padded() const {
+        return std::any_of(pad.begin(), pad.end(), [](int64_t p) { return p > 0; });
+    }
+};
+
+at::Tensor long_tensor(const std::vector<int64_t>& values, at::Device device) {
+    return at::tensor(values, at::kLong).to(device);
+}
+
+// mask [rows, length] = 1 from column pad[r] on.
+at::Tensor mask_from_pad(const std::vector<int64_t>& pad, int64_t length, at::Device device) {
+    auto cols = at::arange(length, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
+    return (cols >= long_tensor(pad, device).unsqueeze(1)).to(at::kLong);
+}
+
+// The cache's current [rows, nkv, length, hd] views of one layer (appending nothing).
+std::pair<at::Tensor, at::Tensor> cache_views(model::KVCache& cache, int64_t layer, int64_t rows,
+                                              const model::Qwen2Config& cfg, at::TensorOptions options) {
+    auto none = at::empty({rows, cfg.num_key_value_heads, 0, cfg.head_dim}, options);
+    return cache.append(layer, none, none);
+}
+
+}  // namespace
+
+const char* to_string(FinishReason reason) {
+    switch (reason) {
+        case FinishReason::stop:
+            return "stop";
+        case FinishReason::eos:
+            return "eos";
+        case FinishReason::length:
+            return "length";
+    }
+    return "?";
+}
+
+void GenerateOptions::validate() const {
+    if (max_new_tokens < 1) throw UsageError("max_new_tokens must be >= 1, got " + std::to_string(max_new_tokens));
+    if (num_samples < 1) throw UsageError("num_samples (n) must be >= 1, got " + std::to_string(num_samples));
+    if (max_batch_size < 1) throw UsageError("max_batch_size must be >= 1, got " + std::to_string(max_batch_size));
+    sampling.validate();
+    for (const auto& s : stop_strings)
+        if (s.empty()) throw UsageError("stop strings must not be empty");
+}
+
+Generator::Generator(std::shared_ptr<model::Qwen2ForCausalLM> model, std::shared_ptr<const text::Tokenizer> tokenizer,
+                     std::vector<int64_t> eos_token_ids)
+    : model_(std::move(model)), tokenizer_(std::move(tokenizer)), eos_(std::move(eos_token_ids)) {
+    if (!model_) throw Error("Generator: no model");
+}
+
+std::vector<Completion> Generator::generate(const std::vector<std::vector<TokenId>>& prompts,
+                                            const GenerateOptions& options, const GenerateCallbacks& callbacks) {
+    options.validate();
+    if (!options.stop_strings.empty() && !tokenizer_)
+        throw UsageError("stop strings need a tokenizer (the model folder has none)");
+    const auto& cfg     = model_->config;
+    const int64_t ctx   = context_length();
+    const int64_t vocab = cfg.vocab_size;
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+        const int64_t len = static_cast<int64_t>(prompts[i].size());
+        if (len == 0) throw Error("prompt " + std::to_string(i) + " is empty (at least one token is needed)");
+        if (len >= ctx)
+            throw Error("prompt " + std::to_string(i) + " has " + std::to_string(len) +
+                        " tokens, which leaves no room in the model's context of " + std::to_string(ctx) +
+                        " tokens (max_position_embeddings in " + cfg.source + "); shorten it");
+        for (TokenId id : prompts[i])
+            if (id < 0 || id >= vocab)
+                throw Error("prompt " + std::to_string(i) + " has token id " + std::to_string(id) +
+                            " outside the model's vocabulary [0, " + std::to_string(vocab) + ")");
+    }
+
+    c10::InferenceMode inference;
+    stats_                  = {};
+    const auto params_opts  = model_->model->embed_tokens->weight.options();
+    const at::Device device = params_opts.device();
+    const int64_t layers    = cfg.num_hidden_layers;
+    const int64_t n         = options.num_samples;
+    const int64_t max_rows  = std::max(options.max_batch_size, n);
+    const bool penalty      = options.sampling.repetition_penalty != 1.0;
+    const std::set<int64_t> eos(options.ignore_eos ? std::set<int64_t>{} : std::set<int64_t>(eos_.begin(), eos_.end()));
+    const std::set<int64_t> stop_ids(options.stop_token_ids.begin(), options.stop_token_ids.end());
+    if (!options.prompt_keys.empty() && options.prompt_keys.size() != prompts.size())
+        throw Error("generate: " + std::to_string(options.prompt_keys.size()) + " prompt keys for " +
+                    std::to_string(prompts.size()) + " prompts");
+
+    std::vector<Sequence> seqs;
+    seqs.reserve(prompts.size() * n);
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+            const uint64_t key = options.prompt_keys.empty() ? i : options.prompt_keys[i];
+            Sequence s{{}, {}, {}, SequenceRng(options.seed, key, j), 0, false};
+            s.out.prompt_index  = i;
+            s.out.sample_index  = j;
+            s.out.prompt_tokens = static_cast<int64_t>(prompts[i].size());
+            s.budget            = std::min(options.max_new_tokens, ctx - s.out.prompt_tokens);
+            if (tokenizer_) {
+                s.decoder.emplace(*tokenizer_, options.skip_special_tokens);
+                s.matcher.emplace(options.stop_strings);
+            }
+            seqs.push_back(std::move(s));
+        }
+    }
+
+    auto finish = [&](Sequence& s, FinishReason reason, std::string stop) {
+        s.done              = true;
+        s.out.finish_reason = reason;
+        s.out.stop          = std::move(stop);
+        if (s.matcher) {
+            if (!s.matcher->stopped() && s.matcher->feed(s.decoder->finish())) {
+                s.out.finish_reason = FinishReason::stop;
+                s.out.stop          = *s.matcher->matched();
+            }
+            s.out.text = s.matcher->text();
+            if (callbacks.on_text) {
+                std::string rest = s.matcher->take_rest();
+                if (!rest.empty()) callbacks.on_text(s.out, rest);
+            }
+        }
+        if (callbacks.on_complete) callbacks.on_complete(s.out);
+    };
+
+    // Chooses each row's next token from its logits [rows, V] (fp32), records it, and drops finished rows.
+    auto advance = [&](Batch& batch, const at::Tensor& logits) {
+        const int64_t rows = batch.rows();
+        auto scores        = process_logits(logits, options.sampling, batch.seen);
+        std::vector<double> uniforms;
+        if (options.sampling.do_sample)
+            for (auto idx : batch.seqs) uniforms.push_back(seqs[idx].rng.uniform());
+        auto chosen = choose_tokens(scores, options.sampling.do_sample, uniforms);
+        at::Tensor logprobs;
+        if (options.logprobs)
+            logprobs = at::log_softmax(logits, -1).gather(1, chosen.unsqueeze(1)).squeeze(1).to(at::kCPU);
+        if (batch.seen.defined()) batch.seen.scatter_(1, chosen.unsqueeze(1), true);
+        auto tokens        = chosen.to(at::kCPU);
+        const int64_t* tok = tokens.data_ptr<int64_t>();
+        std::vector<int64_t> keep;
+        for (int64_t r = 0; r < rows; ++r) {
+            Sequence& s     = seqs[batch.seqs[r]];
+            const int64_t t = tok[r];
+            ++s.out.generated_tokens;
+            ++stats_.generated_tokens;
+            if (eos.count(t)) {
+                finish(s, FinishReason::eos, std::to_string(t));
+            } else if (stop_ids.count(t)) {
+                finish(s, FinishReason::stop, std::to_string(t));
+            } else {
+                s.out.ids.push_back(static_cast<TokenId>(t));
+                if (options.logprobs) s.out.logprobs.push_back(logprobs[r].item<float>());
+                if (s.matcher) {
+                    if (s.matcher->feed(s.decoder->push(static_cast<TokenId>(t)))) {
+                        finish(s, FinishReason::stop, *s.matcher->matched());
+                    } else if (callbacks.on_text) {
+                        std::string piece = s.matcher->take_safe();
+                        if (!piece.empty()) callbacks.on_text(s.out, piece);
+                    }
+                }
+                if (!s.done && s.out.generated_tokens >= s.budget) finish(s, FinishReason::length, "");
+            }
+            if (!s.done) keep.push_back(r);
+            batch.last[r] = t;
+        }
+        if (static_cast<int64_t>(keep.size()) == rows) return;
+        if (keep.empty()) {
+            batch.cache.clear();
+            batch.seqs.clear();
+            batch.pad.clear();
+            batch.last.clear();
+            batch.seen = at::Tensor();
+            return;
+        }
+        // Drop finished rows; columns that are padding in every remaining row go too.
+        int64_t trim = batch.pad[keep[0]];
+        for (auto r : keep) trim = std::min(trim, batch.pad[r]);
+        auto rows_t = long_tensor(keep, device);
+        if (trim == 0) {
+            batch.cache.select_rows(rows_t);
+        } else {
+            const int64_t length = batch.cache.length();
+            model::KVCache kept(layers);
+            for (int64_t l = 0; l < layers; ++l) {
+                auto [k, v] = cache_views(batch.cache, l, rows, cfg, params_opts);
+                kept.append(l, k.index_select(0, rows_t).narrow(2, trim, length - trim),
+                            v.index_select(0, rows_t).narrow(2, trim, length - trim));
+            }
+            kept.advance(length - trim);
+            batch.cache = std::move(kept);
+        }
+        auto pick = [&](auto& v) {
+            std::remove_reference_t<decltype(v)> out;
+            for (auto r : keep) out.push_back(v[r]);
+            v = std::move(out);
+        };
+        pick(batch.seqs);
+        pick(batch.last);
+        pick(batch.pad);
+        for (auto& p : batch.pad) p -= trim;
+        if (batch.seen.defined()) batch.seen = batch.seen.index_select(0, rows_t);
+    };
+
+    // Prefills prompts [first, last) into a new batch (n rows per prompt) and chooses their first tokens.
+    auto prefill = [&](std::size_t first, std::size_t last) {
+        auto t0         = Clock::now();
+        const int64_t G = static_cast<int64_t>(last - first);
+        int64_t Lp      = 0;
+        for (auto i = first; i < last; ++i) Lp = std::max<int64_t>(Lp, prompts[i].size());
+        std::vector<int64_t> ids(G * Lp, 0), pad(G);
+        for (int64_t g = 0; g < G; ++g) {
+            const auto& p = prompts[first + g];
+            pad[g]        = Lp - static_cast<int64_t>(p.size());
+            std::copy(p.begin(), p.end(), ids.begin() + g * Lp + pad[g]);
+            stats_.prompt_tokens += static_cast<int64_t>(p.size());
+        }
+        Batch batch(layers);
+        model::ForwardInputs in;
+        in.input_ids = long_tensor(ids, device).view({G, Lp});
+        in.cache     = &batch.cache;
+        if (std::any_of(pad.begin(), pad.end(), [](int64_t p) { return p > 0; })) {
+            in.attention_mask = mask_from_pad(pad, Lp, device);
+            // HF generate: positions = cumsum(mask) - 1, padding positions set to 1.
+            in.position_ids = (in.attention_mask.cumsum(1) - 1).masked_fill(in.attention_mask == 0, 1);
+        }
+        auto hidden = model_->forward_hidden(in).hidden.select(1, Lp - 1);
+        auto logits = model_->logits(hidden).to(at::kFloat);
+        at::Tensor seen;
+        if (penalty) {
+            auto counts = at::zeros({G, vocab}, at::TensorOptions().dtype(at::kLong).device(device));
+            auto mask   = in.attention_mask.defined() ? in.attention_mask : at::ones_like(in.input_ids);
+            seen        = counts.scatter_add_(1, in.input_ids, mask) > 0;
+        }
+        std::vector<int64_t> expanded_pad;
+        for (int64_t g = 0; g < G; ++g) {
+            for (int64_t j = 0; j < n; ++j) {
+                batch.seqs.push_back((first + g) * n + j);
+                expanded_pad.push_back(pad[g]);
+            }
+        }
+        batch.pad = std::move(expanded_pad);
+        batch.last.assign(batch.seqs.size(), 0);
+        if (n > 1) {  // the samples of a prompt share its prefill: copy its cache row n times
+            auto rows = at::arange(G, at::TensorOptions().dtype(at::kLong).device(device)).repeat_interleave(n);
+            batch.cache.select_rows(rows);
+            logits = logits.index_select(0, rows);
+            if (penalty) seen = seen.index_select(0, rows);
+        }
+        batch.seen = seen;
+        advance(batch, logits);
+        stats_.prefill_seconds += seconds_since(t0);
+        return batch;
+    };
+
+    // Joins `incoming` rows to `running`, left-padding the shorter cache; all-padding leading columns are dropped.
+    auto join = [&](Batch& running, Batch& incoming) {
+        if (incoming.rows() == 0) return;
+        if (running.rows() == 0) {
+            std::swap(running, incoming);
+            return;
+        }
+        const int64_t L1 = running.cache.length(), L2 = incoming.cache.length(), T = std::max(L1, L2);
+        std::vector<int64_t> pad;
+        for (auto p : running.pad) pad.push_back(p + T - L1);
+        for (auto p : incoming.pad) pad.push_back(p + T - L2);
+        const int64_t trim = *std::min_element(pad.begin(), pad.end());
+        model::KVCache joined(layers);
+        for (int64_t l = 0; l < layers; ++l) {
+            auto [k1, v1] = cache_views(running.cache, l, running.rows(), cfg, params_opts);
+            auto [k2, v2] = cache_views(incoming.cache, l, incoming.rows(), cfg, params_opts);
+            auto k =
+                at::cat({at::constant_pad_nd(k1, {0, 0, T - L1, 0}), at::constant_pad_nd(k2, {0, 0, T - L2, 0})}, 0);
+            auto v =
+                at::cat({at::constant_pad_nd(v1, {0, 0, T - L1, 0}), at::constant_pad_nd(v2, {0, 0, T - L2, 0})}, 0);
+            joined.append(l, k.narrow(2, trim, T - trim), v.narrow(2, trim, T - trim));
+        }
+        joined.advance(T - trim);
+        running.cache = std::move(joined);
+        for (auto& p : pad) p -= trim;
+        running.pad = std::move(pad);
+        running.seqs.insert(running.seqs.end(), incoming.seqs.begin(), incoming.seqs.end());
+        running.last.insert(running.last.end(), incoming.last.begin(), incoming.last.end());
+        if (penalty) running.seen = at::cat({running.seen, incoming.seen}, 0);
+    };
+
+    Batch running(layers);
+    std::size_t next_prompt   = 0;
+    const int64_t refill_rows = std::max<int64_t>(n, max_rows / 4);  // refill in chunks: each join copies the cache
+    while (next_prompt < prompts.size() || running.rows() > 0) {
+        const int64_t free_rows = max_rows - running.rows();
+        if (next_prompt < prompts.size() && (running.rows() == 0 || free_rows >= refill_rows)) {
+            std::size_t last = next_prompt;
+            int64_t longest  = 0;
+            while (last < prompts.size() && static_cast<int64_t>(last - next_prompt + 1) * n <= free_rows) {
+                int64_t longer = std::max<int64_t>(longest, prompts[last].size());
+                if (last > next_prompt && longer * static_cast<int64_t>(last - next_prompt + 1) > kPrefillTokenBudget)
+                    break;
+                longest = longer;
+                ++last;
+            }
+            if (last == next_prompt) ++last;  // n > free rows only when the batch is empty: max_rows >= n
+            Batch incoming = prefill(next_prompt, last);
+            next_prompt    = last;
+            join(running, incoming);
+            continue;
+        }
+        // One decode step for every running row.
+        auto t0            = Clock::now();
+        const int64_t rows = running.rows();
+        const int64_t T    = running.cache.length();
+        std::vector<int64_t> positions(rows);
+        for (int64_t r = 0; r < rows; ++r) positions[r] = T - running.pad[r];
+        model::ForwardInputs in;
+        in.input_ids    = long_tensor(running.last, device).view({rows, 1});
+        in.position_ids = long_tensor(positions, device).view({rows, 1});
+        if (running.padded()) in.attention_mask = mask_from_pad(running.pad, T + 1, device);
+        in.cache    = &running.cache;
+        auto hidden = model_->forward_hidden(in).hidden.select(1, 0);
+        advance(running, model_->logits(hidden).to(at::kFloat));
+        ++stats_.decode_steps;
+        stats_.decode_tokens += rows;
+        stats_.decode_seconds += seconds_since(t0);
+    }
+
+    std::vector<Completion> out;
+    out.reserve(seqs.size());
+    for (auto& s : seqs) out.push_back(std::move(s.out));
+    return out;
+}
+
+std::vector<int64_t> load_eos_token_ids(const std::filesystem::path& model_dir, const model::Qwen2Config& config) {
+    const auto path = model_dir / "generation_config.json";
+    if (std::filesystem::exists(path)) {
+        std::ifstream in(path);
+        nlohmann::json j;
+        try {
+            j = nlohmann::json::parse(in);
+        } catch (const std::exception& e) {
+            throw Error(path.string() + ": not valid JSON: " + e.what());
+        }
+        if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {
+            const auto& e = j["eos_token_id"];
+            std::vector<int64_t> ids;
+            if (e.is_number_integer()) {
+                ids.push_back(e.get<int64_t>());
+            } else if (e.is_array()) {
+                for (const auto& x : e) {
+                    if (!x.is_number_integer()) throw Error(path.string() + ": eos_token_id must hold integers");
+                    ids.push_back(x.get<int64_t>());
+                }
+            } else {
+                throw Error(path.string() + ": eos_token_id must be an integer or a list of integers");
+            }
+            return ids;
+        }
+    }
+    return config.eos_token_ids;
+}
+
+LoadedModel load_model(const std::filesystem::path& dir, const LoadOptions& options) {
+    namespace fs = std::filesystem;
+    if (!fs::is_directory(dir)) throw UsageError("--model " + dir.string() + ": no such model directory");
+    at::Device device = at::kCPU;
+    if (options.device == "auto") {
+        if (torch::cuda::is_available()) device = at::Device(at::kCUDA, 0);
+    } else {
+        try {
+            device = at::Device(options.device);
+        } catch (const std::exception&) {
+            throw UsageError("--device " + options.device + ": expected auto, cpu, cuda or cuda:N");
+        }
+        if (device.is_cuda() && !torch::cuda::is_available())
+            throw UsageError("--device " + options.device + ": no CUDA device is available");
+    }
+    auto cfg = model::Qwen2Config::from_file(dir);
+    at::ScalarType dtype;
+    if (options.dtype == "auto") {
+        dtype = device.is_cuda() && cfg.torch_dtype != "float32" ? at::kBFloat16 : at::kFloat;
+    } else if (options.dtype == "fp32" || options.dtype == "float32") {
+        dtype = at::kFloat;
+    } else if (options.dtype == "bf16" || options.dtype == "bfloat16") {
+        dtype = at::kBFloat16;
+    } else if (options.dtype == "fp16" || options.dtype == "float16") {
+        dtype = at::kHalf;
+    } else {
+        throw UsageError("--dtype " + options.dtype + ": expected auto, fp32, bf16 or fp16");
+    }
+
+    LoadedModel loaded;
+    loaded.name = dir.filename().empty() ? dir.parent_path().filename().string() : dir.filename().string();
+    if (!options.adapter.empty()) {
+        // LoRA / QLoRA: peft builds the model with its projections wrapped (NF4 base when quantize_base).
+        if (!fs::is_directory(options.adapter))
+            throw UsageError("--adapter " + options.adapter + ": no such adapter directory");
+        loaded.model =
+            peft::load_model_with_adapter(dir.string(), options.adapter, dtype, device, options.quantize_base);
+        const fs::path adapter(options.adapter);
+        loaded.name +=
+            "+" + (adapter.filename().empty() ? adapter.parent_path().filename() : adapter.filename()).string();
+    } else if (options.quantize_base) {
+        throw UsageError(
+            "--load-in-4bit (NF4 base) needs --adapter: quantized generation goes through the QLoRA layers");
+    } else {
+        loaded.model = model::Qwen2ForCausalLM::from_pretrained(dir.string(), dtype, device);
+    }
+    loaded.model->eval();
+    loaded.eos_token_ids = load_eos_token_ids(dir, cfg);
+    const bool has_tokenizer =
+        fs::exists(dir / "tokenizer.json") || fs::exists(dir / "vocab.json") || fs::exists(dir / "tokenizer.model");
+    if (has_tokenizer) {
+        loaded.tokenizer = text::Tokenizer::from_dir(dir);
+    } else if (options.require_tokenizer) {
+        throw Error(dir.string() + ": no tokenizer files (tokenizer.json, vocab.json + merges.txt or tokenizer.model)");
+    }
+    if (fs::exists(dir / "chat_template.jinja")) loaded.has_chat_template = true;
+    const auto tc = dir / "tokenizer_config.json";
+    if (fs::exists(tc)) {
+        std::ifstream in(tc);
+        try {
+            auto j                   = nlohmann::json::parse(in);
+            loaded.has_chat_template = loaded.has_chat_template || j.contains("chat_template");
+        } catch (const std::exception& e) {
+            throw Error(tc.string() + ": not valid JSON: " + e.what());
+        }
+    }
+    spdlog::info("loaded {} ({}, {}), eos {}", dir.string(), c10::toString(dtype), device.str(),
+                 loaded.eos_token_ids.empty() ? std::string("none") : std::to_string(loaded.eos_token_ids[0]));
+    return loaded;
+}
+
+}  // namespace medllm::generate

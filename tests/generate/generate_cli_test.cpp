@@ -1,0 +1,221 @@
+// `medllm generate` and `medllm eval igakuqa --model` through the built binary, on the fixture model with the
+// tiny byte-level tokenizer (tests/generate/generate_test_util.h). Outputs are checked against the library run on
+// the same prompts and options.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "generate/generate_test_util.h"
+#include "medllm/generate/engine.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace gt = medllm::generate::testing;
+using namespace medllm::generate;
+
+struct CliRun {
+    int exit_code = -1;
+    std::string output;
+};
+
+// Runs the binary; `stderr_too` merges stderr into the captured output (else it is dropped).
+CliRun run_medllm(const std::string& args, bool stderr_too = true) {
+    CliRun run;
+    const std::string command = std::string(MEDLLM_BINARY) + " " + args + (stderr_too ? " 2>&1" : " 2>/dev/null");
+    FILE* pipe                = popen(command.c_str(), "r");
+    if (!pipe) return run;
+    char buf[4096];
+    while (size_t n = fread(buf, 1, sizeof buf, pipe)) run.output.append(buf, n);
+    const int status = pclose(pipe);
+    run.exit_code    = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return run;
+}
+
+std::vector<std::string> read_lines(const fs::path& path) {
+    std::ifstream in(path);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+}
+
+class GenerateCli : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        dir_ = new fs::path(gt::make_printable_model_dir(fs::path(::testing::TempDir()) / "gen_cli_model"));
+    }
+    static void TearDownTestSuite() {
+        fs::remove_all(*dir_);
+        delete dir_;
+    }
+    static fs::path* dir_;
+    const fs::path& dir() const { return *dir_; }
+};
+fs::path* GenerateCli::dir_ = nullptr;
+
+TEST_F(GenerateCli, HelpShowsDecodingDefaults) {
+    const auto run = run_medllm("generate --help");
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    for (const char* s : {"--max-new-tokens", "--temperature", "--top-p", "--min-p", "--repetition-penalty", "--stop",
+                          "--seed", "--adapter", "--input", "--output", "INT=256"})
+        EXPECT_NE(run.output.find(s), std::string::npos) << s << "\n" << run.output;
+}
+
+TEST_F(GenerateCli, SinglePromptStreamsTheGreedyCompletion) {
+    LoadOptions lo;
+    lo.device   = "cpu";
+    auto loaded = load_model(dir(), lo);
+    Generator gen(loaded.model, loaded.tokenizer, loaded.eos_token_ids);
+    GenerateOptions opt;
+    opt.max_new_tokens = 20;
+    const auto want    = gen.generate({loaded.tokenizer->encode("Hello there")}, opt)[0];
+    ASSERT_FALSE(want.text.empty());
+    const auto run = run_medllm("generate --model " + dir().string() + " --prompt 'Hello there' --max-new-tokens 20",
+                                /*stderr_too=*/false);
+    EXPECT_EQ(run.exit_code, 0);
+    EXPECT_EQ(run.output, want.text + "\n");
+}
+
+TEST_F(GenerateCli, FileRunMatchesTheLibraryAndResumes) {
+    const fs::path work = fs::path(::testing::TempDir()) / "gen_cli_file";
+    fs::remove_all(work);
+    fs::create_directories(work);
+    const std::vector<std::string> texts = {"alpha", "a longer prompt with more words", "x", "the end is near", "b c"};
+    {
+        std::ofstream in(work / "prompts.jsonl");
+        for (size_t i = 0; i < texts.size(); ++i) {
+            if (i == 2) in << "\n";  // blank lines are skipped
+            in << nlohmann::json{{"prompt", texts[i]}, {"id", "q" + std::to_string(i)}}.dump() << "\n";
+        }
+        in << nlohmann::json{{"messages", {{{"role", "user"}, {"content", "hi"}}}}}.dump() << "\n";
+    }
+    const std::string args =
+        "generate --model " + dir().string() + " --input " + (work / "prompts.jsonl").string() + " --output " +
+        (work / "out.jsonl").string() +
+        " -n 2 --temperature 0.8 --top-k 40 --seed 7 --max-new-tokens 12 --batch-size 3 --logprobs";
+    auto run = run_medllm(args);
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_NE(run.output.find("tok/s"), std::string::npos) << run.output;
+    const auto lines = read_lines(work / "out.jsonl");
+    ASSERT_EQ(lines.size(), texts.size() + 1);
+
+    // The library with the same prompts and options gives the same completions.
+    LoadOptions lo;
+    lo.device   = "cpu";
+    auto loaded = load_model(dir(), lo);
+    std::vector<std::vector<TokenId>> prompts;
+    for (const auto& t : texts) prompts.push_back(loaded.tokenizer->encode(t));
+    prompts.push_back(loaded.tokenizer->encode(loaded.tokenizer->apply_chat_template({{"user", "hi"}}, true)));
+    GenerateOptions opt;
+    opt.max_new_tokens       = 12;
+    opt.num_samples          = 2;
+    opt.seed                 = 7;
+    opt.sampling.do_sample   = true;
+    opt.sampling.temperature = 0.8;
+    opt.sampling.top_k       = 40;
+    const auto want          = Generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids).generate(prompts, opt);
+    std::set<size_t> indices;
+    for (const auto& line : lines) {
+        const auto j     = nlohmann::json::parse(line);
+        const size_t idx = j["index"];
+        indices.insert(idx);
+        if (idx < texts.size()) EXPECT_EQ(j["id"], "q" + std::to_string(idx));
+        EXPECT_EQ(j["prompt_tokens"], prompts[idx].size());
+        ASSERT_EQ(j["completions"].size(), 2u);
+        for (int s = 0; s < 2; ++s) {
+            const auto& c = j["completions"][s];
+            const auto& w = want[idx * 2 + s];
+            EXPECT_EQ(c["token_ids"].get<std::vector<TokenId>>(), w.ids) << line;
+            EXPECT_EQ(c["text"], w.text);
+            EXPECT_EQ(c["finish_reason"], to_string(w.finish_reason));
+            EXPECT_EQ(c["logprobs"].size(), w.ids.size());
+        }
+    }
+    EXPECT_EQ(indices.size(), texts.size() + 1);
+
+    // Resume: keep two records and half of a third; the rerun completes the file with the same records.
+    {
+        std::ofstream cut(work / "out.jsonl", std::ios::trunc);
+        cut << lines[0] << "\n" << lines[1] << "\n" << lines[2].substr(0, lines[2].size() / 2);
+    }
+    run = run_medllm(args);
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_NE(run.output.find("resuming, 2 of 6"), std::string::npos) << run.output;
+    const auto resumed = read_lines(work / "out.jsonl");
+    EXPECT_EQ(std::multiset<std::string>(resumed.begin(), resumed.end()),
+              std::multiset<std::string>(lines.begin(), lines.end()));
+    // Nothing left: a third run does no work.
+    run = run_medllm(args);
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_EQ(read_lines(work / "out.jsonl").size(), lines.size());
+    fs::remove_all(work);
+}
+
+TEST_F(GenerateCli, BadInputIsNamedByFileAndLine) {
+    const fs::path work = fs::path(::testing::TempDir()) / "gen_cli_bad";
+    fs::remove_all(work);
+    fs::create_directories(work);
+    const std::string base = "generate --model " + dir().string() + " --output " + (work / "out.jsonl").string();
+    std::ofstream(work / "bad.jsonl") << "{\"prompt\": \"ok\"}\n{\"prompt\": \"ok\"}\n{\"prompt\": oops}\n";
+    auto run = run_medllm(base + " --input " + (work / "bad.jsonl").string());
+    EXPECT_EQ(run.exit_code, 1);
+    EXPECT_NE(run.output.find("bad.jsonl:3: not valid JSON"), std::string::npos) << run.output;
+    std::ofstream(work / "nokey.jsonl") << "{\"text\": \"ok\"}\n";
+    run = run_medllm(base + " --input " + (work / "nokey.jsonl").string());
+    EXPECT_EQ(run.exit_code, 1);
+    EXPECT_NE(run.output.find("nokey.jsonl:1: needs a \"prompt\""), std::string::npos) << run.output;
+    // A prompt longer than the context (256 tokens; one byte token per character here).
+    std::ofstream(work / "long.jsonl") << "{\"prompt\": \"short\"}\n{\"prompt\": \"" << std::string(300, 'z')
+                                       << "\"}\n";
+    run = run_medllm(base + " --input " + (work / "long.jsonl").string());
+    EXPECT_EQ(run.exit_code, 1);
+    EXPECT_NE(run.output.find("long.jsonl:2: the prompt has 300 tokens"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find("context of 256"), std::string::npos) << run.output;
+    EXPECT_FALSE(fs::exists(work / "out.jsonl") && fs::file_size(work / "out.jsonl") > 0);
+    // Usage errors.
+    EXPECT_EQ(run_medllm("generate --model " + dir().string()).exit_code, 2);  // neither --prompt nor --input
+    EXPECT_EQ(run_medllm("generate --model " + dir().string() + " --prompt x --top-p 0").exit_code, 2);
+    EXPECT_EQ(run_medllm("generate --model /nonexistent --prompt x").exit_code, 2);
+    EXPECT_EQ(run_medllm("generate --model " + dir().string() + " --prompt x --adapter /nonexistent").exit_code, 2);
+    fs::remove_all(work);
+}
+
+// `eval igakuqa --model` end to end on one question per section of 2018 with a one-example few-shot file.
+TEST(EvalWithModel, IgakuqaRunsEndToEnd) {
+    const fs::path work = fs::path(::testing::TempDir()) / "gen_eval";
+    fs::remove_all(work);
+    const fs::path model = gt::make_printable_model_dir(work / "model", /*context=*/16384);
+    const fs::path src   = fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data" / "data" / "2018";
+    const fs::path data  = work / "data";
+    fs::create_directories(data / "data" / "2018");
+    int sections = 0;
+    for (char s : {'A', 'B', 'C', 'D', 'E', 'F'}) {
+        for (const std::string suffix : {".jsonl", "_metadata.jsonl"}) {
+            std::ifstream in(src / ("112-" + std::string(1, s) + suffix));
+            std::string first;
+            ASSERT_TRUE(std::getline(in, first)) << src;
+            std::ofstream(data / "data" / "2018" / ("112-" + std::string(1, s) + suffix)) << first << "\n";
+        }
+        ++sections;
+    }
+    std::ofstream(work / "fewshot.jsonl")
+        << R"({"problem_id": "100E5", "problem_text": "正しいのはどれか。", "choices": ["甲", "乙"], "text_only": true, "answer": ["a"], "explanation": "甲が正しい。"})"
+        << "\n";
+    const auto run =
+        run_medllm("eval igakuqa --data-dir " + data.string() + " --model " + model.string() +
+                   " --years 2018 --prompt-format base --prompt-file " + (work / "fewshot.jsonl").string() +
+                   " --max-new-tokens 4 --batch-size 3 --output " + (work / "out").string());
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_NE(run.output.find("IgakuQA model standard"), std::string::npos) << run.output;
+    const auto predictions = read_lines(work / "out" / "predictions.jsonl");
+    EXPECT_EQ(static_cast<int>(predictions.size()), sections);
+    const auto report = nlohmann::json::parse(std::ifstream(work / "out" / "report.json"));
+    EXPECT_EQ(report["model"], "model");
+    fs::remove_all(work);
+}
+
+}  // namespace
