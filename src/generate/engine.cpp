@@ -399,6 +399,14 @@ std::vector<int64_t> load_eos_token_ids(const std::filesystem::path& model_dir, 
     return config.eos_token_ids;
 }
 
+// A bitsandbytes/`medllm quantize` 4-bit checkpoint: its config.json carries transformers' quantization_config.
+static bool is_4bit_checkpoint(const std::filesystem::path& dir) {
+    std::ifstream in(dir / "config.json");
+    if (!in) return false;
+    auto cfg = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    return cfg.is_object() && cfg.contains("quantization_config");
+}
+
 LoadedModel load_model(const std::filesystem::path& dir, const LoadOptions& options) {
     namespace fs = std::filesystem;
     if (!fs::is_directory(dir)) throw UsageError("--model " + dir.string() + ": no such model directory");
@@ -439,9 +447,12 @@ LoadedModel load_model(const std::filesystem::path& dir, const LoadOptions& opti
         const fs::path adapter(options.adapter);
         loaded.name +=
             "+" + (adapter.filename().empty() ? adapter.parent_path().filename() : adapter.filename()).string();
-    } else if (options.quantize_base) {
-        throw UsageError(
-            "--load-in-4bit (NF4 base) needs --adapter: quantized generation goes through the QLoRA layers");
+    } else if (options.quantize_base || is_4bit_checkpoint(dir)) {
+        // An NF4 base without an adapter goes through the QLoRA layers with freshly initialized adapters, whose
+        // B = 0 adds exactly zero: the same path as with an adapter, the projections held in NF4.
+        peft::LoraConfig lora;
+        lora.quantize_base = options.quantize_base;
+        loaded.model       = peft::load_model_for_lora(dir.string(), lora, dtype, device);
     } else {
         loaded.model = model::Qwen2ForCausalLM::from_pretrained(dir.string(), dtype, device);
     }

@@ -219,3 +219,42 @@ TEST(EvalWithModel, IgakuqaRunsEndToEnd) {
 }
 
 }  // namespace
+
+namespace {
+
+// A pre-quantized checkpoint (`medllm quantize`) loads as NF4 without an adapter and decodes exactly like the
+// dense checkpoint quantized while loading (--load-in-4bit): both hold the same NF4 bytes.
+TEST_F(GenerateCli, FourBitCheckpointLoadsWithoutAnAdapter) {
+    const fs::path q4 = fs::path(::testing::TempDir()) / "gen_cli_model_nf4";
+    fs::remove_all(q4);
+    auto quantize = run_medllm("quantize --model " + dir().string() + " --output " + q4.string());
+    ASSERT_EQ(quantize.exit_code, 0) << quantize.output;
+    for (const auto& entry : fs::directory_iterator(dir()))  // the tiny tokenizer files, whatever their names
+        if (!fs::exists(q4 / entry.path().filename())) fs::copy_file(entry.path(), q4 / entry.path().filename());
+
+    LoadOptions on_the_fly;
+    on_the_fly.device        = "cpu";
+    on_the_fly.quantize_base = true;
+    LoadOptions prequantized;
+    prequantized.device = "cpu";
+    auto a              = load_model(dir(), on_the_fly);
+    auto b              = load_model(q4, prequantized);
+    // Same NF4 bytes and the same layers on both sides (1e-5 of the logits' scale allows for nothing but
+    // summation order).
+    const auto prompt = a.tokenizer->encode("Hello there, how are you?");
+    medllm::model::ForwardInputs in;
+    in.input_ids = torch::tensor(std::vector<int64_t>(prompt.begin(), prompt.end())).unsqueeze(0);
+    torch::NoGradGuard no_grad;
+    const auto want = a.model->forward(in), got = b.model->forward(in);
+    LoadOptions dense_opts;
+    dense_opts.device = "cpu";
+    const auto dense  = load_model(dir(), dense_opts).model->forward(in);
+    EXPECT_FALSE(at::equal(dense, want));  // the projections really are quantized
+    EXPECT_LE((got - want).abs().max().item<double>(), 1e-5 * want.abs().max().item<double>());
+    GenerateOptions opt;
+    opt.max_new_tokens = 4;
+    EXPECT_EQ(Generator(b.model, b.tokenizer, b.eos_token_ids).generate({prompt}, opt)[0].ids.size(), 4u);
+    fs::remove_all(q4);
+}
+
+}  // namespace
