@@ -184,7 +184,8 @@ TEST_F(GenerateCli, BadInputIsNamedByFileAndLine) {
     fs::remove_all(work);
 }
 
-// `eval igakuqa --model` end to end on one question per section of 2018 with a one-example few-shot file.
+// `eval igakuqa --model` end to end, both modes, on one question per section of 2018 with a one-example few-shot
+// file.
 TEST(EvalWithModel, IgakuqaRunsEndToEnd) {
     const fs::path work = fs::path(::testing::TempDir()) / "gen_eval";
     fs::remove_all(work);
@@ -208,11 +209,13 @@ TEST(EvalWithModel, IgakuqaRunsEndToEnd) {
     const auto run =
         run_medllm("eval igakuqa --data-dir " + data.string() + " --model " + model.string() +
                    " --years 2018 --prompt-format base --prompt-file " + (work / "fewshot.jsonl").string() +
-                   " --max-new-tokens 4 --batch-size 3 --output " + (work / "out").string());
+                   " --max-new-tokens 4 --max-new-tokens-explanation 8 --mode both --batch-size 3 --output " +
+                   (work / "out").string());
     ASSERT_EQ(run.exit_code, 0) << run.output;
     EXPECT_NE(run.output.find("IgakuQA model standard"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find("IgakuQA model explanation"), std::string::npos) << run.output;
     const auto predictions = read_lines(work / "out" / "predictions.jsonl");
-    EXPECT_EQ(static_cast<int>(predictions.size()), sections);
+    EXPECT_EQ(static_cast<int>(predictions.size()), 2 * sections);
     const auto report = nlohmann::json::parse(std::ifstream(work / "out" / "report.json"));
     EXPECT_EQ(report["model"], "model");
     fs::remove_all(work);
