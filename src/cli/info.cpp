@@ -24,9 +24,9 @@ namespace {
 
 struct InfoOptions {
     std::string model;
-    int64_t batch = 1;
-    int64_t seq_len = 2048;
-    int64_t lora_rank = 64;
+    int64_t batch         = 1;
+    int64_t seq_len       = 2048;
+    int64_t lora_rank     = 64;
     bool no_checkpointing = false;
 };
 
@@ -38,8 +38,8 @@ std::string grouped(uint64_t n) {
 
 std::string gib(uint64_t bytes) {  // binary units, scaled so tiny test models still show a number
     const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = static_cast<double>(bytes);
-    int u = 0;
+    double v            = static_cast<double>(bytes);
+    int u               = 0;
     while (v >= 1024.0 && u < 4) v /= 1024.0, ++u;
     char buf[32];
     std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", v, units[u]);
@@ -58,17 +58,39 @@ bool has_checkpoint(const fs::path& dir) {
 }
 
 // Compares checkpoint tensors with the config; returns a description of the first problems ("" if they match).
-std::string check_checkpoint(const io::CheckpointReader& reader, const model::Qwen2Config& config,
-                             std::ostream& out) {
+std::string check_checkpoint(const io::CheckpointReader& reader, const model::Qwen2Config& config, std::ostream& out) {
     std::map<std::string, std::vector<int64_t>> expected;
     for (auto& [name, shape] : model::expected_tensors(config)) expected.emplace(name, shape);
+    const auto all_expected = expected;  // `expected` shrinks as tensors are found
     std::vector<std::string> problems;
     std::map<std::string, uint64_t> dtype_bytes;
     uint64_t params = 0;
     for (const auto& name : reader.names()) {
         const io::TensorInfo& info = reader.info(name);
         dtype_bytes[std::string(io::dtype_name(info.dtype))] += info.nbytes();
+        // 4-bit (bitsandbytes NF4) checkpoints: the weight holds packed codes [(numel+1)/2, 1] and its
+        // statistics sit beside it under the weight's name plus a suffix.
+        const std::string nf4_state = ".quant_state.bitsandbytes__nf4";
+        bool is_nf4_stat            = false;
+        for (const std::string suffix :
+             {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", nf4_state.c_str()}) {
+            if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+                all_expected.count(name.substr(0, name.size() - suffix.size())) &&
+                reader.contains(name.substr(0, name.size() - suffix.size()) + nf4_state))
+                is_nf4_stat = true;
+        }
+        if (is_nf4_stat) continue;
         auto it = expected.find(name);
+        if (it != expected.end() && reader.contains(name + nf4_state)) {
+            int64_t numel = 1;
+            for (int64_t d : it->second) numel *= d;
+            params += static_cast<uint64_t>(numel);
+            if (info.shape != std::vector<int64_t>{(numel + 1) / 2, 1})
+                problems.push_back("4-bit tensor '" + name + "' does not hold " + std::to_string(numel) +
+                                   " packed NF4 values");
+            expected.erase(it);
+            continue;
+        }
         if (it == expected.end()) {
             // Old checkpoints carry rotary inv_freq buffers; they are recomputed, not loaded.
             const std::string inv_freq = ".rotary_emb.inv_freq";
@@ -110,14 +132,14 @@ void run_info(const InfoOptions& opts) {
     std::error_code ec;
     if (!fs::exists(dir, ec)) throw UsageError("--model " + opts.model + ": no such file or directory");
     const fs::path model_dir = fs::is_directory(dir, ec) ? dir : dir.parent_path();
-    const auto config = model::Qwen2Config::from_file(dir);
+    const auto config        = model::Qwen2Config::from_file(dir);
     model::MemoryOptions mem_opts;
-    mem_opts.batch = opts.batch;
-    mem_opts.seq_len = opts.seq_len;
-    mem_opts.lora_rank = opts.lora_rank;
+    mem_opts.batch                    = opts.batch;
+    mem_opts.seq_len                  = opts.seq_len;
+    mem_opts.lora_rank                = opts.lora_rank;
     mem_opts.activation_checkpointing = !opts.no_checkpointing;
-    const auto count = model::count_parameters(config);
-    const auto mem = model::estimate_memory(config, mem_opts);
+    const auto count                  = model::count_parameters(config);
+    const auto mem                    = model::estimate_memory(config, mem_opts);
 
     std::ostream& out = std::cout;
     out << "model " << config.source << "\n";
@@ -153,8 +175,8 @@ void run_info(const InfoOptions& opts) {
         << ", embeddings/norms/biases bf16)\n";
     std::string lora_label = "  LoRA r=" + std::to_string(opts.lora_rank);
     lora_label.resize(std::max<size_t>(lora_label.size() + 1, 27), ' ');
-    out << lora_label << grouped(mem.lora_parameters) << " params, fp32 "
-        << gib(mem.lora_weights) << " + grads/AdamW " << gib(mem.lora_training_state) << "\n";
+    out << lora_label << grouped(mem.lora_parameters) << " params, fp32 " << gib(mem.lora_weights) << " + grads/AdamW "
+        << gib(mem.lora_training_state) << "\n";
     out << "  activations              " << gib(mem.activations) << " (batch " << opts.batch << " x seq "
         << opts.seq_len << ", checkpointing " << (opts.no_checkpointing ? "off" : "per layer") << ", logits "
         << gib(mem.logits) << ")\n";

@@ -68,6 +68,17 @@ TEST(QuantizeCheckpoint, WritesBitsandbytesNf4StateForProjectionsOnly) {
     EXPECT_EQ(cfg["quantization_config"]["bnb_4bit_quant_type"], "nf4");
     EXPECT_EQ(cfg["quantization_config"]["bnb_4bit_use_double_quant"], true);
 
+    // `medllm info` reads the 4-bit checkpoint: logical parameter count, no shape complaints.
+    std::string info_dense, info_nf4;
+    ASSERT_EQ(run("info --model " + kModel.string(), &info_dense), 0) << info_dense;
+    ASSERT_EQ(run("info --model " + out.string(), &info_nf4), 0) << info_nf4;
+    auto params_line = [](const std::string& text) {
+        auto at = text.find("  parameters");
+        return at == std::string::npos ? std::string() : text.substr(at, text.find('\n', at) - at);
+    };
+    EXPECT_FALSE(params_line(info_dense).empty()) << info_dense;
+    EXPECT_EQ(params_line(info_nf4), params_line(info_dense));
+
     // Quantizing twice is refused; so are bad block sizes and a missing model.
     EXPECT_EQ(run("quantize --model " + out.string() + " --output " + out.string() + "-again", &log), 2) << log;
     EXPECT_NE(log.find("already quantized"), std::string::npos) << log;
