@@ -282,13 +282,15 @@ ForwardOutputs Qwen2Model::forward(const ForwardInputs& in) {
     int64_t B = in.input_ids.size(0), S = in.input_ids.size(1);
     int64_t past = in.cache ? in.cache->length() : 0;
     auto device  = embed_tokens->weight.device();
-    auto ids     = in.input_ids.to(device);
-    if (S > 0) {
-        auto lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    // Range-check ids while they are still on the CPU (where callers build them): on a GPU the check would cost a
+    // device sync per decode step. Ids that arrive on the GPU are trusted.
+    if (S > 0 && B > 0 && in.input_ids.device().is_cpu()) {
+        auto lo = in.input_ids.min().item<int64_t>(), hi = in.input_ids.max().item<int64_t>();
         if (lo < 0 || hi >= config.vocab_size)
             throw Error("token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " +
                         std::to_string(config.vocab_size) + ")");
     }
+    auto ids = in.input_ids.to(device);
 
     at::Tensor positions = in.position_ids;
     if (!positions.defined()) {
