@@ -160,6 +160,11 @@ void CheckpointWriter::add(const std::string& name, const at::Tensor& tensor) {
 
 void CheckpointWriter::flush_shard() {
     if (pending_.empty()) return;
+    write_shard();
+}
+
+// Writes the pending tensors (possibly none) as the next temporary shard.
+void CheckpointWriter::write_shard() {
     const fs::path tmp = dir_ / ("." + prefix_ + "-shard-" + std::to_string(temp_shards_.size()) + ".safetensors");
     temp_shards_.push_back(tmp);
     save_file(tmp, pending_, metadata_);
@@ -174,13 +179,7 @@ std::vector<fs::path> CheckpointWriter::finish() {
     if (finished_) throw Error(dir_.string() + ": checkpoint writer already finished");
     if (!pending_.empty() || temp_shards_.empty()) {
         // An empty checkpoint still gets a (tensor-less) file so readers find something valid.
-        const fs::path tmp = dir_ / ("." + prefix_ + "-shard-" + std::to_string(temp_shards_.size()) + ".safetensors");
-        temp_shards_.push_back(tmp);
-        save_file(tmp, pending_, metadata_);
-        std::vector<std::string> names;
-        for (const auto& p : pending_) names.push_back(p.first);
-        shard_names_.push_back(std::move(names));
-        pending_.clear();
+        write_shard();
     }
     const size_t n = temp_shards_.size();
     const fs::path index_path = dir_ / (prefix_ + ".safetensors.index.json");

@@ -146,6 +146,7 @@ public:
 
 private:
     void flush_shard();
+    void write_shard();
 
     std::filesystem::path dir_;
     uint64_t max_shard_bytes_;
