@@ -18,15 +18,6 @@ using namespace medllm::io;
 
 namespace {
 
-// libtorch.so exports its own (older) std::filesystem::remove_all, which the dynamic linker binds first and which
-// crashes; remove trees with directory_iterator + remove instead.
-void remove_tree(const fs::path& p) {
-    std::error_code ec;
-    if (fs::is_directory(fs::symlink_status(p, ec)))
-        for (const auto& e : fs::directory_iterator(p, ec)) remove_tree(e.path());
-    fs::remove(p, ec);
-}
-
 const fs::path kFixtures = fs::path(MEDLLM_FIXTURES_DIR) / "io";
 
 std::string read_bytes(const fs::path& p) {
@@ -58,7 +49,8 @@ public:
         path_ = ::mkdtemp(tmpl);
     }
     ~TempDir() {
-        remove_tree(path_);
+        std::error_code ignored;  // a destructor must not throw
+        fs::remove_all(path_, ignored);
     }
     const fs::path& path() const { return path_; }
 

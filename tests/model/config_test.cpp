@@ -13,15 +13,6 @@ using medllm::model::Qwen2Config;
 
 namespace {
 
-// libtorch.so exports its own (older) std::filesystem::remove_all, which the dynamic linker binds first and which
-// crashes; remove trees with directory_iterator + remove instead.
-void remove_tree(const fs::path& p) {
-    std::error_code ec;
-    if (fs::is_directory(fs::symlink_status(p, ec)))
-        for (const auto& e : fs::directory_iterator(p, ec)) remove_tree(e.path());
-    fs::remove(p, ec);
-}
-
 const fs::path kModels = fs::path(MEDLLM_FIXTURES_DIR).parent_path().parent_path() / "configs" / "models";
 
 nlohmann::json base() {
@@ -178,5 +169,5 @@ TEST(Qwen2Config, UnreadableFilesAreRuntimeErrors) {
         EXPECT_NE(std::string(e.what()).find((dir / "config.json").string()), std::string::npos) << e.what();
     }
     EXPECT_THROW(Qwen2Config::from_file(dir / "missing.json"), medllm::Error);
-    remove_tree(dir);
+    fs::remove_all(dir);
 }

@@ -18,15 +18,6 @@ using namespace medllm::model;
 
 namespace {
 
-// libtorch.so exports its own (older) std::filesystem::remove_all, which the dynamic linker binds first and which
-// crashes; remove trees with directory_iterator + remove instead.
-void remove_tree(const fs::path& p) {
-    std::error_code ec;
-    if (fs::is_directory(fs::symlink_status(p, ec)))
-        for (const auto& e : fs::directory_iterator(p, ec)) remove_tree(e.path());
-    fs::remove(p, ec);
-}
-
 const fs::path kRepo = fs::path(MEDLLM_FIXTURES_DIR).parent_path().parent_path();
 
 Qwen2Config published(const std::string& size) {
@@ -141,7 +132,7 @@ TEST(MedllmInfo, WorksOnEveryPublishedConfigAndOnACheckpoint) {
 
     // A config that disagrees with the tensors: exit 1 and say which tensor.
     const fs::path bad = fs::temp_directory_path() / "medllm_info_mismatch";
-    remove_tree(bad);
+    fs::remove_all(bad);
     fs::create_directories(bad);
     for (const auto& e : fs::directory_iterator(ckpt)) fs::copy_file(e.path(), bad / e.path().filename());
     auto cfg = nlohmann::json::parse(std::ifstream(ckpt / "config.json"));
@@ -150,7 +141,7 @@ TEST(MedllmInfo, WorksOnEveryPublishedConfigAndOnACheckpoint) {
     const auto m = run("info --model " + bad.string());
     EXPECT_EQ(m.rc, 1) << m.out;
     EXPECT_NE(m.out.find("mlp.down_proj.weight"), std::string::npos) << m.out;
-    remove_tree(bad);
+    fs::remove_all(bad);
 
     const auto usage = run("info --model /nonexistent/dir");
     EXPECT_EQ(usage.rc, 2) << usage.out;
