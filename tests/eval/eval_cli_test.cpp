@@ -1,6 +1,8 @@
 // `medllm eval igakuqa` through the built binary: scoring saved predictions, and the exit codes of bad
 // arguments.
 #include <gtest/gtest.h>
+
+#include "support/run_medllm.h"
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -14,23 +16,6 @@ namespace {
 namespace fs = std::filesystem;
 
 const std::string kData = std::string(MEDLLM_SHARED_DIR) + "/igakuqa_data";
-
-struct CliRun {
-    int exit_code = -1;
-    std::string output;  // stdout and stderr
-};
-
-CliRun run_medllm(const std::string& args) {
-    CliRun run;
-    const std::string command = std::string(MEDLLM_BINARY) + " " + args + " 2>&1";
-    FILE* pipe                = popen(command.c_str(), "r");
-    if (!pipe) return run;
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, pipe)) run.output.append(buf, n);
-    const int status = pclose(pipe);
-    run.exit_code    = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return run;
-}
 
 TEST(EvalIgakuqaCli, ScoresTheChatGptBaselineFolder) {
     const fs::path out = fs::path(testing::TempDir()) / "igakuqa_cli_chatgpt";

@@ -2,6 +2,8 @@
 // tiny byte-level tokenizer (tests/generate/generate_test_util.h). Outputs are checked against the library run on
 // the same prompts and options.
 #include <gtest/gtest.h>
+
+#include "support/run_medllm.h"
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -17,24 +19,6 @@ namespace {
 namespace fs = std::filesystem;
 namespace gt = medllm::generate::testing;
 using namespace medllm::generate;
-
-struct CliRun {
-    int exit_code = -1;
-    std::string output;
-};
-
-// Runs the binary; `stderr_too` merges stderr into the captured output (else it is dropped).
-CliRun run_medllm(const std::string& args, bool stderr_too = true) {
-    CliRun run;
-    const std::string command = std::string(MEDLLM_BINARY) + " " + args + (stderr_too ? " 2>&1" : " 2>/dev/null");
-    FILE* pipe                = popen(command.c_str(), "r");
-    if (!pipe) return run;
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, pipe)) run.output.append(buf, n);
-    const int status = pclose(pipe);
-    run.exit_code    = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return run;
-}
 
 std::vector<std::string> read_lines(const fs::path& path) {
     std::ifstream in(path);

@@ -9,6 +9,8 @@
 #include <map>
 
 #include <gtest/gtest.h>
+
+#include "support/run_medllm.h"
 #include <nlohmann/json.hpp>
 
 #include "medllm/io/safetensors.h"
@@ -22,14 +24,9 @@ using namespace medllm;
 namespace {
 
 int run(const std::string& args, std::string* out = nullptr) {
-    std::string cmd = std::string(MEDLLM_BINARY) + " " + args + " 2>&1 </dev/null";
-    FILE* pipe      = popen(cmd.c_str(), "r");
-    std::string text;
-    std::array<char, 4096> buf;
-    while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) text.append(buf.data(), n);
-    int status = pclose(pipe);
-    if (out) *out = text;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    CliRun r = run_medllm(args);
+    if (out) *out = r.output;
+    return r.exit_code;
 }
 
 const fs::path kModel = fs::path(MEDLLM_FIXTURES_DIR) / "model" / "qwen2-tiny-untied";
