@@ -1,88 +1,175 @@
-// NF4 kernel benchmark (used by scripts/bench-nf4.sh on a GPU machine). Prints one line per measurement:
-//   copy       device-to-device copy bandwidth (the reference for dequantize)
-//   dequant    NF4 (+double quantization) -> bf16, GB/s over bytes read + written, and % of copy bandwidth
-//   gemv       fused dequantize-GEMV, rows 1 and 4, time vs the bandwidth bound (weight bytes / copy bandwidth)
-//   linear     training-size nf4_linear (workspace dequantize + cuBLAS) vs bf16 at::linear
-//   memory     NF4+DQ bytes of a Qwen2.5-72B-shaped model (all 80 x 7 linears) vs bf16
-//   bench_nf4 [ITERS]
+// NF4 / QLoRA benchmark on Qwen2.5-7B-shaped projections, on CUDA or CPU. scripts/bench-nf4.sh runs it together
+// with the same measurements through bitsandbytes + PEFT and prints the comparison; this program prints one
+// tab-separated row per measurement:
+//   medllm <metric> <shape> <milliseconds> <bytes moved or 0>
+// metrics:
+//   copy      device-to-device copy of 1 GiB (bytes read + written): the bandwidth reference
+//   dequant   NF4 + double quantization -> bf16 (bytes = packed + statistics read, bf16 written)
+//   gemv1/4   nf4_linear for 1 and 4 rows (the fused dequantize-GEMV on CUDA; bytes = weight + activations)
+//   linear    nf4_linear at TOKENS rows, inference (workspace dequantize + GEMM)
+//   dense     at::linear on the bf16 weight at TOKENS rows
+//   qlora_fb  QLoraLinear forward + backward at TOKENS rows, rank RANK (frozen NF4 base, fp32 adapters)
+//   lora_fb   LoraLinear over the bf16 weight, forward + backward, same rank
+//   mem72b    bytes of a Qwen2.5-72B-shaped model held in NF4 + double quantization (see measure_72b_memory)
+//
+//   bench_nf4 cpu|cuda ITERS TOKENS RANK
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
 
 #include <torch/torch.h>
 
+#ifdef MEDLLM_HAVE_CUDA_KERNELS
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+#include "medllm/model/qwen2.h"
+#include "medllm/peft/lora.h"
 #include "medllm/quant/nf4.h"
 
 using medllm::quant::Nf4Tensor;
 
 namespace {
 
-double time_ms(const std::function<void()>& fn, int iters) {
-    fn();
-    torch::cuda::synchronize();
-    const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < iters; ++i) fn();
-    torch::cuda::synchronize();
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / iters;
-}
-
 struct Shape {
     const char* name;
     int64_t out, in;
 };
 
+// Qwen2.5-7B: hidden 3584, intermediate 18944, 28 heads / 4 KV heads of 128.
+const Shape kShapes[] = {{"q_o_3584x3584", 3584, 3584},
+                         {"k_v_512x3584", 512, 3584},
+                         {"gate_up_18944x3584", 18944, 3584},
+                         {"down_3584x18944", 3584, 18944}};
+
+void sync(const torch::Device& device) {
+    if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+double time_ms(const torch::Device& device, const std::function<void()>& fn, int iters) {
+    fn();  // warm-up: allocator, cuBLAS handles, workspaces
+    sync(device);
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) fn();
+    sync(device);
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / iters;
+}
+
+void row(const char* metric, const std::string& shape, double ms, double bytes) {
+    std::printf("medllm\t%s\t%s\t%.6f\t%.0f\n", metric, shape.c_str(), ms, bytes);
+    std::fflush(stdout);
+}
+
+// The NF4 + DQ bytes of all 80 layers' seven projections of a Qwen2.5-72B-shaped model, plus the bf16
+// embeddings, lm_head, norms and q/k/v biases that QLoRA keeps unquantized. On CUDA every projection is really
+// quantized and kept on the device, and the figure is the allocator's count of live bytes; on CPU one layer is
+// quantized and its bytes are multiplied by 80 (all layers have the same shapes).
+double measure_72b_memory(const torch::Device& device) {
+    const int64_t hidden = 8192, inter = 29568, kv = 8 * 128, layers = 80, vocab = 152064;
+    const Shape projections[] = {{"q", hidden, hidden},   {"k", kv, hidden},    {"v", kv, hidden},
+                                 {"o", hidden, hidden},   {"gate", inter, hidden}, {"up", inter, hidden},
+                                 {"down", hidden, inter}};
+    const double unquantized = 2.0 * (2.0 * vocab * hidden + layers * (2.0 * hidden + hidden + 2.0 * kv) + hidden);
+    const auto options       = torch::TensorOptions(device).dtype(torch::kBFloat16);
+    auto quantize_layer      = [&](std::vector<Nf4Tensor>& keep) {
+        for (const auto& p : projections) {
+            keep.push_back(medllm::quant::nf4_quantize(torch::randn({p.out, p.in}, options) * 0.02, 64, true));
+        }
+    };
+#ifdef MEDLLM_HAVE_CUDA_KERNELS
+    if (device.is_cuda()) {
+        using c10::cuda::CUDACachingAllocator::getDeviceStats;
+        torch::cuda::synchronize();
+        c10::cuda::CUDACachingAllocator::emptyCache();
+        const auto before = getDeviceStats(device.index()).allocated_bytes[0].current;
+        std::vector<Nf4Tensor> keep;
+        for (int64_t layer = 0; layer < layers; ++layer) quantize_layer(keep);
+        torch::cuda::synchronize();
+        const auto after = getDeviceStats(device.index()).allocated_bytes[0].current;
+        return double(after - before) + unquantized;
+    }
+#endif
+    std::vector<Nf4Tensor> keep;
+    quantize_layer(keep);
+    double per_layer = 0;
+    for (const auto& w : keep) per_layer += double(w.nbytes());
+    return per_layer * layers + unquantized;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    const int iters = argc > 1 ? std::atoi(argv[1]) : 50;
-    if (!torch::cuda::is_available() || !medllm::quant::nf4_cuda_kernels_available()) {
-        std::fprintf(stderr, "bench_nf4: needs a CUDA device and a build with CUDA kernels\n");
+    if (argc != 5) {
+        std::fprintf(stderr, "usage: %s cpu|cuda ITERS TOKENS RANK\n", argv[0]);
         return 2;
     }
-    const torch::Device cuda(torch::kCUDA, 0);
-    const torch::NoGradGuard no_grad;
+    const std::string device_name = argv[1];
+    const int iters               = std::max(1, std::atoi(argv[2]));
+    const int64_t tokens          = std::max(1, std::atoi(argv[3]));
+    const int64_t rank            = std::max(1, std::atoi(argv[4]));
+    if (device_name != "cpu" && device_name != "cuda") {
+        std::fprintf(stderr, "bench_nf4: device must be cpu or cuda, got '%s'\n", device_name.c_str());
+        return 2;
+    }
+    if (device_name == "cuda" && (!torch::cuda::is_available() || !medllm::quant::nf4_cuda_kernels_available())) {
+        std::fprintf(stderr, "bench_nf4: cuda needs a CUDA device and a build with the CUDA kernels\n");
+        return 2;
+    }
+    const torch::Device device = device_name == "cuda" ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+    const auto bf16            = torch::TensorOptions(device).dtype(torch::kBFloat16);
+    const int heavy_iters      = std::max(1, iters / 5);
+    torch::manual_seed(0);
 
-    // Device-to-device copy of 1 GiB: bandwidth counts bytes read + written.
-    const auto src  = torch::empty({int64_t(1) << 30}, torch::TensorOptions(cuda).dtype(torch::kUInt8));
-    auto dst        = torch::empty_like(src);
-    const double ms = time_ms([&] { dst.copy_(src); }, iters);
-    const double copy_gbs = 2.0 * src.numel() / (ms * 1e6);
-    std::printf("copy     1 GiB d2d                      %8.3f ms  %8.1f GB/s\n", ms, copy_gbs);
-
-    const Shape shapes[] = {{"q/o 3584x3584", 3584, 3584}, {"k/v 512x3584", 512, 3584},
-                            {"gate/up 18944x3584", 18944, 3584}, {"down 3584x18944", 3584, 18944}};
-    for (const auto& s : shapes) {
-        const auto weight = torch::randn({s.out, s.in}, torch::TensorOptions(cuda).dtype(torch::kBFloat16)) * 0.02;
-        const Nf4Tensor w = medllm::quant::nf4_quantize(weight, 64, true);
-        const double n    = double(s.out) * s.in;
-        const double read = double(w.nbytes());
-        const double dq_ms = time_ms([&] { (void)medllm::quant::nf4_dequantize(w, torch::kBFloat16); }, iters);
-        const double dq_gbs = (read + 2.0 * n) / (dq_ms * 1e6);
-        std::printf("dequant  %-22s NF4+DQ->bf16 %8.3f ms  %8.1f GB/s  %5.1f%% of copy\n", s.name, dq_ms, dq_gbs,
-                    100.0 * dq_gbs / copy_gbs);
-        for (int64_t rows : {1, 4}) {
-            const auto x     = torch::randn({rows, s.in}, weight.options());
-            const double gms = time_ms([&] { (void)medllm::quant::nf4_linear(x, w); }, iters);
-            const double bound_ms = (read + 2.0 * rows * (s.in + s.out)) / (copy_gbs * 1e6);
-            const double dense_ms = time_ms([&] { (void)torch::linear(x, weight); }, iters);
-            std::printf("gemv     %-22s rows=%lld     %8.4f ms  bound %8.4f ms (%5.1f%%)  bf16 linear %8.4f ms\n",
-                        s.name, static_cast<long long>(rows), gms, bound_ms, 100.0 * bound_ms / gms, dense_ms);
-        }
-        const auto xt        = torch::randn({4096, s.in}, weight.options());
-        const double lin_ms  = time_ms([&] { (void)medllm::quant::nf4_linear(xt, w); }, iters / 5 + 1);
-        const double bf16_ms = time_ms([&] { (void)torch::linear(xt, weight); }, iters / 5 + 1);
-        std::printf("linear   %-22s tokens=4096   %8.3f ms  bf16 linear %8.3f ms  (x%.2f)\n", s.name, lin_ms, bf16_ms,
-                    lin_ms / bf16_ms);
+    {
+        const torch::NoGradGuard no_grad;
+        const auto src = torch::empty({int64_t(1) << 30}, torch::TensorOptions(device).dtype(torch::kUInt8)).fill_(1);
+        auto dst       = torch::empty_like(src);
+        row("copy", "1GiB", time_ms(device, [&] { dst.copy_(src); }, iters), 2.0 * src.numel());
     }
 
-    // Qwen2.5-72B: hidden 8192, intermediate 29568, 64 heads / 8 KV heads of 128, 80 layers.
-    const double h = 8192, inter = 29568, kv = 8 * 128, layers = 80;
-    const double per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter;
-    const double params    = per_layer * layers;
-    const double blocks    = params / 64;
-    const double nf4_bytes = params / 2 + blocks + (blocks / 256) * 4;  // nibbles + uint8 absmax + fp32 absmax2
-    std::printf("memory   Qwen2.5-72B linears %.2fB params: bf16 %.1f GiB, NF4+DQ %.1f GiB (%.3f bit/param)\n",
-                params / 1e9, params * 2 / (1 << 30), nf4_bytes / (1 << 30), nf4_bytes * 8 / params);
+    for (const auto& s : kShapes) {
+        const auto weight = torch::randn({s.out, s.in}, bf16) * 0.02;
+        const Nf4Tensor w = medllm::quant::nf4_quantize(weight, 64, true);
+        const double n    = double(s.out) * s.in;
+        {
+            const torch::NoGradGuard no_grad;
+            row("dequant", s.name, time_ms(device, [&] { (void)medllm::quant::nf4_dequantize(w); }, iters),
+                double(w.nbytes()) + 2.0 * n);
+            for (int64_t rows : {1, 4}) {
+                const auto x = torch::randn({rows, s.in}, bf16);
+                row(rows == 1 ? "gemv1" : "gemv4", s.name,
+                    time_ms(device, [&] { (void)medllm::quant::nf4_linear(x, w); }, iters),
+                    double(w.nbytes()) + 2.0 * rows * (s.in + s.out));
+            }
+            const auto xt = torch::randn({tokens, s.in}, bf16);
+            row("linear", s.name, time_ms(device, [&] { (void)medllm::quant::nf4_linear(xt, w); }, heavy_iters), 0);
+            row("dense", s.name, time_ms(device, [&] { (void)torch::linear(xt, weight); }, heavy_iters), 0);
+        }
+
+        // Training: LoRA rank `rank`, alpha 16 (QLoRA's setting), fp32 adapters; B is made non-zero so that the
+        // adapter path does real work in backward.
+        const double scaling = 16.0 / double(rank);
+        const auto x         = torch::randn({tokens, s.in}, bf16).requires_grad_(true);
+        const auto grad_out  = torch::randn({tokens, s.out}, bf16);
+        medllm::peft::QLoraLinear qlora(w, at::Tensor(), rank, scaling, 0.0);
+        medllm::model::DenseLinear dense(s.in, s.out, false, bf16);
+        {
+            const torch::NoGradGuard no_grad;
+            dense.weight.copy_(weight);
+            qlora.lora_B->weight.normal_(0, 0.01);
+        }
+        medllm::peft::LoraLinear lora(dense, rank, scaling, 0.0);
+        {
+            const torch::NoGradGuard no_grad;
+            lora.lora_A->weight.copy_(qlora.lora_A->weight);
+            lora.lora_B->weight.copy_(qlora.lora_B->weight);
+        }
+        row("qlora_fb", s.name, time_ms(device, [&] { qlora.forward(x).backward(grad_out); }, heavy_iters), 0);
+        row("lora_fb", s.name, time_ms(device, [&] { lora.forward(x).backward(grad_out); }, heavy_iters), 0);
+    }
+
+    row("mem72b", "Qwen2.5-72B", 0, measure_72b_memory(device));
     return 0;
 }

@@ -218,10 +218,9 @@ struct QLoraFunction : public torch::autograd::Function<QLoraFunction> {
         at::Tensor g = grad_out[0].reshape({-1, out});
         at::Tensor grad_x, grad_xl, grad_bias, grad_A, grad_B;
         if (ctx->needs_input_grad(0)) {
-            // A fresh dequantization (bitsandbytes' order: to the stored dtype, then to the gradient's dtype).
-            at::Tensor W = quant::nf4_dequantize(w);
-            if (W.scalar_type() != g.scalar_type()) W = W.to(g.scalar_type());
-            grad_x = at::mm(g, W).view(ctx->saved_data["x_shape"].toIntVector());
+            // Dequantized afresh into the reused workspace (bitsandbytes' order: to the stored dtype, then to the
+            // gradient's dtype); nothing dense survives the call.
+            grad_x = quant::nf4_linear_input_grad(g, w).view(ctx->saved_data["x_shape"].toIntVector());
             grad_x = grad_x.to(static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
         }
         if (ctx->needs_input_grad(2))

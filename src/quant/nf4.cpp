@@ -1,13 +1,23 @@
 // Tensor-level NF4 API: validation, CPU reference wrappers, and dispatch to the CUDA kernels.
 #include "medllm/quant/nf4.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
+#include <algorithm>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 
 #include "medllm/core/error.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #ifdef MEDLLM_HAVE_CUDA_KERNELS
 #include <c10/cuda/CUDAStream.h>
@@ -58,21 +68,129 @@ void double_quantize(Nf4Tensor& w, const at::Tensor& absmax_cpu) {
     w.nested_quant_map = code_tensor(dynamic_map().data(), 256);
 }
 
-#ifdef MEDLLM_HAVE_CUDA_KERNELS
-// Reused dequantization buffers for the training-size path, one per (device, dtype, stream): the next call on the
-// same stream may overwrite it only after the previous matmul has consumed it, which stream order guarantees.
-at::Tensor workspace_for(const at::Tensor& like, int64_t numel) {
-    static std::mutex mutex;
-    static std::map<std::tuple<int, int, int64_t>, at::Tensor> buffers;
-    const int64_t stream_id = static_cast<int64_t>(c10::cuda::getCurrentCUDAStream(like.device().index()).id());
-    const auto key = std::make_tuple(static_cast<int>(like.device().index()), static_cast<int>(like.scalar_type()),
-                                     stream_id);
-    const std::lock_guard<std::mutex> lock(mutex);
-    at::Tensor& buffer = buffers[key];
-    if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, like.options());
-    return buffer.narrow(0, 0, numel);
+// CPU quantization, parallel over runs of whole blocks: each run is an independent call of the reference on its own
+// bytes (blocks hold at least 32 elements, so a run starts on a byte boundary), and only the last run holds the
+// partial tail block, exactly as one call over the whole tensor would.
+void quantize_cpu(const float* x, int64_t n, int64_t blocksize, uint8_t* packed, float* absmax) {
+    const int64_t n_blocks = (n + blocksize - 1) / blocksize;
+    const int64_t grain    = std::max<int64_t>(1, (int64_t(1) << 16) / blocksize);
+    at::parallel_for(0, n_blocks, grain, [&](int64_t b0, int64_t b1) {
+        const int64_t start = b0 * blocksize;
+        const int64_t end   = std::min(b1 * blocksize, n);
+        ref::nf4_quantize(x + start, end - start, blocksize, packed + start / 2, absmax + b0);
+    });
+}
+
+#if defined(__x86_64__)
+// Expands whole 16-byte runs of packed codes (32 values) into 16-bit values with two byte shuffles per half:
+// the block's 16 possible outputs are split into a table of low bytes and one of high bytes, indexed by nibble.
+__attribute__((target("ssse3"))) void expand_16bit_ssse3(const uint8_t* packed, int64_t n_bytes,
+                                                         const uint16_t* lut, uint16_t* out) {
+    alignas(16) uint8_t low[16], high[16];
+    for (int k = 0; k < 16; ++k) {
+        low[k]  = static_cast<uint8_t>(lut[k] & 0xFF);
+        high[k] = static_cast<uint8_t>(lut[k] >> 8);
+    }
+    const __m128i low_table  = _mm_load_si128(reinterpret_cast<const __m128i*>(low));
+    const __m128i high_table = _mm_load_si128(reinterpret_cast<const __m128i*>(high));
+    const __m128i nibble     = _mm_set1_epi8(0x0F);
+    for (int64_t j = 0; j < n_bytes; j += 16, out += 32) {
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + j));
+        const __m128i first = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble);  // element 2k: the high nibble
+        const __m128i second = _mm_and_si128(bytes, nibble);
+        const __m128i codes[2] = {_mm_unpacklo_epi8(first, second), _mm_unpackhi_epi8(first, second)};
+        for (int half = 0; half < 2; ++half) {
+            const __m128i lo = _mm_shuffle_epi8(low_table, codes[half]);
+            const __m128i hi = _mm_shuffle_epi8(high_table, codes[half]);
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * half), _mm_unpacklo_epi8(lo, hi));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * half + 8), _mm_unpackhi_epi8(lo, hi));
+        }
+    }
+}
+
+bool has_ssse3() {
+    static const bool supported = __builtin_cpu_supports("ssse3");
+    return supported;
 }
 #endif
+
+// CPU dequantization straight into the target dtype, parallel over blocks. Each value is code * absmax in fp32,
+// then one rounding to the target, which is what the reference (fp32 result, then a cast) produces; the block's
+// 16 possible outputs are computed once and the codes only select among them.
+template <typename Out>
+void dequantize_cpu(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, Out* out) {
+    const auto& code       = nf4_code();
+    const int64_t n_blocks = (n + blocksize - 1) / blocksize;
+    const int64_t grain    = std::max<int64_t>(1, (int64_t(1) << 16) / blocksize);
+    at::parallel_for(0, n_blocks, grain, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+            const float scale = absmax[b];
+            Out lut[16];
+            if constexpr (std::is_same_v<Out, c10::BFloat16>) {
+                // Round to nearest even without c10's NaN branch (absmax and the code are finite), so the 16
+                // conversions vectorise; same bits as static_cast<c10::BFloat16> for every finite value.
+                uint32_t bits[16];
+                for (int k = 0; k < 16; ++k) {
+                    const float value = code[k] * scale;
+                    uint32_t u;
+                    std::memcpy(&u, &value, sizeof(u));
+                    bits[k] = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+                }
+                for (int k = 0; k < 16; ++k) lut[k].x = static_cast<uint16_t>(bits[k]);
+            } else {
+                for (int k = 0; k < 16; ++k) lut[k] = static_cast<Out>(code[k] * scale);
+            }
+            const int64_t start = b * blocksize;
+            const int64_t end   = std::min(start + blocksize, n);
+            int64_t i           = start;  // even: blocks hold at least 32 values
+#if defined(__x86_64__)
+            if constexpr (sizeof(Out) == 2) {
+                if (has_ssse3()) {
+                    const int64_t whole = (end - start) / 32 * 32;
+                    uint16_t bits[16];
+                    std::memcpy(bits, lut, sizeof(bits));
+                    expand_16bit_ssse3(packed + start / 2, whole / 2, bits, reinterpret_cast<uint16_t*>(out + start));
+                    i += whole;
+                }
+            }
+#endif
+            for (; i + 1 < end; i += 2) {
+                const uint8_t byte = packed[i / 2];
+                out[i]             = lut[byte >> 4];
+                out[i + 1]         = lut[byte & 0x0F];
+            }
+            if (i < end) out[i] = lut[packed[i / 2] >> 4];
+        }
+    });
+}
+
+// Reused dequantization buffers for the paths that never hand the dense weight out (inference linears and the
+// input gradient), so large weights are not re-allocated (and, on the CPU, re-faulted) on every call.
+// CUDA: one per (device, dtype, stream); the next call on the same stream may overwrite it only after the previous
+// GEMM has consumed it, which stream order guarantees. CPU: one per thread and dtype (the GEMM has finished when
+// the call returns).
+at::Tensor workspace_for(at::Device device, at::ScalarType dtype, int64_t numel) {
+    const auto options = at::TensorOptions().device(device).dtype(dtype);
+#ifdef MEDLLM_HAVE_CUDA_KERNELS
+    if (device.is_cuda()) {
+        static std::mutex mutex;
+        static std::map<std::tuple<int, int, int64_t>, at::Tensor> buffers;
+        const int64_t stream_id = static_cast<int64_t>(c10::cuda::getCurrentCUDAStream(device.index()).id());
+        const auto key = std::make_tuple(static_cast<int>(device.index()), static_cast<int>(dtype), stream_id);
+        const std::lock_guard<std::mutex> lock(mutex);
+        at::Tensor& buffer = buffers[key];
+        if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, options);
+        return buffer.narrow(0, 0, numel);
+    }
+#endif
+    thread_local std::map<int, at::Tensor> buffers;
+    at::Tensor& buffer = buffers[static_cast<int>(dtype)];
+    if (!buffer.defined() || buffer.numel() < numel) {
+        buffer = at::Tensor();  // free the smaller one first
+        buffer = at::empty({numel}, options);
+    }
+    return buffer.narrow(0, 0, numel);
+}
 
 }  // namespace
 
@@ -179,7 +297,7 @@ Nf4Tensor nf4_quantize(const at::Tensor& weight, int64_t blocksize, bool double_
         const at::Tensor x = weight.detach().to(at::kCPU).contiguous().to(at::kFloat);
         w.packed           = at::empty({(n + 1) / 2, 1}, at::TensorOptions().dtype(at::kByte));
         absmax_f32         = at::empty({(n + blocksize - 1) / blocksize}, at::TensorOptions().dtype(at::kFloat));
-        ref::nf4_quantize(x.data_ptr<float>(), n, blocksize, w.packed.data_ptr<uint8_t>(), absmax_f32.data_ptr<float>());
+        quantize_cpu(x.data_ptr<float>(), n, blocksize, w.packed.data_ptr<uint8_t>(), absmax_f32.data_ptr<float>());
     }
     w.quant_map = code_tensor(nf4_code().data(), 16).to(weight.device());
     if (double_quant) {
@@ -212,6 +330,45 @@ at::Tensor nf4_absmax(const Nf4Tensor& w) {
     return out.to(w.device());
 }
 
+namespace {
+
+// Dequantizes `w` into `out` (contiguous, w.numel() elements of a float dtype, on w's device).
+void dequantize_into(const Nf4Tensor& w, const at::Tensor& out) {
+    const at::NoGradGuard no_grad;
+    if (w.device().is_cuda()) {
+        require_cuda_kernels("nf4_dequantize");
+#ifdef MEDLLM_HAVE_CUDA_KERNELS
+        kernels::nf4_dequantize_cuda(w.packed.contiguous(), w.absmax.contiguous(),
+                                     w.nested ? w.nested_absmax.contiguous() : at::Tensor(),
+                                     w.nested ? w.nested_quant_map.contiguous() : at::Tensor(), w.offset,
+                                     w.nested_blocksize, w.numel(), w.blocksize, out);
+        return;
+#endif
+    }
+    const at::Tensor absmax = nf4_absmax(w).contiguous();
+    const at::Tensor packed = w.packed.contiguous();
+    const uint8_t* bytes    = packed.data_ptr<uint8_t>();
+    const float* scales     = absmax.data_ptr<float>();
+    switch (out.scalar_type()) {
+        case at::kFloat: dequantize_cpu(bytes, scales, w.numel(), w.blocksize, out.data_ptr<float>()); break;
+        case at::kBFloat16: dequantize_cpu(bytes, scales, w.numel(), w.blocksize, out.data_ptr<c10::BFloat16>()); break;
+        default: dequantize_cpu(bytes, scales, w.numel(), w.blocksize, out.data_ptr<c10::Half>()); break;
+    }
+}
+
+// dequant(W) as a [out, in] tensor of `compute` dtype that lives in the reused workspace: valid until the next
+// call on this thread (CPU) or stream (CUDA). bitsandbytes' order when the compute dtype differs from the stored
+// one: dequantize to the stored dtype, then cast (into a fresh tensor).
+at::Tensor scratch_weight(const Nf4Tensor& w, at::ScalarType compute) {
+    w.validate("nf4 weight");
+    at::Tensor dense = workspace_for(w.device(), w.dtype, w.numel());
+    dequantize_into(w, dense);
+    dense = dense.view(w.shape);
+    return w.dtype == compute ? dense : dense.to(compute);
+}
+
+}  // namespace
+
 at::Tensor nf4_dequantize(const Nf4Tensor& w, std::optional<at::ScalarType> dtype) {
     w.validate();
     const at::ScalarType target = dtype.value_or(w.dtype);
@@ -219,23 +376,9 @@ at::Tensor nf4_dequantize(const Nf4Tensor& w, std::optional<at::ScalarType> dtyp
         throw UsageError(std::string("nf4_dequantize: target dtype must be float32/bfloat16/float16, got ") +
                          c10::toString(target));
     }
-    const at::NoGradGuard no_grad;
-    if (w.device().is_cuda()) {
-        require_cuda_kernels("nf4_dequantize");
-#ifdef MEDLLM_HAVE_CUDA_KERNELS
-        at::Tensor out = at::empty(w.shape, w.packed.options().dtype(target));
-        return kernels::nf4_dequantize_cuda(w.packed.contiguous(), w.absmax.contiguous(),
-                                            w.nested ? w.nested_absmax.contiguous() : at::Tensor(),
-                                            w.nested ? w.nested_quant_map.contiguous() : at::Tensor(), w.offset,
-                                            w.nested_blocksize, w.numel(), w.blocksize, out);
-#endif
-    }
-    const at::Tensor absmax = nf4_absmax(w).cpu().contiguous();
-    const at::Tensor packed = w.packed.cpu().contiguous();
-    at::Tensor out          = at::empty(w.shape, at::TensorOptions().dtype(at::kFloat));
-    ref::nf4_dequantize(packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(), w.numel(), w.blocksize,
-                        out.data_ptr<float>());
-    return out.to(target).to(w.device());
+    at::Tensor out = at::empty(w.shape, w.packed.options().dtype(target));
+    dequantize_into(w, out);
+    return out;
 }
 
 at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::optional<at::Tensor>& bias) {
@@ -257,10 +400,17 @@ at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::option
                     std::to_string(out_features));
     }
     const at::Tensor bias_cast = (bias && bias->defined()) ? bias->to(x.scalar_type()) : at::Tensor();
-#ifdef MEDLLM_HAVE_CUDA_KERNELS
     const bool needs_grad =
         at::GradMode::is_enabled() && (x.requires_grad() || (bias_cast.defined() && bias_cast.requires_grad()));
-    if (x.is_cuda() && !needs_grad) {
+    if (needs_grad) {
+        // Autograd keeps the weight for backward, so it gets its own fresh dequantized copy (bitsandbytes' order:
+        // dequantize to the stored dtype, then cast to the compute dtype).
+        at::Tensor weight = nf4_dequantize(w);
+        if (weight.scalar_type() != x.scalar_type()) weight = weight.to(x.scalar_type());
+        return at::linear(x, weight, bias_cast);
+    }
+#ifdef MEDLLM_HAVE_CUDA_KERNELS
+    if (x.is_cuda()) {
         w.validate("nf4_linear weight");
         const at::Tensor rows = x.reshape({-1, in_features});
         if (kernels::nf4_gemv_supported(rows.size(0), in_features)) {
@@ -272,20 +422,23 @@ at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::option
             out_shape.back()               = out_features;
             return y.reshape(out_shape);
         }
-        // Training-size batch without autograd: dequantize into the reused workspace, then cuBLAS.
-        at::Tensor weight = workspace_for(x, w.numel());
-        kernels::nf4_dequantize_cuda(w.packed.contiguous(), w.absmax.contiguous(),
-                                     w.nested ? w.nested_absmax.contiguous() : at::Tensor(),
-                                     w.nested ? w.nested_quant_map.contiguous() : at::Tensor(), w.offset,
-                                     w.nested_blocksize, w.numel(), w.blocksize, weight);
-        return at::linear(x, weight.view({out_features, in_features}), bias_cast);
     }
 #endif
-    // Autograd may keep the weight for backward, so it gets its own fresh dequantized copy (bitsandbytes' order:
-    // dequantize to the stored dtype, then cast to the compute dtype).
-    at::Tensor weight = nf4_dequantize(w);
-    if (weight.scalar_type() != x.scalar_type()) weight = weight.to(x.scalar_type());
-    return at::linear(x, weight, bias_cast);
+    // Without autograd: dequantize into the reused workspace, then one GEMM (cuBLAS / the CPU BLAS).
+    return at::linear(x, scratch_weight(w, x.scalar_type()), bias_cast);
+}
+
+at::Tensor nf4_linear_input_grad(const at::Tensor& grad_y, const Nf4Tensor& w) {
+    if (w.shape.size() != 2) throw Error("nf4_linear_input_grad: weight must be 2-D [out, in], got " + shape_string(w.shape));
+    if (!grad_y.defined() || grad_y.dim() < 1 || grad_y.size(-1) != w.shape[0]) {
+        throw Error("nf4_linear_input_grad: gradient's last dimension must be " + std::to_string(w.shape[0]) +
+                    ", got shape " + (grad_y.defined() ? shape_string(grad_y.sizes().vec()) : std::string("undefined")));
+    }
+    if (grad_y.device() != w.device()) {
+        throw Error("nf4_linear_input_grad: gradient is on " + grad_y.device().str() + ", the weight on " + w.device().str());
+    }
+    const at::NoGradGuard no_grad;
+    return at::matmul(grad_y, scratch_weight(w, grad_y.scalar_type()));
 }
 
 }  // namespace medllm::quant

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <vector>
 
 #include "medllm/core/error.h"
 #include "medllm/quant/nf4.h"
@@ -97,6 +99,34 @@ TEST(Nf4Reference, Bf16AndFp16KeepTheirDtypeAndRoundTrip) {
     }
 }
 
+// The tensor API runs in parallel over runs of blocks and dequantizes straight into the target dtype; it must
+// give the single-threaded raw reference's bytes and values exactly, tail block and odd length included.
+TEST(Nf4Reference, ParallelTensorPathEqualsRawReference) {
+    at::manual_seed(5);
+    const int saved_threads = at::get_num_threads();
+    at::set_num_threads(2);
+    for (int64_t blocksize : {32, 64, 4096}) {
+        for (int64_t n : {int64_t(1), int64_t(63), int64_t(200001), int64_t(1) << 18}) {
+            const at::Tensor x = at::randn({n}) * 3.0;
+            const int64_t n_blocks = (n + blocksize - 1) / blocksize;
+            std::vector<uint8_t> packed((n + 1) / 2);
+            std::vector<float> absmax(n_blocks), dense(n);
+            ref::nf4_quantize(x.data_ptr<float>(), n, blocksize, packed.data(), absmax.data());
+            ref::nf4_dequantize(packed.data(), absmax.data(), n, blocksize, dense.data());
+
+            const Nf4Tensor w = nf4_quantize(x, blocksize, false);
+            const std::string where = "n=" + std::to_string(n) + " blocksize=" + std::to_string(blocksize);
+            ASSERT_EQ(0, std::memcmp(w.packed.data_ptr<uint8_t>(), packed.data(), packed.size())) << where;
+            ASSERT_EQ(0, std::memcmp(w.absmax.data_ptr<float>(), absmax.data(), absmax.size() * 4)) << where;
+            const at::Tensor expected = at::from_blob(dense.data(), {n}, at::kFloat).clone();
+            for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+                EXPECT_TRUE(at::equal(nf4_dequantize(w, dtype), expected.to(dtype))) << where << " " << dtype;
+            }
+        }
+    }
+    at::set_num_threads(saved_threads);
+}
+
 TEST(Nf4Reference, LinearEqualsLinearOnDequantizedWeight) {
     at::manual_seed(3);
     const at::Tensor weight = at::randn({48, 64});
@@ -108,6 +138,34 @@ TEST(Nf4Reference, LinearEqualsLinearOnDequantizedWeight) {
     EXPECT_TRUE(at::equal(y, at::linear(x, nf4_dequantize(w), bias)));
     EXPECT_THROW(nf4_linear(at::randn({2, 63}), w), Error);
     EXPECT_THROW(nf4_linear(x, w, at::randn({47})), Error);
+}
+
+// Inference linears and the input gradient share one reused dense buffer: results must not alias it (a later call
+// with another weight leaves earlier outputs intact), and a smaller weight after a larger one still fits.
+TEST(Nf4Reference, WorkspacePathsEqualDenseMathAndDoNotAlias) {
+    at::manual_seed(6);
+    const at::NoGradGuard no_grad;
+    const at::Tensor big_dense   = at::randn({96, 128}).to(at::kBFloat16);
+    const at::Tensor small_dense = at::randn({40, 64}).to(at::kHalf);
+    const Nf4Tensor big = nf4_quantize(big_dense, 64, true), small = nf4_quantize(small_dense, 32, false);
+    const at::Tensor x_big   = at::randn({5, 128}).to(at::kBFloat16);
+    const at::Tensor x_small = at::randn({3, 64}).to(at::kBFloat16);  // fp16 weight, bf16 compute: cast path
+
+    const at::Tensor y_big   = nf4_linear(x_big, big);
+    const at::Tensor y_small = nf4_linear(x_small, small);
+    EXPECT_TRUE(at::equal(y_big, at::linear(x_big, nf4_dequantize(big))));
+    EXPECT_TRUE(at::equal(y_small, at::linear(x_small, nf4_dequantize(small).to(at::kBFloat16))));
+
+    const at::Tensor g_big   = at::randn({2, 3, 96}).to(at::kBFloat16);
+    const at::Tensor g_small = at::randn({7, 40});  // fp32 gradient: dequantize to fp16, then cast
+    const at::Tensor dx_big  = nf4_linear_input_grad(g_big, big);
+    const at::Tensor dx_small = nf4_linear_input_grad(g_small, small);
+    EXPECT_EQ(dx_big.sizes(), (at::IntArrayRef{2, 3, 128}));
+    EXPECT_TRUE(at::equal(dx_big, at::matmul(g_big, nf4_dequantize(big))));
+    EXPECT_TRUE(at::equal(dx_small, at::matmul(g_small, nf4_dequantize(small).to(at::kFloat))));
+    // Still the first results after the workspace was overwritten by later calls.
+    EXPECT_TRUE(at::equal(y_big, at::linear(x_big, nf4_dequantize(big))));
+    EXPECT_THROW(nf4_linear_input_grad(at::randn({2, 95}), big), Error);
 }
 
 TEST(Nf4Reference, RejectsBadInput) {

@@ -100,9 +100,15 @@ at::Tensor nf4_absmax(const Nf4Tensor& w);
 // Dequantizes to `dtype` (default: the original dtype) with the original shape, on the tensor's device.
 at::Tensor nf4_dequantize(const Nf4Tensor& w, std::optional<at::ScalarType> dtype = std::nullopt);
 
-// y = x W^T (+ bias) for x [..., in] and W [out, in]. Decode-sized inputs (at most 4 rows) on CUDA use the fused
-// dequantize-GEMV kernel; everything else dequantizes into a reused workspace and calls at::matmul (cuBLAS).
+// y = x W^T (+ bias) for x [..., in] and W [out, in]. Without autograd, decode-sized inputs (at most 4 rows) on CUDA
+// use the fused dequantize-GEMV kernel and everything else dequantizes into a reused per-thread (CPU) / per-stream
+// (CUDA) workspace and calls one GEMM; when autograd is recording, the dense weight is a fresh tensor it may keep.
 at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::optional<at::Tensor>& bias = std::nullopt);
+
+// grad_x = grad_y · dequant(W) for grad_y [..., out]: the input gradient of nf4_linear (no autograd), through the
+// same reused workspace, so the frozen weight is never kept dense. Dequantizes to the stored dtype, then casts to
+// grad_y's dtype when they differ (bitsandbytes' order).
+at::Tensor nf4_linear_input_grad(const at::Tensor& grad_y, const Nf4Tensor& w);
 
 // True when this build carries the CUDA kernels (MEDLLM_HAVE_CUDA_KERNELS).
 bool nf4_cuda_kernels_available();
