@@ -178,6 +178,10 @@ TEST(Nf4Gpu, TrainingSizeLinearEqualsCublasOnDequantizedWeight) {
         nf4_linear(xg, w, bias).sum().backward();
         const at::Tensor grad_expected = at::ones({3, 40, 256}, x.options()).matmul(nf4_dequantize(w, dtype));
         EXPECT_TRUE(at::allclose(xg.grad(), grad_expected, 1e-2, 1e-2));
+
+        // QLoRA's backward: the input gradient through the per-stream workspace.
+        const at::Tensor g = at::randn({3, 40, 256}).to(dtype).to(kCuda);
+        expect_same_bits(nf4_linear_input_grad(g, w), at::matmul(g, nf4_dequantize(w, dtype)), "input gradient");
     }
 }
 
