@@ -3,8 +3,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <set>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 #include <spdlog/spdlog.h>
 
@@ -60,10 +62,58 @@ at::Tensor build_mask(int64_t B, int64_t S, int64_t past, const ForwardInputs& i
     return allowed;
 }
 
-// Recomputes one decoder layer in backward instead of keeping its activations.
+// The random-number state a layer's forward draws from (dropout, e.g. LoRA dropout): the CPU generator, plus the
+// device's generator for CUDA inputs.
+struct RngState {
+    at::Tensor cpu, device;
+    int device_index = -1;
+
+    static at::Generator device_generator(int index) {
+        return at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index)));
+    }
+    static RngState capture(const at::Tensor& like) {
+        RngState state;
+        {
+            auto gen = at::detail::getDefaultCPUGenerator();
+            const std::lock_guard<std::mutex> lock(gen.mutex());
+            state.cpu = gen.get_state();
+        }
+        if (like.is_cuda()) {
+            state.device_index = like.device().index();
+            auto gen           = device_generator(state.device_index);
+            const std::lock_guard<std::mutex> lock(gen.mutex());
+            state.device = gen.get_state();
+        }
+        return state;
+    }
+    void restore() const {
+        {
+            auto gen = at::detail::getDefaultCPUGenerator();
+            const std::lock_guard<std::mutex> lock(gen.mutex());
+            gen.set_state(cpu);
+        }
+        if (device.defined()) {
+            auto gen = device_generator(device_index);
+            const std::lock_guard<std::mutex> lock(gen.mutex());
+            gen.set_state(device);
+        }
+    }
+};
+
+// Recomputes one decoder layer in backward instead of keeping its activations. Like torch.utils.checkpoint
+// (preserve_rng_state), the recomputation replays the forward's random numbers, so dropout masks match and the
+// gradients are those of the forward that produced the loss; the generators are then put back as they were.
 struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+    // Autograd functions cannot take undefined tensors: "no mask" (plain causal attention) travels as an empty one.
+    static at::Tensor mask_arg(const at::Tensor& mask) { return mask.defined() ? mask : at::empty({0}); }
+    static at::Tensor real_mask(const at::Tensor& mask) { return mask.numel() > 0 ? mask : at::Tensor(); }
+
     static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor x, at::Tensor cos, at::Tensor sin,
                               at::Tensor mask, bool causal, int64_t layer_ptr) {
+        const RngState rng = RngState::capture(x);
+        ctx->saved_data["rng_cpu"] = rng.cpu;
+        if (rng.device.defined()) ctx->saved_data["rng_device"] = rng.device;
+        ctx->saved_data["rng_device_index"] = static_cast<int64_t>(rng.device_index);
         ctx->save_for_backward({x});
         ctx->saved_data["cos"]    = cos;
         ctx->saved_data["sin"]    = sin;
@@ -71,17 +121,30 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
         ctx->saved_data["causal"] = causal;
         ctx->saved_data["layer"]  = layer_ptr;
         auto* layer               = reinterpret_cast<Qwen2DecoderLayer*>(layer_ptr);
-        return layer->forward(x, cos, sin, mask, causal, nullptr, 0);
+        return layer->forward(x, cos, sin, real_mask(mask), causal, nullptr, 0);
     }
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                    torch::autograd::variable_list grad_out) {
         auto x      = ctx->get_saved_variables()[0].detach().requires_grad_(true);
         auto* layer = reinterpret_cast<Qwen2DecoderLayer*>(ctx->saved_data["layer"].toInt());
+        RngState replay;
+        replay.cpu          = ctx->saved_data["rng_cpu"].toTensor();
+        replay.device_index = static_cast<int>(ctx->saved_data["rng_device_index"].toInt());
+        if (ctx->saved_data.count("rng_device")) replay.device = ctx->saved_data["rng_device"].toTensor();
+        const RngState current = RngState::capture(x);
         at::Tensor out;
         {
             at::AutoGradMode grad_on(true);
-            out = layer->forward(x, ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(),
-                                 ctx->saved_data["mask"].toTensor(), ctx->saved_data["causal"].toBool(), nullptr, 0);
+            replay.restore();
+            try {
+                out = layer->forward(x, ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(),
+                                     real_mask(ctx->saved_data["mask"].toTensor()), ctx->saved_data["causal"].toBool(),
+                                     nullptr, 0);
+            } catch (...) {
+                current.restore();
+                throw;
+            }
+            current.restore();
         }
         // Parameter gradients accumulate into .grad as in a normal backward; the input gradient is returned.
         torch::autograd::backward({out}, {grad_out[0]});
@@ -312,7 +375,8 @@ ForwardOutputs Qwen2Model::forward(const ForwardInputs& in) {
             // The recomputed layer needs an input that requires grad, or a frozen-embedding (LoRA) model
             // would never run this layer's backward.
             if (!h.requires_grad()) h = h.detach().requires_grad_(true);
-            h = CheckpointedLayer::apply(h, cos, sin, mask, causal, reinterpret_cast<int64_t>(layers[i].get()));
+            h = CheckpointedLayer::apply(h, cos, sin, CheckpointedLayer::mask_arg(mask), causal,
+                                         reinterpret_cast<int64_t>(layers[i].get()));
         } else {
             h = layers[i]->forward(h, cos, sin, mask, causal, in.cache, static_cast<int64_t>(i));
         }

@@ -332,3 +332,45 @@ TEST(PeftCheck, WritesPeftCheckDirectory) {
     io::save_file(dir / "medllm.safetensors",
                   {{"input_ids", ids}, {"logits", logits}, {"merged_logits", merged_logits}});
 }
+
+// Activation checkpointing recomputes each layer in backward; with LoRA dropout active the recomputation must draw
+// the forward's masks again, or the gradients belong to a different network than the loss. Dense and NF4 bases.
+TEST(LoraTraining, CheckpointingReplaysDropoutMasks) {
+    for (bool quantize : {false, true}) {
+        peft::LoraConfig cfg;
+        cfg.r             = 4;
+        cfg.alpha         = 8;
+        cfg.dropout       = 0.3;
+        cfg.quantize_base = quantize;
+        cfg.seed          = 5;
+        auto m = peft::load_model_for_lora(peft_test::tiny_model().string(), cfg, at::kFloat);
+        {
+            at::NoGradGuard no_grad;
+            for (auto& item : peft::lora_layers(*m)) item.layer->lora_B->weight.normal_(0, 0.05);
+        }
+        m->train();
+        const at::Tensor ids = peft_test::tiny_input_ids();
+        auto run = [&](bool checkpoint) {
+            m->zero_grad();
+            m->model->gradient_checkpointing = checkpoint;
+            at::manual_seed(1234);
+            model::ForwardInputs in;
+            in.input_ids    = ids;
+            const auto loss = model::causal_lm_loss(m->forward_hidden(in).hidden, m->lm_head_weight(), ids);
+            loss.backward();
+            const at::Tensor after = at::rand({4});  // where the generator stands once backward is done
+            std::map<std::string, at::Tensor> grads;
+            for (const auto& [name, p] : peft::adapter_parameters(*m)) grads[name] = p.grad().clone();
+            return std::make_tuple(loss.item<double>(), grads, after);
+        };
+        const auto [plain_loss, plain, plain_after] = run(false);
+        const auto [ckpt_loss, ckpt, ckpt_after]    = run(true);
+        EXPECT_DOUBLE_EQ(plain_loss, ckpt_loss);
+        ASSERT_FALSE(plain.empty());
+        for (const auto& [name, g] : plain) {
+            EXPECT_GT(g.abs().sum().item<double>(), 0.0) << name;
+            EXPECT_LE(peft_test::max_abs_diff(ckpt.at(name), g), 1e-6) << name << (quantize ? " (nf4)" : "");
+        }
+        EXPECT_TRUE(at::equal(plain_after, ckpt_after)) << "the replay must leave the generator where forward left it";
+    }
+}
