@@ -10,6 +10,7 @@ template (jinja2) and carry "messages" and "add_generation_prompt" too.
     .venv/bin/pip install -r scripts/requirements-fixtures.txt jinja2
     .venv/bin/python scripts/make_tokenizer_fixtures.py            # rewrite the committed fixture
     .venv/bin/python scripts/make_tokenizer_fixtures.py --sweep F  # every code point in several contexts -> F
+    MEDLLM_TOKENIZER_SWEEP=F build/tests/test_text --gtest_also_run_disabled_tests --gtest_filter='QwenSweep.*'
     .venv/bin/python scripts/make_tokenizer_fixtures.py --save-json DIR  # write DIR/tokenizer.json (+ config)
 """
 import argparse

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -240,22 +241,39 @@ TEST(Safetensors, ShardsLikeTransformersAtTheSizeLimit) {
     EXPECT_EQ(idx["metadata"]["total_parameters"], 120);
 }
 
-// Writes files for scripts/make_io_fixtures.py --verify-cpp, which loads them with Python safetensors/transformers.
+// Re-writes every dtype of the Python-written fixture and reads it back. With MEDLLM_IO_EXPORT_DIR set (as
+// scripts/make_io_fixtures.py --verify-cpp does) the file goes there for Python safetensors/transformers to load.
 TEST(Safetensors, ExportForPython) {
-    const char* out = std::getenv("MEDLLM_IO_EXPORT_DIR");
-    if (!out) GTEST_SKIP() << "set MEDLLM_IO_EXPORT_DIR (scripts/make_io_fixtures.py --verify-cpp does)";
+    TempDir tmp;
+    const char* env      = std::getenv("MEDLLM_IO_EXPORT_DIR");
+    const fs::path out   = env ? fs::path(env) : tmp.path();
+    const fs::path file  = out / "dtypes_cpp.safetensors";
     SafetensorsFile reference(kFixtures / "dtypes.safetensors");
     std::vector<std::pair<std::string, at::Tensor>> tensors;
     for (const auto& name : reference.names()) tensors.emplace_back(name, reference.tensor(name));
-    save_file(fs::path(out) / "dtypes_cpp.safetensors", tensors, {{"format", "pt"}, {"writer", "medllm"}});
+    save_file(file, tensors, {{"format", "pt"}, {"writer", "medllm"}});
+    SafetensorsFile back(file);
+    auto sorted = [](std::vector<std::string> v) {
+        std::sort(v.begin(), v.end());
+        return v;
+    };
+    EXPECT_EQ(sorted(back.names()), sorted(reference.names()));
+    for (const auto& name : reference.names()) {
+        EXPECT_EQ(back.tensor(name).scalar_type(), reference.tensor(name).scalar_type()) << name;
+        EXPECT_TRUE(at::equal(back.tensor(name), reference.tensor(name))) << name;
+    }
 
     const auto meta = read_json(kFixtures / "sharded.json");
     CheckpointReader hf(kFixtures / "sharded");
-    const fs::path dir = fs::path(out) / "sharded_cpp";
+    const fs::path dir = out / "sharded_cpp";
     CheckpointWriter writer(dir, meta["max_shard_bytes"].get<uint64_t>());
     for (const auto& name : meta["order"]) writer.add(name, hf.load(name.get<std::string>()));
     writer.finish();
     fs::copy_file(kFixtures / "sharded" / "config.json", dir / "config.json");
+    CheckpointReader again(dir);
+    for (const auto& name : meta["order"]) {
+        EXPECT_TRUE(at::equal(again.load(name.get<std::string>()), hf.load(name.get<std::string>()))) << name;
+    }
 }
 
 // ---------------------------------------------------------------- corrupt and truncated files

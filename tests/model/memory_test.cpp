@@ -5,13 +5,13 @@
 
 #include <array>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include "medllm/core/error.h"
 #include "medllm/model/config.h"
 #include "medllm/model/memory.h"
+#include "support/run_medllm.h"
 
 namespace fs = std::filesystem;
 using namespace medllm::model;
@@ -24,19 +24,8 @@ Qwen2Config published(const std::string& size) {
     return Qwen2Config::from_file(kRepo / "configs" / "models" / ("qwen2.5-" + size));
 }
 
-struct RunResult {
-    int rc;
-    std::string out;
-};
-
-RunResult run(const std::string& args) {
-    const std::string cmd = std::string(MEDLLM_BINARY) + " " + args + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    std::string out;
-    std::array<char, 4096> buf{};
-    while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-    const int status = pclose(p);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+CliRun run(const std::string& args) {
+    return run_medllm(args);
 }
 
 }  // namespace
@@ -117,18 +106,18 @@ TEST(MedllmInfo, WorksOnEveryPublishedConfigAndOnACheckpoint) {
         SCOPED_TRACE(size);
         const auto r = run("info --model " + (kRepo / "configs" / "models" / ("qwen2.5-" + std::string(size))).string() +
                            " --batch 2 --seq-len 4096 --lora-rank 16");
-        EXPECT_EQ(r.rc, 0) << r.out;
-        EXPECT_NE(r.out.find("config only"), std::string::npos) << r.out;
-        EXPECT_NE(r.out.find("QLoRA training total"), std::string::npos) << r.out;
+        EXPECT_EQ(r.exit_code, 0) << r.output;
+        EXPECT_NE(r.output.find("config only"), std::string::npos) << r.output;
+        EXPECT_NE(r.output.find("QLoRA training total"), std::string::npos) << r.output;
     }
     const auto r05 = run("info --model " + (kRepo / "configs/models/qwen2.5-0.5b").string());
-    EXPECT_NE(r05.out.find("494,032,768"), std::string::npos) << r05.out;
+    EXPECT_NE(r05.output.find("494,032,768"), std::string::npos) << r05.output;
 
     const fs::path ckpt = fs::path(MEDLLM_FIXTURES_DIR) / "io" / "sharded";
     const auto r = run("info --model " + ckpt.string());
-    EXPECT_EQ(r.rc, 0) << r.out;
-    EXPECT_NE(r.out.find("3 (sharded)"), std::string::npos) << r.out;
-    EXPECT_NE(r.out.find("matches config           yes"), std::string::npos) << r.out;
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("3 (sharded)"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("matches config           yes"), std::string::npos) << r.output;
 
     // A config that disagrees with the tensors: exit 1 and say which tensor.
     const fs::path bad = fs::temp_directory_path() / "medllm_info_mismatch";
@@ -139,12 +128,12 @@ TEST(MedllmInfo, WorksOnEveryPublishedConfigAndOnACheckpoint) {
     cfg["intermediate_size"] = 96;
     std::ofstream(bad / "config.json") << cfg.dump();
     const auto m = run("info --model " + bad.string());
-    EXPECT_EQ(m.rc, 1) << m.out;
-    EXPECT_NE(m.out.find("mlp.down_proj.weight"), std::string::npos) << m.out;
+    EXPECT_EQ(m.exit_code, 1) << m.output;
+    EXPECT_NE(m.output.find("mlp.down_proj.weight"), std::string::npos) << m.output;
     fs::remove_all(bad);
 
     const auto usage = run("info --model /nonexistent/dir");
-    EXPECT_EQ(usage.rc, 2) << usage.out;
+    EXPECT_EQ(usage.exit_code, 2) << usage.output;
     const auto swa = run("info --model " + (kRepo / "configs/models/qwen2.5-7b").string() + " --batch 0");
-    EXPECT_EQ(swa.rc, 2) << swa.out;
+    EXPECT_EQ(swa.exit_code, 2) << swa.output;
 }

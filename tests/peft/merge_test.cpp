@@ -2,7 +2,6 @@
 #include <gtest/gtest.h>
 
 #include <array>
-#include <cstdio>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -11,6 +10,7 @@
 #include "medllm/peft/adapter.h"
 #include "medllm/quant/nf4_serialize.h"
 #include "peft/peft_test_util.h"
+#include "support/run_medllm.h"
 
 using namespace medllm;
 using peft_test::fixture_tensor;
@@ -19,23 +19,6 @@ using peft_test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct Run {
-    int code;
-    std::string output;
-};
-
-Run run_medllm(const std::string& args) {
-    std::string cmd = std::string(MEDLLM_BINARY) + " " + args + " 2>&1";
-    Run r{-1, {}};
-    FILE* pipe = popen(cmd.c_str(), "r");
-    if (!pipe) return r;
-    std::array<char, 4096> buf{};
-    while (fgets(buf.data(), buf.size(), pipe)) r.output += buf.data();
-    int status = pclose(pipe);
-    r.code     = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
 
 nlohmann::json read_json(const fs::path& p) {
     std::ifstream in(p);
@@ -87,7 +70,7 @@ TEST(MergeCli, MergesIntoABf16CheckpointThatLoads) {
 
     auto r = run_medllm("merge --model " + base.string() + " --adapter " + peft_test::tiny_adapter().string() +
                         " --output " + out.string());
-    ASSERT_EQ(r.code, 0) << r.output;
+    ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_TRUE(fs::exists(out / "model.safetensors"));
     EXPECT_TRUE(fs::exists(out / "tokenizer_config.json"));
     auto cfg = read_json(out / "config.json");
@@ -117,7 +100,7 @@ TEST(MergeCli, ShardsWhenAsked) {
     auto r = run_medllm("merge --model " + peft_test::tiny_model().string() + " --adapter " +
                         peft_test::pattern_adapter().string() + " --output " + tmp.path.string() +
                         " --max-shard-bytes 100000");
-    ASSERT_EQ(r.code, 0) << r.output;
+    ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_TRUE(fs::exists(tmp.path / "model.safetensors.index.json"));
     io::CheckpointReader merged(tmp.path);
     EXPECT_GT(merged.files().size(), 1u);
@@ -132,7 +115,7 @@ TEST(MergeCli, DequantizesA4BitBase) {
     write_4bit_tiny(tmp.path / "base4");
     auto r = run_medllm("merge --model " + (tmp.path / "base4").string() + " --adapter " +
                         peft_test::tiny_adapter().string() + " --output " + (tmp.path / "out").string());
-    ASSERT_EQ(r.code, 0) << r.output;
+    ASSERT_EQ(r.exit_code, 0) << r.output;
     auto cfg = read_json(tmp.path / "out" / "config.json");
     EXPECT_FALSE(cfg.contains("quantization_config"));
     io::CheckpointReader merged(tmp.path / "out");
@@ -159,14 +142,14 @@ TEST(MergeCli, DequantizesA4BitBase) {
 TEST(MergeCli, ErrorsAreOneLineWithExitCodes) {
     TempDir tmp;
     auto missing = run_medllm("merge --model " + peft_test::tiny_model().string() + " --output " + tmp.path.string());
-    EXPECT_EQ(missing.code, 2) << missing.output;
+    EXPECT_EQ(missing.exit_code, 2) << missing.output;
     auto no_adapter = run_medllm("merge --model " + peft_test::tiny_model().string() + " --adapter " +
                                  (tmp.path / "none").string() + " --output " + (tmp.path / "o").string());
-    EXPECT_EQ(no_adapter.code, 1) << no_adapter.output;
+    EXPECT_EQ(no_adapter.exit_code, 1) << no_adapter.output;
     EXPECT_NE(no_adapter.output.find("adapter_config.json"), std::string::npos) << no_adapter.output;
     auto same = run_medllm("merge --model " + peft_test::tiny_model().string() + " --adapter " +
                            peft_test::tiny_adapter().string() + " --output " + peft_test::tiny_model().string());
-    EXPECT_EQ(same.code, 2) << same.output;
+    EXPECT_EQ(same.exit_code, 2) << same.output;
     // An adapter for another architecture size: the shapes do not fit the base.
     fs::create_directories(tmp.path / "bad");
     fs::copy_file(peft_test::tiny_adapter() / peft::kAdapterConfigFile, tmp.path / "bad" / peft::kAdapterConfigFile);
@@ -175,6 +158,6 @@ TEST(MergeCli, ErrorsAreOneLineWithExitCodes) {
                    {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", at::zeros({64, 4})}});
     auto bad = run_medllm("merge --model " + peft_test::tiny_model().string() + " --adapter " +
                           (tmp.path / "bad").string() + " --output " + (tmp.path / "o2").string());
-    EXPECT_EQ(bad.code, 1) << bad.output;
+    EXPECT_EQ(bad.exit_code, 1) << bad.output;
     EXPECT_NE(bad.output.find("q_proj"), std::string::npos) << bad.output;
 }
