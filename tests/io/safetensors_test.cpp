@@ -186,8 +186,9 @@ TEST(Safetensors, WriterRoundTripsEveryDtypeAlignedAndBitExact) {
         const at::Tensor got = back.tensor(name);
         EXPECT_EQ(got.scalar_type(), want.scalar_type()) << name;
         EXPECT_EQ(got.sizes(), want.sizes()) << name;
-        if (want.numel())
+        if (want.numel()) {
             EXPECT_TRUE(at::equal(got.reshape(-1).view(at::kByte), want.reshape(-1).view(at::kByte))) << name;
+        }
     }
     EXPECT_FALSE(fs::exists(path.string() + ".tmp"));
     expect_error([&] { save_file(dir.path() / "dup.safetensors", {{"a", at::ones(1)}, {"a", at::ones(1)}}); },
