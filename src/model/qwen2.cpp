@@ -152,53 +152,61 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     }
 };
 
-// Cross-entropy over [N, H] hidden rows against lm_head, chunk by chunk, recomputing logits in backward.
+// Cross-entropy over [N, H] hidden rows against lm_head, chunk by chunk, so the [N, V] fp32 logits never exist
+// whole. The loss is a scalar, so its gradient is known up to the incoming scalar already in forward: when autograd
+// will want gradients, forward computes them from each chunk's logits while it has them (no recomputation in
+// backward), and backward only scales them by the incoming gradient. Nothing else is kept: not the hidden rows,
+// not the logits.
 struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy> {
     static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor hidden, at::Tensor weight,
-                              at::Tensor targets, int64_t chunk, double scale) {
-        int64_t N  = hidden.size(0);
-        auto total = at::zeros({}, hidden.options().dtype(at::kFloat));
+                              at::Tensor targets, int64_t chunk, double scale, bool need_h, bool need_w) {
+        const int64_t N = hidden.size(0);
+        auto total      = at::zeros({}, hidden.options().dtype(at::kFloat));
+        at::Tensor grad_h = need_h ? at::empty_like(hidden) : at::Tensor();
+        // The weight gradient accumulates in fp32 across chunks and is cast once at the end.
+        at::Tensor grad_w = need_w ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat)) : at::Tensor();
         for (int64_t s = 0; s < N; s += chunk) {
-            int64_t n   = std::min(chunk, N - s);
-            auto t      = targets.narrow(0, s, n);
-            auto valid  = t.ne(-100);
-            auto logits = at::linear(hidden.narrow(0, s, n), weight).to(at::kFloat);  // HF: lm_head, then .float()
-            auto lse    = at::logsumexp(logits, -1);
-            auto picked = logits.gather(1, t.clamp_min(0).unsqueeze(1)).squeeze(1);
+            const int64_t n = std::min(chunk, N - s);
+            auto h          = hidden.narrow(0, s, n);
+            auto t          = targets.narrow(0, s, n);
+            auto valid      = t.ne(-100);
+            auto logits     = at::linear(h, weight).to(at::kFloat);  // HF: lm_head, then .float()
+            auto lse        = at::logsumexp(logits, -1);
+            auto picked     = logits.gather(1, t.clamp_min(0).unsqueeze(1)).squeeze(1);
             total += ((lse - picked) * valid).sum();
+            if (!need_h && !need_w) continue;
+            // d loss / d logits = scale · (softmax - onehot) on rows with a target, 0 elsewhere.
+            auto dlogit = at::softmax(logits, -1);
+            logits      = at::Tensor();  // free the chunk's logits before the two GEMMs allocate
+            dlogit.scatter_add_(1, t.clamp_min(0).unsqueeze(1), at::full({n, 1}, -1.0f, dlogit.options()));
+            dlogit = (dlogit * valid.to(at::kFloat).unsqueeze(1) * scale).to(hidden.scalar_type());
+            if (need_h) grad_h.narrow(0, s, n).copy_(at::matmul(dlogit, weight));
+            if (need_w) grad_w.add_(at::matmul(dlogit.t(), h).to(at::kFloat));
         }
-        ctx->save_for_backward({hidden, weight, targets});
-        ctx->saved_data["chunk"] = chunk;
-        ctx->saved_data["scale"] = scale;
+        ctx->saved_data["has_grad_h"] = need_h;
+        ctx->saved_data["has_grad_w"] = need_w;
+        if (need_h) ctx->saved_data["grad_h"] = grad_h;
+        if (need_w) ctx->saved_data["grad_w"] = grad_w.to(weight.scalar_type());
         return total * scale;
     }
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                    torch::autograd::variable_list grad_out) {
-        auto saved    = ctx->get_saved_variables();
-        auto hidden   = saved[0];
-        auto weight   = saved[1];
-        auto targets  = saved[2];
-        int64_t chunk = ctx->saved_data["chunk"].toInt();
-        double scale  = ctx->saved_data["scale"].toDouble();
-        auto g        = grad_out[0].to(at::kFloat) * scale;
-        bool need_h = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1);
-        at::Tensor grad_h = need_h ? at::empty_like(hidden) : at::Tensor();
-        // Weight gradient accumulated in fp32 across chunks, cast once at the end.
-        at::Tensor grad_w = need_w ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat)) : at::Tensor();
-        int64_t N         = hidden.size(0);
-        for (int64_t s = 0; s < N; s += chunk) {
-            int64_t n   = std::min(chunk, N - s);
-            auto h      = hidden.narrow(0, s, n);
-            auto t      = targets.narrow(0, s, n);
-            auto valid  = t.ne(-100).to(at::kFloat).unsqueeze(1);
-            auto dlogit = at::softmax(at::linear(h, weight).to(at::kFloat), -1);
-            dlogit.scatter_add_(1, t.clamp_min(0).unsqueeze(1), at::full({n, 1}, -1.0f, dlogit.options()));
-            dlogit = (dlogit * valid * g).to(hidden.scalar_type());
-            if (need_h) grad_h.narrow(0, s, n).copy_(at::matmul(dlogit, weight));
-            if (need_w) grad_w.add_(at::matmul(dlogit.t(), h).to(at::kFloat));
+        const at::Tensor g = grad_out[0].to(at::kFloat);
+        auto scaled        = [&](const char* key) {
+            const at::Tensor grad = ctx->saved_data[key].toTensor();
+            // The usual incoming gradient is exactly 1 (loss.backward()): hand the tensor over without a pass.
+            return g.item<float>() == 1.0f ? grad : (grad.to(at::kFloat) * g).to(grad.scalar_type());
+        };
+        at::Tensor grad_h, grad_w;
+        if (ctx->needs_input_grad(0)) {
+            if (!ctx->saved_data["has_grad_h"].toBool()) throw Error("causal_lm_loss: hidden gradient was not prepared");
+            grad_h = scaled("grad_h");
         }
-        return {grad_h, need_w ? grad_w.to(weight.scalar_type()) : at::Tensor(), at::Tensor(), at::Tensor(),
-                at::Tensor()};
+        if (ctx->needs_input_grad(1)) {
+            if (!ctx->saved_data["has_grad_w"].toBool()) throw Error("causal_lm_loss: lm_head gradient was not prepared");
+            grad_w = scaled("grad_w");
+        }
+        return {grad_h, grad_w, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     }
 };
 
@@ -487,8 +495,10 @@ at::Tensor causal_lm_loss(const at::Tensor& hidden, const at::Tensor& lm_head_we
     targets      = targets.reshape({B * S}).to(hidden.device());
     int64_t count = num_items > 0 ? num_items : targets.ne(-100).sum().item<int64_t>();
     double scale  = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
+    const bool grad_on = at::GradMode::is_enabled();
     return ChunkedCrossEntropy::apply(hidden.reshape({B * S, hidden.size(2)}), lm_head_weight, targets,
-                                      std::max<int64_t>(1, chunk_tokens), scale);
+                                      std::max<int64_t>(1, chunk_tokens), scale, grad_on && hidden.requires_grad(),
+                                      grad_on && lm_head_weight.requires_grad());
 }
 
 }  // namespace medllm::model

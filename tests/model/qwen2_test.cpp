@@ -161,6 +161,28 @@ TEST_P(Qwen2Parity, CheckpointedLayersGiveTheSameGradients) {
     for (const auto& [name, g] : plain) EXPECT_LT(rel_err(ckpt[name], g), 1e-6) << name;
 }
 
+// The loss computes its gradients in forward and backward scales them by the incoming gradient: a scaled loss
+// (RPO's alpha * NLL) must give exactly scaled gradients, for the hidden rows and for lm_head.
+TEST_P(Qwen2Parity, ScaledLossGivesScaledGradients) {
+    auto labels = ref.get("labels");
+    auto run    = [&](double factor) {
+        model->zero_grad();
+        ForwardInputs in;
+        in.input_ids      = ids;
+        in.attention_mask = mask;
+        auto loss = causal_lm_loss(model->forward_hidden(in).hidden, model->lm_head_weight(), labels);
+        (loss * factor).backward();
+        std::map<std::string, at::Tensor> grads;
+        for (const auto& item : model->named_parameters()) grads[item.key()] = item.value().grad().clone();
+        return grads;
+    };
+    auto unit   = run(1.0);
+    auto scaled = run(2.5);
+    // 1e-5: the scaled upstream gradient rounds differently through the fp32 layers below the loss.
+    for (const auto& [name, g] : unit) EXPECT_LT(rel_err(scaled[name], g * 2.5), 1e-5) << name;
+    EXPECT_EQ(unit.count("lm_head.weight"), GetParam() == "qwen2-tiny-untied" ? 1u : 0u);
+}
+
 TEST_P(Qwen2Parity, SaveLoadRoundTripKeepsLogits) {
     at::NoGradGuard no_grad;
     auto out_dir = fs::temp_directory_path() / ("medllm_roundtrip_" + GetParam() + std::to_string(::getpid()));
