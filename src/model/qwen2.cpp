@@ -176,10 +176,12 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
             total += ((lse - picked) * valid).sum();
             if (!need_h && !need_w) continue;
             // d loss / d logits = scale · (softmax - onehot) on rows with a target, 0 elsewhere.
-            auto dlogit = at::softmax(logits, -1);
-            logits      = at::Tensor();  // free the chunk's logits before the two GEMMs allocate
+            // In place in the logits' buffer: a chunk of fp32 logits is large (1024 x 152064 x 4 B = 623 MB), and
+            // every fresh one costs page faults on the CPU.
+            auto dlogit = logits.sub_(lse.unsqueeze(1)).exp_();  // softmax = exp(logits - logsumexp)
+            logits      = at::Tensor();
             dlogit.scatter_add_(1, t.clamp_min(0).unsqueeze(1), at::full({n, 1}, -1.0f, dlogit.options()));
-            dlogit = (dlogit * valid.to(at::kFloat).unsqueeze(1) * scale).to(hidden.scalar_type());
+            dlogit = dlogit.mul_((valid.to(at::kFloat) * scale).unsqueeze(1)).to(hidden.scalar_type());
             if (need_h) grad_h.narrow(0, s, n).copy_(at::matmul(dlogit, weight));
             if (need_w) grad_w.add_(at::matmul(dlogit.t(), h).to(at::kFloat));
         }

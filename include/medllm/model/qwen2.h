@@ -168,7 +168,9 @@ public:
 
 // Causal-LM loss as HF ForCausalLMLoss: logits at position t predict labels[t+1]; labels == -100 are ignored;
 // mean over the rest (or sum / num_items when num_items > 0). Computed in chunks of `chunk_tokens` rows so the
-// fp32 logits of the whole batch × vocabulary never exist at once, in forward or backward.
+// fp32 logits of the whole batch × vocabulary never exist at once. When autograd is recording and hidden (or the
+// lm_head weight) requires grad, the gradients are computed in forward from each chunk's logits and backward only
+// scales them by the incoming gradient, so a forward under grad mode costs one extra GEMM per chunk.
 at::Tensor causal_lm_loss(const at::Tensor& hidden, const at::Tensor& lm_head_weight, const at::Tensor& labels,
                           int64_t chunk_tokens = 1024, int64_t num_items = 0);
 
