@@ -94,8 +94,12 @@ TEST_F(ConfigTest, OverridesWinOverTheFileInOrder) {
             EXPECT_EQ(e.origin, "--set");
             saw = true;
         }
-        if (e.key == "model") EXPECT_EQ(e.origin, "c.yaml");
-        if (e.key == "bf16") EXPECT_EQ(e.origin, "default");
+        if (e.key == "model") {
+            EXPECT_EQ(e.origin, "c.yaml");
+        }
+        if (e.key == "bf16") {
+            EXPECT_EQ(e.origin, "default");
+        }
     }
     EXPECT_TRUE(saw);
 }

@@ -107,7 +107,9 @@ TEST_F(GenerateCli, FileRunMatchesTheLibraryAndResumes) {
         const auto j     = nlohmann::json::parse(line);
         const size_t idx = j["index"];
         indices.insert(idx);
-        if (idx < texts.size()) EXPECT_EQ(j["id"], "q" + std::to_string(idx));
+        if (idx < texts.size()) {
+            EXPECT_EQ(j["id"], "q" + std::to_string(idx));
+        }
         EXPECT_EQ(j["prompt_tokens"], prompts[idx].size());
         ASSERT_EQ(j["completions"].size(), 2u);
         for (int s = 0; s < 2; ++s) {
