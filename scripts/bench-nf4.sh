@@ -20,6 +20,8 @@ case "$device" in
 esac
 rank=${RANK:-64}
 python=${PYTHON:-python3}
+# On a GPU machine without a package index, bitsandbytes comes from .deps/python (scripts/prepare-device-deps.sh).
+[ -d .deps/python/bitsandbytes ] && export PYTHONPATH=$(pwd)/.deps/python${PYTHONPATH:+:$PYTHONPATH}
 [ -x .venv/bin/python ] && python=${PYTHON:-.venv/bin/python}
 bin=""
 for dir in ${MEDLLM_BUILD_DIR:-} build-device build; do
