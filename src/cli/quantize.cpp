@@ -1,7 +1,10 @@
 // `medllm quantize`: write a bitsandbytes-compatible NF4 checkpoint once, instead of quantizing at every start.
 #include <spdlog/spdlog.h>
 
+#include <memory>
+
 #include "cli/commands.h"
+#include "medllm/core/progress.h"
 #include "medllm/quant/quantize_checkpoint.h"
 
 namespace medllm::cli {
@@ -24,9 +27,11 @@ void add_quantize_command(CLI::App& app) {
     cmd->add_flag("--no-double-quant", opts->no_double_quant, "Keep fp32 absmax (no double quantization)");
     cmd->callback([opts] {
         opts->q.double_quant = !opts->no_double_quant;
-        auto report          = quant::quantize_checkpoint(
-            opts->model, opts->output, opts->q, [](int64_t done, int64_t total, const std::string& name) {
-                if (done % 50 == 0 || done == total) spdlog::info("quantize: {}/{} tensors ({})", done, total, name);
+        std::unique_ptr<ProgressLog> progress;
+        auto report = quant::quantize_checkpoint(
+            opts->model, opts->output, opts->q, [&](int64_t done, int64_t total, uint64_t bytes) {
+                if (!progress) progress = std::make_unique<ProgressLog>("quantize", total, "tensors");
+                progress->update(done, bytes);
             });
         spdlog::info("wrote {}: {} tensors in NF4, {} kept; {:.2f} GiB -> {:.2f} GiB", opts->output,
                      report.quantized_tensors, report.kept_tensors, report.bytes_in / double(1ull << 30),

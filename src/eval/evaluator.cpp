@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "medllm/core/error.h"
+#include "medllm/core/progress.h"
 #include "medllm/eval/answer.h"
 
 namespace medllm::eval {
@@ -77,13 +78,6 @@ void check_or_write_run_identity(const fs::path& dir, const json& identity) {
     if (!out) throw Error(file.string() + ": write failed");
 }
 
-std::string format_seconds(double s) {
-    const int total = static_cast<int>(s + 0.5);
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%d:%02d:%02d", total / 3600, total / 60 % 60, total % 60);
-    return buf;
-}
-
 }  // namespace
 
 EvalResult evaluate_model(const std::vector<Question>& questions, const std::vector<FewShotExample>& examples,
@@ -113,7 +107,8 @@ EvalResult evaluate_model(const std::vector<Question>& questions, const std::vec
         spdlog::info("igakuqa {}: {} questions, {} saved, {} to generate (batch {})", to_string(mode), questions.size(),
                      questions.size() - todo.size(), todo.size(), options.batch_size);
 
-        const auto start = std::chrono::steady_clock::now();
+        // Every batch is a line: batches take a while, and the line says the run is alive and how long is left.
+        ProgressLog progress(std::string("igakuqa ") + to_string(mode), static_cast<int64_t>(todo.size()), "questions", 0.0);
         for (size_t begin = 0; begin < todo.size(); begin += static_cast<size_t>(options.batch_size)) {
             const size_t end = std::min(todo.size(), begin + static_cast<size_t>(options.batch_size));
             std::vector<std::string> prompts;
@@ -130,11 +125,7 @@ EvalResult evaluate_model(const std::vector<Question>& questions, const std::vec
             }
             store.append(records);
 
-            const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-            const double rate    = elapsed > 0 ? static_cast<double>(end) / elapsed : 0.0;
-            const double eta     = rate > 0 ? static_cast<double>(todo.size() - end) / rate : 0.0;
-            spdlog::info("igakuqa {}: {}/{} | {:.2f} questions/s | ETA {}", to_string(mode), end, todo.size(), rate,
-                         format_seconds(eta));
+            progress.update(static_cast<int64_t>(end));
         }
 
         std::vector<std::optional<ScoredPrediction>> aligned;

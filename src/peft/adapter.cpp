@@ -1,5 +1,7 @@
 #include "medllm/peft/adapter.h"
 
+#include <algorithm>
+
 #include <cmath>
 #include <fstream>
 #include <regex>
@@ -314,7 +316,8 @@ std::shared_ptr<model::Qwen2ForCausalLM> load_model_with_adapter(const std::stri
 // ---------------------------------------------------------------- merge into a checkpoint
 
 MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& adapter_dir, const fs::path& out_dir,
-                                    uint64_t max_shard_bytes) {
+                                    uint64_t max_shard_bytes,
+                                    const std::function<void(int64_t, int64_t, uint64_t)>& progress) {
     if (!fs::is_directory(base_dir)) throw Error(base_dir.string() + ": not a model directory");
     if (fs::exists(out_dir) && fs::equivalent(fs::absolute(out_dir), fs::absolute(base_dir)))
         throw UsageError("--output must differ from --model (" + out_dir.string() + ")");
@@ -350,21 +353,28 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
     std::set<std::string> merged;
     {
         io::CheckpointWriter writer(out_dir, max_shard_bytes);
+        const auto total = static_cast<int64_t>(std::count_if(names.begin(), names.end(), [&](const std::string& n) {
+            return !is_statistic(n);
+        }));
         for (const auto& name : names) {
             if (is_statistic(name)) continue;
             at::Tensor t;
+            uint64_t bytes_read = 0;
             if (quantized_keys.count(name)) {
                 std::map<std::string, at::Tensor> entries;
                 for (const auto& n : names) {
                     if (n == name ||
-                        (n.size() > name.size() && n.compare(0, name.size(), name) == 0 && n[name.size()] == '.'))
+                        (n.size() > name.size() && n.compare(0, name.size(), name) == 0 && n[name.size()] == '.')) {
                         entries[n] = reader.load(n);
+                        bytes_read += entries[n].nbytes();
+                    }
                 }
                 // The weight the adapter was trained against: dequantized to the stored dtype.
                 t = quant::nf4_dequantize(quant::nf4_from_state_dict(entries, name));
                 ++stats.dequantized_modules;
             } else {
-                t = reader.load(name);
+                t          = reader.load(name);
+                bytes_read = t.nbytes();
             }
             if (ends_with(name, ".weight")) {
                 const std::string module = name.substr(0, name.size() - 7);
@@ -384,6 +394,7 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
             if (at::isFloatingType(t.scalar_type())) t = t.to(at::kBFloat16);
             writer.add(name, t);
             ++stats.tensors;
+            if (progress) progress(stats.tensors, total, bytes_read);
         }
         stats.files = writer.finish();
     }

@@ -25,8 +25,7 @@ bool is_quantizable_weight(const std::string& name) {
 }
 
 QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::string& output_dir,
-                                   const QuantizeOptions& options,
-                                   const std::function<void(int64_t, int64_t, const std::string&)>& progress) {
+                                   const QuantizeOptions& options, const CheckpointProgress& progress) {
     if (!is_valid_nf4_blocksize(options.blocksize))
         throw UsageError("--blocksize " + std::to_string(options.blocksize) +
                          " is not a power of two between 32 and 4096");
@@ -68,7 +67,7 @@ QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::stri
             report.bytes_out += t.nbytes();
             ++report.kept_tensors;
         }
-        if (progress) progress(++done, static_cast<int64_t>(names.size()), name);
+        if (progress) progress(++done, static_cast<int64_t>(names.size()), t.nbytes());
     }
     writer.finish();
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -69,7 +70,9 @@ struct MergeStats {
 // `medllm merge`: streams the base checkpoint (bf16/fp32, or bitsandbytes 4-bit, which is dequantized) tensor by
 // tensor, adds scaling·B·A in fp32 to each adapted weight, and writes a bf16 HF checkpoint (sharded above
 // `max_shard_bytes`) with config.json (dtype bfloat16, no quantization_config) and the base's tokenizer files.
+// `progress(done, total, bytes_read)` is called after each base tensor.
 MergeStats merge_adapter_checkpoint(const std::filesystem::path& base_dir, const std::filesystem::path& adapter_dir,
-                                    const std::filesystem::path& out_dir, uint64_t max_shard_bytes = 5'000'000'000ULL);
+                                    const std::filesystem::path& out_dir, uint64_t max_shard_bytes = 5'000'000'000ULL,
+                                    const std::function<void(int64_t, int64_t, uint64_t)>& progress = {});
 
 }  // namespace medllm::peft

@@ -25,9 +25,9 @@ bool is_quantizable_weight(const std::string& name);
 
 // Reads `model_dir` (config.json + safetensors), writes `output_dir` with the 4-bit tensors, a config.json that
 // carries transformers' `quantization_config`, and copies of the tokenizer and generation files.
-// `progress(done, total, name)` is called after each tensor.
+// `progress(done, total, bytes_read)` is called after each input tensor.
+using CheckpointProgress = std::function<void(int64_t done, int64_t total, uint64_t bytes_read)>;
 QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::string& output_dir,
-                                   const QuantizeOptions& options,
-                                   const std::function<void(int64_t, int64_t, const std::string&)>& progress = {});
+                                   const QuantizeOptions& options, const CheckpointProgress& progress = {});
 
 }  // namespace medllm::quant

@@ -1,0 +1,36 @@
+// Progress lines for long jobs (quantize, merge, evaluation, training): "what: done/total (pct) | rate | ETA",
+// logged at info level on the first step, then at most every `interval_seconds`, and always on the last step.
+// Rate and ETA appear once 0.1 s have passed; the last line gives the total time instead of an ETA.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace medllm {
+
+// "H:MM:SS".
+std::string format_duration(double seconds);
+
+class ProgressLog {
+public:
+    // `unit` names what is counted ("tensors", "questions"); `interval_seconds` 0 logs every step.
+    ProgressLog(std::string what, int64_t total, std::string unit, double interval_seconds = 10.0);
+
+    // Records that `done` units are complete and `bytes` more bytes were processed (0 when not meaningful; the line
+    // then omits GB/s). Returns true when a line was logged.
+    bool update(int64_t done, uint64_t bytes = 0);
+
+    // The line update() would log now (exposed for tests).
+    std::string line() const;
+
+private:
+    std::string what_, unit_;
+    int64_t total_, done_ = 0;
+    uint64_t bytes_ = 0;
+    double interval_;
+    std::chrono::steady_clock::time_point start_, last_log_;
+    bool logged_ = false;
+};
+
+}  // namespace medllm
