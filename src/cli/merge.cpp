@@ -18,7 +18,8 @@ void add_merge_command(CLI::App& app) {
         uint64_t max_shard_bytes = 5'000'000'000ULL;
     };
     auto opts = std::make_shared<Options>();
-    auto* cmd = app.add_subcommand("merge", "Merge a PEFT LoRA adapter into a bf16 HF checkpoint");
+    auto* cmd = app.add_subcommand("merge", "Merge a PEFT LoRA adapter into a bf16 HF checkpoint. Rerunning an "
+                                            "interrupted merge keeps the shards it finished");
     cmd->add_option("--model", opts->model, "Base model directory (HF bf16/fp32, or bitsandbytes 4-bit)")->required();
     cmd->add_option("--adapter", opts->adapter,
                     "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")

@@ -12,7 +12,8 @@ namespace medllm::cli {
 void add_quantize_command(CLI::App& app) {
     auto* cmd  = app.add_subcommand("quantize",
                                     "Write a bitsandbytes/transformers-compatible 4-bit NF4 checkpoint (q/k/v/o and MLP "
-                                    "projections quantized; embeddings, norms, biases and lm_head kept)");
+                                    "projections quantized; embeddings, norms, biases and lm_head kept). Rerunning an "
+                                    "interrupted run keeps the shards it finished");
     struct Options {
         std::string model, output;
         quant::QuantizeOptions q;

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <regex>
 #include <set>
 
@@ -127,23 +128,127 @@ void save_file(const fs::path& path, const std::vector<std::pair<std::string, at
 
 // ---------------------------------------------------------------- CheckpointWriter
 
+std::string directory_fingerprint(const fs::path& dir) {
+    std::vector<std::string> lines;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+        if (!entry.is_regular_file(ec)) continue;
+        const auto size  = entry.file_size(ec);
+        const auto mtime = entry.last_write_time(ec).time_since_epoch().count();
+        lines.push_back(entry.path().filename().string() + ":" + std::to_string(size) + ":" + std::to_string(mtime));
+    }
+    std::sort(lines.begin(), lines.end());
+    std::string out = fs::absolute(dir).lexically_normal().string();
+    for (const auto& line : lines) out += "|" + line;
+    return out;
+}
+
 CheckpointWriter::CheckpointWriter(fs::path dir, uint64_t max_shard_bytes, std::map<std::string, std::string> metadata,
-                                   std::string prefix)
-    : dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes), metadata_(std::move(metadata)), prefix_(std::move(prefix)) {
+                                   std::string prefix, std::string resume_key)
+    : dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes), metadata_(std::move(metadata)), prefix_(std::move(prefix)),
+      resume_key_(std::move(resume_key)) {
     if (max_shard_bytes_ == 0) throw UsageError("checkpoint writer: max shard size must be positive");
     std::error_code ec;
     fs::create_directories(dir_, ec);
     if (ec) throw Error(dir_.string() + ": cannot create directory: " + ec.message());
+    if (!resume_key_.empty()) adopt_or_clear_journal();
 }
 
 CheckpointWriter::~CheckpointWriter() {
-    if (finished_) return;
+    if (finished_ || !resume_key_.empty()) return;  // a resumable writer keeps its finished shards for the rerun
     std::error_code ignored;  // abandoned (an exception unwound us): leave no half-written shards behind
     for (const auto& tmp : temp_shards_) fs::remove(tmp, ignored);
 }
 
+fs::path CheckpointWriter::journal_path() const { return dir_ / ("." + prefix_ + "-shards.json"); }
+
+void CheckpointWriter::write_journal() const {
+    nlohmann::json shards = nlohmann::json::array();
+    for (size_t i = 0; i < temp_shards_.size(); ++i) {
+        shards.push_back({{"file", temp_shards_[i].filename().string()},
+                          {"names", shard_names_[i]},
+                          {"bytes", shard_bytes_[i]},
+                          {"numel", shard_numel_[i]}});
+    }
+    const nlohmann::json journal = {
+        {"resume_key", resume_key_}, {"max_shard_bytes", max_shard_bytes_}, {"shards", shards}};
+    const fs::path tmp = journal_path().string() + ".tmp";
+    {
+        std::ofstream out(tmp);
+        out << journal.dump() << "\n";
+        if (!out) throw Error(tmp.string() + ": cannot write");
+    }
+    fs::rename(tmp, journal_path());
+}
+
+// Takes over the shards an interrupted run with the same key finished, or clears what a different run left.
+void CheckpointWriter::adopt_or_clear_journal() {
+    std::error_code ec;
+    nlohmann::json journal;
+    if (fs::exists(journal_path())) {
+        try {
+            std::ifstream in(journal_path());
+            journal = nlohmann::json::parse(in);
+        } catch (const std::exception&) {
+            journal = nlohmann::json();  // unreadable: start over
+        }
+    }
+    bool usable = journal.is_object() && journal.value("resume_key", std::string()) == resume_key_ &&
+                  journal.value("max_shard_bytes", uint64_t(0)) == max_shard_bytes_ && journal.contains("shards") &&
+                  journal["shards"].is_array();
+    if (usable) {
+        for (size_t i = 0; i < journal["shards"].size() && usable; ++i) {
+            const auto& shard = journal["shards"][i];
+            const fs::path file = dir_ / ("." + prefix_ + "-shard-" + std::to_string(i) + ".safetensors");
+            try {
+                usable = shard.at("file").get<std::string>() == file.filename().string() && fs::exists(file);
+                if (usable) {
+                    // The shard must still hold exactly the tensors the record lists.
+                    auto listed = shard.at("names").get<std::vector<std::string>>();
+                    auto held   = SafetensorsFile(file).names();
+                    std::sort(listed.begin(), listed.end());
+                    std::sort(held.begin(), held.end());
+                    usable = listed == held;
+                }
+            } catch (const std::exception&) {
+                usable = false;
+            }
+        }
+    }
+    if (!usable) {
+        // Whatever a different (or unreadable) run left: temporary shards and the record.
+        const std::regex temp_pattern("\\." + std::regex_replace(prefix_, std::regex(R"([.^$|()\[\]{}*+?\\])"), R"(\$&)") +
+                                      R"(-shard-\d+\.safetensors(\.tmp)?)");
+        for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+            if (std::regex_match(entry.path().filename().string(), temp_pattern)) fs::remove(entry.path(), ec);
+        }
+        fs::remove(journal_path(), ec);
+        return;
+    }
+    for (const auto& shard : journal["shards"]) {
+        temp_shards_.push_back(dir_ / shard["file"].get<std::string>());
+        shard_names_.push_back(shard["names"].get<std::vector<std::string>>());
+        shard_bytes_.push_back(shard["bytes"].get<uint64_t>());
+        shard_numel_.push_back(shard["numel"].get<uint64_t>());
+        for (const auto& name : shard_names_.back()) completed_.insert(name);
+        total_bytes_ += shard_bytes_.back();
+        total_numel_ += shard_numel_.back();
+        resumed_bytes_ += shard_bytes_.back();
+    }
+    resumed_shards_ = temp_shards_.size();
+}
+
 void CheckpointWriter::add(const std::string& name, const at::Tensor& tensor) {
     if (finished_) throw Error(dir_.string() + ": checkpoint writer already finished");
+    if (completed_.count(name)) {
+        if (added_new_) {
+            throw Error(dir_.string() + ": tensor " + quoted_name(name) +
+                        " comes later than in the interrupted run being resumed; delete " + journal_path().string() +
+                        " to start over");
+        }
+        return;  // already in a resumed shard
+    }
+    added_new_ = true;
     if (!seen_.emplace(name, true).second)
         throw Error(dir_.string() + ": tensor " + quoted_name(name) + " added twice");
     if (!tensor.defined()) throw Error(dir_.string() + ": tensor " + quoted_name(name) + " is undefined");
@@ -169,8 +274,16 @@ void CheckpointWriter::write_shard() {
     temp_shards_.push_back(tmp);
     save_file(tmp, pending_, metadata_);
     std::vector<std::string> names;
-    for (const auto& p : pending_) names.push_back(p.first);
+    uint64_t bytes = 0, numel = 0;
+    for (const auto& p : pending_) {
+        names.push_back(p.first);
+        bytes += tensor_bytes(p.second);
+        numel += static_cast<uint64_t>(p.second.numel());
+    }
     shard_names_.push_back(std::move(names));
+    shard_bytes_.push_back(bytes);
+    shard_numel_.push_back(numel);
+    if (!resume_key_.empty()) write_journal();
     pending_.clear();
     pending_bytes_ = 0;
 }
@@ -212,6 +325,7 @@ std::vector<fs::path> CheckpointWriter::finish() {
         write_index(index_path, {{"metadata", {{"total_parameters", total_numel_}, {"total_size", total_bytes_}}},
                                  {"weight_map", weight_map}});
     }
+    if (!resume_key_.empty()) fs::remove(journal_path(), ec);
     finished_ = true;
     return final_paths;
 }

@@ -352,12 +352,29 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
     MergeStats stats;
     std::set<std::string> merged;
     {
-        io::CheckpointWriter writer(out_dir, max_shard_bytes);
+        // Resumable: rerunning the same merge keeps the shards an interrupted run finished.
+        const std::string resume_key = "medllm merge v1|" + io::directory_fingerprint(base_dir) + "|" +
+                                       io::directory_fingerprint(adapter_dir);
+        io::CheckpointWriter writer(out_dir, max_shard_bytes, {{"format", "pt"}}, "model", resume_key);
+        if (writer.resumed_shards() > 0) {
+            spdlog::info("merge: resuming; {} shards ({} tensors) of an interrupted run are kept",
+                         writer.resumed_shards(), writer.resumed_tensors());
+        }
         const auto total = static_cast<int64_t>(std::count_if(names.begin(), names.end(), [&](const std::string& n) {
             return !is_statistic(n);
         }));
         for (const auto& name : names) {
             if (is_statistic(name)) continue;
+            if (writer.completed(name)) {  // written by the interrupted run: account for it, compute nothing
+                if (quantized_keys.count(name)) ++stats.dequantized_modules;
+                if (ends_with(name, ".weight") && weights.count(name.substr(0, name.size() - 7))) {
+                    merged.insert(name.substr(0, name.size() - 7));
+                    ++stats.merged_modules;
+                }
+                ++stats.tensors;
+                if (progress) progress(stats.tensors, total, 0);
+                continue;
+            }
             at::Tensor t;
             uint64_t bytes_read = 0;
             if (quantized_keys.count(name)) {

@@ -92,6 +92,17 @@ std::string nf4_quant_state_json(const Nf4Tensor& w) {
     return text + "}";
 }
 
+std::vector<std::string> nf4_state_dict_keys(const std::string& weight_key, bool nested) {
+    std::vector<std::string> keys = {weight_key, weight_key + ".absmax", weight_key + ".quant_map",
+                                     weight_key + kNf4QuantStateSuffix};
+    if (nested) {
+        keys.push_back(weight_key + ".nested_absmax");
+        keys.push_back(weight_key + ".nested_quant_map");
+    }
+    std::sort(keys.begin(), keys.end());  // the order nf4_to_state_dict's map iterates in
+    return keys;
+}
+
 std::map<std::string, at::Tensor> nf4_to_state_dict(const Nf4Tensor& w, const std::string& weight_key) {
     w.validate(weight_key);
     auto cpu = [](const at::Tensor& t) { return t.to(at::kCPU).contiguous(); };

@@ -1,9 +1,11 @@
 #include "medllm/quant/quantize_checkpoint.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "medllm/core/error.h"
 #include "medllm/io/safetensors.h"
@@ -45,27 +47,45 @@ QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::stri
 
     io::CheckpointReader reader(model_dir);
     fs::create_directories(out);
-    io::CheckpointWriter writer(out, options.max_shard_bytes);
+    // Resumable: a rerun of the same command over the same input keeps the shards an interrupted run finished.
+    const std::string resume_key = "medllm quantize v1|blocksize=" + std::to_string(options.blocksize) +
+                                   "|double_quant=" + std::to_string(options.double_quant) + "|" +
+                                   io::directory_fingerprint(in);
+    io::CheckpointWriter writer(out, options.max_shard_bytes, {{"format", "pt"}}, "model", resume_key);
+    if (writer.resumed_shards() > 0) {
+        spdlog::info("quantize: resuming; {} shards ({} tensors) of an interrupted run are kept", writer.resumed_shards(),
+                     writer.resumed_tensors());
+    }
     QuantizeReport report;
+    report.resumed_tensors = static_cast<int64_t>(writer.resumed_tensors());
+    report.bytes_out       = writer.resumed_bytes();
     auto names    = reader.names();
     int64_t done  = 0;
     std::string compute_dtype = "bfloat16";
+    auto is_float = [](io::DType d) { return d == io::DType::F16 || d == io::DType::BF16 || d == io::DType::F32 || d == io::DType::F64; };
     for (const auto& name : names) {
+        const io::TensorInfo& info = reader.info(name);
+        const bool quantize        = is_quantizable_weight(name) && is_float(info.dtype);
+        if (quantize && info.dtype == io::DType::F32) compute_dtype = "float32";
+        std::vector<std::string> keys = {name};
+        if (quantize) keys = nf4_state_dict_keys(name, options.double_quant);
+        report.bytes_in += info.nbytes();
+        ++(quantize ? report.quantized_tensors : report.kept_tensors);
+        if (std::all_of(keys.begin(), keys.end(), [&](const std::string& k) { return writer.completed(k); })) {
+            if (progress) progress(++done, static_cast<int64_t>(names.size()), 0);  // in a resumed shard
+            continue;
+        }
         at::Tensor t = reader.load(name);
-        report.bytes_in += t.nbytes();
-        if (is_quantizable_weight(name) && t.is_floating_point()) {
+        if (quantize) {
             Nf4Tensor q = nf4_quantize(t, options.blocksize, options.double_quant);
-            std::string key = name;
-            for (const auto& [k, v] : nf4_to_state_dict(q, key)) {
+            for (const auto& [k, v] : nf4_to_state_dict(q, name)) {
+                if (writer.completed(k)) continue;  // a shard boundary fell inside this weight's entries
                 writer.add(k, v);
                 report.bytes_out += v.nbytes();
             }
-            ++report.quantized_tensors;
-            if (t.scalar_type() == at::kFloat) compute_dtype = "float32";
         } else {
             writer.add(name, t);
             report.bytes_out += t.nbytes();
-            ++report.kept_tensors;
         }
         if (progress) progress(++done, static_cast<int64_t>(names.size()), t.nbytes());
     }

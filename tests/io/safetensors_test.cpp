@@ -242,6 +242,76 @@ TEST(Safetensors, ShardsLikeTransformersAtTheSizeLimit) {
     EXPECT_EQ(idx["metadata"]["total_parameters"], 120);
 }
 
+// A resumable writer interrupted after some shards keeps them; a rerun with the same key takes them over, skips
+// their tensors and produces exactly the checkpoint an uninterrupted run writes.
+TEST(Safetensors, ResumableWriterTakesOverFinishedShards) {
+    const auto meta = read_json(kFixtures / "sharded.json");
+    const auto max  = meta["max_shard_bytes"].get<uint64_t>();
+    CheckpointReader hf(kFixtures / "sharded");
+    std::vector<std::string> order;
+    for (const auto& name : meta["order"]) order.push_back(name.get<std::string>());
+    const std::string key = "test-run-1";
+
+    TempDir dir;
+    {
+        CheckpointWriter first(dir.path(), max, {{"format", "pt"}}, "model", key);
+        // Interrupted: the writer goes away (an exception, or a kill) after part of the tensors.
+        for (size_t i = 0; i < order.size() * 3 / 4; ++i) first.add(order[i], hf.load(order[i]));
+    }
+    EXPECT_TRUE(fs::exists(dir.path() / ".model-shards.json"));
+    {
+        CheckpointWriter other(dir.path(), max, {{"format", "pt"}}, "model", "a different run");
+        EXPECT_EQ(other.resumed_shards(), 0u);  // different key: nothing is taken over, the leftovers go
+    }
+    EXPECT_FALSE(fs::exists(dir.path() / ".model-shard-0.safetensors"));
+    {
+        CheckpointWriter first(dir.path(), max, {{"format", "pt"}}, "model", key);
+        for (size_t i = 0; i < order.size() * 3 / 4; ++i) first.add(order[i], hf.load(order[i]));
+    }
+    CheckpointWriter second(dir.path(), max, {{"format", "pt"}}, "model", key);
+    ASSERT_GE(second.resumed_shards(), 1u);
+    EXPECT_TRUE(second.completed(order.front()));
+    EXPECT_FALSE(second.completed(order.back()));
+    size_t skipped = 0;
+    for (const auto& name : order) {
+        if (second.completed(name)) {
+            ++skipped;
+            continue;  // what a caller does: no load, no compute
+        }
+        second.add(name, hf.load(name));
+    }
+    EXPECT_EQ(skipped, second.resumed_tensors());
+    EXPECT_EQ(second.finish().size(), 3u);
+    EXPECT_FALSE(fs::exists(dir.path() / ".model-shards.json"));
+    EXPECT_EQ(read_bytes(dir.path() / "model.safetensors.index.json"),
+              read_bytes(kFixtures / "sharded" / "model.safetensors.index.json"));
+    CheckpointReader back(dir.path());
+    EXPECT_EQ(back.names(), hf.names());
+    for (const auto& name : back.names()) EXPECT_TRUE(at::equal(back.load(name), hf.load(name))) << name;
+    for (const auto& entry : fs::directory_iterator(dir.path()))
+        EXPECT_NE(entry.path().filename().string().front(), '.') << "left behind: " << entry.path();
+}
+
+TEST(Safetensors, ResumeRefusesADifferentOrderAndPlainWritersCleanUp) {
+    TempDir dir;
+    {
+        CheckpointWriter w(dir.path(), 100, {{"format", "pt"}}, "model", "k");
+        w.add("a", at::ones(25));  // 100 B: a shard of its own
+        w.add("b", at::ones(25));
+    }
+    CheckpointWriter again(dir.path(), 100, {{"format", "pt"}}, "model", "k");
+    EXPECT_EQ(again.resumed_shards(), 2u);
+    again.add("z", at::ones(3));
+    expect_error([&] { again.add("a", at::ones(25)); }, {"'a'", "interrupted run", ".model-shards.json"});
+
+    TempDir plain;
+    {
+        CheckpointWriter w(plain.path(), 100);
+        w.add("a", at::ones(25));
+    }
+    EXPECT_TRUE(fs::is_empty(plain.path()));
+}
+
 // Re-writes every dtype of the Python-written fixture and reads it back. With MEDLLM_IO_EXPORT_DIR set (as
 // scripts/make_io_fixtures.py --verify-cpp does) the file goes there for Python safetensors/transformers to load.
 TEST(Safetensors, ExportForPython) {

@@ -161,3 +161,27 @@ TEST(MergeCli, ErrorsAreOneLineWithExitCodes) {
     EXPECT_EQ(bad.exit_code, 1) << bad.output;
     EXPECT_NE(bad.output.find("q_proj"), std::string::npos) << bad.output;
 }
+
+// An interrupted merge keeps its finished shards; rerunning it computes the rest and writes the same checkpoint.
+TEST(MergeCli, ResumesAnInterruptedMerge) {
+    TempDir tmp;
+    const uint64_t shard = 20'000;
+    auto whole = peft::merge_adapter_checkpoint(peft_test::tiny_model(), peft_test::tiny_adapter(), tmp.path / "whole",
+                                                shard);
+    const fs::path out = tmp.path / "resumed";
+    EXPECT_THROW(peft::merge_adapter_checkpoint(peft_test::tiny_model(), peft_test::tiny_adapter(), out, shard,
+                                                [](int64_t done, int64_t total, uint64_t) {
+                                                    if (done == total * 2 / 3) throw std::runtime_error("interrupted");
+                                                }),
+                 std::runtime_error);
+    int64_t computed = 0;
+    auto again = peft::merge_adapter_checkpoint(peft_test::tiny_model(), peft_test::tiny_adapter(), out, shard,
+                                                [&](int64_t, int64_t, uint64_t bytes) { computed += bytes > 0; });
+    EXPECT_LT(computed, again.tensors);
+    EXPECT_EQ(again.merged_modules, whole.merged_modules);
+    EXPECT_EQ(again.tensors, whole.tensors);
+    io::CheckpointReader a(tmp.path / "whole"), b(out);
+    ASSERT_EQ(a.names(), b.names());
+    for (const auto& name : a.names()) EXPECT_TRUE(at::equal(a.load(name), b.load(name))) << name;
+    EXPECT_FALSE(fs::exists(out / ".model-shards.json"));
+}

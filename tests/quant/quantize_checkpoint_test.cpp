@@ -104,3 +104,54 @@ TEST(QuantizeCheckpoint, NoDoubleQuantKeepsFp32Absmax) {
 }
 
 }  // namespace
+
+namespace {
+
+std::map<std::string, std::string> files_of(const fs::path& dir) {
+    std::map<std::string, std::string> files;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+        std::ifstream in(entry.path(), std::ios::binary);
+        files[entry.path().filename().string()] = std::string(std::istreambuf_iterator<char>(in), {});
+    }
+    return files;
+}
+
+}  // namespace
+
+// An interrupted quantization keeps its finished shards; the rerun loads and quantizes only what they lack and
+// writes exactly the files an uninterrupted run writes.
+TEST(QuantizeCheckpoint, ResumesAnInterruptedRunAndWritesTheSameFiles) {
+    const fs::path root = fs::temp_directory_path() / ("medllm_quantize_resume_" + std::to_string(::getpid()));
+    fs::remove_all(root);
+    quant::QuantizeOptions options;
+    options.max_shard_bytes = 20'000;  // several shards on the tiny model
+    quant::quantize_checkpoint(kModel.string(), (root / "whole").string(), options);
+
+    const fs::path out = root / "resumed";
+    int64_t total = 0;
+    EXPECT_THROW(quant::quantize_checkpoint(kModel.string(), out.string(), options,
+                                            [&](int64_t done, int64_t n, uint64_t) {
+                                                total = n;
+                                                if (done == n * 2 / 3) throw std::runtime_error("interrupted");
+                                            }),
+                 std::runtime_error);
+    EXPECT_TRUE(fs::exists(out / ".model-shards.json"));
+    int64_t loaded = 0;
+    const auto report = quant::quantize_checkpoint(kModel.string(), out.string(), options,
+                                                   [&](int64_t, int64_t, uint64_t bytes) { loaded += bytes > 0; });
+    EXPECT_GT(report.resumed_tensors, 0);
+    EXPECT_LT(loaded, total);  // tensors in the kept shards were not read again
+    EXPECT_EQ(files_of(out), files_of(root / "whole"));
+
+    // Other options are another run: nothing is taken over.
+    options.blocksize = 128;
+    EXPECT_THROW(quant::quantize_checkpoint(kModel.string(), out.string(), options,
+                                            [](int64_t done, int64_t n, uint64_t) {
+                                                if (done == n / 2) throw std::runtime_error("interrupted");
+                                            }),
+                 std::runtime_error);
+    options.blocksize = 64;
+    EXPECT_EQ(quant::quantize_checkpoint(kModel.string(), out.string(), options).resumed_tensors, 0);
+    EXPECT_EQ(files_of(out), files_of(root / "whole"));
+    fs::remove_all(root);
+}

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <optional>
 #include <string>
@@ -120,6 +121,10 @@ private:
     std::map<std::string, Entry, std::less<>> entries_;
 };
 
+// Identifies a checkpoint directory's current contents for resume keys: the names, sizes and modification times
+// of its top-level files.
+std::string directory_fingerprint(const std::filesystem::path& dir);
+
 // Writes one safetensors file (tensors are made contiguous and moved to CPU one at a time). Data is laid out by
 // dtype size (largest first) then name, so every tensor stays aligned; the header is padded with spaces to 8 bytes.
 // Written to a temporary name and renamed, so a crash never leaves a truncated file under the final name.
@@ -131,14 +136,27 @@ void save_file(const std::filesystem::path& path, const std::vector<std::pair<st
 // ({"metadata": {"total_parameters": P, "total_size": N}, "weight_map": {name: file}}, as transformers 5 writes
 // it). Tensors are added one by one and written as soon as a shard is full, so only one shard's tensors are
 // referenced at a time.
+//
+// Resumable writing (`resume_key` non-empty): every finished shard is recorded in `.<prefix>-shards.json` next to
+// it. When a run with the same key and shard size finds such a record, the shards it lists are kept: `completed()`
+// tells the caller which tensors it need not compute again, and `add()` skips them. The caller must add tensors in
+// the same order as the interrupted run (same inputs and options: put them in the key); a different order is an
+// error. An abandoned resumable writer keeps its finished shards; a plain one removes them.
 class CheckpointWriter {
 public:
     static constexpr uint64_t kDefaultMaxShardBytes = 5'000'000'000ULL;  // HF's default "5GB"
 
     explicit CheckpointWriter(std::filesystem::path dir, uint64_t max_shard_bytes = kDefaultMaxShardBytes,
                               std::map<std::string, std::string> metadata = {{"format", "pt"}},
-                              std::string prefix = "model");
+                              std::string prefix = "model", std::string resume_key = "");
     ~CheckpointWriter();
+
+    // True when a resumed shard already holds `name`.
+    bool completed(const std::string& name) const { return completed_.count(name) > 0; }
+    // Shards / tensors / bytes taken over from an interrupted run.
+    size_t resumed_shards() const { return resumed_shards_; }
+    size_t resumed_tensors() const { return completed_.size(); }
+    uint64_t resumed_bytes() const { return resumed_bytes_; }
 
     void add(const std::string& name, const at::Tensor& tensor);
     // Writes the pending shard, renames shards to their final names and writes the index. Returns the files.
@@ -147,6 +165,9 @@ public:
 private:
     void flush_shard();
     void write_shard();
+    std::filesystem::path journal_path() const;
+    void write_journal() const;
+    void adopt_or_clear_journal();
 
     std::filesystem::path dir_;
     uint64_t max_shard_bytes_;
@@ -160,6 +181,12 @@ private:
     std::vector<std::vector<std::string>> shard_names_;
     std::map<std::string, bool> seen_;
     bool finished_ = false;
+    std::string resume_key_;
+    std::set<std::string> completed_;
+    std::vector<uint64_t> shard_bytes_, shard_numel_;
+    size_t resumed_shards_  = 0;
+    uint64_t resumed_bytes_ = 0;
+    bool added_new_         = false;  // a tensor not in a resumed shard has been added
 };
 
 }  // namespace medllm::io

@@ -11,6 +11,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "medllm/quant/nf4.h"
 
@@ -26,6 +27,8 @@ std::string nf4_quant_state_json(const Nf4Tensor& w);
 
 // The checkpoint entries for `w` under `weight_key` (CPU, contiguous).
 std::map<std::string, at::Tensor> nf4_to_state_dict(const Nf4Tensor& w, const std::string& weight_key);
+// Their names, in the same (sorted) order, without quantizing anything.
+std::vector<std::string> nf4_state_dict_keys(const std::string& weight_key, bool nested);
 
 // Reads the entries for `weight_key` (tensors stay on their device). Throws medllm::Error naming the key when an
 // entry is missing or inconsistent, and for FP4 or other quantization types.

@@ -16,6 +16,7 @@ struct QuantizeOptions {
 
 struct QuantizeReport {
     int64_t quantized_tensors = 0, kept_tensors = 0;
+    int64_t resumed_tensors = 0;  // output tensors taken over from an interrupted run's finished shards
     uint64_t bytes_in = 0, bytes_out = 0;
 };
 
