@@ -39,6 +39,19 @@ __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { retu
 template <>
 __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
 
+// The 32 weights of one 16-byte run of packed codes: value 2b comes from byte b's high nibble and 2b+1 from its low
+// nibble (bytes little-endian within each 32-bit word), each code * scale as one rounded fp32 multiply (never
+// contracted into an FMA, so the values equal the CPU reference's). `lut` holds the 16 code values.
+__device__ __forceinline__ void decode_run(const uint4 raw, float scale, const float* lut, float (&w)[32]) {
+    const uint32_t word[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int b = 0; b < 16; ++b) {
+        const uint32_t byte = (word[b / 4] >> (8 * (b % 4))) & 0xFFu;
+        w[2 * b]            = __fmul_rn(lut[byte >> 4], scale);
+        w[2 * b + 1]        = __fmul_rn(lut[byte & 0x0F], scale);
+    }
+}
+
 // Per-block absmax, rebuilt from the double-quantized statistics when absmax_q is set:
 // (code8[q] * absmax2) + offset as two separately rounded fp32 operations, the order bitsandbytes uses.
 struct AbsmaxSource {

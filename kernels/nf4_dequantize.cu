@@ -28,15 +28,11 @@ __global__ void nf4_dequantize_kernel(const uint8_t* __restrict__ packed, nf4_de
     const float scale = absmax(first / blocksize);
 
     if (vectorized && first + kElemsPerThread <= numel) {
-        const uint4 raw        = reinterpret_cast<const uint4*>(packed)[chunk];
-        const uint32_t word[4] = {raw.x, raw.y, raw.z, raw.w};
+        float w[kElemsPerThread];
+        nf4_detail::decode_run(reinterpret_cast<const uint4*>(packed)[chunk], scale, lut, w);
         alignas(16) T values[kElemsPerThread];
 #pragma unroll
-        for (int b = 0; b < 16; ++b) {
-            const uint32_t byte = (word[b / 4] >> (8 * (b % 4))) & 0xFFu;  // little-endian byte order
-            values[2 * b]       = nf4_detail::from_float<T>(__fmul_rn(lut[byte >> 4], scale));
-            values[2 * b + 1]   = nf4_detail::from_float<T>(__fmul_rn(lut[byte & 0x0F], scale));
-        }
+        for (int e = 0; e < kElemsPerThread; ++e) values[e] = nf4_detail::from_float<T>(w[e]);
         uint4* dst       = reinterpret_cast<uint4*>(out + first);
         const uint4* src = reinterpret_cast<const uint4*>(values);
 #pragma unroll

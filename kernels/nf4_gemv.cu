@@ -35,16 +35,9 @@ __global__ void nf4_gemv_kernel(const uint8_t* __restrict__ packed, nf4_detail::
     for (int m = 0; m < ROWS; ++m) acc[m] = 0.0f;
 
     for (int64_t c = lane; c < chunks_per_row; c += 32) {
-        const uint4 raw        = weight_chunks[c];
-        const uint32_t word[4] = {raw.x, raw.y, raw.z, raw.w};
-        const float scale      = absmax((row_n * in_features + c * kChunk) / blocksize);
+        const float scale = absmax((row_n * in_features + c * kChunk) / blocksize);
         float w[kChunk];
-#pragma unroll
-        for (int b = 0; b < 16; ++b) {
-            const uint32_t byte = (word[b / 4] >> (8 * (b % 4))) & 0xFFu;
-            w[2 * b]            = lut[byte >> 4] * scale;
-            w[2 * b + 1]        = lut[byte & 0x0F] * scale;
-        }
+        nf4_detail::decode_run(weight_chunks[c], scale, lut, w);
 #pragma unroll
         for (int m = 0; m < ROWS; ++m) {
             const uint4* xs = reinterpret_cast<const uint4*>(x + m * in_features + c * kChunk);
