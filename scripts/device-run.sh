@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in as few device calls as possible. Prepare here once with
+# scripts/prepare-device-deps.sh, then from this workplace:
+#   run(command="scripts/device-run.sh test", carry=[".deps"])    # build-device/: build, cpu + gpu suites
+#   run(command="scripts/device-run.sh bench", carry=[".deps"])   # NF4/QLoRA, 7B forward/backward, 7B generation
+#   run(command="scripts/device-run.sh all", carry=[".deps"])     # both (about 10 minutes: may need two calls)
+# Each stage's log is written to $OUT (the device tool's result folder) when it is set, else to device-logs/.
+# bench reuses build-device/ when a warm machine still has it and builds it otherwise.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+stage=${1:-all}
+logs=${OUT:-device-logs}
+mkdir -p "$logs"
+export MEDLLM_BUILD_DIR=build-device PYTHON=python3 PY=python3
+status=0
+
+run_stage() {  # name, command...
+  local name=$1; shift
+  echo "== $name: $*"
+  local start=$SECONDS
+  "$@" 2>&1 | tee "$logs/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc after $((SECONDS - start)) s"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+build() {
+  if [ ! -f build-device/build.ninja ]; then
+    MEDLLM_CTEST_ARGS="-N" scripts/device-build.sh >/dev/null  # configure + build, list the tests only
+  fi
+  cmake --build build-device -j "$(nproc)"
+}
+
+case "$stage" in
+  test|all)
+    run_stage test scripts/device-build.sh ;;&
+  bench|all)
+    run_stage build build
+    run_stage bench-nf4 scripts/bench-nf4.sh cuda
+    run_stage bench-model env MEDLLM_BENCH_BIN=build-device/bench_model scripts/bench-model.sh 7b cuda bf16
+    run_stage bench-generate env MEDLLM=build-device/medllm scripts/bench-generate.sh --gpu ;;
+  test) ;;
+  *) echo "device-run.sh: stage must be test, bench or all, got '$stage'" >&2; exit 2 ;;
+esac
+exit $status
