@@ -368,7 +368,7 @@ std::vector<NamedLoraLayer> apply_lora_impl(model::Qwen2ForCausalLM& m, const Lo
             auto dense = std::dynamic_pointer_cast<model::DenseLinear>(*slot.member);
             if (!dense) throw Error("apply_lora: " + slot.name + " is not a dense projection (LoRA applied twice?)");
             if (cfg.quantize_base) {
-                auto nf4 = quant::nf4_quantize(dense->weight.detach(), cfg.blocksize, cfg.double_quant);
+                auto nf4 = quant::nf4_quantize(dense->weight.detach(), cfg.blocksize, cfg.double_quant, slot.name + ".weight");
                 layer    = std::make_shared<QLoraLinear>(std::move(nf4), dense->bias, r, scaling, cfg.dropout,
                                                       cfg.adapter_dtype);
             } else {
@@ -454,7 +454,7 @@ std::shared_ptr<model::Qwen2ForCausalLM> load_model_for_lora(const std::string& 
             return true;
         }
         if (cfg.quantize_base && targets.count(module)) {
-            quantized.emplace(module, quant::nf4_quantize(src.to(device), cfg.blocksize, cfg.double_quant));
+            quantized.emplace(module, quant::nf4_quantize(src.to(device), cfg.blocksize, cfg.double_quant, name));
             return true;
         }
         return false;

@@ -269,17 +269,20 @@ void Nf4Tensor::validate(const std::string& name) const {
     }
 }
 
-Nf4Tensor nf4_quantize(const at::Tensor& weight, int64_t blocksize, bool double_quant) {
+Nf4Tensor nf4_quantize(const at::Tensor& weight, int64_t blocksize, bool double_quant, const std::string& name) {
     if (!is_valid_nf4_blocksize(blocksize)) {
         throw UsageError("nf4 blocksize must be a power of two from 32 to 4096, got " + std::to_string(blocksize));
     }
+    const std::string what = name.empty() ? "nf4_quantize: tensor" : "nf4_quantize: tensor '" + name + "'";
     if (!weight.defined() || !is_float_dtype(weight.scalar_type())) {
-        throw Error(std::string("nf4_quantize: expected a float32/bfloat16/float16 tensor, got ") +
-                    (weight.defined() ? c10::toString(weight.scalar_type()) : "an undefined tensor"));
+        throw Error(what + ": expected float32/bfloat16/float16, got " +
+                    (weight.defined() ? std::string(c10::toString(weight.scalar_type())) : "an undefined tensor"));
     }
-    if (weight.numel() == 0 || weight.dim() == 0) throw Error("nf4_quantize: cannot quantize an empty or 0-d tensor");
+    if (weight.numel() == 0 || weight.dim() == 0) throw Error(what + ": cannot quantize an empty or 0-d tensor");
     if (!at::isfinite(weight).all().item<bool>()) {
-        throw Error("nf4_quantize: tensor of shape " + shape_string(weight.sizes().vec()) + " contains NaN or Inf");
+        const int64_t bad = (~at::isfinite(weight)).sum().item<int64_t>();
+        throw Error(what + " of shape " + shape_string(weight.sizes().vec()) + " contains " + std::to_string(bad) +
+                    " NaN or Inf value" + (bad == 1 ? "" : "s"));
     }
     const at::NoGradGuard no_grad;
     Nf4Tensor w;

@@ -77,7 +77,8 @@ QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::stri
         }
         at::Tensor t = reader.load(name);
         if (quantize) {
-            Nf4Tensor q = nf4_quantize(t, options.blocksize, options.double_quant);
+            Nf4Tensor q = nf4_quantize(t, options.blocksize, options.double_quant,
+                                       name + "' in '" + reader.file_of(name).string());
             for (const auto& [k, v] : nf4_to_state_dict(q, name)) {
                 if (writer.completed(k)) continue;  // a shard boundary fell inside this weight's entries
                 writer.add(k, v);

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 
 #include <gtest/gtest.h>
@@ -153,5 +154,28 @@ TEST(QuantizeCheckpoint, ResumesAnInterruptedRunAndWritesTheSameFiles) {
     options.blocksize = 64;
     EXPECT_EQ(quant::quantize_checkpoint(kModel.string(), out.string(), options).resumed_tensors, 0);
     EXPECT_EQ(files_of(out), files_of(root / "whole"));
+    fs::remove_all(root);
+}
+
+// A weight with a NaN is refused with the tensor and file named, not quantized into garbage.
+TEST(QuantizeCheckpoint, NonFiniteWeightIsNamedInTheError) {
+    const fs::path root = fs::temp_directory_path() / ("medllm_quantize_nan_" + std::to_string(::getpid()));
+    fs::remove_all(root);
+    fs::create_directories(root / "model");
+    fs::copy_file(kModel / "config.json", root / "model" / "config.json");
+    io::CheckpointReader original(kModel.string());
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    const std::string bad = "model.layers.1.mlp.up_proj.weight";
+    for (const auto& name : original.names()) {
+        at::Tensor t = original.load(name).clone();
+        if (name == bad) t.view(-1)[7] = std::numeric_limits<float>::quiet_NaN();
+        tensors.emplace_back(name, t);
+    }
+    io::save_file(root / "model" / "model.safetensors", tensors);
+    std::string log;
+    EXPECT_EQ(run("quantize --model " + (root / "model").string() + " --output " + (root / "out").string(), &log), 1);
+    EXPECT_NE(log.find("'" + bad + "'"), std::string::npos) << log;
+    EXPECT_NE(log.find("model.safetensors"), std::string::npos) << log;
+    EXPECT_NE(log.find("1 NaN or Inf value"), std::string::npos) << log;
     fs::remove_all(root);
 }

@@ -92,7 +92,9 @@ using QuantState = Nf4Tensor;
 // Quantizes a floating-point tensor (fp32/bf16/fp16, any shape, any device). Throws UsageError for a bad
 // block size and Error for non-finite values. With double_quant the offset is computed by at::mean on CPU so
 // that every device produces the same bytes.
-Nf4Tensor nf4_quantize(const at::Tensor& weight, int64_t blocksize = kNf4DefaultBlocksize, bool double_quant = true);
+// `name` (e.g. the checkpoint tensor's) is put in error messages.
+Nf4Tensor nf4_quantize(const at::Tensor& weight, int64_t blocksize = kNf4DefaultBlocksize, bool double_quant = true,
+                       const std::string& name = "");
 
 // The fp32 per-block absmax, rebuilt from the nested statistics when double-quantized.
 at::Tensor nf4_absmax(const Nf4Tensor& w);
