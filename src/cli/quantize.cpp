@@ -12,13 +12,14 @@ namespace medllm::cli {
 void add_quantize_command(CLI::App& app) {
     auto* cmd  = app.add_subcommand("quantize",
                                     "Write a bitsandbytes/transformers-compatible 4-bit NF4 checkpoint (q/k/v/o and MLP "
-                                    "projections quantized; embeddings, norms, biases and lm_head kept). Rerunning an "
-                                    "interrupted run keeps the shards it finished");
+                                    "projections quantized; embeddings, norms, biases and lm_head kept)");
     struct Options {
         std::string model, output;
         quant::QuantizeOptions q;
         bool no_double_quant = false;
     };
+    cmd->footer("Progress is logged with a rate and an ETA. Rerunning an interrupted quantize with the same input and "
+                "options keeps the shards it finished (.model-shards.json in the output directory).");
     auto opts = std::make_shared<Options>();
     cmd->add_option("--model", opts->model, "HF checkpoint directory (config.json + safetensors)")
         ->required()
