@@ -221,6 +221,12 @@ std::map<std::string, AdapterWeights> read_adapter_weights(const fs::path& dir, 
         if (!at::isFloatingType(t.scalar_type()))
             throw bad("has non-floating dtype " + std::string(c10::toString(t.scalar_type())));
         if (t.dim() != 2) throw bad("must be 2-D, got shape " + c10::str(t.sizes()));
+        // A diverged training run leaves NaN/Inf in its adapter; merging or generating with it would give garbage.
+        if (!at::isfinite(t).all().item<bool>()) {
+            const int64_t n = (~at::isfinite(t)).sum().item<int64_t>();
+            throw bad("contains " + std::to_string(n) + " NaN or Inf value" + (n == 1 ? "" : "s") +
+                      " (a diverged training run?)");
+        }
         const int64_t r = cfg.rank_for(module);
         if (is_a && t.size(0) != r)
             throw bad("has rank " + std::to_string(t.size(0)) + " but adapter_config.json says r=" + std::to_string(r));

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -299,6 +300,21 @@ TEST(PeftAdapterErrors, NameTheFileAndKey) {
         io::save_file(dir / peft::kAdapterWeightsFile, all);
     }
     expect_error<Error>([&] { adapted(dir); }, {st_file, "q_proj.weight'", "not a LoRA weight"});
+    // A diverged run's adapter (NaN in one lora_B) is refused, not merged into garbage.
+    {
+        io::SafetensorsFile f(peft_test::tiny_adapter() / peft::kAdapterWeightsFile);
+        std::vector<std::pair<std::string, at::Tensor>> all;
+        for (const auto& n : f.names()) {
+            at::Tensor t = f.tensor(n).clone();
+            if (n == "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight") {
+                t.view(-1)[0] = std::numeric_limits<float>::quiet_NaN();
+                t.view(-1)[1] = std::numeric_limits<float>::infinity();
+            }
+            all.emplace_back(n, t);
+        }
+        io::save_file(dir / peft::kAdapterWeightsFile, all);
+    }
+    expect_error<Error>([&] { adapted(dir); }, {st_file, "layers.1.mlp.down_proj.lora_B.weight'", "2 NaN or Inf values"});
     { std::ofstream(dir / peft::kAdapterWeightsFile, std::ios::binary) << "\x10\0\0\0"; }
     expect_error<Error>([&] { adapted(dir); }, {st_file});
     // Only a pickle adapter.
