@@ -14,12 +14,13 @@ std::string format_duration(double seconds) {
     return buf;
 }
 
-ProgressLog::ProgressLog(std::string what, int64_t total, std::string unit, double interval_seconds)
+ProgressLog::ProgressLog(std::string what, int64_t total, std::string unit, double interval_seconds, Clock clock)
     : what_(std::move(what)), unit_(std::move(unit)), total_(total), interval_(interval_seconds),
-      start_(std::chrono::steady_clock::now()), last_log_(start_) {}
+      clock_(clock ? std::move(clock) : Clock([] { return std::chrono::steady_clock::now(); })), start_(clock_()),
+      last_log_(start_) {}
 
 std::string ProgressLog::line() const {
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double elapsed = std::chrono::duration<double>(clock_() - start_).count();
     const double rate    = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
     char buf[256];
     int n = std::snprintf(buf, sizeof buf, "%s: %lld/%lld", what_.c_str(), static_cast<long long>(done_),
@@ -48,7 +49,7 @@ std::string ProgressLog::line() const {
 bool ProgressLog::update(int64_t done, uint64_t bytes) {
     done_ = done;
     bytes_ += bytes;
-    const auto now = std::chrono::steady_clock::now();
+    const auto now = clock_();
     const bool due = !logged_ || done_ >= total_ || std::chrono::duration<double>(now - last_log_).count() >= interval_;
     if (!due) return false;
     spdlog::info("{}", line());

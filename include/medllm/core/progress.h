@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace medllm {
@@ -14,8 +15,10 @@ std::string format_duration(double seconds);
 
 class ProgressLog {
 public:
-    // `unit` names what is counted ("tensors", "questions"); `interval_seconds` 0 logs every step.
-    ProgressLog(std::string what, int64_t total, std::string unit, double interval_seconds = 10.0);
+    using Clock = std::function<std::chrono::steady_clock::time_point()>;
+    // `unit` names what is counted ("tensors", "questions"); `interval_seconds` 0 logs every step. `clock` is for
+    // tests (default: std::chrono::steady_clock::now).
+    ProgressLog(std::string what, int64_t total, std::string unit, double interval_seconds = 10.0, Clock clock = {});
 
     // Records that `done` units are complete and `bytes` more bytes were processed (0 when not meaningful; the line
     // then omits GB/s). Returns true when a line was logged.
@@ -29,6 +32,7 @@ private:
     int64_t total_, done_ = 0;
     uint64_t bytes_ = 0;
     double interval_;
+    Clock clock_;
     std::chrono::steady_clock::time_point start_, last_log_;
     bool logged_ = false;
 };
