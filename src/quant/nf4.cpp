@@ -82,21 +82,14 @@ void quantize_cpu(const float* x, int64_t n, int64_t blocksize, uint8_t* packed,
 }
 
 #if defined(__x86_64__)
-// Expands whole 16-byte runs of packed codes (32 values) into 16-bit values with two byte shuffles per half:
-// the block's 16 possible outputs are split into a table of low bytes and one of high bytes, indexed by nibble.
-__attribute__((target("ssse3"))) void expand_16bit_ssse3(const uint8_t* packed, int64_t n_bytes,
-                                                         const uint16_t* lut, uint16_t* out) {
-    alignas(16) uint8_t low[16], high[16];
-    for (int k = 0; k < 16; ++k) {
-        low[k]  = static_cast<uint8_t>(lut[k] & 0xFF);
-        high[k] = static_cast<uint8_t>(lut[k] >> 8);
-    }
-    const __m128i low_table  = _mm_load_si128(reinterpret_cast<const __m128i*>(low));
-    const __m128i high_table = _mm_load_si128(reinterpret_cast<const __m128i*>(high));
-    const __m128i nibble     = _mm_set1_epi8(0x0F);
+// Expands whole 16-byte runs of packed codes (32 values each) into 16-bit values with two byte shuffles per half:
+// `low_table` / `high_table` hold the low and high bytes of the block's 16 possible outputs, indexed by nibble.
+__attribute__((target("ssse3"))) inline void expand_runs(const uint8_t* packed, int64_t n_bytes, __m128i low_table,
+                                                         __m128i high_table, uint16_t* out) {
+    const __m128i nibble = _mm_set1_epi8(0x0F);
     for (int64_t j = 0; j < n_bytes; j += 16, out += 32) {
-        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + j));
-        const __m128i first = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble);  // element 2k: the high nibble
+        const __m128i bytes  = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + j));
+        const __m128i first  = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble);  // element 2k: the high nibble
         const __m128i second = _mm_and_si128(bytes, nibble);
         const __m128i codes[2] = {_mm_unpacklo_epi8(first, second), _mm_unpackhi_epi8(first, second)};
         for (int half = 0; half < 2; ++half) {
@@ -108,8 +101,46 @@ __attribute__((target("ssse3"))) void expand_16bit_ssse3(const uint8_t* packed, 
     }
 }
 
+// Any 16-bit output type, its 16 values already computed.
+__attribute__((target("ssse3"))) void expand_16bit_ssse3(const uint8_t* packed, int64_t n_bytes, const uint16_t* lut,
+                                                         uint16_t* out) {
+    alignas(16) uint8_t low[16], high[16];
+    for (int k = 0; k < 16; ++k) {
+        low[k]  = static_cast<uint8_t>(lut[k] & 0xFF);
+        high[k] = static_cast<uint8_t>(lut[k] >> 8);
+    }
+    expand_runs(packed, n_bytes, _mm_load_si128(reinterpret_cast<const __m128i*>(low)),
+                _mm_load_si128(reinterpret_cast<const __m128i*>(high)), out);
+}
+
+// bf16 blocks b0..b1 (all whole): each block's 16 outputs code * absmax are computed, rounded to bf16 (nearest
+// even, the bits of c10::BFloat16 for finite values) and split into the two byte tables in registers.
+__attribute__((target("sse4.1"))) void dequantize_bf16_blocks_sse41(const uint8_t* packed, const float* absmax,
+                                                                   int64_t b0, int64_t b1, int64_t blocksize,
+                                                                   uint16_t* out) {
+    const float* code = nf4_code().data();
+    const __m128 c[4] = {_mm_loadu_ps(code), _mm_loadu_ps(code + 4), _mm_loadu_ps(code + 8), _mm_loadu_ps(code + 12)};
+    const __m128i round = _mm_set1_epi32(0x7FFF), one = _mm_set1_epi32(1), low_byte = _mm_set1_epi16(0x00FF);
+    for (int64_t b = b0; b < b1; ++b) {
+        const __m128 scale = _mm_set1_ps(absmax[b]);
+        __m128i bits[4];
+        for (int q = 0; q < 4; ++q) {
+            const __m128i u = _mm_castps_si128(_mm_mul_ps(c[q], scale));
+            bits[q] = _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(u, round), _mm_and_si128(_mm_srli_epi32(u, 16), one)), 16);
+        }
+        const __m128i w0 = _mm_packus_epi32(bits[0], bits[1]), w1 = _mm_packus_epi32(bits[2], bits[3]);
+        const __m128i low_table  = _mm_packus_epi16(_mm_and_si128(w0, low_byte), _mm_and_si128(w1, low_byte));
+        const __m128i high_table = _mm_packus_epi16(_mm_srli_epi16(w0, 8), _mm_srli_epi16(w1, 8));
+        expand_runs(packed + b * blocksize / 2, blocksize / 2, low_table, high_table, out + b * blocksize);
+    }
+}
+
 bool has_ssse3() {
     static const bool supported = __builtin_cpu_supports("ssse3");
+    return supported;
+}
+bool has_sse41() {
+    static const bool supported = __builtin_cpu_supports("sse4.1");
     return supported;
 }
 #endif
@@ -123,6 +154,18 @@ void dequantize_cpu(const uint8_t* packed, const float* absmax, int64_t n, int64
     const int64_t n_blocks = (n + blocksize - 1) / blocksize;
     const int64_t grain    = std::max<int64_t>(1, (int64_t(1) << 16) / blocksize);
     at::parallel_for(0, n_blocks, grain, [&](int64_t b0, int64_t b1) {
+#if defined(__x86_64__)
+        if constexpr (std::is_same_v<Out, c10::BFloat16>) {
+            if (has_sse41()) {
+                const int64_t whole_end = std::min(b1, n / blocksize);  // the partial tail block goes below
+                if (whole_end > b0) {
+                    dequantize_bf16_blocks_sse41(packed, absmax, b0, whole_end, blocksize,
+                                                 reinterpret_cast<uint16_t*>(out));
+                    b0 = whole_end;
+                }
+            }
+        }
+#endif
         for (int64_t b = b0; b < b1; ++b) {
             const float scale = absmax[b];
             Out lut[16];
