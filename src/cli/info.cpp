@@ -182,6 +182,7 @@ void run_info(const InfoOptions& opts) {
         << gib(mem.logits) << ")\n";
     out << "  KV cache bf16            " << gib(mem.kv_cache) << " (batch " << opts.batch << " x " << opts.seq_len
         << " tokens)\n";
+    out << "  dequant workspace        " << gib(mem.dequant_workspace) << " (largest projection, bf16)\n";
     out << "  QLoRA training total     " << gib(mem.qlora_training_total()) << "\n";
     out << "  bf16 inference total     " << gib(mem.bf16_inference_total()) << "\n";
     out << "  NF4 inference total      " << gib(mem.nf4_inference_total()) << "\n";

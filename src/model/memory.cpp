@@ -110,10 +110,11 @@ MemoryEstimate estimate_memory(const Qwen2Config& c, const MemoryOptions& o) {
     const uint64_t layer_per_token =
         2 * static_cast<uint64_t>(4 * H + 3 * q + 3 * kv + 4 * I + 7 * r) + 4 * (2 + c.num_attention_heads);
     const uint64_t full_layer = tokens * layer_per_token;
-    // Chunked cross-entropy: bf16 logits, their fp32 upcast and fp32 gradient for one chunk of tokens, plus the
-    // final norm's input/output.
+    // Chunked cross-entropy: one chunk's fp32 logits (their gradient is formed in the same buffer) and either the
+    // bf16 logits they were upcast from or the bf16 gradient cast for the GEMMs, plus the final norm's input and
+    // output and the hidden-state gradient kept from forward to backward.
     const uint64_t chunk = std::min<uint64_t>(tokens, static_cast<uint64_t>(o.logits_chunk_tokens));
-    m.logits = chunk * static_cast<uint64_t>(c.vocab_size) * (2 + 4 + 4) + tokens * 2 * 2 * H;
+    m.logits = chunk * static_cast<uint64_t>(c.vocab_size) * (4 + 2) + tokens * 2 * 3 * H;
     const uint64_t layers = static_cast<uint64_t>(c.num_hidden_layers);
     if (o.activation_checkpointing)
         // Each layer keeps only its bf16 input; one layer is recomputed in full during backward.
@@ -121,6 +122,8 @@ MemoryEstimate estimate_memory(const Qwen2Config& c, const MemoryOptions& o) {
     else
         m.activations = layers * full_layer + m.logits;
     m.kv_cache = 2 * layers * tokens * static_cast<uint64_t>(kv) * 2;
+    // QLoRA's reused dequantization buffer: the largest projection in bf16 (nf4_linear_input_grad).
+    m.dequant_workspace = 2 * static_cast<uint64_t>(std::max<int64_t>({H * q, H * kv, H * I}));
     return m;
 }
 

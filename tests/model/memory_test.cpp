@@ -98,6 +98,10 @@ TEST(Memory, EstimatesFor7BAnd72B) {
     const auto c = estimate_memory(published("72b"), twice);
     EXPECT_GT(c.activations, a.activations);
     EXPECT_LT(c.activations, 2 * a.activations);  // the logits chunk does not grow with the batch
+    // QLoRA's dequantization workspace holds the largest projection (gate/up/down: 8192 x 29568) in bf16.
+    EXPECT_EQ(a.dequant_workspace, 2u * 8192 * 29568);
+    EXPECT_EQ(a.qlora_training_total(),
+              a.nf4_weights + a.lora_weights + a.lora_training_state + a.activations + a.dequant_workspace);
     EXPECT_THROW(estimate_memory(published("72b"), MemoryOptions{0, 1, 1, true, 1}), medllm::UsageError);
 }
 

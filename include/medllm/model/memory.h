@@ -46,8 +46,11 @@ struct MemoryEstimate {
     uint64_t activations = 0;           // training activations for batch x seq_len (see memory.cpp)
     uint64_t logits = 0;                // ... of which the (chunked) logits and their gradient
     uint64_t kv_cache = 0;              // bf16 KV cache for batch x seq_len tokens (inference)
+    uint64_t dequant_workspace = 0;     // QLoRA: the reused bf16 buffer for the largest dequantized projection
 
-    uint64_t qlora_training_total() const { return nf4_weights + lora_weights + lora_training_state + activations; }
+    uint64_t qlora_training_total() const {
+        return nf4_weights + lora_weights + lora_training_state + activations + dequant_workspace;
+    }
     uint64_t bf16_inference_total() const { return bf16_weights + kv_cache; }
     uint64_t nf4_inference_total() const { return nf4_weights + kv_cache; }
 };
