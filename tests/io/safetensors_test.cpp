@@ -310,6 +310,27 @@ TEST(Safetensors, ResumeRefusesADifferentOrderAndPlainWritersCleanUp) {
         w.add("a", at::ones(25));
     }
     EXPECT_TRUE(fs::is_empty(plain.path()));
+
+    // A damaged record or a shard that no longer matches it: nothing is taken over, the leftovers are cleared.
+    for (const std::string damage : {"journal", "shard"}) {
+        TempDir d;
+        {
+            CheckpointWriter w(d.path(), 100, {{"format", "pt"}}, "model", "k");
+            w.add("a", at::ones(25));
+            w.add("b", at::ones(25));
+        }
+        if (damage == "journal") {
+            write_bytes(d.path() / ".model-shards.json", "{\"resume_key\": \"k\", \"shards\": [tru");
+        } else {
+            save_file(d.path() / ".model-shard-1.safetensors", {{"other", at::ones(25)}});
+        }
+        CheckpointWriter again(d.path(), 100, {{"format", "pt"}}, "model", "k");
+        EXPECT_EQ(again.resumed_shards(), 0u) << damage;
+        EXPECT_FALSE(fs::exists(d.path() / ".model-shard-0.safetensors")) << damage;
+        again.add("a", at::ones(25));
+        again.add("b", at::ones(25));
+        EXPECT_EQ(again.finish().size(), 2u) << damage;
+    }
 }
 
 // Re-writes every dtype of the Python-written fixture and reads it back. With MEDLLM_IO_EXPORT_DIR set (as
