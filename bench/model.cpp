@@ -30,6 +30,10 @@ int main(int argc, char** argv) {
     int64_t batch = arg(7), seq = arg(8), iters = arg(11);
     auto dtype  = std::string(argv[9]) == "bf16" ? at::kBFloat16 : at::kFloat;
     auto device = std::string(argv[10]) == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+    if (device.is_cuda() && !torch::cuda::is_available()) {
+        std::fprintf(stderr, "bench_model: cuda asked for but no CUDA device is visible\n");
+        return 2;
+    }
     at::set_num_threads(std::getenv("MEDLLM_BENCH_THREADS") ? std::atoi(std::getenv("MEDLLM_BENCH_THREADS"))
                                                             : at::get_num_threads());
 
