@@ -193,35 +193,37 @@ void CheckpointWriter::adopt_or_clear_journal() {
             journal = nlohmann::json();  // unreadable: start over
         }
     }
-    bool usable = journal.is_object() && journal.value("resume_key", std::string()) == resume_key_ &&
-                  journal.value("max_shard_bytes", uint64_t(0)) == max_shard_bytes_ && journal.contains("shards") &&
-                  journal["shards"].is_array();
-    if (usable) {
-        for (size_t i = 0; i < journal["shards"].size() && usable; ++i) {
-            const auto& shard = journal["shards"][i];
+    bool usable = false;
+    try {  // any missing or mistyped field makes the record unusable
+        usable = journal.is_object() && journal.at("resume_key").get<std::string>() == resume_key_ &&
+                 journal.at("max_shard_bytes").get<uint64_t>() == max_shard_bytes_ && journal.at("shards").is_array();
+        for (size_t i = 0; usable && i < journal["shards"].size(); ++i) {
+            const auto& shard   = journal["shards"][i];
             const fs::path file = dir_ / ("." + prefix_ + "-shard-" + std::to_string(i) + ".safetensors");
-            try {
-                usable = shard.at("file").get<std::string>() == file.filename().string() && fs::exists(file);
-                if (usable) {
-                    // The shard must still hold exactly the tensors the record lists.
-                    auto listed = shard.at("names").get<std::vector<std::string>>();
-                    auto held   = SafetensorsFile(file).names();
-                    std::sort(listed.begin(), listed.end());
-                    std::sort(held.begin(), held.end());
-                    usable = listed == held;
-                }
-            } catch (const std::exception&) {
-                usable = false;
+            (void)shard.at("bytes").get<uint64_t>();
+            (void)shard.at("numel").get<uint64_t>();
+            usable = shard.at("file").get<std::string>() == file.filename().string() && fs::exists(file);
+            if (usable) {
+                // The shard must still hold exactly the tensors the record lists.
+                auto listed = shard.at("names").get<std::vector<std::string>>();
+                auto held   = SafetensorsFile(file).names();
+                std::sort(listed.begin(), listed.end());
+                std::sort(held.begin(), held.end());
+                usable = listed == held;
             }
         }
+    } catch (const std::exception&) {
+        usable = false;
     }
     if (!usable) {
         // Whatever a different (or unreadable) run left: temporary shards and the record.
         const std::regex temp_pattern("\\." + std::regex_replace(prefix_, std::regex(R"([.^$|()\[\]{}*+?\\])"), R"(\$&)") +
                                       R"(-shard-\d+\.safetensors(\.tmp)?)");
+        std::vector<fs::path> leftovers;  // collected first: removing while iterating is unspecified
         for (const auto& entry : fs::directory_iterator(dir_, ec)) {
-            if (std::regex_match(entry.path().filename().string(), temp_pattern)) fs::remove(entry.path(), ec);
+            if (std::regex_match(entry.path().filename().string(), temp_pattern)) leftovers.push_back(entry.path());
         }
+        for (const auto& path : leftovers) fs::remove(path, ec);
         fs::remove(journal_path(), ec);
         return;
     }

@@ -312,7 +312,7 @@ TEST(Safetensors, ResumeRefusesADifferentOrderAndPlainWritersCleanUp) {
     EXPECT_TRUE(fs::is_empty(plain.path()));
 
     // A damaged record or a shard that no longer matches it: nothing is taken over, the leftovers are cleared.
-    for (const std::string damage : {"journal", "shard"}) {
+    for (const std::string damage : {"journal", "shard", "types"}) {
         TempDir d;
         {
             CheckpointWriter w(d.path(), 100, {{"format", "pt"}}, "model", "k");
@@ -321,6 +321,9 @@ TEST(Safetensors, ResumeRefusesADifferentOrderAndPlainWritersCleanUp) {
         }
         if (damage == "journal") {
             write_bytes(d.path() / ".model-shards.json", "{\"resume_key\": \"k\", \"shards\": [tru");
+        } else if (damage == "types") {
+            write_bytes(d.path() / ".model-shards.json",
+                        R"({"resume_key": "k", "max_shard_bytes": "100", "shards": [{"file": 3}]})");
         } else {
             save_file(d.path() / ".model-shard-1.safetensors", {{"other", at::ones(25)}});
         }
