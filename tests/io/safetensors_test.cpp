@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -290,6 +291,22 @@ TEST(Safetensors, ResumableWriterTakesOverFinishedShards) {
     for (const auto& name : back.names()) EXPECT_TRUE(at::equal(back.load(name), hf.load(name))) << name;
     for (const auto& entry : fs::directory_iterator(dir.path()))
         EXPECT_NE(entry.path().filename().string().front(), '.') << "left behind: " << entry.path();
+}
+
+// The resume key of quantize/merge: any change to the input directory's files gives another fingerprint.
+TEST(Safetensors, DirectoryFingerprintChangesWithTheFiles) {
+    TempDir d;
+    write_bytes(d.path() / "model.safetensors", "abc");
+    write_bytes(d.path() / "config.json", "{}");
+    const std::string first = directory_fingerprint(d.path());
+    EXPECT_EQ(directory_fingerprint(d.path()), first);
+    write_bytes(d.path() / "model.safetensors", "abcd");  // size
+    const std::string second = directory_fingerprint(d.path());
+    EXPECT_NE(second, first);
+    fs::last_write_time(d.path() / "config.json", fs::last_write_time(d.path() / "config.json") - std::chrono::hours(1));
+    EXPECT_NE(directory_fingerprint(d.path()), second);  // modification time
+    write_bytes(d.path() / "extra.safetensors", "");
+    EXPECT_NE(directory_fingerprint(d.path()), second);
 }
 
 TEST(Safetensors, ResumeRefusesADifferentOrderAndPlainWritersCleanUp) {
