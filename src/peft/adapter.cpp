@@ -371,19 +371,22 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
         }));
         for (const auto& name : names) {
             if (is_statistic(name)) continue;
-            if (writer.completed(name)) {  // written by the interrupted run: account for it, compute nothing
-                if (quantized_keys.count(name)) ++stats.dequantized_modules;
-                if (ends_with(name, ".weight") && weights.count(name.substr(0, name.size() - 7))) {
-                    merged.insert(name.substr(0, name.size() - 7));
-                    ++stats.merged_modules;
-                }
-                ++stats.tensors;
+            const bool quantized     = quantized_keys.count(name) > 0;
+            const std::string module = ends_with(name, ".weight") ? name.substr(0, name.size() - 7) : std::string();
+            const auto adapter       = module.empty() ? weights.end() : weights.find(module);
+            if (quantized) ++stats.dequantized_modules;
+            if (adapter != weights.end()) {
+                merged.insert(module);
+                ++stats.merged_modules;
+            }
+            ++stats.tensors;
+            if (writer.completed(name)) {  // written by the interrupted run: counted above, nothing to compute
                 if (progress) progress(stats.tensors, total, 0);
                 continue;
             }
             at::Tensor t;
             uint64_t bytes_read = 0;
-            if (quantized_keys.count(name)) {
+            if (quantized) {
                 std::map<std::string, at::Tensor> entries;
                 for (const auto& n : names) {
                     if (n == name ||
@@ -394,29 +397,21 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
                 }
                 // The weight the adapter was trained against: dequantized to the stored dtype.
                 t = quant::nf4_dequantize(quant::nf4_from_state_dict(entries, name));
-                ++stats.dequantized_modules;
             } else {
                 t          = reader.load(name);
                 bytes_read = t.nbytes();
             }
-            if (ends_with(name, ".weight")) {
-                const std::string module = name.substr(0, name.size() - 7);
-                auto it                  = weights.find(module);
-                if (it != weights.end()) {
-                    const auto& w = it->second;
-                    if (t.dim() != 2 || t.size(0) != w.B.size(0) || t.size(1) != w.A.size(1))
-                        throw Error((adapter_dir / kAdapterWeightsFile).string() + ": adapter for '" + module +
-                                    "' is [" + std::to_string(w.B.size(0)) + ", " + std::to_string(w.A.size(1)) +
-                                    "] but the base weight " + name + " is " + c10::str(t.sizes()));
-                    auto delta = scaled_mm(w.B.to(at::kFloat), w.A.to(at::kFloat), w.scaling);
-                    t          = t.to(at::kFloat) + delta;
-                    merged.insert(module);
-                    ++stats.merged_modules;
-                }
+            if (adapter != weights.end()) {
+                const auto& w = adapter->second;
+                if (t.dim() != 2 || t.size(0) != w.B.size(0) || t.size(1) != w.A.size(1))
+                    throw Error((adapter_dir / kAdapterWeightsFile).string() + ": adapter for '" + module + "' is [" +
+                                std::to_string(w.B.size(0)) + ", " + std::to_string(w.A.size(1)) +
+                                "] but the base weight " + name + " is " + c10::str(t.sizes()));
+                auto delta = scaled_mm(w.B.to(at::kFloat), w.A.to(at::kFloat), w.scaling);
+                t          = t.to(at::kFloat) + delta;
             }
             if (at::isFloatingType(t.scalar_type())) t = t.to(at::kBFloat16);
             writer.add(name, t);
-            ++stats.tensors;
             if (progress) progress(stats.tensors, total, bytes_read);
         }
         stats.files = writer.finish();
