@@ -2,8 +2,6 @@
 // a bitsandbytes 4-bit checkpoint) and write a HF checkpoint that transformers loads.
 #include <spdlog/spdlog.h>
 
-#include <memory>
-
 #include "cli/commands.h"
 #include "medllm/core/progress.h"
 #include "cli/common.h"
@@ -31,13 +29,8 @@ void add_merge_command(CLI::App& app) {
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
     cmd->callback([opts]() {
-        std::unique_ptr<ProgressLog> progress;
-        auto stats = peft::merge_adapter_checkpoint(
-            opts->model, opts->adapter, opts->output, opts->max_shard_bytes,
-            [&](int64_t done, int64_t total, uint64_t bytes) {
-                if (!progress) progress = std::make_unique<ProgressLog>("merge", total, "tensors");
-                progress->update(done, bytes);
-            });
+        auto stats = peft::merge_adapter_checkpoint(opts->model, opts->adapter, opts->output, opts->max_shard_bytes,
+                                                    progress_callback("merge", "tensors"));
         spdlog::info("wrote {} files to {}", stats.files.size() + 1, opts->output);
     });
 }

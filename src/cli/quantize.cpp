@@ -1,8 +1,6 @@
 // `medllm quantize`: write a bitsandbytes-compatible NF4 checkpoint once, instead of quantizing at every start.
 #include <spdlog/spdlog.h>
 
-#include <memory>
-
 #include "cli/commands.h"
 #include "medllm/core/progress.h"
 #include "medllm/quant/quantize_checkpoint.h"
@@ -29,12 +27,8 @@ void add_quantize_command(CLI::App& app) {
     cmd->add_flag("--no-double-quant", opts->no_double_quant, "Keep fp32 absmax (no double quantization)");
     cmd->callback([opts] {
         opts->q.double_quant = !opts->no_double_quant;
-        std::unique_ptr<ProgressLog> progress;
-        auto report = quant::quantize_checkpoint(
-            opts->model, opts->output, opts->q, [&](int64_t done, int64_t total, uint64_t bytes) {
-                if (!progress) progress = std::make_unique<ProgressLog>("quantize", total, "tensors");
-                progress->update(done, bytes);
-            });
+        auto report = quant::quantize_checkpoint(opts->model, opts->output, opts->q,
+                                                 progress_callback("quantize", "tensors"));
         spdlog::info("wrote {}: {} tensors in NF4, {} kept; {:.2f} GiB -> {:.2f} GiB", opts->output,
                      report.quantized_tensors, report.kept_tensors, report.bytes_in / double(1ull << 30),
                      report.bytes_out / double(1ull << 30));

@@ -1,6 +1,7 @@
 #include "medllm/core/progress.h"
 
 #include <cstdio>
+#include <memory>
 
 #include <spdlog/spdlog.h>
 
@@ -56,6 +57,14 @@ bool ProgressLog::update(int64_t done, uint64_t bytes) {
     logged_   = true;
     last_log_ = now;
     return true;
+}
+
+std::function<void(int64_t, int64_t, uint64_t)> progress_callback(std::string what, std::string unit) {
+    auto log = std::make_shared<std::unique_ptr<ProgressLog>>();
+    return [log, what = std::move(what), unit = std::move(unit)](int64_t done, int64_t total, uint64_t bytes) {
+        if (!*log) *log = std::make_unique<ProgressLog>(what, total, unit);
+        (*log)->update(done, bytes);
+    };
 }
 
 }  // namespace medllm
