@@ -62,10 +62,9 @@ QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::stri
     auto names    = reader.names();
     int64_t done  = 0;
     std::string compute_dtype = "bfloat16";
-    auto is_float = [](io::DType d) { return d == io::DType::F16 || d == io::DType::BF16 || d == io::DType::F32 || d == io::DType::F64; };
     for (const auto& name : names) {
         const io::TensorInfo& info = reader.info(name);
-        const bool quantize        = is_quantizable_weight(name) && is_float(info.dtype);
+        const bool quantize = is_quantizable_weight(name) && at::isFloatingType(io::to_scalar_type(info.dtype));
         if (quantize && info.dtype == io::DType::F32) compute_dtype = "float32";
         std::vector<std::string> keys = {name};
         if (quantize) keys = nf4_state_dict_keys(name, options.double_quant);
