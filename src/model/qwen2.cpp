@@ -185,8 +185,6 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
             if (need_h) grad_h.narrow(0, s, n).copy_(at::matmul(dlogit, weight));
             if (need_w) grad_w.add_(at::matmul(dlogit.t(), h).to(at::kFloat));
         }
-        ctx->saved_data["has_grad_h"] = need_h;
-        ctx->saved_data["has_grad_w"] = need_w;
         if (need_h) ctx->saved_data["grad_h"] = grad_h;
         if (need_w) ctx->saved_data["grad_w"] = grad_w.to(weight.scalar_type());
         return total * scale;
@@ -201,11 +199,11 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
         };
         at::Tensor grad_h, grad_w;
         if (ctx->needs_input_grad(0)) {
-            if (!ctx->saved_data["has_grad_h"].toBool()) throw Error("causal_lm_loss: hidden gradient was not prepared");
+            if (!ctx->saved_data.count("grad_h")) throw Error("causal_lm_loss: hidden gradient was not prepared");
             grad_h = scaled("grad_h");
         }
         if (ctx->needs_input_grad(1)) {
-            if (!ctx->saved_data["has_grad_w"].toBool()) throw Error("causal_lm_loss: lm_head gradient was not prepared");
+            if (!ctx->saved_data.count("grad_w")) throw Error("causal_lm_loss: lm_head gradient was not prepared");
             grad_w = scaled("grad_w");
         }
         return {grad_h, grad_w, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
