@@ -169,20 +169,7 @@ void dequantize_cpu(const uint8_t* packed, const float* absmax, int64_t n, int64
         for (int64_t b = b0; b < b1; ++b) {
             const float scale = absmax[b];
             Out lut[16];
-            if constexpr (std::is_same_v<Out, c10::BFloat16>) {
-                // Round to nearest even without c10's NaN branch (absmax and the code are finite), so the 16
-                // conversions vectorise; same bits as static_cast<c10::BFloat16> for every finite value.
-                uint32_t bits[16];
-                for (int k = 0; k < 16; ++k) {
-                    const float value = code[k] * scale;
-                    uint32_t u;
-                    std::memcpy(&u, &value, sizeof(u));
-                    bits[k] = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-                }
-                for (int k = 0; k < 16; ++k) lut[k].x = static_cast<uint16_t>(bits[k]);
-            } else {
-                for (int k = 0; k < 16; ++k) lut[k] = static_cast<Out>(code[k] * scale);
-            }
+            for (int k = 0; k < 16; ++k) lut[k] = static_cast<Out>(code[k] * scale);
             const int64_t start = b * blocksize;
             const int64_t end   = std::min(start + blocksize, n);
             int64_t i           = start;  // even: blocks hold at least 32 values
