@@ -44,6 +44,15 @@ std::string make_file(const std::string& header, const std::string& data, std::o
     return out + header + data;
 }
 
+// Same dtype, shape and bytes (so NaN payloads compare too).
+void expect_same_tensor(const at::Tensor& got, const at::Tensor& want, const std::string& name) {
+    EXPECT_EQ(got.scalar_type(), want.scalar_type()) << name;
+    EXPECT_EQ(got.sizes(), want.sizes()) << name;
+    if (want.numel()) {
+        EXPECT_TRUE(at::equal(got.reshape(-1).view(at::kByte), want.reshape(-1).view(at::kByte))) << name;
+    }
+}
+
 class TempDir {
 public:
     TempDir() {
@@ -183,14 +192,7 @@ TEST(Safetensors, WriterRoundTripsEveryDtypeAlignedAndBitExact) {
     EXPECT_EQ(back.metadata().at("note"), "ünïcode ok");
     EXPECT_EQ(back.header().data_start % 8, 0u);
     for (const auto& t : back.header().tensors) EXPECT_EQ(t.begin % dtype_size(t.dtype), 0u) << t.name;
-    for (const auto& [name, want] : tensors) {
-        const at::Tensor got = back.tensor(name);
-        EXPECT_EQ(got.scalar_type(), want.scalar_type()) << name;
-        EXPECT_EQ(got.sizes(), want.sizes()) << name;
-        if (want.numel()) {
-            EXPECT_TRUE(at::equal(got.reshape(-1).view(at::kByte), want.reshape(-1).view(at::kByte))) << name;
-        }
-    }
+    for (const auto& [name, want] : tensors) expect_same_tensor(back.tensor(name), want, name);
     EXPECT_FALSE(fs::exists(path.string() + ".tmp"));
     expect_error([&] { save_file(dir.path() / "dup.safetensors", {{"a", at::ones(1)}, {"a", at::ones(1)}}); },
                  {"dup.safetensors", "'a'", "twice"});
@@ -370,14 +372,7 @@ TEST(Safetensors, ExportForPython) {
         return v;
     };
     EXPECT_EQ(sorted(back.names()), sorted(reference.names()));
-    for (const auto& name : reference.names()) {
-        const at::Tensor got = back.tensor(name), want = reference.tensor(name);
-        EXPECT_EQ(got.scalar_type(), want.scalar_type()) << name;
-        EXPECT_EQ(got.sizes(), want.sizes()) << name;
-        if (want.numel()) {  // bytes, so NaN payloads compare too
-            EXPECT_TRUE(at::equal(got.reshape(-1).view(at::kByte), want.reshape(-1).view(at::kByte))) << name;
-        }
-    }
+    for (const auto& name : reference.names()) expect_same_tensor(back.tensor(name), reference.tensor(name), name);
 
     const auto meta = read_json(kFixtures / "sharded.json");
     CheckpointReader hf(kFixtures / "sharded");

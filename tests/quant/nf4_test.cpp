@@ -210,6 +210,13 @@ TEST(Nf4Serialize, RoundTripAndErrorsNameTheKey) {
     const std::string key = "model.layers.0.mlp.up_proj.weight";
     auto sd               = nf4_to_state_dict(w, key);
     EXPECT_EQ(sd.size(), 6u);
+    // nf4_state_dict_keys (resume checks in medllm quantize) names the same entries in the same order.
+    for (bool nested : {true, false}) {
+        std::vector<std::string> names;
+        const Nf4Tensor q = nf4_quantize(at::randn({4, 64}), 64, nested);
+        for (const auto& [k, v] : nf4_to_state_dict(q, key)) names.push_back(k);
+        EXPECT_EQ(nf4_state_dict_keys(key, nested), names);
+    }
     const Nf4Tensor back = nf4_from_state_dict(sd, key);
     EXPECT_TRUE(at::equal(nf4_dequantize(back), nf4_dequantize(w)));
     EXPECT_EQ(back.offset, w.offset);
