@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
         sync();
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
     };
-    double fwd = time_it([&] {
+    double fwd     = time_it([&] {
         at::NoGradGuard no_grad;
         model.forward(in);
     });
@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
         auto loss = causal_lm_loss(model.forward_hidden(in).hidden, model.lm_head_weight(), ids);
         loss.backward();
     });
-    double tokens = static_cast<double>(batch * seq);
+    double tokens  = static_cast<double>(batch * seq);
     std::printf("{\"impl\": \"medllm\", \"forward_tok_s\": %.1f, \"forward_backward_tok_s\": %.1f}\n", tokens / fwd,
                 tokens / fwd_bwd);
     return 0;

@@ -68,12 +68,12 @@ void row(const char* metric, const std::string& shape, double ms, double bytes) 
 // quantized and its bytes are multiplied by 80 (all layers have the same shapes).
 double measure_72b_memory(const torch::Device& device) {
     const int64_t hidden = 8192, inter = 29568, kv = 8 * 128, layers = 80, vocab = 152064;
-    const Shape projections[] = {{"q", hidden, hidden},   {"k", kv, hidden},    {"v", kv, hidden},
-                                 {"o", hidden, hidden},   {"gate", inter, hidden}, {"up", inter, hidden},
+    const Shape projections[] = {{"q", hidden, hidden},  {"k", kv, hidden},       {"v", kv, hidden},
+                                 {"o", hidden, hidden},  {"gate", inter, hidden}, {"up", inter, hidden},
                                  {"down", hidden, inter}};
-    const double unquantized = 2.0 * (2.0 * vocab * hidden + layers * (2.0 * hidden + hidden + 2.0 * kv) + hidden);
-    const auto options       = torch::TensorOptions(device).dtype(torch::kBFloat16);
-    auto quantize_layer      = [&](std::vector<Nf4Tensor>& keep) {
+    const double unquantized  = 2.0 * (2.0 * vocab * hidden + layers * (2.0 * hidden + hidden + 2.0 * kv) + hidden);
+    const auto options        = torch::TensorOptions(device).dtype(torch::kBFloat16);
+    auto quantize_layer       = [&](std::vector<Nf4Tensor>& keep) {
         for (const auto& p : projections) {
             keep.push_back(medllm::quant::nf4_quantize(torch::randn({p.out, p.in}, options) * 0.02, 64, true));
         }
@@ -126,7 +126,10 @@ int main(int argc, char** argv) {
         const torch::NoGradGuard no_grad;
         const auto src = torch::empty({int64_t(1) << 30}, torch::TensorOptions(device).dtype(torch::kUInt8)).fill_(1);
         auto dst       = torch::empty_like(src);
-        row("copy", "1GiB", time_ms(device, [&] { dst.copy_(src); }, iters), 2.0 * src.numel());
+        row("copy", "1GiB",
+            time_ms(
+                device, [&] { dst.copy_(src); }, iters),
+            2.0 * src.numel());
     }
 
     for (const auto& s : kShapes) {
@@ -135,17 +138,26 @@ int main(int argc, char** argv) {
         const double n    = double(s.out) * s.in;
         {
             const torch::NoGradGuard no_grad;
-            row("dequant", s.name, time_ms(device, [&] { (void)medllm::quant::nf4_dequantize(w); }, iters),
+            row("dequant", s.name,
+                time_ms(
+                    device, [&] { (void)medllm::quant::nf4_dequantize(w); }, iters),
                 double(w.nbytes()) + 2.0 * n);
             for (int64_t rows : {1, 4}) {
                 const auto x = torch::randn({rows, s.in}, bf16);
                 row(rows == 1 ? "gemv1" : "gemv4", s.name,
-                    time_ms(device, [&] { (void)medllm::quant::nf4_linear(x, w); }, iters),
+                    time_ms(
+                        device, [&] { (void)medllm::quant::nf4_linear(x, w); }, iters),
                     double(w.nbytes()) + 2.0 * rows * (s.in + s.out));
             }
             const auto xt = torch::randn({tokens, s.in}, bf16);
-            row("linear", s.name, time_ms(device, [&] { (void)medllm::quant::nf4_linear(xt, w); }, heavy_iters), 0);
-            row("dense", s.name, time_ms(device, [&] { (void)torch::linear(xt, weight); }, heavy_iters), 0);
+            row("linear", s.name,
+                time_ms(
+                    device, [&] { (void)medllm::quant::nf4_linear(xt, w); }, heavy_iters),
+                0);
+            row("dense", s.name,
+                time_ms(
+                    device, [&] { (void)torch::linear(xt, weight); }, heavy_iters),
+                0);
         }
 
         // Training: LoRA rank `rank`, alpha 16 (QLoRA's setting), fp32 adapters; B is made non-zero so that the
@@ -166,8 +178,14 @@ int main(int argc, char** argv) {
             lora.lora_A->weight.copy_(qlora.lora_A->weight);
             lora.lora_B->weight.copy_(qlora.lora_B->weight);
         }
-        row("qlora_fb", s.name, time_ms(device, [&] { qlora.forward(x).backward(grad_out); }, heavy_iters), 0);
-        row("lora_fb", s.name, time_ms(device, [&] { lora.forward(x).backward(grad_out); }, heavy_iters), 0);
+        row("qlora_fb", s.name,
+            time_ms(
+                device, [&] { qlora.forward(x).backward(grad_out); }, heavy_iters),
+            0);
+        row("lora_fb", s.name,
+            time_ms(
+                device, [&] { lora.forward(x).backward(grad_out); }, heavy_iters),
+            0);
     }
 
     row("mem72b", "Qwen2.5-72B", 0, measure_72b_memory(device));

@@ -12,8 +12,8 @@
 namespace medllm::kernels {
 namespace {
 
-constexpr int kDequantThreads      = 256;
-constexpr int64_t kElemsPerThread  = 32;
+constexpr int kDequantThreads     = 256;
+constexpr int64_t kElemsPerThread = 32;
 
 template <typename T>
 __global__ void nf4_dequantize_kernel(const uint8_t* __restrict__ packed, nf4_detail::AbsmaxSource absmax,
@@ -56,7 +56,9 @@ nf4_detail::AbsmaxSource absmax_source(const Nf4DeviceView& w) {
     return {w.absmax_f32, w.absmax_q, w.nested_absmax, w.nested_code, w.offset, w.nested_blocksize};
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+bool aligned16(const void* p) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
 
 template <typename T>
 void launch_typed(const Nf4DeviceView& w, void* out, cudaStream_t stream) {
@@ -122,10 +124,17 @@ Nf4DeviceView make_view(const at::Tensor& packed, const at::Tensor& absmax, cons
 void launch_nf4_dequantize(const Nf4DeviceView& w, void* out, at::ScalarType out_dtype, cudaStream_t stream) {
     if (w.numel == 0) return;
     switch (out_dtype) {
-        case at::kFloat: launch_typed<float>(w, out, stream); break;
-        case at::kBFloat16: launch_typed<__nv_bfloat16>(w, out, stream); break;
-        case at::kHalf: launch_typed<__half>(w, out, stream); break;
-        default: TORCH_CHECK(false, "nf4 dequantize: unsupported output dtype ", out_dtype);
+        case at::kFloat:
+            launch_typed<float>(w, out, stream);
+            break;
+        case at::kBFloat16:
+            launch_typed<__nv_bfloat16>(w, out, stream);
+            break;
+        case at::kHalf:
+            launch_typed<__half>(w, out, stream);
+            break;
+        default:
+            TORCH_CHECK(false, "nf4 dequantize: unsupported output dtype ", out_dtype);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -14,15 +14,15 @@ namespace medllm::kernels {
 // Device pointers describing one quantized weight. For a plain state set absmax_f32; for a double-quantized one
 // set absmax_q, nested_absmax, nested_code, offset and nested_blocksize (absmax_f32 = nullptr).
 struct Nf4DeviceView {
-    const uint8_t* packed         = nullptr;
-    const float* absmax_f32       = nullptr;
-    const uint8_t* absmax_q       = nullptr;
-    const float* nested_absmax    = nullptr;
-    const float* nested_code      = nullptr;
-    float offset                  = 0.0f;
-    int64_t nested_blocksize      = 256;
-    int64_t numel                 = 0;
-    int64_t blocksize             = 64;
+    const uint8_t* packed      = nullptr;
+    const float* absmax_f32    = nullptr;
+    const uint8_t* absmax_q    = nullptr;
+    const float* nested_absmax = nullptr;
+    const float* nested_code   = nullptr;
+    float offset               = 0.0f;
+    int64_t nested_blocksize   = 256;
+    int64_t numel              = 0;
+    int64_t blocksize          = 64;
 };
 
 // out: numel elements of out_dtype (float32, bfloat16 or float16).

@@ -17,9 +17,9 @@ constexpr int kWarpsPerBlock = 4;
 constexpr int kChunk         = 32;  // weights per lane per step
 
 template <typename T, int ROWS>
-__global__ void nf4_gemv_kernel(const uint8_t* __restrict__ packed, nf4_detail::AbsmaxSource absmax,
-                                int64_t blocksize, const T* __restrict__ x, const T* __restrict__ bias,
-                                T* __restrict__ y, int64_t out_features, int64_t in_features) {
+__global__ void nf4_gemv_kernel(const uint8_t* __restrict__ packed, nf4_detail::AbsmaxSource absmax, int64_t blocksize,
+                                const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y,
+                                int64_t out_features, int64_t in_features) {
     __shared__ float lut[16];
     if (threadIdx.x < 16) lut[threadIdx.x] = nf4_detail::nf4_value(threadIdx.x);
     __syncthreads();
@@ -40,14 +40,15 @@ __global__ void nf4_gemv_kernel(const uint8_t* __restrict__ packed, nf4_detail::
         nf4_detail::decode_run(weight_chunks[c], scale, lut, w);
 #pragma unroll
         for (int m = 0; m < ROWS; ++m) {
-            const uint4* xs = reinterpret_cast<const uint4*>(x + m * in_features + c * kChunk);
+            const uint4* xs       = reinterpret_cast<const uint4*>(x + m * in_features + c * kChunk);
             constexpr int kPerVec = static_cast<int>(sizeof(uint4) / sizeof(T));
 #pragma unroll
             for (int v = 0; v < kChunk / kPerVec; ++v) {
                 const uint4 packed_x = xs[v];
                 const T* xv          = reinterpret_cast<const T*>(&packed_x);
 #pragma unroll
-                for (int e = 0; e < kPerVec; ++e) acc[m] = fmaf(w[v * kPerVec + e], nf4_detail::to_float(xv[e]), acc[m]);
+                for (int e = 0; e < kPerVec; ++e)
+                    acc[m] = fmaf(w[v * kPerVec + e], nf4_detail::to_float(xv[e]), acc[m]);
             }
         }
     }
@@ -66,26 +67,37 @@ template <typename T, int ROWS>
 void launch_rows(const Nf4DeviceView& w, const void* x, const void* bias, void* y, int64_t out_features,
                  int64_t in_features, cudaStream_t stream) {
     const int64_t grid = (out_features + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    const nf4_detail::AbsmaxSource absmax{w.absmax_f32, w.absmax_q, w.nested_absmax, w.nested_code, w.offset,
-                                          w.nested_blocksize};
+    const nf4_detail::AbsmaxSource absmax{w.absmax_f32,  w.absmax_q, w.nested_absmax,
+                                          w.nested_code, w.offset,   w.nested_blocksize};
     nf4_gemv_kernel<T, ROWS><<<static_cast<unsigned>(grid), kWarpsPerBlock * 32, 0, stream>>>(
         w.packed, absmax, w.blocksize, static_cast<const T*>(x), static_cast<const T*>(bias), static_cast<T*>(y),
         out_features, in_features);
 }
 
 template <typename T>
-void launch_typed(const Nf4DeviceView& w, const void* x, const void* bias, void* y, int64_t rows,
-                  int64_t out_features, int64_t in_features, cudaStream_t stream) {
+void launch_typed(const Nf4DeviceView& w, const void* x, const void* bias, void* y, int64_t rows, int64_t out_features,
+                  int64_t in_features, cudaStream_t stream) {
     switch (rows) {
-        case 1: launch_rows<T, 1>(w, x, bias, y, out_features, in_features, stream); break;
-        case 2: launch_rows<T, 2>(w, x, bias, y, out_features, in_features, stream); break;
-        case 3: launch_rows<T, 3>(w, x, bias, y, out_features, in_features, stream); break;
-        case 4: launch_rows<T, 4>(w, x, bias, y, out_features, in_features, stream); break;
-        default: TORCH_CHECK(false, "nf4_gemv: rows must be 1..4, got ", rows);
+        case 1:
+            launch_rows<T, 1>(w, x, bias, y, out_features, in_features, stream);
+            break;
+        case 2:
+            launch_rows<T, 2>(w, x, bias, y, out_features, in_features, stream);
+            break;
+        case 3:
+            launch_rows<T, 3>(w, x, bias, y, out_features, in_features, stream);
+            break;
+        case 4:
+            launch_rows<T, 4>(w, x, bias, y, out_features, in_features, stream);
+            break;
+        default:
+            TORCH_CHECK(false, "nf4_gemv: rows must be 1..4, got ", rows);
     }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+bool aligned16(const void* p) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
 
 }  // namespace
 
@@ -97,10 +109,17 @@ void launch_nf4_gemv(const Nf4DeviceView& w, const void* x, const void* bias, vo
                      int64_t rows, int64_t out_features, int64_t in_features, cudaStream_t stream) {
     if (out_features == 0) return;
     switch (dtype) {
-        case at::kFloat: launch_typed<float>(w, x, bias, y, rows, out_features, in_features, stream); break;
-        case at::kBFloat16: launch_typed<__nv_bfloat16>(w, x, bias, y, rows, out_features, in_features, stream); break;
-        case at::kHalf: launch_typed<__half>(w, x, bias, y, rows, out_features, in_features, stream); break;
-        default: TORCH_CHECK(false, "nf4_gemv: unsupported dtype ", dtype);
+        case at::kFloat:
+            launch_typed<float>(w, x, bias, y, rows, out_features, in_features, stream);
+            break;
+        case at::kBFloat16:
+            launch_typed<__nv_bfloat16>(w, x, bias, y, rows, out_features, in_features, stream);
+            break;
+        case at::kHalf:
+            launch_typed<__half>(w, x, bias, y, rows, out_features, in_features, stream);
+            break;
+        default:
+            TORCH_CHECK(false, "nf4_gemv: unsupported dtype ", dtype);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -112,8 +131,7 @@ at::Tensor nf4_gemv_cuda(const at::Tensor& x, const at::Tensor& packed, const at
     TORCH_CHECK(x.is_cuda() && x.dim() == 2, "nf4_gemv: x must be a 2-D CUDA tensor [rows, in_features]");
     TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
                 "nf4_gemv: x must be float32, bfloat16 or float16, got ", x.scalar_type());
-    TORCH_CHECK(x.size(1) == in_features, "nf4_gemv: x has ", x.size(1), " features, the weight expects ",
-                in_features);
+    TORCH_CHECK(x.size(1) == in_features, "nf4_gemv: x has ", x.size(1), " features, the weight expects ", in_features);
     TORCH_CHECK(nf4_gemv_supported(x.size(0), in_features), "nf4_gemv: needs 1..4 rows and in_features % 32 == 0, got ",
                 x.size(0), " rows and ", in_features, " features");
     TORCH_CHECK(packed.is_cuda() && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
@@ -136,8 +154,8 @@ at::Tensor nf4_gemv_cuda(const at::Tensor& x, const at::Tensor& packed, const at
                     "nf4_gemv: inconsistent double-quantization statistics");
     }
     if (bias.defined()) {
-        TORCH_CHECK(bias.device() == x.device() && bias.numel() == out_features,
-                    "nf4_gemv: bias must have ", out_features, " entries on x's device");
+        TORCH_CHECK(bias.device() == x.device() && bias.numel() == out_features, "nf4_gemv: bias must have ",
+                    out_features, " entries on x's device");
     }
     const c10::cuda::CUDAGuard guard(x.device());
     at::Tensor input = x.contiguous();

@@ -84,10 +84,17 @@ void launch_nf4_quantize(const void* x, at::ScalarType dtype, int64_t n, int64_t
                          float* absmax, cudaStream_t stream) {
     if (n == 0) return;
     switch (dtype) {
-        case at::kFloat: launch_typed<float>(x, n, blocksize, packed, absmax, stream); break;
-        case at::kBFloat16: launch_typed<__nv_bfloat16>(x, n, blocksize, packed, absmax, stream); break;
-        case at::kHalf: launch_typed<__half>(x, n, blocksize, packed, absmax, stream); break;
-        default: TORCH_CHECK(false, "nf4_quantize_cuda: unsupported dtype ", dtype);
+        case at::kFloat:
+            launch_typed<float>(x, n, blocksize, packed, absmax, stream);
+            break;
+        case at::kBFloat16:
+            launch_typed<__nv_bfloat16>(x, n, blocksize, packed, absmax, stream);
+            break;
+        case at::kHalf:
+            launch_typed<__half>(x, n, blocksize, packed, absmax, stream);
+            break;
+        default:
+            TORCH_CHECK(false, "nf4_quantize_cuda: unsupported dtype ", dtype);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

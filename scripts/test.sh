@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${MEDLLM_BUILD_DIR:-build}
 scripts/setup.sh
+scripts/check-format.sh
 labels="cpu"
 if "$build_dir/medllm" version 2>/dev/null | grep -q '^CUDA available: yes'; then
     labels="cpu|gpu"

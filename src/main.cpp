@@ -12,8 +12,9 @@
 #include "medllm/core/log.h"
 
 int main(int argc, char** argv) {
-    CLI::App app{"medllm: continued pretraining, reasoning preference optimization and IgakuQA evaluation "
-                 "for Qwen2.5 medical LLMs (QLoRA, LibTorch)"};
+    CLI::App app{
+        "medllm: continued pretraining, reasoning preference optimization and IgakuQA evaluation "
+        "for Qwen2.5 medical LLMs (QLoRA, LibTorch)"};
     app.set_version_flag("--version", std::string("medllm ") + MEDLLM_VERSION);
     app.require_subcommand(1);
     app.fallthrough();  // global flags may also come after the subcommand

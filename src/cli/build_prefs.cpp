@@ -6,7 +6,8 @@
 namespace medllm::cli {
 
 void add_build_prefs_command(CLI::App& app) {
-    auto* cmd = app.add_subcommand("build-prefs", "Build GT > chosen > rejected preference pairs from exam answers (not built yet)");
+    auto* cmd = app.add_subcommand("build-prefs",
+                                   "Build GT > chosen > rejected preference pairs from exam answers (not built yet)");
     add_not_built_callback(cmd, "the preference builder is not built yet");
 }
 

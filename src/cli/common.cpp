@@ -18,7 +18,8 @@ void add_not_built_callback(CLI::App* cmd, const std::string& what) {
 
 void add_config_options(CLI::App* cmd, ConfigOptions& opts) {
     cmd->add_option("--config", opts.path, "YAML or JSON config file (see configs/)")->check(CLI::ExistingFile);
-    cmd->add_option("--set", opts.overrides, "Override a config key, e.g. --set lora.rank=16 (repeatable; wins over --config)")
+    cmd->add_option("--set", opts.overrides,
+                    "Override a config key, e.g. --set lora.rank=16 (repeatable; wins over --config)")
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 }
 

@@ -104,7 +104,7 @@ void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEn
     const auto years = eval::parse_years(cfg.years);
     const auto modes = parse_modes(cfg.mode);
     start_run(cfg.output, resolved);
-    const auto questions   = eval::load_questions(cfg.data_dir, years);
+    const auto questions = eval::load_questions(cfg.data_dir, years);
     if (!cfg.model.empty()) {
         // The generation engine as the evaluator's CompletionBackend (src/generate/eval_backend.cpp).
         const auto examples = eval::load_few_shot_examples(
@@ -115,17 +115,17 @@ void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEn
         engine.max_batch_size = cfg.batch_size;
         generate::EngineBackend backend(generate::load_model(cfg.model, load), engine);
         eval::ModelEvalOptions options;
-        options.modes  = modes;
-        options.format = cfg.prompt_format == "chat" ? eval::PromptFormat::chat
-                         : cfg.prompt_format == "base" ? eval::PromptFormat::base
-                         : backend.has_chat_template() ? eval::PromptFormat::chat
-                                                       : eval::PromptFormat::base;
+        options.modes                             = modes;
+        options.format                            = cfg.prompt_format == "chat"   ? eval::PromptFormat::chat
+                                                    : cfg.prompt_format == "base" ? eval::PromptFormat::base
+                                                    : backend.has_chat_template() ? eval::PromptFormat::chat
+                                                                                  : eval::PromptFormat::base;
         options.batch_size                        = static_cast<int>(cfg.batch_size);
         options.standard_params.max_new_tokens    = static_cast<int>(cfg.max_new_tokens);
         options.explanation_params.max_new_tokens = static_cast<int>(cfg.max_new_tokens_explanation);
         options.lenient_standard                  = cfg.extraction == "lenient";
         options.output_dir                        = cfg.output;
-        auto result = eval::evaluate_model(questions, examples, backend, options, years);
+        auto result                               = eval::evaluate_model(questions, examples, backend, options, years);
         if (!cfg.model_name.empty()) result.model = cfg.model_name;
         eval::write_reports(cfg.output, result, questions);
         print_summary(result, cfg.output);

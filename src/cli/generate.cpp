@@ -306,7 +306,9 @@ void add_generate_command(CLI::App& app) {
     auto& g   = opt->gen;
     cmd->add_option("--model", opt->model, "Model directory (config.json, safetensors, tokenizer)")->required();
     cmd->add_option("--adapter", opt->adapter, "PEFT LoRA adapter directory applied to the model");
-    cmd->add_flag("--load-in-4bit", opt->load_in_4bit, "Quantize the base to NF4 as it loads (QLoRA); a 4-bit checkpoint (medllm quantize) loads as NF4 without it");
+    cmd->add_flag(
+        "--load-in-4bit", opt->load_in_4bit,
+        "Quantize the base to NF4 as it loads (QLoRA); a 4-bit checkpoint (medllm quantize) loads as NF4 without it");
     cmd->add_option("--prompt", opt->prompt, "One prompt; the completion streams to stdout");
     cmd->add_flag("--chat", opt->chat, "Render --prompt as a user turn with the chat template");
     cmd->add_option("--system", opt->system, "System message for --chat (default: the template's)");

@@ -3,9 +3,9 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
-#include "medllm/core/progress.h"
 #include "cli/common.h"
 #include "medllm/core/error.h"
+#include "medllm/core/progress.h"
 #include "medllm/peft/adapter.h"
 
 namespace medllm::cli {
@@ -17,9 +17,10 @@ void add_merge_command(CLI::App& app) {
     };
     auto opts = std::make_shared<Options>();
     auto* cmd = app.add_subcommand("merge", "Merge a PEFT LoRA adapter into a bf16 HF checkpoint");
-    cmd->footer("A 4-bit base is dequantized first (the weights the adapter was trained against). Progress is logged "
-                "with a rate and an ETA; rerunning an interrupted merge with the same inputs keeps the shards it "
-                "finished (.model-shards.json in the output directory).");
+    cmd->footer(
+        "A 4-bit base is dequantized first (the weights the adapter was trained against). Progress is logged "
+        "with a rate and an ETA; rerunning an interrupted merge with the same inputs keeps the shards it "
+        "finished (.model-shards.json in the output directory).");
     cmd->add_option("--model", opts->model, "Base model directory (HF bf16/fp32, or bitsandbytes 4-bit)")->required();
     cmd->add_option("--adapter", opts->adapter,
                     "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")

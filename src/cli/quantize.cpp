@@ -8,27 +8,29 @@
 namespace medllm::cli {
 
 void add_quantize_command(CLI::App& app) {
-    auto* cmd  = app.add_subcommand("quantize",
-                                    "Write a bitsandbytes/transformers-compatible 4-bit NF4 checkpoint (q/k/v/o and MLP "
-                                    "projections quantized; embeddings, norms, biases and lm_head kept)");
+    auto* cmd = app.add_subcommand("quantize",
+                                   "Write a bitsandbytes/transformers-compatible 4-bit NF4 checkpoint (q/k/v/o and MLP "
+                                   "projections quantized; embeddings, norms, biases and lm_head kept)");
     struct Options {
         std::string model, output;
         quant::QuantizeOptions q;
         bool no_double_quant = false;
     };
-    cmd->footer("Progress is logged with a rate and an ETA. Rerunning an interrupted quantize with the same input and "
-                "options keeps the shards it finished (.model-shards.json in the output directory).");
+    cmd->footer(
+        "Progress is logged with a rate and an ETA. Rerunning an interrupted quantize with the same input and "
+        "options keeps the shards it finished (.model-shards.json in the output directory).");
     auto opts = std::make_shared<Options>();
     cmd->add_option("--model", opts->model, "HF checkpoint directory (config.json + safetensors)")
         ->required()
         ->check(CLI::ExistingDirectory);
     cmd->add_option("--output", opts->output, "Output directory")->required();
-    cmd->add_option("--blocksize", opts->q.blocksize, "NF4 block size (power of two, 32 to 4096)")->capture_default_str();
+    cmd->add_option("--blocksize", opts->q.blocksize, "NF4 block size (power of two, 32 to 4096)")
+        ->capture_default_str();
     cmd->add_flag("--no-double-quant", opts->no_double_quant, "Keep fp32 absmax (no double quantization)");
     cmd->callback([opts] {
         opts->q.double_quant = !opts->no_double_quant;
-        auto report = quant::quantize_checkpoint(opts->model, opts->output, opts->q,
-                                                 progress_callback("quantize", "tensors"));
+        auto report =
+            quant::quantize_checkpoint(opts->model, opts->output, opts->q, progress_callback("quantize", "tensors"));
         spdlog::info("wrote {}: {} tensors in NF4, {} kept; {:.2f} GiB -> {:.2f} GiB", opts->output,
                      report.quantized_tensors, report.kept_tensors, report.bytes_in / double(1ull << 30),
                      report.bytes_out / double(1ull << 30));

@@ -1,9 +1,9 @@
 // `medllm version`: what was built and what it can see (LibTorch, CUDA devices, optional parts).
 #include <iostream>
 
+#include <ATen/Parallel.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
-#include <ATen/Parallel.h>
 #ifdef MEDLLM_HAVE_CUDA_KERNELS
 #include <c10/cuda/CUDAFunctions.h>
 #include <cuda_runtime_api.h>
@@ -18,7 +18,9 @@ static void print_version() {
     std::cout << "medllm " << MEDLLM_VERSION << " (" << MEDLLM_BUILD_TYPE << ")\n";
     std::cout << "LibTorch " << TORCH_VERSION << ", intra-op threads " << at::get_num_threads() << "\n";
     std::cout << "CUDA kernels compiled: "
-              << (MEDLLM_CUDA_KERNELS_COMPILED ? std::string("yes (compute capability ") + MEDLLM_CUDA_ARCHS + ")" : "no") << "\n";
+              << (MEDLLM_CUDA_KERNELS_COMPILED ? std::string("yes (compute capability ") + MEDLLM_CUDA_ARCHS + ")"
+                                               : "no")
+              << "\n";
     const bool cuda = torch::cuda::is_available();
     std::cout << "CUDA available: " << (cuda ? "yes" : "no") << "\n";
 #ifdef MEDLLM_HAVE_CUDA_KERNELS
@@ -27,8 +29,8 @@ static void print_version() {
         for (int i = 0; i < n; ++i) {
             cudaDeviceProp prop{};
             if (cudaGetDeviceProperties(&prop, i) == cudaSuccess) {
-                std::cout << "  device " << i << ": " << prop.name << ", " << (prop.totalGlobalMem >> 20)
-                          << " MiB, sm_" << prop.major << prop.minor << "\n";
+                std::cout << "  device " << i << ": " << prop.name << ", " << (prop.totalGlobalMem >> 20) << " MiB, sm_"
+                          << prop.major << prop.minor << "\n";
             }
         }
     }

@@ -225,15 +225,21 @@ void convert(const std::string& key, const FlatValue& v, std::vector<int64_t>& o
     }
 }
 
-std::string to_text(const std::string& v) { return v; }
-std::string to_text(int64_t v) { return std::to_string(v); }
+std::string to_text(const std::string& v) {
+    return v;
+}
+std::string to_text(int64_t v) {
+    return std::to_string(v);
+}
 std::string to_text(double v) {
     std::ostringstream s;
     s.precision(10);
     s << v;
     return s.str();
 }
-std::string to_text(bool v) { return v ? "true" : "false"; }
+std::string to_text(bool v) {
+    return v ? "true" : "false";
+}
 std::string to_text(const std::vector<std::string>& v) {
     std::string out = "[";
     for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + v[i];

@@ -16,8 +16,12 @@ std::string format_duration(double seconds) {
 }
 
 ProgressLog::ProgressLog(std::string what, int64_t total, std::string unit, double interval_seconds, Clock clock)
-    : what_(std::move(what)), unit_(std::move(unit)), total_(total), interval_(interval_seconds),
-      clock_(clock ? std::move(clock) : Clock([] { return std::chrono::steady_clock::now(); })), start_(clock_()),
+    : what_(std::move(what)),
+      unit_(std::move(unit)),
+      total_(total),
+      interval_(interval_seconds),
+      clock_(clock ? std::move(clock) : Clock([] { return std::chrono::steady_clock::now(); })),
+      start_(clock_()),
       last_log_(start_) {}
 
 std::string ProgressLog::line() const {

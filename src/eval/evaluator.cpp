@@ -108,7 +108,8 @@ EvalResult evaluate_model(const std::vector<Question>& questions, const std::vec
                      questions.size() - todo.size(), todo.size(), options.batch_size);
 
         // Every batch is a line: batches take a while, and the line says the run is alive and how long is left.
-        ProgressLog progress(std::string("igakuqa ") + to_string(mode), static_cast<int64_t>(todo.size()), "questions", 0.0);
+        ProgressLog progress(std::string("igakuqa ") + to_string(mode), static_cast<int64_t>(todo.size()), "questions",
+                             0.0);
         for (size_t begin = 0; begin < todo.size(); begin += static_cast<size_t>(options.batch_size)) {
             const size_t end = std::min(todo.size(), begin + static_cast<size_t>(options.batch_size));
             std::vector<std::string> prompts;

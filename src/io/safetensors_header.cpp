@@ -46,7 +46,9 @@ const DTypeRow& row(DType dtype) {
     throw Error("safetensors: unknown dtype enum value " + std::to_string(static_cast<int>(dtype)));
 }
 
-[[noreturn]] void fail(const std::string& source, const std::string& what) { throw Error(source + ": " + what); }
+[[noreturn]] void fail(const std::string& source, const std::string& what) {
+    throw Error(source + ": " + what);
+}
 
 [[noreturn]] void fail_tensor(const std::string& source, const std::string& name, const std::string& what) {
     throw Error(source + ": tensor " + quoted_name(name) + ": " + what);
@@ -71,7 +73,7 @@ bool read_u64(const nlohmann::json& value, uint64_t& out) {
 std::string quoted_name(std::string_view name) {
     // Names come from the file: keep error messages on one line and bounded.
     std::string out = "'";
-    size_t shown = 0;
+    size_t shown    = 0;
     for (unsigned char c : name) {
         if (++shown > 200) {
             out += "...";
@@ -89,7 +91,9 @@ std::string quoted_name(std::string_view name) {
     return out + "'";
 }
 
-std::string_view dtype_name(DType dtype) { return row(dtype).name; }
+std::string_view dtype_name(DType dtype) {
+    return row(dtype).name;
+}
 
 std::optional<DType> dtype_from_name(std::string_view name) {
     for (const auto& r : kDTypes)
@@ -97,9 +101,13 @@ std::optional<DType> dtype_from_name(std::string_view name) {
     return std::nullopt;
 }
 
-size_t dtype_size(DType dtype) { return row(dtype).size; }
+size_t dtype_size(DType dtype) {
+    return row(dtype).size;
+}
 
-at::ScalarType to_scalar_type(DType dtype) { return row(dtype).scalar; }
+at::ScalarType to_scalar_type(DType dtype) {
+    return row(dtype).scalar;
+}
 
 DType from_scalar_type(at::ScalarType type) {
     for (const auto& r : kDTypes)
@@ -164,12 +172,12 @@ Header parse_header(const uint8_t* file, size_t file_size, const std::string& so
     if (!root.is_object()) fail(source, "header JSON is not an object");
 
     Header header;
-    header.header_bytes = n;
-    header.data_start = 8 + n;
+    header.header_bytes      = n;
+    header.data_start        = 8 + n;
     const uint64_t data_size = file_size - 8 - n;
 
     for (auto it = root.begin(); it != root.end(); ++it) {
-        const std::string& name = it.key();
+        const std::string& name     = it.key();
         const nlohmann::json& value = it.value();
         if (name == "__metadata__") {
             if (!value.is_object()) fail(source, "__metadata__ is not an object of strings");
@@ -186,7 +194,7 @@ Header parse_header(const uint8_t* file, size_t file_size, const std::string& so
                 fail_tensor(source, name, "unexpected field " + quoted_name(f.key()));
 
         TensorInfo info;
-        info.name = name;
+        info.name     = name;
         auto dtype_it = value.find("dtype");
         if (dtype_it == value.end() || !dtype_it->is_string()) fail_tensor(source, name, "missing string 'dtype'");
         const auto dtype = dtype_from_name(dtype_it->get_ref<const std::string&>());
@@ -212,16 +220,17 @@ Header parse_header(const uint8_t* file, size_t file_size, const std::string& so
             !read_u64((*offsets_it)[0], info.begin) || !read_u64((*offsets_it)[1], info.end))
             fail_tensor(source, name, "'data_offsets' is not a pair of non-negative integers");
         if (info.end < info.begin)
-            fail_tensor(source, name, "data_offsets end " + std::to_string(info.end) + " is before begin " +
-                                          std::to_string(info.begin));
+            fail_tensor(
+                source, name,
+                "data_offsets end " + std::to_string(info.end) + " is before begin " + std::to_string(info.begin));
         if (info.end > data_size)
-            fail_tensor(source, name, "data_offsets [" + std::to_string(info.begin) + ", " +
-                                          std::to_string(info.end) + ") run past the data buffer (" +
-                                          std::to_string(data_size) + " bytes; truncated file?)");
+            fail_tensor(source, name,
+                        "data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) +
+                            ") run past the data buffer (" + std::to_string(data_size) + " bytes; truncated file?)");
         if (info.end - info.begin != nbytes)
-            fail_tensor(source, name, "byte range holds " + std::to_string(info.end - info.begin) + " bytes but " +
-                                          std::string(dtype_name(info.dtype)) + " shape needs " +
-                                          std::to_string(nbytes));
+            fail_tensor(source, name,
+                        "byte range holds " + std::to_string(info.end - info.begin) + " bytes but " +
+                            std::string(dtype_name(info.dtype)) + " shape needs " + std::to_string(nbytes));
         header.tensors.push_back(std::move(info));
     }
 
@@ -229,19 +238,21 @@ Header parse_header(const uint8_t* file, size_t file_size, const std::string& so
     std::sort(header.tensors.begin(), header.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
         return std::tie(a.begin, a.end, a.name) < std::tie(b.begin, b.end, b.name);
     });
-    uint64_t cursor = 0;
+    uint64_t cursor            = 0;
     const TensorInfo* previous = nullptr;
     for (const auto& t : header.tensors) {
         if (t.begin < cursor)
-            fail_tensor(source, t.name, "byte range [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
-                                            ") overlaps tensor " + quoted_name(previous->name));
+            fail_tensor(source, t.name,
+                        "byte range [" + std::to_string(t.begin) + ", " + std::to_string(t.end) + ") overlaps tensor " +
+                            quoted_name(previous->name));
         if (t.begin > cursor)
             fail_tensor(source, t.name, "gap of " + std::to_string(t.begin - cursor) + " unused bytes before it");
-        cursor = t.end;
+        cursor   = t.end;
         previous = &t;
     }
     if (cursor != data_size)
-        fail(source, std::to_string(data_size - cursor) + " bytes after the last tensor are not described by the header");
+        fail(source,
+             std::to_string(data_size - cursor) + " bytes after the last tensor are not described by the header");
 
     for (size_t i = 0; i < header.tensors.size(); ++i) header.index_.emplace(header.tensors[i].name, i);
     return header;

@@ -1,9 +1,9 @@
 // Memory-mapped safetensors reading: single files and sharded checkpoints.
 #include <fcntl.h>
-#include <nlohmann/json.hpp>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cerrno>
@@ -33,7 +33,7 @@ MappedFile::MappedFile(const fs::path& path) {
     if (size_ > 0) {
         // Private + writable + no swap reservation: in-place ops on a tensor view touch only a private copy of the
         // page, never the file, and mapping a 100+ GB file does not count against the commit limit.
-        void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
+        void* p   = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
         writable_ = p != MAP_FAILED;
         if (p == MAP_FAILED) p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) {
@@ -65,7 +65,7 @@ at::Tensor make_tensor(const std::shared_ptr<MappedFile>& map, const Header& hea
                             " has byte value " + std::to_string(bytes[i]));
     }
     const auto options = at::TensorOptions().dtype(to_scalar_type(info.dtype)).device(at::kCPU);
-    const size_t item = dtype_size(info.dtype);
+    const size_t item  = dtype_size(info.dtype);
     if (info.nbytes() == 0) return at::empty(info.shape, options);
     if (!map->writable() || reinterpret_cast<uintptr_t>(bytes) % item != 0) {
         // Misaligned data (a writer that did not order by alignment) or a read-only mapping: copy.
@@ -89,8 +89,7 @@ std::string read_text(const fs::path& path) {
 
 }  // namespace
 
-SafetensorsFile::SafetensorsFile(const fs::path& path)
-    : path_(path), map_(std::make_shared<MappedFile>(path)) {
+SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path), map_(std::make_shared<MappedFile>(path)) {
     header_ = parse_header(map_->data() ? map_->data() : kEmpty, map_->size(), path.string());
 }
 
@@ -151,7 +150,7 @@ CheckpointReader::CheckpointReader(const fs::path& path) : root_(path) {
             }
             for (const auto& f : files_) shards_.push_back(std::make_unique<SafetensorsFile>(f));
             for (const auto& [name, file] : wanted) {
-                const size_t id = file_ids.at(file);
+                const size_t id        = file_ids.at(file);
                 const TensorInfo* info = shards_[id]->header().find(name);
                 if (!info)
                     throw Error(files_[id].string() + ": tensor " + quoted_name(name) + " listed in " +
@@ -186,7 +185,9 @@ std::vector<std::string> CheckpointReader::names() const {
     return out;
 }
 
-bool CheckpointReader::contains(std::string_view name) const { return entries_.find(name) != entries_.end(); }
+bool CheckpointReader::contains(std::string_view name) const {
+    return entries_.find(name) != entries_.end();
+}
 
 const CheckpointReader::Entry& CheckpointReader::entry(std::string_view name) const {
     auto it = entries_.find(name);
@@ -194,9 +195,13 @@ const CheckpointReader::Entry& CheckpointReader::entry(std::string_view name) co
     return it->second;
 }
 
-const TensorInfo& CheckpointReader::info(std::string_view name) const { return *entry(name).info; }
+const TensorInfo& CheckpointReader::info(std::string_view name) const {
+    return *entry(name).info;
+}
 
-const fs::path& CheckpointReader::file_of(std::string_view name) const { return files_[entry(name).file]; }
+const fs::path& CheckpointReader::file_of(std::string_view name) const {
+    return files_[entry(name).file];
+}
 
 at::Tensor CheckpointReader::load(std::string_view name) const {
     const Entry& e = entry(name);

@@ -17,7 +17,7 @@ class MappedFile {
 public:
     explicit MappedFile(const std::filesystem::path& path);
     ~MappedFile();
-    MappedFile(const MappedFile&) = delete;
+    MappedFile(const MappedFile&)            = delete;
     MappedFile& operator=(const MappedFile&) = delete;
 
     const uint8_t* data() const { return data_; }
@@ -27,7 +27,7 @@ public:
 
 private:
     uint8_t* data_ = nullptr;
-    size_t size_ = 0;
+    size_t size_   = 0;
     bool writable_ = false;
 };
 

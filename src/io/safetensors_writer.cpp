@@ -37,7 +37,7 @@ public:
     }
     void close() {
         FILE* f = f_;
-        f_ = nullptr;
+        f_      = nullptr;
         if (std::fflush(f) != 0 || std::fclose(f) != 0)
             throw Error(path_.string() + ": write failed: " + std::strerror(errno));
     }
@@ -50,7 +50,7 @@ private:
 void write_index(const fs::path& path, const nlohmann::json& index) {
     // Same form as transformers: json.dumps(index, indent=2, sort_keys=True) + "\n" (ASCII-escaped).
     const std::string text = index.dump(2, ' ', /*ensure_ascii=*/true) + "\n";
-    const fs::path tmp = path.string() + ".tmp";
+    const fs::path tmp     = path.string() + ".tmp";
     OutFile out(tmp);
     out.write(text.data(), text.size());
     out.close();
@@ -145,7 +145,10 @@ std::string directory_fingerprint(const fs::path& dir) {
 
 CheckpointWriter::CheckpointWriter(fs::path dir, uint64_t max_shard_bytes, std::map<std::string, std::string> metadata,
                                    std::string prefix, std::string resume_key)
-    : dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes), metadata_(std::move(metadata)), prefix_(std::move(prefix)),
+    : dir_(std::move(dir)),
+      max_shard_bytes_(max_shard_bytes),
+      metadata_(std::move(metadata)),
+      prefix_(std::move(prefix)),
       resume_key_(std::move(resume_key)) {
     if (max_shard_bytes_ == 0) throw UsageError("checkpoint writer: max shard size must be positive");
     std::error_code ec;
@@ -160,7 +163,9 @@ CheckpointWriter::~CheckpointWriter() {
     for (const auto& tmp : temp_shards_) fs::remove(tmp, ignored);
 }
 
-fs::path CheckpointWriter::journal_path() const { return dir_ / ("." + prefix_ + "-shards.json"); }
+fs::path CheckpointWriter::journal_path() const {
+    return dir_ / ("." + prefix_ + "-shards.json");
+}
 
 void CheckpointWriter::write_journal() const {
     nlohmann::json shards = nlohmann::json::array();
@@ -217,7 +222,8 @@ void CheckpointWriter::adopt_or_clear_journal() {
     }
     if (!usable) {
         // Whatever a different (or unreadable) run left: temporary shards and the record.
-        const std::regex temp_pattern("\\." + std::regex_replace(prefix_, std::regex(R"([.^$|()\[\]{}*+?\\])"), R"(\$&)") +
+        const std::regex temp_pattern("\\." +
+                                      std::regex_replace(prefix_, std::regex(R"([.^$|()\[\]{}*+?\\])"), R"(\$&)") +
                                       R"(-shard-\d+\.safetensors(\.tmp)?)");
         std::vector<fs::path> leftovers;  // collected first: removing while iterating is unspecified
         for (const auto& entry : fs::directory_iterator(dir_, ec)) {
@@ -296,7 +302,7 @@ std::vector<fs::path> CheckpointWriter::finish() {
         // An empty checkpoint still gets a (tensor-less) file so readers find something valid.
         write_shard();
     }
-    const size_t n = temp_shards_.size();
+    const size_t n            = temp_shards_.size();
     const fs::path index_path = dir_ / (prefix_ + ".safetensors.index.json");
     std::vector<fs::path> final_paths;
     if (n == 1) {

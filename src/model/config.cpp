@@ -94,10 +94,10 @@ Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string
     if (model_type != "qwen2")
         r.fail("model_type", "'" + model_type + "' is not a Qwen2 model (medllm implements model_type \"qwen2\")");
 
-    c.vocab_size = r.get_int("vocab_size", c.vocab_size);
-    c.hidden_size = r.get_int("hidden_size", c.hidden_size);
-    c.intermediate_size = r.get_int("intermediate_size", c.intermediate_size);
-    c.num_hidden_layers = r.get_int("num_hidden_layers", c.num_hidden_layers);
+    c.vocab_size          = r.get_int("vocab_size", c.vocab_size);
+    c.hidden_size         = r.get_int("hidden_size", c.hidden_size);
+    c.intermediate_size   = r.get_int("intermediate_size", c.intermediate_size);
+    c.num_hidden_layers   = r.get_int("num_hidden_layers", c.num_hidden_layers);
     c.num_attention_heads = r.get_int("num_attention_heads", c.num_attention_heads);
     c.num_key_value_heads = r.get_int("num_key_value_heads", c.num_attention_heads);
     if (c.num_attention_heads % c.num_key_value_heads != 0)
@@ -116,12 +116,12 @@ Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string
     c.hidden_act = r.get_string("hidden_act", c.hidden_act);
     if (c.hidden_act != "silu") r.fail("hidden_act", "'" + c.hidden_act + "' is not implemented (only silu)");
     c.max_position_embeddings = r.get_int("max_position_embeddings", c.max_position_embeddings);
-    c.initializer_range = r.get_double("initializer_range", c.initializer_range);
-    c.rms_norm_eps = r.get_double("rms_norm_eps", c.rms_norm_eps);
+    c.initializer_range       = r.get_double("initializer_range", c.initializer_range);
+    c.rms_norm_eps            = r.get_double("rms_norm_eps", c.rms_norm_eps);
     if (!(c.rms_norm_eps > 0)) r.fail("rms_norm_eps", "must be positive");
-    c.use_cache = r.get_bool("use_cache", c.use_cache);
+    c.use_cache           = r.get_bool("use_cache", c.use_cache);
     c.tie_word_embeddings = r.get_bool("tie_word_embeddings", c.tie_word_embeddings);
-    c.attention_dropout = r.get_double("attention_dropout", c.attention_dropout);
+    c.attention_dropout   = r.get_double("attention_dropout", c.attention_dropout);
     if (c.attention_dropout < 0 || c.attention_dropout >= 1) r.fail("attention_dropout", "must be in [0, 1)");
 
     // RoPE: `rope_theta` + `rope_scaling` (transformers 4.x) or `rope_parameters` (transformers 5).
@@ -150,8 +150,8 @@ Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string
                 r.fail("rope_parameters", "rope_theta is not a finite number");
             const double t = it->get<double>();
             if (theta && *theta != t)
-                r.fail("rope_parameters", "rope_theta " + it->dump() + " disagrees with rope_theta " +
-                                              nlohmann::json(*theta).dump());
+                r.fail("rope_parameters",
+                       "rope_theta " + it->dump() + " disagrees with rope_theta " + nlohmann::json(*theta).dump());
             theta = t;
         }
     }
@@ -162,7 +162,7 @@ Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string
     c.use_sliding_window = r.get_bool("use_sliding_window", false);
     if (c.use_sliding_window)
         r.fail("use_sliding_window", "sliding-window attention is not implemented (no Qwen2.5 release enables it)");
-    c.sliding_window = r.get_optional_int("sliding_window", 0);
+    c.sliding_window    = r.get_optional_int("sliding_window", 0);
     c.max_window_layers = r.get_int("max_window_layers", c.max_window_layers, 0);
     if (const auto* types = r.find("layer_types")) {
         if (!types->is_array()) r.fail("layer_types", "expected a list of strings");
@@ -173,8 +173,8 @@ Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string
             const auto& t = (*types)[i];
             if (!t.is_string()) r.fail("layer_types", "entry " + std::to_string(i) + " is not a string");
             if (t != "full_attention")
-                r.fail("layer_types", "layer " + std::to_string(i) + " is " + t.dump() +
-                                          "; only full_attention is implemented");
+                r.fail("layer_types",
+                       "layer " + std::to_string(i) + " is " + t.dump() + "; only full_attention is implemented");
         }
     }
 
@@ -188,7 +188,7 @@ Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string
         }
     }
 
-    const std::string dtype = r.get_string("dtype", "");
+    const std::string dtype       = r.get_string("dtype", "");
     const std::string torch_dtype = r.get_string("torch_dtype", "");
     if (!dtype.empty() && !torch_dtype.empty() && dtype != torch_dtype)
         r.fail("dtype", "'" + dtype + "' disagrees with torch_dtype '" + torch_dtype + "'");

@@ -16,7 +16,7 @@ int64_t numel(const std::vector<int64_t>& shape) {
 }
 
 bool is_linear_weight(const std::string& name) {
-    static const char* kLinears[] = {"q_proj.weight", "k_proj.weight",    "v_proj.weight", "o_proj.weight",
+    static const char* kLinears[] = {"q_proj.weight",    "k_proj.weight",  "v_proj.weight",   "o_proj.weight",
                                      "gate_proj.weight", "up_proj.weight", "down_proj.weight"};
     if (name.rfind("model.layers.", 0) != 0) return false;
     for (const char* suffix : kLinears) {
@@ -26,7 +26,9 @@ bool is_linear_weight(const std::string& name) {
     return false;
 }
 
-uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+uint64_t ceil_div(uint64_t a, uint64_t b) {
+    return (a + b - 1) / b;
+}
 
 }  // namespace
 
@@ -74,13 +76,13 @@ ParameterCount count_parameters(const Qwen2Config& c) {
 }
 
 uint64_t nf4_double_quant_bytes(int64_t numel) {
-    const uint64_t n = static_cast<uint64_t>(numel);
+    const uint64_t n      = static_cast<uint64_t>(numel);
     const uint64_t blocks = ceil_div(n, 64);
-    return ceil_div(n, 2)                // two 4-bit codes per byte
-           + blocks                      // absmax as 8-bit codes
-           + 4 * ceil_div(blocks, 256)   // fp32 absmax of each 256-block of absmax
-           + 4                           // fp32 offset (mean absmax)
-           + 16 * 4 + 256 * 4;           // NF4 and 8-bit dynamic code books (fp32)
+    return ceil_div(n, 2)               // two 4-bit codes per byte
+           + blocks                     // absmax as 8-bit codes
+           + 4 * ceil_div(blocks, 256)  // fp32 absmax of each 256-block of absmax
+           + 4                          // fp32 offset (mean absmax)
+           + 16 * 4 + 256 * 4;          // NF4 and 8-bit dynamic code books (fp32)
 }
 
 MemoryEstimate estimate_memory(const Qwen2Config& c, const MemoryOptions& o) {
@@ -88,19 +90,19 @@ MemoryEstimate estimate_memory(const Qwen2Config& c, const MemoryOptions& o) {
         throw UsageError("memory estimate: batch, seq-len and logits chunk must be >= 1 and lora-rank >= 0");
     MemoryEstimate m;
     const ParameterCount p = count_parameters(c);
-    m.bf16_weights = 2 * static_cast<uint64_t>(p.total());
-    uint64_t nf4 = 0;
+    m.bf16_weights         = 2 * static_cast<uint64_t>(p.total());
+    uint64_t nf4           = 0;
     for (const auto& [name, shape] : expected_tensors(c))
         if (is_linear_weight(name)) nf4 += nf4_double_quant_bytes(numel(shape));
     m.nf4_linear_bytes = nf4;
-    m.nf4_weights = nf4 + 2 * static_cast<uint64_t>(p.embedding + p.lm_head + p.other);
+    m.nf4_weights      = nf4 + 2 * static_cast<uint64_t>(p.embedding + p.lm_head + p.other);
 
     const int64_t H = c.hidden_size, I = c.intermediate_size, q = c.q_dim(), kv = c.kv_dim(), r = o.lora_rank;
     // LoRA A [r, in] and B [out, r] on q, k, v, o, gate, up, down.
     const int64_t per_layer_lora = r * ((H + q) + 2 * (H + kv) + (q + H) + 2 * (H + I) + (I + H));
-    m.lora_parameters = per_layer_lora * c.num_hidden_layers;
-    m.lora_weights = 4 * static_cast<uint64_t>(m.lora_parameters);
-    m.lora_training_state = 12 * static_cast<uint64_t>(m.lora_parameters);  // fp32 grad + Adam m + v
+    m.lora_parameters            = per_layer_lora * c.num_hidden_layers;
+    m.lora_weights               = 4 * static_cast<uint64_t>(m.lora_parameters);
+    m.lora_training_state        = 12 * static_cast<uint64_t>(m.lora_parameters);  // fp32 grad + Adam m + v
 
     // Activations kept for backward per token of one decoder layer (bf16 unless noted): the layer input and its
     // normed copy (2H), q/k/v projections (q + 2kv), post-RoPE q/k (q + kv), attention output (q), the residual
@@ -113,8 +115,8 @@ MemoryEstimate estimate_memory(const Qwen2Config& c, const MemoryOptions& o) {
     // Chunked cross-entropy: one chunk's fp32 logits (their gradient is formed in the same buffer) and either the
     // bf16 logits they were upcast from or the bf16 gradient cast for the GEMMs, plus the final norm's input and
     // output and the hidden-state gradient kept from forward to backward.
-    const uint64_t chunk = std::min<uint64_t>(tokens, static_cast<uint64_t>(o.logits_chunk_tokens));
-    m.logits = chunk * static_cast<uint64_t>(c.vocab_size) * (4 + 2) + tokens * 2 * 3 * H;
+    const uint64_t chunk  = std::min<uint64_t>(tokens, static_cast<uint64_t>(o.logits_chunk_tokens));
+    m.logits              = chunk * static_cast<uint64_t>(c.vocab_size) * (4 + 2) + tokens * 2 * 3 * H;
     const uint64_t layers = static_cast<uint64_t>(c.num_hidden_layers);
     if (o.activation_checkpointing)
         // Each layer keeps only its bf16 input; one layer is recomputed in full during backward.

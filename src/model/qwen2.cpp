@@ -7,8 +7,8 @@
 #include <set>
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/torch.h>
 #include <spdlog/spdlog.h>
+#include <torch/torch.h>
 
 #include "medllm/core/error.h"
 #include "medllm/io/safetensors.h"
@@ -110,7 +110,7 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 
     static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor x, at::Tensor cos, at::Tensor sin,
                               at::Tensor mask, bool causal, int64_t layer_ptr) {
-        const RngState rng = RngState::capture(x);
+        const RngState rng         = RngState::capture(x);
         ctx->saved_data["rng_cpu"] = rng.cpu;
         if (rng.device.defined()) ctx->saved_data["rng_device"] = rng.device;
         ctx->saved_data["rng_device_index"] = static_cast<int64_t>(rng.device_index);
@@ -160,8 +160,8 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy> {
     static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor hidden, at::Tensor weight,
                               at::Tensor targets, int64_t chunk, double scale, bool need_h, bool need_w) {
-        const int64_t N = hidden.size(0);
-        auto total      = at::zeros({}, hidden.options().dtype(at::kFloat));
+        const int64_t N   = hidden.size(0);
+        auto total        = at::zeros({}, hidden.options().dtype(at::kFloat));
         at::Tensor grad_h = need_h ? at::empty_like(hidden) : at::Tensor();
         // The weight gradient accumulates in fp32 across chunks and is cast once at the end.
         at::Tensor grad_w = need_w ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat)) : at::Tensor();
@@ -219,13 +219,17 @@ DenseLinear::DenseLinear(int64_t in, int64_t out, bool with_bias, at::TensorOpti
     if (with_bias) bias = register_parameter("bias", at::empty({out}, options));
 }
 
-at::Tensor DenseLinear::forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+at::Tensor DenseLinear::forward(const at::Tensor& x) {
+    return at::linear(x, weight, bias);
+}
 
 Embedding::Embedding(int64_t vocab, int64_t dim, at::TensorOptions options) {
     weight = register_parameter("weight", at::empty({vocab, dim}, options));
 }
 
-at::Tensor Embedding::forward(const at::Tensor& ids) { return at::embedding(weight, ids); }
+at::Tensor Embedding::forward(const at::Tensor& ids) {
+    return at::embedding(weight, ids);
+}
 
 RMSNorm::RMSNorm(int64_t dim, double eps_, at::TensorOptions options) : eps(eps_) {
     weight = register_parameter("weight", at::ones({dim}, options));
@@ -292,9 +296,9 @@ Qwen2Attention::Qwen2Attention(const Qwen2Config& cfg, at::TensorOptions options
 at::Tensor Qwen2Attention::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                                    const at::Tensor& mask, bool causal, KVCache* cache, int64_t layer) {
     int64_t B = x.size(0), S = x.size(1);
-    auto q    = q_proj->forward(x).view({B, S, num_heads, head_dim}).transpose(1, 2);
-    auto k    = k_proj->forward(x).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
-    auto v    = v_proj->forward(x).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
+    auto q = q_proj->forward(x).view({B, S, num_heads, head_dim}).transpose(1, 2);
+    auto k = k_proj->forward(x).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
+    auto v = v_proj->forward(x).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
     auto c = cos.unsqueeze(1), s = sin.unsqueeze(1);
     q = q * c + rotate_half(q) * s;
     k = k * c + rotate_half(k) * s;
@@ -323,10 +327,10 @@ at::Tensor Qwen2MLP::forward(const at::Tensor& x) {
 }
 
 Qwen2DecoderLayer::Qwen2DecoderLayer(const Qwen2Config& cfg, at::TensorOptions options) {
-    self_attn                = register_module("self_attn", std::make_shared<Qwen2Attention>(cfg, options));
-    mlp                      = register_module("mlp", std::make_shared<Qwen2MLP>(cfg, options));
-    input_layernorm          = register_module("input_layernorm",
-                                               std::make_shared<RMSNorm>(cfg.hidden_size, cfg.rms_norm_eps, options));
+    self_attn = register_module("self_attn", std::make_shared<Qwen2Attention>(cfg, options));
+    mlp       = register_module("mlp", std::make_shared<Qwen2MLP>(cfg, options));
+    input_layernorm =
+        register_module("input_layernorm", std::make_shared<RMSNorm>(cfg.hidden_size, cfg.rms_norm_eps, options));
     post_attention_layernorm = register_module("post_attention_layernorm",
                                                std::make_shared<RMSNorm>(cfg.hidden_size, cfg.rms_norm_eps, options));
 }
@@ -339,8 +343,9 @@ at::Tensor Qwen2DecoderLayer::forward(const at::Tensor& x, const at::Tensor& cos
 
 Qwen2Model::Qwen2Model(const Qwen2Config& cfg, at::TensorOptions options)
     : rotary(cfg.head_dim, cfg.rope_theta), config(cfg) {
-    embed_tokens = register_module("embed_tokens", std::make_shared<Embedding>(cfg.vocab_size, cfg.hidden_size, options));
-    auto list    = register_module("layers", torch::nn::ModuleList());
+    embed_tokens =
+        register_module("embed_tokens", std::make_shared<Embedding>(cfg.vocab_size, cfg.hidden_size, options));
+    auto list = register_module("layers", torch::nn::ModuleList());
     for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
         layers.push_back(std::make_shared<Qwen2DecoderLayer>(cfg, options));
         list->push_back(layers.back());
@@ -365,15 +370,14 @@ ForwardOutputs Qwen2Model::forward(const ForwardInputs& in) {
 
     at::Tensor positions = in.position_ids;
     if (!positions.defined()) {
-        positions = in.segment_ids.defined()
-                        ? positions_from_segments(in.segment_ids.to(device))
-                        : (at::arange(S, ids.options()) + past).unsqueeze(0).expand({B, S});
+        positions = in.segment_ids.defined() ? positions_from_segments(in.segment_ids.to(device))
+                                             : (at::arange(S, ids.options()) + past).unsqueeze(0).expand({B, S});
     }
-    positions      = positions.to(device);
-    auto h         = embed_tokens->forward(ids);
+    positions       = positions.to(device);
+    auto h          = embed_tokens->forward(ids);
     auto [cos, sin] = rotary.cos_sin(positions, h.scalar_type());
-    bool causal    = false;
-    auto mask      = build_mask(B, S, past, in, device, causal);
+    bool causal     = false;
+    auto mask       = build_mask(B, S, past, in, device, causal);
 
     ForwardOutputs out;
     bool checkpoint = gradient_checkpointing && at::GradMode::is_enabled() && !in.cache;
@@ -401,14 +405,17 @@ ForwardOutputs Qwen2Model::forward(const ForwardInputs& in) {
 Qwen2ForCausalLM::Qwen2ForCausalLM(const Qwen2Config& cfg, at::TensorOptions options) : config(cfg) {
     model = register_module("model", std::make_shared<Qwen2Model>(cfg, options));
     if (!cfg.tie_word_embeddings)
-        lm_head = register_module("lm_head", std::make_shared<DenseLinear>(cfg.hidden_size, cfg.vocab_size, false, options));
+        lm_head =
+            register_module("lm_head", std::make_shared<DenseLinear>(cfg.hidden_size, cfg.vocab_size, false, options));
 }
 
 const at::Tensor& Qwen2ForCausalLM::lm_head_weight() const {
     return lm_head ? lm_head->weight : model->embed_tokens->weight;
 }
 
-at::Tensor Qwen2ForCausalLM::logits(const at::Tensor& hidden) { return at::linear(hidden, lm_head_weight()); }
+at::Tensor Qwen2ForCausalLM::logits(const at::Tensor& hidden) {
+    return at::linear(hidden, lm_head_weight());
+}
 
 void Qwen2ForCausalLM::init_weights(uint64_t seed) {
     at::NoGradGuard no_grad;
@@ -416,8 +423,8 @@ void Qwen2ForCausalLM::init_weights(uint64_t seed) {
     for (auto& item : named_parameters()) {
         const std::string& name = item.key();
         at::Tensor& p           = item.value();
-        bool is_norm = name.find("norm") != std::string::npos;
-        bool is_bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
+        bool is_norm            = name.find("norm") != std::string::npos;
+        bool is_bias            = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
         if (is_norm) {
             p.fill_(1.0);
         } else if (is_bias) {
@@ -492,9 +499,9 @@ at::Tensor causal_lm_loss(const at::Tensor& hidden, const at::Tensor& lm_head_we
     // Position t predicts labels[t+1]; the last position has nothing to predict (HF pads with -100).
     auto targets = at::full({B, S}, -100, labels.options().dtype(at::kLong));
     if (S > 1) targets.narrow(1, 0, S - 1).copy_(labels.narrow(1, 1, S - 1));
-    targets      = targets.reshape({B * S}).to(hidden.device());
-    int64_t count = num_items > 0 ? num_items : targets.ne(-100).sum().item<int64_t>();
-    double scale  = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
+    targets            = targets.reshape({B * S}).to(hidden.device());
+    int64_t count      = num_items > 0 ? num_items : targets.ne(-100).sum().item<int64_t>();
+    double scale       = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
     const bool grad_on = at::GradMode::is_enabled();
     return ChunkedCrossEntropy::apply(hidden.reshape({B * S, hidden.size(2)}), lm_head_weight, targets,
                                       std::max<int64_t>(1, chunk_tokens), scale, grad_on && hidden.requires_grad(),

@@ -359,16 +359,15 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
     std::set<std::string> merged;
     {
         // Resumable: rerunning the same merge keeps the shards an interrupted run finished.
-        const std::string resume_key = "medllm merge v1|" + io::directory_fingerprint(base_dir) + "|" +
-                                       io::directory_fingerprint(adapter_dir);
+        const std::string resume_key =
+            "medllm merge v1|" + io::directory_fingerprint(base_dir) + "|" + io::directory_fingerprint(adapter_dir);
         io::CheckpointWriter writer(out_dir, max_shard_bytes, {{"format", "pt"}}, "model", resume_key);
         if (writer.resumed_shards() > 0) {
             spdlog::info("merge: resuming; {} shards ({} tensors) of an interrupted run are kept",
                          writer.resumed_shards(), writer.resumed_tensors());
         }
-        const auto total = static_cast<int64_t>(std::count_if(names.begin(), names.end(), [&](const std::string& n) {
-            return !is_statistic(n);
-        }));
+        const auto total = static_cast<int64_t>(
+            std::count_if(names.begin(), names.end(), [&](const std::string& n) { return !is_statistic(n); }));
         for (const auto& name : names) {
             if (is_statistic(name)) continue;
             const bool quantized     = quantized_keys.count(name) > 0;

@@ -368,8 +368,9 @@ std::vector<NamedLoraLayer> apply_lora_impl(model::Qwen2ForCausalLM& m, const Lo
             auto dense = std::dynamic_pointer_cast<model::DenseLinear>(*slot.member);
             if (!dense) throw Error("apply_lora: " + slot.name + " is not a dense projection (LoRA applied twice?)");
             if (cfg.quantize_base) {
-                auto nf4 = quant::nf4_quantize(dense->weight.detach(), cfg.blocksize, cfg.double_quant, slot.name + ".weight");
-                layer    = std::make_shared<QLoraLinear>(std::move(nf4), dense->bias, r, scaling, cfg.dropout,
+                auto nf4 =
+                    quant::nf4_quantize(dense->weight.detach(), cfg.blocksize, cfg.double_quant, slot.name + ".weight");
+                layer = std::make_shared<QLoraLinear>(std::move(nf4), dense->bias, r, scaling, cfg.dropout,
                                                       cfg.adapter_dtype);
             } else {
                 layer = std::make_shared<LoraLinear>(*dense, r, scaling, cfg.dropout, cfg.adapter_dtype);

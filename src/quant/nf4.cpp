@@ -57,7 +57,8 @@ void double_quantize(Nf4Tensor& w, const at::Tensor& absmax_cpu) {
     const float offset     = at::mean(absmax_cpu).item<float>();
     at::Tensor centred     = absmax_cpu - offset;
     at::Tensor codes       = at::empty({n_blocks}, at::TensorOptions().dtype(at::kByte));
-    at::Tensor absmax2 = at::empty({(n_blocks + kNestedBlocksize - 1) / kNestedBlocksize}, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor absmax2 =
+        at::empty({(n_blocks + kNestedBlocksize - 1) / kNestedBlocksize}, at::TensorOptions().dtype(at::kFloat));
     ref::quantize_blockwise_8bit(centred.data_ptr<float>(), n_blocks, dynamic_map().data(), kNestedBlocksize,
                                  codes.data_ptr<uint8_t>(), absmax2.data_ptr<float>());
     w.nested           = true;
@@ -88,9 +89,9 @@ __attribute__((target("ssse3"))) inline void expand_runs(const uint8_t* packed, 
                                                          __m128i high_table, uint16_t* out) {
     const __m128i nibble = _mm_set1_epi8(0x0F);
     for (int64_t j = 0; j < n_bytes; j += 16, out += 32) {
-        const __m128i bytes  = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + j));
-        const __m128i first  = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble);  // element 2k: the high nibble
-        const __m128i second = _mm_and_si128(bytes, nibble);
+        const __m128i bytes    = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + j));
+        const __m128i first    = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble);  // element 2k: the high nibble
+        const __m128i second   = _mm_and_si128(bytes, nibble);
         const __m128i codes[2] = {_mm_unpacklo_epi8(first, second), _mm_unpackhi_epi8(first, second)};
         for (int half = 0; half < 2; ++half) {
             const __m128i lo = _mm_shuffle_epi8(low_table, codes[half]);
@@ -116,17 +117,18 @@ __attribute__((target("ssse3"))) void expand_16bit_ssse3(const uint8_t* packed, 
 // bf16 blocks b0..b1 (all whole): each block's 16 outputs code * absmax are computed, rounded to bf16 (nearest
 // even, the bits of c10::BFloat16 for finite values) and split into the two byte tables in registers.
 __attribute__((target("sse4.1"))) void dequantize_bf16_blocks_sse41(const uint8_t* packed, const float* absmax,
-                                                                   int64_t b0, int64_t b1, int64_t blocksize,
-                                                                   uint16_t* out) {
-    const float* code = nf4_code().data();
-    const __m128 c[4] = {_mm_loadu_ps(code), _mm_loadu_ps(code + 4), _mm_loadu_ps(code + 8), _mm_loadu_ps(code + 12)};
+                                                                    int64_t b0, int64_t b1, int64_t blocksize,
+                                                                    uint16_t* out) {
+    const float* code   = nf4_code().data();
+    const __m128 c[4]   = {_mm_loadu_ps(code), _mm_loadu_ps(code + 4), _mm_loadu_ps(code + 8), _mm_loadu_ps(code + 12)};
     const __m128i round = _mm_set1_epi32(0x7FFF), one = _mm_set1_epi32(1), low_byte = _mm_set1_epi16(0x00FF);
     for (int64_t b = b0; b < b1; ++b) {
         const __m128 scale = _mm_set1_ps(absmax[b]);
         __m128i bits[4];
         for (int q = 0; q < 4; ++q) {
             const __m128i u = _mm_castps_si128(_mm_mul_ps(c[q], scale));
-            bits[q] = _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(u, round), _mm_and_si128(_mm_srli_epi32(u, 16), one)), 16);
+            bits[q] =
+                _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(u, round), _mm_and_si128(_mm_srli_epi32(u, 16), one)), 16);
         }
         const __m128i w0 = _mm_packus_epi32(bits[0], bits[1]), w1 = _mm_packus_epi32(bits[2], bits[3]);
         const __m128i low_table  = _mm_packus_epi16(_mm_and_si128(w0, low_byte), _mm_and_si128(w1, low_byte));
@@ -206,7 +208,7 @@ at::Tensor workspace_for(at::Device device, at::ScalarType dtype, int64_t numel)
         static std::mutex mutex;
         static std::map<std::tuple<int, int, int64_t>, at::Tensor> buffers;
         const int64_t stream_id = static_cast<int64_t>(c10::cuda::getCurrentCUDAStream(device.index()).id());
-        const auto key = std::make_tuple(static_cast<int>(device.index()), static_cast<int>(dtype), stream_id);
+        const auto key          = std::make_tuple(static_cast<int>(device.index()), static_cast<int>(dtype), stream_id);
         const std::lock_guard<std::mutex> lock(mutex);
         at::Tensor& buffer = buffers[key];
         if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, options);
@@ -238,7 +240,9 @@ int64_t Nf4Tensor::numel() const {
     return n;
 }
 
-int64_t Nf4Tensor::n_blocks() const { return blocksize > 0 ? (numel() + blocksize - 1) / blocksize : 0; }
+int64_t Nf4Tensor::n_blocks() const {
+    return blocksize > 0 ? (numel() + blocksize - 1) / blocksize : 0;
+}
 
 int64_t Nf4Tensor::nbytes() const {
     int64_t total = 0;
@@ -262,17 +266,20 @@ void Nf4Tensor::validate(const std::string& name) const {
     for (int64_t d : shape) {
         if (d <= 0) fail("non-positive dimension in shape " + shape_string(shape));
     }
-    if (!is_valid_nf4_blocksize(blocksize)) fail("blocksize " + std::to_string(blocksize) + " is not a power of two in [32, 4096]");
+    if (!is_valid_nf4_blocksize(blocksize))
+        fail("blocksize " + std::to_string(blocksize) + " is not a power of two in [32, 4096]");
     if (!is_float_dtype(dtype)) fail(std::string("dtype ") + c10::toString(dtype) + " is not float32/bfloat16/float16");
     const int64_t n = numel();
     if (!packed.defined() || packed.scalar_type() != at::kByte || packed.numel() != (n + 1) / 2) {
-        fail("packed weight must be uint8 with " + std::to_string((n + 1) / 2) + " bytes for shape " + shape_string(shape));
+        fail("packed weight must be uint8 with " + std::to_string((n + 1) / 2) + " bytes for shape " +
+             shape_string(shape));
     }
     const at::Device dev = packed.device();
     auto same_device     = [&](const at::Tensor& t, const char* what) {
         if (t.device() != dev) fail(std::string(what) + " is on " + t.device().str() + ", the weight on " + dev.str());
     };
-    if (!absmax.defined() || absmax.numel() != n_blocks()) fail("absmax must have " + std::to_string(n_blocks()) + " entries");
+    if (!absmax.defined() || absmax.numel() != n_blocks())
+        fail("absmax must have " + std::to_string(n_blocks()) + " entries");
     same_device(absmax, "absmax");
     if (quant_map.defined()) {
         if (quant_map.scalar_type() != at::kFloat || quant_map.numel() != 16) fail("quant_map must be float32 [16]");
@@ -288,7 +295,8 @@ void Nf4Tensor::validate(const std::string& name) const {
         if (!nested_absmax.defined() || nested_absmax.scalar_type() != at::kFloat || nested_absmax.numel() != n2) {
             fail("nested_absmax must be float32 [" + std::to_string(n2) + "]");
         }
-        if (!nested_quant_map.defined() || nested_quant_map.scalar_type() != at::kFloat || nested_quant_map.numel() != 256) {
+        if (!nested_quant_map.defined() || nested_quant_map.scalar_type() != at::kFloat ||
+            nested_quant_map.numel() != 256) {
             fail("nested_quant_map must be float32 [256]");
         }
         same_device(nested_absmax, "nested_absmax");
@@ -316,9 +324,9 @@ Nf4Tensor nf4_quantize(const at::Tensor& weight, int64_t blocksize, bool double_
     }
     const at::NoGradGuard no_grad;
     Nf4Tensor w;
-    w.shape     = weight.sizes().vec();
-    w.dtype     = weight.scalar_type();
-    w.blocksize = blocksize;
+    w.shape         = weight.sizes().vec();
+    w.dtype         = weight.scalar_type();
+    w.blocksize     = blocksize;
     const int64_t n = weight.numel();
     at::Tensor absmax_f32;
     if (weight.is_cuda()) {
@@ -354,10 +362,10 @@ at::Tensor nf4_absmax(const Nf4Tensor& w) {
                                                 w.nested_quant_map.contiguous(), w.offset, w.nested_blocksize);
 #endif
     }
-    const at::Tensor q     = w.absmax.cpu().contiguous();
-    const at::Tensor a2    = w.nested_absmax.cpu().contiguous();
-    const at::Tensor code  = w.nested_quant_map.cpu().contiguous();
-    at::Tensor out         = at::empty({w.n_blocks()}, at::TensorOptions().dtype(at::kFloat));
+    const at::Tensor q    = w.absmax.cpu().contiguous();
+    const at::Tensor a2   = w.nested_absmax.cpu().contiguous();
+    const at::Tensor code = w.nested_quant_map.cpu().contiguous();
+    at::Tensor out        = at::empty({w.n_blocks()}, at::TensorOptions().dtype(at::kFloat));
     ref::rebuild_absmax(q.data_ptr<uint8_t>(), a2.data_ptr<float>(), code.data_ptr<float>(), w.offset, w.n_blocks(),
                         w.nested_blocksize, out.data_ptr<float>());
     return out.to(w.device());
@@ -383,9 +391,15 @@ void dequantize_into(const Nf4Tensor& w, const at::Tensor& out) {
     const uint8_t* bytes    = packed.data_ptr<uint8_t>();
     const float* scales     = absmax.data_ptr<float>();
     switch (out.scalar_type()) {
-        case at::kFloat: dequantize_cpu(bytes, scales, w.numel(), w.blocksize, out.data_ptr<float>()); break;
-        case at::kBFloat16: dequantize_cpu(bytes, scales, w.numel(), w.blocksize, out.data_ptr<c10::BFloat16>()); break;
-        default: dequantize_cpu(bytes, scales, w.numel(), w.blocksize, out.data_ptr<c10::Half>()); break;
+        case at::kFloat:
+            dequantize_cpu(bytes, scales, w.numel(), w.blocksize, out.data_ptr<float>());
+            break;
+        case at::kBFloat16:
+            dequantize_cpu(bytes, scales, w.numel(), w.blocksize, out.data_ptr<c10::BFloat16>());
+            break;
+        default:
+            dequantize_cpu(bytes, scales, w.numel(), w.blocksize, out.data_ptr<c10::Half>());
+            break;
     }
 }
 
@@ -423,7 +437,8 @@ at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::option
                     (x.defined() ? shape_string(x.sizes().vec()) : std::string("undefined")));
     }
     if (!is_float_dtype(x.scalar_type())) {
-        throw Error(std::string("nf4_linear: input must be float32/bfloat16/float16, got ") + c10::toString(x.scalar_type()));
+        throw Error(std::string("nf4_linear: input must be float32/bfloat16/float16, got ") +
+                    c10::toString(x.scalar_type()));
     }
     if (x.device() != w.device()) {
         throw Error("nf4_linear: input is on " + x.device().str() + ", the weight on " + w.device().str());
@@ -447,10 +462,11 @@ at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::option
         w.validate("nf4_linear weight");
         const at::Tensor rows = x.reshape({-1, in_features});
         if (kernels::nf4_gemv_supported(rows.size(0), in_features)) {
-            const at::Tensor y = kernels::nf4_gemv_cuda(
-                rows, w.packed.contiguous(), w.absmax.contiguous(), w.nested ? w.nested_absmax.contiguous() : at::Tensor(),
-                w.nested ? w.nested_quant_map.contiguous() : at::Tensor(), w.offset, w.nested_blocksize, out_features,
-                in_features, w.blocksize, bias_cast);
+            const at::Tensor y =
+                kernels::nf4_gemv_cuda(rows, w.packed.contiguous(), w.absmax.contiguous(),
+                                       w.nested ? w.nested_absmax.contiguous() : at::Tensor(),
+                                       w.nested ? w.nested_quant_map.contiguous() : at::Tensor(), w.offset,
+                                       w.nested_blocksize, out_features, in_features, w.blocksize, bias_cast);
             std::vector<int64_t> out_shape = x.sizes().vec();
             out_shape.back()               = out_features;
             return y.reshape(out_shape);
@@ -462,13 +478,16 @@ at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::option
 }
 
 at::Tensor nf4_linear_input_grad(const at::Tensor& grad_y, const Nf4Tensor& w) {
-    if (w.shape.size() != 2) throw Error("nf4_linear_input_grad: weight must be 2-D [out, in], got " + shape_string(w.shape));
+    if (w.shape.size() != 2)
+        throw Error("nf4_linear_input_grad: weight must be 2-D [out, in], got " + shape_string(w.shape));
     if (!grad_y.defined() || grad_y.dim() < 1 || grad_y.size(-1) != w.shape[0]) {
         throw Error("nf4_linear_input_grad: gradient's last dimension must be " + std::to_string(w.shape[0]) +
-                    ", got shape " + (grad_y.defined() ? shape_string(grad_y.sizes().vec()) : std::string("undefined")));
+                    ", got shape " +
+                    (grad_y.defined() ? shape_string(grad_y.sizes().vec()) : std::string("undefined")));
     }
     if (grad_y.device() != w.device()) {
-        throw Error("nf4_linear_input_grad: gradient is on " + grad_y.device().str() + ", the weight on " + w.device().str());
+        throw Error("nf4_linear_input_grad: gradient is on " + grad_y.device().str() + ", the weight on " +
+                    w.device().str());
     }
     const at::NoGradGuard no_grad;
     return at::matmul(grad_y, scratch_weight(w, grad_y.scalar_type()));

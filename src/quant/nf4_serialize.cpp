@@ -3,8 +3,8 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include <nlohmann/json.hpp>
@@ -16,10 +16,14 @@ namespace {
 
 std::string dtype_name(at::ScalarType dtype) {
     switch (dtype) {
-        case at::kFloat: return "float32";
-        case at::kBFloat16: return "bfloat16";
-        case at::kHalf: return "float16";
-        default: throw Error(std::string("nf4 state: unsupported original dtype ") + c10::toString(dtype));
+        case at::kFloat:
+            return "float32";
+        case at::kBFloat16:
+            return "bfloat16";
+        case at::kHalf:
+            return "float16";
+        default:
+            throw Error(std::string("nf4 state: unsupported original dtype ") + c10::toString(dtype));
     }
 }
 
@@ -86,8 +90,9 @@ std::string nf4_quant_state_json(const Nf4Tensor& w) {
     for (size_t i = 0; i < w.shape.size(); ++i) text += (i ? ", " : "") + std::to_string(w.shape[i]);
     text += "]";
     if (w.nested) {
-        text += ", \"nested_blocksize\": " + std::to_string(w.nested_blocksize) +
-                ", \"nested_dtype\": \"float32\", \"nested_offset\": " + python_float_repr(static_cast<double>(w.offset));
+        text +=
+            ", \"nested_blocksize\": " + std::to_string(w.nested_blocksize) +
+            ", \"nested_dtype\": \"float32\", \"nested_offset\": " + python_float_repr(static_cast<double>(w.offset));
     }
     return text + "}";
 }
@@ -107,8 +112,8 @@ std::map<std::string, at::Tensor> nf4_to_state_dict(const Nf4Tensor& w, const st
     w.validate(weight_key);
     auto cpu = [](const at::Tensor& t) { return t.to(at::kCPU).contiguous(); };
     std::map<std::string, at::Tensor> out;
-    out[weight_key]              = cpu(w.packed).reshape({(w.numel() + 1) / 2, 1});
-    out[weight_key + ".absmax"]  = cpu(w.absmax).reshape({w.n_blocks()});
+    out[weight_key]             = cpu(w.packed).reshape({(w.numel() + 1) / 2, 1});
+    out[weight_key + ".absmax"] = cpu(w.absmax).reshape({w.n_blocks()});
     out[weight_key + ".quant_map"] =
         at::from_blob(const_cast<float*>(nf4_code().data()), {16}, at::TensorOptions().dtype(at::kFloat)).clone();
     if (w.nested) {
@@ -163,7 +168,8 @@ Nf4Tensor nf4_from_state_dict(const std::map<std::string, at::Tensor>& tensors, 
         w.nested_absmax    = require(tensors, weight_key + ".nested_absmax").contiguous().reshape({-1});
         w.nested_quant_map = require(tensors, weight_key + ".nested_quant_map").contiguous().reshape({-1});
     }
-    const at::Tensor nf4 = at::from_blob(const_cast<float*>(nf4_code().data()), {16}, at::TensorOptions().dtype(at::kFloat));
+    const at::Tensor nf4 =
+        at::from_blob(const_cast<float*>(nf4_code().data()), {16}, at::TensorOptions().dtype(at::kFloat));
     if (w.quant_map.scalar_type() != at::kFloat || w.quant_map.numel() != 16 || !at::equal(w.quant_map.cpu(), nf4)) {
         throw Error(weight_key + ".quant_map: not the NF4 code book");
     }

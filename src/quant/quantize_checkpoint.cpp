@@ -4,8 +4,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "medllm/core/error.h"
 #include "medllm/io/safetensors.h"
@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 namespace medllm::quant {
 
 bool is_quantizable_weight(const std::string& name) {
-    static const char* kProjections[] = {".q_proj.weight",    ".k_proj.weight",  ".v_proj.weight", ".o_proj.weight",
+    static const char* kProjections[] = {".q_proj.weight",    ".k_proj.weight",  ".v_proj.weight",   ".o_proj.weight",
                                          ".gate_proj.weight", ".up_proj.weight", ".down_proj.weight"};
     for (const char* suffix : kProjections) {
         std::string s(suffix);
@@ -53,18 +53,18 @@ QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::stri
                                    io::directory_fingerprint(in);
     io::CheckpointWriter writer(out, options.max_shard_bytes, {{"format", "pt"}}, "model", resume_key);
     if (writer.resumed_shards() > 0) {
-        spdlog::info("quantize: resuming; {} shards ({} tensors) of an interrupted run are kept", writer.resumed_shards(),
-                     writer.resumed_tensors());
+        spdlog::info("quantize: resuming; {} shards ({} tensors) of an interrupted run are kept",
+                     writer.resumed_shards(), writer.resumed_tensors());
     }
     QuantizeReport report;
-    report.resumed_tensors = static_cast<int64_t>(writer.resumed_tensors());
-    report.bytes_out       = writer.resumed_bytes();
-    auto names    = reader.names();
-    int64_t done  = 0;
+    report.resumed_tensors    = static_cast<int64_t>(writer.resumed_tensors());
+    report.bytes_out          = writer.resumed_bytes();
+    auto names                = reader.names();
+    int64_t done              = 0;
     std::string compute_dtype = "bfloat16";
     for (const auto& name : names) {
         const io::TensorInfo& info = reader.info(name);
-        const bool quantize = is_quantizable_weight(name) && at::isFloatingType(io::to_scalar_type(info.dtype));
+        const bool quantize        = is_quantizable_weight(name) && at::isFloatingType(io::to_scalar_type(info.dtype));
         if (quantize && info.dtype == io::DType::F32) compute_dtype = "float32";
         std::vector<std::string> keys = {name};
         if (quantize) keys = nf4_state_dict_keys(name, options.double_quant);

@@ -16,10 +16,10 @@ namespace {
 
 struct TrainConfig {
     std::string model;
-    int64_t lora_rank = 16;
-    double lr         = 2e-4;
-    bool bf16         = true;
-    std::string schedule = "cosine";
+    int64_t lora_rank                = 16;
+    double lr                        = 2e-4;
+    bool bf16                        = true;
+    std::string schedule             = "cosine";
     std::vector<std::string> targets = {"q_proj", "v_proj"};
 };
 
@@ -58,9 +58,8 @@ TEST_F(ConfigTest, YamlAndJsonGiveTheSameConfig) {
     auto y = write("c.yaml",
                    "model: /m\nlora:\n  rank: 64\n  target_modules: [q_proj, k_proj]\noptim:\n  lr: 1.5e-5\n"
                    "  schedule: linear\nbf16: false\n");
-    auto j = write("c.json",
-                   R"({"model": "/m", "lora": {"rank": 64, "target_modules": ["q_proj", "k_proj"]},)"
-                   R"( "optim": {"lr": 1.5e-5, "schedule": "linear"}, "bf16": false})");
+    auto j = write("c.json", R"({"model": "/m", "lora": {"rank": 64, "target_modules": ["q_proj", "k_proj"]},)"
+                             R"( "optim": {"lr": 1.5e-5, "schedule": "linear"}, "bf16": false})");
     for (const auto& path : {y, j}) {
         auto c = schema().load({path, {}});
         EXPECT_EQ(c.model, "/m");

@@ -1,7 +1,6 @@
 // ProgressLog: the line's content and when it is logged.
 #include <gtest/gtest.h>
 
-
 #include "medllm/core/progress.h"
 
 namespace medllm {

@@ -2,8 +2,8 @@
 // arguments.
 #include <gtest/gtest.h>
 
-#include "support/run_medllm.h"
 #include <sys/wait.h>
+#include "support/run_medllm.h"
 
 #include <algorithm>
 #include <cstdio>

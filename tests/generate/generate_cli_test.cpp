@@ -3,8 +3,8 @@
 // the same prompts and options.
 #include <gtest/gtest.h>
 
-#include "support/run_medllm.h"
 #include <sys/wait.h>
+#include "support/run_medllm.h"
 
 #include <cstdio>
 #include <fstream>

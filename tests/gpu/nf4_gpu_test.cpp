@@ -8,9 +8,9 @@
 
 #include <cstring>
 
+#include <nlohmann/json.hpp>
 #include "medllm/quant/nf4.h"
 #include "medllm/quant/nf4_serialize.h"
-#include <nlohmann/json.hpp>
 
 #include "quant/fixture_reader.h"
 
@@ -23,10 +23,10 @@
 namespace medllm::quant {
 namespace {
 
-#define SKIP_WITHOUT_CUDA()                                                                 \
-    do {                                                                                    \
-        if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";                 \
-        if (!nf4_cuda_kernels_available()) GTEST_SKIP() << "built without CUDA kernels";    \
+#define SKIP_WITHOUT_CUDA()                                                              \
+    do {                                                                                 \
+        if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";              \
+        if (!nf4_cuda_kernels_available()) GTEST_SKIP() << "built without CUDA kernels"; \
     } while (0)
 
 const at::Device kCuda(at::kCUDA, 0);
@@ -51,7 +51,7 @@ struct Shape {
     int64_t blocksize;
 };
 
-const std::vector<Shape> kShapes = {{{64, 200}, 64}, {{7, 9}, 32}, {{33, 70}, 128}, {{128, 512}, 64},
+const std::vector<Shape> kShapes = {{{64, 200}, 64},   {{7, 9}, 32},     {{33, 70}, 128},   {{128, 512}, 64},
                                     {{8, 4096}, 4096}, {{24, 640}, 256}, {{3, 1000}, 2048}, {{512, 1024}, 32}};
 
 TEST(Nf4Gpu, QuantizeIsBitExactWithCpuReference) {
@@ -138,7 +138,7 @@ TEST(Nf4Gpu, FusedGemvMatchesDequantizedMatmulWithinTolerance) {
         for (bool dq : {false, true}) {
             for (int64_t rows = 1; rows <= 4; ++rows) {
                 SCOPED_TRACE(::testing::Message() << dtype << " dq " << dq << " rows " << rows);
-                const Nf4Tensor w     = nf4_quantize(test_weight({96, 1024}, dtype, rows), 64, dq).to(kCuda);
+                const Nf4Tensor w = nf4_quantize(test_weight({96, 1024}, dtype, rows), 64, dq).to(kCuda);
                 at::manual_seed(50 + rows);
                 const at::Tensor x    = at::randn({rows, 1024}).to(dtype).to(kCuda);
                 const at::Tensor bias = (at::randn({96}) * 0.1).to(dtype).to(kCuda);
@@ -158,7 +158,7 @@ TEST(Nf4Gpu, FusedGemvMatchesDequantizedMatmulWithinTolerance) {
 TEST(Nf4Gpu, TrainingSizeLinearEqualsCublasOnDequantizedWeight) {
     SKIP_WITHOUT_CUDA();
     for (auto dtype : {at::kBFloat16, at::kFloat}) {
-        const Nf4Tensor w     = nf4_quantize(test_weight({256, 512}, dtype, 9), 64, true).to(kCuda);
+        const Nf4Tensor w = nf4_quantize(test_weight({256, 512}, dtype, 9), 64, true).to(kCuda);
         at::manual_seed(10);
         const at::Tensor x    = at::randn({3, 40, 512}).to(dtype).to(kCuda);
         const at::Tensor bias = at::randn({256}).to(dtype).to(kCuda);
@@ -192,7 +192,7 @@ TEST(Nf4Gpu, EntryPointsRejectBadArguments) {
     EXPECT_THROW(kernels::nf4_quantize_cuda(at::randn({4, 64}, kCuda), 48), c10::Error);
     EXPECT_THROW(kernels::nf4_quantize_cuda(at::ones({4, 64}, at::TensorOptions(kCuda).dtype(at::kInt)), 64),
                  c10::Error);
-    const Nf4Tensor w = nf4_quantize(at::randn({4, 64}), 64, false).to(kCuda);
+    const Nf4Tensor w    = nf4_quantize(at::randn({4, 64}), 64, false).to(kCuda);
     at::Tensor wrong_out = at::empty({10}, at::TensorOptions(kCuda).dtype(at::kFloat));
     EXPECT_THROW(kernels::nf4_dequantize_cuda(w.packed, w.absmax, {}, {}, 0.0, 256, 256, 64, wrong_out), c10::Error);
     EXPECT_THROW(kernels::nf4_gemv_cuda(at::randn({5, 64}, kCuda), w.packed, w.absmax, {}, {}, 0.0, 256, 4, 64, 64, {}),

@@ -34,7 +34,9 @@ void write_bytes(const fs::path& p, const std::string& bytes) {
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(read_bytes(p)); }
+nlohmann::json read_json(const fs::path& p) {
+    return nlohmann::json::parse(read_bytes(p));
+}
 
 // A safetensors file from a header text and a data buffer (the length prefix is computed).
 std::string make_file(const std::string& header, const std::string& data, std::optional<uint64_t> length = {}) {
@@ -57,7 +59,7 @@ class TempDir {
 public:
     TempDir() {
         char tmpl[] = "/tmp/medllm_io_test_XXXXXX";
-        path_ = ::mkdtemp(tmpl);
+        path_       = ::mkdtemp(tmpl);
     }
     ~TempDir() {
         std::error_code ignored;  // a destructor must not throw
@@ -70,7 +72,7 @@ private:
 };
 
 double checksum(const at::Tensor& t) {
-    const at::Tensor flat = t.reshape(-1).to(at::kDouble);
+    const at::Tensor flat    = t.reshape(-1).to(at::kDouble);
     const at::Tensor weights = at::arange(flat.numel(), at::kDouble).remainder(7) + 1;
     return (flat * weights).sum().item<double>();
 }
@@ -109,7 +111,7 @@ TEST(Safetensors, ReadsEveryDtypeWrittenByPythonSafetensors) {
         const auto& values = want["values"];
         ASSERT_EQ(static_cast<size_t>(t.numel()), values.size());
         const std::string dtype = want["dtype"];
-        const at::Tensor flat = t.reshape(-1);
+        const at::Tensor flat   = t.reshape(-1);
         for (size_t i = 0; i < values.size(); ++i) {
             const auto& v = values[i];
             if (dtype == "int64") {
@@ -118,15 +120,15 @@ TEST(Safetensors, ReadsEveryDtypeWrittenByPythonSafetensors) {
                 EXPECT_EQ(flat[i].to(at::kLong).item<int64_t>(), v.get<int64_t>()) << i;
             } else {
                 const double want_v = v.is_string() ? (v == "inf" ? INFINITY : -INFINITY) : v.get<double>();
-                const double got = flat[i].to(at::kDouble).item<double>();
+                const double got    = flat[i].to(at::kDouble).item<double>();
                 EXPECT_EQ(got, want_v) << i;  // exact: the same bits were written
                 EXPECT_EQ(std::signbit(got), std::signbit(want_v)) << i;
             }
         }
     }
     const std::map<std::string, at::ScalarType> dtypes = {
-        {"bf16", at::kBFloat16}, {"f16", at::kHalf}, {"f32", at::kFloat}, {"f64", at::kDouble}, {"u8", at::kByte},
-        {"i8", at::kChar},       {"i16", at::kShort}, {"i32", at::kInt},  {"i64", at::kLong},   {"bool", at::kBool}};
+        {"bf16", at::kBFloat16}, {"f16", at::kHalf},  {"f32", at::kFloat}, {"f64", at::kDouble}, {"u8", at::kByte},
+        {"i8", at::kChar},       {"i16", at::kShort}, {"i32", at::kInt},   {"i64", at::kLong},   {"bool", at::kBool}};
     for (const auto& [name, type] : dtypes) EXPECT_EQ(file.tensor(name).scalar_type(), type) << name;
     EXPECT_EQ(file.info("bf16").dtype, DType::BF16);
     EXPECT_EQ(file.tensor("scalar").dim(), 0);
@@ -146,14 +148,14 @@ TEST(Safetensors, TensorsAreZeroCopyViewsThatOutliveTheReaderAndNeverWriteTheFil
         EXPECT_EQ(file.header().data_start % 8, 0u);
     }
     EXPECT_EQ(f32[0].item<float>(), 1.5f);  // mapping kept alive by the tensor's deleter
-    f32.mul_(2);                             // private mapping: the file must not change
+    f32.mul_(2);                            // private mapping: the file must not change
     EXPECT_EQ(f32[0].item<float>(), 3.0f);
     f32.reset();
     EXPECT_EQ(read_bytes(copy), before);
 }
 
 TEST(Safetensors, ReadsTheShardedCheckpointTransformersWrote) {
-    const auto meta = read_json(kFixtures / "sharded.json");
+    const auto meta  = read_json(kFixtures / "sharded.json");
     const auto index = read_json(kFixtures / "sharded" / "model.safetensors.index.json");
     CheckpointReader reader(kFixtures / "sharded");
     EXPECT_TRUE(reader.sharded());
@@ -194,14 +196,20 @@ TEST(Safetensors, WriterRoundTripsEveryDtypeAlignedAndBitExact) {
     for (const auto& t : back.header().tensors) EXPECT_EQ(t.begin % dtype_size(t.dtype), 0u) << t.name;
     for (const auto& [name, want] : tensors) expect_same_tensor(back.tensor(name), want, name);
     EXPECT_FALSE(fs::exists(path.string() + ".tmp"));
-    expect_error([&] { save_file(dir.path() / "dup.safetensors", {{"a", at::ones(1)}, {"a", at::ones(1)}}); },
-                 {"dup.safetensors", "'a'", "twice"});
-    expect_error([&] { save_file(dir.path() / "c.safetensors", {{"c", at::ones(1, at::kComplexFloat)}}); },
-                 {"c.safetensors", "'c'"});
+    expect_error(
+        [&] {
+            save_file(dir.path() / "dup.safetensors", {{"a", at::ones(1)}, {"a", at::ones(1)}});
+        },
+        {"dup.safetensors", "'a'", "twice"});
+    expect_error(
+        [&] {
+            save_file(dir.path() / "c.safetensors", {{"c", at::ones(1, at::kComplexFloat)}});
+        },
+        {"c.safetensors", "'c'"});
 }
 
 TEST(Safetensors, ShardsLikeTransformersAtTheSizeLimit) {
-    const auto meta = read_json(kFixtures / "sharded.json");
+    const auto meta                 = read_json(kFixtures / "sharded.json");
     const std::string hf_index_text = read_bytes(kFixtures / "sharded" / "model.safetensors.index.json");
     CheckpointReader hf(kFixtures / "sharded");
     TempDir dir;
@@ -215,8 +223,7 @@ TEST(Safetensors, ShardsLikeTransformersAtTheSizeLimit) {
     // Same shard assignment and the same index text, byte for byte.
     EXPECT_EQ(read_bytes(dir.path() / "model.safetensors.index.json"), hf_index_text);
     CheckpointReader back(dir.path());
-    for (const auto& name : back.names())
-        EXPECT_TRUE(at::equal(back.load(name), hf.load(name))) << name;
+    for (const auto& name : back.names()) EXPECT_TRUE(at::equal(back.load(name), hf.load(name))) << name;
 
     // Everything under the limit: one model.safetensors and no index, like save_pretrained.
     TempDir single;
@@ -305,7 +312,8 @@ TEST(Safetensors, DirectoryFingerprintChangesWithTheFiles) {
     write_bytes(d.path() / "model.safetensors", "abcd");  // size
     const std::string second = directory_fingerprint(d.path());
     EXPECT_NE(second, first);
-    fs::last_write_time(d.path() / "config.json", fs::last_write_time(d.path() / "config.json") - std::chrono::hours(1));
+    fs::last_write_time(d.path() / "config.json",
+                        fs::last_write_time(d.path() / "config.json") - std::chrono::hours(1));
     EXPECT_NE(directory_fingerprint(d.path()), second);  // modification time
     write_bytes(d.path() / "extra.safetensors", "");
     EXPECT_NE(directory_fingerprint(d.path()), second);
@@ -359,9 +367,9 @@ TEST(Safetensors, ResumeRefusesADifferentOrderAndPlainWritersCleanUp) {
 // scripts/make_io_fixtures.py --verify-cpp does) the file goes there for Python safetensors/transformers to load.
 TEST(Safetensors, ExportForPython) {
     TempDir tmp;
-    const char* env      = std::getenv("MEDLLM_IO_EXPORT_DIR");
-    const fs::path out   = env ? fs::path(env) : tmp.path();
-    const fs::path file  = out / "dtypes_cpp.safetensors";
+    const char* env     = std::getenv("MEDLLM_IO_EXPORT_DIR");
+    const fs::path out  = env ? fs::path(env) : tmp.path();
+    const fs::path file = out / "dtypes_cpp.safetensors";
     SafetensorsFile reference(kFixtures / "dtypes.safetensors");
     std::vector<std::pair<std::string, at::Tensor>> tensors;
     for (const auto& name : reference.names()) tensors.emplace_back(name, reference.tensor(name));
@@ -425,10 +433,12 @@ TEST(Safetensors, CorruptHeadersNameFileAndTensor) {
         {R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", data, {"'w'", "past the data buffer"}},
         {R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", data + "xx", {"2 bytes after the last tensor"}},
         {R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-         data, {"'b'", "overlaps tensor 'a'"}},
+         data,
+         {"'b'", "overlaps tensor 'a'"}},
         {R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data, {"'a'", "gap of 4"}},
         {R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
-         data, {"duplicate key 'a'"}},
+         data,
+         {"duplicate key 'a'"}},
         {R"({"w":{"dtype":"F32","shape":[[[2]]],"data_offsets":[0,8]}})", data, {"nests deeper"}},
         {R"({"__metadata__":{"k":1},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", data, {"'k'"}},
         {R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"extra":1}})", data, {"'w'", "'extra'"}},
@@ -457,7 +467,7 @@ TEST(Safetensors, CorruptHeadersNameFileAndTensor) {
 }
 
 TEST(Safetensors, RandomByteFlipsNeverCrash) {
-    const std::string good = read_bytes(kFixtures / "dtypes.safetensors");
+    const std::string good  = read_bytes(kFixtures / "dtypes.safetensors");
     const size_t header_end = 8 + parse(good).header_bytes;
     std::mt19937 rng(7);
     int accepted = 0;
@@ -478,9 +488,7 @@ TEST(Safetensors, RandomByteFlipsNeverCrash) {
 TEST(Safetensors, CorruptShardIndexesAreRejected) {
     TempDir dir;
     save_file(dir.path() / "a.safetensors", {{"x", at::ones(2)}, {"y", at::ones(3)}});
-    auto write_index = [&](const std::string& text) {
-        write_bytes(dir.path() / "model.safetensors.index.json", text);
-    };
+    auto write_index = [&](const std::string& text) { write_bytes(dir.path() / "model.safetensors.index.json", text); };
     write_index(R"({"metadata":{},"weight_map":{"x":"a.safetensors","y":"a.safetensors"}})");
     EXPECT_EQ(CheckpointReader(dir.path()).names().size(), 2u);
     write_index(R"({"weight_map":{"x":"a.safetensors"}})");

@@ -91,11 +91,11 @@ TEST(Qwen2Config, ReadsTransformers5Spellings) {
 }
 
 TEST(Qwen2Config, DefaultsAndOptionalForms) {
-    auto j = base();
+    auto j                   = base();
     j["num_key_value_heads"] = nullptr;  // null -> num_attention_heads
-    j["eos_token_id"] = {151645, 151643};
-    j["rope_scaling"] = nullptr;
-    j["head_dim"] = 16;  // explicit head_dim wins over hidden / heads
+    j["eos_token_id"]        = {151645, 151643};
+    j["rope_scaling"]        = nullptr;
+    j["head_dim"]            = 16;  // explicit head_dim wins over hidden / heads
     j.erase("rms_norm_eps");
     auto c = Qwen2Config::from_json(j, "x.json");
     EXPECT_EQ(c.num_key_value_heads, 4);
@@ -104,15 +104,15 @@ TEST(Qwen2Config, DefaultsAndOptionalForms) {
     EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{151645, 151643}));
     EXPECT_EQ(c.rms_norm_eps, 1e-6);  // the HF class default when the key is absent
 
-    j = base();
-    j["rope_scaling"] = {{"type", "default"}};
+    j                    = base();
+    j["rope_scaling"]    = {{"type", "default"}};
     j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1000000.0}};
-    j["dtype"] = "bfloat16";
+    j["dtype"]           = "bfloat16";
     EXPECT_EQ(Qwen2Config::from_json(j).rope_theta, 1e6);
 
     // to_json -> from_json keeps every field.
     auto original = Qwen2Config::from_file(kModels / "qwen2.5-72b");
-    auto again = Qwen2Config::from_json(original.to_json());
+    auto again    = Qwen2Config::from_json(original.to_json());
     EXPECT_EQ(again.to_json(), original.to_json());
     EXPECT_EQ(again.rms_norm_eps, 1e-5);
     EXPECT_EQ(again.sliding_window, 131072);
@@ -126,16 +126,35 @@ TEST(Qwen2Config, RejectsUnimplementedFeaturesAndBadValuesNamingFileAndKey) {
     };
     const std::vector<Case> cases = {
         {[](auto& j) { j["use_sliding_window"] = true; }, {"cfg.json", "'use_sliding_window'", "not implemented"}},
-        {[](auto& j) { j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}}; }, {"'rope_scaling'", "'yarn'"}},
-        {[](auto& j) { j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}}; }, {"'rope_scaling'", "'linear'"}},
-        {[](auto& j) { j["rope_parameters"] = {{"rope_type", "yarn"}}; }, {"'rope_parameters'", "'yarn'"}},
-        {[](auto& j) { j["rope_parameters"] = {{"rope_theta", 10000.0}}; }, {"'rope_parameters'", "disagrees"}},
-        {[](auto& j) { j["layer_types"] = {"full_attention", "sliding_attention"}; }, {"'layer_types'", "layer 1"}},
+        {[](auto& j) {
+             j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}};
+         },
+         {"'rope_scaling'", "'yarn'"}},
+        {[](auto& j) {
+             j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+         },
+         {"'rope_scaling'", "'linear'"}},
+        {[](auto& j) {
+             j["rope_parameters"] = {{"rope_type", "yarn"}};
+         },
+         {"'rope_parameters'", "'yarn'"}},
+        {[](auto& j) {
+             j["rope_parameters"] = {{"rope_theta", 10000.0}};
+         },
+         {"'rope_parameters'", "disagrees"}},
+        {[](auto& j) {
+             j["layer_types"] = {"full_attention", "sliding_attention"};
+         },
+         {"'layer_types'", "layer 1"}},
         {[](auto& j) { j["layer_types"] = {"full_attention"}; }, {"'layer_types'", "1 entries for 2"}},
         {[](auto& j) { j["hidden_act"] = "gelu"; }, {"'hidden_act'", "'gelu'"}},
         {[](auto& j) { j["model_type"] = "llama"; }, {"'model_type'", "'llama'"}},
         {[](auto& j) { j["num_key_value_heads"] = 3; }, {"'num_key_value_heads'", "does not divide"}},
-        {[](auto& j) { j["num_attention_heads"] = 5; j["num_key_value_heads"] = 5; }, {"'num_attention_heads'"}},
+        {[](auto& j) {
+             j["num_attention_heads"] = 5;
+             j["num_key_value_heads"] = 5;
+         },
+         {"'num_attention_heads'"}},
         {[](auto& j) { j["hidden_size"] = 32.0; }, {"'hidden_size'", "integer"}},
         {[](auto& j) { j["hidden_size"] = "32"; }, {"'hidden_size'", "integer"}},
         {[](auto& j) { j["num_hidden_layers"] = 0; }, {"'num_hidden_layers'", ">= 1"}},
@@ -145,7 +164,10 @@ TEST(Qwen2Config, RejectsUnimplementedFeaturesAndBadValuesNamingFileAndKey) {
         {[](auto& j) { j["tie_word_embeddings"] = 1; }, {"'tie_word_embeddings'", "true or false"}},
         {[](auto& j) { j["dtype"] = "float16"; }, {"'dtype'", "disagrees"}},
         {[](auto& j) { j["torch_dtype"] = "int8"; }, {"'torch_dtype'", "'int8'"}},
-        {[](auto& j) { j["eos_token_id"] = {1, "x"}; }, {"'eos_token_id'"}},
+        {[](auto& j) {
+             j["eos_token_id"] = {1, "x"};
+         },
+         {"'eos_token_id'"}},
         {[](auto& j) { j["head_dim"] = 7; }, {"'head_dim'", "even"}},
         {[](auto& j) { j["attention_dropout"] = 1.5; }, {"'attention_dropout'"}},
     };

@@ -36,8 +36,8 @@ TEST(Memory, ParameterCountsMatchTheReference) {
         double total_b, non_embedding_b;
         int64_t tensors;
     };
-    const Row rows[] = {{"0.5b", 0.494, 0.358, 290},  {"1.5b", 1.544, 1.310, 338},  {"3b", 3.086, 2.775, 434},
-                        {"7b", 7.616, 6.526, 339},    {"14b", 14.770, 13.213, 579}, {"32b", 32.764, 31.207, 771},
+    const Row rows[] = {{"0.5b", 0.494, 0.358, 290}, {"1.5b", 1.544, 1.310, 338},  {"3b", 3.086, 2.775, 434},
+                        {"7b", 7.616, 6.526, 339},   {"14b", 14.770, 13.213, 579}, {"32b", 32.764, 31.207, 771},
                         {"72b", 72.706, 70.215, 963}};
     for (const auto& r : rows) {
         SCOPED_TRACE(r.size);
@@ -67,9 +67,9 @@ TEST(Memory, Nf4DoubleQuantBytes) {
 
 TEST(Memory, EstimatesFor7BAnd72B) {
     MemoryOptions o;
-    o.lora_rank = 64;
-    o.batch = 1;
-    o.seq_len = 32768;
+    o.lora_rank   = 64;
+    o.batch       = 1;
+    o.seq_len     = 32768;
     const auto m7 = estimate_memory(published("7b"), o);
     // PEFT reports 161,480,704 trainable parameters for r=64 on all seven linears of Qwen2-7B.
     EXPECT_EQ(m7.lora_parameters, 161'480'704);
@@ -88,14 +88,14 @@ TEST(Memory, EstimatesFor7BAnd72B) {
 
     // Checkpointing keeps one bf16 hidden state per layer instead of every intermediate.
     MemoryOptions ck, no_ck;
-    ck.seq_len = no_ck.seq_len = 4096;
+    ck.seq_len = no_ck.seq_len     = 4096;
     no_ck.activation_checkpointing = false;
     const auto a = estimate_memory(published("72b"), ck), b = estimate_memory(published("72b"), no_ck);
     EXPECT_LT(a.activations * 5, b.activations);
     EXPECT_EQ(a.logits, b.logits);
     MemoryOptions twice = ck;
-    twice.batch = 2;
-    const auto c = estimate_memory(published("72b"), twice);
+    twice.batch         = 2;
+    const auto c        = estimate_memory(published("72b"), twice);
     EXPECT_GT(c.activations, a.activations);
     EXPECT_LT(c.activations, 2 * a.activations);  // the logits chunk does not grow with the batch
     // QLoRA's dequantization workspace holds the largest projection (gate/up/down: 8192 x 29568) in bf16.
@@ -108,8 +108,9 @@ TEST(Memory, EstimatesFor7BAnd72B) {
 TEST(MedllmInfo, WorksOnEveryPublishedConfigAndOnACheckpoint) {
     for (const char* size : {"0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b"}) {
         SCOPED_TRACE(size);
-        const auto r = run("info --model " + (kRepo / "configs" / "models" / ("qwen2.5-" + std::string(size))).string() +
-                           " --batch 2 --seq-len 4096 --lora-rank 16");
+        const auto r =
+            run("info --model " + (kRepo / "configs" / "models" / ("qwen2.5-" + std::string(size))).string() +
+                " --batch 2 --seq-len 4096 --lora-rank 16");
         EXPECT_EQ(r.exit_code, 0) << r.output;
         EXPECT_NE(r.output.find("config only"), std::string::npos) << r.output;
         EXPECT_NE(r.output.find("QLoRA training total"), std::string::npos) << r.output;
@@ -118,7 +119,7 @@ TEST(MedllmInfo, WorksOnEveryPublishedConfigAndOnACheckpoint) {
     EXPECT_NE(r05.output.find("494,032,768"), std::string::npos) << r05.output;
 
     const fs::path ckpt = fs::path(MEDLLM_FIXTURES_DIR) / "io" / "sharded";
-    const auto r = run("info --model " + ckpt.string());
+    const auto r        = run("info --model " + ckpt.string());
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("3 (sharded)"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("matches config           yes"), std::string::npos) << r.output;
@@ -128,7 +129,7 @@ TEST(MedllmInfo, WorksOnEveryPublishedConfigAndOnACheckpoint) {
     fs::remove_all(bad);
     fs::create_directories(bad);
     for (const auto& e : fs::directory_iterator(ckpt)) fs::copy_file(e.path(), bad / e.path().filename());
-    auto cfg = nlohmann::json::parse(std::ifstream(ckpt / "config.json"));
+    auto cfg                 = nlohmann::json::parse(std::ifstream(ckpt / "config.json"));
     cfg["intermediate_size"] = 96;
     std::ofstream(bad / "config.json") << cfg.dump();
     const auto m = run("info --model " + bad.string());

@@ -52,7 +52,9 @@ protected:
 };
 
 // Rows of the padded row that are real tokens (the padding rows' outputs are garbage in HF too).
-at::Tensor real_rows(const at::Tensor& t, const at::Tensor& mask) { return t.index({mask.to(at::kBool)}); }
+at::Tensor real_rows(const at::Tensor& t, const at::Tensor& mask) {
+    return t.index({mask.to(at::kBool)});
+}
 
 TEST_P(Qwen2Parity, Fp32LogitsAndHiddenStatesMatchTransformers) {
     at::NoGradGuard no_grad;
@@ -73,10 +75,10 @@ TEST_P(Qwen2Parity, Fp32LogitsAndHiddenStatesMatchTransformers) {
 TEST_P(Qwen2Parity, LossAndGradientsMatchTransformers) {
     auto labels = ref.get("labels");
     ForwardInputs in;
-    in.input_ids   = ids;
+    in.input_ids      = ids;
     in.attention_mask = mask;
-    auto hidden    = model->forward_hidden(in).hidden;
-    auto loss      = causal_lm_loss(hidden, model->lm_head_weight(), labels, /*chunk_tokens=*/5);
+    auto hidden       = model->forward_hidden(in).hidden;
+    auto loss         = causal_lm_loss(hidden, model->lm_head_weight(), labels, /*chunk_tokens=*/5);
     EXPECT_NEAR(loss.item<double>(), ref.get("loss").item<double>(), 1e-5 * ref.get("loss").item<double>());
     loss.backward();
     auto params = model->named_parameters();
@@ -149,7 +151,7 @@ TEST_P(Qwen2Parity, CheckpointedLayersGiveTheSameGradients) {
         ForwardInputs in;
         in.input_ids      = ids;
         in.attention_mask = mask;
-        auto loss = causal_lm_loss(model->forward_hidden(in).hidden, model->lm_head_weight(), labels);
+        auto loss         = causal_lm_loss(model->forward_hidden(in).hidden, model->lm_head_weight(), labels);
         loss.backward();
         std::map<std::string, at::Tensor> grads;
         for (const auto& item : model->named_parameters()) grads[item.key()] = item.value().grad().clone();
@@ -170,7 +172,7 @@ TEST_P(Qwen2Parity, ScaledLossGivesScaledGradients) {
         ForwardInputs in;
         in.input_ids      = ids;
         in.attention_mask = mask;
-        auto loss = causal_lm_loss(model->forward_hidden(in).hidden, model->lm_head_weight(), labels);
+        auto loss         = causal_lm_loss(model->forward_hidden(in).hidden, model->lm_head_weight(), labels);
         (loss * factor).backward();
         std::map<std::string, at::Tensor> grads;
         for (const auto& item : model->named_parameters()) grads[item.key()] = item.value().grad().clone();
@@ -209,9 +211,9 @@ TEST(Qwen2Loss, ChunkedCrossEntropyEqualsDenseCrossEntropy) {
     hidden.mutable_grad().reset();
     weight.mutable_grad().reset();
     auto logits = torch::matmul(hidden, weight.t()).narrow(1, 0, 8).reshape({-1, 40});
-    auto ref    = torch::nn::functional::cross_entropy(
-        logits, labels.narrow(1, 1, 8).reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
+    auto ref =
+        torch::nn::functional::cross_entropy(logits, labels.narrow(1, 1, 8).reshape({-1}),
+                                             torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
     ref.backward();
     EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 1e-6);
     EXPECT_LT(rel_err(gh, hidden.grad()), 1e-6);
@@ -222,8 +224,8 @@ TEST(Qwen2Loss, ChunkedCrossEntropyEqualsDenseCrossEntropy) {
 }
 
 TEST(Qwen2Load, MissingOrMisshapenTensorsAreNamed) {
-    auto cfg  = Qwen2Config::from_file(kFixtures / "qwen2-tiny-untied");
-    auto dir  = fs::temp_directory_path() / ("medllm_badckpt_" + std::to_string(::getpid()));
+    auto cfg = Qwen2Config::from_file(kFixtures / "qwen2-tiny-untied");
+    auto dir = fs::temp_directory_path() / ("medllm_badckpt_" + std::to_string(::getpid()));
     fs::create_directories(dir);
     Qwen2ForCausalLM source(cfg);
     source.init_weights(3);
@@ -236,10 +238,11 @@ TEST(Qwen2Load, MissingOrMisshapenTensorsAreNamed) {
         target.load_checkpoint(dir.string());
         FAIL() << "expected an error";
     } catch (const medllm::Error& e) {
-        EXPECT_NE(std::string(e.what()).find("missing tensor '" + params[0].first + "'"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("missing tensor '" + params[0].first + "'"), std::string::npos)
+            << e.what();
     }
     // Wrong shape.
-    auto reshaped  = params;
+    auto reshaped      = params;
     reshaped[0].second = at::zeros({3, 3});
     medllm::io::save_file(dir / "model.safetensors", reshaped);
     try {

@@ -166,8 +166,8 @@ TEST(MergeCli, ErrorsAreOneLineWithExitCodes) {
 TEST(MergeCli, ResumesAnInterruptedMerge) {
     TempDir tmp;
     const uint64_t shard = 20'000;
-    auto whole = peft::merge_adapter_checkpoint(peft_test::tiny_model(), peft_test::tiny_adapter(), tmp.path / "whole",
-                                                shard);
+    auto whole =
+        peft::merge_adapter_checkpoint(peft_test::tiny_model(), peft_test::tiny_adapter(), tmp.path / "whole", shard);
     const fs::path out = tmp.path / "resumed";
     EXPECT_THROW(peft::merge_adapter_checkpoint(peft_test::tiny_model(), peft_test::tiny_adapter(), out, shard,
                                                 [](int64_t done, int64_t total, uint64_t) {
@@ -175,8 +175,8 @@ TEST(MergeCli, ResumesAnInterruptedMerge) {
                                                 }),
                  std::runtime_error);
     int64_t computed = 0;
-    auto again = peft::merge_adapter_checkpoint(peft_test::tiny_model(), peft_test::tiny_adapter(), out, shard,
-                                                [&](int64_t, int64_t, uint64_t bytes) { computed += bytes > 0; });
+    auto again       = peft::merge_adapter_checkpoint(peft_test::tiny_model(), peft_test::tiny_adapter(), out, shard,
+                                                      [&](int64_t, int64_t, uint64_t bytes) { computed += bytes > 0; });
     EXPECT_LT(computed, again.tensors);
     EXPECT_EQ(again.merged_modules, whole.merged_modules);
     EXPECT_EQ(again.tensors, whole.tensors);

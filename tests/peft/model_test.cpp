@@ -314,7 +314,8 @@ TEST(PeftAdapterErrors, NameTheFileAndKey) {
         }
         io::save_file(dir / peft::kAdapterWeightsFile, all);
     }
-    expect_error<Error>([&] { adapted(dir); }, {st_file, "layers.1.mlp.down_proj.lora_B.weight'", "2 NaN or Inf values"});
+    expect_error<Error>([&] { adapted(dir); },
+                        {st_file, "layers.1.mlp.down_proj.lora_B.weight'", "2 NaN or Inf values"});
     { std::ofstream(dir / peft::kAdapterWeightsFile, std::ios::binary) << "\x10\0\0\0"; }
     expect_error<Error>([&] { adapted(dir); }, {st_file});
     // Only a pickle adapter.
@@ -359,14 +360,14 @@ TEST(LoraTraining, CheckpointingReplaysDropoutMasks) {
         cfg.dropout       = 0.3;
         cfg.quantize_base = quantize;
         cfg.seed          = 5;
-        auto m = peft::load_model_for_lora(peft_test::tiny_model().string(), cfg, at::kFloat);
+        auto m            = peft::load_model_for_lora(peft_test::tiny_model().string(), cfg, at::kFloat);
         {
             at::NoGradGuard no_grad;
             for (auto& item : peft::lora_layers(*m)) item.layer->lora_B->weight.normal_(0, 0.05);
         }
         m->train();
         const at::Tensor ids = peft_test::tiny_input_ids();
-        auto run = [&](bool checkpoint) {
+        auto run             = [&](bool checkpoint) {
             m->zero_grad();
             m->model->gradient_checkpointing = checkpoint;
             at::manual_seed(1234);

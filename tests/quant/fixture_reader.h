@@ -45,7 +45,8 @@ inline FixtureFile read_fixture(const std::string& path) {
     uint64_t header_size = 0;
     std::memcpy(&header_size, bytes.data(), 8);
     if (header_size > bytes.size() - 8) throw std::runtime_error("bad fixture header size: " + path);
-    const nlohmann::json header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<long>(header_size));
+    const nlohmann::json header =
+        nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<long>(header_size));
     const char* data  = bytes.data() + 8 + header_size;
     const size_t left = bytes.size() - 8 - header_size;
     FixtureFile file;

@@ -65,9 +65,9 @@ TEST(Nf4Fixtures, CasesCoverTheEdgeCases) {
 TEST(Nf4Fixtures, QuantizeMatchesBitsandbytesBytes) {
     for (const auto& c : cases()) {
         SCOPED_TRACE(c.name);
-        const std::string p      = c.name + "/";
-        const at::Tensor input   = fixtures().at(p + "input");
-        const Nf4Tensor w        = nf4_quantize(input, c.blocksize, c.double_quant);
+        const std::string p    = c.name + "/";
+        const at::Tensor input = fixtures().at(p + "input");
+        const Nf4Tensor w      = nf4_quantize(input, c.blocksize, c.double_quant);
         EXPECT_EQ(w.shape, c.shape);
         EXPECT_EQ(w.dtype, input.scalar_type());
         EXPECT_EQ(w.nested, c.double_quant);
@@ -106,9 +106,9 @@ TEST(Nf4Fixtures, DequantizeMatchesBitsandbytesValues) {
 TEST(Nf4Fixtures, SerializedStateMatchesBitsandbytes) {
     for (const auto& c : cases()) {
         SCOPED_TRACE(c.name);
-        const std::string p = c.name + "/";
-        const Nf4Tensor w   = nf4_quantize(fixtures().at(p + "input"), c.blocksize, c.double_quant);
-        const auto sd       = nf4_to_state_dict(w, "w");
+        const std::string p  = c.name + "/";
+        const Nf4Tensor w    = nf4_quantize(fixtures().at(p + "input"), c.blocksize, c.double_quant);
+        const auto sd        = nf4_to_state_dict(w, "w");
         size_t expected_keys = 0;
         for (const auto& [key, t] : fixtures().tensors) {
             const std::string prefix = p + "state.";

@@ -40,8 +40,8 @@ TEST(Nf4Reference, TieGoesToLowerCodeAndNanToZero) {
 TEST(Nf4Reference, FirstElementGoesToHighNibbleAndOddTailIsCodeSeven) {
     // Block of 32 with absmax 1: element 0 = -1 (code 0), element 1 = 1 (code 15), element 2 = 0 (code 7).
     std::vector<float> x(33, 0.0f);
-    x[0] = -1.0f;
-    x[1] = 1.0f;
+    x[0]  = -1.0f;
+    x[1]  = 1.0f;
     x[32] = 0.5f;  // tail block of one element: its own absmax 0.5 -> code 15; padding -> code 7
     std::vector<uint8_t> packed(17);
     std::vector<float> absmax(2);
@@ -64,8 +64,8 @@ TEST(Nf4Reference, AllZeroBlockGivesCode7AndPositiveZero) {
 
 // bitsandbytes tests/test_functional.py error oracle (1024x1024 N(0,1)): mean abs error per block size.
 TEST(Nf4Reference, ErrorMatchesBitsandbytesOracle) {
-    const std::vector<std::pair<int64_t, double>> oracle = {{32, 0.067746}, {64, 0.072798}, {128, 0.076831},
-                                                             {4096, 0.092547}};
+    const std::vector<std::pair<int64_t, double>> oracle = {
+        {32, 0.067746}, {64, 0.072798}, {128, 0.076831}, {4096, 0.092547}};
     at::manual_seed(0);
     const at::Tensor x = at::randn({1024, 1024});
     for (const auto& [blocksize, expected] : oracle) {
@@ -107,14 +107,14 @@ TEST(Nf4Reference, ParallelTensorPathEqualsRawReference) {
     at::set_num_threads(2);
     for (int64_t blocksize : {32, 64, 4096}) {
         for (int64_t n : {int64_t(1), int64_t(63), int64_t(200001), int64_t(1) << 18}) {
-            const at::Tensor x = at::randn({n}) * 3.0;
+            const at::Tensor x     = at::randn({n}) * 3.0;
             const int64_t n_blocks = (n + blocksize - 1) / blocksize;
             std::vector<uint8_t> packed((n + 1) / 2);
             std::vector<float> absmax(n_blocks), dense(n);
             ref::nf4_quantize(x.data_ptr<float>(), n, blocksize, packed.data(), absmax.data());
             ref::nf4_dequantize(packed.data(), absmax.data(), n, blocksize, dense.data());
 
-            const Nf4Tensor w = nf4_quantize(x, blocksize, false);
+            const Nf4Tensor w       = nf4_quantize(x, blocksize, false);
             const std::string where = "n=" + std::to_string(n) + " blocksize=" + std::to_string(blocksize);
             ASSERT_EQ(0, std::memcmp(w.packed.data_ptr<uint8_t>(), packed.data(), packed.size())) << where;
             ASSERT_EQ(0, std::memcmp(w.absmax.data_ptr<float>(), absmax.data(), absmax.size() * 4)) << where;
@@ -156,9 +156,9 @@ TEST(Nf4Reference, WorkspacePathsEqualDenseMathAndDoNotAlias) {
     EXPECT_TRUE(at::equal(y_big, at::linear(x_big, nf4_dequantize(big))));
     EXPECT_TRUE(at::equal(y_small, at::linear(x_small, nf4_dequantize(small).to(at::kBFloat16))));
 
-    const at::Tensor g_big   = at::randn({2, 3, 96}).to(at::kBFloat16);
-    const at::Tensor g_small = at::randn({7, 40});  // fp32 gradient: dequantize to fp16, then cast
-    const at::Tensor dx_big  = nf4_linear_input_grad(g_big, big);
+    const at::Tensor g_big    = at::randn({2, 3, 96}).to(at::kBFloat16);
+    const at::Tensor g_small  = at::randn({7, 40});  // fp32 gradient: dequantize to fp16, then cast
+    const at::Tensor dx_big   = nf4_linear_input_grad(g_big, big);
     const at::Tensor dx_small = nf4_linear_input_grad(g_small, small);
     EXPECT_EQ(dx_big.sizes(), (at::IntArrayRef{2, 3, 128}));
     EXPECT_TRUE(at::equal(dx_big, at::matmul(g_big, nf4_dequantize(big))));
@@ -179,11 +179,11 @@ TEST(Nf4Reference, RejectsBadInput) {
     bad[1][3] = std::numeric_limits<float>::infinity();
     EXPECT_THROW(nf4_quantize(bad, 64), Error);
 
-    Nf4Tensor w = nf4_quantize(at::randn({4, 64}), 64, true);
+    Nf4Tensor w         = nf4_quantize(at::randn({4, 64}), 64, true);
     Nf4Tensor truncated = w;
     truncated.packed    = w.packed.narrow(0, 0, 10);
     EXPECT_THROW(nf4_dequantize(truncated), Error);
-    Nf4Tensor wrong_blocks = w;
+    Nf4Tensor wrong_blocks     = w;
     wrong_blocks.nested_absmax = at::zeros({2});
     EXPECT_THROW(nf4_dequantize(wrong_blocks), Error);
     Nf4Tensor wrong_map = w;
@@ -206,7 +206,7 @@ TEST(Nf4Serialize, PythonFloatRepr) {
 
 TEST(Nf4Serialize, RoundTripAndErrorsNameTheKey) {
     at::manual_seed(4);
-    const Nf4Tensor w = nf4_quantize(at::randn({16, 96}).to(at::kBFloat16), 32, true);
+    const Nf4Tensor w     = nf4_quantize(at::randn({16, 96}).to(at::kBFloat16), 32, true);
     const std::string key = "model.layers.0.mlp.up_proj.weight";
     auto sd               = nf4_to_state_dict(w, key);
     EXPECT_EQ(sd.size(), 6u);
@@ -230,14 +230,14 @@ TEST(Nf4Serialize, RoundTripAndErrorsNameTheKey) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find(key + ".nested_absmax"), std::string::npos) << e.what();
     }
-    auto garbled = sd;
+    auto garbled                        = sd;
     garbled[key + kNf4QuantStateSuffix] = at::full({5}, 'x', at::kByte);
     EXPECT_THROW(nf4_from_state_dict(garbled, key), Error);
     auto fp4 = sd;
     fp4.erase(key + kNf4QuantStateSuffix);
     fp4[key + ".quant_state.bitsandbytes__fp4"] = sd.at(key + kNf4QuantStateSuffix);
     EXPECT_THROW(nf4_from_state_dict(fp4, key), Error);
-    auto not_nf4 = sd;
+    auto not_nf4                = sd;
     not_nf4[key + ".quant_map"] = at::zeros({16});
     EXPECT_THROW(nf4_from_state_dict(not_nf4, key), Error);
     auto short_weight = sd;

@@ -11,8 +11,8 @@
 
 #include <gtest/gtest.h>
 
-#include "support/run_medllm.h"
 #include <nlohmann/json.hpp>
+#include "support/run_medllm.h"
 
 #include "medllm/io/safetensors.h"
 #include "medllm/quant/nf4.h"
@@ -129,7 +129,7 @@ TEST(QuantizeCheckpoint, ResumesAnInterruptedRunAndWritesTheSameFiles) {
     quant::quantize_checkpoint(kModel.string(), (root / "whole").string(), options);
 
     const fs::path out = root / "resumed";
-    int64_t total = 0;
+    int64_t total      = 0;
     EXPECT_THROW(quant::quantize_checkpoint(kModel.string(), out.string(), options,
                                             [&](int64_t done, int64_t n, uint64_t) {
                                                 total = n;
@@ -137,7 +137,7 @@ TEST(QuantizeCheckpoint, ResumesAnInterruptedRunAndWritesTheSameFiles) {
                                             }),
                  std::runtime_error);
     EXPECT_TRUE(fs::exists(out / ".model-shards.json"));
-    int64_t loaded = 0;
+    int64_t loaded    = 0;
     const auto report = quant::quantize_checkpoint(kModel.string(), out.string(), options,
                                                    [&](int64_t, int64_t, uint64_t bytes) { loaded += bytes > 0; });
     EXPECT_GT(report.resumed_tensors, 0);

@@ -107,15 +107,17 @@ public:
 
     template <class V>
     Field& field(const std::string& key, V T::*member, const std::string& help) {
-        auto f = std::make_unique<Field>();
-        f->key_  = key;
-        f->help_ = help;
+        auto f      = std::make_unique<Field>();
+        f->key_     = key;
+        f->help_    = help;
         Field* self = f.get();
         f->assign_  = [member, key](T& obj, const config_detail::FlatValue& v) {
             config_detail::convert(key, v, obj.*member);
         };
         f->show_  = [member](const T& obj) { return config_detail::to_text(obj.*member); };
-        f->check_ = [member, self](const T& obj, const std::string& origin) { check_value(*self, obj.*member, origin); };
+        f->check_ = [member, self](const T& obj, const std::string& origin) {
+            check_value(*self, obj.*member, origin);
+        };
         fields_.push_back(std::move(f));
         return *self;
     }
@@ -130,7 +132,7 @@ public:
             bool found = false;
             for (const auto& f : fields_) found = found || f->key_ == key;
             if (!found) {
-                std::string msg = "unknown key '" + key + "' in " + (v.origin == "--set" ? "--set" : where);
+                std::string msg  = "unknown key '" + key + "' in " + (v.origin == "--set" ? "--set" : where);
                 std::string near = config_detail::closest_key(key, known);
                 if (!near.empty()) msg += "; did you mean '" + near + "'?";
                 throw UsageError(msg);
@@ -138,7 +140,7 @@ public:
         }
         T obj{};
         for (const auto& f : fields_) {
-            auto it = doc.find(f->key_);
+            auto it            = doc.find(f->key_);
             std::string origin = "default";
             if (it != doc.end()) {
                 f->assign_(obj, it->second);
@@ -168,10 +170,9 @@ private:
     static void check_value(const Field& f, const V& v, const std::string& origin) {
         if constexpr (std::is_same_v<V, int64_t> || std::is_same_v<V, double>) {
             if ((f.lo_ && v < *f.lo_) || (f.hi_ && v > *f.hi_)) {
-                config_detail::fail_range(f.key_, config_detail::to_text(v),
-                                          "between " + config_detail::to_text(*f.lo_) + " and " +
-                                              config_detail::to_text(*f.hi_),
-                                          origin);
+                config_detail::fail_range(
+                    f.key_, config_detail::to_text(v),
+                    "between " + config_detail::to_text(*f.lo_) + " and " + config_detail::to_text(*f.hi_), origin);
             }
         } else if constexpr (std::is_same_v<V, std::string>) {
             if (!f.choices_.empty()) {

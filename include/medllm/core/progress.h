@@ -39,7 +39,6 @@ private:
 
 // A (done, total, bytes) callback for the checkpoint streamers (quantize, merge) that logs through a ProgressLog
 // created on the first call, when the total is known.
-std::function<void(int64_t done, int64_t total, uint64_t bytes)> progress_callback(std::string what,
-                                                                                   std::string unit);
+std::function<void(int64_t done, int64_t total, uint64_t bytes)> progress_callback(std::string what, std::string unit);
 
 }  // namespace medllm

@@ -11,9 +11,9 @@
 #include <filesystem>
 #include <functional>
 #include <map>
-#include <set>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -38,7 +38,7 @@ struct TensorInfo {
     DType dtype = DType::F32;
     std::vector<int64_t> shape;
     uint64_t begin = 0;  // byte offsets into the data buffer, half-open
-    uint64_t end = 0;
+    uint64_t end   = 0;
 
     uint64_t numel() const;
     uint64_t nbytes() const { return end - begin; }
@@ -46,7 +46,7 @@ struct TensorInfo {
 
 struct Header {
     uint64_t header_bytes = 0;  // N
-    uint64_t data_start = 0;    // 8 + N: file offset of the data buffer
+    uint64_t data_start   = 0;  // 8 + N: file offset of the data buffer
     std::map<std::string, std::string> metadata;
     std::vector<TensorInfo> tensors;  // sorted by data offset (file order)
 
@@ -175,8 +175,8 @@ private:
     std::string prefix_;
     std::vector<std::pair<std::string, at::Tensor>> pending_;
     uint64_t pending_bytes_ = 0;
-    uint64_t total_bytes_ = 0;
-    uint64_t total_numel_ = 0;
+    uint64_t total_bytes_   = 0;
+    uint64_t total_numel_   = 0;
     std::vector<std::filesystem::path> temp_shards_;
     std::vector<std::vector<std::string>> shard_names_;
     std::map<std::string, bool> seen_;

@@ -16,25 +16,25 @@
 namespace medllm::model {
 
 struct Qwen2Config {
-    int64_t vocab_size = 151936;
-    int64_t hidden_size = 4096;
-    int64_t intermediate_size = 22016;
-    int64_t num_hidden_layers = 32;
-    int64_t num_attention_heads = 32;
-    int64_t num_key_value_heads = 32;  // null/absent -> num_attention_heads
-    int64_t head_dim = 128;            // `head_dim` if present, else hidden_size / num_attention_heads
-    std::string hidden_act = "silu";
+    int64_t vocab_size              = 151936;
+    int64_t hidden_size             = 4096;
+    int64_t intermediate_size       = 22016;
+    int64_t num_hidden_layers       = 32;
+    int64_t num_attention_heads     = 32;
+    int64_t num_key_value_heads     = 32;   // null/absent -> num_attention_heads
+    int64_t head_dim                = 128;  // `head_dim` if present, else hidden_size / num_attention_heads
+    std::string hidden_act          = "silu";
     int64_t max_position_embeddings = 32768;
-    double initializer_range = 0.02;
-    double rms_norm_eps = 1e-6;
-    bool use_cache = true;
-    bool tie_word_embeddings = false;
-    double rope_theta = 10000.0;  // `rope_theta` or `rope_parameters.rope_theta`
-    std::string rope_type = "default";  // only default RoPE is implemented; YaRN etc. are rejected
-    bool use_sliding_window = false;    // true is rejected (no Qwen2.5 release uses it)
+    double initializer_range        = 0.02;
+    double rms_norm_eps             = 1e-6;
+    bool use_cache                  = true;
+    bool tie_word_embeddings        = false;
+    double rope_theta               = 10000.0;    // `rope_theta` or `rope_parameters.rope_theta`
+    std::string rope_type           = "default";  // only default RoPE is implemented; YaRN etc. are rejected
+    bool use_sliding_window         = false;      // true is rejected (no Qwen2.5 release uses it)
     std::optional<int64_t> sliding_window;
     int64_t max_window_layers = 28;
-    double attention_dropout = 0.0;
+    double attention_dropout  = 0.0;
     std::optional<int64_t> bos_token_id;
     std::vector<int64_t> eos_token_ids;  // `eos_token_id` may be an int or a list
     std::optional<int64_t> pad_token_id;

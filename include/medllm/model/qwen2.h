@@ -22,8 +22,8 @@ namespace medllm::model {
 class Projection : public torch::nn::Module {
 public:
     virtual at::Tensor forward(const at::Tensor& x) = 0;
-    virtual int64_t in_features() const  = 0;
-    virtual int64_t out_features() const = 0;
+    virtual int64_t in_features() const             = 0;
+    virtual int64_t out_features() const            = 0;
 };
 
 class DenseLinear : public Projection {
@@ -86,7 +86,7 @@ struct ForwardInputs {
     at::Tensor position_ids;    // [B, S] int64; default past_len .. past_len+S-1 as HF forward (restarting per segment)
     at::Tensor attention_mask;  // [B, past_len+S], 1 = real token, 0 = padding (left padding for generation)
     at::Tensor segment_ids;     // [B, S] packed documents: attend only within the same id (no KV cache)
-    KVCache* cache = nullptr;   // incremental decoding
+    KVCache* cache            = nullptr;  // incremental decoding
     bool output_hidden_states = false;
 };
 

@@ -65,16 +65,16 @@ void rebuild_absmax(const uint8_t* q, const float* absmax2, const float* code, f
 
 // A quantized weight and its bitsandbytes QuantState. All tensors live on the same device.
 struct Nf4Tensor {
-    at::Tensor packed;     // uint8 [(numel+1)/2, 1]
-    at::Tensor absmax;     // fp32 [n_blocks], or uint8 [n_blocks] when nested
-    at::Tensor quant_map;  // fp32 [16]: the NF4 code book
-    bool nested = false;   // double quantization
+    at::Tensor packed;            // uint8 [(numel+1)/2, 1]
+    at::Tensor absmax;            // fp32 [n_blocks], or uint8 [n_blocks] when nested
+    at::Tensor quant_map;         // fp32 [16]: the NF4 code book
+    bool nested = false;          // double quantization
     at::Tensor nested_absmax;     // fp32 [ceil(n_blocks/256)]
     at::Tensor nested_quant_map;  // fp32 [256]
     float offset             = 0.0f;
     int64_t nested_blocksize = kNestedBlocksize;
-    std::vector<int64_t> shape;                // original shape, e.g. [out, in]
-    at::ScalarType dtype = at::kBFloat16;      // original dtype (dequantization target by default)
+    std::vector<int64_t> shape;            // original shape, e.g. [out, in]
+    at::ScalarType dtype = at::kBFloat16;  // original dtype (dequantization target by default)
     int64_t blocksize    = kNf4DefaultBlocksize;
 
     int64_t numel() const;

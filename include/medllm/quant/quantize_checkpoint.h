@@ -9,8 +9,8 @@
 namespace medllm::quant {
 
 struct QuantizeOptions {
-    int64_t blocksize = 64;    // bitsandbytes' default; any power of two from 32 to 4096
-    bool double_quant = true;  // quantize the absmax statistics too (QLoRA's ~0.37 bits/param saving)
+    int64_t blocksize        = 64;    // bitsandbytes' default; any power of two from 32 to 4096
+    bool double_quant        = true;  // quantize the absmax statistics too (QLoRA's ~0.37 bits/param saving)
     uint64_t max_shard_bytes = 5'000'000'000ULL;
 };
 
