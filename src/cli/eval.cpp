@@ -15,6 +15,7 @@
 #include "cli/common.h"
 #include "medllm/core/config.h"
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/eval/evaluator.h"
 #include "medllm/eval/report.h"
 #include "medllm/generate/eval_backend.h"
@@ -88,11 +89,14 @@ void print_summary(const eval::EvalResult& result, const std::filesystem::path& 
             std::printf("stability gap (explanation - standard): %+.4f\n",
                         e->primary().total.normalized() - s->primary().total.normalized());
     }
+    if (!result.modes.empty()) {
+        for (const auto& y : result.modes.front().official.years)
+            if (!y.passed) std::printf("%d: no pass/fail (%s)\n", y.year, y.no_verdict_reason().c_str());
+    }
     std::printf("reports: %s\n", (output / "report.md").string().c_str());
-    std::fflush(stdout);
 }
 
-void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEntry>& resolved) {
+void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEntry>& resolved, bool overwrite) {
     if (cfg.model.empty() == cfg.predictions.empty())
         throw UsageError("eval igakuqa: give exactly one of --model DIR or --predictions FILE_OR_DIR");
     if (!cfg.predictions.empty() && !cfg.adapter.empty())
@@ -101,19 +105,26 @@ void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEn
     if (cfg.output.empty()) throw UsageError("eval igakuqa: --output DIR (config key output) is required");
     if (!cfg.model.empty() && !std::filesystem::is_directory(cfg.model))
         throw UsageError("eval igakuqa: --model " + cfg.model + ": no such model directory");
+    if (overwrite && cfg.model.empty())
+        throw UsageError(
+            "eval igakuqa: --overwrite starts --model predictions over; it does not apply to --predictions");
     const auto years = eval::parse_years(cfg.years);
     const auto modes = parse_modes(cfg.mode);
+    const std::filesystem::path prompt_file =
+        cfg.prompt_file.empty() ? eval::default_prompt_file(cfg.data_dir) : std::filesystem::path(cfg.prompt_file);
+    // The output folder receives reports, predictions and the log: it must not be one of the inputs.
+    check_output_not_input(cfg.output, {cfg.data_dir, cfg.predictions, cfg.model, cfg.adapter, prompt_file});
     start_run(cfg.output, resolved);
     const auto questions = eval::load_questions(cfg.data_dir, years);
     if (!cfg.model.empty()) {
         // The generation engine as the evaluator's CompletionBackend (src/generate/eval_backend.cpp).
-        const auto examples = eval::load_few_shot_examples(
-            cfg.prompt_file.empty() ? eval::default_prompt_file(cfg.data_dir) : std::filesystem::path(cfg.prompt_file));
+        const auto examples = eval::load_few_shot_examples(prompt_file);
+        if (cfg.prompt_file.empty()) eval::check_against_manifest(cfg.data_dir, prompt_file, examples.size());
         generate::LoadOptions load;
         load.adapter = cfg.adapter;
         generate::GenerateOptions engine;
         engine.max_batch_size = cfg.batch_size;
-        generate::EngineBackend backend(generate::load_model(cfg.model, load), engine);
+        generate::EngineBackend backend(cfg.model, load, engine);
         eval::ModelEvalOptions options;
         options.modes                             = modes;
         options.format                            = cfg.prompt_format == "chat"   ? eval::PromptFormat::chat
@@ -125,6 +136,8 @@ void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEn
         options.explanation_params.max_new_tokens = static_cast<int>(cfg.max_new_tokens_explanation);
         options.lenient_standard                  = cfg.extraction == "lenient";
         options.output_dir                        = cfg.output;
+        options.data_identity                     = eval::data_identity(cfg.data_dir);
+        options.overwrite                         = overwrite;
         auto result                               = eval::evaluate_model(questions, examples, backend, options, years);
         if (!cfg.model_name.empty()) result.model = cfg.model_name;
         eval::write_reports(cfg.output, result, questions);
@@ -154,6 +167,7 @@ void add_eval_command(CLI::App& app) {
         ConfigOptions config;
         std::vector<std::pair<CLI::Option*, std::string>> keyed;  // option, config key
         bool numeric[64] = {};
+        bool overwrite   = false;
     };
     auto state = std::make_shared<State>();
     auto& f    = state->flags;
@@ -188,7 +202,18 @@ void add_eval_command(CLI::App& app) {
     number("--max-new-tokens", f.max_new_tokens, "max_new_tokens", "Answer length limit, standard mode");
     number("--max-new-tokens-explanation", f.max_new_tokens_explanation, "max_new_tokens_explanation",
            "Reasoning + answer length limit, explanation mode");
+    cmd->add_flag("--overwrite", state->overwrite,
+                  "Start --output's predictions.jsonl over instead of resuming it (a resume under another model, "
+                  "adapter, data, prompt or decoding settings is refused)");
     add_config_options(cmd, state->config);
+    cmd->footer(
+        "--model runs resume: predictions.jsonl keeps one record per question and mode (the rendered prompt, the raw "
+        "output, both extractions), appended as each batch completes; its run identity (model and adapter files, "
+        "dtype, data and few-shot hashes, prompt format, decoding) is kept in predictions.jsonl.run.json, and a rerun "
+        "under another identity is refused naming the key that differs (--overwrite starts over). Reports "
+        "(report.json, report.md, scored.jsonl) are written atomically. Answers are checked against each question's "
+        "choices; a year whose sections do not hold the exam's question counts is reported as 'incomplete: N of M "
+        "questions' with no pass/fail.");
 
     cmd->callback([state] {
         ConfigSource source = state->config.source();
@@ -200,7 +225,7 @@ void add_eval_command(CLI::App& app) {
         }
         std::vector<ResolvedEntry> resolved;
         const EvalIgakuqaConfig cfg = make_schema().load(source, &resolved);
-        run_eval_igakuqa(cfg, resolved);
+        run_eval_igakuqa(cfg, resolved, state->overwrite);
     });
 }
 

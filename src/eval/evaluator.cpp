@@ -2,10 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
-#include <chrono>
-#include <fstream>
+#include <algorithm>
+#include <map>
 
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/core/progress.h"
 #include "medllm/eval/answer.h"
 
@@ -41,44 +42,28 @@ ModeResult score_mode(const std::vector<Question>& questions, PromptMode mode, b
     return result;
 }
 
-namespace {
-
-json run_identity(const std::string& model, const ModelEvalOptions& options,
+json run_identity(const CompletionBackend& backend, const ModelEvalOptions& options,
                   const std::vector<FewShotExample>& examples) {
-    json examples_ids = json::array();
-    for (const auto& ex : examples) examples_ids.push_back(ex.problem_id);
-    return {{"model", model},
-            {"prompt_format", to_string(options.format)},
-            {"few_shot", examples_ids},
-            {"standard_max_new_tokens", options.standard_params.max_new_tokens},
-            {"explanation_max_new_tokens", options.explanation_params.max_new_tokens}};
-}
-
-// A rerun may only continue predictions made under the same settings.
-void check_or_write_run_identity(const fs::path& dir, const json& identity) {
-    const fs::path file = dir / "run.json";
-    if (fs::exists(file) && fs::exists(dir / "predictions.jsonl")) {
-        std::ifstream in(file);
-        json saved;
-        try {
-            saved = json::parse(in);
-        } catch (const json::exception& e) {
-            throw Error(file.string() + ": invalid JSON (" + e.what() + ")");
-        }
-        for (const auto& [key, value] : identity.items()) {
-            if (!saved.contains(key) || saved[key] != value)
-                throw UsageError(file.string() + ": key '" + key + "' was " +
-                                 (saved.contains(key) ? saved[key].dump() : "absent") + " in the saved run, now " +
-                                 value.dump() + "; use a new --output to start over");
-        }
-        return;
+    json ids = json::array(), content = json::array();
+    for (const auto& ex : examples) {
+        ids.push_back(ex.problem_id);
+        content.push_back({{"problem_id", ex.problem_id},
+                           {"problem_text", ex.problem_text},
+                           {"choices", ex.choices},
+                           {"answer", ex.answer},
+                           {"explanation", ex.explanation}});
     }
-    std::ofstream out(file);
-    out << identity.dump(2) << '\n';
-    if (!out) throw Error(file.string() + ": write failed");
+    auto params = [](const GenerationParams& p) {
+        return json{{"max_new_tokens", p.max_new_tokens}, {"temperature", p.temperature}, {"stop", p.stop}};
+    };
+    return {{"benchmark", "IgakuQA"},
+            {"model", backend.identity()},
+            {"prompt_format", to_string(options.format)},
+            {"few_shot", {{"problem_ids", ids}, {"xxh3", hash_bytes(dump_json(content))}}},
+            {"data", options.data_identity},
+            {"decoding",
+             {{"standard", params(options.standard_params)}, {"explanation", params(options.explanation_params)}}}};
 }
-
-}  // namespace
 
 EvalResult evaluate_model(const std::vector<Question>& questions, const std::vector<FewShotExample>& examples,
                           CompletionBackend& backend, const ModelEvalOptions& options, const std::vector<int>& years) {
@@ -88,22 +73,55 @@ EvalResult evaluate_model(const std::vector<Question>& questions, const std::vec
     fs::create_directories(options.output_dir, ec);
     if (ec) throw Error(options.output_dir.string() + ": cannot create directory (" + ec.message() + ")");
     EvalResult result;
-    result.model         = backend.model_name();
-    result.source        = "model";
-    result.prompt_format = to_string(options.format);
-    result.years         = years;
-    check_or_write_run_identity(options.output_dir, run_identity(result.model, options, examples));
-    PredictionStore store(options.output_dir / "predictions.jsonl");
+    result.model           = backend.model_name();
+    result.source          = "model";
+    result.prompt_format   = to_string(options.format);
+    result.years           = years;
+    const std::string hint = "pass --overwrite to start over, or choose another --output";
+    JsonlRecordFile store(options.output_dir / "predictions.jsonl", run_identity(backend, options, examples),
+                          options.overwrite, hint);
+
+    // What an earlier run saved, by mode and problem_id, with its line for errors.
+    struct Saved {
+        PredictionRecord record;
+        size_t line = 0;
+    };
+    std::map<PromptMode, std::map<std::string, Saved>> saved_by_mode;
+    for (size_t i = 0; i < store.existing().size(); ++i) {
+        const size_t line = store.existing_lines()[i];
+        PredictionRecord r =
+            PredictionRecord::from_json(store.existing()[i], store.path().string() + ":" + std::to_string(line));
+        const PromptMode mode   = r.mode;
+        const std::string id    = r.problem_id;
+        saved_by_mode[mode][id] = Saved{std::move(r), line};
+    }
 
     for (PromptMode mode : options.modes) {
-        std::map<std::string, PredictionRecord> saved = store.load(mode);
+        auto& saved             = saved_by_mode[mode];
         GenerationParams params = mode == PromptMode::standard ? options.standard_params : options.explanation_params;
         if (options.format == PromptFormat::base) {
             for (auto& s : base_stop_strings(mode)) params.stop.push_back(s);
         }
+        std::vector<std::string> prompts;
+        prompts.reserve(questions.size());
         std::vector<size_t> todo;
-        for (size_t i = 0; i < questions.size(); ++i)
-            if (!saved.count(questions[i].problem_id)) todo.push_back(i);
+        for (size_t i = 0; i < questions.size(); ++i) {
+            prompts.push_back(render_prompt(questions[i], examples, mode, options.format));
+            auto it = saved.find(questions[i].problem_id);
+            if (it == saved.end()) {
+                todo.push_back(i);
+                continue;
+            }
+            // The run identity covers the data and few-shot files; this also catches an edited record.
+            const PredictionRecord& r = it->second.record;
+            const std::string at = store.path().string() + ":" + std::to_string(it->second.line) + ": problem_id " +
+                                   r.problem_id + " (" + to_string(mode) + ")";
+            if (r.prompt_format != to_string(options.format))
+                throw Error(at + ": saved with prompt format " + r.prompt_format + ", this run uses " +
+                            to_string(options.format) + "; " + hint);
+            if (!r.prompt.empty() && r.prompt != prompts[i])
+                throw Error(at + ": its saved prompt is not the one this run sends; " + hint);
+        }
         spdlog::info("igakuqa {}: {} questions, {} saved, {} to generate (batch {})", to_string(mode), questions.size(),
                      questions.size() - todo.size(), todo.size(), options.batch_size);
 
@@ -112,31 +130,31 @@ EvalResult evaluate_model(const std::vector<Question>& questions, const std::vec
                              0.0);
         for (size_t begin = 0; begin < todo.size(); begin += static_cast<size_t>(options.batch_size)) {
             const size_t end = std::min(todo.size(), begin + static_cast<size_t>(options.batch_size));
-            std::vector<std::string> prompts;
-            for (size_t k = begin; k < end; ++k)
-                prompts.push_back(render_prompt(questions[todo[k]], examples, mode, options.format));
-            const std::vector<std::string> outputs = backend.complete(prompts, params);
-            if (outputs.size() != prompts.size())
+            std::vector<std::string> batch;
+            for (size_t k = begin; k < end; ++k) batch.push_back(prompts[todo[k]]);
+            const std::vector<std::string> outputs = backend.complete(batch, params);
+            if (outputs.size() != batch.size())
                 throw Error("backend returned " + std::to_string(outputs.size()) + " completions for " +
-                            std::to_string(prompts.size()) + " prompts");
-            std::vector<PredictionRecord> records;
+                            std::to_string(batch.size()) + " prompts");
             for (size_t k = begin; k < end; ++k) {
-                records.push_back(make_prediction_record(questions[todo[k]], mode, options.format, outputs[k - begin]));
-                saved[records.back().problem_id] = records.back();
+                const Question& q = questions[todo[k]];
+                PredictionRecord r =
+                    make_prediction_record(q, mode, options.format, prompts[todo[k]], outputs[k - begin]);
+                store.append(r.to_json());
+                saved[q.problem_id] = Saved{std::move(r), 0};
             }
-            store.append(records);
-
             progress.update(static_cast<int64_t>(end));
         }
 
         std::vector<std::optional<ScoredPrediction>> aligned;
         for (const auto& q : questions) {
-            const PredictionRecord& r = saved.at(q.problem_id);
+            const PredictionRecord& r = saved.at(q.problem_id).record;
             aligned.push_back(ScoredPrediction{r.prediction, r.extracted});
         }
         const bool lenient_primary = mode == PromptMode::explanation || options.lenient_standard;
         result.modes.push_back(score_mode(questions, mode, lenient_primary, std::move(aligned)));
     }
+    store.close();
     return result;
 }
 

@@ -1,10 +1,16 @@
 #include "medllm/eval/igakuqa_data.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <fstream>
+#include <map>
+#include <regex>
 #include <set>
+#include <sstream>
 
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/eval/answer.h"
 
 namespace medllm::eval {
@@ -43,6 +49,83 @@ std::vector<std::string> require_string_list(const json& record, const char* key
     return out;
 }
 
+// A question's gold answer must be answerable: letters of its own choices, or one number when it has no choices.
+void validate_answer(const std::string& problem_id, const std::vector<std::string>& choices,
+                     const std::vector<std::string>& answer, const std::string& at) {
+    const std::string id = at + ": problem_id " + problem_id;
+    if (answer.empty()) throw Error(id + ": key 'answer' is empty");
+    if (choices.empty()) {
+        // Numeric entry (12 questions, e.g. 112C66 "26", 113F84 "7.20"): one number, digits with at most one '.'.
+        static const std::regex number(R"([0-9]+(\.[0-9]+)?)");
+        if (answer.size() != 1 || !std::regex_match(answer[0], number))
+            throw Error(id + ": key 'choices' is empty (a numeric-entry question) but the answer " + dump_json(answer) +
+                        " is not one number; a multiple-choice question needs its choices");
+        return;
+    }
+    const char last         = static_cast<char>('a' + choices.size() - 1);
+    const std::string range = std::string("a-") + last;
+    auto is_letter = [&](const std::string& item) { return item.size() == 1 && item[0] >= 'a' && item[0] <= last; };
+    std::set<std::string> seen;
+    for (const auto& item : answer) {
+        // 112B30's gold is stored as "a or d"; the official scorer accepts either letter for that id only.
+        static const std::regex either(R"(([a-h]) or ([a-h]))");
+        std::smatch m;
+        const bool stored_either = problem_id == "112B30" && std::regex_match(item, m, either) &&
+                                   is_letter(m[1].str()) && is_letter(m[2].str());
+        if (!is_letter(item) && !stored_either)
+            throw Error(id + ": answer " + dump_json(item) + " is not one of its " + std::to_string(choices.size()) +
+                        " choices (" + range + ")");
+        if (!seen.insert(item).second) throw Error(id + ": answer lists " + dump_json(item) + " twice");
+    }
+}
+
+// <path relative to the data directory> -> (bytes, records), from the data's MANIFEST.tsv (path, bytes, lines,
+// git_blob_sha1 with a header line); empty when there is none.
+struct ManifestEntry {
+    uint64_t bytes = 0;
+    size_t lines   = 0;
+};
+std::map<std::string, ManifestEntry> read_manifest(const fs::path& data_dir) {
+    std::map<std::string, ManifestEntry> entries;
+    const fs::path file = data_dir / "MANIFEST.tsv";
+    std::error_code ec;
+    if (!fs::is_regular_file(file, ec)) return entries;
+    std::istringstream in(read_text_file(file));
+    std::string line;
+    size_t line_no = 0;
+    while (std::getline(in, line)) {
+        ++line_no;
+        if (line_no == 1 || line.empty()) continue;  // header
+        std::istringstream fields(line);
+        std::string path, bytes, lines;
+        if (!std::getline(fields, path, '\t') || !std::getline(fields, bytes, '\t') ||
+            !std::getline(fields, lines, '\t'))
+            continue;
+        try {
+            entries[path] = {std::stoull(bytes), static_cast<size_t>(std::stoull(lines))};
+        } catch (const std::exception&) {
+            spdlog::warn("{}:{}: not a manifest row (path, bytes, lines); ignored", file.string(), line_no);
+        }
+    }
+    return entries;
+}
+
+void check_manifest_entry(const std::map<std::string, ManifestEntry>& manifest, const fs::path& data_dir,
+                          const fs::path& file, size_t records) {
+    if (manifest.empty()) return;
+    const std::string rel = file.lexically_relative(data_dir).generic_string();
+    auto it               = manifest.find(rel);
+    if (it == manifest.end()) return;
+    std::error_code ec;
+    const uint64_t bytes = fs::file_size(file, ec);
+    if (ec) return;
+    if (bytes != it->second.bytes || records != it->second.lines)
+        spdlog::warn(
+            "{}: {} records, {} bytes; {} lists {} records, {} bytes: the data differ from the published IgakuQA "
+            "files, so scores are not comparable with published ones",
+            file.string(), records, bytes, (data_dir / "MANIFEST.tsv").string(), it->second.lines, it->second.bytes);
+}
+
 int parse_year(const std::string& text, const std::string& spec) {
     size_t used = 0;
     int year    = 0;
@@ -58,7 +141,77 @@ int parse_year(const std::string& text, const std::string& spec) {
     return year;
 }
 
+// A cut or padded data set still scores, but says so: pass/fail is then not reported (scoring.cpp).
+void warn_if_not_the_exam(int year, const std::array<int, 6>& found, const std::array<int, 6>& points) {
+    const ExamSize* exam = known_exam_size(year);
+    if (!exam) return;
+    int total = 0, total_points = 0;
+    std::string detail;
+    for (size_t s = 0; s < found.size(); ++s) {
+        total += found[s];
+        total_points += points[s];
+        if (found[s] != exam->questions[s])
+            detail += std::string(detail.empty() ? "" : ", ") + kSections[s] + " " + std::to_string(found[s]) + " of " +
+                      std::to_string(exam->questions[s]);
+    }
+    if (!detail.empty()) {
+        spdlog::warn("igakuqa {} (exam {}): incomplete: {} of {} questions ({}); its pass/fail is not reported", year,
+                     exam_number_for_year(year), total, exam->total_questions(), detail);
+    } else if (total_points != exam->total_points()) {
+        spdlog::warn("igakuqa {} (exam {}): {} points possible, the exam has {}; its pass/fail is not reported", year,
+                     exam_number_for_year(year), total_points, exam->total_points());
+    }
+}
+
 }  // namespace
+
+int ExamSize::total_questions() const {
+    int n = 0;
+    for (int q : questions) n += q;
+    return n;
+}
+
+int ExamSize::total_points() const {
+    int n = 0;
+    for (int p : points) n += p;
+    return n;
+}
+
+const ExamSize* known_exam_size(int year) {
+    // Derived from ../shared/igakuqa_data/data/<year>/<exam>-<S>.jsonl (jungokasai/IgakuQA 2bc4c3d) by
+    // scripts/igakuqa_exam_sizes.py: records and the sum of `points` per section A..F.
+    static const ExamSize kExams[] = {
+        {2018, {75, 49, 66, 75, 51, 84}, {74, 99, 66, 75, 101, 84}},
+        {2019, {75, 49, 66, 75, 51, 84}, {74, 99, 65, 75, 101, 82}},
+        {2020, {75, 50, 75, 75, 50, 75}, {75, 100, 75, 75, 97, 74}},
+        {2021, {75, 50, 75, 75, 50, 75}, {75, 100, 75, 75, 100, 75}},
+        {2022, {75, 50, 75, 75, 50, 75}, {74, 97, 74, 74, 100, 75}},
+    };
+    for (const auto& e : kExams)
+        if (e.year == year) return &e;
+    return nullptr;
+}
+
+int section_index(char section) {
+    return section >= 'A' && section <= 'F' ? section - 'A' : -1;
+}
+
+void check_against_manifest(const fs::path& data_dir, const fs::path& file, size_t records) {
+    check_manifest_entry(read_manifest(data_dir), data_dir, file, records);
+}
+
+json data_identity(const fs::path& data_dir) {
+    json files = json::object();
+    for (int year = kFirstYear; year <= kLastYear; ++year) {
+        for (char section : kSections) {
+            const std::string rel = "data/" + std::to_string(year) + "/" + std::to_string(exam_number_for_year(year)) +
+                                    "-" + section + ".jsonl";
+            std::error_code ec;
+            if (fs::is_regular_file(data_dir / rel, ec)) files[rel] = hash_file(data_dir / rel);
+        }
+    }
+    return {{"question_files_xxh3", files}};
+}
 
 std::vector<json> read_jsonl(const fs::path& file) {
     std::ifstream in(file, std::ios::binary);
@@ -113,16 +266,21 @@ std::vector<std::string> normalize_kinki(const std::vector<std::string>& raw) {
 std::vector<Question> load_questions(const fs::path& data_dir, const std::vector<int>& years) {
     if (!fs::is_directory(data_dir / "data"))
         throw Error(data_dir.string() + ": not an IgakuQA data directory (no data/ folder inside)");
+    const auto manifest = read_manifest(data_dir);
     std::vector<Question> questions;
     std::set<std::string> seen_ids;
     for (int year : years) {
         const int exam = exam_number_for_year(year);
+        std::array<int, 6> found{};
+        std::array<int, 6> points_found{};
         for (char section : kSections) {
             const std::string stem = std::to_string(exam) + "-" + section;
             const fs::path qfile   = data_dir / "data" / std::to_string(year) / (stem + ".jsonl");
             const fs::path mfile   = data_dir / "data" / std::to_string(year) / (stem + "_metadata.jsonl");
             const auto qrecords    = read_jsonl(qfile);
             const auto mrecords    = read_jsonl(mfile);
+            check_manifest_entry(manifest, data_dir, qfile, qrecords.size());
+            check_manifest_entry(manifest, data_dir, mfile, mrecords.size());
             if (qrecords.size() != mrecords.size())
                 throw Error(mfile.string() + ": " + std::to_string(mrecords.size()) + " records but " + qfile.string() +
                             " has " + std::to_string(qrecords.size()));
@@ -153,7 +311,7 @@ std::vector<Question> load_questions(const fs::path& data_dir, const std::vector
                 if (!text_only.is_boolean()) throw Error(where(qfile, i + 1) + ": key 'text_only' must be a bool");
                 question.text_only = text_only.get<bool>();
                 question.answer    = require_string_list(q, "answer", qfile, i + 1);
-                if (question.answer.empty()) throw Error(where(qfile, i + 1) + ": key 'answer' is empty");
+                validate_answer(question.problem_id, question.choices, question.answer, where(qfile, i + 1));
                 // `points` is a string in the data ("1", "3", "0"); the official scorer does int(points).
                 const json& points      = require(q, "points", qfile, i + 1);
                 std::string points_text = points.is_string() ? points.get<std::string>() : points.dump();
@@ -167,9 +325,12 @@ std::vector<Question> load_questions(const fs::path& data_dir, const std::vector
                     throw Error(where(qfile, i + 1) + ": key 'points' is not a non-negative integer: " + points_text);
                 question.category = require_string(m, "category", mfile, i + 1);
                 question.kinki    = normalize_kinki(require_string_list(m, "kinki", mfile, i + 1));
+                ++found[section_index(section)];
+                points_found[section_index(section)] += question.points;
                 questions.push_back(std::move(question));
             }
         }
+        warn_if_not_the_exam(year, found, points_found);
     }
     return questions;
 }
@@ -189,7 +350,7 @@ std::vector<FewShotExample> load_few_shot_examples(const fs::path& prompt_file) 
         ex.problem_text = require_string(r, "problem_text", prompt_file, i + 1);
         ex.choices      = require_string_list(r, "choices", prompt_file, i + 1);
         ex.answer       = require_string_list(r, "answer", prompt_file, i + 1);
-        if (ex.answer.empty()) throw Error(where(prompt_file, i + 1) + ": key 'answer' is empty");
+        validate_answer(ex.problem_id, ex.choices, ex.answer, where(prompt_file, i + 1));
         auto it = r.find("explanation");
         if (it != r.end() && it->is_string()) ex.explanation = it->get<std::string>();
         examples.push_back(std::move(ex));

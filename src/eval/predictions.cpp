@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <fstream>
-#include <iterator>
 #include <regex>
 #include <set>
 
@@ -112,6 +111,7 @@ json PredictionRecord::to_json() const {
     j["problem_id"]    = problem_id;
     j["mode"]          = to_string(mode);
     j["prompt_format"] = prompt_format;
+    j["prompt"]        = prompt;
     j["raw_output"]    = raw_output;
     j["prediction"]    = prediction;
     j["extracted"]     = extracted ? json(*extracted) : json(nullptr);
@@ -126,7 +126,8 @@ PredictionRecord PredictionRecord::from_json(const json& j, const std::string& a
     r.prompt_format = string_field(j, "prompt_format", at);
     r.raw_output    = string_field(j, "raw_output", at);
     r.prediction    = string_field(j, "prediction", at);
-    auto it         = j.find("extracted");
+    if (j.contains("prompt")) r.prompt = string_field(j, "prompt", at);
+    auto it = j.find("extracted");
     if (it != j.end() && it->is_string()) r.extracted = it->get<std::string>();
     return r;
 }
@@ -139,59 +140,17 @@ std::string official_prediction_for_mode(const std::string& raw_output, PromptMo
 }
 
 PredictionRecord make_prediction_record(const Question& question, PromptMode mode, PromptFormat format,
-                                        const std::string& raw_output) {
+                                        const std::string& prompt, const std::string& raw_output) {
     PredictionRecord r;
     r.problem_id      = question.problem_id;
     r.mode            = mode;
     r.prompt_format   = to_string(format);
+    r.prompt          = prompt;
     r.raw_output      = raw_output;
     r.prediction      = official_prediction_for_mode(raw_output, mode);
     const auto answer = extract_answer(raw_output, answer_spec(question));
     if (answer.parsed) r.extracted = answer.as_prediction();
     return r;
-}
-
-PredictionStore::PredictionStore(fs::path file) : file_(std::move(file)) {}
-
-std::map<std::string, PredictionRecord> PredictionStore::load(PromptMode mode) const {
-    std::map<std::string, PredictionRecord> records;
-    if (!fs::exists(file_)) return records;
-    std::ifstream in(file_, std::ios::binary);
-    if (!in) throw Error(file_.string() + ": cannot open file");
-    std::vector<std::string> lines;
-    for (std::string text; std::getline(in, text);) lines.push_back(text);
-    for (size_t i = 0; i < lines.size(); ++i) {
-        if (lines[i].find_first_not_of(" \t\r") == std::string::npos) continue;
-        json j;
-        try {
-            j = json::parse(lines[i]);
-        } catch (const json::exception& e) {
-            // Only the last line may be cut short by a crash mid-write; anything else is corruption.
-            if (i + 1 == lines.size()) break;
-            throw Error(where(file_, i + 1) + ": invalid JSON (" + e.what() + ")");
-        }
-        PredictionRecord r = PredictionRecord::from_json(j, where(file_, i + 1));
-        if (r.mode == mode) records[r.problem_id] = std::move(r);
-    }
-    return records;
-}
-
-void PredictionStore::append(const std::vector<PredictionRecord>& records) {
-    // Drop a line cut short by a crash, so the file stays valid JSONL after the rerun appends.
-    if (fs::exists(file_) && fs::file_size(file_) > 0) {
-        std::ifstream in(file_, std::ios::binary);
-        const std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        if (content.back() != '\n') {
-            const size_t last_newline = content.rfind('\n');
-            in.close();
-            fs::resize_file(file_, last_newline == std::string::npos ? 0 : last_newline + 1);
-        }
-    }
-    std::ofstream out(file_, std::ios::binary | std::ios::app);
-    if (!out) throw Error(file_.string() + ": cannot open for writing");
-    for (const auto& r : records) out << r.to_json().dump() << '\n';
-    out.flush();
-    if (!out) throw Error(file_.string() + ": write failed");
 }
 
 }  // namespace medllm::eval

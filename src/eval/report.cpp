@@ -1,10 +1,10 @@
 #include "medllm/eval/report.h"
 
 #include <cstdio>
-#include <fstream>
 #include <set>
 
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 
 namespace medllm::eval {
 namespace fs = std::filesystem;
@@ -71,8 +71,11 @@ json summary_json(const ScoreSummary& summary) {
             yj["general"]["threshold"]  = y.thresholds->general_min;
             yj["kinki_max"]             = y.thresholds->max_kinki;
         }
-        yj["complete"] = y.complete;
-        yj["passed"]   = y.passed ? json(*y.passed) : json(nullptr);
+        yj["complete"]           = y.complete;
+        yj["expected_questions"] = y.expected_questions;
+        yj["expected_points"]    = y.expected_points;
+        yj["passed"]             = y.passed ? json(*y.passed) : json(nullptr);
+        if (!y.passed) yj["no_verdict"] = y.no_verdict_reason();
         years.push_back(yj);
     }
     j["years"]      = years;
@@ -168,7 +171,7 @@ std::string report_markdown(const EvalResult& result) {
                   std::to_string(y.general.points) + "/" + std::to_string(y.general.possible) +
                   (th ? " (≥" + std::to_string(th->general_min) + ")" : "") + " | " + std::to_string(y.kinki_selected) +
                   (th ? " (≤" + std::to_string(th->max_kinki) + ")" : "") + " | " +
-                  (y.passed ? (*y.passed ? "pass" : "fail") : "–") + " |\n";
+                  (y.passed ? (*y.passed ? "pass" : "fail") : y.no_verdict_reason()) + " |\n";
         }
         md += "| all | " + std::to_string(s.total.points) + "/" + std::to_string(s.total.possible) + " | " +
               fixed4(s.total.normalized()) + " | | | | |\n\n";
@@ -215,13 +218,10 @@ void write_reports(const fs::path& dir, const EvalResult& result, const std::vec
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec) throw Error(dir.string() + ": cannot create directory (" + ec.message() + ")");
-    auto write = [&](const fs::path& file, const std::string& text) {
-        std::ofstream out(file, std::ios::binary);
-        out << text;
-        if (!out) throw Error(file.string() + ": write failed");
-    };
-    write(dir / "report.json", report_json(result, questions).dump(2) + "\n");
-    write(dir / "report.md", report_markdown(result));
+    // Each report goes through a temporary and a rename: a full disk leaves the previous report (or none), never a
+    // cut one under the final name, and the error names the file.
+    write_file_atomic(dir / "report.json", dump_json(report_json(result, questions), 2) + "\n");
+    write_file_atomic(dir / "report.md", report_markdown(result));
     std::string scored;
     for (const auto& m : result.modes) {
         for (size_t i = 0; i < questions.size(); ++i) {
@@ -234,10 +234,10 @@ void write_reports(const fs::path& dir, const EvalResult& result, const std::vec
                              {"extracted", p && p->extracted ? json(*p->extracted) : json(nullptr)},
                              {"correct_official", static_cast<bool>(m.official.correct[i])},
                              {"correct_lenient", static_cast<bool>(m.lenient.correct[i])}};
-            scored += line.dump() + "\n";
+            scored += dump_json(line) + "\n";
         }
     }
-    write(dir / "scored.jsonl", scored);
+    write_file_atomic(dir / "scored.jsonl", scored);
 }
 
 }  // namespace medllm::eval

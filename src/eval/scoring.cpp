@@ -48,6 +48,15 @@ std::optional<PassThresholds> pass_thresholds(int year) {
     }
 }
 
+std::string YearScore::no_verdict_reason() const {
+    if (passed) return "";
+    if (!thresholds) return "no pass criteria for " + std::to_string(year);
+    if (!complete)
+        return "incomplete: " + std::to_string(total.count) + " of " + std::to_string(expected_questions) +
+               " questions";
+    return "points possible " + std::to_string(total.possible) + ", the exam has " + std::to_string(expected_points);
+}
+
 void Tally::add(bool is_correct, int question_points) {
     ++count;
     possible += question_points;
@@ -95,8 +104,17 @@ ScoreSummary score_questions(const std::vector<Question>& questions, const std::
     double normalized_sum = 0.0;
     for (auto& [y, year] : years) {
         year.thresholds = pass_thresholds(y);
-        year.complete   = year.sections.size() == std::size(kSections);
-        if (year.thresholds && year.complete) {
+        if (const ExamSize* exam = known_exam_size(y)) {
+            year.expected_questions = exam->total_questions();
+            year.expected_points    = exam->total_points();
+            year.complete           = true;
+            for (char section : kSections) {
+                auto it = year.sections.find(section);
+                if ((it == year.sections.end() ? 0 : it->second.count) != exam->questions[section_index(section)])
+                    year.complete = false;
+            }
+        }
+        if (year.thresholds && year.complete && year.total.possible == year.expected_points) {
             year.passed = year.required.points >= year.thresholds->required_min &&
                           year.general.points >= year.thresholds->general_min &&
                           year.kinki_selected <= year.thresholds->max_kinki;

@@ -1,14 +1,34 @@
 #include "medllm/generate/eval_backend.h"
 
+#include <c10/core/ScalarType.h>
+
 #include "medllm/core/error.h"
+#include "medllm/io/model_files.h"
 
 namespace medllm::generate {
 
-EngineBackend::EngineBackend(LoadedModel model, GenerateOptions base)
-    : model_(std::move(model)),
+nlohmann::json engine_identity(const std::filesystem::path& model_dir, const LoadOptions& load,
+                               const LoadedModel& model, const GenerateOptions& base) {
+    nlohmann::json j;
+    j["model"]   = io::model_dir_identity(model_dir);
+    j["adapter"] = load.adapter.empty() ? nlohmann::json(nullptr) : io::model_dir_identity(load.adapter);
+    // The dtype actually used ("auto" resolves by device), read from lm_head, which is never quantized.
+    j["dtype"]         = c10::toString(model.model->lm_head_weight().scalar_type());
+    j["load_in_4bit"]  = load.quantize_base;
+    j["eos_token_ids"] = model.eos_token_ids;
+    j["engine"]        = {{"repetition_penalty", base.sampling.repetition_penalty},
+                          {"seed", base.seed},
+                          {"stop_token_ids", base.stop_token_ids},
+                          {"skip_special_tokens", base.skip_special_tokens}};
+    return j;
+}
+
+EngineBackend::EngineBackend(const std::filesystem::path& model_dir, const LoadOptions& load, GenerateOptions base)
+    : model_(load_model(model_dir, load)),
       base_(std::move(base)),
       generator_(model_.model, model_.tokenizer, model_.eos_token_ids) {
     if (!model_.tokenizer) throw Error(model_.name + ": evaluation needs the model's tokenizer files");
+    identity_ = engine_identity(model_dir, load, model_, base_);
 }
 
 std::vector<std::string> EngineBackend::complete(const std::vector<std::string>& prompts,

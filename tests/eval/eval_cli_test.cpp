@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
+#include "support/file_limit.h"
 #include "support/run_medllm.h"
 
 #include <algorithm>
@@ -87,6 +88,64 @@ TEST(EvalIgakuqaCli, BadArgumentsExitTwo) {
     EXPECT_EQ(run_medllm(base + " --predictions " + kData + "/baseline_results --years 2017").exit_code, 2);
     EXPECT_EQ(run_medllm(base + " --predictions " + kData + "/baseline_results --mode sometimes").exit_code, 2);
     EXPECT_EQ(run_medllm(base + " --predictions /nonexistent").exit_code, 2);
+}
+
+// Finding 1 through the binary: a full disk while writing the reports exits 1 naming the file, and leaves no cut
+// report under its final name.
+TEST(EvalIgakuqaCli, FullDiskExitsOneNamingTheReport) {
+    const fs::path out = fs::path(testing::TempDir()) / "igakuqa_cli_full";
+    fs::remove_all(out);
+    CliRun run;
+    {
+        ScopedFileSizeLimit limit(8192);  // the log and config.resolved.yaml fit; report.json (~30 KB) does not
+        run = run_medllm("eval igakuqa --data-dir " + kData + " --predictions " + kData +
+                         "/baseline_results --output " + out.string());
+    }
+    EXPECT_EQ(run.exit_code, 1) << run.output;
+    EXPECT_NE(run.output.find("report.json: write failed"), std::string::npos) << run.output;
+    EXPECT_FALSE(fs::exists(out / "report.json"));
+    EXPECT_FALSE(fs::exists(out / "report.json.tmp"));
+}
+
+// Item 5: the output folder may not be an input.
+TEST(EvalIgakuqaCli, OutputThatIsAnInputIsRefused) {
+    const fs::path dir = fs::path(testing::TempDir()) / "igakuqa_cli_out_is_in";
+    fs::remove_all(dir);
+    fs::create_directories(dir / "preds");
+    std::ofstream(dir / "preds" / "m.jsonl") << "{\"problem_id\": \"112A1\", \"prediction\": \"e\"}\n";
+    const std::string base = "eval igakuqa --data-dir " + kData + " --years 2018";
+    // --output is the data folder (through a symlink too), the predictions folder or the predictions file.
+    fs::create_directory_symlink(kData, dir / "data-link");
+    for (const std::string& output : {kData, (dir / "data-link").string() + "/"}) {
+        const CliRun run =
+            run_medllm(base + " --predictions " + (dir / "preds" / "m.jsonl").string() + " --output " + output);
+        EXPECT_EQ(run.exit_code, 2) << run.output;
+        EXPECT_NE(run.output.find("is the input"), std::string::npos) << run.output;
+    }
+    for (const fs::path& output : {dir / "preds", dir / "preds" / "m.jsonl"}) {
+        const CliRun run = run_medllm(base + " --predictions " + output.string() + " --output " + output.string());
+        EXPECT_EQ(run.exit_code, 2) << run.output;
+        EXPECT_NE(run.output.find("is the input"), std::string::npos) << run.output;
+    }
+    EXPECT_FALSE(fs::exists(fs::path(kData) / "report.json"));
+    EXPECT_FALSE(fs::exists(fs::path(kData) / "config.resolved.yaml"));
+    // A folder beside the predictions is fine.
+    const CliRun ok = run_medllm(base + " --predictions " + (dir / "preds" / "m.jsonl").string() + " --output " +
+                                 (dir / "out").string());
+    EXPECT_EQ(ok.exit_code, 0) << ok.output;
+}
+
+TEST(EvalIgakuqaCli, HelpDescribesResumeAndOverwrite) {
+    const CliRun run = run_medllm("eval igakuqa --help");
+    EXPECT_EQ(run.exit_code, 0);
+    EXPECT_NE(run.output.find("--overwrite"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find("predictions.jsonl.run.json"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find("incomplete: N of M"), std::string::npos) << run.output;
+    // --overwrite is for model runs.
+    const CliRun bad = run_medllm("eval igakuqa --data-dir " + kData + " --predictions " + kData +
+                                  "/baseline_results --overwrite --output " +
+                                  (fs::path(testing::TempDir()) / "igakuqa_cli_ow").string());
+    EXPECT_EQ(bad.exit_code, 2) << bad.output;
 }
 
 }  // namespace

@@ -9,9 +9,13 @@
 #include <map>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/eval/evaluator.h"
 #include "medllm/eval/report.h"
+#include "support/file_limit.h"
 
 namespace medllm::eval {
 namespace {
@@ -57,6 +61,7 @@ public:
     }
     bool has_chat_template() const override { return true; }
     std::string model_name() const override { return "scripted-test-model"; }
+    nlohmann::json identity() const override { return {{"name", model_name()}, {"weights", weights}}; }
 
     static std::string respond(const Question& q, PromptMode mode) {
         const int n = question_number(q);
@@ -65,9 +70,10 @@ public:
         return "解説: 所見から考える。\n答え: " + join(q.answer, ", ");
     }
 
-    int calls        = 0;
-    int fail_on_call = 0;
-    bool drop_one    = false;
+    int calls           = 0;
+    int fail_on_call    = 0;
+    bool drop_one       = false;
+    std::string weights = "v1";  // stands for the weight files' identity
     std::vector<std::string> asked;
     GenerationParams last_params;
 
@@ -133,7 +139,8 @@ TEST_F(EvaluatorTest, BothModesEndToEnd) {
     EXPECT_EQ(report["modes"]["explanation"]["unparseable"].size(), 133u);  // 2018 sections: 25+16+22+25+17+28
 
     write_reports(out_dir, result, questions);
-    for (const char* f : {"report.json", "report.md", "scored.jsonl", "predictions.jsonl", "run.json"})
+    for (const char* f :
+         {"report.json", "report.md", "scored.jsonl", "predictions.jsonl", "predictions.jsonl.run.json"})
         EXPECT_TRUE(fs::exists(out_dir / f)) << f;
     std::ifstream md_in(out_dir / "report.md");
     const std::string md((std::istreambuf_iterator<char>(md_in)), std::istreambuf_iterator<char>());
@@ -175,9 +182,14 @@ TEST_F(EvaluatorTest, ResumesFromSavedPredictions) {
     evaluate_model(questions, examples, idle, options, {2018});
     EXPECT_EQ(idle.calls, 0);
 
-    // Resuming under different settings is refused.
+    // Resuming under different settings is refused, naming the key.
     options.format = PromptFormat::base;
-    EXPECT_THROW(evaluate_model(questions, examples, idle, options, {2018}), UsageError);
+    try {
+        evaluate_model(questions, examples, idle, options, {2018});
+        FAIL() << "resumed under another prompt format";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("prompt_format"), std::string::npos) << e.what();
+    }
 }
 
 TEST_F(EvaluatorTest, BaseFormatAddsStopStrings) {
@@ -196,6 +208,167 @@ TEST_F(EvaluatorTest, RejectsABackendThatLosesCompletions) {
     EXPECT_THROW(evaluate_model(questions, examples, backend, options, {2018}), Error);
     options.batch_size = 0;
     EXPECT_THROW(evaluate_model(questions, examples, backend, options, {2018}), UsageError);
+}
+
+// The message of the Error `f` throws ("" when it throws nothing).
+template <class F>
+std::string error_of(F&& f) {
+    try {
+        f();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+std::vector<nlohmann::json> read_records(const fs::path& file) {
+    std::vector<nlohmann::json> records;
+    std::ifstream in(file);
+    for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+    return records;
+}
+
+// Finding 2: the identity is the model's files, not its folder's name.
+TEST_F(EvaluatorTest, AnotherModelInAFolderOfTheSameNameIsRefused) {
+    options.modes = {PromptMode::standard};
+    ScriptedTestBackend first(questions, examples, PromptFormat::chat);
+    first.fail_on_call = 2;  // one batch saved
+    EXPECT_THROW(evaluate_model(questions, examples, first, options, {2018}), Error);
+
+    ScriptedTestBackend other(questions, examples, PromptFormat::chat);
+    other.weights             = "v2";  // same model_name(), other weights
+    const std::string message = error_of([&] { evaluate_model(questions, examples, other, options, {2018}); });
+    EXPECT_NE(message.find("model.weights"), std::string::npos) << message;
+    EXPECT_NE(message.find("--overwrite"), std::string::npos) << message;
+    EXPECT_EQ(other.calls, 0);
+
+    // Each part of the identity is checked: decoding, data, few-shot examples.
+    ScriptedTestBackend same(questions, examples, PromptFormat::chat);
+    auto changed                           = options;
+    changed.standard_params.max_new_tokens = 65;
+    EXPECT_NE(error_of([&] {
+                  evaluate_model(questions, examples, same, changed, {2018});
+              }).find("decoding.standard.max_new_tokens"),
+              std::string::npos);
+    changed               = options;
+    changed.data_identity = {{"question_files_xxh3", "other"}};
+    EXPECT_NE(error_of([&] { evaluate_model(questions, examples, same, changed, {2018}); }).find("data"),
+              std::string::npos);
+    auto edited = examples;
+    edited[0].problem_text += "。";
+    EXPECT_NE(error_of([&] { evaluate_model(questions, edited, same, options, {2018}); }).find("few_shot.xxh3"),
+              std::string::npos);
+    EXPECT_EQ(same.calls, 0);
+
+    // --overwrite starts over with the other model.
+    options.overwrite = true;
+    evaluate_model(questions, examples, other, options, {2018});
+    EXPECT_EQ(other.asked.size(), questions.size());
+    EXPECT_EQ(read_records(out_dir / "predictions.jsonl").size(), questions.size());
+    EXPECT_EQ(read_json_file(out_dir / "predictions.jsonl.run.json")["model"]["weights"], "v2");
+}
+
+// Finding 9: every record carries the prompt that was sent, equal to the reference rendering.
+TEST_F(EvaluatorTest, RecordsTheRenderedPrompt) {
+    std::ifstream in(std::string(MEDLLM_FIXTURES_DIR) + "/eval/prompts_reference.json");
+    ASSERT_TRUE(in);
+    const auto cases = nlohmann::json::parse(in);
+    const auto& ref  = cases[0];
+    ASSERT_EQ(ref["problem_id"], "112A1");
+    std::vector<ChatMessage> messages;
+    for (const auto& m : ref["messages"]) messages.push_back({m["role"], m["content"]});
+
+    for (PromptFormat format : {PromptFormat::chat, PromptFormat::base}) {
+        SCOPED_TRACE(to_string(format));
+        options.output_dir = out_dir / to_string(format);
+        options.format     = format;
+        options.modes      = {PromptMode::standard, PromptMode::explanation};
+        ScriptedTestBackend backend(questions, examples, format);
+        evaluate_model(questions, examples, backend, options, {2018});
+        std::map<std::string, std::string> prompts;  // "<mode> <problem_id>" -> prompt
+        for (const auto& r : read_records(options.output_dir / "predictions.jsonl"))
+            prompts[r["mode"].get<std::string>() + " " + r["problem_id"].get<std::string>()] = r["prompt"];
+        ASSERT_EQ(prompts.size(), 2 * questions.size());
+        // The reference (original chatgpt.py messages; Qwen2.5 template for chat) for 112A1 in standard mode.
+        const std::string expected = format == PromptFormat::chat ? ref["qwen_chat"].get<std::string>()
+                                                                  : render_base(messages, false, PromptMode::standard);
+        EXPECT_EQ(prompts["standard 112A1"], expected);
+        EXPECT_EQ(
+            prompts["standard 112A1"].rfind(format == PromptFormat::chat ? "<|im_start|>system\n" : kSystemMessage, 0),
+            0u);
+        // Every prompt recorded is the one the backend was asked.
+        std::set<std::string> asked(backend.asked.begin(), backend.asked.end());
+        for (const auto& [key, prompt] : prompts) EXPECT_TRUE(asked.count(prompt)) << key;
+        const Question& q = questions.front();
+        EXPECT_EQ(prompts["explanation " + q.problem_id], render_prompt(q, examples, PromptMode::explanation, format));
+    }
+}
+
+// A saved record whose prompt is not the one this run would send (an edited file) is not silently reused.
+TEST_F(EvaluatorTest, SavedRecordWithAnotherPromptIsRefused) {
+    options.modes = {PromptMode::standard};
+    ScriptedTestBackend backend(questions, examples, PromptFormat::chat);
+    evaluate_model(questions, examples, backend, options, {2018});
+    auto records         = read_records(out_dir / "predictions.jsonl");
+    records[5]["prompt"] = "問題: something else";
+    std::string text;
+    for (const auto& r : records) text += r.dump() + "\n";
+    std::ofstream(out_dir / "predictions.jsonl", std::ios::binary | std::ios::trunc) << text;
+    const std::string message = error_of([&] { evaluate_model(questions, examples, backend, options, {2018}); });
+    EXPECT_NE(message.find("predictions.jsonl:6: problem_id " + questions[5].problem_id), std::string::npos) << message;
+}
+
+// Finding 1: a full disk while appending predictions is an Error naming the file; the rerun resumes.
+TEST_F(EvaluatorTest, FullDiskWhileAppendingPredictionsIsAnErrorAndResumes) {
+    options.modes = {PromptMode::standard};
+    ScriptedTestBackend reference(questions, examples, PromptFormat::chat);
+    options.output_dir  = out_dir / "reference";
+    const auto expected = report_json(evaluate_model(questions, examples, reference, options, {2018}), questions);
+
+    options.output_dir = out_dir / "full";
+    ScriptedTestBackend cut(questions, examples, PromptFormat::chat);
+    std::string message;
+    {
+        ScopedFileSizeLimit limit(100000);  // about 30 records with their prompts
+        message = error_of([&] { evaluate_model(questions, examples, cut, options, {2018}); });
+    }
+    EXPECT_NE(message.find("predictions.jsonl: write failed"), std::string::npos) << message;
+    ScriptedTestBackend resumed(questions, examples, PromptFormat::chat);
+    const auto result = report_json(evaluate_model(questions, examples, resumed, options, {2018}), questions);
+    EXPECT_LT(resumed.asked.size(), questions.size());
+    EXPECT_EQ(result["modes"], expected["modes"]);
+    EXPECT_EQ(read_records(options.output_dir / "predictions.jsonl").size(), questions.size());
+}
+
+// Finding 1: reports are replaced atomically; a full disk leaves the previous report and names the file.
+TEST_F(EvaluatorTest, FullDiskWhileWritingReportsLeavesNoCutReport) {
+    options.modes = {PromptMode::standard};
+    ScriptedTestBackend backend(questions, examples, PromptFormat::chat);
+    const EvalResult result = evaluate_model(questions, examples, backend, options, {2018});
+    write_reports(out_dir, result, questions);
+    const std::string report = read_text_file(out_dir / "report.json");
+    const std::string md     = read_text_file(out_dir / "report.md");
+    const std::string scored = read_text_file(out_dir / "scored.jsonl");
+    ASSERT_GT(report.size(), 2000u);
+    {
+        ScopedFileSizeLimit limit(1000);
+        const std::string message = error_of([&] { write_reports(out_dir, result, questions); });
+        EXPECT_NE(message.find("report.json"), std::string::npos) << message;
+    }
+    EXPECT_TRUE(read_text_file(out_dir / "report.json") == report) << "report.json was changed";
+    EXPECT_FALSE(fs::exists(out_dir / "report.json.tmp"));
+
+    // A limit that report.json and report.md fit under but scored.jsonl does not: the error names scored.jsonl.
+    const size_t fits = std::max(report.size(), md.size()) + 16;
+    ASSERT_GT(scored.size(), fits);
+    fs::remove(out_dir / "scored.jsonl");
+    {
+        ScopedFileSizeLimit limit(fits);
+        const std::string message = error_of([&] { write_reports(out_dir, result, questions); });
+        EXPECT_NE(message.find("scored.jsonl"), std::string::npos) << message;
+    }
+    EXPECT_FALSE(fs::exists(out_dir / "scored.jsonl"));
+    EXPECT_TRUE(read_text_file(out_dir / "report.json") == report) << "report.json was changed";
 }
 
 TEST(EvaluatePredictions, ModeRules) {

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace medllm::eval {
 
 struct GenerationParams {
@@ -28,6 +30,12 @@ public:
 
     // A label for reports, e.g. the model directory name plus adapter.
     virtual std::string model_name() const = 0;
+
+    // What decides the completions besides the prompt and GenerationParams: the model's and adapter's files
+    // (content hashes of config and tokenizer, name/size/mtime of weights), how they were loaded (dtype, 4-bit),
+    // engine settings. Saved with predictions.jsonl; a rerun whose identity differs is refused, so predictions of
+    // two models are never mixed. Not the label: two folders of the same name are different models.
+    virtual nlohmann::json identity() const = 0;
 };
 
 }  // namespace medllm::eval

@@ -51,13 +51,23 @@ struct ModelEvalOptions {
     GenerationParams standard_params;     // max_new_tokens 64 by default
     GenerationParams explanation_params;  // set max_new_tokens large enough for the reasoning
     bool lenient_standard = false;        // headline extraction for standard mode
-    std::filesystem::path output_dir;     // predictions.jsonl and run.json go here; a rerun resumes
+    std::filesystem::path output_dir;     // predictions.jsonl and predictions.jsonl.run.json go here; a rerun resumes
+    nlohmann::json data_identity;         // data_identity(data_dir): part of the run identity
+    bool overwrite = false;               // start predictions.jsonl over instead of resuming it
 };
 
+// The identity a predictions.jsonl is saved under (its sidecar predictions.jsonl.run.json): the backend's
+// identity(), prompt format, the few-shot examples (content hash), the data identity and both modes'
+// GenerationParams.
+nlohmann::json run_identity(const CompletionBackend& backend, const ModelEvalOptions& options,
+                            const std::vector<FewShotExample>& examples);
+
 // Runs every question of every mode through `backend` in batches of options.batch_size, skipping questions
-// whose prediction is already saved in <output_dir>/predictions.jsonl (resume), appending each batch as it
-// completes, logging questions/s and ETA. Refuses (UsageError) to resume a directory whose run.json names a
-// different model, prompt format or generation settings. Returns the scored result.
+// whose prediction is already saved in <output_dir>/predictions.jsonl (resume), appending each record with its
+// rendered prompt as its batch completes (flushed and checked: a full disk is an Error naming the file), logging
+// questions/s and ETA. Refuses (Error naming the first differing key) to resume a file saved under another
+// run_identity, and (Error naming file:line and problem_id) a saved record whose prompt is not the one this run
+// would send. Returns the scored result.
 EvalResult evaluate_model(const std::vector<Question>& questions, const std::vector<FewShotExample>& examples,
                           CompletionBackend& backend, const ModelEvalOptions& options, const std::vector<int>& years);
 

@@ -37,6 +37,7 @@ struct PredictionRecord {
     std::string problem_id;
     PromptMode mode = PromptMode::standard;
     std::string prompt_format;  // "base" or "chat"
+    std::string prompt;         // the rendered prompt sent to the model, for audits ("" in files from before it)
     std::string raw_output;     // the completion, stop token removed
     std::string prediction;     // official: zen_to_han(raw).lower() (explanation mode: after the last 答え:)
     std::optional<std::string> extracted;  // lenient extraction ("a,c"), nullopt when unparseable
@@ -49,22 +50,8 @@ struct PredictionRecord {
 // text after the last answer marker (the whole output when there is none).
 std::string official_prediction_for_mode(const std::string& raw_output, PromptMode mode);
 
-// Builds the record for a completion (both extractions).
+// Builds the record for a completion (both extractions); `prompt` is the rendered prompt it answers.
 PredictionRecord make_prediction_record(const Question& question, PromptMode mode, PromptFormat format,
-                                        const std::string& raw_output);
-
-// Appends records to <dir>/predictions.jsonl (flushed per call, so a crash loses at most one batch) and reads
-// back what an earlier run saved, for resume.
-class PredictionStore {
-public:
-    explicit PredictionStore(std::filesystem::path file);
-    // Records saved so far for `mode`, by problem_id; a truncated last line (crash while writing) is ignored.
-    std::map<std::string, PredictionRecord> load(PromptMode mode) const;
-    void append(const std::vector<PredictionRecord>& records);
-    const std::filesystem::path& path() const { return file_; }
-
-private:
-    std::filesystem::path file_;
-};
+                                        const std::string& prompt, const std::string& raw_output);
 
 }  // namespace medllm::eval

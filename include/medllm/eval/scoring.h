@@ -50,8 +50,16 @@ struct YearScore {
     int kinki_selected = 0;
     std::vector<std::string> kinki_questions;
     std::optional<PassThresholds> thresholds;
-    bool complete = false;  // all six sections present, so pass/fail is meaningful
+    // The exam's size (known_exam_size; 0 for an unknown year). `complete`: every section holds the exam's question
+    // count. pass/fail is given only for a complete exam whose points possible are the exam's, since the MHLW
+    // thresholds are points out of exactly those totals.
+    int expected_questions = 0;
+    int expected_points    = 0;
+    bool complete          = false;
     std::optional<bool> passed;
+    // Why `passed` is not given: "incomplete: 12 of 400 questions", "points possible 510, the exam has
+    // 499", "no pass criteria for 2017"; "" when it is.
+    std::string no_verdict_reason() const;
 };
 
 struct ScoreSummary {
