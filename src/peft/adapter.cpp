@@ -286,7 +286,7 @@ void load_adapter(model::Qwen2ForCausalLM& model, const fs::path& dir) {
             throw Error(where + ": missing tensor '" + kPeftKeyPrefix + name + ".lora_A.weight' (the model adapts " +
                         name + ")");
         const auto& w = it->second;
-        auto check    = [&](const at::Tensor& dst, const at::Tensor& src, const char* which) {
+        auto check    = [&, &name = name](const at::Tensor& dst, const at::Tensor& src, const char* which) {
             if (dst.sizes() != src.sizes())
                 throw Error(where + ": tensor '" + kPeftKeyPrefix + name + "." + which + ".weight' has shape " +
                                c10::str(src.sizes()) + " but the model needs " + c10::str(dst.sizes()));
