@@ -1,4 +1,5 @@
 #include "medllm/core/config.h"
+#include "medllm/core/files.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,6 +7,7 @@
 #include <regex>
 #include <sstream>
 
+#include <spdlog/spdlog.h>
 #include <yaml-cpp/yaml.h>
 
 namespace medllm {
@@ -135,6 +137,42 @@ FlatDoc load_flat(const ConfigSource& source) {
         flatten(value, key, "--set", doc);
     }
     return doc;
+}
+
+FlatDoc flatten_mapping(const nlohmann::json& mapping, const std::string& origin) {
+    FlatDoc doc;
+    flatten(mapping, "", origin, doc);
+    return doc;
+}
+
+std::vector<nlohmann::json> list_of_mappings(const std::string& key, const FlatValue& v) {
+    if (v.value.is_null()) return {};
+    if (!v.value.is_array()) fail_type(key, v, "a list of mappings");
+    std::vector<nlohmann::json> items;
+    for (size_t i = 0; i < v.value.size(); ++i) {
+        const auto& item = v.value[i];
+        if (!item.is_object() || item.empty())
+            throw UsageError("key '" + key + "[" + std::to_string(i) + "]' (from " + v.origin +
+                             ") must be a mapping of keys, got " + type_name(item) + " " + render_value(item));
+        items.push_back(item);
+    }
+    return items;
+}
+
+static size_t edit_distance(const std::string& a, const std::string& b);
+
+void note_ignored_key(const std::string& key, const std::vector<std::string>& strict_sections,
+                      const std::string& where) {
+    // Only a near-miss of an owned section ("dta", "eval_gaurd") is worth a warning: keys of other sections
+    // ("train.seed") are legitimately someone else's.
+    const std::string section = key.substr(0, key.find('.'));
+    for (const auto& s : strict_sections) {
+        if (edit_distance(section, s) <= (s.size() <= 5 ? 1u : 2u)) {
+            spdlog::warn("ignoring key '{}' in {}: not read by this command; did you mean section '{}'?", key, where,
+                         s);
+            return;
+        }
+    }
 }
 
 // Optimal-string-alignment distance: a transposition ("rnak" vs "rank") costs one edit.
@@ -302,11 +340,9 @@ void write_resolved_yaml(const std::vector<ResolvedEntry>& schema_order, const s
     }
     for (; !open.empty(); open.pop_back()) out << YAML::EndMap;
     out << YAML::EndMap;
-    std::ofstream file(path);
-    if (!file) throw Error("cannot write " + path);
-    file << "# Resolved configuration written by medllm; pass it back with --config to repeat the run.\n"
-         << out.c_str() << "\n";
-    if (!file) throw Error("failed writing " + path);
+    write_file_atomic(path, std::string("# Resolved configuration written by medllm; pass it back with --config to "
+                                        "repeat the run.\n") +
+                                out.c_str() + "\n");
 }
 
 }  // namespace medllm

@@ -165,4 +165,100 @@ TEST_F(ConfigTest, ResolvedYamlReloadsToTheSameConfig) {
     EXPECT_NE(table.find("(--set)"), std::string::npos);
 }
 
+// ---------------------------------------------------------------- lists of mappings, shared files
+
+struct Source {
+    std::string path;
+    double weight      = 1.0;
+    std::string format = "auto";
+};
+struct CorpusConfig {
+    std::vector<Source> sources;
+    int64_t seq_len = 2048;
+};
+
+ConfigSchema<CorpusConfig> corpus_schema() {
+    auto item = std::make_shared<ConfigSchema<Source>>();
+    item->field("path", &Source::path, "file, folder or glob").required();
+    item->field("weight", &Source::weight, "sampling weight").range(0, 100);
+    item->field("format", &Source::format, "file format").one_of({"auto", "jsonl", "text"});
+    ConfigSchema<CorpusConfig> s;
+    s.list_field("data.sources", &CorpusConfig::sources, std::shared_ptr<const ConfigSchema<Source>>(item),
+                 "corpus inputs")
+        .required();
+    s.field("data.seq_len", &CorpusConfig::seq_len, "row length").range(1, 1 << 20);
+    s.strict_sections({"data"});
+    return s;
+}
+
+std::string corpus_error(const ConfigSource& src) {
+    try {
+        corpus_schema().load(src);
+    } catch (const UsageError& e) {
+        return e.what();
+    }
+    return "";
+}
+
+TEST_F(ConfigTest, ListOfMappingsIsParsedItemByItemWithDefaults) {
+    auto c = corpus_schema().load({write("c.yaml",
+                                         "data:\n  sources:\n    - path: a.jsonl\n      weight: 2.5\n"
+                                         "    - {path: notes/, format: text}\n"),
+                                   {}});
+    ASSERT_EQ(c.sources.size(), 2u);
+    EXPECT_EQ(c.sources[0].path, "a.jsonl");
+    EXPECT_DOUBLE_EQ(c.sources[0].weight, 2.5);
+    EXPECT_EQ(c.sources[0].format, "auto");
+    EXPECT_EQ(c.sources[1].path, "notes/");
+    EXPECT_DOUBLE_EQ(c.sources[1].weight, 1.0);
+    EXPECT_EQ(c.sources[1].format, "text");
+}
+
+TEST_F(ConfigTest, ListItemErrorsNameTheItemAndKey) {
+    auto path = [&](const std::string& items) { return write("c.yaml", "data:\n  sources:\n" + items); };
+    EXPECT_NE(corpus_error({path("    - {path: a, wieght: 2}\n"), {}}).find("unknown key 'data.sources[0].wieght'"),
+              std::string::npos);
+    EXPECT_NE(corpus_error({path("    - {path: a, wieght: 2}\n"), {}}).find("did you mean 'data.sources[0].weight'"),
+              std::string::npos);
+    EXPECT_NE(corpus_error({path("    - {path: a}\n    - {weight: 2}\n"), {}})
+                  .find("missing required key 'data.sources[1].path'"),
+              std::string::npos);
+    EXPECT_NE(corpus_error({path("    - {path: a, weight: 500}\n"), {}}).find("'data.sources[0].weight' = 500"),
+              std::string::npos);
+    EXPECT_NE(corpus_error({path("    - {path: a, format: csv}\n"), {}}).find("one of auto, jsonl, text"),
+              std::string::npos);
+    EXPECT_NE(corpus_error({path("    - a.jsonl\n"), {}}).find("'data.sources[0]' (from c.yaml) must be a mapping"),
+              std::string::npos);
+    EXPECT_NE(corpus_error({write("c.yaml", "data:\n  sources: a.jsonl\n"), {}}).find("must be a list of mappings"),
+              std::string::npos);
+    EXPECT_NE(corpus_error({write("c.yaml", "data:\n  sources: []\n"), {}}).find("must list at least one item"),
+              std::string::npos);
+}
+
+TEST_F(ConfigTest, StrictSectionsIgnoreOtherCommandsKeysButNotTheirOwn) {
+    auto ok = write("c.yaml", "data:\n  sources: [{path: a}]\ntrain:\n  lr: 1e-4\nlora: {rank: 8}\nseed: 3\n");
+    EXPECT_EQ(corpus_schema().load({ok, {}}).sources.size(), 1u);
+    EXPECT_NE(corpus_error({write("c.yaml", "data:\n  sources: [{path: a}]\n  seq_lne: 8\n"), {}})
+                  .find("unknown key 'data.seq_lne'"),
+              std::string::npos);
+    // Without strict_sections every unknown key is still an error (the default is unchanged).
+    EXPECT_NE(error_of({write("c.yaml", "model: x\ntrain:\n  lr: 1\n"), {}}).find("unknown key 'train.lr'"),
+              std::string::npos);
+}
+
+TEST_F(ConfigTest, ListOfMappingsComesFromSetAndSurvivesTheResolvedYaml) {
+    std::vector<medllm::ResolvedEntry> resolved;
+    auto c = corpus_schema().load({"", {"data.sources=[{path: 'x y.jsonl', weight: 3}, {path: b}]"}}, &resolved);
+    ASSERT_EQ(c.sources.size(), 2u);
+    EXPECT_EQ(c.sources[0].path, "x y.jsonl");
+    auto out = (dir / "config.resolved.yaml").string();
+    medllm::write_resolved_yaml(resolved, out);
+    auto again = corpus_schema().load({out, {}});
+    ASSERT_EQ(again.sources.size(), 2u);
+    EXPECT_EQ(again.sources[0].path, "x y.jsonl");
+    EXPECT_DOUBLE_EQ(again.sources[0].weight, 3.0);
+    EXPECT_EQ(again.sources[1].format, "auto");
+    EXPECT_NE(corpus_schema().describe().find("each item:"), std::string::npos);
+}
+
 }  // namespace

@@ -10,6 +10,11 @@
 //   CptConfig cfg = schema.load(ConfigSource{path, overrides});   // throws UsageError naming file and key
 //
 // Keys are dotted paths into nested mappings. Unknown keys are an error that names the closest valid key.
+// A list of mappings (`data.sources: [{path: a.jsonl, weight: 2}, ...]`) is a list_field with its own item
+// schema: every item is checked like a config of its own, errors name `data.sources[1].weight`.
+// Several commands may read one file (prepare-corpus and cpt read cpt.yaml): strict_sections() limits the
+// unknown-key error to the sections the command owns and ignores the rest (with a warning when an ignored key is
+// one edit away from a known one, so `dta.sources` does not pass unnoticed).
 #pragma once
 
 #include <cstdint>
@@ -43,6 +48,13 @@ struct FlatValue {
 using FlatDoc = std::map<std::string, FlatValue>;
 
 FlatDoc load_flat(const ConfigSource& source);  // parse file (YAML/JSON) and apply overrides
+// One mapping (a list item) flattened to dotted keys, every value tagged with `origin`.
+FlatDoc flatten_mapping(const nlohmann::json& mapping, const std::string& origin);
+// The items of a list-of-mappings value; UsageError naming `key` when it is not one.
+std::vector<nlohmann::json> list_of_mappings(const std::string& key, const FlatValue& v);
+// Logs a warning for a key that strict_sections() ignores when its section is one slip away from an owned one.
+void note_ignored_key(const std::string& key, const std::vector<std::string>& strict_sections,
+                      const std::string& where);
 std::string closest_key(const std::string& key, const std::vector<std::string>& candidates);
 std::string render_value(const nlohmann::json& v);
 
@@ -100,9 +112,11 @@ public:
         bool required_ = false;
         std::optional<double> lo_, hi_;
         std::vector<std::string> choices_;
-        std::function<void(T&, const config_detail::FlatValue&)> assign_;
+        std::function<void(T&, const std::string& key, const config_detail::FlatValue&)> assign_;
         std::function<std::string(const T&)> show_;
-        std::function<void(const T&, const std::string& origin)> check_;
+        std::function<nlohmann::json(const T&)> json_;
+        std::function<void(const T&, const std::string& key, const std::string& origin)> check_;
+        std::string item_help_;  // list_field: the item schema's describe()
     };
 
     template <class V>
@@ -111,47 +125,107 @@ public:
         f->key_     = key;
         f->help_    = help;
         Field* self = f.get();
-        f->assign_  = [member, key](T& obj, const config_detail::FlatValue& v) {
-            config_detail::convert(key, v, obj.*member);
+        f->assign_  = [member](T& obj, const std::string& shown_key, const config_detail::FlatValue& v) {
+            config_detail::convert(shown_key, v, obj.*member);
         };
         f->show_  = [member](const T& obj) { return config_detail::to_text(obj.*member); };
-        f->check_ = [member, self](const T& obj, const std::string& origin) {
-            check_value(*self, obj.*member, origin);
+        f->json_  = [member](const T& obj) { return nlohmann::json(obj.*member); };
+        f->check_ = [member, self](const T& obj, const std::string& shown_key, const std::string& origin) {
+            check_value(*self, shown_key, obj.*member, origin);
         };
         fields_.push_back(std::move(f));
         return *self;
     }
 
+    // A list of mappings, each parsed and validated by `item` (errors name `key[i].field`). The default is the
+    // member's initial value (usually an empty list); `.required()` makes an empty or missing list an error.
+    template <class Item>
+    Field& list_field(const std::string& key, std::vector<Item> T::*member,
+                      std::shared_ptr<const ConfigSchema<Item>> item, const std::string& help) {
+        auto f        = std::make_unique<Field>();
+        f->key_       = key;
+        f->help_      = help;
+        f->item_help_ = item->describe();
+        Field* self   = f.get();
+        f->assign_    = [member, item](T& obj, const std::string& shown_key, const config_detail::FlatValue& v) {
+            auto& out = obj.*member;
+            out.clear();
+            const auto items = config_detail::list_of_mappings(shown_key, v);
+            for (size_t i = 0; i < items.size(); ++i) {
+                const std::string prefix = shown_key + "[" + std::to_string(i) + "]";
+                out.push_back(item->load_doc(config_detail::flatten_mapping(items[i], v.origin), v.origin, prefix));
+            }
+        };
+        auto to_json = [member, item](const T& obj) {
+            nlohmann::json arr = nlohmann::json::array();
+            for (const auto& it : obj.*member) arr.push_back(item->to_json(it));
+            return arr;
+        };
+        f->json_  = to_json;
+        f->show_  = [to_json](const T& obj) { return to_json(obj).dump(); };  // JSON flow text is YAML too
+        f->check_ = [member, self](const T& obj, const std::string& shown_key, const std::string& origin) {
+            if (self->required_ && (obj.*member).empty())
+                throw UsageError("key '" + shown_key + "' (from " + origin + ") must list at least one item (" +
+                                 self->help_ + ")");
+        };
+        fields_.push_back(std::move(f));
+        return *self;
+    }
+
+    // Unknown keys are errors only under these top-level names; every other key belongs to another command
+    // reading the same file and is ignored.
+    ConfigSchema& strict_sections(std::vector<std::string> sections) {
+        strict_sections_ = std::move(sections);
+        return *this;
+    }
+
     // Parse, validate and return the typed config; `resolved` (optional) receives the table.
     T load(const ConfigSource& source, std::vector<ResolvedEntry>* resolved = nullptr) const {
         config_detail::FlatDoc doc = config_detail::load_flat(source);
+        return load_doc(doc, source.path.empty() ? "the overrides" : source.path, "", resolved);
+    }
+
+    // load() on an already flattened document; `prefix` ("data.sources[2]") is prepended to keys in messages.
+    T load_doc(const config_detail::FlatDoc& doc, const std::string& where, const std::string& prefix,
+               std::vector<ResolvedEntry>* resolved = nullptr) const {
         std::vector<std::string> known;
         for (const auto& f : fields_) known.push_back(f->key_);
-        std::string where = source.path.empty() ? "the overrides" : source.path;
+        const auto shown = [&](const std::string& key) { return prefix.empty() ? key : prefix + "." + key; };
         for (const auto& [key, v] : doc) {
             bool found = false;
             for (const auto& f : fields_) found = found || f->key_ == key;
-            if (!found) {
-                std::string msg  = "unknown key '" + key + "' in " + (v.origin == "--set" ? "--set" : where);
-                std::string near = config_detail::closest_key(key, known);
-                if (!near.empty()) msg += "; did you mean '" + near + "'?";
-                throw UsageError(msg);
+            if (found) continue;
+            const std::string in = v.origin == "--set" ? "--set" : where;
+            if (!is_strict(key)) {
+                config_detail::note_ignored_key(key, strict_sections_, in);
+                continue;
             }
+            std::string msg  = "unknown key '" + shown(key) + "' in " + in;
+            std::string near = config_detail::closest_key(key, known);
+            if (!near.empty()) msg += "; did you mean '" + shown(near) + "'?";
+            throw UsageError(msg);
         }
         T obj{};
         for (const auto& f : fields_) {
             auto it            = doc.find(f->key_);
             std::string origin = "default";
             if (it != doc.end()) {
-                f->assign_(obj, it->second);
+                f->assign_(obj, shown(f->key_), it->second);
                 origin = it->second.origin;
             } else if (f->required_) {
-                throw UsageError("missing required key '" + f->key_ + "' in " + where + " (" + f->help_ + ")");
+                throw UsageError("missing required key '" + shown(f->key_) + "' in " + where + " (" + f->help_ + ")");
             }
-            f->check_(obj, origin);
+            f->check_(obj, shown(f->key_), origin);
             if (resolved) resolved->push_back({f->key_, f->show_(obj), origin});
         }
         return obj;
+    }
+
+    // The typed values as a JSON object with dotted keys (a list_field's items as objects).
+    nlohmann::json to_json(const T& obj) const {
+        nlohmann::json out = nlohmann::json::object();
+        for (const auto& f : fields_) out[f->key_] = f->json_(obj);
+        return out;
     }
 
     // Lines "key (default) — help" for --help footers.
@@ -161,17 +235,36 @@ public:
             out += "  " + f->key_ + " = " + f->show_(defaults);
             if (f->required_) out += " (required)";
             out += "\n      " + f->help_ + "\n";
+            if (!f->item_help_.empty()) {
+                out += "      each item:\n";
+                std::string line;
+                for (char c : f->item_help_) {
+                    line += c;
+                    if (c == '\n') {
+                        out += "    " + line;
+                        line.clear();
+                    }
+                }
+            }
         }
         return out;
     }
 
 private:
+    bool is_strict(const std::string& key) const {
+        if (strict_sections_.empty()) return true;
+        const std::string section = key.substr(0, key.find('.'));
+        for (const auto& s : strict_sections_)
+            if (s == section) return true;
+        return false;
+    }
+
     template <class V>
-    static void check_value(const Field& f, const V& v, const std::string& origin) {
+    static void check_value(const Field& f, const std::string& key, const V& v, const std::string& origin) {
         if constexpr (std::is_same_v<V, int64_t> || std::is_same_v<V, double>) {
             if ((f.lo_ && v < *f.lo_) || (f.hi_ && v > *f.hi_)) {
                 config_detail::fail_range(
-                    f.key_, config_detail::to_text(v),
+                    key, config_detail::to_text(v),
                     "between " + config_detail::to_text(*f.lo_) + " and " + config_detail::to_text(*f.hi_), origin);
             }
         } else if constexpr (std::is_same_v<V, std::string>) {
@@ -182,12 +275,13 @@ private:
                     ok = ok || c == v;
                     allowed += (allowed.empty() ? "" : ", ") + c;
                 }
-                if (!ok) config_detail::fail_range(f.key_, "'" + v + "'", "one of " + allowed, origin);
+                if (!ok) config_detail::fail_range(key, "'" + v + "'", "one of " + allowed, origin);
             }
         }
     }
 
     std::vector<std::unique_ptr<Field>> fields_;
+    std::vector<std::string> strict_sections_;
 };
 
 // Print the resolved table (two columns) through the logger and write it as YAML.
