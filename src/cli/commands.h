@@ -14,6 +14,7 @@ void add_rpo_command(CLI::App& app);
 void add_eval_command(CLI::App& app);  // `eval igakuqa`
 void add_generate_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
+void add_prepare_corpus_command(CLI::App& app);
 void add_merge_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_info_command(CLI::App& app);

@@ -1,0 +1,43 @@
+// `medllm prepare-corpus --config cpt.yaml`: tokenize the CPT corpus once into the token cache `medllm cpt`
+// reads, checking it against the evaluation exams first (include/medllm/data/corpus_config.h).
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "medllm/core/files.h"
+#include "medllm/data/corpus_config.h"
+
+namespace medllm::cli {
+
+void add_prepare_corpus_command(CLI::App& app) {
+    auto* cmd = app.add_subcommand("prepare-corpus",
+                                   "Tokenize the CPT corpus (data: section of cpt.yaml) into a reusable token cache, "
+                                   "checked against the IgakuQA exams");
+    struct Options {
+        ConfigOptions config;
+        bool force = false;
+    };
+    auto opts = std::make_shared<Options>();
+    add_config_options(cmd, opts->config);
+    cmd->add_flag("--force", opts->force, "Rebuild the cache even when it is up to date");
+    static const auto schema = [] {
+        ConfigSchema<data::CorpusConfig> s;
+        data::add_corpus_fields(s);
+        return s;
+    }();
+    cmd->footer("Config keys (other sections of cpt.yaml are left to `medllm cpt`):\n" + schema.describe() +
+                "\nA rerun with nothing changed reuses the cache; any change to a source file, the tokenizer or a "
+                "setting that changes tokens rebuilds all of it. The summary is printed and written to "
+                "<cache>/summary.json; the guard's findings to <cache>/guard_report.json.");
+    cmd->callback([opts] {
+        if (opts->config.path.empty() && opts->config.overrides.empty())
+            throw UsageError("prepare-corpus: --config cpt.yaml is required");
+        std::vector<ResolvedEntry> resolved;
+        const auto config = schema.load(opts->config.source(), &resolved);
+        start_run(config.resolved_cache_dir().string(), resolved);
+        const auto result = data::prepare_corpus(config, opts->force);
+        write_stdout(dump_json(result.summary, 2) + "\n");
+    });
+}
+
+}  // namespace medllm::cli

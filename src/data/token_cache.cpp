@@ -1,0 +1,457 @@
+#include "medllm/data/token_cache.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "medllm/core/error.h"
+#include "medllm/core/files.h"
+#include "medllm/text/tokenizer.h"
+
+namespace medllm::data {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr char kManifest[] = "manifest.json";
+constexpr char kIndex[]    = "documents.idx";
+constexpr char kReport[]   = "guard_report.json";
+constexpr int kFirstHits   = 5;
+
+std::string shard_name(std::size_t i) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "tokens-%05zu.u32", i);
+    return buf;
+}
+
+int64_t count_code_points(const std::string& s) {
+    int64_t n = 0;
+    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+    return n;
+}
+
+int thread_count(int requested) {
+    if (requested > 0) return requested;
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Runs fn(i) for i in [0, n) on `threads` threads (contiguous chunks).
+template <class Fn>
+void parallel_for_each(std::size_t n, int threads, Fn fn) {
+    threads = static_cast<int>(std::min<std::size_t>(std::max(1, threads), std::max<std::size_t>(1, n)));
+    if (threads <= 1) {
+        for (std::size_t i = 0; i < n; ++i) fn(i);
+        return;
+    }
+    std::atomic<std::size_t> next{0};
+    std::vector<std::thread> pool;
+    std::exception_ptr failure;
+    std::mutex failure_mutex;
+    for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([&] {
+            try {
+                for (std::size_t i; (i = next.fetch_add(1)) < n;) fn(i);
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(failure_mutex);
+                if (!failure) failure = std::current_exception();
+                next = n;
+            }
+        });
+    }
+    for (auto& t : pool) t.join();
+    if (failure) std::rethrow_exception(failure);
+}
+
+// A shard being written: tokens are appended through an AtomicFileWriter (temp file + rename on commit).
+struct ShardWriter {
+    std::unique_ptr<AtomicFileWriter> out;
+    uint64_t tokens = 0;
+};
+
+// The file part of the identity without mtime and hash (compared exactly); mtime and hash are compared by rule.
+nlohmann::json file_entry(const CorpusFile& f) {
+    auto id      = file_identity(f.path, /*content_hash=*/false);
+    id["source"] = f.source;
+    id["format"] = f.format;
+    return id;
+}
+
+std::string where_of(const nlohmann::json& files, uint32_t file, uint32_t line) {
+    std::string s = files.at(file).at("path").get<std::string>();
+    return line ? s + ":" + std::to_string(line) : s;
+}
+
+// Why the cache in `dir` cannot be reused with `identity` ("" = it can).
+std::string stale_reason(const fs::path& dir, const nlohmann::json& identity, std::vector<CorpusFile>& files,
+                         nlohmann::json& hashes) {
+    const auto manifest_path = dir / kManifest;
+    if (!fs::exists(manifest_path)) return fs::exists(dir / kIndex) ? "an earlier build did not finish" : "no cache";
+    nlohmann::json m;
+    try {
+        m = read_json_file(manifest_path);
+    } catch (const Error& e) {
+        return std::string("manifest unreadable (") + e.what() + ")";
+    }
+    if (!m.is_object() || m.value("version", 0) != kCacheFormatVersion || !m.contains("identity"))
+        return "manifest of another format version";
+    const auto& old = m["identity"];
+    for (const char* key : {"tokenizer", "settings", "guard"}) {
+        const auto diff = describe_json_difference(old.value(key, nlohmann::json()), identity[key]);
+        if (!diff.empty()) return std::string(key) + " changed: " + diff;
+    }
+    const auto& old_files = old.value("files", nlohmann::json::array());
+    const auto& new_files = identity["files"];
+    if (old_files.size() != new_files.size())
+        return "the corpus files changed (" + std::to_string(old_files.size()) + " before, " +
+               std::to_string(new_files.size()) + " now)";
+    for (std::size_t i = 0; i < new_files.size(); ++i) {
+        const auto& a          = old_files[i];
+        const auto& b          = new_files[i];
+        const std::string path = b["path"].get<std::string>();
+        if (a.value("path", "") != path) return "file list changed at " + path;
+        if (a.value("size", int64_t(-1)) != b["size"].get<int64_t>()) return "file changed (size): " + path;
+        if (a.value("format", "") != b["format"].get<std::string>() || a.value("source", -1) != b["source"].get<int>())
+            return "file's source or format changed: " + path;
+        if (a.value("mtime_ns", int64_t(-1)) != b["mtime_ns"].get<int64_t>()) {
+            // Touched but maybe not changed: the content hash decides.
+            const auto h           = hash_file(files[i].path);
+            const auto& old_hashes = m.value("hashes", nlohmann::json::array());
+            if (i >= old_hashes.size() || !old_hashes[i].is_string() || h != old_hashes[i].get<std::string>())
+                return "file changed (content): " + path;
+        }
+    }
+    try {
+        TokenCache check(dir);  // shards and index present with the recorded sizes
+    } catch (const Error& e) {
+        return e.what();
+    }
+    hashes = m["hashes"];
+    return "";
+}
+
+}  // namespace
+
+GuardAction parse_guard_action(const std::string& name) {
+    if (name == "refuse") return GuardAction::refuse;
+    if (name == "drop") return GuardAction::drop;
+    if (name == "warn") return GuardAction::warn;
+    throw UsageError("eval_guard.action must be refuse, drop or warn, got '" + name + "'");
+}
+
+const char* to_string(GuardAction a) {
+    return a == GuardAction::refuse ? "refuse" : a == GuardAction::drop ? "drop" : "warn";
+}
+
+std::string tokenizer_hash(const fs::path& dir) {
+    std::string all;
+    for (const char* name : {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "tokenizer_config.json",
+                             "added_tokens.json", "special_tokens_map.json"}) {
+        if (fs::exists(dir / name)) all += std::string(name) + "=" + hash_file(dir / name) + ";";
+    }
+    if (all.empty()) throw UsageError("no tokenizer files in " + dir.string());
+    return hash_bytes(all);
+}
+
+CacheBuildReport build_token_cache(const fs::path& cache_dir, const CacheBuildOptions& o) {
+    const auto start = std::chrono::steady_clock::now();
+    auto files       = expand_sources(o.sources, o.base_dir);
+    check_output_not_input(cache_dir / kManifest, [&] {
+        std::vector<fs::path> p;
+        for (const auto& f : files) p.push_back(f.path);
+        return p;
+    }());
+    std::unique_ptr<text::Tokenizer> owned;
+    if (!o.tokenizer) owned = text::Tokenizer::from_dir(o.tokenizer_dir);
+    const text::Tokenizer* tokenizer = o.tokenizer ? o.tokenizer : owned.get();
+    std::optional<text::TokenId> eos;
+    if (o.append_eos) {
+        if (!o.eos_token.empty()) {
+            eos = tokenizer->token_to_id(o.eos_token);
+            if (!eos)
+                throw UsageError("data.eos_token '" + o.eos_token + "' is not a token of " + o.tokenizer_dir.string());
+        } else {
+            eos = tokenizer->eos_id();
+            if (!eos)
+                throw UsageError("data.append_eos: the tokenizer in " + o.tokenizer_dir.string() +
+                                 " names no EOS token (no tokenizer_config.json); set data.eos_token, e.g. "
+                                 "'<|endoftext|>' for Qwen2.5");
+        }
+    }
+
+    nlohmann::json identity;
+    identity["tokenizer"] = {{"hash", tokenizer_hash(o.tokenizer_dir)},
+                             {"vocab_size", tokenizer->vocab_size()},
+                             {"eos", eos ? nlohmann::json(*eos) : nlohmann::json()}};
+    nlohmann::json src    = nlohmann::json::array();
+    for (const auto& s : o.sources)
+        src.push_back({{"path", s.path}, {"format", s.format}, {"text_field", s.text_field}});
+    identity["settings"] = {{"append_eos", o.append_eos},
+                            {"on_invalid", o.on_invalid == InvalidPolicy::skip ? "skip" : "error"},
+                            {"sources", src}};
+    identity["guard"]    = o.guard ? o.guard_identity : nlohmann::json();
+    if (o.guard) identity["guard"]["action"] = to_string(o.guard_action);
+    identity["files"]    = nlohmann::json::array();
+    uint64_t total_bytes = 0;
+    for (const auto& f : files) {
+        identity["files"].push_back(file_entry(f));
+        total_bytes += identity["files"].back()["size"].get<uint64_t>();
+    }
+
+    CacheBuildReport report;
+    report.files = static_cast<int64_t>(files.size());
+    if (!o.force_rebuild) {
+        nlohmann::json hashes;
+        report.rebuild_reason = stale_reason(cache_dir, identity, files, hashes);
+        if (report.rebuild_reason.empty()) {
+            const auto m       = read_json_file(cache_dir / kManifest);
+            const auto& st     = m["stats"];
+            report.reused      = true;
+            report.documents   = st.value("documents", int64_t(0));
+            report.tokens      = st.value("tokens", int64_t(0));
+            report.characters  = st.value("characters", int64_t(0));
+            report.input_bytes = st.value("input_bytes", uint64_t(0));
+            report.flagged     = st.value("flagged", int64_t(0));
+            report.dropped     = st.value("dropped", int64_t(0));
+            report.skipped     = st.value("skipped", std::map<std::string, int64_t>{});
+            if (fs::exists(cache_dir / kReport)) report.guard_report = cache_dir / kReport;
+            report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            return report;
+        }
+    } else {
+        report.rebuild_reason = "rebuild forced";
+    }
+
+    // From here on the old cache is gone: manifest first, so nothing half-written ever looks complete.
+    fs::create_directories(cache_dir);
+    fs::remove(cache_dir / kManifest);
+    for (const auto& e : fs::directory_iterator(cache_dir)) {
+        const auto name = e.path().filename().string();
+        if (name.rfind("tokens-", 0) == 0 && e.path().extension() == ".u32") fs::remove(e.path());
+    }
+    fs::remove(cache_dir / kReport);
+
+    const int threads = thread_count(o.threads);
+    DocumentReader reader(files, o.sources, o.on_invalid);
+    AtomicFileWriter index(cache_dir / kIndex);
+    std::vector<ShardWriter> done_shards;
+    ShardWriter shard;
+    nlohmann::json shards = nlohmann::json::array();
+    auto open_shard       = [&] {
+        shard.out    = std::make_unique<AtomicFileWriter>(cache_dir / shard_name(shards.size()));
+        shard.tokens = 0;
+    };
+    auto close_shard = [&] {
+        shard.out->commit();
+        shards.push_back({{"file", shard_name(shards.size())}, {"tokens", shard.tokens}});
+        shard.out.reset();
+    };
+    open_shard();
+
+    nlohmann::json flagged_docs = nlohmann::json::array();
+    bool refusing               = false;  // refuse + a hit: stop tokenizing, keep checking to report every hit
+    std::vector<RawDocument> batch, next;
+    auto read_next = [&] {
+        next.clear();
+        return reader.next_batch(next, o.batch_bytes);
+    };
+    bool have = read_next();
+    std::vector<uint32_t> buffer;
+    int64_t checked = 0;
+    while (have) {
+        std::swap(batch, next);
+        checked += static_cast<int64_t>(batch.size());
+        auto pending = std::async(std::launch::async, read_next);  // read ahead while this batch is encoded
+
+        std::vector<std::vector<GuardHit>> hits(batch.size());
+        if (o.guard) {
+            const auto g0 = std::chrono::steady_clock::now();
+            parallel_for_each(batch.size(), threads, [&](std::size_t i) { hits[i] = o.guard->check(batch[i].text); });
+            report.guard_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
+        }
+        std::vector<std::string> texts;
+        std::vector<std::size_t> keep;
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            if (!hits[i].empty()) {
+                ++report.flagged;
+                nlohmann::json matches = nlohmann::json::array();
+                for (const auto& h : hits[i]) matches.push_back({{"problem_id", h.problem_id}, {"overlap", h.overlap}});
+                const auto where = where_of(identity["files"], batch[i].file, static_cast<uint32_t>(batch[i].line));
+                flagged_docs.push_back({{"file", identity["files"][batch[i].file]["path"]},
+                                        {"line", batch[i].line},
+                                        {"source", files[batch[i].file].source},
+                                        {"matches", matches}});
+                if (report.first_hits.size() < kFirstHits) {
+                    char buf[32];
+                    std::snprintf(buf, sizeof buf, "%.2f", hits[i][0].overlap);
+                    report.first_hits.push_back(where + ": " + hits[i][0].problem_id + " (" + buf + ")");
+                }
+                if (o.guard_action == GuardAction::refuse) refusing = true;
+                if (o.guard_action == GuardAction::drop) {
+                    ++report.dropped;
+                    continue;
+                }
+            }
+            keep.push_back(i);
+        }
+        if (!refusing) {
+            texts.reserve(keep.size());
+            for (std::size_t i : keep) texts.push_back(std::move(batch[i].text));
+            const auto ids = tokenizer->encode_batch(texts, false, threads);
+            for (std::size_t k = 0; k < keep.size(); ++k) {
+                const auto& d      = batch[keep[k]];
+                const uint64_t len = ids[k].size() + (eos ? 1 : 0);
+                if (len > UINT32_MAX) throw Error(where_of(identity["files"], d.file, 0) + ": document too long");
+                if (shard.tokens > 0 && shard.tokens + len > o.shard_tokens) {
+                    close_shard();
+                    open_shard();
+                }
+                buffer.assign(ids[k].begin(), ids[k].end());
+                if (eos) buffer.push_back(static_cast<uint32_t>(*eos));
+                DocEntry e;
+                e.offset = shard.tokens;
+                e.length = static_cast<uint32_t>(len);
+                e.shard  = static_cast<uint16_t>(shards.size());
+                e.flags  = hits[keep[k]].empty() ? 0 : kDocFlagged;
+                e.file   = d.file;
+                e.line   = static_cast<uint32_t>(std::min<uint64_t>(d.line, UINT32_MAX));
+                if (shards.size() > UINT16_MAX) throw Error("token cache: more than 65535 shards; raise shard size");
+                shard.out->write(buffer.data(), buffer.size() * sizeof(uint32_t));
+                index.write(&e, sizeof e);
+                shard.tokens += len;
+                report.tokens += static_cast<int64_t>(len);
+                report.characters += count_code_points(texts[k]);
+                ++report.documents;
+            }
+        }
+        if (o.progress) o.progress(reader.bytes_read(), total_bytes);
+        have = pending.get();
+    }
+    report.skipped     = reader.skipped();
+    report.input_bytes = reader.bytes_read();
+
+    if (o.guard) {
+        nlohmann::json r    = {{"guard", identity["guard"]},
+                               {"documents_checked", checked},
+                               {"flagged", report.flagged},
+                               {"dropped", report.dropped},
+                               {"documents", flagged_docs}};
+        report.guard_report = cache_dir / kReport;
+        write_file_atomic(report.guard_report, dump_json(r, 2) + "\n");
+    }
+    if (refusing) {
+        shard.out.reset();  // removes the temporary; no manifest is written
+        std::string first;
+        for (const auto& h : report.first_hits) first += (first.empty() ? "" : "; ") + h;
+        throw UsageError("contamination guard: " + std::to_string(report.flagged) +
+                         " documents contain evaluation questions (" + first +
+                         "); report: " + report.guard_report.string() +
+                         " (eval_guard.action: drop trains without them, warn keeps them)");
+    }
+    close_shard();
+    index.commit();
+
+    nlohmann::json hashes = nlohmann::json::array();
+    for (const auto& f : files) hashes.push_back(hash_file(f.path));
+    report.seconds          = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    nlohmann::json stats    = {{"documents", report.documents},   {"tokens", report.tokens},
+                               {"characters", report.characters}, {"input_bytes", report.input_bytes},
+                               {"flagged", report.flagged},       {"dropped", report.dropped},
+                               {"skipped", report.skipped},       {"build_seconds", report.seconds}};
+    nlohmann::json manifest = {{"format", "medllm-token-cache"},
+                               {"version", kCacheFormatVersion},
+                               {"identity", identity},
+                               {"hashes", hashes},
+                               {"shards", shards},
+                               {"index", {{"file", kIndex}, {"documents", report.documents}}},
+                               {"stats", stats}};
+    write_file_atomic(cache_dir / kManifest, dump_json(manifest, 1) + "\n");
+    return report;
+}
+
+// ---------------------------------------------------------------- reading
+
+struct TokenCache::Mapping {
+    void* data       = nullptr;
+    std::size_t size = 0;
+    Mapping(const fs::path& path, std::size_t expected) {
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) throw Error(path.string() + ": cannot open: " + std::strerror(errno));
+        struct stat st {};
+        if (::fstat(fd, &st) != 0 || static_cast<std::size_t>(st.st_size) != expected) {
+            ::close(fd);
+            throw Error(path.string() + ": has " + std::to_string(st.st_size) + " bytes, the manifest says " +
+                        std::to_string(expected) + " (damaged cache; rebuild it)");
+        }
+        size = expected;
+        if (size > 0) {
+            data = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+            if (data == MAP_FAILED) {
+                const int err = errno;
+                ::close(fd);
+                throw Error(path.string() + ": mmap failed: " + std::strerror(err));
+            }
+        }
+        ::close(fd);
+    }
+    ~Mapping() {
+        if (data && size) ::munmap(data, size);
+    }
+};
+
+TokenCache::TokenCache(const fs::path& dir) : dir_(dir) {
+    const auto mpath = dir / kManifest;
+    if (!fs::exists(mpath))
+        throw Error(dir.string() + ": no token cache (no " + kManifest + "; an interrupted build leaves none)");
+    manifest_ = read_json_file(mpath);
+    try {
+        if (manifest_.at("version").get<int>() != kCacheFormatVersion)
+            throw Error(mpath.string() + ": cache format version " + manifest_.at("version").dump() + ", expected " +
+                        std::to_string(kCacheFormatVersion));
+        for (const auto& s : manifest_.at("shards")) {
+            const uint64_t t = s.at("tokens").get<uint64_t>();
+            shards_.push_back(std::make_unique<Mapping>(dir / s.at("file").get<std::string>(), t * sizeof(uint32_t)));
+            num_tokens_ += t;
+        }
+        num_docs_ = manifest_.at("index").at("documents").get<std::size_t>();
+        index_    = std::make_unique<Mapping>(dir / manifest_.at("index").at("file").get<std::string>(),
+                                           num_docs_ * sizeof(DocEntry));
+        docs_     = static_cast<const DocEntry*>(index_->data);
+        for (const auto& f : manifest_.at("identity").at("files")) {
+            file_source_.push_back(f.at("source").get<uint32_t>());
+            num_sources_ = std::max<std::size_t>(num_sources_, file_source_.back() + 1);
+        }
+        num_sources_ = std::max(num_sources_, manifest_.at("identity").at("settings").at("sources").size());
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(mpath.string() + ": malformed manifest: " + e.what());
+    }
+    for (std::size_t i = 0; i < num_docs_; ++i) {
+        const auto& d = docs_[i];
+        if (d.shard >= shards_.size() || d.offset + d.length > shards_[d.shard]->size / sizeof(uint32_t) ||
+            d.file >= file_source_.size())
+            throw Error(dir.string() + "/" + kIndex + ": document " + std::to_string(i) +
+                        " points outside the shards (damaged cache; rebuild it)");
+    }
+    fingerprint_ = hash_bytes(manifest_.at("identity").dump() + manifest_.at("shards").dump());
+}
+
+TokenCache::~TokenCache() = default;
+
+const uint32_t* TokenCache::tokens(std::size_t i) const {
+    const auto& d = docs_[i];
+    return static_cast<const uint32_t*>(shards_[d.shard]->data) + d.offset;
+}
+
+}  // namespace medllm::data

@@ -1,0 +1,146 @@
+// The token cache: exact tokens, validation policy, reuse/rebuild rules, an interrupted build never looks complete.
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "data_test_util.h"
+#include "medllm/core/error.h"
+#include "medllm/core/files.h"
+#include "medllm/data/token_cache.h"
+#include "medllm/text/tokenizer.h"
+#include "support/file_limit.h"
+
+namespace {
+
+using namespace medllm::data;
+namespace fs = std::filesystem;
+
+class CacheTest : public test::TempDir {};
+
+TEST_F(CacheTest, TokensAreTheTokenizersPlusEosForJsonlTextAndLines) {
+    write("in/a.jsonl", "{\"text\": \"心窩部痛で来院した。\"}\n{\"body\": \"x\", \"text\": \"Hello, world\"}\n");
+    write("in/notes/b.md", "# 所見\n腹部は平坦、軟。\n");
+    write("lines.txt", "一行目の文書。\n\n二行目の文書。\n");
+    auto o = test::options(dir, {{"in"}, {"lines.txt", 1.0, "lines"}});
+    auto r = build_token_cache(dir / "cache", o);
+    EXPECT_FALSE(r.reused);
+    EXPECT_EQ(r.documents, 5);
+    TokenCache cache(dir / "cache");
+    ASSERT_EQ(cache.num_documents(), 5u);
+    const auto& tok                      = test::tokenizer();
+    const std::vector<std::string> texts = {"心窩部痛で来院した。", "Hello, world", "# 所見\n腹部は平坦、軟。\n",
+                                            "一行目の文書。", "二行目の文書。"};
+    const std::vector<uint32_t> lines = {1, 2, 0, 1, 3};
+    int64_t total                     = 0;
+    for (size_t i = 0; i < texts.size(); ++i) {
+        auto want = tok.encode(texts[i]);
+        want.push_back(*tok.token_to_id("<|endoftext|>"));
+        const auto& d = cache.document(i);
+        ASSERT_EQ(d.length, want.size()) << texts[i];
+        EXPECT_EQ(std::vector<int32_t>(cache.tokens(i), cache.tokens(i) + d.length), want) << texts[i];
+        EXPECT_EQ(d.line, lines[i]);
+        total += d.length;
+    }
+    EXPECT_EQ(r.tokens, total);
+    EXPECT_EQ(cache.num_tokens(), uint64_t(total));
+    EXPECT_EQ(cache.file_source(cache.document(4).file), 1u);
+}
+
+TEST_F(CacheTest, InvalidRecordsAreCountedOrNamedWithFileAndLine) {
+    write("c.jsonl",
+          "{\"text\": \"ok\"}\n{broken\n[1, 2]\n{\"title\": \"no text\"}\n{\"text\": 5}\n{\"text\": \"  \\u3000 \"}\n"
+          "{\"text\": \"\xff\xfe\"}\n{\"text\": \"also ok\"}\n");
+    auto o = test::options(dir, {{"c.jsonl"}});
+    auto r = build_token_cache(dir / "cache", o);
+    EXPECT_EQ(r.documents, 2);
+    EXPECT_EQ(r.skipped.at("malformed JSON"), 1);
+    EXPECT_EQ(r.skipped.at("not a JSON object"), 1);
+    EXPECT_EQ(r.skipped.at("missing text field"), 1);
+    EXPECT_EQ(r.skipped.at("text field is not a string"), 1);
+    EXPECT_EQ(r.skipped.at("empty document"), 1);
+    EXPECT_EQ(r.skipped.at("invalid UTF-8"), 1);
+    o.on_invalid = InvalidPolicy::error;
+    try {
+        build_token_cache(dir / "cache2", o);
+        FAIL() << "no error";
+    } catch (const medllm::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("c.jsonl:2: malformed JSON"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(dir / "cache2" / "manifest.json"));
+}
+
+TEST_F(CacheTest, RerunReusesTouchKeepsChangesRebuild) {
+    write("c.jsonl", "{\"text\": \"one\"}\n{\"text\": \"two\"}\n");
+    auto o = test::options(dir, {{"c.jsonl"}});
+    EXPECT_FALSE(build_token_cache(dir / "cache", o).reused);
+    auto again = build_token_cache(dir / "cache", o);
+    EXPECT_TRUE(again.reused);
+    EXPECT_EQ(again.documents, 2);
+    // Same content, new mtime: re-hashed, still reused.
+    fs::last_write_time(dir / "c.jsonl", fs::last_write_time(dir / "c.jsonl") + std::chrono::seconds(5));
+    EXPECT_TRUE(build_token_cache(dir / "cache", o).reused);
+    // Same size, new content.
+    write("c.jsonl", "{\"text\": \"won\"}\n{\"text\": \"two\"}\n");
+    auto changed = build_token_cache(dir / "cache", o);
+    EXPECT_FALSE(changed.reused);
+    EXPECT_NE(changed.rebuild_reason.find("file changed (content)"), std::string::npos) << changed.rebuild_reason;
+    // A setting that changes tokens.
+    o.append_eos = false;
+    auto setting = build_token_cache(dir / "cache", o);
+    EXPECT_FALSE(setting.reused);
+    EXPECT_NE(setting.rebuild_reason.find("eos"), std::string::npos) << setting.rebuild_reason;
+    // A new file in a folder source.
+    write("d/x.txt", "x");
+    o.sources = {{"d"}};
+    build_token_cache(dir / "cache", o);
+    write("d/y.txt", "y");
+    auto added = build_token_cache(dir / "cache", o);
+    EXPECT_FALSE(added.reused);
+    EXPECT_NE(added.rebuild_reason.find("corpus files changed"), std::string::npos) << added.rebuild_reason;
+    // A damaged shard.
+    EXPECT_TRUE(build_token_cache(dir / "cache", o).reused);
+    fs::resize_file(dir / "cache" / "tokens-00000.u32", 4);
+    auto damaged = build_token_cache(dir / "cache", o);
+    EXPECT_FALSE(damaged.reused);
+    EXPECT_NE(damaged.rebuild_reason.find("tokens-00000.u32"), std::string::npos) << damaged.rebuild_reason;
+}
+
+TEST_F(CacheTest, AnInterruptedBuildNeverLooksComplete) {
+    std::string big;
+    for (int i = 0; i < 2000; ++i) big += "{\"text\": \"文書" + std::to_string(i) + "の本文です。\"}\n";
+    write("c.jsonl", big);
+    auto o = test::options(dir, {{"c.jsonl"}});
+    ASSERT_FALSE(build_token_cache(dir / "cache", o).reused);
+    o.append_eos = false;  // forces a rebuild, which fails part-way (the disk is "full")
+    {
+        ScopedFileSizeLimit limit(4096);
+        EXPECT_THROW(build_token_cache(dir / "cache", o), medllm::Error);
+    }
+    EXPECT_FALSE(fs::exists(dir / "cache" / "manifest.json"));
+    try {
+        TokenCache c(dir / "cache");
+        FAIL() << "opened an incomplete cache";
+    } catch (const medllm::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("no token cache"), std::string::npos) << e.what();
+    }
+    auto r = build_token_cache(dir / "cache", o);
+    EXPECT_FALSE(r.reused);
+    EXPECT_EQ(r.rebuild_reason, "an earlier build did not finish");
+    EXPECT_EQ(r.documents, 2000);
+}
+
+TEST_F(CacheTest, BadSourcesAreUsageErrors) {
+    auto o = test::options(dir, {{"missing.jsonl"}});
+    EXPECT_THROW(build_token_cache(dir / "cache", o), medllm::UsageError);
+    write("empty/readme.csv", "x");
+    o.sources = {{"empty"}};
+    EXPECT_THROW(build_token_cache(dir / "cache", o), medllm::UsageError);
+    write("a.jsonl", "{\"text\": \"a\"}\n");
+    o.sources = {{"a.jsonl"}, {"*.jsonl"}};
+    EXPECT_THROW(build_token_cache(dir / "cache", o), medllm::UsageError);
+}
+
+}  // namespace

@@ -1,0 +1,112 @@
+// `medllm prepare-corpus` as a user runs it: summary on stdout, reuse, the guard's three actions, bad inputs.
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "data_test_util.h"
+#include "medllm/eval/igakuqa_data.h"
+#include "support/run_medllm.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+class PrepareCorpusCli : public test::TempDir {
+protected:
+    std::string config(const std::string& extra_data = "", const std::string& guard = "action: refuse") {
+        const std::string text = "model:\n  path: " + test::tokenizer_dir().string() + "\n  quantization: nf4\n" +
+                                 "output: " + (dir / "run").string() + "\n" +
+                                 "train:\n  lr: 1e-4\n"  // another command's section: ignored here
+                                 "data:\n  sources:\n    - {path: " +
+                                 (dir / "corpus").string() +
+                                 "}\n  eos_token: '<|endoftext|>'\n  seq_len: 32\n  validation:\n    fraction: 0.25\n" +
+                                 extra_data + "eval_guard:\n  igakuqa_dir: " + MEDLLM_SHARED_DIR + "/igakuqa_data\n  " +
+                                 guard + "\n";
+        write("cpt.yaml", text);
+        return (dir / "cpt.yaml").string();
+    }
+    void corpus(bool planted) {
+        write("corpus/notes.txt", "急性虫垂炎では心窩部から右下腹部へ痛みが移動することが多い。\n");
+        std::string j =
+            "{\"text\": \"高アンモニア血症は尿素サイクル異常症で生じる。\"}\n"
+            "{\"text\": \"血液培養は抗菌薬投与前に2セット採取する。\"}\n"
+            "{\"text\": \"インシデントレポートは再発防止のために書く。\"}\n";
+        if (planted) {
+            const auto qs = medllm::eval::load_questions(fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data", {2022});
+            std::string q = qs[9].problem_text;
+            for (const auto& c : qs[9].choices) q += " " + c;
+            j += nlohmann::json({{"text", "過去問メモ：" + q}}).dump() + "\n";
+        }
+        write("corpus/docs.jsonl", j);
+    }
+};
+
+TEST_F(PrepareCorpusCli, BuildsThenReusesAndPrintsTheSummary) {
+    corpus(false);
+    const auto cfg = config();
+    auto run       = run_medllm("prepare-corpus --config " + cfg, false);
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    auto s = nlohmann::json::parse(run.output);
+    EXPECT_EQ(s["documents"], 4);
+    EXPECT_FALSE(s["reused"].get<bool>());
+    EXPECT_EQ(s["split"]["validation_documents"], 1);
+    EXPECT_EQ(s["guard"]["flagged"], 0);
+    EXPECT_GT(s["packing"]["train_rows_per_epoch"].get<int64_t>(), 0);
+    EXPECT_TRUE(fs::exists(dir / "run" / "corpus_cache" / "summary.json"));
+    EXPECT_TRUE(fs::exists(dir / "run" / "corpus_cache" / "manifest.json"));
+    auto again = run_medllm("prepare-corpus --config " + cfg, false);
+    ASSERT_EQ(again.exit_code, 0) << again.output;
+    EXPECT_TRUE(nlohmann::json::parse(again.output)["reused"].get<bool>());
+}
+
+TEST_F(PrepareCorpusCli, GuardRefusesDropsOrWarns) {
+    corpus(true);
+    auto refuse = run_medllm("prepare-corpus --config " + config());
+    EXPECT_EQ(refuse.exit_code, 2) << refuse.output;
+    EXPECT_NE(refuse.output.find("contamination guard: 1 documents"), std::string::npos) << refuse.output;
+    EXPECT_NE(refuse.output.find("docs.jsonl:4: 116A10"), std::string::npos) << refuse.output;
+    EXPECT_NE(refuse.output.find("guard_report.json"), std::string::npos) << refuse.output;
+    EXPECT_FALSE(fs::exists(dir / "run" / "corpus_cache" / "manifest.json"));
+    const auto report = nlohmann::json::parse(std::ifstream(dir / "run" / "corpus_cache" / "guard_report.json"));
+    ASSERT_EQ(report["documents"].size(), 1u);
+    EXPECT_EQ(report["documents"][0]["line"], 4);
+    EXPECT_EQ(report["documents"][0]["matches"][0]["problem_id"], "116A10");
+
+    auto drop = run_medllm("prepare-corpus --config " + config("", "action: drop"), false);
+    ASSERT_EQ(drop.exit_code, 0) << drop.output;
+    auto s = nlohmann::json::parse(drop.output);
+    EXPECT_EQ(s["documents"], 4);
+    EXPECT_EQ(s["guard"]["dropped"], 1);
+
+    auto warn = run_medllm("prepare-corpus --config " + config("", "action: warn"), false);
+    ASSERT_EQ(warn.exit_code, 0) << warn.output;
+    s = nlohmann::json::parse(warn.output);
+    EXPECT_EQ(s["documents"], 5);
+    EXPECT_EQ(s["guard"]["flagged"], 1);
+    EXPECT_EQ(s["guard"]["dropped"], 0);
+}
+
+TEST_F(PrepareCorpusCli, BadInputsGiveOneClearLine) {
+    corpus(false);
+    EXPECT_EQ(run_medllm("prepare-corpus --help").exit_code, 0);
+    auto none = run_medllm("prepare-corpus");
+    EXPECT_EQ(none.exit_code, 2);
+    EXPECT_NE(none.output.find("--config cpt.yaml is required"), std::string::npos) << none.output;
+    auto typo = run_medllm("prepare-corpus --config " + config("  seq_lne: 8\n"));
+    EXPECT_EQ(typo.exit_code, 2);
+    EXPECT_NE(typo.output.find("unknown key 'data.seq_lne'"), std::string::npos) << typo.output;
+    auto missing = run_medllm("prepare-corpus --config " + config() + " --set 'data.sources=[{path: nope.jsonl}]'");
+    EXPECT_EQ(missing.exit_code, 2);
+    EXPECT_NE(missing.output.find("nope.jsonl"), std::string::npos) << missing.output;
+    write("corpus/bad.jsonl", "{\"text\": \"ok\"}\n{\"txt\": \"typo\"}\n");
+    auto strict = run_medllm("prepare-corpus --config " + config("  on_invalid: error\n"));
+    EXPECT_EQ(strict.exit_code, 1);
+    EXPECT_NE(strict.output.find("bad.jsonl:2: missing text field"), std::string::npos) << strict.output;
+    auto noguard = run_medllm("prepare-corpus --config " + config() + " --set eval_guard.igakuqa_dir=");
+    EXPECT_EQ(noguard.exit_code, 2);
+    EXPECT_NE(noguard.output.find("eval_guard.igakuqa_dir is required"), std::string::npos) << noguard.output;
+}
+
+}  // namespace
