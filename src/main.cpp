@@ -1,15 +1,53 @@
 // medllm: one binary for the Preferred-MedLLM pipeline. main() only parses and dispatches;
 // each subcommand lives in src/cli/<name>.cpp.
+#include <algorithm>
 #include <iostream>
+#include <new>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
 #include "medllm/build_info.h"
+#include "medllm/core/config.h"
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/core/log.h"
+
+namespace {
+
+// --threads above this is refused: thousands of OpenMP workers hang the process at start-up, and more threads than
+// cores only slows LibTorch down (4x leaves room for SMT and cgroup quotas that hide cores).
+int max_threads() {
+    const unsigned cores = std::thread::hardware_concurrency();
+    return 4 * static_cast<int>(cores ? cores : 1);
+}
+
+// "medllm quantise" names no subcommand, and CLI11 would only say that one is required: name the closest. The
+// first argument that is neither a flag nor a global flag's value is the subcommand.
+void check_subcommand_name(const CLI::App& app, int argc, char** argv) {
+    std::vector<std::string> names;
+    for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; })) names.push_back(sub->get_name());
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--threads" || arg == "--log-level") {
+            ++i;
+            continue;
+        }
+        if (!arg.empty() && arg[0] == '-') continue;
+        if (std::find(names.begin(), names.end(), arg) != names.end()) return;
+        std::string msg         = "unknown command '" + arg + "'";
+        const std::string close = medllm::config_detail::closest_key(arg, names);
+        if (!close.empty()) msg += "; did you mean '" + close + "'?";
+        throw medllm::UsageError(msg + " (medllm --help lists the commands)");
+    }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{
@@ -23,7 +61,20 @@ int main(int argc, char** argv) {
     std::string log_level = "info";
     app.add_option("--threads", threads, "LibTorch intra-op threads (0 = all cores)")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->check(CLI::Validator(
+            [](std::string& value) -> std::string {
+                std::size_t used = 0;
+                long long n      = -1;
+                try {
+                    n = std::stoll(value, &used);
+                } catch (const std::exception&) {
+                }
+                if (used != value.size() || n < 0 || n > max_threads())
+                    return "must be an integer between 0 (all cores) and " + std::to_string(max_threads()) +
+                           " (4 x the cores here), got '" + value + "'";
+                return "";
+            },
+            "0.." + std::to_string(max_threads())));
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
 
     medllm::cli::add_cpt_command(app);
@@ -32,6 +83,7 @@ int main(int argc, char** argv) {
     medllm::cli::add_eval_command(app);
     medllm::cli::add_generate_command(app);
     medllm::cli::add_quantize_command(app);
+    medllm::cli::add_prepare_corpus_command(app);
     medllm::cli::add_merge_command(app);
     medllm::cli::add_tokenize_command(app);
     medllm::cli::add_info_command(app);
@@ -45,21 +97,40 @@ int main(int argc, char** argv) {
         at::set_num_threads(threads > 0 ? threads : static_cast<int>(cores ? cores : 1));
     });
 
+    auto fail = [](const std::string& message, int rc) {
+        std::cerr << "error: " << medllm::one_line(message) << "\n";
+        return rc;
+    };
     try {
+        check_subcommand_name(app, argc, argv);
         app.parse(argc, argv);
+        medllm::check_stdout();  // output cut by a full disk or a closed pipe is a failure, not exit 0
     } catch (const CLI::ParseError& e) {
         // --help and --version exit 0; every other parse error is a usage error (exit 2).
         int rc = app.exit(e);
+        if (rc == 0) {
+            try {
+                medllm::check_stdout();
+            } catch (const medllm::Error& out) {
+                return fail(out.what(), 1);
+            }
+        }
         return rc == 0 ? 0 : 2;
     } catch (const medllm::UsageError& e) {
-        std::cerr << "error: " << e.what() << "\n";
-        return 2;
+        return fail(e.what(), 2);
     } catch (const medllm::Error& e) {
-        std::cerr << "error: " << e.what() << "\n";
-        return 1;
+        return fail(e.what(), 1);
+    } catch (const c10::OutOfMemoryError& e) {
+        return fail(std::string("out of memory: ") + e.what_without_backtrace(), 1);
+    } catch (const c10::Error& e) {
+        return fail(e.what_without_backtrace(), 1);
+    } catch (const std::bad_alloc&) {
+        return fail(
+            "out of memory: an allocation failed (std::bad_alloc); the model, batch or sequence is larger "
+            "than this machine's memory",
+            1);
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
-        return 1;
+        return fail(e.what(), 1);
     }
     return 0;
 }

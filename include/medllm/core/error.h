@@ -28,4 +28,8 @@ public:
     using UsageError::UsageError;
 };
 
+// An error message as the one line the CLI prints: trailing blanks dropped and inner line breaks joined with "; "
+// (LibTorch's messages span several lines).
+std::string one_line(std::string text);
+
 }  // namespace medllm
