@@ -107,16 +107,19 @@ TEST(EvalIgakuqaCli, FullDiskExitsOneNamingTheReport) {
     EXPECT_FALSE(fs::exists(out / "report.json.tmp"));
 }
 
-// Item 5: the output folder may not be an input.
+// Item 5: the output folder may not be an input. (A temporary copy of 2018's data stands for the data folder, so a
+// regression writes into the copy, not into ../shared.)
 TEST(EvalIgakuqaCli, OutputThatIsAnInputIsRefused) {
     const fs::path dir = fs::path(testing::TempDir()) / "igakuqa_cli_out_is_in";
     fs::remove_all(dir);
     fs::create_directories(dir / "preds");
+    fs::create_directories(dir / "data" / "data");
+    fs::copy(fs::path(kData) / "data" / "2018", dir / "data" / "data" / "2018", fs::copy_options::recursive);
     std::ofstream(dir / "preds" / "m.jsonl") << "{\"problem_id\": \"112A1\", \"prediction\": \"e\"}\n";
-    const std::string base = "eval igakuqa --data-dir " + kData + " --years 2018";
-    // --output is the data folder (through a symlink too), the predictions folder or the predictions file.
-    fs::create_directory_symlink(kData, dir / "data-link");
-    for (const std::string& output : {kData, (dir / "data-link").string() + "/"}) {
+    const std::string base = "eval igakuqa --data-dir " + (dir / "data").string() + " --years 2018";
+    // --output is the data folder (also through a symlink), the predictions folder or the predictions file.
+    fs::create_directory_symlink(dir / "data", dir / "data-link");
+    for (const std::string& output : {(dir / "data").string(), (dir / "data-link").string() + "/"}) {
         const CliRun run =
             run_medllm(base + " --predictions " + (dir / "preds" / "m.jsonl").string() + " --output " + output);
         EXPECT_EQ(run.exit_code, 2) << run.output;
@@ -127,8 +130,9 @@ TEST(EvalIgakuqaCli, OutputThatIsAnInputIsRefused) {
         EXPECT_EQ(run.exit_code, 2) << run.output;
         EXPECT_NE(run.output.find("is the input"), std::string::npos) << run.output;
     }
-    EXPECT_FALSE(fs::exists(fs::path(kData) / "report.json"));
-    EXPECT_FALSE(fs::exists(fs::path(kData) / "config.resolved.yaml"));
+    EXPECT_FALSE(fs::exists(dir / "data" / "report.json"));
+    EXPECT_FALSE(fs::exists(dir / "data" / "config.resolved.yaml"));
+    EXPECT_FALSE(fs::exists(dir / "preds" / "report.json"));
     // A folder beside the predictions is fine.
     const CliRun ok = run_medllm(base + " --predictions " + (dir / "preds" / "m.jsonl").string() + " --output " +
                                  (dir / "out").string());
