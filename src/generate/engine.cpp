@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/generate/stop.h"
 #include "medllm/peft/adapter.h"
 
@@ -25,6 +26,7 @@ double seconds_since(Clock::time_point t0) {
 }
 
 struct Sequence {
+    explicit Sequence(SequenceRng sequence_rng) : rng(std::move(sequence_rng)) {}
     Completion out;
     std::optional<text::StreamDecoder> decoder;
     std::optional<StopStringMatcher> matcher;
@@ -94,13 +96,12 @@ Generator::Generator(std::shared_ptr<model::Qwen2ForCausalLM> model, std::shared
     if (!model_) throw Error("Generator: no model");
 }
 
-std::vector<Completion> Generator::generate(const std::vector<std::vector<TokenId>>& prompts,
-                                            const GenerateOptions& options, const GenerateCallbacks& callbacks) {
-    options.validate();
-    if (!options.stop_strings.empty() && !tokenizer_)
-        throw UsageError("stop strings need a tokenizer (the model folder has none)");
-    const auto& cfg     = model_->config;
-    const int64_t ctx   = context_length();
+namespace {
+
+// Throws before anything is generated for a prompt that is empty, leaves no room in the context, or holds an id
+// outside the vocabulary.
+void check_prompts(const std::vector<std::vector<TokenId>>& prompts, const model::Qwen2Config& cfg) {
+    const int64_t ctx   = cfg.max_position_embeddings;
     const int64_t vocab = cfg.vocab_size;
     for (std::size_t i = 0; i < prompts.size(); ++i) {
         const int64_t len = static_cast<int64_t>(prompts[i].size());
@@ -114,272 +115,336 @@ std::vector<Completion> Generator::generate(const std::vector<std::vector<TokenI
                 throw Error("prompt " + std::to_string(i) + " has token id " + std::to_string(id) +
                             " outside the model's vocabulary [0, " + std::to_string(vocab) + ")");
     }
+}
 
-    c10::InferenceMode inference;
-    stats_                  = {};
-    const auto params_opts  = model_->model->embed_tokens->weight.options();
-    const at::Device device = params_opts.device();
-    const int64_t layers    = cfg.num_hidden_layers;
-    const int64_t n         = options.num_samples;
-    const int64_t max_rows  = std::max(options.max_batch_size, n);
-    const bool penalty      = options.sampling.repetition_penalty != 1.0;
-    const std::set<int64_t> eos(options.ignore_eos ? std::set<int64_t>{} : std::set<int64_t>(eos_.begin(), eos_.end()));
-    const std::set<int64_t> stop_ids(options.stop_token_ids.begin(), options.stop_token_ids.end());
+// One call of Generator::generate: every prompt × sample as a Sequence, and the loop that refills the running
+// batch from the waiting prompts (prefill + join) or decodes one token for all of its rows.
+class GenerationRun {
+public:
+    GenerationRun(model::Qwen2ForCausalLM& model, const text::Tokenizer* tokenizer, const std::vector<int64_t>& eos,
+                  const std::vector<std::vector<TokenId>>& prompts, const GenerateOptions& options,
+                  const GenerateCallbacks& callbacks, GenerationStats& stats);
+
+    std::vector<Completion> run();
+
+private:
+    // End of the group of waiting prompts [first, end) prefilled together into `free_rows` rows.
+    std::size_t prefill_group_end(std::size_t first, int64_t free_rows) const;
+    // Prefills prompts [first, last) into a new batch (n rows per prompt) and chooses their first tokens.
+    Batch prefill(std::size_t first, std::size_t last);
+    // Joins `incoming` rows to `running`, left-padding the shorter cache; all-padding leading columns are dropped.
+    void join(Batch& running, Batch& incoming);
+    // One decode step for every running row.
+    void decode_step(Batch& running);
+    // Chooses each row's next token from its logits [rows, V] (fp32), records it, and drops finished rows.
+    void advance(Batch& batch, const at::Tensor& logits);
+    // Records token `t` for sequence `s`; finishes it on EOS, a stop token or string, or its length budget.
+    void record_token(Sequence& s, int64_t t, const at::Tensor& logprobs, int64_t row);
+    // Keeps rows `keep` of `batch`; columns that are padding in every remaining row go too.
+    void keep_rows(Batch& batch, const std::vector<int64_t>& keep);
+    void finish(Sequence& s, FinishReason reason, std::string stop);
+
+    model::Qwen2ForCausalLM& model_;
+    const std::vector<std::vector<TokenId>>& prompts_;
+    const GenerateOptions& options_;
+    const GenerateCallbacks& callbacks_;
+    GenerationStats& stats_;
+    const model::Qwen2Config& cfg_;
+    const at::TensorOptions params_opts_;
+    const at::Device device_;
+    const int64_t layers_, n_, max_rows_;
+    const bool penalty_;
+    std::set<int64_t> eos_, stop_ids_;
+    std::vector<Sequence> seqs_;
+};
+
+GenerationRun::GenerationRun(model::Qwen2ForCausalLM& model, const text::Tokenizer* tokenizer,
+                             const std::vector<int64_t>& eos, const std::vector<std::vector<TokenId>>& prompts,
+                             const GenerateOptions& options, const GenerateCallbacks& callbacks, GenerationStats& stats)
+    : model_(model),
+      prompts_(prompts),
+      options_(options),
+      callbacks_(callbacks),
+      stats_(stats),
+      cfg_(model.config),
+      params_opts_(model.model->embed_tokens->weight.options()),
+      device_(params_opts_.device()),
+      layers_(cfg_.num_hidden_layers),
+      n_(options.num_samples),
+      max_rows_(std::max(options.max_batch_size, options.num_samples)),
+      penalty_(options.sampling.repetition_penalty != 1.0),
+      stop_ids_(options.stop_token_ids.begin(), options.stop_token_ids.end()) {
+    if (!options.ignore_eos) eos_.insert(eos.begin(), eos.end());
     if (!options.prompt_keys.empty() && options.prompt_keys.size() != prompts.size())
         throw Error("generate: " + std::to_string(options.prompt_keys.size()) + " prompt keys for " +
                     std::to_string(prompts.size()) + " prompts");
-
-    std::vector<Sequence> seqs;
-    seqs.reserve(prompts.size() * n);
+    const int64_t ctx = cfg_.max_position_embeddings;
+    seqs_.reserve(prompts.size() * n_);
     for (std::size_t i = 0; i < prompts.size(); ++i) {
-        for (int64_t j = 0; j < n; ++j) {
-            const uint64_t key = options.prompt_keys.empty() ? i : options.prompt_keys[i];
-            Sequence s{{}, {}, {}, SequenceRng(options.seed, key, j), 0, false};
+        for (int64_t j = 0; j < n_; ++j) {
+            const uint64_t key  = options.prompt_keys.empty() ? i : options.prompt_keys[i];
+            Sequence& s         = seqs_.emplace_back(SequenceRng(options.seed, key, j));
             s.out.prompt_index  = i;
             s.out.sample_index  = j;
             s.out.prompt_tokens = static_cast<int64_t>(prompts[i].size());
             s.budget            = std::min(options.max_new_tokens, ctx - s.out.prompt_tokens);
-            if (tokenizer_) {
-                s.decoder.emplace(*tokenizer_, options.skip_special_tokens);
+            if (tokenizer) {
+                s.decoder.emplace(*tokenizer, options.skip_special_tokens);
                 s.matcher.emplace(options.stop_strings);
             }
-            seqs.push_back(std::move(s));
         }
     }
+}
 
-    auto finish = [&](Sequence& s, FinishReason reason, std::string stop) {
-        s.done              = true;
-        s.out.finish_reason = reason;
-        s.out.stop          = std::move(stop);
-        if (s.matcher) {
-            if (!s.matcher->stopped() && s.matcher->feed(s.decoder->finish())) {
-                s.out.finish_reason = FinishReason::stop;
-                s.out.stop          = *s.matcher->matched();
-            }
-            s.out.text = s.matcher->text();
-            if (callbacks.on_text) {
-                std::string rest = s.matcher->take_rest();
-                if (!rest.empty()) callbacks.on_text(s.out, rest);
-            }
-        }
-        if (callbacks.on_complete) callbacks.on_complete(s.out);
-    };
-
-    // Chooses each row's next token from its logits [rows, V] (fp32), records it, and drops finished rows.
-    auto advance = [&](Batch& batch, const at::Tensor& logits) {
-        const int64_t rows = batch.rows();
-        auto scores        = process_logits(logits, options.sampling, batch.seen);
-        std::vector<double> uniforms;
-        if (options.sampling.do_sample)
-            for (auto idx : batch.seqs) uniforms.push_back(seqs[idx].rng.uniform());
-        auto chosen = choose_tokens(scores, options.sampling.do_sample, uniforms);
-        at::Tensor logprobs;
-        if (options.logprobs)
-            logprobs = at::log_softmax(logits, -1).gather(1, chosen.unsqueeze(1)).squeeze(1).to(at::kCPU);
-        if (batch.seen.defined()) batch.seen.scatter_(1, chosen.unsqueeze(1), true);
-        auto tokens        = chosen.to(at::kCPU);
-        const int64_t* tok = tokens.data_ptr<int64_t>();
-        std::vector<int64_t> keep;
-        for (int64_t r = 0; r < rows; ++r) {
-            Sequence& s     = seqs[batch.seqs[r]];
-            const int64_t t = tok[r];
-            ++s.out.generated_tokens;
-            ++stats_.generated_tokens;
-            if (eos.count(t)) {
-                finish(s, FinishReason::eos, std::to_string(t));
-            } else if (stop_ids.count(t)) {
-                finish(s, FinishReason::stop, std::to_string(t));
-            } else {
-                s.out.ids.push_back(static_cast<TokenId>(t));
-                if (options.logprobs) s.out.logprobs.push_back(logprobs[r].item<float>());
-                if (s.matcher) {
-                    if (s.matcher->feed(s.decoder->push(static_cast<TokenId>(t)))) {
-                        finish(s, FinishReason::stop, *s.matcher->matched());
-                    } else if (callbacks.on_text) {
-                        std::string piece = s.matcher->take_safe();
-                        if (!piece.empty()) callbacks.on_text(s.out, piece);
-                    }
-                }
-                if (!s.done && s.out.generated_tokens >= s.budget) finish(s, FinishReason::length, "");
-            }
-            if (!s.done) keep.push_back(r);
-            batch.last[r] = t;
-        }
-        if (static_cast<int64_t>(keep.size()) == rows) return;
-        if (keep.empty()) {
-            batch.cache.clear();
-            batch.seqs.clear();
-            batch.pad.clear();
-            batch.last.clear();
-            batch.seen = at::Tensor();
-            return;
-        }
-        // Drop finished rows; columns that are padding in every remaining row go too.
-        int64_t trim = batch.pad[keep[0]];
-        for (auto r : keep) trim = std::min(trim, batch.pad[r]);
-        auto rows_t = long_tensor(keep, device);
-        if (trim == 0) {
-            batch.cache.select_rows(rows_t);
-        } else {
-            const int64_t length = batch.cache.length();
-            model::KVCache kept(layers);
-            for (int64_t l = 0; l < layers; ++l) {
-                auto [k, v] = cache_views(batch.cache, l, rows, cfg, params_opts);
-                kept.append(l, k.index_select(0, rows_t).narrow(2, trim, length - trim),
-                            v.index_select(0, rows_t).narrow(2, trim, length - trim));
-            }
-            kept.advance(length - trim);
-            batch.cache = std::move(kept);
-        }
-        auto pick = [&](auto& v) {
-            std::remove_reference_t<decltype(v)> out;
-            for (auto r : keep) out.push_back(v[r]);
-            v = std::move(out);
-        };
-        pick(batch.seqs);
-        pick(batch.last);
-        pick(batch.pad);
-        for (auto& p : batch.pad) p -= trim;
-        if (batch.seen.defined()) batch.seen = batch.seen.index_select(0, rows_t);
-    };
-
-    // Prefills prompts [first, last) into a new batch (n rows per prompt) and chooses their first tokens.
-    auto prefill = [&](std::size_t first, std::size_t last) {
-        auto t0         = Clock::now();
-        const int64_t G = static_cast<int64_t>(last - first);
-        int64_t Lp      = 0;
-        for (auto i = first; i < last; ++i) Lp = std::max<int64_t>(Lp, prompts[i].size());
-        std::vector<int64_t> ids(G * Lp, 0), pad(G);
-        for (int64_t g = 0; g < G; ++g) {
-            const auto& p = prompts[first + g];
-            pad[g]        = Lp - static_cast<int64_t>(p.size());
-            std::copy(p.begin(), p.end(), ids.begin() + g * Lp + pad[g]);
-            stats_.prompt_tokens += static_cast<int64_t>(p.size());
-        }
-        Batch batch(layers);
-        model::ForwardInputs in;
-        in.input_ids = long_tensor(ids, device).view({G, Lp});
-        in.cache     = &batch.cache;
-        if (std::any_of(pad.begin(), pad.end(), [](int64_t p) { return p > 0; })) {
-            in.attention_mask = mask_from_pad(pad, Lp, device);
-            // HF generate: positions = cumsum(mask) - 1, padding positions set to 1.
-            in.position_ids = (in.attention_mask.cumsum(1) - 1).masked_fill(in.attention_mask == 0, 1);
-        }
-        auto hidden = model_->forward_hidden(in).hidden.select(1, Lp - 1);
-        auto logits = model_->logits(hidden).to(at::kFloat);
-        at::Tensor seen;
-        if (penalty) {
-            auto counts = at::zeros({G, vocab}, at::TensorOptions().dtype(at::kLong).device(device));
-            auto mask   = in.attention_mask.defined() ? in.attention_mask : at::ones_like(in.input_ids);
-            seen        = counts.scatter_add_(1, in.input_ids, mask) > 0;
-        }
-        std::vector<int64_t> expanded_pad;
-        for (int64_t g = 0; g < G; ++g) {
-            for (int64_t j = 0; j < n; ++j) {
-                batch.seqs.push_back((first + g) * n + j);
-                expanded_pad.push_back(pad[g]);
-            }
-        }
-        batch.pad = std::move(expanded_pad);
-        batch.last.assign(batch.seqs.size(), 0);
-        if (n > 1) {  // the samples of a prompt share its prefill: copy its cache row n times
-            auto rows = at::arange(G, at::TensorOptions().dtype(at::kLong).device(device)).repeat_interleave(n);
-            batch.cache.select_rows(rows);
-            logits = logits.index_select(0, rows);
-            if (penalty) seen = seen.index_select(0, rows);
-        }
-        batch.seen = seen;
-        advance(batch, logits);
-        stats_.prefill_seconds += seconds_since(t0);
-        return batch;
-    };
-
-    // Joins `incoming` rows to `running`, left-padding the shorter cache; all-padding leading columns are dropped.
-    auto join = [&](Batch& running, Batch& incoming) {
-        if (incoming.rows() == 0) return;
-        if (running.rows() == 0) {
-            std::swap(running, incoming);
-            return;
-        }
-        const int64_t L1 = running.cache.length(), L2 = incoming.cache.length(), T = std::max(L1, L2);
-        std::vector<int64_t> pad;
-        for (auto p : running.pad) pad.push_back(p + T - L1);
-        for (auto p : incoming.pad) pad.push_back(p + T - L2);
-        const int64_t trim = *std::min_element(pad.begin(), pad.end());
-        model::KVCache joined(layers);
-        for (int64_t l = 0; l < layers; ++l) {
-            auto [k1, v1] = cache_views(running.cache, l, running.rows(), cfg, params_opts);
-            auto [k2, v2] = cache_views(incoming.cache, l, incoming.rows(), cfg, params_opts);
-            auto k =
-                at::cat({at::constant_pad_nd(k1, {0, 0, T - L1, 0}), at::constant_pad_nd(k2, {0, 0, T - L2, 0})}, 0);
-            auto v =
-                at::cat({at::constant_pad_nd(v1, {0, 0, T - L1, 0}), at::constant_pad_nd(v2, {0, 0, T - L2, 0})}, 0);
-            joined.append(l, k.narrow(2, trim, T - trim), v.narrow(2, trim, T - trim));
-        }
-        joined.advance(T - trim);
-        running.cache = std::move(joined);
-        for (auto& p : pad) p -= trim;
-        running.pad = std::move(pad);
-        running.seqs.insert(running.seqs.end(), incoming.seqs.begin(), incoming.seqs.end());
-        running.last.insert(running.last.end(), incoming.last.begin(), incoming.last.end());
-        if (penalty) running.seen = at::cat({running.seen, incoming.seen}, 0);
-    };
-
-    Batch running(layers);
+std::vector<Completion> GenerationRun::run() {
+    Batch running(layers_);
     std::size_t next_prompt   = 0;
-    const int64_t refill_rows = std::max<int64_t>(n, max_rows / 4);  // refill in chunks: each join copies the cache
-    while (next_prompt < prompts.size() || running.rows() > 0) {
-        const int64_t free_rows = max_rows - running.rows();
-        if (next_prompt < prompts.size() && (running.rows() == 0 || free_rows >= refill_rows)) {
-            std::size_t last = next_prompt;
-            int64_t longest  = 0;
-            while (last < prompts.size() && static_cast<int64_t>(last - next_prompt + 1) * n <= free_rows) {
-                int64_t longer = std::max<int64_t>(longest, prompts[last].size());
-                if (last > next_prompt && longer * static_cast<int64_t>(last - next_prompt + 1) > kPrefillTokenBudget)
-                    break;
-                longest = longer;
-                ++last;
-            }
-            if (last == next_prompt) ++last;  // n > free rows only when the batch is empty: max_rows >= n
-            Batch incoming = prefill(next_prompt, last);
-            next_prompt    = last;
+    const int64_t refill_rows = std::max<int64_t>(n_, max_rows_ / 4);  // refill in chunks: each join copies the cache
+    while (next_prompt < prompts_.size() || running.rows() > 0) {
+        const int64_t free_rows = max_rows_ - running.rows();
+        if (next_prompt < prompts_.size() && (running.rows() == 0 || free_rows >= refill_rows)) {
+            const std::size_t last = prefill_group_end(next_prompt, free_rows);
+            Batch incoming         = prefill(next_prompt, last);
+            next_prompt            = last;
             join(running, incoming);
-            continue;
+        } else {
+            decode_step(running);
         }
-        // One decode step for every running row.
-        auto t0            = Clock::now();
-        const int64_t rows = running.rows();
-        const int64_t T    = running.cache.length();
-        std::vector<int64_t> positions(rows);
-        for (int64_t r = 0; r < rows; ++r) positions[r] = T - running.pad[r];
-        model::ForwardInputs in;
-        in.input_ids    = long_tensor(running.last, device).view({rows, 1});
-        in.position_ids = long_tensor(positions, device).view({rows, 1});
-        if (running.padded()) in.attention_mask = mask_from_pad(running.pad, T + 1, device);
-        in.cache    = &running.cache;
-        auto hidden = model_->forward_hidden(in).hidden.select(1, 0);
-        advance(running, model_->logits(hidden).to(at::kFloat));
-        ++stats_.decode_steps;
-        stats_.decode_tokens += rows;
-        stats_.decode_seconds += seconds_since(t0);
     }
-
     std::vector<Completion> out;
-    out.reserve(seqs.size());
-    for (auto& s : seqs) out.push_back(std::move(s.out));
+    out.reserve(seqs_.size());
+    for (auto& s : seqs_) out.push_back(std::move(s.out));
     return out;
+}
+
+std::size_t GenerationRun::prefill_group_end(std::size_t first, int64_t free_rows) const {
+    std::size_t last = first;
+    int64_t longest  = 0;
+    while (last < prompts_.size() && static_cast<int64_t>(last - first + 1) * n_ <= free_rows) {
+        const int64_t longer = std::max<int64_t>(longest, prompts_[last].size());
+        if (last > first && longer * static_cast<int64_t>(last - first + 1) > kPrefillTokenBudget) break;
+        longest = longer;
+        ++last;
+    }
+    if (last == first) ++last;  // n > free rows only when the batch is empty: max_rows >= n
+    return last;
+}
+
+Batch GenerationRun::prefill(std::size_t first, std::size_t last) {
+    auto t0         = Clock::now();
+    const int64_t G = static_cast<int64_t>(last - first);
+    int64_t Lp      = 0;
+    for (auto i = first; i < last; ++i) Lp = std::max<int64_t>(Lp, prompts_[i].size());
+    std::vector<int64_t> ids(G * Lp, 0), pad(G);
+    for (int64_t g = 0; g < G; ++g) {
+        const auto& p = prompts_[first + g];
+        pad[g]        = Lp - static_cast<int64_t>(p.size());
+        std::copy(p.begin(), p.end(), ids.begin() + g * Lp + pad[g]);
+        stats_.prompt_tokens += static_cast<int64_t>(p.size());
+    }
+    Batch batch(layers_);
+    model::ForwardInputs in;
+    in.input_ids = long_tensor(ids, device_).view({G, Lp});
+    in.cache     = &batch.cache;
+    if (std::any_of(pad.begin(), pad.end(), [](int64_t p) { return p > 0; })) {
+        in.attention_mask = mask_from_pad(pad, Lp, device_);
+        // HF generate: positions = cumsum(mask) - 1, padding positions set to 1.
+        in.position_ids = (in.attention_mask.cumsum(1) - 1).masked_fill(in.attention_mask == 0, 1);
+    }
+    auto hidden = model_.forward_hidden(in).hidden.select(1, Lp - 1);
+    auto logits = model_.logits(hidden).to(at::kFloat);
+    at::Tensor seen;
+    if (penalty_) {
+        auto counts = at::zeros({G, cfg_.vocab_size}, at::TensorOptions().dtype(at::kLong).device(device_));
+        auto mask   = in.attention_mask.defined() ? in.attention_mask : at::ones_like(in.input_ids);
+        seen        = counts.scatter_add_(1, in.input_ids, mask) > 0;
+    }
+    for (int64_t g = 0; g < G; ++g) {
+        for (int64_t j = 0; j < n_; ++j) {
+            batch.seqs.push_back((first + g) * n_ + j);
+            batch.pad.push_back(pad[g]);
+        }
+    }
+    batch.last.assign(batch.seqs.size(), 0);
+    if (n_ > 1) {  // the samples of a prompt share its prefill: copy its cache row n times
+        auto rows = at::arange(G, at::TensorOptions().dtype(at::kLong).device(device_)).repeat_interleave(n_);
+        batch.cache.select_rows(rows);
+        logits = logits.index_select(0, rows);
+        if (penalty_) seen = seen.index_select(0, rows);
+    }
+    batch.seen = seen;
+    advance(batch, logits);
+    stats_.prefill_seconds += seconds_since(t0);
+    return batch;
+}
+
+void GenerationRun::join(Batch& running, Batch& incoming) {
+    if (incoming.rows() == 0) return;
+    if (running.rows() == 0) {
+        std::swap(running, incoming);
+        return;
+    }
+    const int64_t L1 = running.cache.length(), L2 = incoming.cache.length(), T = std::max(L1, L2);
+    std::vector<int64_t> pad;
+    for (auto p : running.pad) pad.push_back(p + T - L1);
+    for (auto p : incoming.pad) pad.push_back(p + T - L2);
+    const int64_t trim = *std::min_element(pad.begin(), pad.end());
+    model::KVCache joined(layers_);
+    for (int64_t l = 0; l < layers_; ++l) {
+        auto [k1, v1] = cache_views(running.cache, l, running.rows(), cfg_, params_opts_);
+        auto [k2, v2] = cache_views(incoming.cache, l, incoming.rows(), cfg_, params_opts_);
+        auto k = at::cat({at::constant_pad_nd(k1, {0, 0, T - L1, 0}), at::constant_pad_nd(k2, {0, 0, T - L2, 0})}, 0);
+        auto v = at::cat({at::constant_pad_nd(v1, {0, 0, T - L1, 0}), at::constant_pad_nd(v2, {0, 0, T - L2, 0})}, 0);
+        joined.append(l, k.narrow(2, trim, T - trim), v.narrow(2, trim, T - trim));
+    }
+    joined.advance(T - trim);
+    running.cache = std::move(joined);
+    for (auto& p : pad) p -= trim;
+    running.pad = std::move(pad);
+    running.seqs.insert(running.seqs.end(), incoming.seqs.begin(), incoming.seqs.end());
+    running.last.insert(running.last.end(), incoming.last.begin(), incoming.last.end());
+    if (penalty_) running.seen = at::cat({running.seen, incoming.seen}, 0);
+}
+
+void GenerationRun::decode_step(Batch& running) {
+    auto t0            = Clock::now();
+    const int64_t rows = running.rows();
+    const int64_t T    = running.cache.length();
+    std::vector<int64_t> positions(rows);
+    for (int64_t r = 0; r < rows; ++r) positions[r] = T - running.pad[r];
+    model::ForwardInputs in;
+    in.input_ids    = long_tensor(running.last, device_).view({rows, 1});
+    in.position_ids = long_tensor(positions, device_).view({rows, 1});
+    if (running.padded()) in.attention_mask = mask_from_pad(running.pad, T + 1, device_);
+    in.cache    = &running.cache;
+    auto hidden = model_.forward_hidden(in).hidden.select(1, 0);
+    advance(running, model_.logits(hidden).to(at::kFloat));
+    ++stats_.decode_steps;
+    stats_.decode_tokens += rows;
+    stats_.decode_seconds += seconds_since(t0);
+}
+
+void GenerationRun::advance(Batch& batch, const at::Tensor& logits) {
+    const int64_t rows = batch.rows();
+    auto scores        = process_logits(logits, options_.sampling, batch.seen);
+    std::vector<double> uniforms;
+    if (options_.sampling.do_sample)
+        for (auto idx : batch.seqs) uniforms.push_back(seqs_[idx].rng.uniform());
+    auto chosen = choose_tokens(scores, options_.sampling.do_sample, uniforms);
+    at::Tensor logprobs;
+    if (options_.logprobs)
+        logprobs = at::log_softmax(logits, -1).gather(1, chosen.unsqueeze(1)).squeeze(1).to(at::kCPU);
+    if (batch.seen.defined()) batch.seen.scatter_(1, chosen.unsqueeze(1), true);
+    auto tokens        = chosen.to(at::kCPU);
+    const int64_t* tok = tokens.data_ptr<int64_t>();
+    std::vector<int64_t> keep;
+    for (int64_t r = 0; r < rows; ++r) {
+        Sequence& s = seqs_[batch.seqs[r]];
+        record_token(s, tok[r], logprobs, r);
+        if (!s.done) keep.push_back(r);
+        batch.last[r] = tok[r];
+    }
+    if (static_cast<int64_t>(keep.size()) != rows) keep_rows(batch, keep);
+}
+
+void GenerationRun::record_token(Sequence& s, int64_t t, const at::Tensor& logprobs, int64_t row) {
+    ++s.out.generated_tokens;
+    ++stats_.generated_tokens;
+    if (eos_.count(t)) {
+        finish(s, FinishReason::eos, std::to_string(t));
+        return;
+    }
+    if (stop_ids_.count(t)) {
+        finish(s, FinishReason::stop, std::to_string(t));
+        return;
+    }
+    s.out.ids.push_back(static_cast<TokenId>(t));
+    if (options_.logprobs) s.out.logprobs.push_back(logprobs[row].item<float>());
+    if (s.matcher) {
+        if (s.matcher->feed(s.decoder->push(static_cast<TokenId>(t)))) {
+            finish(s, FinishReason::stop, *s.matcher->matched());
+        } else if (callbacks_.on_text) {
+            std::string piece = s.matcher->take_safe();
+            if (!piece.empty()) callbacks_.on_text(s.out, piece);
+        }
+    }
+    if (!s.done && s.out.generated_tokens >= s.budget) finish(s, FinishReason::length, "");
+}
+
+void GenerationRun::keep_rows(Batch& batch, const std::vector<int64_t>& keep) {
+    if (keep.empty()) {
+        batch.cache.clear();
+        batch.seqs.clear();
+        batch.pad.clear();
+        batch.last.clear();
+        batch.seen = at::Tensor();
+        return;
+    }
+    const int64_t rows = batch.rows();
+    int64_t trim       = batch.pad[keep[0]];
+    for (auto r : keep) trim = std::min(trim, batch.pad[r]);
+    auto rows_t = long_tensor(keep, device_);
+    if (trim == 0) {
+        batch.cache.select_rows(rows_t);
+    } else {
+        const int64_t length = batch.cache.length();
+        model::KVCache kept(layers_);
+        for (int64_t l = 0; l < layers_; ++l) {
+            auto [k, v] = cache_views(batch.cache, l, rows, cfg_, params_opts_);
+            kept.append(l, k.index_select(0, rows_t).narrow(2, trim, length - trim),
+                        v.index_select(0, rows_t).narrow(2, trim, length - trim));
+        }
+        kept.advance(length - trim);
+        batch.cache = std::move(kept);
+    }
+    auto pick = [&](auto& v) {
+        std::remove_reference_t<decltype(v)> out;
+        for (auto r : keep) out.push_back(v[r]);
+        v = std::move(out);
+    };
+    pick(batch.seqs);
+    pick(batch.last);
+    pick(batch.pad);
+    for (auto& p : batch.pad) p -= trim;
+    if (batch.seen.defined()) batch.seen = batch.seen.index_select(0, rows_t);
+}
+
+void GenerationRun::finish(Sequence& s, FinishReason reason, std::string stop) {
+    s.done              = true;
+    s.out.finish_reason = reason;
+    s.out.stop          = std::move(stop);
+    if (s.matcher) {
+        if (!s.matcher->stopped() && s.matcher->feed(s.decoder->finish())) {
+            s.out.finish_reason = FinishReason::stop;
+            s.out.stop          = *s.matcher->matched();
+        }
+        s.out.text = s.matcher->text();
+        if (callbacks_.on_text) {
+            std::string rest = s.matcher->take_rest();
+            if (!rest.empty()) callbacks_.on_text(s.out, rest);
+        }
+    }
+    if (callbacks_.on_complete) callbacks_.on_complete(s.out);
+}
+
+}  // namespace
+
+std::vector<Completion> Generator::generate(const std::vector<std::vector<TokenId>>& prompts,
+                                            const GenerateOptions& options, const GenerateCallbacks& callbacks) {
+    options.validate();
+    if (!options.stop_strings.empty() && !tokenizer_)
+        throw UsageError("stop strings need a tokenizer (the model folder has none)");
+    check_prompts(prompts, model_->config);
+    c10::InferenceMode inference;
+    stats_ = {};
+    GenerationRun run(*model_, tokenizer_.get(), eos_, prompts, options, callbacks, stats_);
+    return run.run();
 }
 
 std::vector<int64_t> load_eos_token_ids(const std::filesystem::path& model_dir, const model::Qwen2Config& config) {
     const auto path = model_dir / "generation_config.json";
     if (std::filesystem::exists(path)) {
-        std::ifstream in(path);
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(in);
-        } catch (const std::exception& e) {
-            throw Error(path.string() + ": not valid JSON: " + e.what());
-        }
+        const nlohmann::json j = read_json_file(path);
         if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {
             const auto& e = j["eos_token_id"];
             std::vector<int64_t> ids;
@@ -401,9 +466,7 @@ std::vector<int64_t> load_eos_token_ids(const std::filesystem::path& model_dir, 
 
 // A bitsandbytes/`medllm quantize` 4-bit checkpoint: its config.json carries transformers' quantization_config.
 static bool is_4bit_checkpoint(const std::filesystem::path& dir) {
-    std::ifstream in(dir / "config.json");
-    if (!in) return false;
-    auto cfg = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    const auto cfg = read_json_file(dir / "config.json");  // Qwen2Config::from_file read it already
     return cfg.is_object() && cfg.contains("quantization_config");
 }
 
@@ -468,13 +531,8 @@ LoadedModel load_model(const std::filesystem::path& dir, const LoadOptions& opti
     if (fs::exists(dir / "chat_template.jinja")) loaded.has_chat_template = true;
     const auto tc = dir / "tokenizer_config.json";
     if (fs::exists(tc)) {
-        std::ifstream in(tc);
-        try {
-            auto j                   = nlohmann::json::parse(in);
-            loaded.has_chat_template = loaded.has_chat_template || j.contains("chat_template");
-        } catch (const std::exception& e) {
-            throw Error(tc.string() + ": not valid JSON: " + e.what());
-        }
+        const auto j             = read_json_file(tc);
+        loaded.has_chat_template = loaded.has_chat_template || j.contains("chat_template");
     }
     spdlog::info("loaded {} ({}, {}), eos {}", dir.string(), c10::toString(dtype), device.str(),
                  loaded.eos_token_ids.empty() ? std::string("none") : std::to_string(loaded.eos_token_ids[0]));
