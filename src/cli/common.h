@@ -1,6 +1,8 @@
 // Helpers shared by the subcommand files in src/cli/.
 #pragma once
 
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,14 @@ namespace medllm::cli {
 
 // Registers a callback that refuses to run: the capability is not built yet (exit 2, one line).
 void add_not_built_callback(CLI::App* cmd, const std::string& what);
+
+// Range checks for numeric flags. They replace CLI::PositiveNumber / CLI::Range, whose message for a bad value
+// prints the type's limit (a 300-digit number), and they look at the text before CLI11 converts it: "nan", "inf",
+// "1e3" for an integer, trailing junk, and negatives for unsigned options ("-1" would wrap) are refused. The
+// message is short: "--seed: must be an integer >= 0, got '-1'". `--help` shows the range after the type.
+CLI::Validator integer_in(int64_t min, int64_t max = std::numeric_limits<int64_t>::max());
+// A finite number >= min (> min when `min_exclusive`) and <= max.
+CLI::Validator number_in(double min, double max = std::numeric_limits<double>::infinity(), bool min_exclusive = false);
 
 // `--config FILE` and repeatable `--set key=value` for subcommands driven by a config file.
 struct ConfigOptions {

@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/common.h"
 #include "medllm/core/error.h"
 #include "medllm/generate/engine.h"
 
@@ -317,22 +318,39 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option("--output", opt->output, "JSONL output (resumed when it exists)");
     cmd->add_flag("--overwrite", opt->overwrite, "Start --output over instead of resuming it");
     cmd->add_option("--max-new-tokens", g.max_new_tokens, "Tokens to generate at most per completion")
-        ->capture_default_str();
-    cmd->add_option("--temperature", opt->temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
-    cmd->add_option("--top-k", g.sampling.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
-    cmd->add_option("--top-p", g.sampling.top_p, "Nucleus sampling mass (1 = off)")->capture_default_str();
+        ->capture_default_str()
+        ->check(integer_in(1));
+    // Numeric flags refuse nan, inf and out-of-range text before conversion (common.h): `--temperature nan` used to
+    // run greedy and `--seed -1` to wrap around.
+    cmd->add_option("--temperature", opt->temperature, "Sampling temperature; 0 = greedy")
+        ->capture_default_str()
+        ->check(number_in(0));
+    cmd->add_option("--top-k", g.sampling.top_k, "Keep the k most likely tokens (0 = off)")
+        ->capture_default_str()
+        ->check(integer_in(0));
+    cmd->add_option("--top-p", g.sampling.top_p, "Nucleus sampling mass (1 = off)")
+        ->capture_default_str()
+        ->check(number_in(0, 1, /*min_exclusive=*/true));
     cmd->add_option("--min-p", g.sampling.min_p, "Drop tokens below min-p x top probability (0 = off)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(number_in(0, 1));
     cmd->add_option("--repetition-penalty", g.sampling.repetition_penalty, "HF repetition penalty (1 = off)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(number_in(0, std::numeric_limits<double>::infinity(), /*min_exclusive=*/true));
     cmd->add_option("-n,--num-samples", g.num_samples, "Completions per prompt (sharing the prefill)")
-        ->capture_default_str();
-    cmd->add_option("--seed", g.seed, "Random seed (each completion has its own stream)")->capture_default_str();
+        ->capture_default_str()
+        ->check(integer_in(1));
+    cmd->add_option("--seed", g.seed, "Random seed (each completion has its own stream)")
+        ->capture_default_str()
+        ->check(integer_in(0));
     cmd->add_option("--stop", g.stop_strings, "Stop string (repeatable); not included in the output");
-    cmd->add_option("--stop-token-id", opt->stop_token_ids, "Extra stop token id (repeatable), besides EOS");
+    cmd->add_option("--stop-token-id", opt->stop_token_ids, "Extra stop token id (repeatable), besides EOS")
+        ->check(integer_in(0, std::numeric_limits<int32_t>::max()));
     cmd->add_flag("--ignore-eos", g.ignore_eos, "Do not stop at EOS");
     cmd->add_flag("--logprobs", g.logprobs, "Record the log-probability of each generated token");
-    cmd->add_option("--batch-size", g.max_batch_size, "Sequences decoded together")->capture_default_str();
+    cmd->add_option("--batch-size", g.max_batch_size, "Sequences decoded together")
+        ->capture_default_str()
+        ->check(integer_in(1));
     cmd->add_option("--dtype", opt->dtype, "auto (config dtype on GPU, fp32 on CPU) | fp32 | bf16 | fp16")
         ->capture_default_str();
     cmd->add_option("--device", opt->device, "auto | cpu | cuda | cuda:N")->capture_default_str();

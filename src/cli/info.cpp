@@ -11,8 +11,10 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/common.h"
 #include "medllm/core/error.h"
 #include "medllm/io/safetensors.h"
+#include "medllm/model/checkpoint_check.h"
 #include "medllm/model/config.h"
 #include "medllm/model/memory.h"
 
@@ -21,6 +23,12 @@ namespace fs = std::filesystem;
 namespace medllm::cli {
 
 namespace {
+
+// Flag limits: far above any real run, and (with the config's own limits) small enough that no byte count below
+// comes near uint64 overflow; estimate_checked() refuses the few combinations that still would.
+constexpr int64_t kMaxBatch    = int64_t{1} << 16;
+constexpr int64_t kMaxSeqLen   = int64_t{1} << 24;
+constexpr int64_t kMaxLoraRank = int64_t{1} << 16;
 
 struct InfoOptions {
     std::string model;
@@ -57,74 +65,33 @@ bool has_checkpoint(const fs::path& dir) {
     return fs::exists(dir / "model.safetensors.index.json", ec) || fs::exists(dir / "model.safetensors", ec);
 }
 
-// Compares checkpoint tensors with the config; returns a description of the first problems ("" if they match).
-std::string check_checkpoint(const io::CheckpointReader& reader, const model::Qwen2Config& config, std::ostream& out) {
-    std::map<std::string, std::vector<int64_t>> expected;
-    for (auto& [name, shape] : model::expected_tensors(config)) expected.emplace(name, shape);
-    const auto all_expected = expected;  // `expected` shrinks as tensors are found
-    std::vector<std::string> problems;
-    std::map<std::string, uint64_t> dtype_bytes;
-    uint64_t params = 0;
-    for (const auto& name : reader.names()) {
-        const io::TensorInfo& info = reader.info(name);
-        dtype_bytes[std::string(io::dtype_name(info.dtype))] += info.nbytes();
-        // 4-bit (bitsandbytes NF4) checkpoints: the weight holds packed codes [(numel+1)/2, 1] and its
-        // statistics sit beside it under the weight's name plus a suffix.
-        const std::string nf4_state = ".quant_state.bitsandbytes__nf4";
-        bool is_nf4_stat            = false;
-        for (const std::string suffix :
-             {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", nf4_state.c_str()}) {
-            if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0 &&
-                all_expected.count(name.substr(0, name.size() - suffix.size())) &&
-                reader.contains(name.substr(0, name.size() - suffix.size()) + nf4_state))
-                is_nf4_stat = true;
-        }
-        if (is_nf4_stat) continue;
-        auto it = expected.find(name);
-        if (it != expected.end() && reader.contains(name + nf4_state)) {
-            int64_t numel = 1;
-            for (int64_t d : it->second) numel *= d;
-            params += static_cast<uint64_t>(numel);
-            if (info.shape != std::vector<int64_t>{(numel + 1) / 2, 1})
-                problems.push_back("4-bit tensor '" + name + "' does not hold " + std::to_string(numel) +
-                                   " packed NF4 values");
-            expected.erase(it);
-            continue;
-        }
-        if (it == expected.end()) {
-            // Old checkpoints carry rotary inv_freq buffers; they are recomputed, not loaded.
-            const std::string inv_freq = ".rotary_emb.inv_freq";
-            if (name.size() < inv_freq.size() ||
-                name.compare(name.size() - inv_freq.size(), inv_freq.size(), inv_freq) != 0)
-                problems.push_back("unexpected tensor '" + name + "'");
-            continue;
-        }
-        params += info.numel();
-        if (info.shape != it->second) {
-            std::ostringstream s;
-            s << "tensor '" << name << "' has shape [";
-            for (size_t i = 0; i < info.shape.size(); ++i) s << (i ? "," : "") << info.shape[i];
-            s << "], config implies [";
-            for (size_t i = 0; i < it->second.size(); ++i) s << (i ? "," : "") << it->second[i];
-            s << "]";
-            problems.push_back(s.str());
-        }
-        expected.erase(it);
-    }
-    for (const auto& [name, shape] : expected) problems.push_back("missing tensor '" + name + "'");
-
+// Prints the checkpoint section; returns the shared check's summary of its problems ("" if it matches).
+std::string describe_checkpoint(const io::CheckpointReader& reader, const model::Qwen2Config& config,
+                                std::ostream& out) {
+    const model::CheckpointCheck check = model::check_checkpoint(reader, config);
     out << "checkpoint\n";
     out << "  files                    " << reader.files().size() << (reader.sharded() ? " (sharded)" : "") << "\n";
     out << "  tensors                  " << reader.names().size() << "\n";
-    out << "  parameters               " << grouped(params) << "\n";
+    out << "  parameters               " << grouped(check.parameters) << "\n";
     out << "  tensor bytes            ";
-    for (const auto& [dtype, bytes] : dtype_bytes) out << " " << dtype << " " << gib(bytes);
+    for (const auto& [dtype, bytes] : check.dtype_bytes) out << " " << dtype << " " << gib(bytes);
     out << "\n";
-    out << "  matches config           " << (problems.empty() ? "yes" : "NO") << "\n";
-    if (problems.empty()) return "";
-    std::string summary = std::to_string(problems.size()) + " problem(s), first: " + problems.front();
-    for (size_t i = 0; i < problems.size() && i < 10; ++i) out << "    " << problems[i] << "\n";
-    return summary;
+    out << "  matches config           " << (check.ok() ? "yes" : "NO") << "\n";
+    for (size_t i = 0; i < check.problems.size() && i < 10; ++i) out << "    " << check.problems[i] << "\n";
+    return check.summary();
+}
+
+// The estimates are uint64 byte counts; an upper bound of the largest one, in floating point, says whether the
+// exact integer arithmetic of estimate_memory() could wrap (it would print a small, wrong number).
+void check_estimate_fits(const model::Qwen2Config& c, const InfoOptions& o) {
+    const double tokens    = static_cast<double>(o.batch) * static_cast<double>(o.seq_len);
+    const double per_token = 2.0 * (6.0 * c.hidden_size + 3.0 * c.q_dim() + 3.0 * c.kv_dim() +
+                                    4.0 * c.intermediate_size + 7.0 * o.lora_rank) +
+                             4.0 * (2.0 + c.num_attention_heads) + 6.0 * c.vocab_size;
+    const double bytes = tokens * (static_cast<double>(c.num_hidden_layers) + 2.0) * per_token;
+    if (bytes > 0x1p62)
+        throw UsageError("--batch " + std::to_string(o.batch) + " x --seq-len " + std::to_string(o.seq_len) +
+                         ": the activation estimate for this model exceeds 2^62 bytes; use smaller values");
 }
 
 void run_info(const InfoOptions& opts) {
@@ -138,8 +105,9 @@ void run_info(const InfoOptions& opts) {
     mem_opts.seq_len                  = opts.seq_len;
     mem_opts.lora_rank                = opts.lora_rank;
     mem_opts.activation_checkpointing = !opts.no_checkpointing;
-    const auto count                  = model::count_parameters(config);
-    const auto mem                    = model::estimate_memory(config, mem_opts);
+    check_estimate_fits(config, opts);
+    const auto count = model::count_parameters(config);
+    const auto mem   = model::estimate_memory(config, mem_opts);
 
     std::ostream& out = std::cout;
     out << "model " << config.source << "\n";
@@ -189,7 +157,7 @@ void run_info(const InfoOptions& opts) {
 
     if (has_checkpoint(model_dir)) {
         const io::CheckpointReader reader(model_dir);
-        const std::string problem = check_checkpoint(reader, config, out);
+        const std::string problem = describe_checkpoint(reader, config, out);
         out.flush();
         if (!problem.empty())
             throw Error(model_dir.string() + ": checkpoint does not match " + config.source + ": " + problem);
@@ -207,13 +175,13 @@ void add_info_command(CLI::App& app) {
         ->required();
     cmd->add_option("--batch", opts->batch, "Batch size for the activation and KV-cache estimates")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(integer_in(1, kMaxBatch));
     cmd->add_option("--seq-len", opts->seq_len, "Sequence length for the activation and KV-cache estimates")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(integer_in(1, kMaxSeqLen));
     cmd->add_option("--lora-rank", opts->lora_rank, "LoRA rank r (adapters on all seven linears of every layer)")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->check(integer_in(0, kMaxLoraRank));
     cmd->add_flag("--no-activation-checkpointing", opts->no_checkpointing,
                   "Estimate activations without per-layer checkpointing");
     cmd->callback([opts] { run_info(*opts); });

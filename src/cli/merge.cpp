@@ -18,17 +18,22 @@ void add_merge_command(CLI::App& app) {
     auto opts = std::make_shared<Options>();
     auto* cmd = app.add_subcommand("merge", "Merge a PEFT LoRA adapter into a bf16 HF checkpoint");
     cmd->footer(
+        "The base is checked against its config.json first, as info and generate check it. "
         "A 4-bit base is dequantized first (the weights the adapter was trained against). Progress is logged "
         "with a rate and an ETA; rerunning an interrupted merge with the same inputs keeps the shards it "
         "finished (.model-shards.json in the output directory).");
-    cmd->add_option("--model", opts->model, "Base model directory (HF bf16/fp32, or bitsandbytes 4-bit)")->required();
+    // A missing input folder is a usage error (exit 2), as for every other subcommand.
+    cmd->add_option("--model", opts->model, "Base model directory (HF bf16/fp32, or bitsandbytes 4-bit)")
+        ->required()
+        ->check(CLI::ExistingDirectory);
     cmd->add_option("--adapter", opts->adapter,
                     "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
-        ->required();
+        ->required()
+        ->check(CLI::ExistingDirectory);
     cmd->add_option("--output", opts->output, "Output directory for the merged checkpoint")->required();
     cmd->add_option("--max-shard-bytes", opts->max_shard_bytes, "Largest safetensors shard in bytes")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(integer_in(1));
     cmd->callback([opts]() {
         auto stats = peft::merge_adapter_checkpoint(opts->model, opts->adapter, opts->output, opts->max_shard_bytes,
                                                     progress_callback("merge", "tensors"));

@@ -8,12 +8,14 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <memory>
 
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/common.h"
 #include "medllm/core/error.h"
 #include "medllm/text/tokenizer.h"
 #include "medllm/text/unicode.h"
@@ -41,6 +43,7 @@ std::size_t count_code_points(const std::string& s) {
 }
 
 std::vector<text::TokenId> parse_ids(const nlohmann::json& j, const std::string& where) {
+    constexpr int64_t kMaxId  = std::numeric_limits<text::TokenId>::max();
     const nlohmann::json* ids = &j;
     if (j.is_object()) {
         if (!j.contains("ids")) throw Error(where + ": object has no \"ids\" field");
@@ -51,7 +54,13 @@ std::vector<text::TokenId> parse_ids(const nlohmann::json& j, const std::string&
     out.reserve(ids->size());
     for (const auto& v : *ids) {
         if (!v.is_number_integer()) throw Error(where + ": token id " + v.dump() + " is not an integer");
-        out.push_back(v.get<text::TokenId>());
+        // Negative ids used to be dropped silently and ids beyond 32 bits to wrap; HF refuses both.
+        const bool in_range = v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(kMaxId)
+                                                     : v.get<int64_t>() >= 0 && v.get<int64_t>() <= kMaxId;
+        if (!in_range)
+            throw Error(where + ": token id " + v.dump() + " is out of range (ids are 0 to " + std::to_string(kMaxId) +
+                        ")");
+        out.push_back(static_cast<text::TokenId>(v.get<int64_t>()));
     }
     return out;
 }
@@ -186,10 +195,10 @@ void add_tokenize_command(CLI::App& app) {
     cmd->add_flag("--skip-special-tokens", opt->skip_special_tokens, "Decode: drop special tokens");
     cmd->add_option("--jobs,-j", opt->jobs, "Encoding threads (0 = all cores)")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->check(integer_in(0, 1024));
     cmd->add_option("--batch", opt->batch, "Documents encoded per parallel batch")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(integer_in(1, int64_t{1} << 24));
     cmd->callback([opt] {
         if (opt->decode && !opt->field.empty()) throw UsageError("--field applies to encoding, not to --decode");
         run_tokenize(*opt);

@@ -30,24 +30,38 @@ public:
 
     static bool is_int(const nlohmann::json& v) { return v.is_number_integer(); }
 
-    int64_t as_int(const std::string& key, const nlohmann::json& v, int64_t min) const {
-        if (!is_int(v)) fail(key, "expected an integer, got " + v.dump());
-        if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-            fail(key, "integer out of range");
-        const int64_t x = v.get<int64_t>();
-        if (x < min) fail(key, "must be >= " + std::to_string(min) + ", got " + std::to_string(x));
-        return x;
+    // An integer in [min, max]; floats (1e12, 3.5, 32.0), strings and out-of-range values are refused with the range.
+    int64_t as_int(const std::string& key, const nlohmann::json& v, int64_t min, int64_t max) const {
+        const std::string wanted = max == std::numeric_limits<int64_t>::max()
+                                       ? "an integer >= " + std::to_string(min)
+                                       : "an integer in [" + std::to_string(min) + ", " + std::to_string(max) + "]";
+        const bool fits =
+            is_int(v) &&
+            !(v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
+        if (!fits || v.get<int64_t>() < min || v.get<int64_t>() > max)
+            fail(key, "must be " + wanted + ", got " + v.dump());
+        return v.get<int64_t>();
     }
 
-    int64_t get_int(const std::string& key, int64_t fallback, int64_t min = 1) const {
+    // A key every Qwen2 config.json holds: HF's class defaults for these are another model's shape (hidden_size
+    // 4096, 32 layers), never what a file that omits them meant, so a missing one is named instead of defaulted.
+    int64_t require_int(const std::string& key, int64_t min, int64_t max) const {
         const auto* v = find(key);
-        return v ? as_int(key, *v, min) : fallback;
+        if (!v)
+            fail(key,
+                 "is missing (required; an integer in [" + std::to_string(min) + ", " + std::to_string(max) + "])");
+        return as_int(key, *v, min, max);
     }
 
-    std::optional<int64_t> get_optional_int(const std::string& key, int64_t min = 0) const {
+    int64_t get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) const {
+        const auto* v = find(key);
+        return v ? as_int(key, *v, min, max) : fallback;
+    }
+
+    std::optional<int64_t> get_optional_int(const std::string& key, int64_t min, int64_t max) const {
         const auto* v = find(key);
         if (!v) return std::nullopt;
-        return as_int(key, *v, min);
+        return as_int(key, *v, min, max);
     }
 
     double get_double(const std::string& key, double fallback) const {
@@ -78,6 +92,19 @@ private:
     const std::string& source_;
 };
 
+// Upper bounds for the size-like keys: far above every published Qwen2 / Qwen2.5 model (72B: hidden 8192,
+// intermediate 29568, 80 layers, 64 heads, vocab 152064, 131072 positions), low enough that the tensor lists,
+// parameter counts and memory estimates they size stay small and far from int64 overflow. `num_hidden_layers:
+// 1e12` is a typo or a hostile file, and used to grow memory until the kernel killed the process.
+constexpr int64_t kMaxVocab        = int64_t{1} << 24;
+constexpr int64_t kMaxHidden       = int64_t{1} << 16;
+constexpr int64_t kMaxIntermediate = int64_t{1} << 20;
+constexpr int64_t kMaxLayers       = 1024;
+constexpr int64_t kMaxHeads        = 1024;
+constexpr int64_t kMaxHeadDim      = 1024;
+constexpr int64_t kMaxPositions    = int64_t{1} << 24;
+constexpr int64_t kMaxTokenId      = std::numeric_limits<int32_t>::max();  // text::TokenId is 32-bit
+
 bool known_dtype(const std::string& d) {
     return d == "bfloat16" || d == "float16" || d == "float32" || d == "float" || d == "half";
 }
@@ -94,17 +121,17 @@ Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string
     if (model_type != "qwen2")
         r.fail("model_type", "'" + model_type + "' is not a Qwen2 model (medllm implements model_type \"qwen2\")");
 
-    c.vocab_size          = r.get_int("vocab_size", c.vocab_size);
-    c.hidden_size         = r.get_int("hidden_size", c.hidden_size);
-    c.intermediate_size   = r.get_int("intermediate_size", c.intermediate_size);
-    c.num_hidden_layers   = r.get_int("num_hidden_layers", c.num_hidden_layers);
-    c.num_attention_heads = r.get_int("num_attention_heads", c.num_attention_heads);
-    c.num_key_value_heads = r.get_int("num_key_value_heads", c.num_attention_heads);
+    c.vocab_size          = r.require_int("vocab_size", 1, kMaxVocab);
+    c.hidden_size         = r.require_int("hidden_size", 1, kMaxHidden);
+    c.intermediate_size   = r.require_int("intermediate_size", 1, kMaxIntermediate);
+    c.num_hidden_layers   = r.require_int("num_hidden_layers", 1, kMaxLayers);
+    c.num_attention_heads = r.require_int("num_attention_heads", 1, kMaxHeads);
+    c.num_key_value_heads = r.get_int("num_key_value_heads", c.num_attention_heads, 1, c.num_attention_heads);
     if (c.num_attention_heads % c.num_key_value_heads != 0)
         r.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) + " does not divide num_attention_heads " +
                                           std::to_string(c.num_attention_heads));
     if (r.find("head_dim")) {
-        c.head_dim = r.get_int("head_dim", 0);
+        c.head_dim = r.get_int("head_dim", 0, 1, kMaxHeadDim);
     } else {
         if (c.hidden_size % c.num_attention_heads != 0)
             r.fail("num_attention_heads", std::to_string(c.num_attention_heads) + " does not divide hidden_size " +
@@ -115,7 +142,7 @@ Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string
 
     c.hidden_act = r.get_string("hidden_act", c.hidden_act);
     if (c.hidden_act != "silu") r.fail("hidden_act", "'" + c.hidden_act + "' is not implemented (only silu)");
-    c.max_position_embeddings = r.get_int("max_position_embeddings", c.max_position_embeddings);
+    c.max_position_embeddings = r.get_int("max_position_embeddings", c.max_position_embeddings, 1, kMaxPositions);
     c.initializer_range       = r.get_double("initializer_range", c.initializer_range);
     c.rms_norm_eps            = r.get_double("rms_norm_eps", c.rms_norm_eps);
     if (!(c.rms_norm_eps > 0)) r.fail("rms_norm_eps", "must be positive");
@@ -156,14 +183,15 @@ Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string
         }
     }
     c.rope_theta = theta.value_or(c.rope_theta);
-    if (!(c.rope_theta > 0)) r.fail("rope_theta", "must be positive");
+    // theta <= 1 gives frequencies that grow (or stay 1) with the dimension; tiny values overflow inv_freq to inf.
+    if (!(c.rope_theta >= 1)) r.fail("rope_theta", "must be >= 1, got " + nlohmann::json(c.rope_theta).dump());
 
     // Sliding-window attention: inert in every Qwen2.5 release; enabling it would change the math, so refuse.
     c.use_sliding_window = r.get_bool("use_sliding_window", false);
     if (c.use_sliding_window)
         r.fail("use_sliding_window", "sliding-window attention is not implemented (no Qwen2.5 release enables it)");
-    c.sliding_window    = r.get_optional_int("sliding_window", 0);
-    c.max_window_layers = r.get_int("max_window_layers", c.max_window_layers, 0);
+    c.sliding_window    = r.get_optional_int("sliding_window", 0, kMaxPositions);
+    c.max_window_layers = r.get_int("max_window_layers", c.max_window_layers, 0, kMaxLayers);
     if (const auto* types = r.find("layer_types")) {
         if (!types->is_array()) r.fail("layer_types", "expected a list of strings");
         if (static_cast<int64_t>(types->size()) != c.num_hidden_layers)
@@ -178,13 +206,13 @@ Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string
         }
     }
 
-    c.bos_token_id = r.get_optional_int("bos_token_id");
-    c.pad_token_id = r.get_optional_int("pad_token_id");
+    c.bos_token_id = r.get_optional_int("bos_token_id", 0, kMaxTokenId);
+    c.pad_token_id = r.get_optional_int("pad_token_id", 0, kMaxTokenId);
     if (const auto* eos = r.find("eos_token_id")) {
         if (eos->is_array()) {
-            for (const auto& e : *eos) c.eos_token_ids.push_back(r.as_int("eos_token_id", e, 0));
+            for (const auto& e : *eos) c.eos_token_ids.push_back(r.as_int("eos_token_id", e, 0, kMaxTokenId));
         } else {
-            c.eos_token_ids.push_back(r.as_int("eos_token_id", *eos, 0));
+            c.eos_token_ids.push_back(r.as_int("eos_token_id", *eos, 0, kMaxTokenId));
         }
     }
 

@@ -12,6 +12,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/io/safetensors.h"
+#include "medllm/model/checkpoint_check.h"
 
 namespace medllm::model {
 namespace {
@@ -469,7 +470,8 @@ void Qwen2ForCausalLM::load_checkpoint(const std::string& path,
 
 std::shared_ptr<Qwen2ForCausalLM> Qwen2ForCausalLM::from_pretrained(const std::string& dir, at::ScalarType dtype,
                                                                     at::Device device) {
-    auto cfg   = Qwen2Config::from_file(dir);
+    auto cfg = Qwen2Config::from_file(dir);
+    validate_checkpoint(io::CheckpointReader(dir), cfg, dir);  // before anything is allocated
     auto model = std::make_shared<Qwen2ForCausalLM>(cfg, at::TensorOptions().dtype(dtype).device(device));
     model->load_checkpoint(dir);
     return model;

@@ -13,6 +13,8 @@
 
 #include "medllm/core/error.h"
 #include "medllm/io/safetensors.h"
+#include "medllm/model/checkpoint_check.h"
+#include "medllm/model/config.h"
 #include "medllm/quant/nf4_serialize.h"
 
 namespace fs = std::filesystem;
@@ -342,6 +344,8 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
     }
 
     io::CheckpointReader reader(base_dir);
+    // Every tensor of the config present, none extra, shapes as the config implies (the check info and generate make).
+    model::validate_checkpoint(reader, model::Qwen2Config::from_json(config, config_path.string()), base_dir.string());
     const auto names = reader.names();
     // bitsandbytes 4-bit weights: "<key>" plus "<key>.<statistic>" entries, recognised by their quant_state.
     std::set<std::string> quantized_keys;

@@ -10,6 +10,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/io/safetensors.h"
+#include "medllm/model/checkpoint_check.h"
 #include "medllm/quant/nf4_serialize.h"
 
 namespace medllm::peft {
@@ -427,6 +428,7 @@ std::shared_ptr<model::Qwen2ForCausalLM> load_model_for_lora(const std::string& 
                                                              const ModuleRanks* modules) {
     cfg.validate();
     auto config = model::Qwen2Config::from_file(dir);
+    model::validate_checkpoint(io::CheckpointReader(dir), config, dir);  // before anything is allocated
     // Built on CPU: LibTorch's CPU allocations are lazy, so the dense target weights that are quantized instead of
     // loaded are never touched; the remaining parameters move to `device` once loaded.
     auto m = std::make_shared<model::Qwen2ForCausalLM>(config, at::TensorOptions().dtype(dtype));

@@ -35,6 +35,20 @@ std::string encode_utf8(std::uint32_t cp) {
     return s;
 }
 
+// Ids beyond the number of tokens by more than this are refused (the id tables are dense).
+constexpr std::size_t kMaxIdGap = std::size_t{1} << 20;
+
+// A token id from JSON: an integer in [0, 2^31); a float (3.5), a negative or a 64-bit value would otherwise be
+// truncated or wrapped into another token's id.
+TokenId checked_id(const nlohmann::json& v, const std::string& where, const std::string& token) {
+    const bool ok = v.is_number_integer() &&
+                    (v.is_number_unsigned() ? v.get<std::uint64_t>() <= std::uint64_t{0x7fffffff}
+                                            : v.get<std::int64_t>() >= 0 && v.get<std::int64_t>() <= 0x7fffffff);
+    if (!ok)
+        throw Error(where + ": id of token '" + token + "' must be an integer in [0, 2147483647], got " + v.dump());
+    return static_cast<TokenId>(v.get<std::int64_t>());
+}
+
 struct ByteSymbols {
     std::string symbol[256];
     std::unordered_map<std::uint32_t, unsigned char> code_point_to_byte;
@@ -363,11 +377,28 @@ BpeTokenizer::BpeTokenizer(std::vector<std::pair<std::string, TokenId>> vocab,
         if (t.id < 0) throw Error(source + ": added token '" + t.content + "' has a negative id");
         max_id = std::max(max_id, t.id);
     }
+    // The id tables below are dense: an id far beyond the number of tokens (e.g. 2^31 - 1 in a 10-token file)
+    // would allocate gigabytes for nothing. Real vocabularies are dense up to a few unused ids.
+    const std::size_t entries = vocab.size() + added_.size();
+    if (max_id >= 0 && static_cast<std::size_t>(max_id) >= entries + kMaxIdGap) {
+        std::string token;
+        for (std::size_t i = 0; i < vocab.size(); ++i)
+            if (vocab[i].second == max_id) token = vocab_storage_[i];
+        for (const auto& t : added_)
+            if (t.id == max_id) token = t.content;
+        throw Error(source + ": id " + std::to_string(max_id) + " of token '" + token + "' is far beyond the " +
+                    std::to_string(entries) + " tokens (ids must be below " + std::to_string(entries + kMaxIdGap) +
+                    ")");
+    }
     id_to_token_.assign(static_cast<std::size_t>(max_id + 1), std::nullopt);
     decoded_.assign(id_to_token_.size(), std::string());
     special_.assign(id_to_token_.size(), 0);
     for (std::size_t i = 0; i < vocab.size(); ++i) {
         const TokenId id = vocab[i].second;
+        // Two tokens with one id: decoding would silently pick one of them (HF refuses such a vocabulary).
+        if (id_to_token_[id])
+            throw Error(source + ": tokens '" + *id_to_token_[id] + "' and '" + vocab_storage_[i] + "' both have id " +
+                        std::to_string(id));
         id_to_token_[id] = vocab_storage_[i];
         decoded_[id]     = byte_level_decode(vocab_storage_[i]);
     }
@@ -428,9 +459,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(const std::filesys
     std::vector<std::pair<std::string, TokenId>> vocab;
     vocab.reserve(vj.size());
     for (auto it = vj.begin(); it != vj.end(); ++it) {
-        if (!it.value().is_number_integer())
-            throw Error(vocab_json.string() + ": id of token '" + it.key() + "' is not an integer");
-        vocab.emplace_back(it.key(), it.value().get<TokenId>());
+        vocab.emplace_back(it.key(), checked_id(it.value(), vocab_json.string(), it.key()));
     }
 
     const std::string text = read_file(merges_txt);
@@ -513,7 +542,8 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::files
         std::vector<std::pair<std::string, TokenId>> vocab;
         const auto& vj = model.at("vocab");
         vocab.reserve(vj.size());
-        for (auto it = vj.begin(); it != vj.end(); ++it) vocab.emplace_back(it.key(), it.value().get<TokenId>());
+        for (auto it = vj.begin(); it != vj.end(); ++it)
+            vocab.emplace_back(it.key(), checked_id(it.value(), where + ": model.vocab", it.key()));
 
         std::vector<std::pair<std::string, std::string>> merges;
         const auto& mj = model.at("merges");
@@ -538,8 +568,8 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::files
         if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
             for (const auto& t : j["added_tokens"]) {
                 AddedToken a;
-                a.id          = t.at("id").get<TokenId>();
                 a.content     = t.at("content").get<std::string>();
+                a.id          = checked_id(t.at("id"), where + ": added_tokens", a.content);
                 a.special     = t.value("special", false);
                 a.lstrip      = t.value("lstrip", false);
                 a.rstrip      = t.value("rstrip", false);

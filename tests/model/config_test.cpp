@@ -157,7 +157,7 @@ TEST(Qwen2Config, RejectsUnimplementedFeaturesAndBadValuesNamingFileAndKey) {
          {"'num_attention_heads'"}},
         {[](auto& j) { j["hidden_size"] = 32.0; }, {"'hidden_size'", "integer"}},
         {[](auto& j) { j["hidden_size"] = "32"; }, {"'hidden_size'", "integer"}},
-        {[](auto& j) { j["num_hidden_layers"] = 0; }, {"'num_hidden_layers'", ">= 1"}},
+        {[](auto& j) { j["num_hidden_layers"] = 0; }, {"'num_hidden_layers'", "[1, 1024]", "got 0"}},
         {[](auto& j) { j["vocab_size"] = -5; }, {"'vocab_size'"}},
         {[](auto& j) { j["rms_norm_eps"] = 0; }, {"'rms_norm_eps'"}},
         {[](auto& j) { j["rms_norm_eps"] = "1e-6"; }, {"'rms_norm_eps'", "number"}},
@@ -178,6 +178,80 @@ TEST(Qwen2Config, RejectsUnimplementedFeaturesAndBadValuesNamingFileAndKey) {
         expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); }, cases[i].fragments);
     }
     expect_usage_error([&] { Qwen2Config::from_json(nlohmann::json::array(), "cfg.json"); }, {"cfg.json", "object"});
+}
+
+// Issue 11 finding 4: `num_hidden_layers: 1e12` (and other absurd sizes) used to be accepted or to grow memory until
+// the process was killed. Every size-like key is bounded; the error names the file, the key and the range.
+TEST(Qwen2Config, SizeLikeKeysAreBoundedNamingKeyAndRange) {
+    const char* keys[] = {"vocab_size",          "hidden_size",         "intermediate_size", "num_hidden_layers",
+                          "num_attention_heads", "num_key_value_heads", "head_dim",          "max_position_embeddings",
+                          "sliding_window",      "max_window_layers",   "bos_token_id",      "pad_token_id",
+                          "eos_token_id"};
+    const std::vector<nlohmann::json> values = {
+        nlohmann::json::parse("1e12"),
+        nlohmann::json(int64_t{1000000000000}),
+        nlohmann::json(3.5),
+        nlohmann::json(-1),
+        nlohmann::json::parse("18446744073709551615"),
+        nlohmann::json(true),
+        nlohmann::json::array({1, 2}),
+    };
+    for (const char* key : keys) {
+        for (const auto& v : values) {
+            if (std::string(key) == "eos_token_id" && v.is_array()) continue;  // a list of ids is allowed there
+            SCOPED_TRACE(std::string(key) + " = " + v.dump());
+            auto j = base();
+            j[key] = v;
+            expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); },
+                               {"cfg.json", std::string("'") + key + "'", "integer", "got " + v.dump()});
+        }
+    }
+    // The limits are far above the largest published model and the range is in the message.
+    auto j                 = base();
+    j["num_hidden_layers"] = 1025;
+    expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); }, {"'num_hidden_layers'", "[1, 1024]"});
+    j                = base();
+    j["hidden_size"] = 65536 * 2;
+    expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); }, {"'hidden_size'", "[1, 65536]"});
+    j                        = base();
+    j["num_key_value_heads"] = 8;  // more KV heads than query heads
+    expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); }, {"'num_key_value_heads'", "[1, 4]"});
+    j               = base();
+    j["rope_theta"] = 1e-300;  // inv_freq would overflow to inf
+    expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); }, {"'rope_theta'", ">= 1"});
+    j                 = base();
+    j["eos_token_id"] = {2, -3};
+    expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); }, {"'eos_token_id'", "got -3"});
+}
+
+// Finding 5: a config without hidden_size used to default it to 4096 and blame num_attention_heads.
+TEST(Qwen2Config, MissingRequiredSizeKeysAreNamedAsMissing) {
+    for (const char* key :
+         {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"}) {
+        SCOPED_TRACE(key);
+        auto j = base();
+        j.erase(key);
+        expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); },
+                           {"cfg.json", std::string("'") + key + "'", "missing"});
+        j      = base();
+        j[key] = nullptr;
+        expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); }, {std::string("'") + key + "'", "missing"});
+    }
+}
+
+TEST(Qwen2Config, InconsistentHeadLayoutsAreRefused) {
+    auto j                   = base();
+    j["hidden_size"]         = 70;
+    j["num_attention_heads"] = 3;
+    j["num_key_value_heads"] = 3;
+    expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); },
+                       {"'num_attention_heads'", "does not divide hidden_size 70"});
+    j                = base();
+    j["hidden_size"] = 36;  // 36 / 4 heads = head_dim 9: odd, RoPE rotates halves
+    expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); }, {"'head_dim'", "even"});
+    j             = base();
+    j["head_dim"] = 0;
+    expect_usage_error([&] { Qwen2Config::from_json(j, "cfg.json"); }, {"'head_dim'", "got 0"});
 }
 
 TEST(Qwen2Config, UnreadableFilesAreRuntimeErrors) {

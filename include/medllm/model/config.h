@@ -1,6 +1,9 @@
 // Qwen2 / Qwen2.5 model configuration, read from a Hugging Face config.json (model_type "qwen2").
-// Every value comes from the file; HF class defaults are used only for keys the file omits, exactly as
-// transformers does (they are NOT the Qwen2.5 values, see ../shared/reference/qwen2.md §1).
+// Every value comes from the file. The five size keys (vocab_size, hidden_size, intermediate_size,
+// num_hidden_layers, num_attention_heads) are required; HF class defaults are used only for the other keys the
+// file omits, exactly as transformers does (they are NOT the Qwen2.5 values, see ../shared/reference/qwen2.md §1).
+// Size-like keys are bounded (e.g. at most 1024 layers, hidden_size 65536; config.cpp lists the limits), far
+// above any published model, so a typo such as 1e12 layers is a one-line error, not an allocation that never ends.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -41,8 +44,8 @@ struct Qwen2Config {
     std::string torch_dtype;  // `dtype` (newer transformers) or `torch_dtype`; "" when absent
     std::string source;       // file the config came from (for error messages)
 
-    // Parses and validates; `source` names the file in every error (UsageError for bad or unsupported values,
-    // Error for unreadable files and malformed JSON).
+    // Parses and validates; `source` names the file in every error (UsageError for bad, missing, out-of-range or
+    // unsupported values, naming the key and the allowed range; Error for unreadable files and malformed JSON).
     static Qwen2Config from_json(const nlohmann::json& json, const std::string& source = "config.json");
     // `path` is a config.json or a directory holding one.
     static Qwen2Config from_file(const std::filesystem::path& path);
