@@ -8,11 +8,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/io/safetensors.h"
 #include "safetensors_util.h"
 
@@ -78,15 +77,6 @@ at::Tensor make_tensor(const std::shared_ptr<MappedFile>& map, const Header& hea
         const_cast<uint8_t*>(bytes), info.shape, [keep](void*) mutable { keep.reset(); }, options);
 }
 
-std::string read_text(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(path.string() + ": cannot open: " + std::strerror(errno));
-    std::ostringstream text;
-    text << in.rdbuf();
-    if (in.bad()) throw Error(path.string() + ": read failed");
-    return text.str();
-}
-
 }  // namespace
 
 SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path), map_(std::make_shared<MappedFile>(path)) {
@@ -124,13 +114,8 @@ CheckpointReader::CheckpointReader(const fs::path& path) : root_(path) {
     } else if (fs::is_directory(path, ec)) {
         const fs::path index = path / "model.safetensors.index.json";
         if (fs::exists(index, ec)) {
-            sharded_ = true;
-            nlohmann::json doc;
-            try {
-                doc = nlohmann::json::parse(read_text(index));
-            } catch (const nlohmann::json::exception& e) {
-                throw Error(index.string() + ": not valid JSON: " + e.what());
-            }
+            sharded_                 = true;
+            const nlohmann::json doc = read_json_file(index);
             if (!doc.is_object() || !doc.contains("weight_map") || !doc["weight_map"].is_object())
                 throw Error(index.string() + ": missing object 'weight_map'");
             std::map<std::string, size_t> file_ids;

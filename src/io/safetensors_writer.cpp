@@ -5,11 +5,13 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <regex>
 #include <set>
 
+#include <spdlog/spdlog.h>
+
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/io/safetensors.h"
 #include "safetensors_util.h"
 
@@ -23,38 +25,9 @@ uint64_t tensor_bytes(const at::Tensor& t) {
     return static_cast<uint64_t>(t.numel()) * dtype_size(from_scalar_type(t.scalar_type()));
 }
 
-class OutFile {
-public:
-    explicit OutFile(const fs::path& path) : path_(path), f_(std::fopen(path.c_str(), "wb")) {
-        if (!f_) throw Error(path.string() + ": cannot create: " + std::strerror(errno));
-    }
-    ~OutFile() {
-        if (f_) std::fclose(f_);
-    }
-    void write(const void* data, size_t size) {
-        if (size && std::fwrite(data, 1, size, f_) != size)
-            throw Error(path_.string() + ": write failed: " + std::strerror(errno));
-    }
-    void close() {
-        FILE* f = f_;
-        f_      = nullptr;
-        if (std::fflush(f) != 0 || std::fclose(f) != 0)
-            throw Error(path_.string() + ": write failed: " + std::strerror(errno));
-    }
-
-private:
-    fs::path path_;
-    FILE* f_;
-};
-
 void write_index(const fs::path& path, const nlohmann::json& index) {
     // Same form as transformers: json.dumps(index, indent=2, sort_keys=True) + "\n" (ASCII-escaped).
-    const std::string text = index.dump(2, ' ', /*ensure_ascii=*/true) + "\n";
-    const fs::path tmp     = path.string() + ".tmp";
-    OutFile out(tmp);
-    out.write(text.data(), text.size());
-    out.close();
-    fs::rename(tmp, path);
+    write_file_atomic(path, index.dump(2, ' ', /*ensure_ascii=*/true) + "\n");
 }
 
 }  // namespace
@@ -105,25 +78,18 @@ void save_file(const fs::path& path, const std::vector<std::pair<std::string, at
     text.append((8 - text.size() % 8) % 8, ' ');
     if (text.size() > kMaxHeaderBytes) throw Error(path.string() + ": header would exceed the 100 MB limit");
 
-    const fs::path tmp = path.string() + ".tmp";
-    try {
-        OutFile out(tmp);
-        uint8_t length[8];
-        for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
-        out.write(length, 8);
-        out.write(text.data(), text.size());
-        for (const auto& item : items) {
-            // One tensor at a time on the CPU: a model on the GPU is never copied to host memory as a whole.
-            const at::Tensor cpu = item.tensor->detach().to(at::kCPU).contiguous();
-            out.write(cpu.data_ptr(), item.nbytes);
-        }
-        out.close();
-        fs::rename(tmp, path);
-    } catch (...) {
-        std::error_code ignored;
-        fs::remove(tmp, ignored);
-        throw;
+    // Temporary + fsync + rename: a crash or a full disk never leaves a cut file under the final name.
+    AtomicFileWriter out(path);
+    uint8_t length[8];
+    for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
+    out.write(length, 8);
+    out.write(text.data(), text.size());
+    for (const auto& item : items) {
+        // One tensor at a time on the CPU: a model on the GPU is never copied to host memory as a whole.
+        const at::Tensor cpu = item.tensor->detach().to(at::kCPU).contiguous();
+        out.write(cpu.data_ptr(), item.nbytes);
     }
+    out.commit();
 }
 
 // ---------------------------------------------------------------- CheckpointWriter
@@ -173,77 +139,105 @@ void CheckpointWriter::write_journal() const {
         shards.push_back({{"file", temp_shards_[i].filename().string()},
                           {"names", shard_names_[i]},
                           {"bytes", shard_bytes_[i]},
-                          {"numel", shard_numel_[i]}});
+                          {"numel", shard_numel_[i]},
+                          {"xxh3", shard_hashes_[i]}});
     }
     const nlohmann::json journal = {
         {"resume_key", resume_key_}, {"max_shard_bytes", max_shard_bytes_}, {"shards", shards}};
-    const fs::path tmp = journal_path().string() + ".tmp";
-    {
-        std::ofstream out(tmp);
-        out << journal.dump() << "\n";
-        if (!out) throw Error(tmp.string() + ": cannot write");
-    }
-    fs::rename(tmp, journal_path());
+    write_file_atomic(journal_path(), journal.dump() + "\n");
 }
 
-// Takes over the shards an interrupted run with the same key finished, or clears what a different run left.
+namespace {
+
+// Why the shard `file` recorded by `record` cannot be kept ("" when it can): its record is damaged, the file is
+// gone, or it no longer holds what was written (a changed byte anywhere changes its hash).
+std::string kept_shard_problem(const nlohmann::json& record, const fs::path& file) {
+    std::error_code ec;
+    try {
+        (void)record.at("bytes").get<uint64_t>();
+        (void)record.at("numel").get<uint64_t>();
+        if (record.at("file").get<std::string>() != file.filename().string()) return "its record names another file";
+        if (!fs::exists(file, ec)) return "the file is missing";
+        const auto recorded = record.at("xxh3").get<std::string>();
+        const auto now      = hash_file(file);
+        if (now != recorded)
+            return "its content changed since it was written (xxh3 " + now + ", recorded " + recorded + ")";
+        // The shard must still hold exactly the tensors the record lists.
+        auto listed = record.at("names").get<std::vector<std::string>>();
+        auto held   = SafetensorsFile(file).names();
+        std::sort(listed.begin(), listed.end());
+        std::sort(held.begin(), held.end());
+        if (listed != held) return "it holds other tensors than its record lists";
+    } catch (const std::exception& e) {
+        return std::string("its record is damaged (") + e.what() + ")";
+    }
+    return "";
+}
+
+}  // namespace
+
+// Takes over the shards an interrupted run with the same key finished, or clears what a different run left. Kept
+// shards are verified against the hash recorded when they were written; from the first one that fails on, the
+// shards are dropped and written again.
 void CheckpointWriter::adopt_or_clear_journal() {
     std::error_code ec;
     nlohmann::json journal;
-    if (fs::exists(journal_path())) {
+    if (fs::exists(journal_path(), ec)) {
         try {
-            std::ifstream in(journal_path());
-            journal = nlohmann::json::parse(in);
-        } catch (const std::exception&) {
+            journal = read_json_file(journal_path());
+        } catch (const Error&) {
             journal = nlohmann::json();  // unreadable: start over
         }
     }
-    bool usable = false;
+    bool same_run = false;
     try {  // any missing or mistyped field makes the record unusable
-        usable = journal.is_object() && journal.at("resume_key").get<std::string>() == resume_key_ &&
-                 journal.at("max_shard_bytes").get<uint64_t>() == max_shard_bytes_ && journal.at("shards").is_array();
-        for (size_t i = 0; usable && i < journal["shards"].size(); ++i) {
-            const auto& shard   = journal["shards"][i];
-            const fs::path file = dir_ / ("." + prefix_ + "-shard-" + std::to_string(i) + ".safetensors");
-            (void)shard.at("bytes").get<uint64_t>();
-            (void)shard.at("numel").get<uint64_t>();
-            usable = shard.at("file").get<std::string>() == file.filename().string() && fs::exists(file);
-            if (usable) {
-                // The shard must still hold exactly the tensors the record lists.
-                auto listed = shard.at("names").get<std::vector<std::string>>();
-                auto held   = SafetensorsFile(file).names();
-                std::sort(listed.begin(), listed.end());
-                std::sort(held.begin(), held.end());
-                usable = listed == held;
+        same_run = journal.is_object() && journal.at("resume_key").get<std::string>() == resume_key_ &&
+                   journal.at("max_shard_bytes").get<uint64_t>() == max_shard_bytes_ && journal.at("shards").is_array();
+    } catch (const std::exception&) {
+        same_run = false;
+    }
+    size_t kept = 0;
+    if (same_run) {
+        for (; kept < journal["shards"].size(); ++kept) {
+            const fs::path file       = dir_ / ("." + prefix_ + "-shard-" + std::to_string(kept) + ".safetensors");
+            const std::string problem = kept_shard_problem(journal["shards"][kept], file);
+            if (!problem.empty()) {
+                spdlog::warn("{}: not resuming from this shard: {}; it and the {} after it are written again",
+                             file.string(), problem, journal["shards"].size() - kept - 1);
+                break;
             }
         }
-    } catch (const std::exception&) {
-        usable = false;
     }
-    if (!usable) {
-        // Whatever a different (or unreadable) run left: temporary shards and the record.
-        const std::regex temp_pattern("\\." +
-                                      std::regex_replace(prefix_, std::regex(R"([.^$|()\[\]{}*+?\\])"), R"(\$&)") +
-                                      R"(-shard-\d+\.safetensors(\.tmp)?)");
-        std::vector<fs::path> leftovers;  // collected first: removing while iterating is unspecified
-        for (const auto& entry : fs::directory_iterator(dir_, ec)) {
-            if (std::regex_match(entry.path().filename().string(), temp_pattern)) leftovers.push_back(entry.path());
-        }
-        for (const auto& path : leftovers) fs::remove(path, ec);
+    // Whatever is not kept: temporary shards past the kept ones, unfinished temporaries, and a stale record.
+    const std::regex temp_pattern("\\." + std::regex_replace(prefix_, std::regex(R"([.^$|()\[\]{}*+?\\])"), R"(\$&)") +
+                                  R"(-shard-(\d+)\.safetensors(\.tmp)?)");
+    std::vector<fs::path> leftovers;  // collected first: removing while iterating is unspecified
+    for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+        std::smatch m;
+        const std::string name = entry.path().filename().string();
+        if (std::regex_match(name, m, temp_pattern) &&
+            (m[2].matched || m[1].length() > 12 || std::stoull(m[1].str()) >= kept))
+            leftovers.push_back(entry.path());
+    }
+    for (const auto& path : leftovers) fs::remove(path, ec);
+    if (kept == 0) {
         fs::remove(journal_path(), ec);
         return;
     }
-    for (const auto& shard : journal["shards"]) {
+    for (size_t i = 0; i < kept; ++i) {
+        const auto& shard = journal["shards"][i];
         temp_shards_.push_back(dir_ / shard["file"].get<std::string>());
         shard_names_.push_back(shard["names"].get<std::vector<std::string>>());
         shard_bytes_.push_back(shard["bytes"].get<uint64_t>());
         shard_numel_.push_back(shard["numel"].get<uint64_t>());
+        shard_hashes_.push_back(shard["xxh3"].get<std::string>());
         for (const auto& name : shard_names_.back()) completed_.insert(name);
         total_bytes_ += shard_bytes_.back();
         total_numel_ += shard_numel_.back();
         resumed_bytes_ += shard_bytes_.back();
     }
     resumed_shards_ = temp_shards_.size();
+    if (kept < journal["shards"].size()) write_journal();  // the record lists only what is kept
 }
 
 void CheckpointWriter::add(const std::string& name, const at::Tensor& tensor) {
@@ -281,6 +275,7 @@ void CheckpointWriter::write_shard() {
     const fs::path tmp = dir_ / ("." + prefix_ + "-shard-" + std::to_string(temp_shards_.size()) + ".safetensors");
     temp_shards_.push_back(tmp);
     save_file(tmp, pending_, metadata_);
+    shard_hashes_.push_back(hash_file(tmp));  // read back from the page cache: cheap next to writing it
     std::vector<std::string> names;
     uint64_t bytes = 0, numel = 0;
     for (const auto& p : pending_) {

@@ -13,6 +13,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/io/safetensors.h"
+#include "support/file_limit.h"
 
 namespace fs = std::filesystem;
 using medllm::Error;
@@ -338,8 +339,9 @@ TEST(Safetensors, ResumeRefusesADifferentOrderAndPlainWritersCleanUp) {
     }
     EXPECT_TRUE(fs::is_empty(plain.path()));
 
-    // A damaged record or a shard that no longer matches it: nothing is taken over, the leftovers are cleared.
-    for (const std::string damage : {"journal", "shard", "types"}) {
+    // A damaged record: nothing is taken over, the leftovers are cleared. (A shard that no longer matches its
+    // record is dropped with the ones after it: ResumeRewritesAKeptShardWhoseBytesChanged.)
+    for (const std::string damage : {"journal", "types"}) {
         TempDir d;
         {
             CheckpointWriter w(d.path(), 100, {{"format", "pt"}}, "model", "k");
@@ -351,8 +353,6 @@ TEST(Safetensors, ResumeRefusesADifferentOrderAndPlainWritersCleanUp) {
         } else if (damage == "types") {
             write_bytes(d.path() / ".model-shards.json",
                         R"({"resume_key": "k", "max_shard_bytes": "100", "shards": [{"file": 3}]})");
-        } else {
-            save_file(d.path() / ".model-shard-1.safetensors", {{"other", at::ones(25)}});
         }
         CheckpointWriter again(d.path(), 100, {{"format", "pt"}}, "model", "k");
         EXPECT_EQ(again.resumed_shards(), 0u) << damage;
@@ -361,6 +361,83 @@ TEST(Safetensors, ResumeRefusesADifferentOrderAndPlainWritersCleanUp) {
         again.add("b", at::ones(25));
         EXPECT_EQ(again.finish().size(), 2u) << damage;
     }
+}
+
+// Finding 2: resume used to keep a shard whose size matched its record, so a changed byte inside survived into the
+// output. Now the shard's hash is checked: the changed shard and the ones after it are written again, and the
+// result is byte for byte a clean run's.
+TEST(Safetensors, ResumeRewritesAKeptShardWhoseBytesChanged) {
+    auto tensors = [] {
+        std::vector<std::pair<std::string, at::Tensor>> t;
+        for (int i = 0; i < 4; ++i) t.emplace_back("t" + std::to_string(i), at::arange(25, at::kFloat) + i);
+        return t;
+    }();
+    auto write_all = [&](const fs::path& dir, size_t stop_after) {
+        CheckpointWriter w(dir, 100, {{"format", "pt"}}, "model", "k");  // 100 B: one tensor per shard
+        size_t added = 0;
+        for (const auto& [name, t] : tensors) {
+            if (w.completed(name)) continue;
+            if (added++ == stop_after) return size_t{0};  // interrupted
+            w.add(name, t);
+        }
+        w.finish();
+        return w.resumed_shards();
+    };
+    TempDir clean, resumed;
+    write_all(clean.path(), 99);
+    write_all(resumed.path(), 3);  // shards 0..2 finished, then interrupted
+    for (const std::string damage : {"data byte", "removed", "other tensor"}) {
+        SCOPED_TRACE(damage);
+        const fs::path shard1 = resumed.path() / ".model-shard-1.safetensors";
+        if (damage == "data byte") {
+            std::string bytes = read_bytes(shard1);
+            bytes[bytes.size() - 7] ^= 0x01;  // inside t1's data: same size, same header
+            write_bytes(shard1, bytes);
+        } else if (damage == "removed") {
+            fs::remove(shard1);
+        } else {
+            save_file(shard1, {{"other", at::ones(25)}});
+        }
+        {
+            CheckpointWriter probe(resumed.path(), 100, {{"format", "pt"}}, "model", "k");
+            EXPECT_EQ(probe.resumed_shards(), 1u);  // shard 0 kept; 1 (changed) and 2 (after it) dropped
+            EXPECT_TRUE(probe.completed("t0"));
+            EXPECT_FALSE(probe.completed("t1"));
+            EXPECT_FALSE(probe.completed("t2"));
+        }
+        EXPECT_FALSE(fs::exists(resumed.path() / ".model-shard-2.safetensors"));
+        // Interrupt again after one more tensor, so the next damage finds shards 0..2 again.
+        EXPECT_EQ(write_all(resumed.path(), 2), 0u);
+    }
+    EXPECT_EQ(write_all(resumed.path(), 99), 3u);
+    for (int i = 1; i <= 4; ++i) {
+        const std::string name = "model-0000" + std::to_string(i) + "-of-00004.safetensors";
+        EXPECT_EQ(read_bytes(resumed.path() / name), read_bytes(clean.path() / name)) << name;
+    }
+    EXPECT_EQ(read_bytes(resumed.path() / "model.safetensors.index.json"),
+              read_bytes(clean.path() / "model.safetensors.index.json"));
+}
+
+// Finding 1: every safetensors write is checked and atomic: a full disk (RLIMIT_FSIZE here) is an Error naming the
+// file, and leaves neither a cut file under the final name nor a temporary.
+TEST(Safetensors, FullDiskIsAnErrorAndLeavesNoCutFile) {
+    TempDir dir;
+    const fs::path path = dir.path() / "big.safetensors";
+    {
+        ScopedFileSizeLimit limit(4096);
+        expect_error([&] { save_file(path, {{"w", at::zeros({4096})}}); }, {path.string(), "write failed"});
+    }
+    EXPECT_FALSE(fs::exists(path));
+    EXPECT_TRUE(fs::is_empty(dir.path()));
+    // The index of a sharded checkpoint goes through the same writer (shards of ~104 B fit, the ~180 B index not).
+    {
+        ScopedFileSizeLimit limit(150);
+        CheckpointWriter w(dir.path(), 8);
+        w.add("a", at::ones(2));
+        w.add("b", at::ones(2));
+        expect_error([&] { w.finish(); }, {"model.safetensors.index.json", "write failed"});
+    }
+    EXPECT_FALSE(fs::exists(dir.path() / "model.safetensors.index.json"));
 }
 
 // Re-writes every dtype of the Python-written fixture and reads it back. With MEDLLM_IO_EXPORT_DIR set (as
@@ -502,7 +579,7 @@ TEST(Safetensors, CorruptShardIndexesAreRejected) {
     write_index(R"({"weight_map":[]})");
     expect_error([&] { CheckpointReader r(dir.path()); }, {"index.json", "weight_map"});
     write_index("{");
-    expect_error([&] { CheckpointReader r(dir.path()); }, {"index.json", "not valid JSON"});
+    expect_error([&] { CheckpointReader r(dir.path()); }, {"index.json:", "invalid JSON"});
     TempDir empty;
     expect_error([&] { CheckpointReader r(empty.path()); }, {"no model.safetensors"});
     expect_error([&] { CheckpointReader r(empty.path() / "nope"); }, {"nope", "no such"});

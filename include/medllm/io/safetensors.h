@@ -138,7 +138,9 @@ void save_file(const std::filesystem::path& path, const std::vector<std::pair<st
 // referenced at a time.
 //
 // Resumable writing (`resume_key` non-empty): every finished shard is recorded in `.<prefix>-shards.json` next to
-// it. When a run with the same key and shard size finds such a record, the shards it lists are kept: `completed()`
+// it, with its content hash (XXH3). When a run with the same key and shard size finds such a record, the shards it
+// lists are kept after their hashes are checked (the first shard that is missing or changed is written again, with
+// a warning, and so is every shard after it): `completed()`
 // tells the caller which tensors it need not compute again, and `add()` skips them. The caller must add tensors in
 // the same order as the interrupted run (same inputs and options: put them in the key); a different order is an
 // error. An abandoned resumable writer keeps its finished shards; a plain one removes them.
@@ -184,6 +186,7 @@ private:
     std::string resume_key_;
     std::set<std::string> completed_;
     std::vector<uint64_t> shard_bytes_, shard_numel_;
+    std::vector<std::string> shard_hashes_;  // XXH3 of each finished shard file, checked on resume
     size_t resumed_shards_  = 0;
     uint64_t resumed_bytes_ = 0;
     bool added_new_         = false;  // a tensor not in a resumed shard has been added
