@@ -4,8 +4,11 @@
 //   medllm tokenize --model DIR --field text -i docs.jsonl     JSONL input, encode the "text" field
 //   medllm tokenize --model DIR --decode -i ids.jsonl          [..] or {"ids": [..]} per line -> {"text": "..."}
 //   medllm tokenize --model DIR --stats -o /dev/null           + documents, tokens, tokens/char, throughput
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <limits>
@@ -17,6 +20,8 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
+#include "medllm/io/model_files.h"
 #include "medllm/text/tokenizer.h"
 #include "medllm/text/unicode.h"
 
@@ -34,6 +39,58 @@ struct TokenizeOptions {
     bool skip_special_tokens = false;
     int jobs                 = 0;
     std::size_t batch        = 8192;
+};
+
+// Where the ids or texts go: standard output (every write checked, so a full or closed stdout stops the run), a
+// file written through a temporary and renamed (a full disk never leaves a cut file under its name), or, for an
+// existing device or pipe such as /dev/null, that file written in place. Errors name the file.
+class Output {
+public:
+    explicit Output(const std::string& path) : path_(path) {
+        if (path == "-") return;
+        std::error_code ec;
+        if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec)) {
+            direct_ = std::fopen(path.c_str(), "wb");
+            if (!direct_) throw Error(path + ": cannot open for writing: " + std::strerror(errno));
+        } else {
+            atomic_ = std::make_unique<AtomicFileWriter>(path);
+        }
+    }
+    ~Output() {
+        if (direct_) std::fclose(direct_);
+    }
+    Output(const Output&)            = delete;
+    Output& operator=(const Output&) = delete;
+
+    void write(std::string_view text) {
+        if (atomic_) {
+            atomic_->write(text);
+        } else if (direct_) {
+            if (std::fwrite(text.data(), 1, text.size(), direct_) != text.size()) fail();
+        } else {
+            write_stdout(text);
+        }
+    }
+    // Flushes and closes (renames the file into place); throws when anything failed.
+    void finish() {
+        if (atomic_) {
+            atomic_->commit();
+        } else if (direct_) {
+            std::FILE* f       = direct_;
+            direct_            = nullptr;
+            const bool flushed = std::fflush(f) == 0;
+            if (std::fclose(f) != 0 || !flushed) fail();
+        } else {
+            check_stdout();
+        }
+    }
+
+private:
+    [[noreturn]] void fail() const { throw Error(path_ + ": write failed: " + std::strerror(errno)); }
+
+    std::string path_;
+    std::unique_ptr<AtomicFileWriter> atomic_;
+    std::FILE* direct_ = nullptr;
 };
 
 std::size_t count_code_points(const std::string& s) {
@@ -66,6 +123,13 @@ std::vector<text::TokenId> parse_ids(const nlohmann::json& j, const std::string&
 }
 
 void run_tokenize(const TokenizeOptions& opt) {
+    // Before anything is opened: an output that is the input (or a tokenizer file) would destroy it.
+    if (opt.output != "-") {
+        std::vector<std::filesystem::path> inputs = {opt.model};
+        if (opt.input != "-") inputs.push_back(opt.input);
+        for (const auto& name : io::kModelSideFiles) inputs.push_back(std::filesystem::path(opt.model) / name);
+        check_output_not_input(opt.output, inputs);
+    }
     const auto tokenizer = text::Tokenizer::from_dir(opt.model);
 
     std::ifstream file;
@@ -76,14 +140,8 @@ void run_tokenize(const TokenizeOptions& opt) {
         if (!file) throw Error("cannot open input " + opt.input);
         in = &file;
     }
-    std::ofstream out_file;
-    std::ostream* out = &std::cout;
-    if (opt.output != "-") {
-        out_file.open(opt.output, std::ios::binary);
-        if (!out_file) throw Error("cannot open output " + opt.output);
-        out = &out_file;
-    }
-    std::ios::sync_with_stdio(false);
+    Output out(opt.output);
+    std::ios::sync_with_stdio(false);  // fast std::cin; output goes through C stdio (write_stdout)
 
     std::size_t documents = 0, tokens = 0, bytes = 0, chars = 0, line_no = 0;
     double seconds = 0;
@@ -117,7 +175,7 @@ void run_tokenize(const TokenizeOptions& opt) {
                 buffer += "{\"text\":";
                 buffer += nlohmann::json(t).dump();
                 buffer += "}\n";
-                out->write(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+                out.write(buffer);
             }
         } else {
             const auto encoded = tokenizer->encode_batch(batch, opt.add_special_tokens, opt.jobs);
@@ -132,7 +190,7 @@ void run_tokenize(const TokenizeOptions& opt) {
                     buffer += std::to_string(encoded[i][k]);
                 }
                 buffer += "]}\n";
-                out->write(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+                out.write(buffer);
             }
         }
         documents += batch.size();
@@ -162,8 +220,7 @@ void run_tokenize(const TokenizeOptions& opt) {
     }
     if (in->bad()) throw Error("error reading " + input_name);
     flush();
-    out->flush();
-    if (!*out) throw Error("error writing " + (opt.output == "-" ? std::string("<stdout>") : opt.output));
+    out.finish();
 
     if (opt.stats) {
         const double mb = static_cast<double>(bytes) / 1e6;

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 
 namespace fs = std::filesystem;
 
@@ -229,17 +230,7 @@ Qwen2Config Qwen2Config::from_json(const nlohmann::json& json, const std::string
 Qwen2Config Qwen2Config::from_file(const fs::path& path) {
     std::error_code ec;
     const fs::path file = fs::is_directory(path, ec) ? path / "config.json" : path;
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw Error(file.string() + ": cannot open config");
-    std::ostringstream text;
-    text << in.rdbuf();
-    nlohmann::json json;
-    try {
-        json = nlohmann::json::parse(text.str());
-    } catch (const nlohmann::json::parse_error& e) {
-        throw Error(file.string() + ": not valid JSON: " + e.what());
-    }
-    return from_json(json, file.string());
+    return from_json(read_json_file(file), file.string());
 }
 
 nlohmann::json Qwen2Config::to_json() const {

@@ -2,12 +2,13 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
+#include "medllm/io/model_files.h"
 #include "medllm/io/safetensors.h"
 #include "medllm/quant/nf4.h"
 #include "medllm/quant/nf4_serialize.h"
@@ -32,18 +33,11 @@ QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::stri
         throw UsageError("--blocksize " + std::to_string(options.blocksize) +
                          " is not a power of two between 32 and 4096");
     fs::path in(model_dir), out(output_dir);
-    fs::path config_path = in / "config.json";
-    std::ifstream config_in(config_path);
-    if (!config_in) throw Error("cannot read " + config_path.string());
-    nlohmann::json config;
-    try {
-        config = nlohmann::json::parse(config_in);
-    } catch (const nlohmann::json::parse_error& e) {
-        throw Error("malformed JSON in " + config_path.string() + ": " + e.what());
-    }
+    fs::path config_path  = in / "config.json";
+    nlohmann::json config = read_json_file(config_path);
     if (config.contains("quantization_config"))
         throw UsageError(model_dir + " is already quantized (its config.json has quantization_config)");
-    if (fs::exists(out) && fs::equivalent(in, out)) throw UsageError("--output must differ from --model");
+    check_output_not_input(out, {in});  // also through a symlink, before anything is written
 
     io::CheckpointReader reader(model_dir);
     fs::create_directories(out);
@@ -107,14 +101,8 @@ QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::stri
         {"llm_int8_skip_modules", nullptr},
         {"llm_int8_threshold", 6.0},
     };
-    std::ofstream config_out(out / "config.json");
-    config_out << config.dump(2) << "\n";
-    if (!config_out) throw Error("cannot write " + (out / "config.json").string());
-
-    for (const char* extra : {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
-                              "merges.txt", "special_tokens_map.json", "added_tokens.json", "tokenizer.model"}) {
-        if (fs::exists(in / extra)) fs::copy_file(in / extra, out / extra, fs::copy_options::overwrite_existing);
-    }
+    write_file_atomic(out / "config.json", config.dump(2) + "\n");
+    io::copy_model_side_files(in, out);  // tokenizer, chat template, generation config
     return report;
 }
 

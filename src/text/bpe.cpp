@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/text/unicode.h"
 
 namespace medllm::text {
@@ -94,23 +95,6 @@ std::string byte_level_decode(const std::string& token) {
         i += static_cast<std::size_t>(len);
     }
     return out;
-}
-
-std::string read_file(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error("cannot open tokenizer file " + path.string());
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-nlohmann::json parse_json_file(const std::filesystem::path& path) {
-    const std::string text = read_file(path);
-    try {
-        return nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(path.string() + ": malformed JSON: " + e.what());
-    }
 }
 
 bool is_white_space_cp(std::uint32_t c) {
@@ -454,7 +438,7 @@ BpeTokenizer::~BpeTokenizer() = default;
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(const std::filesystem::path& vocab_json,
                                                               const std::filesystem::path& merges_txt,
                                                               std::vector<AddedToken> added, BpeOptions options) {
-    const nlohmann::json vj = parse_json_file(vocab_json);
+    const nlohmann::json vj = read_json_file(vocab_json);
     if (!vj.is_object()) throw Error(vocab_json.string() + ": expected a JSON object {token: id}");
     std::vector<std::pair<std::string, TokenId>> vocab;
     vocab.reserve(vj.size());
@@ -462,7 +446,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(const std::filesys
         vocab.emplace_back(it.key(), checked_id(it.value(), vocab_json.string(), it.key()));
     }
 
-    const std::string text = read_file(merges_txt);
+    const std::string text = read_text_file(merges_txt);
     std::vector<std::pair<std::string, std::string>> merges;
     std::size_t line_no = 0, pos = 0;
     while (pos < text.size()) {
@@ -521,7 +505,7 @@ void check_pipeline(const nlohmann::json& j, const std::string& where, BpeOption
 }  // namespace
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::filesystem::path& path, BpeOptions options) {
-    const nlohmann::json j  = parse_json_file(path);
+    const nlohmann::json j  = read_json_file(path);
     const std::string where = path.string();
     try {
         const auto& model = j.at("model");

@@ -2,14 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
-#include <fstream>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/text/bpe.h"
 #include "medllm/text/sentencepiece.h"
 #include "medllm/text/unicode.h"
@@ -18,18 +17,6 @@ namespace medllm::text {
 namespace fs = std::filesystem;
 
 namespace {
-
-nlohmann::json read_json(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error("cannot open tokenizer file " + path.string());
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    try {
-        return nlohmann::json::parse(ss.str());
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(path.string() + ": malformed JSON: " + e.what());
-    }
-}
 
 // tokenizer_config.json writes special tokens as a string, {"content": ...}, or null.
 std::optional<std::string> token_string(const nlohmann::json& config, const char* key) {
@@ -84,7 +71,7 @@ std::vector<AddedToken> load_added_tokens(const fs::path& dir, const nlohmann::j
     }
     std::sort(files.begin(), files.end());
     for (const auto& path : files) {
-        const nlohmann::json j = read_json(path);
+        const nlohmann::json j = read_json_file(path);
         try {
             if (j.is_object()) {
                 for (auto it = j.begin(); it != j.end(); ++it) {
@@ -126,7 +113,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_dir(const fs::path& dir) {
     if (!fs::is_directory(dir)) throw Error("tokenizer directory " + dir.string() + " does not exist");
     nlohmann::json config = nlohmann::json::object();
     if (fs::exists(dir / "tokenizer_config.json")) {
-        config = read_json(dir / "tokenizer_config.json");
+        config = read_json_file(dir / "tokenizer_config.json");
         if (!config.is_object()) throw Error((dir / "tokenizer_config.json").string() + ": expected a JSON object");
     }
     auto flag = [&](const char* key, bool fallback) {
@@ -138,7 +125,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_dir(const fs::path& dir) {
     const bool has_sp  = fs::exists(dir / "tokenizer.model");
     if (has_json && has_sp) {
         // Llama-family repos ship both; their tokenizer.json is not byte-level BPE, so SentencePiece reads them.
-        const nlohmann::json j = read_json(dir / "tokenizer.json");
+        const nlohmann::json j = read_json_file(dir / "tokenizer.json");
         const std::string dump = j.value("pre_tokenizer", nlohmann::json()).dump();
         const bool byte_level  = j.contains("model") && j["model"].value("type", "") == "BPE" &&
                                 dump.find("\"ByteLevel\"") != std::string::npos;

@@ -239,7 +239,7 @@ TEST(PeftAdapterErrors, NameTheFileAndKey) {
     // Malformed JSON.
     copy_adapter(peft_test::tiny_adapter(), dir);
     std::ofstream(dir / peft::kAdapterConfigFile) << "{\"peft_type\": \"LORA\", \"r\": ";
-    expect_error<Error>([&] { peft::read_adapter_config(dir); }, {cfg_file, "malformed JSON"});
+    expect_error<Error>([&] { peft::read_adapter_config(dir); }, {cfg_file, "invalid JSON"});
 
     // Wrong types, missing and unsupported keys.
     copy_adapter(peft_test::tiny_adapter(), dir);

@@ -125,21 +125,24 @@ TEST(TokenizerLoading, ErrorsNameTheFile) {
     EXPECT_NE(message().find("no tokenizer in"), std::string::npos);
     write(dir / "vocab.json", "{\"a\": 0, ");
     write(dir / "merges.txt", "a a\n");
-    EXPECT_NE(message().find("vocab.json: malformed JSON"), std::string::npos) << message();
+    EXPECT_NE(message().find("vocab.json:1:"), std::string::npos) << message();  // file:line:col
+    EXPECT_NE(message().find("invalid JSON"), std::string::npos) << message();
     write(dir / "vocab.json", R"({"a": 0, "b": 1})");
     EXPECT_NE(message().find("merges.txt"), std::string::npos) << message();  // "a a" -> "aa" missing
     write(dir / "merges.txt", "a b c\n");
     EXPECT_NE(message().find("merges.txt:1:"), std::string::npos) << message();
     write(dir / "merges.txt", "");
     write(dir / "tokenizer_config.json", "[1,");
-    EXPECT_NE(message().find("tokenizer_config.json: malformed JSON"), std::string::npos) << message();
+    EXPECT_NE(message().find("tokenizer_config.json:1:"), std::string::npos) << message();  // file:line:col
+    EXPECT_NE(message().find("invalid JSON"), std::string::npos) << message();
     fs::remove(dir / "tokenizer_config.json");
     auto j                                                     = make_tokenizer_json(false);
     j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\p{N}{1,3}";
     write(dir / "tokenizer.json", j.dump());
     EXPECT_NE(message().find("tokenizer.json: unsupported pre-tokenizer"), std::string::npos) << message();
     write(dir / "tokenizer.json", "not json");
-    EXPECT_NE(message().find("tokenizer.json: malformed JSON"), std::string::npos) << message();
+    EXPECT_NE(message().find("tokenizer.json:1:"), std::string::npos) << message();  // file:line:col
+    EXPECT_NE(message().find("invalid JSON"), std::string::npos) << message();
     EXPECT_THROW(Tokenizer::from_dir(dir / "missing"), Error);
     fs::remove_all(dir);
 }
