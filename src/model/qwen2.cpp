@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/io/safetensors.h"
 #include "medllm/model/checkpoint_check.h"
 
@@ -482,9 +483,7 @@ void Qwen2ForCausalLM::save_pretrained(const std::string& dir, uint64_t max_shar
     io::CheckpointWriter writer(dir, max_shard_bytes);
     for (const auto& [name, tensor] : hf_named_parameters(*this)) writer.add(name, tensor.detach());
     writer.finish();
-    std::ofstream out(std::filesystem::path(dir) / "config.json");
-    out << config.to_json().dump(2) << "\n";
-    if (!out) throw Error("cannot write " + dir + "/config.json");
+    write_file_atomic(std::filesystem::path(dir) / "config.json", config.to_json().dump(2) + "\n");
 }
 
 std::vector<std::pair<std::string, at::Tensor>> hf_named_parameters(const Qwen2ForCausalLM& model) {

@@ -3,7 +3,6 @@
 #include <algorithm>
 
 #include <cmath>
-#include <fstream>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -12,6 +11,8 @@
 #include <torch/torch.h>
 
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
+#include "medllm/io/model_files.h"
 #include "medllm/io/safetensors.h"
 #include "medllm/model/checkpoint_check.h"
 #include "medllm/model/config.h"
@@ -74,14 +75,7 @@ AdapterConfig read_adapter_config(const fs::path& dir) {
     const fs::path path     = dir / kAdapterConfigFile;
     const std::string where = path.string();
     if (!fs::exists(path)) throw Error(where + ": not found (not a PEFT adapter directory)");
-    std::ifstream in(path);
-    if (!in) throw Error(where + ": cannot open");
-    json j;
-    try {
-        j = json::parse(in);
-    } catch (const json::exception& e) {
-        throw Error(where + ": malformed JSON: " + e.what());
-    }
+    const json j = read_json_file(path);
     if (!j.is_object()) throw Error(where + ": expected a JSON object");
     auto key_error = [&](const std::string& key, const std::string& what) {
         return Error(where + ": key '" + key + "' " + what);
@@ -269,10 +263,7 @@ void save_adapter(model::Qwen2ForCausalLM& model, const LoraConfig& cfg, const f
     if (tensors.empty()) throw Error("save_adapter: the model has no LoRA adapters");
     config["target_modules"] = std::vector<std::string>(targets.begin(), targets.end());
     io::save_file(dir / kAdapterWeightsFile, tensors, {{"format", "pt"}});
-    const fs::path config_path = dir / kAdapterConfigFile;
-    std::ofstream out(config_path);
-    out << config.dump(2) << "\n";
-    if (!out) throw Error(config_path.string() + ": cannot write");
+    write_file_atomic(dir / kAdapterConfigFile, config.dump(2) + "\n");
 }
 
 void load_adapter(model::Qwen2ForCausalLM& model, const fs::path& dir) {
@@ -327,21 +318,13 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
                                     uint64_t max_shard_bytes,
                                     const std::function<void(int64_t, int64_t, uint64_t)>& progress) {
     if (!fs::is_directory(base_dir)) throw Error(base_dir.string() + ": not a model directory");
-    if (fs::exists(out_dir) && fs::equivalent(fs::absolute(out_dir), fs::absolute(base_dir)))
-        throw UsageError("--output must differ from --model (" + out_dir.string() + ")");
+    check_output_not_input(out_dir, {base_dir, adapter_dir});  // also through a symlink, before anything is written
     const AdapterConfig cfg = read_adapter_config(adapter_dir);
     const auto weights      = read_adapter_weights(adapter_dir, cfg);
 
     // config.json is copied as is (so every key the base has survives), with the dtype and quantization updated.
     const fs::path config_path = base_dir / "config.json";
-    std::ifstream config_in(config_path);
-    if (!config_in) throw Error(config_path.string() + ": not found");
-    json config;
-    try {
-        config = json::parse(config_in);
-    } catch (const json::exception& e) {
-        throw Error(config_path.string() + ": malformed JSON: " + e.what());
-    }
+    json config = read_json_file(config_path);
 
     io::CheckpointReader reader(base_dir);
     // Every tensor of the config present, none extra, shapes as the config implies (the check info and generate make).
@@ -434,17 +417,8 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
         }
     }
     if (!had_dtype) config["torch_dtype"] = "bfloat16";
-    {
-        std::ofstream out(out_dir / "config.json");
-        out << config.dump(2) << "\n";
-        if (!out) throw Error((out_dir / "config.json").string() + ": cannot write");
-    }
-    for (const char* file : {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                             "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "chat_template.jinja",
-                             "chat_template.json", "generation_config.json"}) {
-        if (fs::exists(base_dir / file))
-            fs::copy_file(base_dir / file, out_dir / file, fs::copy_options::overwrite_existing);
-    }
+    write_file_atomic(out_dir / "config.json", config.dump(2) + "\n");
+    io::copy_model_side_files(base_dir, out_dir);  // tokenizer, chat template, generation config
     spdlog::info("merged {} modules ({} dequantized from NF4) into {} tensors -> {}", stats.merged_modules,
                  stats.dequantized_modules, stats.tensors, out_dir.string());
     return stats;
