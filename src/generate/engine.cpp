@@ -1,24 +1,67 @@
 #include "medllm/generate/engine.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
-#include <fstream>
+#include <cstdio>
+#include <new>
 #include <set>
 
-#include <spdlog/spdlog.h>
 #include <torch/torch.h>
-#include <nlohmann/json.hpp>
 
 #include "medllm/core/error.h"
-#include "medllm/core/files.h"
 #include "medllm/generate/stop.h"
-#include "medllm/peft/adapter.h"
 
 namespace medllm::generate {
 namespace {
 
 // Padded prompt tokens prefilled in one forward at most (bounds activation memory; at least one prompt).
 constexpr int64_t kPrefillTokenBudget = 32768;
+
+// Upper bounds of the options: far above real use, low enough that a typo is refused before anything is allocated.
+// The n samples of a prompt decode together (their KV caches held at once), best-of-n and preference sampling use
+// tens; vLLM's default for sequences decoded together is 256; no Qwen2 context is longer than 2^22 tokens
+// (Qwen2.5-1M: 1,010,000), and completions are cut to the context anyway.
+constexpr int64_t kMaxNumSamples   = 1024;
+constexpr int64_t kMaxBatchSize    = 4096;
+constexpr int64_t kMaxMaxNewTokens = int64_t{1} << 22;
+
+double gib(double bytes) {
+    return bytes / double(int64_t{1} << 30);
+}
+
+std::string gib_text(double bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", gib(bytes));
+    return buf;
+}
+
+// Bytes of the KV cache of `rows` sequences of `tokens` positions.
+double kv_cache_bytes(const model::Qwen2Config& cfg, int64_t rows, int64_t tokens, at::ScalarType dtype) {
+    return double(rows) * double(tokens) * double(cfg.num_hidden_layers) * 2.0 * double(cfg.num_key_value_heads) *
+           double(cfg.head_dim) * double(c10::elementSize(dtype));
+}
+
+// Physical memory of this machine, 0 when unknown.
+double physical_memory_bytes() {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? double(pages) * double(page) : 0.0;
+}
+
+// What LibTorch or the C++ runtime throws when memory runs out: CUDA's OutOfMemoryError, the CPU allocator's
+// c10::Error ("DefaultCPUAllocator: can't allocate memory: ..."), std::bad_alloc. Empty for anything else.
+std::string allocation_failure(const std::exception& e) {
+    if (dynamic_cast<const std::bad_alloc*>(&e)) return e.what();
+    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+    if (!c10_error) return {};
+    std::string what = c10_error->what_without_backtrace();
+    if (!dynamic_cast<const c10::OutOfMemoryError*>(&e) && what.find("can't allocate memory") == std::string::npos &&
+        what.find("out of memory") == std::string::npos)
+        return {};
+    what = what.substr(0, what.find('\n'));
+    return what;
+}
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) {
@@ -82,12 +125,19 @@ const char* to_string(FinishReason reason) {
 }
 
 void GenerateOptions::validate() const {
-    if (max_new_tokens < 1) throw UsageError("max_new_tokens must be >= 1, got " + std::to_string(max_new_tokens));
-    if (num_samples < 1) throw UsageError("num_samples (n) must be >= 1, got " + std::to_string(num_samples));
-    if (max_batch_size < 1) throw UsageError("max_batch_size must be >= 1, got " + std::to_string(max_batch_size));
+    auto in_range = [](const char* what, int64_t value, int64_t max) {
+        if (value < 1 || value > max)
+            throw UsageError(std::string(what) + " must be in [1, " + std::to_string(max) + "], got " +
+                             std::to_string(value));
+    };
+    in_range("max_new_tokens (--max-new-tokens)", max_new_tokens, kMaxMaxNewTokens);
+    in_range("num_samples (-n/--num-samples)", num_samples, kMaxNumSamples);
+    in_range("max_batch_size (--batch-size)", max_batch_size, kMaxBatchSize);
     sampling.validate();
     for (const auto& s : stop_strings)
         if (s.empty()) throw UsageError("stop strings must not be empty");
+    for (auto id : stop_token_ids)
+        if (id < 0) throw UsageError("stop token ids (--stop-token-id) must be >= 0, got " + std::to_string(id));
 }
 
 Generator::Generator(std::shared_ptr<model::Qwen2ForCausalLM> model, std::shared_ptr<const text::Tokenizer> tokenizer,
@@ -125,9 +175,14 @@ public:
                   const std::vector<std::vector<TokenId>>& prompts, const GenerateOptions& options,
                   const GenerateCallbacks& callbacks, GenerationStats& stats);
 
+    // Generates every sequence. Throws Error (one line) when memory runs out, with the batch that needed it.
     std::vector<Completion> run();
 
 private:
+    // Refuses (Error) a run whose KV cache cannot fit in this machine's memory at all (CPU only).
+    void check_kv_cache_fits() const;
+    // The refill / decode loop.
+    void decode_all();
     // End of the group of waiting prompts [first, end) prefilled together into `free_rows` rows.
     std::size_t prefill_group_end(std::size_t first, int64_t free_rows) const;
     // Prefills prompts [first, last) into a new batch (n rows per prompt) and chooses their first tokens.
@@ -156,6 +211,7 @@ private:
     const bool penalty_;
     std::set<int64_t> eos_, stop_ids_;
     std::vector<Sequence> seqs_;
+    int64_t rows_ = 0, tokens_ = 0;  // the batch of the forward in progress (for an allocation failure's message)
 };
 
 GenerationRun::GenerationRun(model::Qwen2ForCausalLM& model, const text::Tokenizer* tokenizer,
@@ -197,6 +253,40 @@ GenerationRun::GenerationRun(model::Qwen2ForCausalLM& model, const text::Tokeniz
 }
 
 std::vector<Completion> GenerationRun::run() {
+    check_kv_cache_fits();
+    try {
+        decode_all();
+    } catch (const std::exception& e) {
+        const std::string why = allocation_failure(e);
+        if (why.empty()) throw;
+        throw Error("cannot allocate memory for a batch of " + std::to_string(rows_) + " x " + std::to_string(tokens_) +
+                    " tokens (its KV cache alone is " +
+                    gib_text(kv_cache_bytes(cfg_, rows_, tokens_, params_opts_.dtype().toScalarType())) +
+                    " GiB): " + why + "; lower --batch-size, -n or --max-new-tokens");
+    }
+    std::vector<Completion> out;
+    out.reserve(seqs_.size());
+    for (auto& s : seqs_) out.push_back(std::move(s.out));
+    return out;
+}
+
+void GenerationRun::check_kv_cache_fits() const {
+    if (!device_.is_cpu()) return;  // a CUDA out-of-memory error is caught in run()
+    int64_t longest = 0;
+    for (const auto& p : prompts_) longest = std::max<int64_t>(longest, p.size());
+    const int64_t rows   = std::min<int64_t>(max_rows_, static_cast<int64_t>(seqs_.size()));
+    const int64_t tokens = std::min(cfg_.max_position_embeddings, longest + options_.max_new_tokens);
+    const double need    = kv_cache_bytes(cfg_, rows, tokens, params_opts_.dtype().toScalarType());
+    const double have    = physical_memory_bytes();
+    // Only a cache larger than all of the machine's memory is refused up front: the allocation could not succeed,
+    // and on Linux it might not even fail but grow until the kernel kills the process.
+    if (have > 0 && need > have)
+        throw Error("cannot allocate " + gib_text(need) + " GiB for the KV cache of batch " + std::to_string(rows) +
+                    " x " + std::to_string(tokens) + " tokens: the machine has " + gib_text(have) +
+                    " GiB; lower --batch-size, -n or --max-new-tokens");
+}
+
+void GenerationRun::decode_all() {
     Batch running(layers_);
     std::size_t next_prompt   = 0;
     const int64_t refill_rows = std::max<int64_t>(n_, max_rows_ / 4);  // refill in chunks: each join copies the cache
@@ -211,10 +301,6 @@ std::vector<Completion> GenerationRun::run() {
             decode_step(running);
         }
     }
-    std::vector<Completion> out;
-    out.reserve(seqs_.size());
-    for (auto& s : seqs_) out.push_back(std::move(s.out));
-    return out;
 }
 
 std::size_t GenerationRun::prefill_group_end(std::size_t first, int64_t free_rows) const {
@@ -235,6 +321,8 @@ Batch GenerationRun::prefill(std::size_t first, std::size_t last) {
     const int64_t G = static_cast<int64_t>(last - first);
     int64_t Lp      = 0;
     for (auto i = first; i < last; ++i) Lp = std::max<int64_t>(Lp, prompts_[i].size());
+    rows_   = G * n_;
+    tokens_ = Lp;
     std::vector<int64_t> ids(G * Lp, 0), pad(G);
     for (int64_t g = 0; g < G; ++g) {
         const auto& p = prompts_[first + g];
@@ -311,6 +399,8 @@ void GenerationRun::decode_step(Batch& running) {
     const int64_t rows = running.rows();
     const int64_t T    = running.cache.length();
     std::vector<int64_t> positions(rows);
+    rows_              = rows;
+    tokens_            = T + 1;
     for (int64_t r = 0; r < rows; ++r) positions[r] = T - running.pad[r];
     model::ForwardInputs in;
     in.input_ids    = long_tensor(running.last, device_).view({rows, 1});
@@ -439,104 +529,6 @@ std::vector<Completion> Generator::generate(const std::vector<std::vector<TokenI
     stats_ = {};
     GenerationRun run(*model_, tokenizer_.get(), eos_, prompts, options, callbacks, stats_);
     return run.run();
-}
-
-std::vector<int64_t> load_eos_token_ids(const std::filesystem::path& model_dir, const model::Qwen2Config& config) {
-    const auto path = model_dir / "generation_config.json";
-    if (std::filesystem::exists(path)) {
-        const nlohmann::json j = read_json_file(path);
-        if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {
-            const auto& e = j["eos_token_id"];
-            std::vector<int64_t> ids;
-            if (e.is_number_integer()) {
-                ids.push_back(e.get<int64_t>());
-            } else if (e.is_array()) {
-                for (const auto& x : e) {
-                    if (!x.is_number_integer()) throw Error(path.string() + ": eos_token_id must hold integers");
-                    ids.push_back(x.get<int64_t>());
-                }
-            } else {
-                throw Error(path.string() + ": eos_token_id must be an integer or a list of integers");
-            }
-            return ids;
-        }
-    }
-    return config.eos_token_ids;
-}
-
-// A bitsandbytes/`medllm quantize` 4-bit checkpoint: its config.json carries transformers' quantization_config.
-static bool is_4bit_checkpoint(const std::filesystem::path& dir) {
-    const auto cfg = read_json_file(dir / "config.json");  // Qwen2Config::from_file read it already
-    return cfg.is_object() && cfg.contains("quantization_config");
-}
-
-LoadedModel load_model(const std::filesystem::path& dir, const LoadOptions& options) {
-    namespace fs = std::filesystem;
-    if (!fs::is_directory(dir)) throw UsageError("--model " + dir.string() + ": no such model directory");
-    at::Device device = at::kCPU;
-    if (options.device == "auto") {
-        if (torch::cuda::is_available()) device = at::Device(at::kCUDA, 0);
-    } else {
-        try {
-            device = at::Device(options.device);
-        } catch (const std::exception&) {
-            throw UsageError("--device " + options.device + ": expected auto, cpu, cuda or cuda:N");
-        }
-        if (device.is_cuda() && !torch::cuda::is_available())
-            throw UsageError("--device " + options.device + ": no CUDA device is available");
-    }
-    auto cfg = model::Qwen2Config::from_file(dir);
-    at::ScalarType dtype;
-    if (options.dtype == "auto") {
-        dtype = device.is_cuda() && cfg.torch_dtype != "float32" ? at::kBFloat16 : at::kFloat;
-    } else if (options.dtype == "fp32" || options.dtype == "float32") {
-        dtype = at::kFloat;
-    } else if (options.dtype == "bf16" || options.dtype == "bfloat16") {
-        dtype = at::kBFloat16;
-    } else if (options.dtype == "fp16" || options.dtype == "float16") {
-        dtype = at::kHalf;
-    } else {
-        throw UsageError("--dtype " + options.dtype + ": expected auto, fp32, bf16 or fp16");
-    }
-
-    LoadedModel loaded;
-    loaded.name = dir.filename().empty() ? dir.parent_path().filename().string() : dir.filename().string();
-    if (!options.adapter.empty()) {
-        // LoRA / QLoRA: peft builds the model with its projections wrapped (NF4 base when quantize_base).
-        if (!fs::is_directory(options.adapter))
-            throw UsageError("--adapter " + options.adapter + ": no such adapter directory");
-        loaded.model =
-            peft::load_model_with_adapter(dir.string(), options.adapter, dtype, device, options.quantize_base);
-        const fs::path adapter(options.adapter);
-        loaded.name +=
-            "+" + (adapter.filename().empty() ? adapter.parent_path().filename() : adapter.filename()).string();
-    } else if (options.quantize_base || is_4bit_checkpoint(dir)) {
-        // An NF4 base without an adapter goes through the QLoRA layers with freshly initialized adapters, whose
-        // B = 0 adds exactly zero: the same path as with an adapter, the projections held in NF4.
-        peft::LoraConfig lora;
-        lora.quantize_base = options.quantize_base;
-        loaded.model       = peft::load_model_for_lora(dir.string(), lora, dtype, device);
-    } else {
-        loaded.model = model::Qwen2ForCausalLM::from_pretrained(dir.string(), dtype, device);
-    }
-    loaded.model->eval();
-    loaded.eos_token_ids = load_eos_token_ids(dir, cfg);
-    const bool has_tokenizer =
-        fs::exists(dir / "tokenizer.json") || fs::exists(dir / "vocab.json") || fs::exists(dir / "tokenizer.model");
-    if (has_tokenizer) {
-        loaded.tokenizer = text::Tokenizer::from_dir(dir);
-    } else if (options.require_tokenizer) {
-        throw Error(dir.string() + ": no tokenizer files (tokenizer.json, vocab.json + merges.txt or tokenizer.model)");
-    }
-    if (fs::exists(dir / "chat_template.jinja")) loaded.has_chat_template = true;
-    const auto tc = dir / "tokenizer_config.json";
-    if (fs::exists(tc)) {
-        const auto j             = read_json_file(tc);
-        loaded.has_chat_template = loaded.has_chat_template || j.contains("chat_template");
-    }
-    spdlog::info("loaded {} ({}, {}), eos {}", dir.string(), c10::toString(dtype), device.str(),
-                 loaded.eos_token_ids.empty() ? std::string("none") : std::to_string(loaded.eos_token_ids[0]));
-    return loaded;
 }
 
 }  // namespace medllm::generate

@@ -262,3 +262,61 @@ TEST(Engine, StopStringsSplitAcrossTokensWithATokenizer) {
 }
 
 }  // namespace
+
+// Absurd values are refused before anything is allocated, naming the option (and its flag) and the range; they
+// used to reach LibTorch's allocator (`generate -n 100000` aborted).
+TEST(Engine, AbsurdOptionsAreRefusedWithTheFlagAndTheRange) {
+    auto expect_usage = [](const GenerateOptions& opt, const std::string& what, const std::string& range) {
+        try {
+            opt.validate();
+            ADD_FAILURE() << "accepted: " << what;
+        } catch (const medllm::UsageError& e) {
+            const std::string msg = e.what();
+            EXPECT_NE(msg.find(what), std::string::npos) << msg;
+            EXPECT_NE(msg.find(range), std::string::npos) << msg;
+        }
+    };
+    GenerateOptions opt;
+    opt.num_samples = 100000;
+    expect_usage(opt, "-n/--num-samples", "[1, 1024]");
+    opt             = {};
+    opt.num_samples = 1024;
+    EXPECT_NO_THROW(opt.validate());
+    opt                = {};
+    opt.max_batch_size = 1000000;
+    expect_usage(opt, "--batch-size", "[1, 4096]");
+    opt                = {};
+    opt.max_new_tokens = int64_t{1} << 40;
+    expect_usage(opt, "--max-new-tokens", "[1, 4194304]");
+    opt                = {};
+    opt.stop_token_ids = {5, -7};
+    expect_usage(opt, "--stop-token-id", "-7");
+}
+
+// A KV cache larger than the machine's memory is one clear Error before any allocation (it used to grow until the
+// allocator aborted, or the kernel killed the process).
+TEST(Engine, AKvCacheLargerThanMemoryIsAnErrorNamingTheBatch) {
+    auto cfg                    = medllm::model::Qwen2Config::from_file(gt::model_fixture("qwen2-tiny-untied"));
+    cfg.max_position_embeddings = int64_t{1} << 22;  // a context long enough for the cache to outgrow any machine
+    auto model = std::make_shared<medllm::model::Qwen2ForCausalLM>(cfg, at::TensorOptions().dtype(at::kFloat));
+    Generator gen(model, nullptr, {});
+    GenerateOptions opt;
+    opt.num_samples    = 1024;
+    opt.max_batch_size = 4096;
+    opt.max_new_tokens = int64_t{1} << 22;
+    // 4096 rows x 2^22 positions (1 + 2^22 cut to the context) x 2 layers x (K, V) x 2 heads x 16 x 4 bytes = 8 TiB.
+    try {
+        gen.generate({{5}, {6}, {7}, {8}}, opt);
+        ADD_FAILURE() << "no error";
+    } catch (const medllm::UsageError& e) {
+        ADD_FAILURE() << "a UsageError: " << e.what();
+    } catch (const medllm::Error& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("cannot allocate 8192.0 GiB for the KV cache of batch 4096 x 4194304 tokens"),
+                  std::string::npos)
+            << msg;
+        EXPECT_NE(msg.find("--batch-size"), std::string::npos) << msg;
+        EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    }
+    EXPECT_EQ(gen.last_stats().prompt_tokens, 0);  // refused before the first prefill
+}

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "medllm/generate/load.h"  // load_model, LoadedModel, load_eos_token_ids: what a Generator is built from
 #include "medllm/generate/sampling.h"
 #include "medllm/model/qwen2.h"
 #include "medllm/text/tokenizer.h"
@@ -97,29 +98,5 @@ private:
     std::vector<int64_t> eos_;
     GenerationStats stats_;
 };
-
-// EOS ids of a model directory: generation_config.json `eos_token_id` (int or list) when present, else the
-// config's. Errors name the file.
-std::vector<int64_t> load_eos_token_ids(const std::filesystem::path& model_dir, const model::Qwen2Config& config);
-
-// A model directory loaded for generation: weights, tokenizer (if the folder has one), EOS ids.
-struct LoadedModel {
-    std::shared_ptr<model::Qwen2ForCausalLM> model;
-    std::shared_ptr<const text::Tokenizer> tokenizer;  // null when the folder has no tokenizer files
-    std::vector<int64_t> eos_token_ids;
-    bool has_chat_template = false;  // tokenizer_config.json has `chat_template`, or chat_template.jinja exists
-    std::string name;                // folder name (+ "+<adapter folder>")
-};
-
-struct LoadOptions {
-    std::string dtype  = "auto";     // auto (config dtype on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    std::string device = "auto";     // auto (cuda when present) | cpu | cuda | cuda:N
-    std::string adapter;             // PEFT LoRA adapter folder applied to the model
-    bool quantize_base     = false;  // with an adapter: quantize the base weights to NF4 as they load (QLoRA)
-    bool require_tokenizer = true;
-};
-
-// Throws UsageError for a missing folder or bad option, Error for unreadable or inconsistent files.
-LoadedModel load_model(const std::filesystem::path& dir, const LoadOptions& options);
 
 }  // namespace medllm::generate
