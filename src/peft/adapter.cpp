@@ -299,11 +299,59 @@ void load_adapter(model::Qwen2ForCausalLM& model, const fs::path& dir) {
     }
 }
 
+namespace {
+
+// An adapter made for another model is refused before the base loads, with the adapter's file and tensor named
+// (the base folder is right; the adapter is what does not fit it).
+void check_adapter_fits(const std::map<std::string, AdapterWeights>& weights, const fs::path& adapter_dir,
+                        const std::string& base_dir) {
+    const auto config       = model::Qwen2Config::from_file(base_dir);
+    const std::string where = (adapter_dir / kAdapterWeightsFile).string();
+    const int64_t H = config.hidden_size, I = config.intermediate_size;
+    const int64_t q = config.num_attention_heads * config.head_dim, kv = config.num_key_value_heads * config.head_dim;
+    const std::map<std::string, std::pair<int64_t, int64_t>> in_out = {
+        {"self_attn.q_proj", {H, q}}, {"self_attn.k_proj", {H, kv}}, {"self_attn.v_proj", {H, kv}},
+        {"self_attn.o_proj", {q, H}}, {"mlp.gate_proj", {H, I}},     {"mlp.up_proj", {H, I}},
+        {"mlp.down_proj", {I, H}}};
+    const std::string layers = "model.layers.";
+    for (const auto& [module, w] : weights) {
+        const std::string key_a = kPeftKeyPrefix + module + ".lora_A.weight";
+        const std::string key_b = kPeftKeyPrefix + module + ".lora_B.weight";
+        const std::string base  = " (base model " + base_dir + ": " + std::to_string(config.num_hidden_layers) +
+                                 " layers, hidden_size " + std::to_string(H) + "); an adapter for another model?";
+        std::size_t end = 0;
+        int64_t layer   = -1;
+        if (module.compare(0, layers.size(), layers) == 0) {
+            try {
+                layer = std::stoll(module.substr(layers.size()), &end);
+            } catch (const std::exception&) {
+                layer = -1;
+            }
+        }
+        const auto dot = layers.size() + end;
+        auto it        = layer >= 0 && module.size() > dot && module[dot] == '.' ? in_out.find(module.substr(dot + 1))
+                                                                                 : in_out.end();
+        if (it == in_out.end() || layer >= config.num_hidden_layers ||
+            module != layers + std::to_string(layer) + "." + it->first)
+            throw Error(where + ": tensor '" + key_a + "' adapts " + module + ", which the model does not have" + base);
+        const auto [in, out] = it->second;
+        if (w.A.size(1) != in)
+            throw Error(where + ": tensor '" + key_a + "' has shape " + c10::str(w.A.sizes()) + " but " + module +
+                        " takes " + std::to_string(in) + " inputs" + base);
+        if (w.B.size(0) != out)
+            throw Error(where + ": tensor '" + key_b + "' has shape " + c10::str(w.B.sizes()) + " but " + module +
+                        " has " + std::to_string(out) + " outputs" + base);
+    }
+}
+
+}  // namespace
+
 std::shared_ptr<model::Qwen2ForCausalLM> load_model_with_adapter(const std::string& base_dir,
                                                                  const fs::path& adapter_dir, at::ScalarType dtype,
                                                                  at::Device device, bool quantize_base) {
     AdapterConfig cfg = read_adapter_config(adapter_dir);
     auto weights      = read_adapter_weights(adapter_dir, cfg);
+    check_adapter_fits(weights, adapter_dir, base_dir);
     ModuleRanks modules;
     for (const auto& [name, w] : weights) modules[name] = {w.A.size(0), w.scaling};
     cfg.lora.quantize_base = quantize_base;

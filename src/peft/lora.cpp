@@ -365,9 +365,14 @@ std::vector<NamedLoraLayer> apply_lora_impl(model::Qwen2ForCausalLM& m, const Lo
             layer = std::make_shared<QLoraLinear>(std::move(prequantized->at(slot.name)), bias, r, scaling, cfg.dropout,
                                                   cfg.adapter_dtype);
             prequantized->erase(slot.name);
-        } else if (target) {
+        } else if (target || cfg.quantize_base) {
+            // QLoRA holds every projection in NF4, adapted or not, as transformers + bitsandbytes load a 4-bit
+            // model (every nn.Linear but lm_head): the base an adapter was trained against.
             auto dense = std::dynamic_pointer_cast<model::DenseLinear>(*slot.member);
-            if (!dense) throw Error("apply_lora: " + slot.name + " is not a dense projection (LoRA applied twice?)");
+            if (!dense) {
+                if (!target) continue;  // already NF4 (or replaced) and not adapted: leave it
+                throw Error("apply_lora: " + slot.name + " is not a dense projection (LoRA applied twice?)");
+            }
             if (cfg.quantize_base) {
                 auto nf4 =
                     quant::nf4_quantize(dense->weight.detach(), cfg.blocksize, cfg.double_quant, slot.name + ".weight");
@@ -384,7 +389,7 @@ std::vector<NamedLoraLayer> apply_lora_impl(model::Qwen2ForCausalLM& m, const Lo
             if (seed) ++*seed;  // a different but reproducible A per module
         }
         install(slot, layer);
-        adapted.push_back({slot.name, layer});
+        if (layer->has_adapter()) adapted.push_back({slot.name, layer});
     }
     return adapted;
 }
@@ -429,16 +434,11 @@ std::shared_ptr<model::Qwen2ForCausalLM> load_model_for_lora(const std::string& 
     cfg.validate();
     auto config = model::Qwen2Config::from_file(dir);
     model::validate_checkpoint(io::CheckpointReader(dir), config, dir);  // before anything is allocated
-    // Built on CPU: LibTorch's CPU allocations are lazy, so the dense target weights that are quantized instead of
+    // Built on CPU: LibTorch's CPU allocations are lazy, so the dense weights that are quantized instead of
     // loaded are never touched; the remaining parameters move to `device` once loaded.
     auto m = std::make_shared<model::Qwen2ForCausalLM>(config, at::TensorOptions().dtype(dtype));
-    std::set<std::string> projections, targets;
-    const std::set<std::string> target_short(cfg.target_modules.begin(), cfg.target_modules.end());
-    for (const auto& slot : projection_slots(*m)) {
-        projections.insert(slot.name);
-        if (modules ? modules->count(slot.name) > 0 : target_short.count(slot.short_name) > 0)
-            targets.insert(slot.name);
-    }
+    std::set<std::string> projections;
+    for (const auto& slot : projection_slots(*m)) projections.insert(slot.name);
     std::map<std::string, quant::Nf4Tensor> quantized;                     // module name -> NF4 weight
     std::map<std::string, std::map<std::string, at::Tensor>> bnb_entries;  // module name -> its 4-bit entries
     auto module_of = [&](const std::string& name) -> std::string {
@@ -456,7 +456,7 @@ std::shared_ptr<model::Qwen2ForCausalLM> load_model_for_lora(const std::string& 
             bnb_entries[module][name] = src.to(device);
             return true;
         }
-        if (cfg.quantize_base && targets.count(module)) {
+        if (cfg.quantize_base) {  // every projection, adapted or not (see apply_lora_impl)
             quantized.emplace(module, quant::nf4_quantize(src.to(device), cfg.blocksize, cfg.double_quant, name));
             return true;
         }
@@ -476,10 +476,19 @@ std::shared_ptr<model::Qwen2ForCausalLM> load_model_for_lora(const std::string& 
             if (!projections.count(name)) throw Error(dir + ": the model has no projection named '" + name + "'");
         }
     }
-    auto layers = apply_lora_impl(*m, cfg, &quantized, modules);
+    const auto nf4_projections = static_cast<int64_t>(quantized.size());
+    auto layers                = apply_lora_impl(*m, cfg, &quantized, modules);
     m->to(device);
-    spdlog::info("{}: LoRA r={} alpha={} on {} modules ({})", dir, cfg.r, cfg.alpha, layers.size(),
-                 cfg.quantize_base || !bnb_entries.empty() ? "NF4 base" : "dense base");
+    const std::string base = nf4_projections == 0 ? std::string("dense base")
+                                                  : "NF4 base in " + std::to_string(nf4_projections) + " of " +
+                                                        std::to_string(projections.size()) + " projections";
+    if (layers.empty()) {
+        spdlog::info("{}: {}, no LoRA adapter", dir, base);
+    } else if (modules) {  // ranks and alphas come from the adapter file, module by module
+        spdlog::info("{}: LoRA adapter on {} modules ({})", dir, layers.size(), base);
+    } else {
+        spdlog::info("{}: LoRA r={} alpha={} on {} modules ({})", dir, cfg.r, cfg.alpha, layers.size(), base);
+    }
     return m;
 }
 

@@ -33,7 +33,8 @@ struct LoraConfig {
     bool use_rslora                         = false;
     std::vector<std::string> target_modules = all_projection_names();  // short names: q_proj, ..., down_proj
     at::ScalarType adapter_dtype            = at::kFloat;              // PEFT keeps adapters in fp32
-    // QLoRA: hold the target projections' frozen weights in NF4 (bitsandbytes layout).
+    // QLoRA: hold the frozen weights of all seven projections of every layer in NF4 (bitsandbytes layout), the
+    // adapted ones and the others, as transformers + bitsandbytes load a 4-bit model (every linear but lm_head).
     bool quantize_base = false;
     int64_t blocksize  = quant::kNf4DefaultBlocksize;
     bool double_quant  = true;
@@ -141,7 +142,9 @@ struct NamedLoraLayer {
 
 // Replaces the target projections of every decoder layer by LoraLinear (QLoraLinear when cfg.quantize_base or
 // when the projection's base is already NF4), keeping module names, and freezes every non-adapter parameter.
-// Returns the adapted layers. Throws UsageError for a bad config, Error when a projection was already replaced.
+// With cfg.quantize_base the other projections become QLoraLinear without an adapter (r = 0), so the whole base
+// is NF4. Returns the adapted layers (those with an adapter). Throws UsageError for a bad config, Error when a
+// target projection was already replaced.
 std::vector<NamedLoraLayer> apply_lora(model::Qwen2ForCausalLM& model, const LoraConfig& cfg);
 
 // Per-module rank and scaling, keyed by HF module name (an adapter file's modules, PEFT's rank/alpha patterns).
@@ -156,8 +159,8 @@ std::vector<NamedLoraLayer> lora_layers(model::Qwen2ForCausalLM& model);
 // Adapter parameters (lora_A/lora_B weights), named as in the model: `model.layers.0.self_attn.q_proj.lora_A.weight`.
 std::vector<std::pair<std::string, at::Tensor>> adapter_parameters(model::Qwen2ForCausalLM& model);
 
-// Builds a model for LoRA training from a HF checkpoint directory: a bf16/fp32 checkpoint (target weights
-// quantized to NF4 one tensor at a time as they stream when cfg.quantize_base, so no dense copy of them is ever
+// Builds a model for LoRA training from a HF checkpoint directory: a bf16/fp32 checkpoint (all projections'
+// weights quantized to NF4 one tensor at a time as they stream when cfg.quantize_base, so no dense copy of them is ever
 // resident), or a bitsandbytes 4-bit checkpoint (its NF4 projections load as they are). Non-quantized parameters
 // get `dtype`; everything ends on `device`. Then applies LoRA with `cfg`.
 // With `modules`, exactly those modules are adapted (see apply_lora).
