@@ -14,6 +14,7 @@
 #include "medllm/core/files.h"
 #include "medllm/io/safetensors.h"
 #include "medllm/model/checkpoint_check.h"
+#include "medllm/model/rng_state.h"
 
 namespace medllm::model {
 namespace {
@@ -63,44 +64,6 @@ at::Tensor build_mask(int64_t B, int64_t S, int64_t past, const ForwardInputs& i
     // a zero output, exactly what HF gets from the same call, so even the losses over such rows agree.
     return allowed;
 }
-
-// The random-number state a layer's forward draws from (dropout, e.g. LoRA dropout): the CPU generator, plus the
-// device's generator for CUDA inputs.
-struct RngState {
-    at::Tensor cpu, device;
-    int device_index = -1;
-
-    static at::Generator device_generator(int index) {
-        return at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index)));
-    }
-    static RngState capture(const at::Tensor& like) {
-        RngState state;
-        {
-            auto gen = at::detail::getDefaultCPUGenerator();
-            const std::lock_guard<std::mutex> lock(gen.mutex());
-            state.cpu = gen.get_state();
-        }
-        if (like.is_cuda()) {
-            state.device_index = like.device().index();
-            auto gen           = device_generator(state.device_index);
-            const std::lock_guard<std::mutex> lock(gen.mutex());
-            state.device = gen.get_state();
-        }
-        return state;
-    }
-    void restore() const {
-        {
-            auto gen = at::detail::getDefaultCPUGenerator();
-            const std::lock_guard<std::mutex> lock(gen.mutex());
-            gen.set_state(cpu);
-        }
-        if (device.defined()) {
-            auto gen = device_generator(device_index);
-            const std::lock_guard<std::mutex> lock(gen.mutex());
-            gen.set_state(device);
-        }
-    }
-};
 
 // Recomputes one decoder layer in backward instead of keeping its activations. Like torch.utils.checkpoint
 // (preserve_rng_state), the recomputation replays the forward's random numbers, so dropout masks match and the
