@@ -4,22 +4,11 @@
 //   medllm generate --model DIR --chat --prompt "こんにちは"                   the prompt as a chat user turn
 //   medllm generate --model DIR --input prompts.jsonl --output out.jsonl -n 4 --temperature 0.7 --top-p 0.9
 //
-// Input JSONL: one object per line with "prompt" (raw text, used as is), "messages" ([{role, content}],
-// rendered with the chat template and a generation prompt) or "prompt_ids" (token ids, used as is), and
-// optionally "id" (copied to the output).
-// Output JSONL: one line per prompt as soon as all its samples are done (so not in input order):
-//   {"index": <0-based input record>, "id": ..., "prompt_tokens": N,
-//    "completions": [{"text", "token_ids", "finish_reason": "stop"|"eos"|"length", "stop", "generated_tokens",
-//                     "logprobs" (with --logprobs)}]}
-// An existing output file is resumed: its complete records are kept and only the missing prompts run.
-#include <chrono>
-#include <cstdio>
+// The file run (prompt records -> resumable JSONL, run identity in <output>.run.json) is the library's
+// generate_to_file (include/medllm/generate/generate_file.h); this file parses flags and builds the identity.
+#include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <iostream>
-#include <map>
-#include <optional>
-#include <set>
+#include <string>
 
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
@@ -27,7 +16,11 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "medllm/core/error.h"
+#include "medllm/core/files.h"
 #include "medllm/generate/engine.h"
+#include "medllm/generate/generate_file.h"
+#include "medllm/generate/load.h"
+#include "medllm/io/model_files.h"
 
 namespace medllm::cli {
 namespace {
@@ -43,123 +36,32 @@ struct GenerateCliOptions {
     std::vector<int64_t> stop_token_ids;
 };
 
-struct PromptRecord {
-    std::size_t index = 0;                          // 0-based record number in the input
-    std::size_t line  = 0;                          // 1-based line in the file
-    nlohmann::json id;                              // null when absent
-    std::string text;                               // rendered prompt
-    std::optional<std::vector<text::TokenId>> ids;  // "prompt_ids": pre-tokenized, used as is
-};
-
-std::string dump(const nlohmann::json& j) {
-    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
-
-std::vector<PromptRecord> read_prompts(const std::string& path, const text::Tokenizer& tokenizer) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw UsageError("--input " + path + ": cannot open the file");
-    std::vector<PromptRecord> records;
-    std::string line;
-    for (std::size_t line_no = 1; std::getline(in, line); ++line_no) {
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (line.find_first_not_of(" \t") == std::string::npos) continue;
-        const std::string where = path + ":" + std::to_string(line_no);
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(line);
-        } catch (const std::exception& e) {
-            throw Error(where + ": not valid JSON (" + std::string(e.what()) + ")");
-        }
-        if (!j.is_object()) throw Error(where + ": expected a JSON object with \"prompt\" or \"messages\"");
-        PromptRecord r;
-        r.index = records.size();
-        r.line  = line_no;
-        if (j.contains("id")) r.id = j["id"];
-        if (j.contains("prompt_ids")) {
-            const auto& p = j["prompt_ids"];
-            if (!p.is_array()) throw Error(where + ": \"prompt_ids\" must be a list of token ids");
-            std::vector<text::TokenId> ids;
-            for (const auto& v : p) {
-                if (!v.is_number_integer() || v.get<int64_t>() < 0)
-                    throw Error(where + ": \"prompt_ids\" holds " + v.dump() + ", not a token id");
-                ids.push_back(v.get<text::TokenId>());
-            }
-            r.ids = std::move(ids);
-        } else if (j.contains("prompt")) {
-            if (!j["prompt"].is_string()) throw Error(where + ": \"prompt\" must be a string");
-            r.text = j["prompt"].get<std::string>();
-        } else if (j.contains("messages")) {
-            const auto& m = j["messages"];
-            if (!m.is_array() || m.empty()) throw Error(where + ": \"messages\" must be a non-empty list");
-            std::vector<text::ChatMessage> messages;
-            for (const auto& msg : m) {
-                if (!msg.is_object() || !msg.contains("role") || !msg.contains("content") || !msg["role"].is_string() ||
-                    !msg["content"].is_string())
-                    throw Error(where + ": each message needs string \"role\" and \"content\"");
-                messages.push_back({msg["role"].get<std::string>(), msg["content"].get<std::string>()});
-            }
-            r.text = tokenizer.apply_chat_template(messages, /*add_generation_prompt=*/true);
-        } else {
-            throw Error(where + ": needs a \"prompt\" string, a \"messages\" list or \"prompt_ids\"");
-        }
-        records.push_back(std::move(r));
+// What produced an output file besides the decoding options: a resume with any of it changed is refused.
+nlohmann::json run_identity(const GenerateCliOptions& opt, const generate::LoadedModel& loaded,
+                            const std::vector<generate::PromptRecord>& records) {
+    nlohmann::json input;
+    if (!opt.input.empty()) {
+        input = {{"xxh3", hash_file(opt.input)}};  // content only: a renamed input still resumes
+    } else {
+        input = {{"prompt_xxh3", hash_bytes(records.at(0).text)}};  // as rendered (--chat, --system)
     }
-    return records;
-}
-
-// Indices already in the output file; a torn last line (a run killed mid-write) is cut off.
-std::set<std::size_t> resume_output(const std::string& path, std::size_t num_prompts) {
-    std::set<std::size_t> done;
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return done;
-    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    in.close();
-    std::size_t pos = 0, good_end = 0, line_no = 0;
-    while (pos < content.size()) {
-        std::size_t nl = content.find('\n', pos);
-        ++line_no;
-        if (nl == std::string::npos) break;  // no newline: torn
-        const std::string line = content.substr(pos, nl - pos);
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(line);
-        } catch (const std::exception&) {
-            throw Error(path + ":" + std::to_string(line_no) +
-                        ": not a generate output record; pass --overwrite to start over or choose another --output");
-        }
-        if (!j.is_object() || !j.contains("index") || !j["index"].is_number_unsigned())
-            throw Error(path + ":" + std::to_string(line_no) +
-                        ": record has no \"index\"; not a generate output file?");
-        const auto index = j["index"].get<std::size_t>();
-        if (index >= num_prompts)
-            throw Error(path + ":" + std::to_string(line_no) + ": record index " + std::to_string(index) +
-                        " but the input has " + std::to_string(num_prompts) + " prompts (another input's output?)");
-        done.insert(index);
-        pos = good_end = nl + 1;
-    }
-    if (good_end < content.size()) {
-        spdlog::warn("{}: dropping an incomplete last line (the previous run stopped mid-write)", path);
-        fs::resize_file(path, good_end);
-    }
-    return done;
-}
-
-nlohmann::json completion_json(const Completion& c, bool logprobs) {
-    nlohmann::json j;
-    j["text"]             = c.text;
-    j["token_ids"]        = c.ids;
-    j["finish_reason"]    = generate::to_string(c.finish_reason);
-    j["stop"]             = c.stop;
-    j["generated_tokens"] = c.generated_tokens;
-    if (logprobs) j["logprobs"] = c.logprobs;
-    return j;
+    const at::Tensor& weight = loaded.model->lm_head_weight();
+    return {{"command", "medllm generate"},
+            {"input", input},
+            {"model", io::model_dir_identity(opt.model)},
+            {"adapter", opt.adapter.empty() ? nlohmann::json(nullptr) : io::model_dir_identity(opt.adapter)},
+            {"load_in_4bit", opt.load_in_4bit},
+            {"dtype", c10::toString(weight.scalar_type())},
+            {"device", c10::DeviceTypeName(weight.device().type(), /*lower_case=*/true)}};
 }
 
 void run_generate(GenerateCliOptions opt) {
     if (opt.prompt.empty() == opt.input.empty())
         throw UsageError("generate: give exactly one of --prompt TEXT or --input FILE");
     if (!opt.input.empty() && opt.output.empty()) throw UsageError("generate: --input needs --output FILE");
+    if (!opt.input.empty() && !fs::exists(opt.input)) throw UsageError("--input " + opt.input + ": no such file");
     if (opt.temperature < 0) throw UsageError("--temperature must be >= 0 (0 = greedy)");
+    if (!opt.output.empty()) check_output_not_input(opt.output, {opt.input, opt.model, opt.adapter});
     opt.gen.sampling.do_sample = opt.temperature > 0;
     if (opt.gen.sampling.do_sample) opt.gen.sampling.temperature = opt.temperature;
     opt.gen.stop_token_ids = opt.stop_token_ids;
@@ -174,10 +76,12 @@ void run_generate(GenerateCliOptions opt) {
     generate::Generator generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids);
     const auto& tok = *loaded.tokenizer;
 
-    std::vector<PromptRecord> records;
-    std::string source;
+    std::vector<generate::PromptRecord> records;
+    generate::GenerateFileOptions file;
+    file.output    = opt.output;
+    file.overwrite = opt.overwrite;
     if (!opt.prompt.empty()) {
-        PromptRecord r;
+        generate::PromptRecord r;
         r.text = opt.prompt;
         if (opt.chat) {
             std::vector<text::ChatMessage> messages;
@@ -186,115 +90,40 @@ void run_generate(GenerateCliOptions opt) {
             r.text = tok.apply_chat_template(messages, true);
         }
         records.push_back(r);
-        source = "--prompt";
+        file.source       = "--prompt";
+        file.log_progress = false;
     } else {
-        records = read_prompts(opt.input, tok);
-        source  = opt.input;
-        if (records.empty()) throw Error(opt.input + ": no prompts");
+        records     = generate::read_prompt_records(opt.input, tok);
+        file.source = opt.input;
     }
+    if (!opt.output.empty()) file.identity = run_identity(opt, loaded, records);
 
-    std::set<std::size_t> done;
-    if (!opt.output.empty()) {
-        if (opt.overwrite) fs::remove(opt.output);
-        done = resume_output(opt.output, records.size());
-        if (!done.empty())
-            spdlog::info("{}: resuming, {} of {} prompts already done", opt.output, done.size(), records.size());
-    }
-    std::vector<const PromptRecord*> todo;
-    std::vector<std::string> texts;
-    for (const auto& r : records) {
-        if (done.count(r.index)) continue;
-        todo.push_back(&r);
-        texts.push_back(r.text);
-    }
-    if (todo.empty()) {
-        spdlog::info("{}: all {} prompts are done", opt.output, records.size());
-        return;
-    }
-    auto ids          = tok.encode_batch(texts);
-    const int64_t ctx = generator.context_length();
-    for (std::size_t i = 0; i < todo.size(); ++i) {
-        if (todo[i]->ids) ids[i] = *todo[i]->ids;
-        const std::string where_ids = source + ":" + std::to_string(todo[i]->line);
-        for (auto id : ids[i])
-            if (id >= loaded.model->config.vocab_size)
-                throw Error(where_ids + ": token id " + std::to_string(id) + " is outside the model's vocabulary of " +
-                            std::to_string(loaded.model->config.vocab_size));
-        const std::string where = opt.prompt.empty() ? source + ":" + std::to_string(todo[i]->line) : source;
-        if (ids[i].empty()) throw Error(where + ": the prompt is empty");
-        if (static_cast<int64_t>(ids[i].size()) >= ctx)
-            throw Error(where + ": the prompt has " + std::to_string(ids[i].size()) +
-                        " tokens, which leaves no room in the model's context of " + std::to_string(ctx) + " tokens");
-    }
-
-    std::ofstream out;
-    if (!opt.output.empty()) {
-        if (fs::path(opt.output).has_parent_path()) fs::create_directories(fs::path(opt.output).parent_path());
-        out.open(opt.output, std::ios::app | std::ios::binary);
-        if (!out) throw Error(opt.output + ": cannot open for writing");
-    }
-
+    // Text goes out as it is made, each piece checked: a full or closed stdout stops the run at once.
     const bool stream = !opt.prompt.empty() && opt.gen.num_samples == 1;
-    const int64_t n   = opt.gen.num_samples;
-    std::map<std::size_t, std::vector<Completion>> partial;  // prompt -> finished samples
-    std::size_t prompts_done = 0;
-    int64_t tokens_done      = 0;
-    const auto t0            = std::chrono::steady_clock::now();
-    auto last_log            = t0;
-    auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-
-    generate::GenerateCallbacks cb;
     if (stream) {
-        cb.on_text = [](const Completion&, const std::string& piece) {
-            std::fwrite(piece.data(), 1, piece.size(), stdout);
-            std::fflush(stdout);
+        file.on_text = [](const Completion&, const std::string& piece) {
+            write_stdout(piece);
+            check_stdout();
+        };
+    } else if (!opt.prompt.empty()) {
+        file.on_record = [](const generate::PromptRecord&, const std::vector<Completion>& samples) {
+            for (const auto& s : samples)
+                write_stdout("--- sample " + std::to_string(s.sample_index) + " ---\n" + s.text + "\n");
+            check_stdout();
         };
     }
-    cb.on_complete = [&](const Completion& c) {
-        tokens_done += c.generated_tokens;
-        auto& samples = partial[c.prompt_index];
-        samples.push_back(c);
-        if (static_cast<int64_t>(samples.size()) < n) return;
-        std::sort(samples.begin(), samples.end(),
-                  [](const Completion& a, const Completion& b) { return a.sample_index < b.sample_index; });
-        const PromptRecord& r = *todo[c.prompt_index];
-        if (out.is_open()) {
-            nlohmann::json j;
-            j["index"] = r.index;
-            if (!r.id.is_null()) j["id"] = r.id;
-            j["prompt_tokens"] = c.prompt_tokens;
-            j["completions"]   = nlohmann::json::array();
-            for (const auto& s : samples) j["completions"].push_back(completion_json(s, opt.gen.logprobs));
-            out << dump(j) << '\n';
-            out.flush();
-        }
-        if (!opt.prompt.empty() && !stream) {
-            for (const auto& s : samples)
-                std::printf("--- sample %lld ---\n%s\n", static_cast<long long>(s.sample_index), s.text.c_str());
-        }
-        partial.erase(c.prompt_index);
-        ++prompts_done;
-        auto now = std::chrono::steady_clock::now();
-        if (opt.prompt.empty() &&
-            (std::chrono::duration<double>(now - last_log).count() >= 5.0 || prompts_done == todo.size())) {
-            last_log       = now;
-            const double s = elapsed();
-            spdlog::info("{}/{} prompts, {} tokens generated, {:.1f} tok/s, ETA {:.0f} s", prompts_done, todo.size(),
-                         tokens_done, tokens_done / std::max(s, 1e-9),
-                         prompts_done ? s / prompts_done * (todo.size() - prompts_done) : 0.0);
-        }
-    };
-    for (const auto* r : todo) opt.gen.prompt_keys.push_back(r->index);  // a resumed run draws the same samples
-    const auto completions = generator.generate(ids, opt.gen, cb);
+    const auto result = generate::generate_to_file(generator, records, opt.gen, file);
+    if (result.generated == 0) return;
     if (stream) {
-        std::printf("\n");
-        std::fflush(stdout);
-        spdlog::info("finish reason: {}{}", generate::to_string(completions[0].finish_reason),
-                     completions[0].stop.empty() ? "" : " (" + completions[0].stop + ")");
+        write_stdout("\n");
+        check_stdout();
+        const auto& c = result.completions.at(0);
+        spdlog::info("finish reason: {}{}", generate::to_string(c.finish_reason),
+                     c.stop.empty() ? "" : " (" + c.stop + ")");
     }
-    const auto& st = generator.last_stats();
+    const auto& st = result.stats;
     spdlog::info("{} prompts | prefill: {} tokens, {:.3f} s, {:.1f} tok/s | decode: {} tokens, {:.3f} s, {:.1f} tok/s",
-                 todo.size(), st.prompt_tokens, st.prefill_seconds,
+                 result.generated, st.prompt_tokens, st.prefill_seconds,
                  st.prompt_tokens / std::max(st.prefill_seconds, 1e-9), st.decode_tokens, st.decode_seconds,
                  st.decode_tokens / std::max(st.decode_seconds, 1e-9));
 }
@@ -315,8 +144,16 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option("--system", opt->system, "System message for --chat (default: the template's)");
     cmd->add_option("--input", opt->input,
                     "JSONL prompts: {\"prompt\": TEXT} or {\"messages\": [...]}, optional \"id\"");
-    cmd->add_option("--output", opt->output, "JSONL output (resumed when it exists)");
+    cmd->add_option("--output", opt->output, "JSONL output (resumed when it exists; see below)");
     cmd->add_flag("--overwrite", opt->overwrite, "Start --output over instead of resuming it");
+    cmd->footer(
+        "--output is written one record per prompt as it finishes, and a rerun resumes it: finished prompts are "
+        "kept, the rest run. The run's identity is kept in <output>.run.json: the input's content hash (or the "
+        "rendered --prompt), the model and adapter (config and tokenizer file hashes, weight file names, sizes and "
+        "mtimes), --load-in-4bit, the resolved dtype and device, and every decoding option that changes the "
+        "samples (--max-new-tokens, --temperature, --top-k, --top-p, --min-p, --repetition-penalty, -n, --seed, "
+        "--stop, --stop-token-id, EOS ids, --ignore-eos, --logprobs). A rerun with any of them changed is refused, "
+        "naming the key that differs; --overwrite starts the file over. --batch-size may change between runs.");
     cmd->add_option("--max-new-tokens", g.max_new_tokens, "Tokens to generate at most per completion")
         ->capture_default_str()
         ->check(integer_in(1));

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
+#include <unistd.h>
+#include "support/file_limit.h"
 #include "support/run_medllm.h"
 
 #include <cstdio>
@@ -20,6 +22,11 @@ namespace fs = std::filesystem;
 namespace gt = medllm::generate::testing;
 using namespace medllm::generate;
 
+// A per-process path under the test temp dir: several builds' tests may run on one machine at once.
+fs::path scratch(const std::string& name) {
+    return fs::path(::testing::TempDir()) / (name + "_" + std::to_string(::getpid()));
+}
+
 std::vector<std::string> read_lines(const fs::path& path) {
     std::ifstream in(path);
     std::vector<std::string> lines;
@@ -29,9 +36,7 @@ std::vector<std::string> read_lines(const fs::path& path) {
 
 class GenerateCli : public ::testing::Test {
 protected:
-    static void SetUpTestSuite() {
-        dir_ = new fs::path(gt::make_printable_model_dir(fs::path(::testing::TempDir()) / "gen_cli_model"));
-    }
+    static void SetUpTestSuite() { dir_ = new fs::path(gt::make_printable_model_dir(scratch("gen_cli_model"))); }
     static void TearDownTestSuite() {
         fs::remove_all(*dir_);
         delete dir_;
@@ -44,8 +49,9 @@ fs::path* GenerateCli::dir_ = nullptr;
 TEST_F(GenerateCli, HelpShowsDecodingDefaults) {
     const auto run = run_medllm("generate --help");
     EXPECT_EQ(run.exit_code, 0) << run.output;
-    for (const char* s : {"--max-new-tokens", "--temperature", "--top-p", "--min-p", "--repetition-penalty", "--stop",
-                          "--seed", "--adapter", "--input", "--output", "INT=256"})
+    for (const char* s :
+         {"--max-new-tokens", "--temperature", "--top-p", "--min-p", "--repetition-penalty", "--stop", "--seed",
+          "--adapter", "--input", "--output", "=256", "--overwrite", ".run.json", "naming the key that differs"})
         EXPECT_NE(run.output.find(s), std::string::npos) << s << "\n" << run.output;
 }
 
@@ -65,7 +71,7 @@ TEST_F(GenerateCli, SinglePromptStreamsTheGreedyCompletion) {
 }
 
 TEST_F(GenerateCli, FileRunMatchesTheLibraryAndResumes) {
-    const fs::path work = fs::path(::testing::TempDir()) / "gen_cli_file";
+    const fs::path work = scratch("gen_cli_file");
     fs::remove_all(work);
     fs::create_directories(work);
     const std::vector<std::string> texts = {"alpha", "a longer prompt with more words", "x", "the end is near", "b c"};
@@ -142,7 +148,7 @@ TEST_F(GenerateCli, FileRunMatchesTheLibraryAndResumes) {
 }
 
 TEST_F(GenerateCli, BadInputIsNamedByFileAndLine) {
-    const fs::path work = fs::path(::testing::TempDir()) / "gen_cli_bad";
+    const fs::path work = scratch("gen_cli_bad");
     fs::remove_all(work);
     fs::create_directories(work);
     const std::string base = "generate --model " + dir().string() + " --output " + (work / "out.jsonl").string();
@@ -173,7 +179,7 @@ TEST_F(GenerateCli, BadInputIsNamedByFileAndLine) {
 // `eval igakuqa --model` end to end, both modes, on one question per section of 2018 with a one-example few-shot
 // file.
 TEST(EvalWithModel, IgakuqaRunsEndToEnd) {
-    const fs::path work = fs::path(::testing::TempDir()) / "gen_eval";
+    const fs::path work = scratch("gen_eval");
     fs::remove_all(work);
     const fs::path model = gt::make_printable_model_dir(work / "model", /*context=*/16384);
     const fs::path src   = fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data" / "data" / "2018";
@@ -214,7 +220,7 @@ namespace {
 // A pre-quantized checkpoint (`medllm quantize`) loads as NF4 without an adapter and decodes exactly like the
 // dense checkpoint quantized while loading (--load-in-4bit): both hold the same NF4 bytes.
 TEST_F(GenerateCli, FourBitCheckpointLoadsWithoutAnAdapter) {
-    const fs::path q4 = fs::path(::testing::TempDir()) / "gen_cli_model_nf4";
+    const fs::path q4 = scratch("gen_cli_model_nf4");
     fs::remove_all(q4);
     auto quantize = run_medllm("quantize --model " + dir().string() + " --output " + q4.string());
     ASSERT_EQ(quantize.exit_code, 0) << quantize.output;
@@ -244,6 +250,153 @@ TEST_F(GenerateCli, FourBitCheckpointLoadsWithoutAnAdapter) {
     opt.max_new_tokens = 4;
     EXPECT_EQ(Generator(b.model, b.tokenizer, b.eos_token_ids).generate({prompt}, opt)[0].ids.size(), 4u);
     fs::remove_all(q4);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- faults, resume identity, inputs kept
+
+namespace {
+
+// Runs medllm with stdout redirected to `stdout_to` (e.g. /dev/full); the output is stderr.
+CliRun run_medllm_stdout_to(const std::string& args, const std::string& stdout_to) {
+    CliRun run;
+    const std::string command = std::string(MEDLLM_BINARY) + " " + args + " 2>&1 >" + stdout_to + " </dev/null";
+    FILE* pipe                = popen(command.c_str(), "r");
+    if (!pipe) return run;
+    char buf[4096];
+    while (size_t n = fread(buf, 1, sizeof buf, pipe)) run.output.append(buf, n);
+    const int status = pclose(pipe);
+    run.exit_code    = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return run;
+}
+
+std::string read_all(const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+class GenerateFiles : public GenerateCli {
+protected:
+    void SetUp() override {
+        work_ = scratch("gen_files");
+        fs::remove_all(work_);
+        fs::create_directories(work_);
+    }
+    void TearDown() override { fs::remove_all(work_); }
+    fs::path prompts(const std::string& name, int count, bool reversed = false) {
+        std::ofstream in(work_ / name);
+        for (int k = 0; k < count; ++k) {
+            const int i = reversed ? count - 1 - k : k;
+            in << nlohmann::json{{"prompt", "prompt number " + std::to_string(i)}, {"id", i}}.dump() << "\n";
+        }
+        return work_ / name;
+    }
+    std::string args(const fs::path& input, const std::string& extra = "", int max_new_tokens = 6) const {
+        return "generate --model " + dir().string() + " --input " + input.string() + " --output " +
+               (work_ / "out.jsonl").string() + " --max-new-tokens " + std::to_string(max_new_tokens) +
+               " --temperature 0.7 --seed 3 " + extra;
+    }
+    fs::path work_;
+};
+
+// Finding 1: a full disk used to leave a cut file and exit 0. RLIMIT_FSIZE stands in for the full disk.
+TEST_F(GenerateFiles, FullDiskStopsWithExitOneNamingTheOutput) {
+    const auto input = prompts("p.jsonl", 40);
+    CliRun run;
+    {
+        ScopedFileSizeLimit limit(3000);  // the run record (< 2 KB) fits; 40 records (> 6 KB) do not
+        run = run_medllm(args(input));
+    }
+    EXPECT_EQ(run.exit_code, 1) << run.output;
+    EXPECT_NE(run.output.find("out.jsonl: write failed"), std::string::npos) << run.output;
+    // What was written resumes: the rerun completes the file with the records of one uninterrupted run.
+    run = run_medllm(args(input));
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    const auto lines = read_lines(work_ / "out.jsonl");
+    EXPECT_EQ(lines.size(), 40u);
+    fs::rename(work_ / "out.jsonl", work_ / "resumed.jsonl");
+    fs::remove(work_ / "out.jsonl.run.json");
+    ASSERT_EQ(run_medllm(args(input)).exit_code, 0);
+    const auto clean = read_lines(work_ / "out.jsonl");
+    EXPECT_EQ(std::multiset<std::string>(lines.begin(), lines.end()),
+              std::multiset<std::string>(clean.begin(), clean.end()));
+}
+
+// Finding 1: `generate --prompt ... > /dev/full` used to exit 0.
+TEST_F(GenerateFiles, FullStdoutIsAnError) {
+    for (const std::string samples : {"1", "2"}) {  // streamed, and printed per sample
+        const auto run = run_medllm_stdout_to(
+            "generate --model " + dir().string() + " --prompt 'Hello there' --max-new-tokens 8 -n " + samples,
+            "/dev/full");
+        EXPECT_EQ(run.exit_code, 1) << run.output;
+        EXPECT_NE(run.output.find("standard output: write failed"), std::string::npos) << run.output;
+    }
+}
+
+// Finding 2: resume used to go by line count only; a reordered input, another model or other decoding options
+// were mixed into the same file.
+TEST_F(GenerateFiles, ResumeRefusesAnotherRunNamingTheKey) {
+    const auto input = prompts("p.jsonl", 6);
+    ASSERT_EQ(run_medllm(args(input)).exit_code, 0);
+    const std::string first = read_all(work_ / "out.jsonl");
+    ASSERT_TRUE(fs::exists(work_ / "out.jsonl.run.json"));
+
+    auto expect_refused = [&](const std::string& run_args, const std::string& key) {
+        const auto run = run_medllm(run_args);
+        EXPECT_EQ(run.exit_code, 1) << run.output;
+        EXPECT_NE(run.output.find("different run (" + key), std::string::npos) << key << "\n" << run.output;
+        EXPECT_NE(run.output.find("--overwrite"), std::string::npos) << run.output;
+        EXPECT_EQ(read_all(work_ / "out.jsonl"), first) << "the file changed: " << key;
+    };
+    // The same prompts in another order.
+    expect_refused(args(prompts("reordered.jsonl", 6, /*reversed=*/true)), "input.xxh3");
+    // Other decoding options.
+    expect_refused(args(input, "--top-k 5"), "decoding.sampling.top_k");
+    expect_refused(args(input, "", /*max_new_tokens=*/7), "decoding.max_new_tokens");
+    expect_refused(args(input, "--logprobs"), "decoding.logprobs");
+    // Another model (same weights, another config.json).
+    const fs::path other = work_ / "other_model";
+    fs::copy(dir(), other, fs::copy_options::recursive);
+    std::ofstream(other / "config.json", std::ios::app) << "\n";
+    std::string other_args = args(input);
+    other_args.replace(other_args.find(dir().string()), dir().string().size(), other.string());
+    expect_refused(other_args, "model.files.config.json");
+    // --batch-size does not change the samples: resuming with another is fine (and finds nothing to do).
+    auto run = run_medllm(args(input, "--batch-size 2"));
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_NE(run.output.find("all 6 prompts are done"), std::string::npos) << run.output;
+    // --overwrite starts over with the new identity.
+    run = run_medllm(args(input, "--top-k 5 --overwrite"));
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_EQ(read_lines(work_ / "out.jsonl").size(), 6u);
+    EXPECT_NE(read_all(work_ / "out.jsonl.run.json").find("\"top_k\": 5"), std::string::npos);
+}
+
+// Finding 2: a damaged record (a prompt twice, an index past the input) is an error, not silently kept.
+TEST_F(GenerateFiles, DamagedOutputIsNamedByLine) {
+    const auto input = prompts("p.jsonl", 3);
+    ASSERT_EQ(run_medllm(args(input)).exit_code, 0);
+    const auto lines = read_lines(work_ / "out.jsonl");
+    std::ofstream(work_ / "out.jsonl", std::ios::app) << lines[0] << "\n";
+    const auto run = run_medllm(args(input));
+    EXPECT_EQ(run.exit_code, 1) << run.output;
+    EXPECT_NE(run.output.find("out.jsonl:4: prompt"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find("recorded twice"), std::string::npos) << run.output;
+}
+
+// Finding 3: an output that is the input (also through a symlink) is refused before anything is written.
+TEST_F(GenerateFiles, OutputThatIsTheInputIsRefused) {
+    const auto input         = prompts("p.jsonl", 3);
+    const std::string before = read_all(input);
+    fs::create_symlink(input, work_ / "link.jsonl");
+    for (const fs::path& output : {input, work_ / "link.jsonl"}) {
+        const auto run = run_medllm("generate --model " + dir().string() + " --input " + input.string() + " --output " +
+                                    output.string() + " --max-new-tokens 4");
+        EXPECT_EQ(run.exit_code, 2) << run.output;
+        EXPECT_NE(run.output.find("is the input"), std::string::npos) << run.output;
+        EXPECT_EQ(read_all(input), before);
+    }
 }
 
 }  // namespace
