@@ -65,6 +65,13 @@ def main():
     adapter_dir = os.path.join(OUT, ADAPTER)
     model.save_pretrained(adapter_dir)
     os.remove(os.path.join(adapter_dir, "README.md"))  # PEFT's model card template
+    config_path = os.path.join(adapter_dir, "adapter_config.json")
+    with open(config_path) as f:  # PEFT writes target_modules from a set, in hash order: sort for a stable file
+        saved = json.load(f)
+    saved["target_modules"] = sorted(saved["target_modules"])
+    with open(config_path, "w") as f:
+        json.dump(saved, f, indent=2, sort_keys=True)
+        f.write("\n")
     tensors = {"input_ids": ids, "partial.dense_logits": logits_of(model.eval(), ids)}
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
