@@ -372,7 +372,7 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
 
     // config.json is copied as is (so every key the base has survives), with the dtype and quantization updated.
     const fs::path config_path = base_dir / "config.json";
-    json config = read_json_file(config_path);
+    json config                = read_json_file(config_path);
 
     io::CheckpointReader reader(base_dir);
     // Every tensor of the config present, none extra, shapes as the config implies (the check info and generate make).
