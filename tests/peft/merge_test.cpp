@@ -145,8 +145,15 @@ TEST(MergeCli, ErrorsAreOneLineWithExitCodes) {
     EXPECT_EQ(missing.exit_code, 2) << missing.output;
     auto no_adapter = run_medllm("merge --model " + peft_test::tiny_model().string() + " --adapter " +
                                  (tmp.path / "none").string() + " --output " + (tmp.path / "o").string());
-    EXPECT_EQ(no_adapter.exit_code, 1) << no_adapter.output;
-    EXPECT_NE(no_adapter.output.find("adapter_config.json"), std::string::npos) << no_adapter.output;
+    // A missing input folder is a usage error, as in every other subcommand (issue 11).
+    EXPECT_EQ(no_adapter.exit_code, 2) << no_adapter.output;
+    EXPECT_NE(no_adapter.output.find((tmp.path / "none").string()), std::string::npos) << no_adapter.output;
+    // An adapter folder without adapter_config.json is a runtime error naming the file.
+    fs::create_directories(tmp.path / "empty");
+    auto empty = run_medllm("merge --model " + peft_test::tiny_model().string() + " --adapter " +
+                            (tmp.path / "empty").string() + " --output " + (tmp.path / "o").string());
+    EXPECT_EQ(empty.exit_code, 1) << empty.output;
+    EXPECT_NE(empty.output.find("adapter_config.json"), std::string::npos) << empty.output;
     auto same = run_medllm("merge --model " + peft_test::tiny_model().string() + " --adapter " +
                            peft_test::tiny_adapter().string() + " --output " + peft_test::tiny_model().string());
     EXPECT_EQ(same.exit_code, 2) << same.output;
