@@ -259,25 +259,34 @@ Qwen2Attention::Qwen2Attention(const Qwen2Config& cfg, at::TensorOptions options
 }
 
 at::Tensor Qwen2Attention::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                                   const at::Tensor& mask, bool causal, KVCache* cache, int64_t layer) {
+                                   const at::Tensor& mask, bool causal, KVCache* cache, int64_t layer,
+                                   int64_t queries) {
     int64_t B = x.size(0), S = x.size(1);
-    auto q = q_proj->forward(x).view({B, S, num_heads, head_dim}).transpose(1, 2);
-    auto k = k_proj->forward(x).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
-    auto v = v_proj->forward(x).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
+    const int64_t Q = queries > 0 && queries < S ? queries : S;
+    auto xq         = Q == S ? x : x.narrow(1, S - Q, Q);
+    auto q          = q_proj->forward(xq).view({B, Q, num_heads, head_dim}).transpose(1, 2);
+    auto k          = k_proj->forward(x).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
+    auto v          = v_proj->forward(x).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
     auto c = cos.unsqueeze(1), s = sin.unsqueeze(1);
-    q = q * c + rotate_half(q) * s;
+    auto cq = Q == S ? c : c.narrow(2, S - Q, Q), sq = Q == S ? s : s.narrow(2, S - Q, Q);
+    q = q * cq + rotate_half(q) * sq;
     k = k * c + rotate_half(k) * s;
     if (cache) std::tie(k, v) = cache->append(layer, k, v);
     int64_t n_rep = num_heads / num_kv_heads;
-    if (n_rep > 1) {  // KV head j serves query heads j*n_rep .. (j+1)*n_rep-1 (HF repeat_kv)
+    // Inference: SDPA's enable_gqa maps query head h to KV head h / n_rep itself (HF's repeat_kv order), the same
+    // numbers without copying K and V n_rep times (on the CPU, about half the attention time). Training keeps the
+    // explicit repeat, whose backward is the plain sum over the copies; on CUDA a mask with enable_gqa would fall
+    // back to the math kernel.
+    const bool gqa = n_rep > 1 && !at::GradMode::is_enabled() && (x.is_cpu() || !mask.defined());
+    if (n_rep > 1 && !gqa) {  // KV head j serves query heads j*n_rep .. (j+1)*n_rep-1 (HF repeat_kv)
         int64_t T = k.size(2);
         k         = k.unsqueeze(2).expand({B, num_kv_heads, n_rep, T, head_dim}).reshape({B, num_heads, T, head_dim});
         v         = v.unsqueeze(2).expand({B, num_kv_heads, n_rep, T, head_dim}).reshape({B, num_heads, T, head_dim});
     }
     std::optional<at::Tensor> attn_mask;
     if (mask.defined()) attn_mask = mask;
-    auto out = at::scaled_dot_product_attention(q, k, v, attn_mask, 0.0, causal, std::pow(head_dim, -0.5));
-    return o_proj->forward(out.transpose(1, 2).reshape({B, S, num_heads * head_dim}));
+    auto out = at::scaled_dot_product_attention(q, k, v, attn_mask, 0.0, causal, std::pow(head_dim, -0.5), gqa);
+    return o_proj->forward(out.transpose(1, 2).reshape({B, Q, num_heads * head_dim}));
 }
 
 Qwen2MLP::Qwen2MLP(const Qwen2Config& cfg, at::TensorOptions options) {
@@ -301,8 +310,11 @@ Qwen2DecoderLayer::Qwen2DecoderLayer(const Qwen2Config& cfg, at::TensorOptions o
 }
 
 at::Tensor Qwen2DecoderLayer::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                                      const at::Tensor& mask, bool causal, KVCache* cache, int64_t layer) {
-    auto h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, mask, causal, cache, layer);
+                                      const at::Tensor& mask, bool causal, KVCache* cache, int64_t layer,
+                                      int64_t queries) {
+    auto a       = self_attn->forward(input_layernorm->forward(x), cos, sin, mask, causal, cache, layer, queries);
+    const auto Q = a.size(1);
+    auto h       = (Q == x.size(1) ? x : x.narrow(1, x.size(1) - Q, Q)) + a;
     return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
@@ -344,11 +356,32 @@ ForwardOutputs Qwen2Model::forward(const ForwardInputs& in) {
     bool causal     = false;
     auto mask       = build_mask(B, S, past, in, device, causal);
 
+    if (in.last_positions < 0) throw Error("last_positions must be >= 0, got " + std::to_string(in.last_positions));
+    if (in.last_positions > 0 && in.output_hidden_states)
+        throw Error("last_positions cannot be combined with output_hidden_states");
+    const int64_t keep = in.last_positions > 0 && in.last_positions < S ? in.last_positions : 0;
+    // The last layer's queries are the kept positions only: their rows of the mask, or for plain causal attention
+    // (top-left aligned in SDPA) an explicit one; the very last position attends to everything.
+    at::Tensor last_mask = mask;
+    bool last_causal     = causal;
+    if (keep > 0 && mask.defined()) {
+        last_mask = mask.narrow(2, S - keep, keep);
+    } else if (keep > 0 && causal) {
+        last_causal = false;
+        if (keep > 1) {
+            auto opts = at::TensorOptions().dtype(at::kLong).device(device);
+            last_mask = (at::arange(S, opts).view({1, S}) <= at::arange(S - keep, S, opts).view({keep, 1}))
+                            .view({1, 1, keep, S});
+        }
+    }
+
     ForwardOutputs out;
     bool checkpoint = gradient_checkpointing && at::GradMode::is_enabled() && !in.cache;
     for (size_t i = 0; i < layers.size(); ++i) {
         if (in.output_hidden_states) out.hidden_states.push_back(h);
-        if (checkpoint) {
+        if (keep > 0 && !checkpoint && i + 1 == layers.size()) {
+            h = layers[i]->forward(h, cos, sin, last_mask, last_causal, in.cache, static_cast<int64_t>(i), keep);
+        } else if (checkpoint) {
             // The recomputed layer needs an input that requires grad, or a frozen-embedding (LoRA) model
             // would never run this layer's backward.
             if (!h.requires_grad()) h = h.detach().requires_grad_(true);
@@ -359,6 +392,7 @@ ForwardOutputs Qwen2Model::forward(const ForwardInputs& in) {
         }
     }
     if (in.cache) in.cache->advance(S);
+    if (keep > 0 && h.size(1) != keep) h = h.narrow(1, S - keep, keep);  // checkpointed layers ran on every row
     h = norm->forward(h);
     if (in.output_hidden_states) out.hidden_states.push_back(h);
     out.hidden = h;

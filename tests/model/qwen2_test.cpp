@@ -129,6 +129,79 @@ TEST_P(Qwen2Parity, KvCacheDecodingEqualsFullForward) {
     EXPECT_EQ(cache.length(), S);
 }
 
+// last_positions runs the last layer's queries, attention output and MLP on the kept rows only. Its logits must
+// equal the last rows of the full forward and of transformers' (1e-5 as above: the last layer's GEMMs see fewer
+// rows, so their kernels may reduce in another order), with the padding mask (both rows) and with plain causal
+// attention (row 0 alone, where SDPA's top-left is_causal cannot serve the kept rows).
+TEST_P(Qwen2Parity, LastPositionsEqualTheFullForwardsLastRows) {
+    at::NoGradGuard no_grad;
+    const int64_t S   = ids.size(1);
+    const auto expect = ref.get("logits");
+    for (bool padded : {true, false}) {
+        ForwardInputs full;
+        full.input_ids = padded ? ids : ids.narrow(0, 0, 1);
+        if (padded) full.attention_mask = mask;
+        const auto all = model->forward(full);
+        for (int64_t keep : {int64_t{1}, int64_t{3}, S - 1}) {
+            ForwardInputs in  = full;
+            in.last_positions = keep;
+            const auto got    = model->forward(in);
+            ASSERT_EQ(got.sizes(), (std::vector<int64_t>{full.input_ids.size(0), keep, all.size(2)}))
+                << "padded " << padded << " keep " << keep;
+            // Only real tokens' rows count (a padding row's output is garbage in HF too).
+            const auto real = padded ? mask.narrow(1, S - keep, keep) : at::ones({1, keep}, at::kLong);
+            EXPECT_LT(rel_err(real_rows(got, real), real_rows(all.narrow(1, S - keep, keep), real)), 1e-5)
+                << "padded " << padded << " keep " << keep;
+            auto hf = expect.narrow(0, 0, got.size(0)).narrow(1, S - keep, keep);
+            EXPECT_LT(rel_err(real_rows(got, real), real_rows(hf, real)), 1e-5)
+                << "padded " << padded << " keep " << keep;
+        }
+        ForwardInputs every  = full;  // as many positions as there are, or more: the full forward
+        every.last_positions = S;
+        EXPECT_TRUE(at::equal(model->forward(every), all));
+    }
+}
+
+// A prefill that keeps only the last position still writes every position's keys and values: decoding after it
+// gives what decoding after a full prefill gives.
+TEST_P(Qwen2Parity, LastPositionPrefillFillsTheWholeCache) {
+    at::NoGradGuard no_grad;
+    ForwardInputs full;
+    full.input_ids      = ids;
+    full.attention_mask = mask;
+    auto expect         = model->forward(full);
+
+    KVCache cache(model->config.num_hidden_layers);
+    const int64_t S = ids.size(1), prefill = 7;
+    ForwardInputs first;
+    first.input_ids      = ids.narrow(1, 0, prefill);
+    first.attention_mask = mask.narrow(1, 0, prefill);
+    first.cache          = &cache;
+    first.last_positions = 1;
+    std::vector<at::Tensor> pieces{model->forward(first)};
+    EXPECT_EQ(cache.length(), prefill);
+    for (int64_t start = prefill; start < S; ++start) {
+        ForwardInputs step;
+        step.input_ids      = ids.narrow(1, start, 1);
+        step.attention_mask = mask.narrow(1, 0, start + 1);
+        step.cache          = &cache;
+        pieces.push_back(model->forward(step));
+    }
+    EXPECT_LT(rel_err(at::cat(pieces, 1), expect.narrow(1, prefill - 1, S - prefill + 1)), 1e-5);
+}
+
+TEST_P(Qwen2Parity, LastPositionsRefusesHiddenStatesAndNegativeCounts) {
+    at::NoGradGuard no_grad;
+    ForwardInputs in;
+    in.input_ids            = ids;
+    in.last_positions       = 1;
+    in.output_hidden_states = true;
+    EXPECT_THROW(model->forward(in), medllm::Error);
+    in.output_hidden_states = false;
+    in.last_positions       = -1;
+    EXPECT_THROW(model->forward(in), medllm::Error);
+}
+
 TEST_P(Qwen2Parity, PackedDocumentsEqualSeparateForwards) {
     at::NoGradGuard no_grad;
     auto a = ids.narrow(0, 0, 1).narrow(1, 0, 5), b = ids.narrow(0, 0, 1).narrow(1, 5, 7);

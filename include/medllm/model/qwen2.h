@@ -88,18 +88,25 @@ struct ForwardInputs {
     at::Tensor segment_ids;     // [B, S] packed documents: attend only within the same id (no KV cache)
     KVCache* cache            = nullptr;  // incremental decoding
     bool output_hidden_states = false;
+    // > 0: the final hidden states only for the last `last_positions` positions of each row (HF's logits_to_keep,
+    // taken into the model): the last layer runs its queries, attention output and MLP on those rows alone, while
+    // its keys and values still cover every position (they go to the cache). Prefill for generation needs one.
+    // Not combined with output_hidden_states (the last layer's entry would be partial).
+    int64_t last_positions = 0;
 };
 
 struct ForwardOutputs {
-    at::Tensor hidden;                      // final normed hidden states [B, S, H]
+    at::Tensor hidden;                      // final normed hidden states [B, S, H] ([B, last_positions, H] when set)
     std::vector<at::Tensor> hidden_states;  // HF order: embeddings, after each layer (the last one normed)
 };
 
 class Qwen2Attention : public torch::nn::Module {
 public:
     Qwen2Attention(const Qwen2Config& cfg, at::TensorOptions options);
+    // x [B, S, H]; keys and values from all S positions, queries (and the output [B, Q, H]) from the last
+    // Q = `queries` of them (0: all). `mask` [B|1, 1, Q, T] and `causal` are the queries' own.
     at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,
-                       bool causal, KVCache* cache, int64_t layer);
+                       bool causal, KVCache* cache, int64_t layer, int64_t queries = 0);
     std::shared_ptr<Projection> q_proj, k_proj, v_proj, o_proj;
     int64_t num_heads, num_kv_heads, head_dim;
 };
@@ -114,8 +121,9 @@ public:
 class Qwen2DecoderLayer : public torch::nn::Module {
 public:
     Qwen2DecoderLayer(const Qwen2Config& cfg, at::TensorOptions options);
+    // Output [B, Q, H] for the last Q = `queries` positions (0: all); see Qwen2Attention::forward.
     at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,
-                       bool causal, KVCache* cache, int64_t layer);
+                       bool causal, KVCache* cache, int64_t layer, int64_t queries = 0);
     std::shared_ptr<Qwen2Attention> self_attn;
     std::shared_ptr<Qwen2MLP> mlp;
     std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
