@@ -339,8 +339,9 @@ Batch GenerationRun::prefill(std::size_t first, std::size_t last) {
         // HF generate: positions = cumsum(mask) - 1, padding positions set to 1.
         in.position_ids = (in.attention_mask.cumsum(1) - 1).masked_fill(in.attention_mask == 0, 1);
     }
-    auto hidden = model_.forward_hidden(in).hidden.select(1, Lp - 1);
-    auto logits = model_.logits(hidden).to(at::kFloat);
+    in.last_positions = 1;  // every row's last column is a real token (left padding); only its logits are needed
+    auto hidden       = model_.forward_hidden(in).hidden.select(1, 0);
+    auto logits       = model_.logits(hidden).to(at::kFloat);
     at::Tensor seen;
     if (penalty_) {
         auto counts = at::zeros({G, cfg_.vocab_size}, at::TensorOptions().dtype(at::kLong).device(device_));
