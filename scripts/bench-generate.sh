@@ -1,35 +1,43 @@
 #!/usr/bin/env bash
-# Generation throughput: medllm's engine next to HF transformers' generate() on the same random model, in the same
-# run, with the same prompts (prompt_ids) and thread count. Prints prefill and decode tokens/s at batch 1, 8 and 64
-# and the medllm / HF ratio.
+# Generation throughput: medllm's engine (bench_generate) next to HF transformers' generate() on the same random
+# model, with the same prompts (prompt_ids) and thread count, interleaved: for each repeat and batch size HF is
+# measured and then medllm, so both see the same machine load. Prints prefill and decode tokens/s at batch 1, 8
+# and 64, the medllm / HF ratios of every repeat, and their ranges.
 #
 #   scripts/bench-generate.sh                 # CPU: a small Qwen2-shaped model (fp32)
 #   scripts/bench-generate.sh --gpu           # CUDA: a Qwen2.5-7B-shaped model in bf16 (random weights)
-#   PROMPT_LEN=128 NEW_TOKENS=64 BATCHES="1 8 64" THREADS=2 scripts/bench-generate.sh
+#   PROMPT_LEN=128 NEW_TOKENS=64 BATCHES="1 8 64" THREADS=2 REPEATS=3 scripts/bench-generate.sh
 #
-# Decode tok/s counts the tokens chosen by decode steps; HF's is B·(G-1) / (t(G tokens) - t(1 token)).
+# Both sides are timed the same way, wall time of whole calls after a warm-up generate(2 tokens) in the same
+# process: prefill = B·P / min over two generate(1 token) calls, decode = B·(G-1) / (t(G tokens) - t(1 token)).
+# medllm's first call of a process (page faults of the memory-mapped weights, BLAS set-up; once per `medllm generate`
+# or `eval` run) is printed as `cold`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MEDLLM=${MEDLLM:-build/medllm}
+BENCH=${BENCH:-build/bench_generate}
 PY=${PY:-.venv/bin/python}
 PROMPT_LEN=${PROMPT_LEN:-64}
 NEW_TOKENS=${NEW_TOKENS:-32}
 BATCHES=${BATCHES:-"1 8 64"}
 THREADS=${THREADS:-$(nproc)}
+REPEATS=${REPEATS:-3}
 DEVICE=cpu
 SHAPE=small
 if [[ "${1:-}" == "--gpu" ]]; then DEVICE=cuda; SHAPE=7b; fi
 WORK=$(mktemp -d /tmp/bench-generate.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-[[ -x "$MEDLLM" ]] || { echo "bench-generate: $MEDLLM not built (cmake --build build --target medllm)" >&2; exit 1; }
+[[ -x "$BENCH" ]] || { echo "bench-generate: $BENCH not built (cmake --build build --target bench_generate)" >&2; exit 1; }
+[[ $DEVICE == cpu ]] || { echo "bench-generate: bench_generate runs on the CPU only for now" >&2; exit 1; }
 
-"$PY" - "$WORK" "$SHAPE" "$DEVICE" "$PROMPT_LEN" "$NEW_TOKENS" "$THREADS" "$BATCHES" <<'PYEOF'
-import json, os, sys, time
+OMP_NUM_THREADS=$THREADS "$PY" - "$WORK" "$SHAPE" "$DEVICE" "$PROMPT_LEN" "$NEW_TOKENS" "$THREADS" "$BATCHES" \
+  "$REPEATS" "$BENCH" <<'PYEOF'
+import json, os, subprocess, sys, time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 work, shape, device, P, G, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 batches = [int(b) for b in sys.argv[7].split()]
+repeats, bench = int(sys.argv[8]), sys.argv[9]
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 if shape == "7b":  # Qwen2.5-7B dimensions
@@ -48,28 +56,18 @@ model.save_pretrained(model_dir, safe_serialization=True)
 gc = os.path.join(model_dir, "generation_config.json")
 if os.path.exists(gc):
     os.remove(gc)
-
-# A byte-level tokenizer so medllm loads the folder; the prompts are token ids, so its content does not matter.
-bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-cs, n = bs[:], 0
-for b in range(256):
-    if b not in bs:
-        bs.append(b); cs.append(256 + n); n += 1
-vocab = {}
-for b, c in zip(bs, cs):
-    vocab[chr(c)] = 3 + b
-json.dump(vocab, open(os.path.join(model_dir, "vocab.json"), "w"))
-open(os.path.join(model_dir, "merges.txt"), "w").write("#version: 0.2\n")
-
 model = model.to(device)
+
 g = torch.Generator().manual_seed(1)
-results = {}
+prompts = {}
 for B in batches:
-    ids = torch.randint(3, cfg.vocab_size, (B, P), generator=g)
+    prompts[B] = torch.randint(3, cfg.vocab_size, (B, P), generator=g)
     with open(os.path.join(work, f"prompts_{B}.jsonl"), "w") as f:
-        for row in ids.tolist():
+        for row in prompts[B].tolist():
             f.write(json.dumps({"prompt_ids": row}) + "\n")
-    x = ids.to(device)
+
+def hf(B):
+    x = prompts[B].to(device)
     mask = torch.ones_like(x)
 
     def run(new):
@@ -84,30 +82,32 @@ for B in batches:
         return time.perf_counter() - t0
 
     run(2)  # warm-up
-    t1 = min(run(1) for _ in range(2))
+    t1 = min(run(1), run(1))
     tg = run(G)
-    results[B] = {"prefill": B * P / t1, "decode": B * (G - 1) / max(tg - t1, 1e-9)}
-    print(f"HF batch {B}: prefill {results[B]['prefill']:.1f} tok/s, decode {results[B]['decode']:.1f} tok/s",
-          file=sys.stderr)
-json.dump(results, open(os.path.join(work, "hf.json"), "w"))
-PYEOF
+    return {"prefill": B * P / t1, "decode": B * (G - 1) / max(tg - t1, 1e-9)}
 
-printf "%-6s | %14s %14s %6s | %14s %14s %6s\n" batch "medllm prefill" "HF prefill" ratio "medllm decode" "HF decode" ratio
-for B in $BATCHES; do
-  DTYPE=fp32; [[ $DEVICE == cuda ]] && DTYPE=bf16
-  # A short warm-up run, then the measured one.
-  OMP_NUM_THREADS=$THREADS "$MEDLLM" generate --model "$WORK/model" --input "$WORK/prompts_$B.jsonl" \
-    --output "$WORK/warm_$B.jsonl" --max-new-tokens 2 --ignore-eos --batch-size "$B" --device $DEVICE --dtype $DTYPE \
-    >/dev/null 2>&1
-  LOG=$(OMP_NUM_THREADS=$THREADS "$MEDLLM" generate --model "$WORK/model" --input "$WORK/prompts_$B.jsonl" \
-    --output "$WORK/out_$B.jsonl" --max-new-tokens "$NEW_TOKENS" --ignore-eos --batch-size "$B" --device $DEVICE \
-    --dtype $DTYPE 2>&1 | grep "| prefill:")
-  "$PY" - "$WORK/hf.json" "$B" "$LOG" <<'PYEOF'
-import json, re, sys
-hf = json.load(open(sys.argv[1]))[sys.argv[2]]
-m = re.search(r"prefill: \d+ tokens, [\d.]+ s, ([\d.]+) tok/s \| decode: \d+ tokens, [\d.]+ s, ([\d.]+) tok/s", sys.argv[3])
-pre, dec = float(m.group(1)), float(m.group(2))
-print(f"{sys.argv[2]:<6} | {pre:14.1f} {hf['prefill']:14.1f} {pre / hf['prefill']:5.2f}x | "
-      f"{dec:14.1f} {hf['decode']:14.1f} {dec / hf['decode']:5.2f}x")
+def medllm(B):
+    out = subprocess.run([bench, os.path.join(work, "model"), os.path.join(work, f"prompts_{B}.jsonl"), str(B), str(G),
+                          str(threads)], check=True, capture_output=True, text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    if r["threads"] != threads:
+        sys.exit(f"bench-generate: bench_generate ran {r['threads']} threads, HF {threads}")
+    return r
+
+print(f"threads {threads}, prompt {P} tokens, {G} new tokens, load average {os.getloadavg()[0]:.1f} at start")
+print(f"{'rep':<3} {'batch':<5} | {'medllm prefill':>14} {'HF prefill':>11} {'ratio':>6} {'(cold)':>7} | "
+      f"{'medllm decode':>13} {'HF decode':>10} {'ratio':>6}", flush=True)
+ratios = {B: {"prefill": [], "decode": []} for B in batches}
+for rep in range(repeats):
+    for B in batches:
+        h, m = hf(B), medllm(B)
+        rp, rd = m["prefill"] / h["prefill"], m["decode"] / h["decode"]
+        ratios[B]["prefill"].append(rp)
+        ratios[B]["decode"].append(rd)
+        print(f"{rep:<3} {B:<5} | {m['prefill']:14.1f} {h['prefill']:11.1f} {rp:5.2f}x {m['cold_prefill'] / h['prefill']:6.2f}x | "
+              f"{m['decode']:13.1f} {h['decode']:10.1f} {rd:5.2f}x", flush=True)
+print(f"load average {os.getloadavg()[0]:.1f} at end; medllm / HF over {repeats} repeats (min-max):")
+for B in batches:
+    p, d = ratios[B]["prefill"], ratios[B]["decode"]
+    print(f"batch {B:<3} prefill {min(p):.2f}-{max(p):.2f}x  decode {min(d):.2f}-{max(d):.2f}x")
 PYEOF
-done
