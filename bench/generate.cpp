@@ -3,7 +3,7 @@
 // generate(2 tokens), prefill = B·P / min over two generate(1 token) calls, decode = B·(G-1) / (t(G) - t(1)), all
 // wall time of the whole call. The first call of the process (page faults of the memory-mapped weights, BLAS set-up)
 // is timed separately as `cold`.
-//   bench_generate MODEL_DIR PROMPTS_JSONL BATCH NEW_TOKENS THREADS [PROFILE]
+//   bench_generate MODEL_DIR PROMPTS_JSONL BATCH NEW_TOKENS THREADS [cpu|cuda [fp32|bf16 [PROFILE]]]
 // PROFILE=1 adds a LibTorch profiler table of one warm prefill (operators by self time: time not spent in nested
 // operators); PROFILE=2 splits the rows by input shapes.
 #include <algorithm>
@@ -99,17 +99,25 @@ void print_profile(const torch::autograd::profiler::ProfilerResult& result, doub
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc != 6 && argc != 7) {
-        std::fprintf(stderr, "usage: %s MODEL_DIR PROMPTS_JSONL BATCH NEW_TOKENS THREADS [PROFILE]\n", argv[0]);
+    if (argc < 6 || argc > 9) {
+        std::fprintf(stderr,
+                     "usage: %s MODEL_DIR PROMPTS_JSONL BATCH NEW_TOKENS THREADS [cpu|cuda [fp32|bf16 [PROFILE]]]\n",
+                     argv[0]);
         return 2;
     }
     const std::string dir = argv[1];
     auto prompts          = read_prompts(argv[2]);
     const int64_t batch = std::atoll(argv[3]), new_tokens = std::atoll(argv[4]);
     at::set_num_threads(std::atoi(argv[5]));
-    const int profile_mode = argc == 7 ? std::atoi(argv[6]) : 0;
+    const at::Device device    = argc > 6 && std::string(argv[6]) == "cuda" ? at::Device(at::kCUDA, 0) : at::kCPU;
+    const at::ScalarType dtype = argc > 7 && std::string(argv[7]) == "bf16" ? at::kBFloat16 : at::kFloat;
+    const int profile_mode     = argc > 8 ? std::atoi(argv[8]) : 0;
+    if (device.is_cuda() && !torch::cuda::is_available()) {
+        std::fprintf(stderr, "bench_generate: cuda asked for but no CUDA device is visible\n");
+        return 2;
+    }
 
-    auto model = model::Qwen2ForCausalLM::from_pretrained(dir, at::kFloat);
+    auto model = model::Qwen2ForCausalLM::from_pretrained(dir, dtype, device);
     model->eval();
     generate::Generator generator(model, nullptr, {});
     int64_t prompt_tokens = 0;
@@ -121,6 +129,7 @@ int main(int argc, char** argv) {
         options.ignore_eos     = true;
         auto t0                = std::chrono::steady_clock::now();
         generator.generate(prompts, options);
+        if (device.is_cuda()) torch::cuda::synchronize();
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     };
     const double cold = timed(1);

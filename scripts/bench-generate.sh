@@ -27,7 +27,6 @@ if [[ "${1:-}" == "--gpu" ]]; then DEVICE=cuda; SHAPE=7b; fi
 WORK=$(mktemp -d /tmp/bench-generate.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 [[ -x "$BENCH" ]] || { echo "bench-generate: $BENCH not built (cmake --build build --target bench_generate)" >&2; exit 1; }
-[[ $DEVICE == cpu ]] || { echo "bench-generate: bench_generate runs on the CPU only for now" >&2; exit 1; }
 
 OMP_NUM_THREADS=$THREADS "$PY" - "$WORK" "$SHAPE" "$DEVICE" "$PROMPT_LEN" "$NEW_TOKENS" "$THREADS" "$BATCHES" \
   "$REPEATS" "$BENCH" <<'PYEOF'
@@ -88,7 +87,7 @@ def hf(B):
 
 def medllm(B):
     out = subprocess.run([bench, os.path.join(work, "model"), os.path.join(work, f"prompts_{B}.jsonl"), str(B), str(G),
-                          str(threads)], check=True, capture_output=True, text=True).stdout
+                          str(threads), device, "bf16" if dtype == torch.bfloat16 else "fp32"], check=True, capture_output=True, text=True).stdout
     r = json.loads(out.strip().splitlines()[-1])
     if r["threads"] != threads:
         sys.exit(f"bench-generate: bench_generate ran {r['threads']} threads, HF {threads}")
