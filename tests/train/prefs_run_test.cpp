@@ -266,4 +266,19 @@ TEST_F(PrefsRun, CliRefusals) {
     EXPECT_NE(bad_type.output.find("best_worst"), std::string::npos) << bad_type.output;
 }
 
+TEST_F(PrefsRun, ShippedConfigRuns) {
+    const fs::path dir = out("config");
+    const auto r       = run_medllm(std::string("build-prefs --config ") + MEDLLM_SOURCE_DIR +
+                                    "/configs/qwen2.5-72b/build_prefs.yaml --set model=" + model_->string() +
+                                    " --set 'questions=[" + kQuestions.string() + "]' --set output=" + dir.string() +
+                                    " --set device=cpu --set sampling.n=2 --set sampling.max_new_tokens=8" +
+                                    " --set guard.igakuqa_dir=" + MEDLLM_SHARED_DIR + "/igakuqa_data");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("build-prefs summary"), std::string::npos) << r.output;
+    const auto s = json::parse(slurp(dir / "summary.json"));
+    EXPECT_EQ(s["samples"], 16);
+    EXPECT_EQ(s["prompt_format"], "chat");  // the tiny tokenizer has a chat template
+    EXPECT_TRUE(fs::exists(dir / "config.resolved.yaml"));
+}
+
 }  // namespace
