@@ -1,13 +1,49 @@
-// `medllm cpt`: continued pretraining (QLoRA) on a corpus.
-// Not built yet: the subcommand is registered so --help lists it, and running it exits 2.
+// `medllm cpt --config cpt.yaml`: continued pretraining (QLoRA) on a corpus. Thin: schema, start_run, the recipe
+// (src/train/cpt.cpp).
+#include <spdlog/spdlog.h>
+
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "medllm/core/files.h"
+#include "medllm/train/cpt.h"
 
 namespace medllm::cli {
 
 void add_cpt_command(CLI::App& app) {
-    auto* cmd = app.add_subcommand("cpt", "Continued pretraining (QLoRA) on a corpus (not built yet)");
-    add_not_built_callback(cmd, "the training stage (cpt) is not built yet");
+    auto* cmd = app.add_subcommand("cpt", "Continued pretraining with QLoRA/LoRA on a corpus (data: of cpt.yaml)");
+    struct Options {
+        ConfigOptions config;
+        std::string resume = "auto";
+    };
+    auto opts = std::make_shared<Options>();
+    add_config_options(cmd, opts->config);
+    cmd->add_option("--resume", opts->resume,
+                    "auto (the newest complete checkpoint in the output folder), never, or a checkpoint folder")
+        ->capture_default_str();
+    static const auto schema = [] {
+        ConfigSchema<train::CptConfig> s;
+        train::add_cpt_fields(s);
+        return s;
+    }();
+    cmd->footer("Config keys:\n" + schema.describe() +
+                "\nWrites <output>/checkpoint-<step>/ (adapter in PEFT format, optimizer, RNG, trainer_state.json), "
+                "<output>/adapter/, metrics.jsonl, TensorBoard event files, medllm.log, config.resolved.yaml and "
+                "summary.json. SIGINT/SIGTERM finish the current step, write a checkpoint and exit 1; rerunning the "
+                "same command resumes.");
+    cmd->callback([opts] {
+        if (opts->config.path.empty() && opts->config.overrides.empty())
+            throw UsageError("cpt: --config cpt.yaml is required");
+        train::CptOptions run;
+        const auto config = schema.load(opts->config.source(), &run.resolved);
+        run.resume        = opts->resume;
+        start_run(config.output, run.resolved);
+        const auto result = train::run_cpt(config, run);
+        if (result.interrupted)
+            throw Error("cpt: interrupted at step " + std::to_string(result.steps) + "/" +
+                        std::to_string(result.total_steps) + "; checkpoint " + result.last_checkpoint.string() +
+                        " written; run the same command again to resume");
+        write_stdout(dump_json(result.summary, 2) + "\n");
+    });
 }
 
 }  // namespace medllm::cli

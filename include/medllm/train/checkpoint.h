@@ -1,0 +1,41 @@
+// Training checkpoints: `<output>/checkpoint-<step>/`, written atomically and kept by retention.
+//
+// Writing: everything goes into `checkpoint-<step>.tmp/`, the completion marker `COMPLETE` is written last, the
+// files and the folder are fsynced, the folder is renamed to `checkpoint-<step>/` and the parent fsynced
+// (training.md §3). A reader trusts only a `checkpoint-<step>/` that holds the marker, so a run killed at any
+// moment (SIGKILL included) leaves complete checkpoints only; leftover `.tmp` folders are removed by the next
+// write. Retention deletes old checkpoints only after the new one is complete.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <vector>
+
+namespace medllm::train {
+
+inline constexpr const char* kCheckpointPrefix   = "checkpoint-";
+inline constexpr const char* kCheckpointComplete = "COMPLETE";
+
+std::filesystem::path checkpoint_path(const std::filesystem::path& output, int64_t step);
+
+// Writes checkpoint `step` through `fill(dir)` (which writes the files into the temporary folder it is given).
+// A failure (a full disk) removes the temporary folder and throws Error saying the checkpoint was not written and
+// which checkpoint is still the newest complete one. An existing checkpoint of the same step is replaced.
+std::filesystem::path write_checkpoint(const std::filesystem::path& output, int64_t step,
+                                       const std::function<void(const std::filesystem::path&)>& fill);
+
+bool is_complete_checkpoint(const std::filesystem::path& dir);
+// The step of a folder named checkpoint-<step>, or nullopt.
+std::optional<int64_t> checkpoint_step(const std::filesystem::path& dir);
+// Complete checkpoints in `output`, oldest step first.
+std::vector<std::filesystem::path> list_checkpoints(const std::filesystem::path& output);
+std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& output);
+// Keeps the newest `keep_last` complete checkpoints (0 = keep all) and deletes the older ones.
+void apply_retention(const std::filesystem::path& output, int64_t keep_last);
+
+// fsync of a folder (so a rename inside it is durable); Error naming it on failure.
+void fsync_directory(const std::filesystem::path& dir);
+
+}  // namespace medllm::train

@@ -1,0 +1,133 @@
+#include "medllm/train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "medllm/core/error.h"
+#include "medllm/core/files.h"
+
+namespace fs = std::filesystem;
+
+namespace medllm::train {
+
+fs::path checkpoint_path(const fs::path& output, int64_t step) {
+    return output / (kCheckpointPrefix + std::to_string(step));
+}
+
+void fsync_directory(const fs::path& dir) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+    if (fd < 0) throw Error("cannot open folder " + dir.string() + " to sync it: " + std::strerror(errno));
+    const int rc = ::fsync(fd), err = errno;
+    ::close(fd);
+    if (rc != 0) throw Error("cannot sync folder " + dir.string() + ": " + std::strerror(err));
+}
+
+namespace {
+
+void fsync_file(const fs::path& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) throw Error("cannot open " + path.string() + " to sync it: " + std::strerror(errno));
+    const int rc = ::fsync(fd), err = errno;
+    ::close(fd);
+    if (rc != 0) throw Error("cannot sync " + path.string() + ": " + std::strerror(err));
+}
+
+void sync_tree(const fs::path& dir) {
+    for (const auto& e : fs::recursive_directory_iterator(dir)) {
+        if (e.is_regular_file())
+            fsync_file(e.path());
+        else if (e.is_directory())
+            fsync_directory(e.path());
+    }
+    fsync_directory(dir);
+}
+
+void remove_leftovers(const fs::path& output) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(output, ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.rfind(kCheckpointPrefix, 0) == 0 && name.size() > 4 && name.substr(name.size() - 4) == ".tmp") {
+            spdlog::warn("removing the incomplete checkpoint {} (an interrupted write)", e.path().string());
+            fs::remove_all(e.path());
+        }
+    }
+}
+
+}  // namespace
+
+std::optional<int64_t> checkpoint_step(const fs::path& dir) {
+    const std::string name = dir.filename().string();
+    const std::string p    = kCheckpointPrefix;
+    if (name.rfind(p, 0) != 0 || name.size() == p.size() || name.size() > p.size() + 18) return std::nullopt;
+    int64_t step = 0;
+    for (size_t i = p.size(); i < name.size(); ++i) {
+        if (name[i] < '0' || name[i] > '9') return std::nullopt;
+        step = step * 10 + (name[i] - '0');
+    }
+    return step;
+}
+
+bool is_complete_checkpoint(const fs::path& dir) {
+    std::error_code ec;
+    return checkpoint_step(dir) && fs::is_directory(dir, ec) && fs::is_regular_file(dir / kCheckpointComplete, ec);
+}
+
+std::vector<fs::path> list_checkpoints(const fs::path& output) {
+    std::vector<std::pair<int64_t, fs::path>> found;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(output, ec))
+        if (is_complete_checkpoint(e.path())) found.emplace_back(*checkpoint_step(e.path()), e.path());
+    std::sort(found.begin(), found.end());
+    std::vector<fs::path> out;
+    for (auto& [step, path] : found) out.push_back(std::move(path));
+    return out;
+}
+
+std::optional<fs::path> find_latest_checkpoint(const fs::path& output) {
+    auto all = list_checkpoints(output);
+    if (all.empty()) return std::nullopt;
+    return all.back();
+}
+
+fs::path write_checkpoint(const fs::path& output, int64_t step, const std::function<void(const fs::path&)>& fill) {
+    fs::create_directories(output);
+    remove_leftovers(output);
+    const fs::path final_dir = checkpoint_path(output, step);
+    fs::path tmp             = final_dir;
+    tmp += ".tmp";
+    try {
+        fs::create_directories(tmp);
+        fill(tmp);
+        write_file_atomic(tmp / kCheckpointComplete, "step " + std::to_string(step) + "\n");
+        sync_tree(tmp);
+        if (fs::exists(final_dir)) fs::remove_all(final_dir);
+        fs::rename(tmp, final_dir);
+        fsync_directory(output);
+    } catch (const std::exception& e) {
+        std::error_code ec;
+        fs::remove_all(tmp, ec);
+        const auto previous = find_latest_checkpoint(output);
+        throw Error("checkpoint " + final_dir.string() + " was not written (" + e.what() + "); " +
+                    (previous ? "the newest complete checkpoint is still " + previous->string()
+                              : std::string("there is no earlier checkpoint")));
+    }
+    return final_dir;
+}
+
+void apply_retention(const fs::path& output, int64_t keep_last) {
+    if (keep_last <= 0) return;
+    auto all = list_checkpoints(output);
+    for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i) {
+        // The marker goes first, so a deletion cut short leaves a folder no reader trusts.
+        fs::remove(all[i] / kCheckpointComplete);
+        fs::remove_all(all[i]);
+    }
+}
+
+}  // namespace medllm::train

@@ -1,0 +1,54 @@
+// `medllm cpt` through the binary: a tiny run end to end, a rerun that resumes, bad input as one line.
+#include <algorithm>
+
+#include <gtest/gtest.h>
+
+#include "medllm/core/files.h"
+#include "support/run_medllm.h"
+#include "train_test_util.h"
+
+namespace fs = std::filesystem;
+
+class CptCli : public test::TrainTempDir {
+protected:
+    std::string command(const std::vector<std::string>& overrides) {
+        std::string c = "cpt";
+        for (const auto& o : overrides) c += " --set '" + o + "'";
+        return c;
+    }
+};
+
+TEST_F(CptCli, TrainsResumesAndRefusesBadInputWithOneLine) {
+    auto ov = tiny_overrides(write_corpus(), dir / "out");
+    ov.push_back("training.max_steps=2");
+    ov.push_back("training.save_steps=1");
+    auto r = run_medllm(command(ov), false);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto summary = nlohmann::json::parse(r.output);
+    EXPECT_EQ(summary["steps"], 2);
+    for (const char* f : {"adapter/adapter_model.safetensors", "checkpoint-2/COMPLETE", "checkpoint-1/COMPLETE",
+                          "metrics.jsonl", "summary.json", "config.resolved.yaml", "medllm.log"})
+        EXPECT_TRUE(fs::exists(dir / "out" / f)) << f;
+
+    // The rerun finds checkpoint-2, the last step: nothing left to train.
+    r = run_medllm(command(ov));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
+
+    // Another learning rate in the same folder: refused, naming the key.
+    auto changed = ov;
+    changed.push_back("optim.lr=0.5");
+    r = run_medllm(command(changed));
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("optim.lr"), std::string::npos) << r.output;
+
+    auto too_long = ov;
+    too_long.push_back("data.seq_len=1024");
+    r = run_medllm(command(too_long) + " --resume never", false);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+
+    r = run_medllm("cpt");
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("--config"), std::string::npos) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+}

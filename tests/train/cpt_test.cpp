@@ -1,0 +1,113 @@
+// The cpt recipe end to end on the tiny fixture model (fp32 LoRA, CPU): it trains, resumes exactly, refuses a
+// resume of another run, and its checkpoints are complete and retained.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "medllm/core/error.h"
+#include "medllm/core/files.h"
+#include "medllm/train/checkpoint.h"
+#include "medllm/train/cpt.h"
+#include "train_test_util.h"
+
+using namespace medllm;
+namespace fs = std::filesystem;
+
+class CptRecipe : public test::TrainTempDir {
+protected:
+    struct Run {
+        train::CptResult result;
+        std::vector<nlohmann::json> steps;
+    };
+    Run run(const std::vector<std::string>& overrides, int64_t stop_at = 0, const std::string& resume = "auto") {
+        train::CptOptions o;
+        const auto cfg = load(overrides, &o.resolved);
+        o.resume       = resume;
+        Run r;
+        o.on_step = [&](int64_t step, const nlohmann::json& rec) {
+            r.steps.push_back(rec);
+            if (step == stop_at) train::request_stop();
+        };
+        r.result = train::run_cpt(cfg, o);
+        return r;
+    }
+};
+
+TEST_F(CptRecipe, ResumedRunIsBitIdenticalToAStraightRun) {
+    const auto corpus = write_corpus();
+    const auto a      = run(tiny_overrides(corpus, dir / "straight"));
+    ASSERT_EQ(a.steps.size(), 6u);
+    ASSERT_FALSE(a.result.interrupted);
+
+    const auto first = run(tiny_overrides(corpus, dir / "resumed"), 2);  // stops after step 2 (as on SIGTERM)
+    ASSERT_TRUE(first.result.interrupted);
+    EXPECT_EQ(first.result.steps, 2);
+    EXPECT_TRUE(train::is_complete_checkpoint(dir / "resumed" / "checkpoint-2"));
+    for (size_t i = 0; i < 2; ++i) EXPECT_EQ(first.steps[i]["loss"], a.steps[i]["loss"]) << "step " << i + 1;
+    at::manual_seed(987654321);  // a different RNG position: the resume must restore the dropout stream itself
+    const auto second = run(tiny_overrides(corpus, dir / "resumed"));
+    ASSERT_EQ(second.steps.size(), 4u);
+    for (size_t i = 0; i < 4; ++i) {
+        // Bit-identical: the same floating-point operations on the same inputs (dropout 0.1 is on).
+        EXPECT_EQ(second.steps[i]["loss"].get<double>(), a.steps[i + 2]["loss"].get<double>()) << "step " << i + 3;
+        EXPECT_EQ(second.steps[i]["grad_norm"].get<double>(), a.steps[i + 2]["grad_norm"].get<double>());
+        EXPECT_EQ(second.steps[i]["micro_losses"], a.steps[i + 2]["micro_losses"]);
+    }
+    const auto adapter = [](const fs::path& out) { return read_bytes(out / "adapter" / "adapter_model.safetensors"); };
+    EXPECT_TRUE(adapter(dir / "straight") == adapter(dir / "resumed")) << "final adapter bytes differ";
+    EXPECT_FALSE(adapter(dir / "straight").empty());
+}
+
+TEST_F(CptRecipe, TrainsToALowerValidationLossAndWritesItsFiles) {
+    auto ov = tiny_overrides(write_corpus(), dir / "out");
+    ov.push_back("training.max_steps=12");
+    ov.push_back("optim.lr=0.02");
+    ov.push_back("training.save_total_limit=2");
+    const auto r = run(ov);
+    ASSERT_TRUE(r.result.summary.contains("first_eval_loss"));
+    EXPECT_LT(r.result.summary["final_eval_loss"].get<double>(), r.result.summary["first_eval_loss"].get<double>());
+    // Checkpoints at 3, 6, 9, 12; retention keeps the newest two, all complete.
+    const auto kept = train::list_checkpoints(dir / "out");
+    ASSERT_EQ(kept.size(), 2u);
+    EXPECT_EQ(kept[0].filename(), "checkpoint-9");
+    EXPECT_EQ(kept[1].filename(), "checkpoint-12");
+    EXPECT_FALSE(fs::exists(dir / "out" / "checkpoint-3"));
+    for (const char* f : {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "optimizer.safetensors",
+                          "rng_state.safetensors", "trainer_state.json", "COMPLETE"})
+        EXPECT_TRUE(fs::exists(kept[1] / f)) << f;
+    JsonlRecordFile metrics(dir / "out" / "metrics.jsonl", nullptr);
+    int train_records = 0;
+    for (const auto& m : metrics.existing())
+        if (m.contains("loss")) {
+            ++train_records;
+            for (const char* k : {"step", "epoch", "lr", "grad_norm", "tokens_per_second", "tokens_seen"})
+                EXPECT_TRUE(m.contains(k)) << k;
+        }
+    EXPECT_EQ(train_records, 12);
+    bool tb = false;
+    for (const auto& e : fs::directory_iterator(dir / "out"))
+        tb = tb || e.path().filename().string().rfind("events.out.tfevents.", 0) == 0;
+    EXPECT_TRUE(tb);
+    EXPECT_TRUE(fs::exists(dir / "out" / "summary.json"));
+}
+
+TEST_F(CptRecipe, RefusesToResumeACheckpointOfAnotherRun) {
+    const auto corpus = write_corpus();
+    auto ov           = tiny_overrides(corpus, dir / "out");
+    run(ov, 1);
+    ov.push_back("optim.lr=0.5");
+    try {
+        run(ov);
+        FAIL() << "a resume with another learning rate must be refused";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("optim.lr"), std::string::npos) << e.what();
+    }
+    // --resume never starts over in the same folder.
+    const auto fresh = run(ov, 0, "never");
+    EXPECT_EQ(fresh.steps.size(), 6u);
+}
+
+TEST_F(CptRecipe, RefusesASequenceLongerThanTheModelContext) {
+    auto ov = tiny_overrides(write_corpus(), dir / "out");
+    ov.push_back("data.seq_len=512");  // the fixture model has 256 positions
+    EXPECT_THROW(run(ov), UsageError);
+}
