@@ -111,3 +111,17 @@ TEST_F(CptRecipe, RefusesASequenceLongerThanTheModelContext) {
     ov.push_back("data.seq_len=512");  // the fixture model has 256 positions
     EXPECT_THROW(run(ov), UsageError);
 }
+
+TEST(CptConfig, ShippedConfigsParseWithThePapersSettings) {
+    ConfigSchema<train::CptConfig> s;
+    train::add_cpt_fields(s);
+    const std::string root = MEDLLM_SOURCE_DIR;
+    const auto big         = s.load({root + "/configs/qwen2.5-72b/cpt.yaml", {}});
+    EXPECT_TRUE(big.quantize_base);  // the paper: QLoRA, 2 epochs, cosine with warmup
+    EXPECT_EQ(big.epochs, 2);
+    EXPECT_EQ(big.schedule, "cosine");
+    EXPECT_GT(big.warmup_ratio, 0);
+    const auto tiny = s.load({root + "/configs/tiny/cpt.yaml", {}});
+    EXPECT_EQ(tiny.device, "cpu");
+    EXPECT_THROW(s.load({root + "/configs/tiny/cpt.yaml", {"lora.rnak=4"}}), UsageError);  // strict sections
+}
