@@ -438,6 +438,20 @@ BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
         records.push_back(std::move(r));
     }
 
+    // A prompt that leaves no room in the context is named by its question (generate_to_file only knows indices).
+    {
+        std::vector<std::string> texts;
+        for (const auto& r : records) texts.push_back(r.text);
+        const auto ids = loaded.tokenizer->encode_batch(texts);
+        for (std::size_t i = 0; i < ids.size(); ++i)
+            if (static_cast<int64_t>(ids[i].size()) >= generator.context_length())
+                throw Error(questions[i].where() + ": problem_id " + questions[i].question.problem_id +
+                            ": the few-shot prompt has " + std::to_string(ids[i].size()) +
+                            " tokens, which leaves no room in the model's context of " +
+                            std::to_string(generator.context_length()) +
+                            " tokens (fewer or shorter few-shot examples: few_shot.k, few_shot.file)");
+    }
+
     generate::GenerateOptions gen;
     gen.num_samples        = o.num_samples;
     gen.max_new_tokens     = o.max_new_tokens;

@@ -145,6 +145,13 @@ TEST_F(PrefsRun, EndToEndWritesConsistentPairsAndSummary) {
     EXPECT_EQ(again.summary["resumed_questions"], 8);
     EXPECT_EQ(again.summary["sampled_now"], 0);
     EXPECT_EQ(slurp(dir / "pairs.jsonl"), first);
+    // Pair options do not change the samples: a rerun re-pairs without sampling.
+    auto capped               = options(dir);
+    capped.pairs.max_per_type = 1;
+    const auto recapped       = build_prefs(capped);
+    EXPECT_EQ(recapped.summary["sampled_now"], 0);
+    EXPECT_EQ(recapped.summary["pairs"]["gt_rejected"], 8);  // one per question (every sample here is rejected)
+    EXPECT_EQ(lines_of(dir / "pairs.jsonl").size(), 8u);
     // Another seed is refused (the run identity names the decoding key).
     auto other = options(dir);
     other.seed = 2;
@@ -279,6 +286,23 @@ TEST_F(PrefsRun, ShippedConfigRuns) {
     EXPECT_EQ(s["samples"], 16);
     EXPECT_EQ(s["prompt_format"], "chat");  // the tiny tokenizer has a chat template
     EXPECT_TRUE(fs::exists(dir / "config.resolved.yaml"));
+}
+
+TEST_F(PrefsRun, PromptLongerThanTheContextNamesTheQuestion) {
+    const fs::path model = gt::make_printable_model_dir(fs::path(::testing::TempDir()) / "prefs_model_short", 256);
+    const fs::path dir   = out("short");
+    auto o               = options(dir);
+    o.model              = model;
+    try {
+        build_prefs(o);
+        FAIL() << "a prompt longer than the context was accepted";
+    } catch (const medllm::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("prefs_questions.jsonl:1: problem_id 105A1: the few-shot prompt has"),
+                  std::string::npos)
+            << e.what();
+    }
+    EXPECT_FALSE(fs::exists(dir / "samples.jsonl"));  // refused before anything is written
+    fs::remove_all(model);
 }
 
 }  // namespace
