@@ -1,5 +1,7 @@
 // The cpt recipe end to end on the tiny fixture model (fp32 LoRA, CPU): it trains, resumes exactly, refuses a
 // resume of another run, and its checkpoints are complete and retained.
+#include <cmath>
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -124,4 +126,24 @@ TEST(CptConfig, ShippedConfigsParseWithThePapersSettings) {
     const auto tiny = s.load({root + "/configs/tiny/cpt.yaml", {}});
     EXPECT_EQ(tiny.device, "cpu");
     EXPECT_THROW(s.load({root + "/configs/tiny/cpt.yaml", {"lora.rnak=4"}}), UsageError);  // strict sections
+}
+
+TEST_F(CptRecipe, QloraDefaultPathTrainsAndResumesExactly) {
+    // QLoRA (NF4 base, the default) on the tiny model: the fixture's 64-wide projections are one NF4 block a row.
+    auto ov = tiny_overrides(write_corpus(), dir / "straight");
+    ov.push_back("lora.quantize_base=true");
+    ov.push_back("training.max_steps=4");
+    ov.push_back("training.save_steps=2");
+    const auto a = run(ov);
+    ASSERT_EQ(a.steps.size(), 4u);
+    EXPECT_TRUE(std::isfinite(a.steps.back()["loss"].get<double>()));
+    auto ov2 = ov;
+    for (auto& o : ov2)
+        if (o.rfind("output=", 0) == 0) o = "output=" + (dir / "resumed").string();
+    run(ov2, 1);
+    const auto b = run(ov2);
+    ASSERT_EQ(b.steps.size(), 3u);
+    EXPECT_EQ(b.steps.back()["loss"], a.steps.back()["loss"]);
+    EXPECT_TRUE(read_bytes(dir / "straight" / "adapter" / "adapter_model.safetensors") ==
+                read_bytes(dir / "resumed" / "adapter" / "adapter_model.safetensors"));
 }
