@@ -222,6 +222,16 @@ void setup(Run& r) {
     if (cfg.seq_len > r.model->config.max_position_embeddings)
         throw UsageError("data.seq_len " + std::to_string(cfg.seq_len) + " exceeds the model's context (" +
                          std::to_string(r.model->config.max_position_embeddings) + " positions, config.json)");
+    // A tokenizer that does not belong to the model gives ids past its embedding table: say so, not an index error.
+    uint32_t max_id = 0;
+    for (std::size_t d = 0; d < r.cache->num_documents(); ++d) {
+        const uint32_t* t = r.cache->tokens(d);
+        for (uint32_t i = 0; i < r.cache->document(d).length; ++i) max_id = std::max(max_id, t[i]);
+    }
+    if (static_cast<int64_t>(max_id) >= r.model->config.vocab_size)
+        throw UsageError("the corpus holds token id " + std::to_string(max_id) + " but the model's vocabulary has " +
+                         std::to_string(r.model->config.vocab_size) +
+                         " entries: model.tokenizer does not belong to model.path");
     // Dropout draws from the global generators: seed them so a fresh run is reproducible (a resume then restores
     // the checkpoint's state over this).
     at::manual_seed(static_cast<uint64_t>(cfg.train_seed));

@@ -47,6 +47,14 @@ TEST_F(CptCli, TrainsResumesAndRefusesBadInputWithOneLine) {
     r = run_medllm(command(too_long) + " --resume never", false);
     EXPECT_EQ(r.exit_code, 2) << r.output;
 
+    // The shared Qwen2.5 tokenizer's ids exceed the tiny model's 512-entry vocabulary.
+    auto wrong_tokenizer = ov;
+    wrong_tokenizer.push_back(std::string("model.tokenizer=") + MEDLLM_SHARED_DIR + "/qwen_tokenizer");
+    wrong_tokenizer.push_back("data.cache_dir=" + (dir / "qwen_cache").string());
+    r = run_medllm(command(wrong_tokenizer) + " --resume never");
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("does not belong to model.path"), std::string::npos) << r.output;
+
     r = run_medllm("cpt");
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find("--config"), std::string::npos) << r.output;
