@@ -77,6 +77,8 @@ void add_cpt_fields(ConfigSchema<CptConfig>& s) {
     s.field("training.save_total_limit", &C::save_total_limit, "checkpoints kept (0 = all)").range(0, 1e6);
     s.field("training.skip_nonfinite", &C::skip_nonfinite,
             "a NaN/Inf loss skips the update (false = stop, keeping the last good checkpoint)");
+    s.field("training.merge", &C::merge,
+            "at the end, merge the adapter into the base as a bf16 HF checkpoint in <output>/merged (medllm merge)");
     s.strict_sections({"data", "eval_guard", "model", "lora", "optim", "schedule", "training"});
 }
 
@@ -93,7 +95,8 @@ nlohmann::json math_identity(const std::vector<ResolvedEntry>& resolved) {
                                   "training.save_steps",
                                   "training.save_total_limit",
                                   "training.eval_steps",
-                                  "training.eval_on_start"};
+                                  "training.eval_on_start",
+                                  "training.merge"};
     nlohmann::json out         = nlohmann::json::object();
     for (const auto& e : resolved) {
         bool free = e.key.rfind("eval_guard.", 0) == 0;
@@ -495,6 +498,11 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
     run_eval(r, tb, metrics);
     result.adapter_dir = r.output / "adapter";
     peft::save_adapter(*r.model, r.lora, result.adapter_dir);
+    if (cfg.merge) {
+        result.merged_dir = r.output / "merged";
+        spdlog::info("merging the adapter into {} -> {}", cfg.model_path, result.merged_dir.string());
+        peft::merge_adapter_checkpoint(cfg.model_path, result.adapter_dir, result.merged_dir);
+    }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     result.summary       = {{"steps", r.step},
                             {"total_steps", r.total_steps},
@@ -504,6 +512,7 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
                             {"eval", r.eval_history},
                             {"adapter", result.adapter_dir.string()},
                             {"checkpoint", r.last_checkpoint.string()}};
+    if (cfg.merge) result.summary["merged"] = result.merged_dir.string();
     if (!r.eval_history.empty()) {
         result.summary["first_eval_loss"] = r.eval_history.front()["eval_loss"];
         result.summary["final_eval_loss"] = r.eval_history.back()["eval_loss"];

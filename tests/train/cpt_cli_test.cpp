@@ -22,12 +22,15 @@ TEST_F(CptCli, TrainsResumesAndRefusesBadInputWithOneLine) {
     auto ov = tiny_overrides(write_corpus(), dir / "out");
     ov.push_back("training.max_steps=2");
     ov.push_back("training.save_steps=1");
-    auto r = run_medllm(command(ov), false);
+    auto first = ov;
+    first.push_back("training.merge=true");  // not a math key: the reruns below resume this run
+    auto r = run_medllm(command(first), false);
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const auto summary = nlohmann::json::parse(r.output);
     EXPECT_EQ(summary["steps"], 2);
-    for (const char* f : {"adapter/adapter_model.safetensors", "checkpoint-2/COMPLETE", "checkpoint-1/COMPLETE",
-                          "metrics.jsonl", "summary.json", "config.resolved.yaml", "medllm.log"})
+    for (const char* f :
+         {"adapter/adapter_model.safetensors", "checkpoint-2/COMPLETE", "checkpoint-1/COMPLETE", "metrics.jsonl",
+          "summary.json", "config.resolved.yaml", "medllm.log", "merged/config.json", "merged/model.safetensors"})
         EXPECT_TRUE(fs::exists(dir / "out" / f)) << f;
 
     // The rerun finds checkpoint-2, the last step: nothing left to train.

@@ -51,6 +51,7 @@ struct CptConfig : data::CorpusConfig {
     int64_t save_steps            = 500;
     int64_t save_total_limit      = 3;
     bool skip_nonfinite           = false;
+    bool merge                    = false;  // write <output>/merged (bf16 HF checkpoint) at the end
 };
 
 // Adds every cpt key (the corpus keys included) to a schema.
@@ -75,6 +76,7 @@ struct CptResult {
     bool interrupted    = false;  // stopped by a signal / request_stop(); a checkpoint was written
     std::filesystem::path last_checkpoint;
     std::filesystem::path adapter_dir;  // <output>/adapter (when the run finished)
+    std::filesystem::path merged_dir;   // <output>/merged (training.merge)
     nlohmann::json summary;
 };
 
