@@ -164,8 +164,9 @@ void add_build_prefs_command(CLI::App& app) {
     auto text = [&](const char* flag, std::string& target, const char* key, const char* help) {
         st->keyed.push_back({cmd->add_option(flag, target, help), key});
     };
-    auto number = [&](const char* flag, auto& target, const char* key, const char* help) {
-        st->numeric.push_back({cmd->add_option(flag, target, help)->capture_default_str(), key});
+    // The flags' ranges are the config keys' (make_schema), checked on the flag so the message names the flag.
+    auto number = [&](const char* flag, auto& target, const char* key, const char* help, CLI::Validator range) {
+        st->numeric.push_back({cmd->add_option(flag, target, help)->capture_default_str()->check(range), key});
     };
     cmd->add_option("--questions", st->questions,
                     "Question JSONL files or directories (repeatable; config key questions)");
@@ -179,11 +180,13 @@ void add_build_prefs_command(CLI::App& app) {
     text("--template", st->preset, "template.preset", "paper | ja (default paper)");
     text("--device", st->device, "device", "auto | cpu | cuda | cuda:N (default auto)");
     text("--dtype", st->dtype, "dtype", "auto | fp32 | bf16 | fp16 (default auto)");
-    number("-n,--num-samples", st->n, "sampling.n", "Responses per question");
-    number("--temperature", st->temperature, "sampling.temperature", "Sampling temperature (0 = greedy)");
-    number("--max-new-tokens", st->max_new_tokens, "sampling.max_new_tokens", "Explanation + answer length limit");
-    number("--seed", st->seed, "sampling.seed", "Sampling seed");
-    number("--batch-size", st->batch_size, "sampling.batch_size", "Sequences decoded together");
+    number("-n,--num-samples", st->n, "sampling.n", "Responses per question", integer_in(1, 4096));
+    number("--temperature", st->temperature, "sampling.temperature", "Sampling temperature (0 = greedy)",
+           number_in(0, 100));
+    number("--max-new-tokens", st->max_new_tokens, "sampling.max_new_tokens", "Explanation + answer length limit",
+           integer_in(1, 1 << 20));
+    number("--seed", st->seed, "sampling.seed", "Sampling seed", integer_in(0, 1000000000000000000));
+    number("--batch-size", st->batch_size, "sampling.batch_size", "Sequences decoded together", integer_in(1, 65536));
     auto* allow = cmd->add_flag("--allow-eval-overlap", st->allow_eval_overlap,
                                 "Keep questions that overlap the evaluation exams (warned)");
     cmd->add_flag("--overwrite", st->overwrite,

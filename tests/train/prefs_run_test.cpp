@@ -242,6 +242,16 @@ TEST_F(PrefsRun, CliRefusals) {
     EXPECT_EQ(none.exit_code, 2) << none.output;
     EXPECT_NE(none.output.find("questions"), std::string::npos) << none.output;
 
+    const fs::path flag_dir = out("flag");
+    for (const char* flag : {"--temperature nan", "-n 0", "--seed -1"}) {
+        const auto r = run_medllm("build-prefs --questions " + kQuestions.string() + " --model " + model_->string() +
+                                  " --output " + flag_dir.string() + " " + flag);
+        EXPECT_EQ(r.exit_code, 2) << flag << ": " << r.output;
+        EXPECT_NE(r.output.find(std::string(flag).substr(0, std::string(flag).find(' '))), std::string::npos)
+            << r.output;
+        EXPECT_FALSE(fs::exists(flag_dir));  // refused before the output folder is made
+    }
+
     // An evaluation-exam question is refused before the model loads.
     const fs::path eval_q = fs::path(::testing::TempDir()) / "prefs_eval_q.jsonl";
     std::string content   = slurp(kQuestions);
