@@ -7,6 +7,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/io/safetensors.h"
 #include "medllm/train/checkpoint.h"
 #include "medllm/train/cpt.h"
 #include "train_test_util.h"
@@ -146,4 +147,34 @@ TEST_F(CptRecipe, QloraDefaultPathTrainsAndResumesExactly) {
     EXPECT_EQ(b.steps.back()["loss"], a.steps.back()["loss"]);
     EXPECT_TRUE(read_bytes(dir / "straight" / "adapter" / "adapter_model.safetensors") ==
                 read_bytes(dir / "resumed" / "adapter" / "adapter_model.safetensors"));
+}
+
+TEST_F(CptRecipe, NonFiniteLossStopsNamingTheStepOrIsSkippedWhenAsked) {
+    // An initial adapter whose down_proj pair is 1e20 everywhere overflows fp32 (1e40) in the first forward.
+    const auto src = test::fixtures() / "train" / "parity" / "init_adapter";
+    const auto bad = dir / "nan_adapter";
+    fs::create_directories(bad);
+    fs::copy_file(src / "adapter_config.json", bad / "adapter_config.json");
+    {
+        io::SafetensorsFile f(src / "adapter_model.safetensors");
+        std::vector<std::pair<std::string, at::Tensor>> tensors;
+        for (const auto& n : f.names()) tensors.emplace_back(n, f.tensor(n).clone());
+        for (auto& [name, t] : tensors)
+            if (name.find("layers.0.mlp.down_proj") != std::string::npos) t.fill_(1e20);
+        io::save_file(bad / "adapter_model.safetensors", tensors);
+    }
+    auto ov = tiny_overrides(write_corpus(), dir / "out");
+    ov.push_back("lora.init_adapter=" + bad.string());
+    ov.push_back("training.eval_on_start=false");
+    try {
+        run(ov);
+        FAIL() << "a NaN loss must stop the run";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("step 1:"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("not finite"), std::string::npos) << e.what();
+    }
+    ov.push_back("training.skip_nonfinite=true");
+    const auto skipped = run(ov, 0, "never");
+    EXPECT_EQ(skipped.steps.size(), 6u);  // every update skipped, the run still ends with its checkpoint
+    EXPECT_TRUE(train::is_complete_checkpoint(dir / "out" / "checkpoint-6"));
 }
