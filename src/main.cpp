@@ -106,16 +106,16 @@ int main(int argc, char** argv) {
         app.parse(argc, argv);
         medllm::check_stdout();  // output cut by a full disk or a closed pipe is a failure, not exit 0
     } catch (const CLI::ParseError& e) {
-        // --help and --version exit 0; every other parse error is a usage error (exit 2).
-        int rc = app.exit(e);
-        if (rc == 0) {
-            try {
-                medllm::check_stdout();
-            } catch (const medllm::Error& out) {
-                return fail(out.what(), 1);
-            }
+        // --help and --version exit 0; every other parse error is a usage error (exit 2), printed as one line
+        // (CLI11's own printer adds a second "Run with --help" line).
+        if (e.get_exit_code() != 0) return fail(std::string(e.what()) + " (--help lists the options)", 2);
+        app.exit(e);
+        try {
+            medllm::check_stdout();
+        } catch (const medllm::Error& out) {
+            return fail(out.what(), 1);
         }
-        return rc == 0 ? 0 : 2;
+        return 0;
     } catch (const medllm::UsageError& e) {
         return fail(e.what(), 2);
     } catch (const medllm::Error& e) {

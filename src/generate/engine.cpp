@@ -399,9 +399,9 @@ void GenerationRun::decode_step(Batch& running) {
     auto t0            = Clock::now();
     const int64_t rows = running.rows();
     const int64_t T    = running.cache.length();
-    std::vector<int64_t> positions(rows);
     rows_              = rows;
     tokens_            = T + 1;
+    std::vector<int64_t> positions(rows);
     for (int64_t r = 0; r < rows; ++r) positions[r] = T - running.pad[r];
     model::ForwardInputs in;
     in.input_ids    = long_tensor(running.last, device_).view({rows, 1});

@@ -1,6 +1,7 @@
 // The binary's contract: --help for every subcommand, exit codes 0/1/2, one-line errors on stderr.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <string>
@@ -52,6 +53,7 @@ TEST(Cli, AbsurdThreadCountsAreRefusedNotHung) {
         EXPECT_NE(r.output.find("--threads"), std::string::npos) << r.output;
         EXPECT_NE(r.output.find("must be an integer between 0 (all cores) and"), std::string::npos) << r.output;
         EXPECT_LT(r.output.size(), 300u) << r.output;
+        EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << "one line:\n" << r.output;
     }
     EXPECT_EQ(run_medllm("version --threads 2").exit_code, 0);
 }
