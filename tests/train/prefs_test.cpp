@@ -304,8 +304,12 @@ TEST(PrefsPairs, HierarchyOnMixedSamples) {
     EXPECT_EQ(pairs[5].chosen_sample, 0);
     EXPECT_EQ(pairs[5].rejected_sample, 1);
     for (const auto& p : pairs) {
-        if (p.chosen_sample >= 0) EXPECT_EQ(ss[p.chosen_sample].status, SampleStatus::chosen);
-        if (p.type != PairType::gt_chosen) EXPECT_EQ(ss[p.rejected_sample].status, SampleStatus::rejected);
+        if (p.chosen_sample >= 0) {
+            EXPECT_EQ(ss[p.chosen_sample].status, SampleStatus::chosen);
+        }
+        if (p.type != PairType::gt_chosen) {
+            EXPECT_EQ(ss[p.rejected_sample].status, SampleStatus::rejected);
+        }
     }
     PairOptions only;
     only.types = {PairType::chosen_rejected};
