@@ -1,5 +1,7 @@
 // The engine on the HF fixture models (tests/fixtures/model, from scripts/make_reference_fixtures.py):
 // greedy parity with transformers' generate, batching invariance, seeded sampling, stops and limits.
+#include <unistd.h>
+
 #include <algorithm>
 #include <map>
 
@@ -218,7 +220,8 @@ TEST(Engine, ContextLengthGuard) {
 }
 
 TEST(Engine, StopStringsSplitAcrossTokensWithATokenizer) {
-    const auto dir = gt::make_printable_model_dir(fs::path(::testing::TempDir()) / "gen_stop_model");
+    const auto dir =
+        gt::make_printable_model_dir(fs::path(::testing::TempDir()) / ("gen_stop_model_" + std::to_string(::getpid())));
     LoadOptions lo;
     lo.device   = "cpu";
     auto loaded = load_model(dir, lo);

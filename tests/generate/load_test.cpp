@@ -1,6 +1,8 @@
 // Model loading for generation (medllm/generate/load.h): `--load-in-4bit` against transformers + bitsandbytes +
 // PEFT (tests/fixtures/peft/qlora_logits.safetensors, from scripts/make_qlora_fixtures.py), the NF4 base without an
 // adapter, and adapters that do not fit the model.
+#include <unistd.h>
+
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -113,7 +115,7 @@ TEST(LoadModel, FourBitWithAPartialAdapterMatchesBitsandbytesAndPeft) {
     EXPECT_GT(max_abs_diff(dense, want), 100 * 1e-4);
 
     // The same adapter on a pre-quantized checkpoint (`medllm quantize` writes bitsandbytes' bytes) gives the same.
-    const fs::path q4 = fs::path(::testing::TempDir()) / "load_test_tiny_nf4";
+    const fs::path q4 = fs::path(::testing::TempDir()) / ("load_test_tiny_nf4_" + std::to_string(::getpid()));
     fs::remove_all(q4);
     quant::quantize_checkpoint(tiny_model().string(), q4.string(), quant::QuantizeOptions{});
     auto pre         = cpu_fp32();
@@ -138,7 +140,7 @@ TEST(LoadModel, FourBitWithoutAnAdapterHasNoLora) {
 
 // An adapter made for another model names the adapter's file and tensor, not the (correct) model folder.
 TEST(LoadModel, AnAdapterForAnotherModelNamesTheAdapterAndTensor) {
-    const fs::path dir = fs::path(::testing::TempDir()) / "load_test_bad_adapter";
+    const fs::path dir = fs::path(::testing::TempDir()) / ("load_test_bad_adapter_" + std::to_string(::getpid()));
     fs::remove_all(dir);
     fs::create_directories(dir);
     fs::copy_file(peft_fixtures() / "tiny-adapter-partial" / peft::kAdapterConfigFile, dir / peft::kAdapterConfigFile);

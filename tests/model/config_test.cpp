@@ -1,5 +1,7 @@
 // Qwen2Config: the published Qwen2.5 configs (values from ../shared/reference/qwen2.md §2), the transformers 5
 // spellings (the fixture config.json was written by transformers 5.17 save_pretrained), and clear rejections.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -255,7 +257,7 @@ TEST(Qwen2Config, InconsistentHeadLayoutsAreRefused) {
 }
 
 TEST(Qwen2Config, UnreadableFilesAreRuntimeErrors) {
-    const fs::path dir = fs::temp_directory_path() / "medllm_config_test";
+    const fs::path dir = fs::temp_directory_path() / ("medllm_config_test_" + std::to_string(::getpid()));
     fs::create_directories(dir);
     std::ofstream(dir / "config.json") << "{\"hidden_size\": 32,";
     try {

@@ -1,6 +1,8 @@
 // Parameter counts and memory estimates, checked against figures computed independently: the reference doc's
 // parameter counts and tensor totals (qwen2.md §2, §3.6), the 0.5B checkpoint size, PEFT's trainable-parameter
 // count for r=64 all-linear LoRA on a 7B-shaped Qwen2, and the per-token KV-cache size. Also `medllm info`.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <array>
@@ -125,7 +127,7 @@ TEST(MedllmInfo, WorksOnEveryPublishedConfigAndOnACheckpoint) {
     EXPECT_NE(r.output.find("matches config           yes"), std::string::npos) << r.output;
 
     // A config that disagrees with the tensors: exit 1 and say which tensor.
-    const fs::path bad = fs::temp_directory_path() / "medllm_info_mismatch";
+    const fs::path bad = fs::temp_directory_path() / ("medllm_info_mismatch_" + std::to_string(::getpid()));
     fs::remove_all(bad);
     fs::create_directories(bad);
     for (const auto& e : fs::directory_iterator(ckpt)) fs::copy_file(e.path(), bad / e.path().filename());

@@ -48,7 +48,8 @@ std::vector<std::string> lines_of(const fs::path& p) {
 class PrefsRun : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
-        model_ = new fs::path(gt::make_printable_model_dir(fs::path(::testing::TempDir()) / "prefs_model", 8192));
+        model_ = new fs::path(gt::make_printable_model_dir(
+            fs::path(::testing::TempDir()) / ("prefs_model_" + std::to_string(::getpid())), 8192));
     }
     static void TearDownTestSuite() {
         fs::remove_all(*model_);
@@ -56,7 +57,7 @@ protected:
     }
     static fs::path* model_;
     static fs::path out(const std::string& name) {
-        const fs::path p = fs::path(::testing::TempDir()) / ("prefs_" + name);
+        const fs::path p = fs::path(::testing::TempDir()) / ("prefs_" + std::to_string(::getpid()) + "_" + name);
         fs::remove_all(p);
         return p;
     }
@@ -253,7 +254,7 @@ TEST_F(PrefsRun, CliRefusals) {
     }
 
     // An evaluation-exam question is refused before the model loads.
-    const fs::path eval_q = fs::path(::testing::TempDir()) / "prefs_eval_q.jsonl";
+    const fs::path eval_q = fs::path(::testing::TempDir()) / ("prefs_eval_q_" + std::to_string(::getpid()) + ".jsonl");
     std::string content   = slurp(kQuestions);
     content.replace(content.find("105A3"), 5, "112A3");
     std::ofstream(eval_q) << content;
@@ -264,7 +265,7 @@ TEST_F(PrefsRun, CliRefusals) {
     EXPECT_NE(overlap.output.find("--allow-eval-overlap"), std::string::npos) << overlap.output;
 
     // A record missing its explanation, with on_bad_record=refuse: exit 1 naming file, line and field.
-    const fs::path bad = fs::path(::testing::TempDir()) / "prefs_bad_q.jsonl";
+    const fs::path bad = fs::path(::testing::TempDir()) / ("prefs_bad_q_" + std::to_string(::getpid()) + ".jsonl");
     std::string b      = slurp(kQuestions);
     const auto at      = b.find(", \"explanation\"", b.find("105A2"));
     b.erase(at, b.find('}', at) - at);
@@ -272,7 +273,7 @@ TEST_F(PrefsRun, CliRefusals) {
     const auto refused = run_medllm("build-prefs --questions " + bad.string() + " --model " + model_->string() +
                                     " --output " + out("bad").string() + " --set on_bad_record=refuse");
     EXPECT_EQ(refused.exit_code, 1) << refused.output;
-    EXPECT_NE(refused.output.find("prefs_bad_q.jsonl:2: problem_id 105A2: missing field 'explanation'"),
+    EXPECT_NE(refused.output.find(bad.filename().string() + ":2: problem_id 105A2: missing field 'explanation'"),
               std::string::npos)
         << refused.output;
 
@@ -299,10 +300,11 @@ TEST_F(PrefsRun, ShippedConfigRuns) {
 }
 
 TEST_F(PrefsRun, PromptLongerThanTheContextNamesTheQuestion) {
-    const fs::path model = gt::make_printable_model_dir(fs::path(::testing::TempDir()) / "prefs_model_short", 256);
-    const fs::path dir   = out("short");
-    auto o               = options(dir);
-    o.model              = model;
+    const fs::path model = gt::make_printable_model_dir(
+        fs::path(::testing::TempDir()) / ("prefs_model_short_" + std::to_string(::getpid())), 256);
+    const fs::path dir = out("short");
+    auto o             = options(dir);
+    o.model            = model;
     try {
         build_prefs(o);
         FAIL() << "a prompt longer than the context was accepted";

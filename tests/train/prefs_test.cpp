@@ -1,5 +1,7 @@
 // build-prefs library: question loading, few-shot drawing, the evaluation guard, the template, answer checking
 // on realistic outputs, and pair construction with caps (no model).
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -30,7 +32,7 @@ const PrefQuestion& by_id(const std::vector<PrefQuestion>& qs, const std::string
 }
 
 fs::path write_temp(const std::string& name, const std::string& content) {
-    const fs::path p = fs::path(::testing::TempDir()) / name;
+    const fs::path p = fs::path(::testing::TempDir()) / (std::to_string(::getpid()) + "_" + name);
     std::ofstream(p) << content;
     return p;
 }
@@ -85,7 +87,9 @@ TEST(PrefsQuestions, DuplicateIdsAndBadJsonAreErrors) {
         "\"explanation\": \"e\"}\n";
     EXPECT_THROW(load_pref_questions({write_temp("prefs_dup.jsonl", rec + rec)}, {}), medllm::Error);
     EXPECT_THROW(load_pref_questions({write_temp("prefs_json.jsonl", rec + "{oops\n")}, {}), medllm::Error);
-    EXPECT_THROW(load_pref_questions({fs::path(::testing::TempDir()) / "no_such.jsonl"}, {}), medllm::UsageError);
+    EXPECT_THROW(load_pref_questions(
+                     {fs::path(::testing::TempDir()) / ("no_such_" + std::to_string(::getpid()) + ".jsonl")}, {}),
+                 medllm::UsageError);
 }
 
 // ---------------------------------------------------------------- few-shot
