@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in as few device calls as possible. Prepare here once with
 # scripts/prepare-device-deps.sh, then from this workplace:
-#   run(command="scripts/device-run.sh test", carry=[".deps"])    # build-device/: build, cpu + gpu suites
+#   run(command="scripts/device-run.sh test", carry=[".deps"])    # build-device/: build, cpu + gpu suites, a CUDA cpt run
 #   run(command="scripts/device-run.sh bench", carry=[".deps"])   # NF4/QLoRA, 7B forward/backward, 7B generation
 #   run(command="scripts/device-run.sh all", carry=[".deps"])     # both (about 10 minutes: may need two calls)
 # Each stage's log is written to $OUT (the device tool's result folder) when it is set, else to device-logs/.
@@ -33,7 +33,13 @@ build() {
 
 case "$stage" in
   test|all)
-    run_stage test scripts/device-build.sh ;;&
+    run_stage test scripts/device-build.sh
+    # A QLoRA training run on the GPU: the tiny config's 30 steps with the NF4 base in CUDA kernels, then the
+    # same run resumed from its last checkpoint (nothing left to do: exit 0 without training again).
+    run_stage cpt-cuda build-device/medllm cpt --config configs/tiny/cpt.yaml --set training.device=cuda \
+        --set output="$logs/cpt-tiny-cuda"
+    run_stage cpt-cuda-resume build-device/medllm cpt --config configs/tiny/cpt.yaml --set training.device=cuda \
+        --set output="$logs/cpt-tiny-cuda" ;;&
   bench|all)
     run_stage build build
     run_stage bench-nf4 scripts/bench-nf4.sh cuda
