@@ -67,22 +67,9 @@ TEST(Cli, MisspelledSubcommandGetsASuggestion) {
     EXPECT_NE(r.output.find("did you mean 'generate'?"), std::string::npos) << r.output;
 }
 
-// Runs medllm with stdout sent to /dev/full and stderr captured.
-CliRun run_to_full_disk(const std::string& args) {
-    CliRun run;
-    const std::string command = std::string(MEDLLM_BINARY) + " " + args + " 2>&1 >/dev/full </dev/null";
-    FILE* pipe                = popen(command.c_str(), "r");
-    if (!pipe) return run;
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, pipe)) run.output.append(buf, n);
-    const int status = pclose(pipe);
-    run.exit_code    = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return run;
-}
-
 TEST(Cli, OutputToAFullDiskIsAFailure) {
     for (const char* args : {"version", "--help", "info --model " MEDLLM_SOURCE_DIR "/configs/models/qwen2.5-0.5b"}) {
-        auto r = run_to_full_disk(args);
+        auto r = run_medllm_stdout_to(args, "/dev/full");
         EXPECT_EQ(r.exit_code, 1) << args << ": " << r.output;
         EXPECT_NE(r.output.find("error: standard output: write failed: No space left on device"), std::string::npos)
             << args << ": " << r.output;

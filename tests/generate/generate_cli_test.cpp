@@ -258,19 +258,6 @@ TEST_F(GenerateCli, FourBitCheckpointLoadsWithoutAnAdapter) {
 
 namespace {
 
-// Runs medllm with stdout redirected to `stdout_to` (e.g. /dev/full); the output is stderr.
-CliRun run_medllm_stdout_to(const std::string& args, const std::string& stdout_to) {
-    CliRun run;
-    const std::string command = std::string(MEDLLM_BINARY) + " " + args + " 2>&1 >" + stdout_to + " </dev/null";
-    FILE* pipe                = popen(command.c_str(), "r");
-    if (!pipe) return run;
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, pipe)) run.output.append(buf, n);
-    const int status = pclose(pipe);
-    run.exit_code    = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return run;
-}
-
 std::string read_all(const fs::path& path) {
     std::ifstream in(path, std::ios::binary);
     return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

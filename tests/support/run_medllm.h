@@ -11,11 +11,9 @@ struct CliRun {
     std::string output;  // stdout, plus stderr unless dropped
 };
 
-// Standard input is /dev/null so a command waiting for input fails instead of hanging the test.
-inline CliRun run_medllm(const std::string& args, bool stderr_too = true) {
+// Runs a shell command line and collects what it prints on stdout, with its exit code.
+inline CliRun run_shell(const std::string& command) {
     CliRun run;
-    const std::string command =
-        std::string(MEDLLM_BINARY) + " " + args + (stderr_too ? " 2>&1" : " 2>/dev/null") + " </dev/null";
     FILE* pipe = popen(command.c_str(), "r");
     if (!pipe) return run;
     char buf[4096];
@@ -23,4 +21,14 @@ inline CliRun run_medllm(const std::string& args, bool stderr_too = true) {
     const int status = pclose(pipe);
     run.exit_code    = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     return run;
+}
+
+// Standard input is /dev/null so a command waiting for input fails instead of hanging the test.
+inline CliRun run_medllm(const std::string& args, bool stderr_too = true) {
+    return run_shell(std::string(MEDLLM_BINARY) + " " + args + (stderr_too ? " 2>&1" : " 2>/dev/null") + " </dev/null");
+}
+
+// Runs medllm with its stdout sent to `stdout_to` (e.g. /dev/full); `output` is then what it printed on stderr.
+inline CliRun run_medllm_stdout_to(const std::string& args, const std::string& stdout_to) {
+    return run_shell(std::string(MEDLLM_BINARY) + " " + args + " 2>&1 >" + stdout_to + " </dev/null");
 }

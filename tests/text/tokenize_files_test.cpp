@@ -75,17 +75,11 @@ TEST_F(TokenizeFiles, FullDiskIsAnErrorAndLeavesNoCutFile) {
 
 // Finding 1: `tokenize ... > /dev/full` is exit 1, not 0.
 TEST_F(TokenizeFiles, FullStdoutIsAnError) {
-    const auto input          = file("x.txt", "Hello world\n");
-    const std::string command = std::string(MEDLLM_BINARY) + " tokenize --model " + qwen_dir().string() + " -i " +
-                                input.string() + " 2>&1 >/dev/full </dev/null";
-    FILE* pipe = popen(command.c_str(), "r");
-    ASSERT_NE(pipe, nullptr);
-    std::string output;
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, pipe)) output.append(buf, n);
-    const int status = pclose(pipe);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << output;
-    EXPECT_NE(output.find("standard output: write failed"), std::string::npos) << output;
+    const auto input = file("x.txt", "Hello world\n");
+    const auto r =
+        run_medllm_stdout_to("tokenize --model " + qwen_dir().string() + " -i " + input.string(), "/dev/full");
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("standard output: write failed"), std::string::npos) << r.output;
 }
 
 }  // namespace
