@@ -263,6 +263,10 @@ void convert(const std::string& key, const FlatValue& v, std::vector<int64_t>& o
     }
 }
 
+void convert(const std::string&, const FlatValue& v, nlohmann::json& out) {
+    out = v.value;
+}
+
 std::string to_text(const std::string& v) {
     return v;
 }
@@ -287,6 +291,11 @@ std::string to_text(const std::vector<int64_t>& v) {
     std::string out = "[";
     for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + std::to_string(v[i]);
     return out + "]";
+}
+
+std::string to_text(const nlohmann::json& v) {
+    if (v.is_string()) return v.get<std::string>();
+    return v.dump();  // null, numbers, flow lists: JSON text is YAML too
 }
 
 void fail_range(const std::string& key, const std::string& value, const std::string& allowed,

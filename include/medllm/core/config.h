@@ -65,6 +65,8 @@ void convert(const std::string& key, const FlatValue& v, double& out);
 void convert(const std::string& key, const FlatValue& v, bool& out);
 void convert(const std::string& key, const FlatValue& v, std::vector<std::string>& out);
 void convert(const std::string& key, const FlatValue& v, std::vector<int64_t>& out);
+// Any value as it was written (a key that takes a string or a list, checked by its command).
+void convert(const std::string& key, const FlatValue& v, nlohmann::json& out);
 
 std::string to_text(const std::string& v);
 std::string to_text(int64_t v);
@@ -72,6 +74,7 @@ std::string to_text(double v);
 std::string to_text(bool v);
 std::string to_text(const std::vector<std::string>& v);
 std::string to_text(const std::vector<int64_t>& v);
+std::string to_text(const nlohmann::json& v);
 
 [[noreturn]] void fail_range(const std::string& key, const std::string& value, const std::string& allowed,
                              const std::string& origin);
