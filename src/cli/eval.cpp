@@ -156,6 +156,7 @@ void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEn
 void add_eval_command(CLI::App& app) {
     auto* eval_cmd = app.add_subcommand("eval", "Evaluate a model on a benchmark");
     eval_cmd->require_subcommand(1);
+    add_eval_mcqa_command(*eval_cmd);
     auto* cmd = eval_cmd->add_subcommand(
         "igakuqa",
         "IgakuQA (Japanese medical licensing exam 2018-2022): official 3-shot scoring, pass/fail, "
