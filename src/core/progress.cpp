@@ -1,5 +1,7 @@
 #include "medllm/core/progress.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <memory>
 
@@ -61,6 +63,23 @@ bool ProgressLog::update(int64_t done, uint64_t bytes) {
     logged_   = true;
     last_log_ = now;
     return true;
+}
+
+LiveLine::LiveLine(std::FILE* out, bool force)
+    : out_(out), enabled_(force || (out != nullptr && ::isatty(::fileno(out)) == 1)) {}
+
+void LiveLine::show(const std::string& text) {
+    if (!enabled_) return;
+    std::fprintf(out_, "\r\033[K%s", text.c_str());  // a failed terminal write is not worth stopping a run for
+    std::fflush(out_);
+    shown_ = true;
+}
+
+void LiveLine::clear() {
+    if (!enabled_ || !shown_) return;
+    std::fputs("\r\033[K", out_);
+    std::fflush(out_);
+    shown_ = false;
 }
 
 std::function<void(int64_t, int64_t, uint64_t)> progress_callback(std::string what, std::string unit) {

@@ -1,5 +1,6 @@
 #include "medllm/train/metrics.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <array>
@@ -7,7 +8,14 @@
 #include <chrono>
 #include <cstring>
 
+#ifdef MEDLLM_HAVE_CUDA_KERNELS
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <cuda_runtime_api.h>
+#endif
+
 #include "medllm/core/error.h"
+#include "medllm/core/progress.h"
+#include "medllm/model/memory.h"
 
 namespace fs = std::filesystem;
 
@@ -128,6 +136,76 @@ void TensorBoardWriter::write(const std::string& event) {
 
 void TensorBoardWriter::add_scalar(const std::string& tag, double value, int64_t step) {
     write(tensorboard_scalar_event(unix_now(), step, tag, static_cast<float>(value)));
+}
+
+double peak_memory_bytes(c10::Device device) {
+#ifdef MEDLLM_HAVE_CUDA_KERNELS
+    if (device.is_cuda()) {
+        const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
+        return static_cast<double>(
+            stats.allocated_bytes[static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak);
+    }
+#endif
+    if (device.is_cuda()) return 0.0;  // a build without the CUDA parts cannot train on CUDA anyway
+    rusage u{};
+    if (::getrusage(RUSAGE_SELF, &u) != 0) return 0.0;
+    return static_cast<double>(u.ru_maxrss) * 1024.0;  // Linux reports KiB
+}
+
+const char* peak_memory_kind(c10::Device device) {
+    return device.is_cuda() ? "cuda_max_allocated" : "cpu_max_rss";
+}
+
+std::optional<double> peak_bf16_flops(const std::string& name) {
+    const auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+    if (has("H200")) return 989.4e12;
+    if (has("H100")) return has("PCIe") ? 756.0e12 : 989.4e12;  // SXM (and NVL's per-GPU figure is close: SXM's)
+    if (has("A100")) return 312.0e12;                           // SXM and PCIe alike
+    return std::nullopt;
+}
+
+std::optional<double> device_peak_flops(c10::Device device) {
+    if (!device.is_cuda()) return std::nullopt;
+#ifdef MEDLLM_HAVE_CUDA_KERNELS
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, device.has_index() ? device.index() : 0) != cudaSuccess) return std::nullopt;
+    return peak_bf16_flops(prop.name);
+#else
+    return std::nullopt;
+#endif
+}
+
+double model_flops_utilization(double matmul_params, double tokens_per_second, double peak_flops) {
+    return peak_flops > 0 ? 6.0 * matmul_params * tokens_per_second / peak_flops : 0.0;
+}
+
+double matmul_parameters(const model::Qwen2Config& config) {
+    const auto n = model::count_parameters(config);
+    return static_cast<double>(n.linear_weights) +
+           static_cast<double>(config.vocab_size) * static_cast<double>(config.hidden_size);
+}
+
+std::string format_log_line(const StepReport& r) {
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "step %lld/%lld | epoch %.2f | loss %.4f | lr %.3e | grad_norm %.4f | %.0f tok/s | peak mem %.2f GB",
+                  static_cast<long long>(r.step), static_cast<long long>(r.total_steps), r.epoch, r.loss, r.lr,
+                  r.grad_norm, r.tokens_per_second, r.peak_memory_gb);
+    std::string line = buf;
+    if (r.mfu) {
+        std::snprintf(buf, sizeof buf, " | MFU %.1f%%", 100.0 * *r.mfu);
+        line += buf;
+    }
+    return line + " | ETA " + format_duration(r.eta_seconds);
+}
+
+std::string format_live_line(const StepReport& r) {
+    char buf[256];
+    const double pct = r.total_steps > 0 ? 100.0 * static_cast<double>(r.step) / static_cast<double>(r.total_steps) : 0;
+    std::snprintf(buf, sizeof buf, "step %lld/%lld (%.0f%%) | epoch %.2f | loss %.4f | lr %.3e | %.0f tok/s | ETA ",
+                  static_cast<long long>(r.step), static_cast<long long>(r.total_steps), pct, r.epoch, r.loss, r.lr,
+                  r.tokens_per_second);
+    return buf + format_duration(r.eta_seconds);
 }
 
 MetricsFile::MetricsFile(const fs::path& path, int64_t resume_step) {

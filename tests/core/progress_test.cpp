@@ -59,5 +59,34 @@ TEST(Progress, LineShowsCountsRateAndEtaThenTotalTime) {
     EXPECT_EQ(no_bytes.line(), "eval: 1/2 (50%) | 1.00 questions/s | ETA 0:00:01");
 }
 
+// The live line rewrites itself on a terminal and is silent elsewhere (a pipe, a log file).
+TEST(LiveLine, RewritesInPlaceOnATerminalAndWritesNothingElsewhere) {
+    std::FILE* f = std::tmpfile();
+    ASSERT_NE(f, nullptr);
+    {
+        LiveLine live(f, /*force=*/true);
+        EXPECT_TRUE(live.enabled());
+        live.clear();  // nothing shown yet: nothing to erase
+        live.show("step 1/3");
+        live.show("step 2/3");
+        live.clear();
+        live.show("step 3/3");
+    }  // the destructor erases the last line
+    std::rewind(f);
+    std::string got(256, '\0');
+    got.resize(std::fread(got.data(), 1, got.size(), f));
+    EXPECT_EQ(got, "\r\033[Kstep 1/3\r\033[Kstep 2/3\r\033[K\r\033[Kstep 3/3\r\033[K");
+    std::fclose(f);
+
+    std::FILE* g = std::tmpfile();  // a regular file is not a terminal
+    {
+        LiveLine live(g);
+        EXPECT_FALSE(live.enabled());
+        live.show("step 1/3");
+    }
+    EXPECT_EQ(std::ftell(g), 0);
+    std::fclose(g);
+}
+
 }  // namespace
 }  // namespace medllm

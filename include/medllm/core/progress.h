@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <string>
 
@@ -35,6 +36,25 @@ private:
     Clock clock_;
     std::chrono::steady_clock::time_point start_, last_log_;
     bool logged_ = false;
+};
+
+// A status line on a terminal that rewrites itself in place (carriage return, erase line, text; no newline):
+// training's live "step/total | loss | lr | tok/s | ETA". clear() erases it so log lines start on a clean line.
+// When `out` is not a terminal (a log file, a pipe, CI) it writes nothing: logs get the periodic fixed-format
+// lines instead. `force` is for tests.
+class LiveLine {
+public:
+    explicit LiveLine(std::FILE* out = stderr, bool force = false);
+    ~LiveLine() { clear(); }
+    LiveLine(const LiveLine&)            = delete;
+    LiveLine& operator=(const LiveLine&) = delete;
+    bool enabled() const { return enabled_; }
+    void show(const std::string& text);
+    void clear();
+
+private:
+    std::FILE* out_;
+    bool enabled_, shown_ = false;
 };
 
 // A (done, total, bytes) callback for the checkpoint streamers (quantize, merge) that logs through a ProgressLog
