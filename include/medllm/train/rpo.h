@@ -25,13 +25,14 @@ struct RpoConfig {
     std::string output = "runs/rpo";
     // data: a TRL preference JSONL (prompt / chosen / rejected; strings or message lists), e.g. build-prefs' pairs
     std::string data_path;
-    std::string on_invalid            = "error";  // error (file:line) | skip (counted in the summary)
-    int64_t max_length                = 1024;     // TRL v0.14-v0.28 defaults (0 = no limit)
-    int64_t max_prompt_length         = 512;
-    int64_t max_completion_length     = 0;
-    std::string truncation_mode       = "keep_end";  // keep_end | keep_start (TRL's names)
-    bool shuffle                      = true;
-    int64_t data_seed                 = 42;
+    std::string on_invalid        = "error";  // error (file:line) | skip (counted in the summary)
+    int64_t max_length            = 1024;     // TRL v0.14-v0.28 defaults (0 = no limit)
+    int64_t max_prompt_length     = 512;
+    int64_t max_completion_length = 0;
+    std::string truncation_mode   = "keep_end";  // keep_end | keep_start (TRL's names)
+    bool shuffle                  = true;
+    int64_t data_seed             = 42;
+    std::string eos_token;                       // when the tokenizer names none ('' = its own)
     std::string default_system_prompt = "auto";  // chat data without a system turn: auto = the tokenizer's
     // eval_guard: the prompts must not contain evaluation questions
     bool guard_enabled = true;
@@ -64,7 +65,7 @@ struct RpoConfig {
     int64_t precompute_ref_batch_size = 0;  // 0 = training.batch_size
     std::string ref_cache_dir;              // default <output>/ref_cache
     // optim:
-    double lr            = 5e-6;
+    double lr            = 1e-6;  // TRL DPOConfig default
     double beta1         = 0.9;
     double beta2         = 0.999;
     double eps           = 1e-8;

@@ -1,0 +1,605 @@
+// `medllm rpo`: the losses against the worked vectors of ../shared/reference/preference_losses.md §9 and TRL's own
+// dpo_loss; the data path (TRL v0.28 tokenization/truncation, collation, bad rows); one full DPO and one full RPO
+// step on the tiny fixture model against TRL 0.28 (rpo_alpha) and TRL 1.16 (loss_type [sigmoid, sft]) — loss,
+// every metric, the gradients and the adapter after the step (fixtures: scripts/make_rpo_fixtures.py); a toy run
+// whose margins rise; exact resume with and without the precomputed reference; bad inputs.
+#include <cmath>
+#include <fstream>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/autograd.h>
+
+#include "medllm/core/error.h"
+#include "medllm/core/files.h"
+#include "medllm/io/safetensors.h"
+#include "medllm/peft/adapter.h"
+#include "medllm/peft/lora.h"
+#include "medllm/text/tokenizer.h"
+#include "medllm/train/checkpoint.h"
+#include "medllm/train/optimizer.h"
+#include "medllm/train/pref_dataset.h"
+#include "medllm/train/preference_loss.h"
+#include "medllm/train/rpo.h"
+#include "train_test_util.h"
+
+using namespace medllm;
+using namespace medllm::train;
+namespace fs = std::filesystem;
+
+namespace {
+
+at::Tensor vec(std::vector<double> v) {
+    return at::tensor(v, at::kDouble);
+}
+
+PreferenceLossSpec spec_of(nlohmann::json type = nullptr, nlohmann::json weights = nullptr, double alpha = 0,
+                           double eps = 0, std::string norm = "pooled", bool ignore0 = false) {
+    return parse_loss_spec(type, weights, 0.1, eps, alpha, norm, ignore0);
+}
+
+fs::path rpo_fixtures() {
+    return test::fixtures() / "train" / "rpo";
+}
+
+// Vector B of the reference: hidden rows = the logits, lm_head = identity (V = H = 4).
+struct VectorB {
+    at::Tensor policy_rows, ref_rows, targets, row_of;
+    VectorB() {
+        // chosen row 0: pos 1 -> token 3, pos 2 -> token 0 (a real token with id 0); rejected row 1: pos 1 -> 2
+        policy_rows =
+            at::tensor({0.2, -0.3, 0.1, 0.9, 1.5, 0.0, -1.0, 0.3, 0.2, -0.3, 0.1, 0.9}, at::kDouble).reshape({3, 4});
+        ref_rows =
+            at::tensor({0.0, 0.0, 0.0, 0.5, 1.0, 0.2, -0.2, 0.0, 0.0, 0.0, 0.0, 0.5}, at::kDouble).reshape({3, 4});
+        targets = at::tensor({3, 0, 2}, at::kLong);
+        row_of  = at::tensor({0, 0, 1}, at::kLong);
+    }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- worked vectors (fp64: ~1e-15 relative)
+
+TEST(PreferenceLoss, VectorASigmoidHingeCdpo) {
+    const auto pc = vec({410.0, 0.1}), pr = vec({810.5, 0.2}), rc = vec({-610.0, -0.1}), rr = vec({110.6, 0.5});
+    auto out = preference_loss(spec_of(), pc, pr, rc, rr, {});
+    EXPECT_NEAR(out.losses[0].item<double>(), 1.2538154996452487e-14, 1e-20);
+    EXPECT_NEAR(out.losses[1].item<double>(), 0.6684596480132863, 1e-14);
+    EXPECT_NEAR(out.loss.item<double>(), 0.3342298240066494, 1e-14);
+    EXPECT_NEAR(out.chosen_rewards[0].item<double>(), 102.0, 1e-12);
+    EXPECT_NEAR(out.rejected_rewards[0].item<double>(), 69.99, 1e-12);
+    EXPECT_NEAR(out.chosen_rewards[1].item<double>(), 0.02, 1e-15);
+    EXPECT_NEAR(out.rejected_rewards[1].item<double>(), -0.03, 1e-15);
+    out = preference_loss(spec_of(nullptr, nullptr, 0, 0.1), pc, pr, rc, rr, {});
+    EXPECT_NEAR(out.losses[0].item<double>(), 3.2010000000000134, 1e-12);
+    EXPECT_NEAR(out.loss.item<double>(), 1.93722982400665, 1e-12);
+    out = preference_loss(spec_of("hinge"), pc, pr, rc, rr, {});
+    EXPECT_EQ(out.losses[0].item<double>(), 0.0);
+    EXPECT_NEAR(out.loss.item<double>(), 0.475, 1e-14);
+}
+
+TEST(PreferenceLoss, VectorBEndToEndToy) {
+    const VectorB v;
+    const auto eye = at::eye(4, at::kDouble);
+    const auto pol = selected_token_logps(v.policy_rows, eye, v.targets);
+    const auto ref = selected_token_logps(v.ref_rows, eye, v.targets);
+    EXPECT_NEAR(pol.logps[0].item<double>(), -0.809644269661734, 1e-15);
+    EXPECT_NEAR(pol.logps[1].item<double>(), -0.4740014838427131, 1e-15);
+    const auto ps = sequence_logps(pol.logps, v.row_of, 2), rs = sequence_logps(ref.logps, v.row_of, 2);
+    EXPECT_NEAR(ps[0].item<double>(), -1.2836457535044472, 1e-15);
+    EXPECT_NEAR(ps[1].item<double>(), -1.609644269661734, 1e-15);
+    EXPECT_NEAR(rs[0].item<double>(), -1.787254508453619, 1e-15);
+    EXPECT_NEAR(rs[1].item<double>(), -1.5365921862326963, 1e-15);
+    const auto c = ps.narrow(0, 0, 1), r = ps.narrow(0, 1, 1), c0 = rs.narrow(0, 0, 1), r0 = rs.narrow(0, 1, 1);
+
+    auto out = preference_loss(spec_of(), c, r, c0, r0, {});
+    EXPECT_NEAR(out.loss.item<double>(), 0.6647297532125024, 1e-15);
+    // RPO, alpha 1: mask-based NLL (TRL >= 0.29 and medllm's default) and the v0.12-v0.28 id-0 quirk.
+    auto s   = spec_of(nullptr, nullptr, 1.0);
+    auto nll = chosen_nll(s, pol.logps, v.row_of, v.targets, 1);
+    EXPECT_NEAR(nll.item<double>(), 0.6418228767522236, 1e-15);
+    EXPECT_NEAR(preference_loss(s, c, r, c0, r0, nll).loss.item<double>(), 1.306552629964726, 1e-14);
+    s   = spec_of(nullptr, nullptr, 1.0, 0, "pooled", true);
+    nll = chosen_nll(s, pol.logps, v.row_of, v.targets, 1);
+    EXPECT_NEAR(nll.item<double>(), 0.809644269661734, 1e-15);
+    EXPECT_NEAR(preference_loss(s, c, r, c0, r0, nll).loss.item<double>(), 1.4743740228742364, 1e-14);
+    // The same RPO in TRL >= 1.0's spelling.
+    s   = spec_of(nlohmann::json::array({"sigmoid", "sft"}), nlohmann::json::array({1, 1}));
+    nll = chosen_nll(s, pol.logps, v.row_of, v.targets, 1);
+    EXPECT_NEAR(preference_loss(s, c, r, c0, r0, nll).loss.item<double>(), 1.306552629964726, 1e-14);
+
+    const auto m = make_micro_metrics(out, c, r, {}, 0, 0);
+    EXPECT_NEAR(m.rewards_chosen, 0.05036087549491719, 1e-15);
+    EXPECT_NEAR(m.rewards_rejected, -0.007305208342903758, 1e-15);
+    EXPECT_NEAR(m.rewards_margins, 0.057666083837820944, 1e-15);
+    EXPECT_EQ(m.rewards_accuracies, 1.0);
+
+    // IPO: log-probs divided by the completion lengths (2 and 1 tokens) first, as TRL v0.28 does.
+    out = preference_loss(spec_of("ipo"), c / 2, r, c0 / 2, r0, {});
+    EXPECT_NEAR(out.loss.item<double>(), 21.856967111154596, 1e-12);
+    out = preference_loss(spec_of("hinge"), c, r, c0, r0, {});
+    EXPECT_NEAR(out.loss.item<double>(), 0.9423339161621791, 1e-15);
+}
+
+TEST(PreferenceLoss, VectorCPooledVersusPerSequence) {
+    // Chosen token NLLs (1, 2, 3) and (4): TRL pools (2.5), the Iterative RPO paper averages per sequence (3.0).
+    const auto lp = vec({-1, -2, -3, -4}), rows = at::tensor({0, 0, 0, 1}, at::kLong), t = at::ones({4}, at::kLong);
+    EXPECT_DOUBLE_EQ(chosen_nll(spec_of(nullptr, nullptr, 1), lp, rows, t, 2).item<double>(), 2.5);
+    EXPECT_DOUBLE_EQ(chosen_nll(spec_of(nullptr, nullptr, 1, 0, "per_sequence"), lp, rows, t, 2).item<double>(), 3.0);
+    // Rejected rows (>= num_pairs) never enter the NLL; an empty pooled set is NaN as in TRL.
+    EXPECT_TRUE(std::isnan(chosen_nll(spec_of(nullptr, nullptr, 1), lp, rows + 2, t, 2).item<double>()));
+}
+
+TEST(PreferenceLoss, GradientOfSelectedLogpsMatchesAutogradOfLogSoftmax) {
+    // The chunked function's hand-written backward against autograd through at::log_softmax (fp64).
+    auto h  = at::randn({7, 5}, at::kDouble).requires_grad_(true);
+    auto w  = at::randn({11, 5}, at::kDouble).requires_grad_(true);
+    auto t  = at::randint(0, 11, {7}, at::kLong);
+    auto g  = at::randn({7}, at::kDouble);
+    auto tl = selected_token_logps(h, w, t, /*chunk=*/3);
+    (tl.logps * g).sum().backward();
+    auto h2 = h.detach().clone().requires_grad_(true), w2 = w.detach().clone().requires_grad_(true);
+    auto lp = at::log_softmax(at::linear(h2, w2), -1).gather(1, t.unsqueeze(1)).squeeze(1);
+    (lp * g).sum().backward();
+    EXPECT_TRUE(at::allclose(tl.logps, lp, 1e-12, 1e-12));
+    EXPECT_TRUE(at::allclose(h.grad(), h2.grad(), 1e-12, 1e-12));
+    EXPECT_TRUE(at::allclose(w.grad(), w2.grad(), 1e-12, 1e-12));
+    EXPECT_TRUE(at::allclose(tl.logit_sums, at::linear(h2, w2).sum(-1), 1e-12, 1e-12));
+}
+
+TEST(PreferenceLoss, MatchesTrlDpoLossOnFixedLogps) {
+    // scripts/make_rpo_fixtures.py: TRL 0.28's DPOTrainer.dpo_loss in fp32; here fp64 on the fp32-rounded inputs,
+    // so the tolerance is fp32's (1e-5 relative).
+    const auto ref = read_json_file(rpo_fixtures() / "loss_vectors.json");
+    for (const auto& c : ref["cases"]) {
+        auto f32 = [&](const char* k) {
+            return at::tensor(c[k].get<std::vector<double>>(), at::kFloat).to(at::kDouble);
+        };
+        const auto pc = f32("policy_chosen"), pr = f32("policy_rejected"), rc = f32("ref_chosen"),
+                   rr = f32("ref_rejected");
+        for (const char* name : {"sigmoid", "cdpo", "hinge", "ipo"}) {
+            const auto& e   = c[name];
+            const char* t   = std::string(name) == "cdpo" ? "sigmoid" : name;
+            const auto spec = spec_of(t, nullptr, 0, e["label_smoothing"].get<double>());
+            const auto out  = preference_loss(spec, pc, pr, rc, rr, {});
+            for (size_t i = 0; i < e["losses"].size(); ++i) {
+                const double want = e["losses"][i].get<double>();
+                EXPECT_NEAR(out.losses[static_cast<int64_t>(i)].item<double>(), want, 1e-5 * std::fabs(want) + 1e-6)
+                    << c["name"] << " " << name << " pair " << i;
+                EXPECT_NEAR(out.chosen_rewards[static_cast<int64_t>(i)].item<double>(),
+                            e["chosen_rewards"][i].get<double>(), 1e-4)
+                    << c["name"] << " " << name;
+            }
+        }
+    }
+}
+
+TEST(PreferenceLoss, SpecFromConfigKeys) {
+    EXPECT_EQ(spec_of().describe(), "sigmoid, beta 0.1");
+    EXPECT_EQ(spec_of(nullptr, nullptr, 10).nll_weight(), 10.0);
+    const auto trl1 = spec_of(nlohmann::json::array({"sigmoid", "sft"}), nlohmann::json::array({1, 10}));
+    EXPECT_EQ(trl1.nll_weight(), 10.0);
+    EXPECT_TRUE(spec_of("ipo").length_normalized());
+    auto msg = [](auto f) {
+        try {
+            f();
+        } catch (const UsageError& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    EXPECT_NE(msg([] { spec_of("kto"); }).find("loss.loss_type: unknown loss 'kto'"), std::string::npos);
+    EXPECT_NE(msg([] {
+                  spec_of(nlohmann::json::array({"sigmoid", "sft"}), nlohmann::json::array({1}));
+              }).find("loss.loss_weights"),
+              std::string::npos);
+    EXPECT_NE(msg([] { spec_of("sft"); }).find("sft' alone"), std::string::npos);
+    EXPECT_NE(msg([] { spec_of("hinge", nullptr, 0, 0.1); }).find("loss.label_smoothing"), std::string::npos);
+    EXPECT_NE(msg([] { spec_of(nullptr, nullptr, 0, 0, "mean"); }).find("loss.nll_normalization"), std::string::npos);
+}
+
+// ---------------------------------------------------------------- data (TRL v0.12-v0.28 §5)
+
+TEST(PrefData, CollatorVector) {
+    PrefDataOptions o;
+    o.max_length = o.max_prompt_length = 0;
+    const auto a                       = truncate_pair({1, 2, 3}, {4, 5}, {6}, /*is_chat=*/true, 99, o);
+    const auto b                       = truncate_pair({7, 8}, {9, 10}, {11, 12, 13}, true, 99, o);
+    const auto batch                   = collate_pairs({&a, &b}, 0, at::kCPU);
+    const auto want =
+        at::tensor({1, 2, 3, 4, 5, 7, 8, 9, 10, 0, 1, 2, 3, 6, 0, 7, 8, 11, 12, 13}, at::kLong).reshape({4, 5});
+    EXPECT_TRUE(at::equal(batch.input_ids, want)) << batch.input_ids;
+    // Completion tokens and the positions whose logits predict them (row * S + t - 1).
+    EXPECT_TRUE(at::equal(batch.targets, at::tensor({4, 5, 9, 10, 6, 11, 12, 13}, at::kLong)));
+    EXPECT_TRUE(at::equal(batch.predict_position, at::tensor({2, 3, 6, 7, 12, 16, 17, 18}, at::kLong)));
+    EXPECT_TRUE(at::equal(batch.row_of, at::tensor({0, 0, 1, 1, 2, 3, 3, 3}, at::kLong)));
+    EXPECT_EQ(batch.chosen_tokens, 4);
+    EXPECT_EQ(batch.rejected_tokens, 4);
+}
+
+TEST(PrefData, TruncationAsTrl028) {
+    PrefDataOptions o;
+    o.max_prompt_length = 3;
+    o.max_length        = 6;
+    // Strings get EOS (9) on both completions; the prompt keeps its last 3 tokens.
+    auto ex = truncate_pair({1, 2, 3, 4, 5}, {6, 7}, {8}, false, 9, o);
+    EXPECT_EQ(ex.chosen.ids, (std::vector<int32_t>{3, 4, 5, 6, 7, 9}));
+    EXPECT_EQ(ex.chosen.prompt_len, 3);
+    EXPECT_EQ(ex.rejected.ids, (std::vector<int32_t>{3, 4, 5, 8, 9}));
+    EXPECT_TRUE(ex.truncated);
+    // keep_end: a row over max_length loses its first tokens (the prompt's), per row.
+    o.max_prompt_length = 0;
+    o.max_length        = 4;
+    ex                  = truncate_pair({1, 2, 3}, {4, 5}, {6}, true, 9, o);
+    EXPECT_EQ(ex.chosen.ids, (std::vector<int32_t>{2, 3, 4, 5}));
+    EXPECT_EQ(ex.chosen.prompt_len, 2);
+    EXPECT_EQ(ex.rejected.ids, (std::vector<int32_t>{1, 2, 3, 6}));
+    // keep_start: the row keeps its first tokens; a prompt that fills max_length leaves no completion.
+    o.truncation_mode = "keep_start";
+    ex                = truncate_pair({1, 2, 3}, {4, 5}, {6}, true, 9, o);
+    EXPECT_EQ(ex.chosen.ids, (std::vector<int32_t>{1, 2, 3, 4}));
+    EXPECT_EQ(ex.chosen.completion_len(), 1);
+    o.max_length = 3;
+    EXPECT_EQ(truncate_pair({1, 2, 3}, {4}, {5}, true, 9, o).chosen.completion_len(), 0);
+    // max_completion_length keeps the first tokens of each completion (after the EOS is appended).
+    o                       = PrefDataOptions{};
+    o.max_completion_length = 2;
+    ex                      = truncate_pair({1}, {4, 5, 6}, {7}, false, 9, o);
+    EXPECT_EQ(ex.chosen.ids, (std::vector<int32_t>{1, 4, 5}));
+    EXPECT_EQ(ex.rejected.ids, (std::vector<int32_t>{1, 7, 9}));
+}
+
+class PrefDataFile : public test::TrainTempDir {
+protected:
+    std::unique_ptr<text::Tokenizer> tok = text::Tokenizer::from_dir(test::fixtures() / "train" / "byte-tokenizer");
+    PrefDataOptions opts() {
+        PrefDataOptions o;
+        o.eos_id = *tok->token_to_id("<|endoftext|>");
+        return o;
+    }
+    fs::path write(const std::string& name, const std::vector<std::string>& lines) {
+        const auto p = dir / name;
+        std::ofstream out(p);
+        for (const auto& l : lines) out << l << "\n";
+        return p;
+    }
+    std::string error_of(const fs::path& p, PrefDataOptions o) {
+        try {
+            load_pref_dataset(p, *tok, o);
+        } catch (const UsageError& e) {
+            return e.what();
+        }
+        return "no error";
+    }
+};
+
+TEST_F(PrefDataFile, StringsAndChatRows) {
+    const auto p = write(
+        "pairs.jsonl", {R"({"prompt": "Q:", "chosen": " a", "rejected": " bb", "pair_type": "gt_chosen", "x": 1})", "",
+                        R"({"prompt": [{"role": "user", "content": "Q?"}], "chosen": [{"role": "assistant", )"
+                        R"("content": "yes"}], "rejected": [{"role": "assistant", "content": "no"}]})"});
+    const auto ds = load_pref_dataset(p, *tok, opts());
+    ASSERT_EQ(ds.examples.size(), 2u);
+    const auto& s = ds.examples[0];
+    EXPECT_EQ(s.line, 1);
+    EXPECT_EQ(s.pair_type, "gt_chosen");
+    EXPECT_EQ(s.chosen.ids, (std::vector<int32_t>{*tok->token_to_id("Q"), *tok->token_to_id(":"),
+                                                  *tok->token_to_id("Ġ"), *tok->token_to_id("a"), 256}));
+    EXPECT_EQ(s.chosen.prompt_len, 2);
+    // Chat: the prompt rendered with the generation prompt, the completion = the assistant turn's rest.
+    const auto& c             = ds.examples[1];
+    const std::string prompt  = text::render_chatml({{"user", "Q?"}}, true, tok->default_system_prompt());
+    const auto prompt_ids     = tok->encode(prompt);
+    const auto completion_ids = tok->encode("yes<|im_end|>\n");
+    EXPECT_EQ(c.chosen.prompt_len, static_cast<int64_t>(prompt_ids.size()));
+    EXPECT_EQ(std::vector<int32_t>(c.chosen.ids.begin() + c.chosen.prompt_len, c.chosen.ids.end()),
+              std::vector<int32_t>(completion_ids.begin(), completion_ids.end()));
+    EXPECT_EQ(ds.stats.chat_rows, 1);
+    EXPECT_EQ(ds.stats.pair_types.at("gt_chosen"), 1);
+}
+
+TEST_F(PrefDataFile, MalformedRowsNameFileAndLine) {
+    const std::string good = R"({"prompt": "Q:", "chosen": " a", "rejected": " b"})";
+    auto check             = [&](const std::string& bad, const std::string& what) {
+        const auto p        = write("bad.jsonl", {good, good, bad});
+        const std::string m = error_of(p, opts());
+        EXPECT_NE(m.find("bad.jsonl:3: "), std::string::npos) << m;
+        EXPECT_NE(m.find(what), std::string::npos) << m;
+    };
+    check("{\"prompt\": \"Q\", ", "not valid JSON");
+    check(R"({"prompt": "Q", "chosen": "a"})", "missing field 'rejected'");
+    check(R"({"prompt": "Q", "chosen": 3, "rejected": "b"})", "field 'chosen' must be a string");
+    check(R"({"prompt": [{"role": "user", "content": "Q"}], "chosen": "a", "rejected": "b"})", "all be strings");
+    check(R"({"prompt": [{"role": "robot", "content": "Q"}], "chosen": [], "rejected": []})", "role 'robot'");
+    check(R"({"prompt": "Q", "chosen": "", "rejected": "b"})", "empty chosen");
+    check(R"([1, 2])", "expected a JSON object");
+    // on_invalid: skip counts them instead.
+    auto o       = opts();
+    o.on_invalid = "skip";
+    const auto p = write("skip.jsonl", {good, "nonsense", good});
+    EXPECT_EQ(load_pref_dataset(p, *tok, o).stats.invalid_skipped, 1);
+    EXPECT_NE(error_of(dir / "missing.jsonl", opts()).find("cannot open"), std::string::npos);
+    EXPECT_NE(error_of(write("empty.jsonl", {""}), opts()).find("no usable preference pair"), std::string::npos);
+}
+
+TEST_F(PrefDataFile, GuardRefusesPromptsHoldingAnExamQuestion) {
+    data::GuardQuestion q{"118A1", "次のうち鉄欠乏性貧血の治療で最初に増加する検査値はどれか。網赤血球数を選べ。", {}};
+    const data::ContaminationGuard guard({q}, {});
+    const std::string leak = R"({"prompt": "問題: 次のうち鉄欠乏性貧血の治療で最初に増加する検査値はどれか。)"
+                             R"(網赤血球数を選べ。", "chosen": " a", "rejected": " b"})";
+    const std::string good = R"({"prompt": "Q:", "chosen": " a", "rejected": " b"})";
+    const auto p           = write("leak.jsonl", {good, leak});
+    auto o                 = opts();
+    o.guard                = &guard;
+    const std::string m    = error_of(p, o);
+    EXPECT_NE(m.find("leak.jsonl:2: the prompt contains evaluation question 118A1"), std::string::npos) << m;
+    o.guard_action = "drop";
+    const auto ds  = load_pref_dataset(p, *tok, o);
+    EXPECT_EQ(ds.examples.size(), 1u);
+    EXPECT_EQ(ds.stats.guard_dropped, 1);
+}
+
+// ---------------------------------------------------------------- full steps against TRL
+
+class RpoRun : public test::TrainTempDir {
+protected:
+    std::vector<std::string> base_overrides(const fs::path& out) {
+        return {"model.path=" + (test::fixtures() / "model" / "qwen2-tiny-tied").string(),
+                "model.tokenizer=" + (test::fixtures() / "train" / "byte-tokenizer").string(),
+                "output=" + out.string(),
+                "data.path=" + (rpo_fixtures() / "pairs.jsonl").string(),
+                "data.eos_token=<|endoftext|>",
+                "data.shuffle=false",
+                "eval_guard.enabled=false",
+                "lora.quantize_base=false",
+                "training.device=cpu",
+                "training.activation_checkpointing=false",
+                "training.logging_steps=1"};
+    }
+    // TRL's step: all 6 pairs in one micro-batch, lr 1e-3 constant, max_grad_norm 1, the fixed initial adapter.
+    std::vector<std::string> trl_step(const fs::path& out) {
+        auto o = base_overrides(out);
+        for (const char* s : {"training.batch_size=6", "training.max_steps=1", "optim.lr=0.001",
+                              "schedule.name=constant", "optim.max_grad_norm=1.0"})
+            o.push_back(s);
+        o.push_back("lora.resume_adapter=" + (rpo_fixtures() / "init_adapter").string());
+        return o;
+    }
+    static RpoConfig load(const std::vector<std::string>& overrides, std::vector<ResolvedEntry>* resolved) {
+        ConfigSchema<RpoConfig> s;
+        add_rpo_fields(s);
+        return s.load(ConfigSource{"", overrides}, resolved);
+    }
+    RpoResult run(const std::vector<std::string>& overrides, std::vector<nlohmann::json>* records = nullptr,
+                  std::function<void(int64_t)> after_step = {}, const std::string& resume = "auto") {
+        RpoOptions o;
+        const auto cfg = load(overrides, &o.resolved);
+        o.resume       = resume;
+        o.on_step      = [&](int64_t step, const nlohmann::json& rec) {
+            if (records) records->push_back(rec);
+            if (after_step) after_step(step);
+        };
+        return run_rpo(cfg, o);
+    }
+    static std::map<std::string, at::Tensor> adapter(const fs::path& d) {
+        io::SafetensorsFile f(d / "adapter_model.safetensors");
+        std::map<std::string, at::Tensor> out;
+        for (const auto& n : f.names()) out[n] = f.tensor(n).clone();
+        return out;
+    }
+
+    // One TRL step (fixture folder `name`) reproduced with extra config keys: loss, every metric, the adapter.
+    void expect_trl_step(const std::string& name, const std::vector<std::string>& loss_keys) {
+        const auto fx  = rpo_fixtures() / name;
+        const auto ref = read_json_file(fx / "reference.json");
+        const auto& lg = ref["log"];
+        auto o         = trl_step(dir / name);
+        o.insert(o.end(), loss_keys.begin(), loss_keys.end());
+        std::vector<nlohmann::json> recs;
+        const auto res = run(o, &recs);
+        ASSERT_EQ(recs.size(), 1u);
+        const auto& got = recs[0];
+        // fp32 both sides; GEMM shapes differ (TRL's lm_head runs over every position, medllm's over completion
+        // positions only), so values agree to fp32 rounding of sums of ~100 terms: 2e-5 relative.
+        for (const char* k :
+             {"loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+              "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "nll_loss"}) {
+            if (!lg.contains(k)) continue;
+            ASSERT_TRUE(got.contains(k)) << name << " " << k;
+            const double want = lg[k].get<double>();
+            EXPECT_NEAR(got[k].get<double>(), want, 2e-5 * std::fabs(want) + 1e-6) << name << " " << k;
+        }
+        EXPECT_EQ(got["lr"].get<double>(), 1e-3);
+        // The adapter after AdamW's first step moves each element by lr * g / (|g| + eps): a sign test for large |g|,
+        // while elements with |g| near eps (1e-8) amplify fp32 noise in g. So: every element within 1 % of the step
+        // (1e-5), and on average within 1e-4 of it (1e-7).
+        const auto want = adapter(fx / "final_adapter"), have = adapter(res.adapter_dir);
+        ASSERT_EQ(want.size(), have.size());
+        for (const auto& [k, t] : want) {
+            ASSERT_TRUE(have.count(k)) << k;
+            const auto diff = (have.at(k) - t).abs();
+            EXPECT_LT(diff.max().item<double>(), 1e-5) << name << " " << k;
+            EXPECT_LT(diff.mean().item<double>(), 1e-7) << name << " " << k;
+        }
+    }
+};
+
+TEST_F(RpoRun, DpoStepMatchesTrl028) {
+    expect_trl_step("trl028_dpo", {});
+}
+TEST_F(RpoRun, RpoStepMatchesTrl028RpoAlpha) {
+    // TRL v0.12-v0.28: rpo_alpha and F.cross_entropy(ignore_index=0): the '!' (id 0) of a chosen completion is
+    // dropped from the NLL.
+    expect_trl_step("trl028_rpo", {"loss.rpo_alpha=10", "loss.nll_ignore_token_zero=true"});
+}
+TEST_F(RpoRun, DpoStepMatchesTrl1x) {
+    expect_trl_step("trl1x_dpo", {"loss.loss_type=[sigmoid]"});
+}
+TEST_F(RpoRun, RpoStepMatchesTrl1xSigmoidPlusSft) {
+    expect_trl_step("trl1x_rpo", {"loss.loss_type=[sigmoid, sft]", "loss.loss_weights=[1, 10]"});
+}
+TEST_F(RpoRun, RpoAlphaIsTheSameLossAsTrl1xSpelling) {
+    expect_trl_step("trl1x_rpo", {"loss.rpo_alpha=10"});
+}
+
+TEST_F(RpoRun, GradientsMatchTrl) {
+    // The gradients of the step (TRL's are after clip_grad_norm_, so ours are scaled by the same factor).
+    for (const char* name : {"trl028_rpo", "trl1x_dpo"}) {
+        const auto fx  = rpo_fixtures() / name;
+        const auto ref = read_json_file(fx / "reference.json");
+        auto model     = peft::load_model_with_adapter((test::fixtures() / "model" / "qwen2-tiny-tied").string(),
+                                                       rpo_fixtures() / "init_adapter", at::kFloat);
+        model->eval();
+        auto tok = text::Tokenizer::from_dir(test::fixtures() / "train" / "byte-tokenizer");
+        PrefDataOptions po;
+        po.eos_id     = 256;
+        const auto ds = load_pref_dataset(rpo_fixtures() / "pairs.jsonl", *tok, po);
+        std::vector<const PrefExample*> pairs;
+        for (const auto& e : ds.examples) pairs.push_back(&e);
+        const auto batch    = collate_pairs(pairs, 256, at::kCPU);
+        const bool rpo      = std::string(name) == "trl028_rpo";
+        const auto spec     = spec_of(nullptr, nullptr, rpo ? 10 : 0, 0, "pooled", rpo);
+        const auto [rc, rr] = reference_logps(*model, batch, spec, 5);  // a small chunk: several lm_head chunks
+        const auto pol      = pair_logps(*model, batch, spec, 5, rpo);
+        preference_loss(spec, pol.chosen, pol.rejected, rc, rr, pol.nll).loss.backward();
+        const auto params = peft::adapter_parameters(*model);
+        const double norm = clip_grad_norm(params, 1.0);
+        EXPECT_NEAR(norm, ref["log"]["grad_norm"].get<double>(), 2e-5 * norm) << name;
+        io::SafetensorsFile g(fx / "grads.safetensors");
+        ASSERT_EQ(g.names().size(), params.size());
+        for (const auto& [n, p] : params) {
+            const auto want = g.tensor(n);
+            // fp32: 1e-6 absolute on gradients of magnitude ~1e-2..1 (after clipping to norm 1).
+            EXPECT_LT((p.grad() - want).abs().max().item<double>(), 2e-6) << name << " " << n;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- a toy run, resume, bad input
+
+TEST_F(RpoRun, ToyRunRaisesAccuracyAndMargins) {
+    // 12 pairs where the chosen answer is always "yes" and the rejected "no": a fresh LoRA learns to prefer it.
+    const auto data = dir / "toy.jsonl";
+    {
+        std::ofstream out(data);
+        for (int i = 0; i < 12; ++i)
+            out << "{\"prompt\": \"case " << i << ": is it fine?\", \"chosen\": \" yes\", \"rejected\": \" no\", "
+                << "\"pair_type\": \"" << (i % 2 ? "gt_chosen" : "chosen_rejected") << "\"}\n";
+    }
+    auto o = base_overrides(dir / "toy");
+    o.push_back("data.path=" + data.string());
+    for (const char* s : {"training.batch_size=4", "training.epochs=4", "optim.lr=0.01", "lora.r=4", "lora.alpha=8",
+                          "loss.rpo_alpha=1", "schedule.name=constant"})
+        o.push_back(s);
+    std::vector<nlohmann::json> recs;
+    const auto res = run(o, &recs);
+    ASSERT_EQ(recs.size(), 12u);
+    // Step 1: policy = reference (B = 0), so every margin is 0 and accuracy 0 (strict >).
+    EXPECT_EQ(recs.front()["rewards/margins"].get<double>(), 0.0);
+    EXPECT_EQ(recs.front()["rewards/accuracies"].get<double>(), 0.0);
+    EXPECT_NEAR(recs.front()["loss"].get<double>() - recs.front()["nll_loss"].get<double>(), std::log(2.0), 1e-6);
+    EXPECT_GT(recs.back()["rewards/margins"].get<double>(), 0.05);
+    EXPECT_EQ(recs.back()["rewards/accuracies"].get<double>(), 1.0);
+    EXPECT_EQ(recs.back()["rewards/accuracies/gt_chosen"].get<double>(), 1.0);
+    EXPECT_GT(recs.back()["rewards/margins/chosen_rejected"].get<double>(), 0.05);
+    EXPECT_LT(recs.back()["loss"].get<double>(), recs.front()["loss"].get<double>());
+    // metrics.jsonl carries TRL's names; summary.json the data counts.
+    const auto summary = read_json_file(dir / "toy" / "summary.json");
+    EXPECT_EQ(summary["data"]["pairs"].get<int64_t>(), 12);
+    EXPECT_EQ(summary["data"]["pair_types"]["gt_chosen"].get<int64_t>(), 6);
+    std::ifstream m(dir / "toy" / "metrics.jsonl");
+    std::string first;
+    std::getline(m, first);
+    EXPECT_NE(first.find("\"rewards/margins\""), std::string::npos);
+    EXPECT_NE(first.find("\"nll_loss\""), std::string::npos);
+    EXPECT_TRUE(fs::exists(res.adapter_dir / "adapter_config.json"));
+}
+
+TEST_F(RpoRun, ExactResumeWithAndWithoutPrecomputedReference) {
+    for (const bool precompute : {false, true}) {
+        auto o = base_overrides(dir / "unused");
+        for (const char* s :
+             {"training.batch_size=2", "training.grad_accum=2", "training.max_steps=4", "training.save_steps=2",
+              "optim.lr=0.01", "lora.r=4", "loss.rpo_alpha=10", "schedule.name=cosine", "schedule.warmup_steps=1",
+              "data.shuffle=true", "lora.dropout=0.1", "training.disable_dropout=false"})
+            o.push_back(s);
+        o.push_back(std::string("reference.precompute=") + (precompute ? "true" : "false"));
+        auto with_out = [&](const fs::path& out) {
+            auto v = o;
+            v.push_back("output=" + out.string());
+            return v;
+        };
+        const fs::path a = dir / ("straight" + std::to_string(precompute)),
+                       b = dir / ("resumed" + std::to_string(precompute));
+        std::vector<nlohmann::json> straight, resumed;
+        run(with_out(a), &straight);
+        const auto first = run(with_out(b), &resumed, [](int64_t step) {
+            if (step == 3) request_rpo_stop();  // stops after step 3: the checkpoint is written then
+        });
+        EXPECT_TRUE(first.interrupted);
+        EXPECT_EQ(first.steps, 3);
+        const auto cache_files = [&](const fs::path& out) {
+            std::vector<fs::path> v;
+            if (fs::exists(out / "ref_cache"))
+                for (const auto& e : fs::directory_iterator(out / "ref_cache")) v.push_back(e.path());
+            return v;
+        };
+        const auto before = cache_files(b);
+        const auto mtime  = before.empty() ? fs::file_time_type{} : fs::last_write_time(before.front());
+        const auto res    = run(with_out(b), &resumed);
+        EXPECT_EQ(res.steps, 4);
+        ASSERT_EQ(resumed.size(), 4u);
+        for (size_t i = 0; i < 4; ++i) EXPECT_EQ(resumed[i].dump(), straight[i].dump()) << "step " << i + 1;
+        const auto want = adapter(a / "adapter"), have = adapter(res.adapter_dir);
+        for (const auto& [k, t] : want) EXPECT_TRUE(at::equal(have.at(k), t)) << k << " precompute " << precompute;
+        if (precompute) {
+            ASSERT_EQ(before.size(), 1u);  // one cache file, reused (not rewritten) by the resume
+            EXPECT_EQ(cache_files(b).size(), 1u);
+            EXPECT_EQ(fs::last_write_time(before.front()), mtime);
+        }
+    }
+}
+
+TEST_F(RpoRun, PrecomputedReferenceGivesTheSameStep) {
+    auto o = trl_step(dir / "pre");
+    o.push_back("reference.precompute=true");
+    o.push_back("reference.batch_size=4");  // another batching than training: per-pair values do not depend on it
+    std::vector<nlohmann::json> recs;
+    run(o, &recs);
+    const auto ref = read_json_file(rpo_fixtures() / "trl028_dpo" / "reference.json");
+    EXPECT_NEAR(recs[0]["loss"].get<double>(), ref["log"]["loss"].get<double>(), 2e-5);
+    EXPECT_NEAR(recs[0]["rewards/margins"].get<double>(), ref["log"]["rewards/margins"].get<double>(), 2e-6);
+}
+
+TEST_F(RpoRun, BadInputsAreOneClearLine) {
+    auto msg = [&](std::vector<std::string> extra) {
+        auto o = base_overrides(dir / "bad");
+        o.insert(o.end(), extra.begin(), extra.end());
+        try {
+            run(o);
+        } catch (const UsageError& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    EXPECT_NE(msg({"data.path=" + (dir / "none.jsonl").string()}).find("data.path: no such file"), std::string::npos);
+    EXPECT_NE(msg({"loss.loss_type=dpo"}).find("loss.loss_type: unknown loss 'dpo'"), std::string::npos);
+    EXPECT_NE(msg({"loss.loss_type=[sigmoid, sft]", "loss.loss_weights=[1]"}).find("loss.loss_weights"),
+              std::string::npos);
+    EXPECT_NE(msg({"eval_guard.enabled=true"}).find("eval_guard.igakuqa_dir is required"), std::string::npos);
+    EXPECT_NE(msg({"lora.init_adapter=" + (rpo_fixtures() / "init_adapter").string(), "lora.merge_init_adapter=false"})
+                  .find("lora.merge_init_adapter"),
+              std::string::npos);
+    EXPECT_NE(msg({"model.tokenizer=" + (dir / "nope").string()}).find("tokenizer folder"), std::string::npos);
+    // A resume with other loss settings is refused naming the key.
+    auto o = trl_step(dir / "resume");
+    run(o);
+    o.push_back("loss.beta=0.5");
+    o.push_back("training.max_steps=2");
+    try {
+        run(o);
+        ADD_FAILURE() << "resume with another beta was accepted";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("loss.beta"), std::string::npos) << e.what();
+    }
+}
