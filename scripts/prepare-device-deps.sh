@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(nlohmann-json3-dev libcli11-dev libspdlog-dev libspdlog1.10 libfmt-dev libfmt9
       libyaml-cpp-dev libyaml-cpp0.7 libutf8proc-dev libutf8proc2 libsentencepiece-dev libsentencepiece0
-      libprotobuf-lite32 libgtest-dev)
+      libprotobuf-lite32 libgtest-dev libgloo-dev)  # libgloo-dev: headers only (c10d ProcessGroupGloo)
 rm -rf .deps && mkdir -p .deps/debs .deps/root .deps/shared .deps/python
 (cd .deps/debs && apt-get download "${pkgs[@]}" >/dev/null)
 for deb in .deps/debs/*.deb; do dpkg -x "$deb" .deps/root; done

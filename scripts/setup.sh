@@ -14,7 +14,8 @@ log() { echo "[setup] $*"; }
 # ---- Debian packages (apt-get update only when something is missing)
 debs=(build-essential cmake ninja-build pkg-config ccache python3-venv
       nlohmann-json3-dev libcli11-dev libspdlog-dev libgtest-dev libsentencepiece-dev
-      libyaml-cpp-dev libutf8proc-dev libxxhash-dev clang-format)
+      libyaml-cpp-dev libutf8proc-dev libxxhash-dev clang-format
+      libgloo-dev)  # libgloo-dev: headers for c10d's ProcessGroupGloo (src/train/distributed.cpp; its library is not linked)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

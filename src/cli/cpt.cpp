@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/distributed_flags.h"
 #include "medllm/core/files.h"
 #include "medllm/train/cpt.h"
 
@@ -14,12 +15,14 @@ void add_cpt_command(CLI::App& app) {
     struct Options {
         ConfigOptions config;
         std::string resume = "auto";
+        DistributedFlags dist;
     };
     auto opts = std::make_shared<Options>();
     add_config_options(cmd, opts->config);
     cmd->add_option("--resume", opts->resume,
                     "auto (the newest complete checkpoint in the output folder), never, or a checkpoint folder")
         ->capture_default_str();
+    add_distributed_options(cmd, opts->dist);
     static const auto schema = [] {
         ConfigSchema<train::CptConfig> s;
         train::add_cpt_fields(s);
@@ -29,20 +32,22 @@ void add_cpt_command(CLI::App& app) {
                 "\nWrites <output>/checkpoint-<step>/ (adapter in PEFT format, optimizer, RNG, trainer_state.json), "
                 "<output>/adapter/, metrics.jsonl, TensorBoard event files, medllm.log, config.resolved.yaml and "
                 "summary.json. SIGINT/SIGTERM finish the current step, write a checkpoint and exit 1; rerunning the "
-                "same command resumes.");
+                "same command resumes.\n" +
+                distributed_help("cpt"));
     cmd->callback([opts] {
         if (opts->config.path.empty() && opts->config.overrides.empty())
             throw UsageError("cpt: --config cpt.yaml is required");
         train::CptOptions run;
         const auto config = schema.load(opts->config.source(), &run.resolved);
         run.resume        = opts->resume;
-        start_run(config.output, run.resolved);
-        const auto result = train::run_cpt(config, run);
+        run.parallel      = join_process_group(opts->dist, config.device);
+        if (run.parallel.group->is_main()) start_run(config.output, run.resolved);
+        const auto result = run_reporting_failure(run.parallel, [&] { return train::run_cpt(config, run); });
         if (result.interrupted)
             throw Error("cpt: interrupted at step " + std::to_string(result.steps) + "/" +
                         std::to_string(result.total_steps) + "; checkpoint " + result.last_checkpoint.string() +
                         " written; run the same command again to resume");
-        write_stdout(dump_json(result.summary, 2) + "\n");
+        if (run.parallel.group->is_main()) write_stdout(dump_json(result.summary, 2) + "\n");
     });
 }
 

@@ -24,6 +24,7 @@
 #include "medllm/peft/adapter.h"
 #include "medllm/peft/lora.h"
 #include "medllm/train/checkpoint.h"
+#include "medllm/train/distributed.h"
 #include "medllm/train/metrics.h"
 #include "medllm/train/optimizer.h"
 #include "medllm/train/schedule.h"
@@ -133,19 +134,6 @@ struct SignalScope {
     }
 };
 
-at::Device parse_device(const std::string& name) {
-    if (name == "auto") return torch::cuda::is_available() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-    at::Device d(at::kCPU);
-    try {
-        d = at::Device(name);
-    } catch (const std::exception&) {
-        throw UsageError("training.device: expected auto, cpu, cuda or cuda:N, got '" + name + "'");
-    }
-    if (d.is_cuda() && !torch::cuda::is_available())
-        throw UsageError("training.device: " + name + " requested but no CUDA device is available");
-    return d;
-}
-
 double peak_memory_gb(at::Device) {
     return 0.0;  // CUDA peak memory needs c10::cuda (a GPU build detail, added with the GPU benchmark)
 }
@@ -158,6 +146,8 @@ struct Run {
     const CptOptions& opts;
     fs::path output;
     at::Device device{at::kCPU};
+    std::shared_ptr<Distributed> dist;  // world size 1: no group, collectives are the identity
+    bool main = true;                   // rank 0: the only rank that writes files
 
     std::unique_ptr<data::TokenCache> cache;
     std::unique_ptr<data::PackedDataset> train_rows, val_rows;
@@ -182,15 +172,19 @@ struct Run {
 
 void setup(Run& r) {
     const CptConfig& cfg = r.cfg;
-    r.device             = parse_device(cfg.device);
+    r.dist               = r.opts.parallel.resolve(cfg.device);
+    r.main               = r.dist->is_main();
+    r.device             = r.dist->device();
     if (cfg.max_steps == 0 && !(cfg.epochs > 0)) throw UsageError("training.epochs or training.max_steps must be > 0");
 
-    // Data: the token cache (built or reused), this rank's rows.
-    const auto prepared   = data::prepare_corpus(cfg);
+    // Data: the token cache (built or reused; rank 0 builds it while the others wait), this rank's rows.
+    if (!r.main) r.dist->barrier(std::chrono::hours(24));
+    const auto prepared = data::prepare_corpus(cfg);
+    if (r.main) r.dist->barrier(std::chrono::hours(24));
     r.cache               = std::make_unique<data::TokenCache>(cfg.resolved_cache_dir());
     auto train_opts       = data::packing_options(cfg, data::Split::train);
-    train_opts.rank       = r.opts.parallel.rank;
-    train_opts.world_size = r.opts.parallel.world_size;
+    train_opts.rank       = r.dist->rank();
+    train_opts.world_size = r.dist->world_size();
     r.train_rows          = std::make_unique<data::PackedDataset>(*r.cache, train_opts);
     if (cfg.validation_fraction > 0 || cfg.validation_documents > 0) {
         auto val_opts    = data::packing_options(cfg, data::Split::validation);
@@ -243,6 +237,13 @@ void setup(Run& r) {
 
     auto params = peft::adapter_parameters(*r.model);
     if (params.empty()) throw UsageError("lora.target_modules: no adapter parameters to train");
+    {
+        // Every rank starts from rank 0's adapter (the same seed gives the same one; this makes it certain).
+        at::NoGradGuard no_grad;
+        std::vector<at::Tensor> weights;
+        for (auto& p : params) weights.push_back(p.second);
+        r.dist->broadcast(weights, 0);
+    }
     AdamWOptions ao;
     ao.beta1        = cfg.beta1;
     ao.beta2        = cfg.beta2;
@@ -262,15 +263,21 @@ void setup(Run& r) {
     r.schedule.min_lr_rate  = cfg.min_lr_rate;
     r.schedule.validate();
 
+    auto data_identity = r.train_rows->identity();
+    data_identity.erase("rank");  // the same run on every rank; the world size is its own key below
+    data_identity.erase("world_size");
     r.identity = {{"config", math_identity(r.opts.resolved)},
-                  {"data", r.train_rows->identity()},
+                  {"data", data_identity},
                   {"model", io::model_dir_identity(cfg.model_path)},
-                  {"world_size", r.opts.parallel.world_size}};
+                  {"world_size", r.dist->world_size()}};
     spdlog::info(
         "cpt: {} rows of {} tokens per epoch ({} tokens), {} micro-batches of {} -> {} optimizer steps "
-        "per epoch; {} steps in all (warmup {}), {} adapter tensors, device {}",
+        "per epoch; {} steps in all (warmup {}), {} adapter tensors, device {}{}",
         rows, cfg.seq_len, r.train_rows->tokens_per_epoch(), r.micro_per_epoch, cfg.batch_size, r.steps_per_epoch,
-        r.total_steps, r.schedule.warmup_steps, params.size(), r.device.str());
+        r.total_steps, r.schedule.warmup_steps, params.size(), r.device.str(),
+        r.dist->world_size() > 1
+            ? fmt::format(" (rank {} of {}; rows and micro-batches are per rank)", r.dist->rank(), r.dist->world_size())
+            : std::string());
     (void)prepared;
 }
 
@@ -278,7 +285,12 @@ void setup(Run& r) {
 
 void save_checkpoint(Run& r) {
     const int64_t step = r.step;
-    r.last_checkpoint  = write_checkpoint(r.output, step, [&](const fs::path& dir) {
+    if (!r.main) {
+        r.last_checkpoint = checkpoint_path(r.output, step);
+        r.dist->barrier(std::chrono::hours(1));  // rank 0 writes it
+        return;
+    }
+    r.last_checkpoint = write_checkpoint(r.output, step, [&](const fs::path& dir) {
         peft::save_adapter(*r.model, r.lora, dir / "adapter");
         io::save_file(dir / "optimizer.safetensors", r.optimizer->state_tensors());
         const auto rng = model::RngState::capture(r.optimizer->params().front().second);
@@ -300,6 +312,7 @@ void save_checkpoint(Run& r) {
     });
     apply_retention(r.output, r.cfg.save_total_limit);
     spdlog::info("checkpoint {} written", r.last_checkpoint.string());
+    r.dist->barrier(std::chrono::hours(1));
 }
 
 void load_checkpoint(Run& r) {
@@ -309,6 +322,15 @@ void load_checkpoint(Run& r) {
         return;
     } else if (how == "auto") {
         dir = find_latest_checkpoint(r.output);
+        // Every rank must resume the same checkpoint (a shared output folder): compare the steps found.
+        const double found = dir ? static_cast<double>(checkpoint_step(*dir).value_or(0)) : -1.0;
+        const auto lo      = r.dist->all_reduce_scalars({-found}, Reduce::max);
+        const auto hi      = r.dist->all_reduce_scalars({found}, Reduce::max);
+        if (-lo[0] != hi[0])
+            throw Error("--resume auto: the ranks found different checkpoints in " + r.output.string() + " (steps " +
+                        std::to_string(static_cast<int64_t>(-lo[0])) + " to " +
+                        std::to_string(static_cast<int64_t>(hi[0])) +
+                        "; -1 = none): the output folder must be one folder shared by every rank");
         if (!dir) return;
     } else {
         dir = fs::path(how);
@@ -316,12 +338,41 @@ void load_checkpoint(Run& r) {
             throw UsageError("--resume " + how + ": not a complete checkpoint folder (checkpoint-<step>/ with " +
                              kCheckpointComplete + ")");
     }
-    const auto state       = read_json_file(*dir / "trainer_state.json");
+    auto state = read_json_file(*dir / "trainer_state.json");
+    // Checkpoints before data parallelism kept the rank in the data identity.
+    state["identity"]["data"].erase("rank");
+    state["identity"]["data"].erase("world_size");
+    state["data_state"]["dataset"]["rank"]       = r.dist->rank();  // rank 0 saved it; the cursor is the same
+    state["data_state"]["dataset"]["world_size"] = r.dist->world_size();
+    const int64_t saved_world                    = state["identity"].value("world_size", int64_t{1});
+    const int64_t world                          = r.dist->world_size();
+    const bool world_changed                     = saved_world != world;
+    if (world_changed) {
+        const std::string what = "checkpoint " + dir->string() + " was written by " + std::to_string(saved_world) +
+                                 " process(es), this run has " + std::to_string(world);
+        if (!r.opts.parallel.allow_world_size_change)
+            throw UsageError("cannot resume: " + what +
+                             " (an optimizer step would cover a different number of rows); use the same world size, "
+                             "or --resume-world-size-change to continue anyway");
+        const int64_t step = state.at("step").get<int64_t>();
+        const int64_t B = r.cfg.batch_size, A = r.cfg.grad_accum;
+        const int64_t saved_rows            = (r.train_rows->packed_rows() + saved_world - 1) / saved_world;
+        const int64_t saved_steps_per_epoch = std::max<int64_t>(1, ((saved_rows + B - 1) / B + A - 1) / A);
+        spdlog::warn(
+            "{} (--resume-world-size-change): each optimizer step now covers {} rows instead of {}; {} steps per "
+            "epoch instead of {}, {} steps in all; the run continues at step {} with its learning-rate schedule, "
+            "AdamW moments and RNG state, and its data position is recomputed from the step (epoch {}, step {} of "
+            "it), so rows near the switch may be seen twice or skipped; the result differs from a run that kept {} "
+            "processes",
+            what, world * A * B, saved_world * A * B, r.steps_per_epoch, saved_steps_per_epoch, r.total_steps, step,
+            step / r.steps_per_epoch, step % r.steps_per_epoch, saved_world);
+        state["identity"]["world_size"] = world;
+    }
     const std::string diff = describe_json_difference(state.at("identity"), r.identity);
     if (!diff.empty())
         throw UsageError("cannot resume from " + dir->string() + ": it belongs to a different run (" + diff +
                          "); use another output folder, or --resume never to start over");
-    r.train_rows->restore(state.at("data_state"));
+    if (!world_changed) r.train_rows->restore(state.at("data_state"));  // rank 0's position: the same on every rank
     peft::load_adapter(*r.model, *dir / "adapter");
     {
         io::SafetensorsFile f(*dir / "optimizer.safetensors");
@@ -367,25 +418,55 @@ std::vector<MicroBatch> step_batches(const Run& r, int64_t step) {
     return out;
 }
 
-void run_eval(Run& r, TensorBoardWriter& tb, MetricsFile& metrics) {
+// What rank 0 writes: metrics.jsonl and TensorBoard (the other ranks have none).
+struct Sinks {
+    std::unique_ptr<MetricsFile> metrics;
+    std::unique_ptr<TensorBoardWriter> tb;
+    void append(const nlohmann::json& rec) {
+        if (metrics) metrics->append(rec);
+    }
+    void add_scalar(const std::string& tag, double value, int64_t step) {
+        if (tb) tb->add_scalar(tag, value, step);
+    }
+    void close() {
+        if (metrics) metrics->close();
+    }
+};
+
+void run_eval(Run& r, Sinks& sinks) {
     if (!r.val_rows) return;
-    const auto t0  = std::chrono::steady_clock::now();
-    const auto ev  = evaluate(*r.model, *r.val_rows, r.cfg.batch_size, r.device);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto ev       = evaluate(*r.model, *r.val_rows, r.cfg.batch_size, r.device, r.dist->rank(), r.dist->world_size());
+    if (r.dist->world_size() > 1) {  // each rank evaluated every world_size-th row: add up
+        const auto sums = r.dist->all_reduce_scalars({ev.loss_sum, static_cast<double>(ev.tokens)});
+        ev.loss_sum     = sums[0];
+        ev.tokens       = static_cast<int64_t>(sums[1]);
+        ev.loss         = ev.tokens > 0 ? ev.loss_sum / static_cast<double>(ev.tokens) : 0.0;
+        ev.perplexity   = std::exp(ev.loss);
+    }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     spdlog::info("eval step {}/{} | val_loss {:.4f} | val_ppl {:.2f} | {} tokens | {:.1f} s", r.step, r.total_steps,
                  ev.loss, ev.perplexity, ev.tokens, s);
     const nlohmann::json rec = {
         {"step", r.step}, {"eval_loss", ev.loss}, {"eval_perplexity", ev.perplexity}, {"eval_tokens", ev.tokens}};
     r.eval_history.push_back(rec);
-    metrics.append(rec);
-    tb.add_scalar("eval/loss", ev.loss, r.step);
-    tb.add_scalar("eval/perplexity", ev.perplexity, r.step);
+    sinks.append(rec);
+    sinks.add_scalar("eval/loss", ev.loss, r.step);
+    sinks.add_scalar("eval/perplexity", ev.perplexity, r.step);
 }
 
 }  // namespace
 
 void request_stop() {
     g_stop.store(true);
+}
+
+std::shared_ptr<Distributed> Parallel::resolve(const std::string& device_setting) const {
+    if (group) return group;
+    if (world_size != 1 || rank != 0)
+        throw UsageError("rank " + std::to_string(rank) + " of " + std::to_string(world_size) +
+                         " needs a process group (Parallel::group)");
+    return Distributed::single(device_setting);
 }
 
 // ---------------------------------------------------------------- the recipe
@@ -398,15 +479,20 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
     load_checkpoint(r);
     SignalScope signals;
 
-    MetricsFile metrics(r.output / "metrics.jsonl", r.step);
-    TensorBoardWriter tb(r.output);
-    if (r.step == 0 && cfg.eval_on_start) run_eval(r, tb, metrics);
+    Sinks sinks;
+    if (r.main) {
+        sinks.metrics = std::make_unique<MetricsFile>(r.output / "metrics.jsonl", r.step);
+        sinks.tb      = std::make_unique<TensorBoardWriter>(r.output);
+    }
+    Distributed& dist = *r.dist;
+    if (r.step == 0 && cfg.eval_on_start) run_eval(r, sinks);
 
     const auto params  = r.optimizer->params();
     const auto start   = std::chrono::steady_clock::now();
     auto log_start     = start;
-    int64_t log_tokens = 0, steps_this_run = 0;
-    bool interrupted = false;
+    int64_t log_tokens = 0, steps_this_run = 0, log_window_steps = 0;
+    double comm_seconds = 0;
+    bool interrupted    = false;
     while (r.step < r.total_steps) {
         // ======================== OPTIMIZER STEP BEGIN ========================
         const std::vector<MicroBatch> batches = step_batches(r, r.step);
@@ -415,13 +501,24 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
             num_items += mb.target_tokens;
             real_tokens += mb.real_tokens;
         }
-        // HF normalizes by the step's target tokens across ranks; the loss is scaled by the world size to undo
-        // data parallelism's gradient mean (training.md §2).
-        const double denom      = std::max<int64_t>(1, num_items);
-        const StepLosses losses = forward_backward(*r.model, batches, denom);
-        const double grad_norm  = clip_grad_norm(params, cfg.max_grad_norm);
-        const double lr         = r.schedule.lr_at(r.step);
-        const bool finite       = std::isfinite(losses.loss) && std::isfinite(grad_norm);
+        // HF normalizes by the step's target tokens across ranks (training.md §2): each rank divides its token-loss
+        // sum by the count of all ranks and the gradients are summed (not averaged), so N ranks x A micro-batches
+        // give the gradient of one process with N x A.
+        if (dist.world_size() > 1) num_items = static_cast<int64_t>(dist.all_reduce_scalars({double(num_items)})[0]);
+        const double denom = std::max<int64_t>(1, num_items);
+        StepLosses losses  = forward_backward(*r.model, batches, denom);
+        if (dist.world_size() > 1) {
+            std::vector<at::Tensor> grads;
+            for (const auto& p : params) {
+                if (!p.second.grad().defined()) p.second.mutable_grad() = at::zeros_like(p.second);
+                grads.push_back(p.second.grad());
+            }
+            dist.all_reduce(grads, Reduce::sum);
+            losses.loss = dist.all_reduce_scalars({losses.loss})[0];  // the step's mean token loss over all ranks
+        }
+        const double grad_norm = clip_grad_norm(params, cfg.max_grad_norm);
+        const double lr        = r.schedule.lr_at(r.step);
+        const bool finite      = std::isfinite(losses.loss) && std::isfinite(grad_norm);
         if (!finite && !cfg.skip_nonfinite)
             throw Error("step " + std::to_string(r.step + 1) + ": the loss or gradient norm is not finite (loss " +
                         std::to_string(losses.loss) + ", grad norm " + std::to_string(grad_norm) + "); " +
@@ -436,6 +533,9 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
         ++r.step;
         // ======================== OPTIMIZER STEP END ==========================
         ++steps_this_run;
+        if (dist.world_size() > 1)
+            real_tokens = static_cast<int64_t>(dist.all_reduce_scalars({double(real_tokens)})[0]);
+        comm_seconds += dist.take_comm_seconds();
         r.tokens_seen += real_tokens;
         log_tokens += real_tokens;
         r.last_loss      = losses.loss;
@@ -446,6 +546,7 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
         nlohmann::json step_record = {{"step", r.step}, {"loss", losses.loss},    {"micro_losses", losses.micro},
                                       {"lr", lr},       {"grad_norm", grad_norm}, {"target_tokens", num_items}};
         if (opts.on_step) opts.on_step(r.step, step_record);
+        ++log_window_steps;
 
         if (r.step % cfg.logging_steps == 0 || r.step == r.total_steps) {
             const auto now      = std::chrono::steady_clock::now();
@@ -460,25 +561,37 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
                 "step {}/{} | epoch {:.2f} | loss {:.4f} | lr {:.3e} | grad_norm {:.4f} | {:.0f} tok/s | "
                 "ETA {}",
                 r.step, r.total_steps, epoch, loss, lr, grad_norm, tps, format_duration(eta));
-            metrics.append({{"step", r.step},
-                            {"epoch", epoch},
-                            {"loss", loss},
-                            {"lr", lr},
-                            {"grad_norm", grad_norm},
-                            {"tokens_per_second", tps},
-                            {"tokens_seen", r.tokens_seen},
-                            {"peak_memory_gb", peak_memory_gb(r.device)}});
-            tb.add_scalar("train/loss", loss, r.step);
-            tb.add_scalar("train/learning_rate", lr, r.step);
-            tb.add_scalar("train/grad_norm", grad_norm, r.step);
-            tb.add_scalar("train/tokens_per_second", tps, r.step);
-            r.log_loss_sum = 0;
-            r.log_steps    = 0;
-            log_tokens     = 0;
-            log_start      = now;
+            nlohmann::json rec = {{"step", r.step},
+                                  {"epoch", epoch},
+                                  {"loss", loss},
+                                  {"lr", lr},
+                                  {"grad_norm", grad_norm},
+                                  {"tokens_per_second", tps},
+                                  {"tokens_seen", r.tokens_seen},
+                                  {"peak_memory_gb", peak_memory_gb(r.device)}};
+            if (dist.world_size() > 1) {
+                rec["world_size"] = dist.world_size();
+                // Seconds per step spent in the gradient all-reduce (the slowest rank's, which everyone waited for).
+                rec["allreduce_seconds_per_step"] = dist.all_reduce_scalars(
+                    {comm_seconds / double(std::max<int64_t>(1, log_window_steps))}, Reduce::max)[0];
+            }
+            sinks.append(rec);
+            sinks.add_scalar("train/loss", loss, r.step);
+            sinks.add_scalar("train/learning_rate", lr, r.step);
+            sinks.add_scalar("train/grad_norm", grad_norm, r.step);
+            sinks.add_scalar("train/tokens_per_second", tps, r.step);
+            comm_seconds     = 0;
+            log_window_steps = 0;
+            r.log_loss_sum   = 0;
+            r.log_steps      = 0;
+            log_tokens       = 0;
+            log_start        = now;
         }
-        if (cfg.eval_steps > 0 && r.step % cfg.eval_steps == 0 && r.step < r.total_steps) run_eval(r, tb, metrics);
-        if (g_stop.load()) {
+        if (cfg.eval_steps > 0 && r.step % cfg.eval_steps == 0 && r.step < r.total_steps) run_eval(r, sinks);
+        // Ranks agree on stopping: a signal may reach them at different steps.
+        bool stop = g_stop.load();
+        if (dist.world_size() > 1) stop = dist.all_reduce_scalars({stop ? 1.0 : 0.0}, Reduce::max)[0] > 0;
+        if (stop) {
             interrupted = true;
             break;
         }
@@ -492,11 +605,15 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
     result.last_checkpoint = r.last_checkpoint;
     if (interrupted) {
         result.interrupted = true;
-        metrics.close();
+        sinks.close();
         return result;
     }
-    run_eval(r, tb, metrics);
+    run_eval(r, sinks);
     result.adapter_dir = r.output / "adapter";
+    if (!r.main) {  // rank 0 writes the adapter, the merged model and the summary
+        dist.barrier(std::chrono::hours(24));
+        return result;
+    }
     peft::save_adapter(*r.model, r.lora, result.adapter_dir);
     if (cfg.merge) {
         result.merged_dir = r.output / "merged";
@@ -517,8 +634,10 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
         result.summary["first_eval_loss"] = r.eval_history.front()["eval_loss"];
         result.summary["final_eval_loss"] = r.eval_history.back()["eval_loss"];
     }
+    if (dist.world_size() > 1) result.summary["world_size"] = dist.world_size();
     write_file_atomic(r.output / "summary.json", dump_json(result.summary, 2) + "\n");
-    metrics.close();
+    sinks.close();
+    dist.barrier(std::chrono::hours(24));
     return result;
 }
 

@@ -61,21 +61,25 @@ StepLosses forward_backward(model::Qwen2ForCausalLM& model, const std::vector<Mi
 }
 
 EvalResult evaluate(model::Qwen2ForCausalLM& model, const data::PackedDataset& dataset, int64_t batch_size,
-                    at::Device device) {
+                    at::Device device, int64_t shard, int64_t num_shards) {
     torch::NoGradGuard no_grad;
     model.eval();
     EvalResult r;
     double sum = 0;
     std::vector<data::PackedRow> rows;
-    for (int64_t i = 0; i < dataset.rows_per_epoch(); i += batch_size) {
-        rows.assign(static_cast<size_t>(std::min(batch_size, dataset.rows_per_epoch() - i)), {});
-        for (size_t j = 0; j < rows.size(); ++j) dataset.row(0, i + static_cast<int64_t>(j), rows[j]);
+    const int64_t total = dataset.rows_per_epoch();
+    const int64_t mine  = shard < total ? (total - shard + num_shards - 1) / num_shards : 0;  // rows of this shard
+    for (int64_t i = 0; i < mine; i += batch_size) {
+        rows.assign(static_cast<size_t>(std::min(batch_size, mine - i)), {});
+        for (size_t j = 0; j < rows.size(); ++j)
+            dataset.row(0, (i + static_cast<int64_t>(j)) * num_shards + shard, rows[j]);
         const MicroBatch mb = make_micro_batch(rows, device);
         if (mb.target_tokens == 0) continue;
         sum += micro_loss(model, mb, 1.0).item<double>();
         r.tokens += mb.target_tokens;
     }
     model.train();
+    r.loss_sum   = sum;
     r.loss       = r.tokens > 0 ? sum / static_cast<double>(r.tokens) : 0.0;
     r.perplexity = std::exp(r.loss);
     return r;

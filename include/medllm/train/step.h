@@ -33,13 +33,16 @@ struct StepLosses {
 StepLosses forward_backward(model::Qwen2ForCausalLM& model, const std::vector<MicroBatch>& micro_batches,
                             double num_items);
 
-// Mean token loss over every row of `dataset` (in its order), without gradients, in eval mode.
+// Mean token loss over every row of `dataset` (in its order), without gradients, in eval mode. With
+// `num_shards` > 1 only rows i with i % num_shards == shard are evaluated (data parallelism: the ranks add up
+// loss_sum and tokens, which gives the one-process loss).
 struct EvalResult {
     double loss       = 0;
     int64_t tokens    = 0;
     double perplexity = 0;
+    double loss_sum   = 0;  // the summed token losses behind `loss`
 };
 EvalResult evaluate(model::Qwen2ForCausalLM& model, const data::PackedDataset& dataset, int64_t batch_size,
-                    at::Device device);
+                    at::Device device, int64_t shard = 0, int64_t num_shards = 1);
 
 }  // namespace medllm::train

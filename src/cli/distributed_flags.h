@@ -1,0 +1,45 @@
+// Data-parallel launch flags shared by the training commands (cpt, rpo): --world-size/--rank/--local-rank override
+// torchrun's or Slurm's environment, --master-addr/--master-port the rendezvous, --backend, --dist-timeout.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "medllm/train/cpt.h"
+#include "medllm/train/distributed.h"
+
+namespace medllm::cli {
+
+struct DistributedFlags {
+    int64_t world_size = 0, rank = -1, local_rank = -1;  // 0 / -1 = from the environment
+    std::string master_addr;
+    int64_t master_port           = 0;
+    std::string backend           = "auto";
+    double timeout_s              = 600;
+    bool resume_world_size_change = false;
+};
+
+// Adds the flags to `cmd` (with --help text).
+void add_distributed_options(CLI::App* cmd, DistributedFlags& flags);
+
+// Text for a command's --help footer: how to launch it with torchrun and Slurm and what each rank writes.
+std::string distributed_help(const std::string& command);
+
+// Resolves flags + environment and joins the process group (world size 1: none). On ranks other than 0 the
+// console log is lowered to warnings. `device_setting` is training.device.
+train::Parallel join_process_group(const DistributedFlags& flags, const std::string& device_setting);
+
+// Runs `body`; an exception is first reported to the other ranks (their "lost rank" error then says why).
+template <class F>
+auto run_reporting_failure(const train::Parallel& parallel, F&& body) -> decltype(body()) {
+    try {
+        return body();
+    } catch (const std::exception& e) {
+        if (parallel.group) parallel.group->report_failure(e.what());
+        throw;
+    }
+}
+
+}  // namespace medllm::cli

@@ -1,0 +1,455 @@
+// The one file that includes c10d (training.md §6): TCPStore rendezvous hosted by rank 0, ProcessGroupGloo on CPU,
+// ProcessGroupNCCL on CUDA. Gloo's headers are Debian's libgloo-dev, whose layout differs from the gloo compiled
+// into the wheel: only ProcessGroupGloo's public API is used here, never a gloo field, and Debian's libgloo is
+// never linked.
+#include "medllm/train/distributed.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <map>
+#include <thread>
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+#include <torch/cuda.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#if defined(USE_C10D_NCCL)
+#if !defined(MEDLLM_C10D_NCCL)
+#error "LibTorch has NCCL (USE_C10D_NCCL) but nccl.h was not found: CMake looks in the wheel's nvidia/nccl/include"
+#endif
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include "medllm/core/error.h"
+
+namespace medllm::train {
+
+// ---------------------------------------------------------------- launch
+
+namespace {
+
+std::optional<int64_t> env_int(const std::function<const char*(const char*)>& getenv, const char* name) {
+    const char* v = getenv(name);
+    if (!v || !*v) return std::nullopt;
+    errno             = 0;
+    char* end         = nullptr;
+    const long long x = std::strtoll(v, &end, 10);
+    // Slurm writes counts like "4(x2)": the leading number is what is meant.
+    if (end == v || errno == ERANGE || (*end != '\0' && *end != '(' && *end != ','))
+        throw UsageError(std::string("environment variable ") + name + ": expected an integer, got '" + v + "'");
+    return static_cast<int64_t>(x);
+}
+
+std::string env_str(const std::function<const char*(const char*)>& getenv, const char* name) {
+    const char* v = getenv(name);
+    return v ? std::string(v) : std::string();
+}
+
+}  // namespace
+
+std::string first_slurm_host(const std::string& nodelist) {
+    std::string out;
+    size_t i = 0;
+    while (i < nodelist.size() && nodelist[i] != ',') {
+        if (nodelist[i] == '[') {
+            const size_t close = nodelist.find(']', i);
+            if (close == std::string::npos)
+                throw UsageError("SLURM_JOB_NODELIST: unbalanced '[' in '" + nodelist + "'");
+            std::string inner = nodelist.substr(i + 1, close - i - 1);
+            inner             = inner.substr(0, inner.find(','));
+            out += inner.substr(0, inner.find('-'));
+            i = close + 1;
+        } else {
+            out += nodelist[i++];
+        }
+    }
+    return out;
+}
+
+Launch resolve_launch(const LaunchFlags& flags, const std::function<const char*(const char*)>& getenv_in) {
+    const std::function<const char*(const char*)> getenv =
+        getenv_in ? getenv_in : [](const char* n) -> const char* { return std::getenv(n); };
+    Launch l;
+    if (getenv("RANK") && getenv("WORLD_SIZE")) {
+        l.source           = "torchrun environment";
+        l.rank             = *env_int(getenv, "RANK");
+        l.world_size       = *env_int(getenv, "WORLD_SIZE");
+        l.local_rank       = env_int(getenv, "LOCAL_RANK").value_or(0);
+        l.local_world_size = env_int(getenv, "LOCAL_WORLD_SIZE").value_or(l.world_size);
+    } else if (getenv("SLURM_PROCID") && getenv("SLURM_NTASKS")) {
+        l.source     = "Slurm environment";
+        l.rank       = *env_int(getenv, "SLURM_PROCID");
+        l.world_size = *env_int(getenv, "SLURM_NTASKS");
+        l.local_rank = env_int(getenv, "SLURM_LOCALID").value_or(0);
+        l.local_world_size =
+            env_int(getenv, "SLURM_NTASKS_PER_NODE").value_or(env_int(getenv, "SLURM_TASKS_PER_NODE").value_or(1));
+        std::string nodes = env_str(getenv, "SLURM_JOB_NODELIST");
+        if (nodes.empty()) nodes = env_str(getenv, "SLURM_NODELIST");
+        if (!nodes.empty()) l.master_addr = first_slurm_host(nodes);
+    }
+    if (const auto a = env_str(getenv, "MASTER_ADDR"); !a.empty()) l.master_addr = a;
+    if (const auto p = env_int(getenv, "MASTER_PORT")) l.master_port = *p;
+    if (flags.rank || flags.world_size || flags.local_rank) l.source = "flags";
+    if (flags.rank) l.rank = *flags.rank;
+    if (flags.world_size) {
+        l.world_size = *flags.world_size;
+        if (!getenv("LOCAL_WORLD_SIZE") && !getenv("SLURM_NTASKS_PER_NODE")) l.local_world_size = l.world_size;
+    }
+    if (flags.local_rank) l.local_rank = *flags.local_rank;
+    if (!flags.master_addr.empty()) l.master_addr = flags.master_addr;
+    if (flags.master_port != 0) l.master_port = flags.master_port;
+    l.backend = flags.backend;
+    if (!(flags.timeout_s > 0)) throw UsageError("--dist-timeout: must be > 0 seconds");
+    l.timeout = std::chrono::milliseconds(static_cast<int64_t>(flags.timeout_s * 1000.0));
+
+    const std::string from = l.source == "flags" ? "--rank/--world-size" : l.source;
+    if (l.world_size < 1)
+        throw UsageError("world size " + std::to_string(l.world_size) + " (" + from + ") must be >= 1");
+    if (l.rank < 0 || l.rank >= l.world_size)
+        throw UsageError("rank " + std::to_string(l.rank) + " (" + from + ") is not in [0, world size " +
+                         std::to_string(l.world_size) + ")");
+    if (l.local_rank < 0) throw UsageError("local rank " + std::to_string(l.local_rank) + " must be >= 0");
+    if (l.master_port < 1 || l.master_port > 65535)
+        throw UsageError("master port " + std::to_string(l.master_port) + " is not in [1, 65535]");
+    if (l.backend != "auto" && l.backend != "gloo" && l.backend != "nccl")
+        throw UsageError("--backend: expected auto, gloo or nccl, got '" + l.backend + "'");
+    return l;
+}
+
+at::Device resolve_device(const std::string& name, int64_t local_rank) {
+    const bool cuda = torch::cuda::is_available();
+    at::Device d(at::kCPU);
+    if (name == "auto") {
+        if (!cuda) return d;
+        d = at::Device(at::kCUDA, static_cast<at::DeviceIndex>(local_rank));
+    } else if (name == "cuda") {
+        d = at::Device(at::kCUDA, static_cast<at::DeviceIndex>(local_rank));
+    } else {
+        try {
+            d = at::Device(name);
+        } catch (const std::exception&) {
+            throw UsageError("training.device: expected auto, cpu, cuda or cuda:N, got '" + name + "'");
+        }
+    }
+    if (d.is_cuda()) {
+        if (!cuda) throw UsageError("training.device: " + name + " requested but no CUDA device is available");
+        const auto n = static_cast<int64_t>(torch::cuda::device_count());
+        if (d.index() >= n)
+            throw UsageError("training.device: " + name + " is cuda:" + std::to_string(d.index()) + " (local rank " +
+                             std::to_string(local_rank) + ") but this machine has " + std::to_string(n) +
+                             " CUDA device(s): start at most that many processes per node");
+    }
+    return d;
+}
+
+// ---------------------------------------------------------------- the group
+
+struct Distributed::Impl {
+    c10::intrusive_ptr<c10d::Store> store;  // the PrefixStore over the TCPStore
+    c10::intrusive_ptr<c10d::Backend> pg;
+    std::string backend = "none";
+};
+
+Distributed::~Distributed() {
+    if (!impl_) return;
+    try {
+        if (impl_->pg) impl_->pg->shutdown();
+    } catch (const std::exception&) {
+    }
+    impl_->pg.reset();
+    impl_->store.reset();
+}
+
+std::string Distributed::backend() const {
+    return impl_ ? impl_->backend : "none";
+}
+
+std::shared_ptr<Distributed> Distributed::single(const std::string& device_setting) {
+    std::shared_ptr<Distributed> d(new Distributed());
+    d->device_ = resolve_device(device_setting, 0);
+    return d;
+}
+
+namespace {
+
+std::string rank_list(const std::vector<int64_t>& ranks) {
+    std::string s;
+    for (size_t i = 0; i < ranks.size(); ++i) s += (i ? ", " : "") + std::to_string(ranks[i]);
+    return s;
+}
+
+bool is_loopback(const std::string& host) {
+    return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
+}
+
+}  // namespace
+
+std::shared_ptr<Distributed> Distributed::create(const Launch& launch, const std::string& device_setting) {
+    if (launch.world_size == 1) {
+        auto d     = single("auto");
+        d->launch_ = launch;
+        d->device_ = resolve_device(device_setting, launch.local_rank);
+        return d;
+    }
+    std::shared_ptr<Distributed> d(new Distributed());
+    d->launch_           = launch;
+    d->device_           = resolve_device(device_setting, launch.local_rank);
+    std::string backend  = launch.backend == "auto" ? (d->device_.is_cuda() ? "nccl" : "gloo") : launch.backend;
+    const std::string at = launch.master_addr + ":" + std::to_string(launch.master_port);
+    const double secs    = static_cast<double>(launch.timeout.count()) / 1000.0;
+    if (backend == "nccl" && !d->device_.is_cuda())
+        throw UsageError("--backend nccl needs a CUDA device (training.device is " + d->device_.str() + ")");
+#if !defined(MEDLLM_C10D_NCCL)
+    if (backend == "nccl") throw UsageError("--backend nccl: this build of medllm has no NCCL (a CPU LibTorch)");
+#endif
+
+    d->impl_          = std::make_unique<Impl>();
+    d->impl_->backend = backend;
+    c10d::TCPStoreOptions so;
+    so.port        = static_cast<uint16_t>(launch.master_port);
+    so.isServer    = launch.rank == 0;
+    so.numWorkers  = static_cast<size_t>(launch.world_size);
+    so.waitWorkers = false;  // the roll-in below names the ranks that did not come
+    so.timeout     = launch.timeout;
+    c10::intrusive_ptr<c10d::Store> tcp;
+    try {
+        tcp = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, so);
+    } catch (const std::exception& e) {
+        std::string why = e.what();
+        why             = why.substr(0, why.find('\n'));
+        if (launch.rank == 0) throw Error("rank 0 cannot host the rendezvous at " + at + " (" + why + ")");
+        throw Error("rank " + std::to_string(launch.rank) + " could not reach the rendezvous at " + at + " within " +
+                    std::to_string(static_cast<int64_t>(secs)) + " s: rank 0 hosts it (is it running, is " +
+                    "MASTER_ADDR/--master-addr right?) (" + why + ")");
+    }
+    d->impl_->store = c10::make_intrusive<c10d::PrefixStore>("medllm", tcp);
+    auto& store     = *d->impl_->store;
+
+    // Roll-in: every rank announces itself and waits for the others, so a timeout can say who is missing.
+    store.set("arrived/" + std::to_string(launch.rank), "1");
+    const auto deadline = std::chrono::steady_clock::now() + launch.timeout;
+    for (;;) {
+        std::vector<int64_t> missing;
+        for (int64_t r = 0; r < launch.world_size; ++r)
+            if (!store.check({"arrived/" + std::to_string(r)})) missing.push_back(r);
+        if (missing.empty()) break;
+        if (std::chrono::steady_clock::now() > deadline)
+            throw Error("rendezvous at " + at + " timed out after " + std::to_string(static_cast<int64_t>(secs)) +
+                        " s: rank(s) " + rank_list(missing) + " of " + std::to_string(launch.world_size) +
+                        " did not arrive (--dist-timeout sets the limit)");
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+
+    if (backend == "gloo") {
+        auto opts = c10d::ProcessGroupGloo::Options::create(launch.timeout);
+        if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
+            opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+        else if (is_loopback(launch.master_addr))
+            opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(launch.master_addr));
+        else
+            opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+        d->impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, static_cast<int>(launch.rank),
+                                                                   static_cast<int>(launch.world_size), opts);
+    } else {
+#if defined(MEDLLM_C10D_NCCL)
+        c10::cuda::set_device(d->device_.index());
+        auto opts     = c10d::ProcessGroupNCCL::Options::create();
+        opts->timeout = launch.timeout;
+        d->impl_->pg  = c10::make_intrusive<c10d::ProcessGroupNCCL>(d->impl_->store, static_cast<int>(launch.rank),
+                                                                   static_cast<int>(launch.world_size), opts);
+#endif
+    }
+    spdlog::info("distributed: rank {}/{} (local rank {}), {} over {}, device {} ({})", launch.rank, launch.world_size,
+                 launch.local_rank, backend, at, d->device_.str(), launch.source);
+    return d;
+}
+
+void Distributed::fail(const std::string& what, const std::exception& e) {
+    std::string why      = e.what();
+    why                  = why.substr(0, why.find('\n'));
+    const std::string at = launch_.master_addr + ":" + std::to_string(launch_.master_port);
+    // Roll call: the survivors answer within a grace period; whoever does not is named. Rank 0 hosts the store,
+    // so when the store is unreachable it is rank 0 that is gone.
+    const auto grace = std::min<std::chrono::milliseconds>(launch_.timeout, std::chrono::milliseconds(5000));
+    std::vector<int64_t> silent;
+    std::string failures;
+    try {
+        auto& store = *impl_->store;
+        store.setTimeout(grace);
+        store.set("rollcall/" + std::to_string(rank()), "1");
+        const auto deadline = std::chrono::steady_clock::now() + grace;
+        for (;;) {
+            silent.clear();
+            for (int64_t r = 0; r < world_size(); ++r)
+                if (r != rank() && !store.check({"rollcall/" + std::to_string(r)})) silent.push_back(r);
+            if (silent.empty() || std::chrono::steady_clock::now() > deadline) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        for (int64_t r = 0; r < world_size(); ++r) {
+            const std::string key = "failed/" + std::to_string(r);
+            if (r != rank() && store.check({key})) {
+                const auto v = store.get(key);
+                failures += "; rank " + std::to_string(r) + " failed: " + std::string(v.begin(), v.end());
+            }
+        }
+    } catch (const std::exception&) {
+        throw Error(what + " failed on rank " + std::to_string(rank()) + ": lost rank 0 (it hosts the store at " + at +
+                    " and no longer answers) (" + why + ")");
+    }
+    if (!silent.empty())
+        throw Error(what + " failed on rank " + std::to_string(rank()) + ": lost rank(s) " + rank_list(silent) +
+                    " of " + std::to_string(world_size()) + " (no answer within " +
+                    std::to_string(grace.count() / 1000) + " s)" + failures + " (" + why + ")");
+    throw Error(what + " failed on rank " + std::to_string(rank()) + failures + " (" + why + ")");
+}
+
+void Distributed::report_failure(const std::string& message) noexcept {
+    if (!impl_) return;
+    try {
+        impl_->store->setTimeout(std::chrono::milliseconds(2000));
+        impl_->store->set("failed/" + std::to_string(rank()), message.substr(0, 300));
+    } catch (const std::exception&) {
+    }
+}
+
+namespace {
+
+// Runs `op` over buckets of `tensors` flattened per dtype; `op` gets the flat buffers and returns after they
+// are reduced. Tensors on CUDA under Gloo travel through CPU.
+template <class Op>
+void bucketed(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes, bool stage_on_cpu, Op&& op) {
+    std::map<at::ScalarType, std::vector<std::vector<at::Tensor>>> groups;
+    std::map<at::ScalarType, int64_t> filled;
+    for (const auto& t : tensors) {
+        if (!t.defined()) continue;
+        auto& g           = groups[t.scalar_type()];
+        int64_t& bytes    = filled[t.scalar_type()];
+        const int64_t add = t.numel() * static_cast<int64_t>(t.element_size());
+        if (g.empty() || (bytes + add > bucket_bytes && !g.back().empty())) {
+            g.emplace_back();
+            bytes = 0;
+        }
+        g.back().push_back(t);
+        bytes += add;
+    }
+    std::vector<std::vector<at::Tensor>> buckets;
+    for (auto& [dtype, g] : groups)
+        for (auto& b : g) buckets.push_back(std::move(b));
+    std::vector<at::Tensor> flats;
+    for (const auto& b : buckets) {
+        std::vector<at::Tensor> parts;
+        for (const auto& t : b) parts.push_back(t.reshape({-1}));
+        at::Tensor flat = at::cat(parts);
+        if (stage_on_cpu && flat.is_cuda()) flat = flat.cpu();
+        flats.push_back(flat);
+    }
+    op(flats);
+    for (size_t i = 0; i < buckets.size(); ++i) {
+        int64_t off = 0;
+        for (const auto& t : buckets[i]) {
+            const int64_t n = t.numel();
+            t.copy_(flats[i].slice(0, off, off + n).view(t.sizes()));
+            off += n;
+        }
+    }
+}
+
+}  // namespace
+
+void Distributed::all_reduce(const std::vector<at::Tensor>& tensors, Reduce op, int64_t bucket_bytes) {
+    if (!impl_) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+        bucketed(tensors, bucket_bytes, impl_->backend == "gloo", [&](std::vector<at::Tensor>& flats) {
+            c10d::AllreduceOptions o;
+            o.reduceOp = op == Reduce::max ? c10d::ReduceOp(c10d::ReduceOp::MAX) : c10d::ReduceOp(c10d::ReduceOp::SUM);
+            std::vector<c10::intrusive_ptr<c10d::Work>> works;
+            std::vector<std::vector<at::Tensor>> args;
+            args.reserve(flats.size());
+            for (auto& f : flats) {
+                args.push_back({f});
+                works.push_back(impl_->pg->allreduce(args.back(), o));
+            }
+            for (auto& w : works) w->wait();
+            if (op == Reduce::mean)
+                for (auto& f : flats)
+                    if (at::isFloatingType(f.scalar_type())) f.div_(static_cast<double>(world_size()));
+        });
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        fail("all_reduce", e);
+    }
+    comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::vector<double> Distributed::all_reduce_scalars(std::vector<double> values, Reduce op) {
+    if (!impl_ || values.empty()) return values;
+    at::Tensor t = at::tensor(values, at::TensorOptions().dtype(at::kDouble));
+    if (impl_->backend == "nccl") t = t.to(device_);
+    const double saved = comm_seconds_;
+    all_reduce({t}, op);
+    comm_seconds_   = saved;  // logging traffic is not gradient traffic
+    t               = t.cpu().contiguous();
+    const double* p = t.data_ptr<double>();
+    return std::vector<double>(p, p + values.size());
+}
+
+std::vector<double> Distributed::all_gather(double value) {
+    std::vector<double> v(static_cast<size_t>(world_size()), 0.0);
+    v[static_cast<size_t>(rank())] = value;
+    return all_reduce_scalars(std::move(v), Reduce::sum);
+}
+
+void Distributed::broadcast(const std::vector<at::Tensor>& tensors, int64_t root) {
+    if (!impl_) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+        bucketed(tensors, 64 << 20, impl_->backend == "gloo", [&](std::vector<at::Tensor>& flats) {
+            c10d::BroadcastOptions o;
+            o.rootRank = root;
+            for (auto& f : flats) {
+                std::vector<at::Tensor> arg{f};
+                impl_->pg->broadcast(arg, o)->wait();
+            }
+        });
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        fail("broadcast", e);
+    }
+    comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void Distributed::barrier(std::optional<std::chrono::milliseconds> timeout) {
+    if (!impl_) return;
+    try {
+        if (impl_->backend == "gloo") {
+            c10d::BarrierOptions o;
+            if (timeout) o.timeout = *timeout;
+            impl_->pg->barrier(o)->wait();
+        } else {
+            c10d::AllreduceOptions o;
+            if (timeout) o.timeout = *timeout;
+            std::vector<at::Tensor> arg{at::zeros({1}, at::TensorOptions().device(device_))};
+            impl_->pg->allreduce(arg, o)->wait();
+        }
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        fail("barrier", e);
+    }
+}
+
+double Distributed::take_comm_seconds() {
+    const double s = comm_seconds_;
+    comm_seconds_  = 0;
+    return s;
+}
+
+}  // namespace medllm::train

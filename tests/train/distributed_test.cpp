@@ -1,0 +1,494 @@
+// Data parallelism on c10d: the launch environment, the collectives (two Gloo ranks in one process), and `medllm
+// cpt` run as two processes on 127.0.0.1 — equal to one process with twice the gradient accumulation, launched
+// through torchrun's and Slurm's variables, resumed exactly, refusing another world size, stopping together on
+// SIGTERM, and failing with the lost rank's name when one is SIGKILLed.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "medllm/core/error.h"
+#include "medllm/core/files.h"
+#include "medllm/io/safetensors.h"
+#include "medllm/train/checkpoint.h"
+#include "medllm/train/distributed.h"
+#include "train_test_util.h"
+
+using namespace medllm;
+using train::Distributed;
+using train::Launch;
+using train::LaunchFlags;
+using train::Reduce;
+namespace fs = std::filesystem;
+
+namespace {
+
+int free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family      = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port        = 0;
+    socklen_t len     = sizeof a;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+        ::close(fd);
+        return 0;
+    }
+    ::close(fd);
+    return ntohs(a.sin_port);
+}
+
+std::function<const char*(const char*)> env_of(const std::map<std::string, std::string>& env) {
+    return [env](const char* name) -> const char* {
+        const auto it = env.find(name);
+        return it == env.end() ? nullptr : it->second.c_str();
+    };
+}
+
+Launch local_launch(int64_t rank, int64_t world, int port, double timeout_s = 20) {
+    LaunchFlags f;
+    f.rank        = rank;
+    f.world_size  = world;
+    f.master_addr = "127.0.0.1";
+    f.master_port = port;
+    f.backend     = "gloo";
+    f.timeout_s   = timeout_s;
+    return train::resolve_launch(f, env_of({}));
+}
+
+// A medllm process started with its own environment additions; stdout+stderr go to `log`.
+struct Proc {
+    pid_t pid = -1;
+    fs::path log;
+    int exit_code = -1;
+
+    static Proc start(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,
+                      const fs::path& log) {
+        Proc p;
+        p.log = log;
+        p.pid = ::fork();
+        if (p.pid == 0) {
+            for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+            const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            ::dup2(fd, 1);
+            ::dup2(fd, 2);
+            const int devnull = ::open("/dev/null", O_RDONLY);
+            ::dup2(devnull, 0);
+            std::vector<char*> argv{const_cast<char*>(MEDLLM_BINARY)};
+            for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+            argv.push_back(nullptr);
+            ::execv(MEDLLM_BINARY, argv.data());
+            ::_exit(127);
+        }
+        return p;
+    }
+    // Waits up to `seconds`; false (and the process killed) on a timeout.
+    bool wait(double seconds) {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+        int status          = 0;
+        for (;;) {
+            const pid_t r = ::waitpid(pid, &status, WNOHANG);
+            if (r == pid) break;
+            if (std::chrono::steady_clock::now() > deadline) {
+                ::kill(pid, SIGKILL);
+                ::waitpid(pid, &status, 0);
+                exit_code = -1;
+                return false;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        return true;
+    }
+    std::string output() const {
+        std::ifstream in(log);
+        return std::string(std::istreambuf_iterator<char>(in), {});
+    }
+};
+
+std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
+    std::vector<nlohmann::json> out;
+    std::ifstream in(p);
+    for (std::string line; std::getline(in, line);)
+        if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+    return out;
+}
+
+// The same, skipping a line being written.
+std::vector<nlohmann::json> read_jsonl_safe(const fs::path& p) {
+    std::vector<nlohmann::json> out;
+    std::ifstream in(p);
+    for (std::string line; std::getline(in, line);) {
+        const auto j = nlohmann::json::parse(line, nullptr, false);
+        if (!j.is_discarded()) out.push_back(j);
+    }
+    return out;
+}
+
+std::vector<fs::path> train_checkpoints(const fs::path& out) {
+    return train::list_checkpoints(out);
+}
+
+std::map<std::string, at::Tensor> read_adapter(const fs::path& dir) {
+    io::SafetensorsFile f(dir / "adapter_model.safetensors");
+    std::map<std::string, at::Tensor> out;
+    for (const auto& n : f.names()) out[n] = f.tensor(n).clone();
+    return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- launch environment
+
+TEST(DistributedLaunch, SlurmNodeListFirstHost) {
+    EXPECT_EQ(train::first_slurm_host("node[01-04,07],gpu5"), "node01");
+    EXPECT_EQ(train::first_slurm_host("a,b"), "a");
+    EXPECT_EQ(train::first_slurm_host("x[3]"), "x3");
+    EXPECT_EQ(train::first_slurm_host("rack1-[08-09]-ib"), "rack1-08-ib");
+    EXPECT_EQ(train::first_slurm_host("solo"), "solo");
+    EXPECT_THROW(train::first_slurm_host("node[01-04"), UsageError);
+}
+
+TEST(DistributedLaunch, TorchrunSlurmAndFlags) {
+    const auto t = train::resolve_launch({}, env_of({{"RANK", "3"},
+                                                     {"WORLD_SIZE", "8"},
+                                                     {"LOCAL_RANK", "1"},
+                                                     {"LOCAL_WORLD_SIZE", "2"},
+                                                     {"MASTER_ADDR", "10.0.0.5"},
+                                                     {"MASTER_PORT", "29400"}}));
+    EXPECT_EQ(t.rank, 3);
+    EXPECT_EQ(t.world_size, 8);
+    EXPECT_EQ(t.local_rank, 1);
+    EXPECT_EQ(t.local_world_size, 2);
+    EXPECT_EQ(t.master_addr, "10.0.0.5");
+    EXPECT_EQ(t.master_port, 29400);
+    EXPECT_EQ(t.source, "torchrun environment");
+
+    const auto s = train::resolve_launch({}, env_of({{"SLURM_PROCID", "5"},
+                                                     {"SLURM_NTASKS", "8"},
+                                                     {"SLURM_LOCALID", "1"},
+                                                     {"SLURM_TASKS_PER_NODE", "4(x2)"},
+                                                     {"SLURM_JOB_NODELIST", "gpu[07-08]"}}));
+    EXPECT_EQ(s.rank, 5);
+    EXPECT_EQ(s.world_size, 8);
+    EXPECT_EQ(s.local_rank, 1);
+    EXPECT_EQ(s.local_world_size, 4);
+    EXPECT_EQ(s.master_addr, "gpu07");  // the first host; no MASTER_ADDR exported
+    EXPECT_EQ(s.master_port, 29500);
+
+    LaunchFlags f;
+    f.rank        = 0;
+    f.master_port = 1234;
+    const auto o  = train::resolve_launch(f, env_of({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}}));
+    EXPECT_EQ(o.rank, 0);  // the flag wins over the environment
+    EXPECT_EQ(o.world_size, 8);
+    EXPECT_EQ(o.master_port, 1234);
+
+    const auto none = train::resolve_launch({}, env_of({}));
+    EXPECT_EQ(none.world_size, 1);
+
+    auto expect_usage = [](const LaunchFlags& fl, const std::map<std::string, std::string>& env,
+                           const std::string& needle) {
+        try {
+            train::resolve_launch(fl, env_of(env));
+            ADD_FAILURE() << "accepted: " << needle;
+        } catch (const UsageError& e) {
+            EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+        }
+    };
+    expect_usage({}, {{"RANK", "2"}, {"WORLD_SIZE", "2"}}, "rank 2");
+    expect_usage({}, {{"RANK", "x"}, {"WORLD_SIZE", "2"}}, "RANK");
+    expect_usage({}, {{"MASTER_PORT", "70000"}}, "port 70000");
+    LaunchFlags bad_backend;
+    bad_backend.backend = "mpi";
+    expect_usage(bad_backend, {}, "--backend");
+}
+
+// ---------------------------------------------------------------- collectives (two ranks, one process)
+
+TEST(DistributedGroup, AllReduceBroadcastGatherOverTwoGlooRanks) {
+    const int port = free_port();
+    ASSERT_GT(port, 0);
+    std::vector<std::shared_ptr<Distributed>> group(2);
+    std::vector<std::string> errors(2);
+    {
+        std::vector<std::thread> threads;
+        for (int r = 0; r < 2; ++r)
+            threads.emplace_back([&, r] {
+                try {
+                    group[r] = Distributed::create(local_launch(r, 2, port), "cpu");
+                } catch (const std::exception& e) {
+                    errors[r] = e.what();
+                }
+            });
+        for (auto& t : threads) t.join();
+    }
+    ASSERT_TRUE(group[0] && group[1]) << errors[0] << " | " << errors[1];
+    EXPECT_EQ(group[0]->backend(), "gloo");
+
+    // Rank r holds tensors filled with r + 1 (and a float64 and an int64 one); a 64-byte bucket limit forces
+    // several buckets per dtype.
+    std::vector<std::vector<at::Tensor>> t(2);
+    for (int r = 0; r < 2; ++r)
+        t[r] = {at::full({3, 4}, r + 1.0), at::full({5}, 10.0 * (r + 1)), at::full({2}, r + 1.0, at::kDouble),
+                at::full({7}, int64_t{r + 1}, at::kLong), at::arange(20, at::kFloat) * (r + 1)};
+    std::vector<double> scalars_sum, scalars_max, gathered;
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r)
+        threads.emplace_back([&, r] {
+            try {
+                group[r]->all_reduce(t[r], Reduce::sum, 64);
+                const auto s = group[r]->all_reduce_scalars({1.5 * (r + 1), double(r)}, Reduce::sum);
+                const auto m = group[r]->all_reduce_scalars({double(r)}, Reduce::max);
+                const auto g = group[r]->all_gather(100.0 + r);
+                if (r == 0) {
+                    scalars_sum = s;
+                    scalars_max = m;
+                    gathered    = g;
+                }
+                std::vector<at::Tensor> b{at::full({4}, 7.0 * (r + 1))};
+                group[r]->broadcast(b, 1);
+                t[r].push_back(b[0]);
+                std::vector<at::Tensor> mean{at::full({3}, 2.0 * (r + 1))};
+                group[r]->all_reduce(mean, Reduce::mean);
+                t[r].push_back(mean[0]);
+                group[r]->barrier();
+            } catch (const std::exception& e) {
+                errors[r] = e.what();
+            }
+        });
+    for (auto& th : threads) th.join();
+    ASSERT_EQ(errors[0] + errors[1], "");
+    for (int r = 0; r < 2; ++r) {
+        EXPECT_TRUE(t[r][0].equal(at::full({3, 4}, 3.0)));
+        EXPECT_TRUE(t[r][1].equal(at::full({5}, 30.0)));
+        EXPECT_TRUE(t[r][2].equal(at::full({2}, 3.0, at::kDouble)));
+        EXPECT_TRUE(t[r][3].equal(at::full({7}, int64_t{3}, at::kLong)));
+        EXPECT_TRUE(t[r][4].equal(at::arange(20, at::kFloat) * 3));
+        EXPECT_TRUE(t[r][5].equal(at::full({4}, 14.0))) << "broadcast from rank 1";
+        EXPECT_TRUE(t[r][6].equal(at::full({3}, 3.0))) << "mean";
+    }
+    EXPECT_EQ(scalars_sum, (std::vector<double>{4.5, 1.0}));
+    EXPECT_EQ(scalars_max, (std::vector<double>{1.0}));
+    EXPECT_EQ(gathered, (std::vector<double>{100.0, 101.0}));
+}
+
+TEST(DistributedGroup, RendezvousTimeoutNamesAddressAndMissingRank) {
+    const int port  = free_port();
+    const auto t0   = std::chrono::steady_clock::now();
+    std::string msg = "(no error)";
+    try {
+        Distributed::create(local_launch(0, 3, port, 1.0), "cpu");  // ranks 1 and 2 never come
+    } catch (const Error& e) {
+        msg = e.what();
+    }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_LT(s, 10.0);
+    EXPECT_NE(msg.find("127.0.0.1:" + std::to_string(port)), std::string::npos) << msg;
+    EXPECT_NE(msg.find("rank(s) 1, 2 of 3 did not arrive"), std::string::npos) << msg;
+}
+
+TEST(DistributedGroup, WorldSizeOneHasNoGroup) {
+    auto d = Distributed::create(local_launch(0, 1, 1), "cpu");
+    EXPECT_EQ(d->backend(), "none");
+    std::vector<at::Tensor> t{at::ones({2})};
+    d->all_reduce(t);
+    d->barrier();
+    EXPECT_TRUE(t[0].equal(at::ones({2})));
+    EXPECT_EQ(d->all_gather(4.0), std::vector<double>{4.0});
+}
+
+// ---------------------------------------------------------------- medllm cpt as two processes
+
+class DistributedCpt : public test::TrainTempDir {
+protected:
+    fs::path corpus;
+    void SetUp() override {
+        TrainTempDir::SetUp();
+        corpus = write_corpus(48);
+    }
+    // The tiny run without dropout (each rank would draw other masks than one process), 4 optimizer steps.
+    std::vector<std::string> args(const fs::path& out, int64_t grad_accum, std::vector<std::string> extra = {}) {
+        std::vector<std::string> a{"cpt"};
+        auto ov = tiny_overrides(corpus, out);
+        ov.push_back("lora.dropout=0");
+        ov.push_back("training.max_steps=4");
+        ov.push_back("training.save_steps=2");
+        ov.push_back("training.grad_accum=" + std::to_string(grad_accum));
+        for (const auto& o : ov) {
+            a.push_back("--set");
+            a.push_back(o);
+        }
+        for (auto& e : extra) a.push_back(e);
+        return a;
+    }
+    static std::map<std::string, std::string> torchrun_env(int rank, int port) {
+        return {{"RANK", std::to_string(rank)}, {"WORLD_SIZE", "2"},          {"LOCAL_RANK", std::to_string(rank)},
+                {"LOCAL_WORLD_SIZE", "2"},      {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", std::to_string(port)}};
+    }
+    static std::map<std::string, std::string> slurm_env(int rank, int port) {
+        return {{"SLURM_PROCID", std::to_string(rank)},
+                {"SLURM_NTASKS", "2"},
+                {"SLURM_LOCALID", std::to_string(rank)},
+                {"SLURM_JOB_NODELIST", "localhost"},
+                {"MASTER_PORT", std::to_string(port)}};
+    }
+    // Two ranks; returns their exit codes (after at most `seconds`).
+    std::vector<Proc> run_two(const std::vector<std::string>& a, bool slurm, const std::string& tag,
+                              double seconds = 90) {
+        const int port = free_port();
+        std::vector<Proc> p;
+        for (int r = 0; r < 2; ++r)
+            p.push_back(Proc::start(a, slurm ? slurm_env(r, port) : torchrun_env(r, port),
+                                    dir / (tag + "_rank" + std::to_string(r) + ".log")));
+        for (auto& x : p) EXPECT_TRUE(x.wait(seconds)) << tag << " timed out\n" << x.output();
+        return p;
+    }
+};
+
+TEST_F(DistributedCpt, TwoProcessesEqualOneWithTwiceTheAccumulationAndResumeExactly) {
+    // One process, grad_accum 4.
+    Proc one = Proc::start(args(dir / "one", 4), {}, dir / "one.log");
+    ASSERT_TRUE(one.wait(90));
+    ASSERT_EQ(one.exit_code, 0) << one.output();
+    // Two processes (torchrun's variables), grad_accum 2: the same rows per optimizer step.
+    auto two = run_two(args(dir / "two", 2), false, "two");
+    ASSERT_EQ(two[0].exit_code, 0) << two[0].output();
+    ASSERT_EQ(two[1].exit_code, 0) << two[1].output();
+
+    const auto m1 = read_jsonl(dir / "one" / "metrics.jsonl"), m2 = read_jsonl(dir / "two" / "metrics.jsonl");
+    ASSERT_EQ(m1.size(), m2.size());
+    int train_records = 0, eval_records = 0;
+    for (size_t i = 0; i < m1.size(); ++i) {
+        // fp32 sums in another order (two partial sums, then the all-reduce): relative 1e-5 on the loss and the
+        // gradient norm; the measured differences are about 1e-7.
+        if (m1[i].contains("loss")) {
+            ++train_records;
+            EXPECT_NEAR(m2[i]["loss"].get<double>(), m1[i]["loss"].get<double>(), 1e-5 * m1[i]["loss"].get<double>())
+                << "step " << m1[i]["step"];
+            EXPECT_NEAR(m2[i]["grad_norm"].get<double>(), m1[i]["grad_norm"].get<double>(),
+                        1e-5 * m1[i]["grad_norm"].get<double>())
+                << "step " << m1[i]["step"];
+            EXPECT_EQ(m2[i]["tokens_seen"], m1[i]["tokens_seen"]);
+            EXPECT_EQ(m2[i]["world_size"], 2);
+        }
+        if (m1[i].contains("eval_loss")) {  // every validation row once, split between the ranks
+            ++eval_records;
+            EXPECT_NEAR(m2[i]["eval_loss"].get<double>(), m1[i]["eval_loss"].get<double>(), 1e-6);
+            EXPECT_EQ(m2[i]["eval_tokens"], m1[i]["eval_tokens"]);
+        }
+    }
+    EXPECT_EQ(train_records, 4);
+    EXPECT_EQ(eval_records, 2);
+    const auto a1 = read_adapter(dir / "one" / "adapter"), a2 = read_adapter(dir / "two" / "adapter");
+    ASSERT_EQ(a1.size(), a2.size());
+    double worst = 0;
+    for (const auto& [name, t] : a1) worst = std::max(worst, (t - a2.at(name)).abs().max().item<double>());
+    // Four AdamW steps at lr 0.01 (each moves a weight by up to ~0.01): 1e-5 absolute is 0.1% of a step.
+    EXPECT_LT(worst, 1e-5) << "largest adapter difference";
+    // Rank 0 alone wrote files: one TensorBoard file, one summary; rank 1 printed nothing on stdout.
+    int events = 0;
+    for (const auto& e : fs::directory_iterator(dir / "two"))
+        events += e.path().filename().string().rfind("events.out.tfevents", 0) == 0;
+    EXPECT_EQ(events, 1);
+    EXPECT_EQ(two[1].output().find("\"steps\""), std::string::npos) << two[1].output();
+
+    // Resume: drop the last checkpoint and the adapter; rerun (Slurm's variables this time) from checkpoint-2.
+    fs::copy(dir / "two", dir / "resumed", fs::copy_options::recursive);
+    fs::remove_all(dir / "resumed" / "checkpoint-4");
+    fs::remove_all(dir / "resumed" / "adapter");
+    auto resumed = run_two(args(dir / "resumed", 2), true, "resumed");
+    ASSERT_EQ(resumed[0].exit_code, 0) << resumed[0].output();
+    ASSERT_EQ(resumed[1].exit_code, 0) << resumed[1].output();
+    EXPECT_NE(resumed[0].output().find("resuming from"), std::string::npos);
+    EXPECT_EQ(read_bytes(dir / "resumed" / "adapter" / "adapter_model.safetensors"),
+              read_bytes(dir / "two" / "adapter" / "adapter_model.safetensors"))
+        << "resumed 2-process adapter differs from the straight run";
+    const auto mr = read_jsonl(dir / "resumed" / "metrics.jsonl");
+    ASSERT_EQ(mr.size(), m2.size());
+    for (size_t i = 0; i < mr.size(); ++i)
+        if (mr[i].contains("loss")) EXPECT_EQ(mr[i]["loss"], m2[i]["loss"]) << "step " << mr[i]["step"];
+
+    // One process on the 2-process checkpoints: refused, naming both world sizes; allowed with the flag.
+    fs::remove_all(dir / "resumed" / "adapter");
+    fs::remove_all(dir / "resumed" / "checkpoint-4");
+    Proc refused = Proc::start(args(dir / "resumed", 2), {}, dir / "refused.log");
+    ASSERT_TRUE(refused.wait(60));
+    EXPECT_EQ(refused.exit_code, 2) << refused.output();
+    EXPECT_NE(refused.output().find("written by 2 process(es), this run has 1"), std::string::npos) << refused.output();
+    EXPECT_NE(refused.output().find("--resume-world-size-change"), std::string::npos) << refused.output();
+    Proc allowed = Proc::start(args(dir / "resumed", 2, {"--resume-world-size-change"}), {}, dir / "allowed.log");
+    ASSERT_TRUE(allowed.wait(60));
+    EXPECT_EQ(allowed.exit_code, 0) << allowed.output();
+    EXPECT_NE(allowed.output().find("each optimizer step now covers 4 rows instead of 8"), std::string::npos)
+        << allowed.output();
+}
+
+TEST_F(DistributedCpt, SigtermStopsBothRanksWithOneCheckpointAndSigkillNamesTheLostRank) {
+    // A long run (many steps, rare checkpoints); the signal comes once training has started.
+    auto long_args = [&](const fs::path& out) {
+        auto a = args(out, 1, {"--dist-timeout", "20"});
+        for (auto& s : a) {
+            if (s == "training.max_steps=4") s = "training.max_steps=100000";
+            if (s == "training.save_steps=2") s = "training.save_steps=100000";
+        }
+        return a;
+    };
+    auto started = [&](const fs::path& out, double seconds) {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+        while (std::chrono::steady_clock::now() < deadline) {
+            for (const auto& rec : read_jsonl_safe(out / "metrics.jsonl"))
+                if (rec.contains("loss")) return true;
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        return false;
+    };
+
+    {
+        const int port = free_port();
+        std::vector<Proc> p;
+        for (int r = 0; r < 2; ++r)
+            p.push_back(Proc::start(long_args(dir / "term"), torchrun_env(r, port),
+                                    dir / ("term_rank" + std::to_string(r) + ".log")));
+        ASSERT_TRUE(started(dir / "term", 60)) << p[0].output();
+        ::kill(p[1].pid, SIGTERM);  // Slurm signals every task, at slightly different moments
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+        ::kill(p[0].pid, SIGTERM);
+        for (auto& x : p) ASSERT_TRUE(x.wait(60)) << x.output();
+        EXPECT_EQ(p[0].exit_code, 1) << p[0].output();
+        EXPECT_EQ(p[1].exit_code, 1) << p[1].output();
+        EXPECT_NE(p[0].output().find("interrupted at step"), std::string::npos) << p[0].output();
+        const auto cks = train_checkpoints(dir / "term");
+        ASSERT_EQ(cks.size(), 1u);
+        EXPECT_TRUE(fs::exists(cks[0] / "COMPLETE"));
+    }
+    {
+        const int port = free_port();
+        std::vector<Proc> p;
+        for (int r = 0; r < 2; ++r)
+            p.push_back(Proc::start(long_args(dir / "kill"), torchrun_env(r, port),
+                                    dir / ("kill_rank" + std::to_string(r) + ".log")));
+        ASSERT_TRUE(started(dir / "kill", 60)) << p[0].output();
+        ::kill(p[1].pid, SIGKILL);
+        const auto t0 = std::chrono::steady_clock::now();
+        ASSERT_TRUE(p[0].wait(30)) << "rank 0 hung after rank 1 was killed\n" << p[0].output();
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        p[1].wait(5);
+        EXPECT_EQ(p[0].exit_code, 1) << p[0].output();
+        EXPECT_NE(p[0].output().find("lost rank(s) 1 of 2"), std::string::npos) << p[0].output();
+        EXPECT_LT(s, 20.0) << "within --dist-timeout";
+    }
+}
