@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "medllm/core/files.h"
+#include "medllm/train/preference_loss.h"
 #include "medllm/train/rpo.h"
 
 namespace medllm::cli {
@@ -40,6 +41,9 @@ void add_rpo_command(CLI::App& app) {
         train::RpoOptions run;
         const auto config = schema.load(opts->config.source(), &run.resolved);
         run.resume        = opts->resume;
+        // The loss keys are checked before the run folder is set up (one line, exit 2).
+        train::parse_loss_spec(config.loss_type, config.loss_weights, config.beta, config.label_smoothing,
+                               config.rpo_alpha, config.nll_normalization, config.nll_ignore_token_zero);
         start_run(config.output, run.resolved);
         const auto result = train::run_rpo(config, run);
         if (result.interrupted)

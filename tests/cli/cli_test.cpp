@@ -87,14 +87,12 @@ TEST(Cli, VersionReportsLibTorchAndCuda) {
     EXPECT_NE(run_medllm("--threads 1 version").output.find("intra-op threads 1"), std::string::npos);
 }
 
-TEST(Cli, CommandsNotBuiltYetExitTwoWithOneLine) {
-    // Keep this list in step with what is built: a stage that runs must leave it.
-    for (const char* sub : {"rpo"}) {
-        auto r = run_medllm(sub);
-        EXPECT_EQ(r.exit_code, 2) << sub << ": " << r.output;
-        EXPECT_NE(r.output.find("not built yet"), std::string::npos) << r.output;
-        EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
-    }
+TEST(Cli, RpoWithoutConfigExitsTwoWithOneLine) {
+    // Every stage is built (rpo was the last "not built yet" one); a stage without its config is one line, exit 2.
+    auto r = run_medllm("rpo");
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("--config rpo.yaml is required"), std::string::npos) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
 }
 
 }  // namespace
