@@ -94,13 +94,16 @@ MMMLU_ROWS = [
 PUBMEDQA_ROWS = [
     {"id": "pm1", "question": "運動は血圧を下げるか？", "context": ["運動群で血圧が低下した。", "副作用はなかった。"],
      "answer": "yes"},
-    {"id": "pm2", "question": "薬Xは無効か？", "context": "効果は不明確であった。", "answer": "maybe"},
+    # JMedBench's shape: sample_id, options, answer_idx, the context under metadata
+    {"sample_id": "pm2", "question": "薬Xは無効か？", "options": ["yes", "no", "maybe"], "answer_idx": 2,
+     "metadata": {"context": "効果は不明確であった。"}},
     {"id": "pm3", "question": "Is the drug harmful?", "context": ["No harm was seen."], "answer": "maybe"},
 ]
 
 LABELS5 = ["A", "B", "C", "D", "E"]
-MEDQA_PROMPT = "質問：{question}\n選択肢：\n{options}\n答え："
-PUBMEDQA_PROMPT = "文脈：{context}\n質問：{question}\n選択肢：\n{options}\n答え："
+MEDQA_PROMPT = "質問：{question}\n{options}\n答え："  # JMedBench mcqa_with_options_jp
+MMMLU_PROMPT = "質問：{question}\n選択肢：\n{options}\n答え："
+PUBMEDQA_PROMPT = "要旨：{context}\n質問：{question}\n答え："  # JMedBench context_based_mcqa_jp
 MMMLU_SUBJECTS = ["anatomy", "clinical_knowledge", "college_medicine", "medical_genetics", "professional_medicine"]
 
 
@@ -140,9 +143,11 @@ def questions():
              for r in MMMLU_ROWS if r[7] in MMMLU_SUBJECTS]
     pubmed = []
     for r in PUBMEDQA_ROWS:
-        ctx = "\n".join(r["context"]) if isinstance(r["context"], list) else r["context"]
-        pubmed.append(dict(id=r["id"], question=r["question"], context=ctx, options=["yes", "no", "maybe"],
-                           answer=["yes", "no", "maybe"].index(r["answer"])))
+        c = r["context"] if "context" in r else r["metadata"]["context"]
+        ctx = "\n".join(c) if isinstance(c, list) else c
+        gold = r["answer_idx"] if "answer_idx" in r else ["yes", "no", "maybe"].index(r["answer"])
+        pubmed.append(dict(id=r.get("id", r.get("sample_id")), question=r["question"], context=ctx,
+                           options=["yes", "no", "maybe"], answer=gold))
     return {"medqa": medqa, "mmmlu": mmmlu, "pubmedqa": pubmed}
 
 
@@ -189,11 +194,11 @@ def main():
     qs = questions()
     # task (built-in), its overrides, data file, template, delimiter, what is scored, prompt format
     cases = [
-        ("medqa-label", "medqa-jp", {}, "medqa.jsonl", "medqa", MEDQA_PROMPT, " ", "label", "base"),
-        ("medqa-option", "medqa-jp", {"choice": "option"}, "medqa.jsonl", "medqa", MEDQA_PROMPT, " ", "option", "base"),
-        ("medqa-option-chat", "medqa-jp", {"choice": "option"}, "medqa.jsonl", "medqa", MEDQA_PROMPT, "", "option",
+        ("medqa-label", "medqa-jp", {"choice": "label"}, "medqa.jsonl", "medqa", MEDQA_PROMPT, " ", "label", "base"),
+        ("medqa-option", "medqa-jp", {}, "medqa.jsonl", "medqa", MEDQA_PROMPT, " ", "option", "base"),
+        ("medqa-option-chat", "medqa-jp", {}, "medqa.jsonl", "medqa", MEDQA_PROMPT, "", "option",
          "chat"),
-        ("mmmlu", "mmmlu-medical", {}, "mmmlu.csv", "mmmlu", MEDQA_PROMPT, " ", "label", "base"),
+        ("mmmlu", "mmmlu-medical", {}, "mmmlu.csv", "mmmlu", MMMLU_PROMPT, " ", "label", "base"),
         ("pubmedqa", "pubmedqa-jp", {}, "pubmedqa.jsonl", "pubmedqa", PUBMEDQA_PROMPT, " ", "option", "base"),
     ]
     ref = {"transformers": transformers.__version__, "torch": torch.__version__, "model": "qwen2-tiny-untied",

@@ -132,19 +132,25 @@ std::vector<std::string> builtin_mcqa_task_names() {
 McqaTask builtin_mcqa_task(const std::string& name) {
     McqaTask t;
     t.name = name;
-    // JMedBench's MCQA files: question, options (list), answer (the label index or text).
+    // JMedBench's MCQA sets (nii-nlp/med-eval): its templates mcqa_with_options_jp and context_based_mcqa_jp, each
+    // option's text scored; MMMLU as lm-eval scores MMLU: the label after the listed options.
     if (name == "medqa-jp") {
+        t.prompt = "質問：{question}\n{options}\n答え：";
         t.labels = {"A", "B", "C", "D", "E"};
+        t.choice = "option";
     } else if (name == "medmcqa-jp") {
+        t.prompt = "質問：{question}\n{options}\n答え：";
         t.labels = {"A", "B", "C", "D"};
+        t.choice = "option";
     } else if (name == "pubmedqa-jp") {
         t.loader        = "pubmedqa";
-        t.prompt        = "文脈：{context}\n質問：{question}\n選択肢：\n{options}\n答え：";
+        t.prompt        = "要旨：{context}\n質問：{question}\n答え：";
         t.labels        = {"A", "B", "C"};
         t.fixed_options = {"yes", "no", "maybe"};
         t.choice        = "option";
     } else if (name == "mmmlu-medical") {
         t.loader   = "mmmlu_csv";
+        t.prompt   = "質問：{question}\n選択肢：\n{options}\n答え：";
         t.labels   = {"A", "B", "C", "D"};
         t.subjects = {"anatomy", "clinical_knowledge", "college_medicine", "medical_genetics", "professional_medicine"};
     } else {
@@ -396,6 +402,14 @@ bool context_text(const nlohmann::json& v, std::string& out) {
     return false;
 }
 
+// `row.metadata.<key>` (JMedBench keeps a PubMedQA context there), or null.
+const nlohmann::json* metadata_field(const nlohmann::json& row, const std::string& key) {
+    auto m = row.find("metadata");
+    if (m == row.end() || !m->is_object()) return nullptr;
+    auto v = m->find(key);
+    return v == m->end() ? nullptr : &*v;
+}
+
 // One JSON row of the jsonl or pubmedqa loaders.
 void add_json_row(RowSink& sink, const nlohmann::json& row, size_t line, const std::string& key_id) {
     const McqaTask& t = sink.task;
@@ -406,15 +420,26 @@ void add_json_row(RowSink& sink, const nlohmann::json& row, size_t line, const s
     if (qv == row.end() || !qv->is_string() || trim(qv->get<std::string>()).empty())
         return sink.skip(line, "no '" + t.fields.question + "' text");
     q.question = qv->get<std::string>();
-    if (auto id = row.find(t.fields.id); id != row.end() && !scalar_text(*id).empty())
+    auto id    = row.find(t.fields.id);
+    if (id == row.end()) id = row.find("sample_id");  // JMedBench's name
+    if (id != row.end() && !scalar_text(*id).empty())
         q.id = scalar_text(*id);
     else
         q.id = key_id.empty() ? q.source : key_id;
     if (t.loader == "pubmedqa") {
-        auto cv = row.find(t.fields.context);
-        if (cv == row.end() || !context_text(*cv, q.context))
+        auto cv                 = row.find(t.fields.context);
+        const nlohmann::json* c = cv != row.end() ? &*cv : metadata_field(row, t.fields.context);
+        if (!c || !context_text(*c, q.context))
             return sink.skip(line, "no '" + t.fields.context + "' (a string or a list of strings)");
         q.options = t.fixed_options;
+        // JMedBench's pubmedqa rows list their options; the fixed ones are for rows without.
+        if (auto ov = row.find(t.fields.options); ov != row.end() && ov->is_array() && !ov->empty()) {
+            q.options.clear();
+            for (const auto& o : *ov) {
+                if (!o.is_string()) return sink.skip(line, "an option is not text");
+                q.options.push_back(o.get<std::string>());
+            }
+        }
     } else if (!t.fixed_options.empty()) {
         q.options = t.fixed_options;
     } else if (auto ov = row.find(t.fields.options); ov != row.end()) {
@@ -441,9 +466,14 @@ void add_json_row(RowSink& sink, const nlohmann::json& row, size_t line, const s
     for (const auto& o : q.options)
         if (trim(o).empty() && t.choice == "option") return sink.skip(line, "an option is empty");
     if (!t.fields.context.empty() && t.loader != "pubmedqa")
-        if (auto cv = row.find(t.fields.context); cv != row.end()) context_text(*cv, q.context);
+        if (auto cv = row.find(t.fields.context); cv != row.end()) {
+            context_text(*cv, q.context);
+        } else if (const auto* mv = metadata_field(row, t.fields.context)) {
+            context_text(*mv, q.context);
+        }
     if (auto sv = row.find(t.fields.subject); sv != row.end()) q.subject = scalar_text(*sv);
     auto av = row.find(t.fields.answer);
+    if (av == row.end()) av = row.find("answer_idx");  // JMedBench's name
     if (av == row.end()) return sink.skip(line, "no '" + t.fields.answer + "'");
     std::string why;
     q.answer = answer_index(*av, q.options, t.labels, why);

@@ -144,8 +144,7 @@ TEST_F(McqaData, PubmedqaJsonlAndOriginalLayout) {
     ASSERT_EQ(d.skipped.size(), 2u);
     EXPECT_EQ(d.skipped[0].rfind("p.jsonl:2: answer 'perhaps'", 0), 0u) << d.skipped[0];
     EXPECT_EQ(d.skipped[1].rfind("p.jsonl:3: no 'context'", 0), 0u) << d.skipped[1];
-    EXPECT_EQ(render_mcqa_prompt(task, d.questions[0]),
-              "文脈：c1\nc2\n質問：Q1\n選択肢：\nA. yes\nB. no\nC. maybe\n答え：");
+    EXPECT_EQ(render_mcqa_prompt(task, d.questions[0]), "要旨：c1\nc2\n質問：Q1\n答え：");
 
     // {"<pmid>": {QUESTION, CONTEXTS, final_decision}} with the field names mapped in the task.
     write("ori.json",

@@ -78,12 +78,14 @@ TEST(McqaPrompt, ChatFormatDropsTheDelimiter) {
     McqaQuestion q;
     q.question = "Q";
     q.options  = {"x", "y"};
-    EXPECT_EQ(format_mcqa_prompt(t, q, PromptFormat::base), "質問：Q\n選択肢：\nA. x\nB. y\n答え：");
+    EXPECT_EQ(format_mcqa_prompt(t, q, PromptFormat::base), "質問：Q\nA. x\nB. y\n答え：");
     EXPECT_EQ(format_mcqa_prompt(t, q, PromptFormat::chat),
-              "<|im_start|>system\n医師として答えてください。<|im_end|>\n<|im_start|>user\n質問：Q\n選択肢：\nA. x\nB. "
+              "<|im_start|>system\n医師として答えてください。<|im_end|>\n<|im_start|>user\n質問：Q\nA. x\nB. "
               "y\n答え：<|im_end|>\n<|im_start|>assistant\n");
+    EXPECT_EQ(mcqa_continuation(t, q, 1, PromptFormat::base), " y");  // JMedBench's tasks score the option's text
+    EXPECT_EQ(mcqa_continuation(t, q, 1, PromptFormat::chat), "y");
+    t.choice = "label";
     EXPECT_EQ(mcqa_continuation(t, q, 1, PromptFormat::base), " B");
-    EXPECT_EQ(mcqa_continuation(t, q, 1, PromptFormat::chat), "B");
 }
 
 // A backend whose log-likelihood for option o of a question is a fixed function of the prompt and the option; it

@@ -218,7 +218,8 @@ TEST(McqaCli, TasksConfigEndToEnd) {
     const auto report = read_json_file(dir / "out" / "report.json");
     ASSERT_EQ(report["tasks"].size(), 3u);
     const auto ref = reference();
-    EXPECT_DOUBLE_EQ(report["tasks"][0]["acc"]["acc"].get<double>(), ref["cases"][0]["acc"].get<double>());
+    EXPECT_DOUBLE_EQ(report["tasks"][0]["acc"]["acc"].get<double>(), ref["cases"][1]["acc"].get<double>());
+    EXPECT_DOUBLE_EQ(report["tasks"][0]["acc_norm"]["acc"].get<double>(), ref["cases"][1]["acc_norm"].get<double>());
     EXPECT_DOUBLE_EQ(report["tasks"][1]["acc_norm"]["acc"].get<double>(), ref["cases"][4]["acc_norm"].get<double>());
     EXPECT_EQ(report["tasks"][0]["skipped_rows"], 1);  // the medqa fixture's row without options
     EXPECT_NE(report["tasks"][0]["skipped"][0].get<std::string>().find("medqa.jsonl:3"), std::string::npos);

@@ -23,11 +23,14 @@
 // Loaders (a folder: every *.jsonl / *.json / *.csv in it, sorted by name). A row that does not fit is skipped
 // with a reason naming file:line (reported in report.json); a file with no usable row is an Error.
 //   jsonl      one object per line: question, options (a list, or one field per label: "A": ..., "B": ...),
-//              answer (a label such as "C" or "c", a 0-based index, or the text of an option).
+//              answer (a label such as "C" or "c", a 0-based index, or the text of an option). JMedBench's names
+//              are accepted when the configured field is absent: answer_idx for the answer, sample_id for the id,
+//              metadata.<context field> for the context.
 //   mmmlu_csv  MMMLU's CSV (header with Question, A, B, C, D, Answer, Subject; an unnamed index column is
 //              ignored), RFC 4180 quoting (quoted fields may hold commas, quotes and newlines), filtered by subject.
 //   pubmedqa   JSONL rows, or a JSON object of objects keyed by id (the original PubMedQA layout), with question,
-//              context (a string or a list of strings, joined by "\n") and answer yes / no / maybe.
+//              context (a string or a list of strings, joined by "\n") and answer yes / no / maybe (the row's
+//              options when it lists them, else fixed_options).
 #pragma once
 
 #include <cstdint>
@@ -70,8 +73,10 @@ struct McqaTask {
     void validate(const std::string& where) const;
 };
 
-// The paper's tasks: medqa-jp, medmcqa-jp, pubmedqa-jp (JMedBench's translations) and mmmlu-medical (MMMLU JA_JP,
-// subjects anatomy, clinical_knowledge, college_medicine, medical_genetics, professional_medicine).
+// The paper's tasks: medqa-jp, medmcqa-jp, pubmedqa-jp (JMedBench's translations, with JMedBench's prompts
+// "質問：{question}\n{options}\n答え：" and "要旨：{context}\n質問：{question}\n答え：", each option's text
+// scored) and mmmlu-medical (MMMLU JA_JP, subjects anatomy, clinical_knowledge, college_medicine,
+// medical_genetics, professional_medicine; the label scored after the listed options, as lm-eval's MMLU).
 std::vector<std::string> builtin_mcqa_task_names();
 // Throws UsageError listing the built-in names when `name` is none of them.
 McqaTask builtin_mcqa_task(const std::string& name);
