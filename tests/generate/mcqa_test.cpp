@@ -243,6 +243,18 @@ TEST(McqaCli, TasksConfigEndToEnd) {
     auto both = run_medllm("eval mcqa --task medqa-jp --tasks-config " + cfg.string() + " --model " +
                            model_dir().string() + " --output " + (dir / "o3").string());
     EXPECT_EQ(both.exit_code, 2) << both.output;
+    auto missing = run_medllm("eval mcqa --task medqa-jp --data " + (dir / "missing.jsonl").string() + " --model " +
+                              model_dir().string() + " --output " + (dir / "o4").string());
+    EXPECT_EQ(missing.exit_code, 2) << missing.output;
+    EXPECT_NE(missing.output.find("missing.jsonl: no such file or folder"), std::string::npos) << missing.output;
+    auto no_data =
+        run_medllm("eval mcqa --task medqa-jp --model " + model_dir().string() + " --output " + (dir / "o5").string());
+    EXPECT_EQ(no_data.exit_code, 2) << no_data.output;
+    EXPECT_NE(no_data.output.find("--task needs --data"), std::string::npos) << no_data.output;
+    auto help = run_medllm("eval mcqa --help");
+    EXPECT_EQ(help.exit_code, 0) << help.output;
+    EXPECT_NE(help.output.find("--tasks-config"), std::string::npos) << help.output;
+    EXPECT_NE(help.output.find("loglik | generate | both"), std::string::npos) << help.output;
     fs::remove_all(dir);
 }
 
