@@ -4,6 +4,11 @@
 # The corpus is synthetic JSONL generated from the IgakuQA texts with random perturbation (questions mixed into
 # documents of random length, characters and numbers changed), so it is not one repeated line.
 #   scripts/bench-corpus.sh [MB ...]        (default: 100 1000)
+#   HF_MAX_MB=100 scripts/bench-corpus.sh 100 1000   (HF only up to 100 MB: at ~1 MB/s on a loaded 2-core VM the
+#                                                     1 GB HF run alone takes ~20 min; medllm runs at every size)
+#   GUARD=0 ...                                       (skip the guard-cost build)
+# Peak RSS is /usr/bin/time -v's "Maximum resident set size" of the building process. With two or more sizes the
+# last line compares medllm's peak RSS at the largest size with the smallest (target: <= 1.5x, issue 12).
 # Needs build/medllm (MEDLLM_BIN=...) and a Python with tokenizers + numpy (.venv, scripts/requirements-fixtures.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,9 +18,13 @@ bin=${MEDLLM_BIN:-build/medllm}
 python=${PYTHON:-.venv/bin/python}
 model=${MEDLLM_TOKENIZER_DIR:-../shared/qwen_tokenizer}
 work=${MEDLLM_BENCH_DIR:-$(mktemp -d)}
+mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 [ -x "$bin" ] || { echo "missing $bin: run scripts/setup.sh" >&2; exit 1; }
-echo "cores: $(nproc); work: $work"
+hf_max_mb=${HF_MAX_MB:-1000000}
+guard_on=${GUARD:-1}
+echo "cores: $(nproc); load: $(cut -d' ' -f1-3 /proc/loadavg); work: $work"
+rss_list=()
 
 for mb in "${sizes[@]}"; do
     corpus="$work/corpus_${mb}.jsonl"
@@ -62,19 +71,31 @@ eval_guard:
   igakuqa_dir: ../shared/igakuqa_data
   action: warn
 YAML
-    /usr/bin/time -f "%M" -o "$work/rss" "$bin" --log-level warn prepare-corpus --config "$work/cpt.yaml" --force \
+    /usr/bin/time -v -o "$work/time.txt" "$bin" --log-level warn prepare-corpus --config "$work/cpt.yaml" --force \
         > "$work/summary.json"
-    rss_mb=$(( $(cat "$work/rss") / 1024 ))
+    rss_mb=$(( $(sed -n 's/^\s*Maximum resident set size (kbytes): //p' "$work/time.txt") / 1024 ))
+    wall=$(sed -n 's/^\s*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$work/time.txt")
+    wall="$wall, CPU $(sed -n 's/^\s*Percent of CPU this job got: //p' "$work/time.txt") of one core"
+    rss_list+=("$mb:$rss_mb")
     medllm_mbs=$("$python" -c "import json,sys; s=json.load(open(sys.argv[1])); print(f\"{s['input_bytes']/1e6/s['build_seconds']:.2f}\")" "$work/summary.json")
     tokens=$("$python" -c "import json,sys; print(json.load(open(sys.argv[1]))['tokens'])" "$work/summary.json")
     # Reuse: the second run reads no corpus.
     t0=$(date +%s.%N); "$bin" --log-level warn prepare-corpus --config "$work/cpt.yaml" > /dev/null; t1=$(date +%s.%N)
     reuse_s=$(echo "$t1 - $t0" | bc)
     # The guard's cost: the same build with the guard on (warn: every document checked, none refused).
-    sed -i 's/enabled: false/enabled: true/' "$work/cpt.yaml"
-    "$bin" --log-level warn prepare-corpus --config "$work/cpt.yaml" --force > "$work/summary_guard.json"
-    guard=$("$python" -c "import json,sys; s=json.load(open(sys.argv[1])); g=s['guard']; print(f\"{(s['documents']+g['dropped'])/g['seconds']:.0f} docs/s ({g['flagged']} flagged)\")" "$work/summary_guard.json")
+    guard="not run"
+    if [ "$guard_on" = 1 ]; then
+        sed -i 's/enabled: false/enabled: true/' "$work/cpt.yaml"
+        "$bin" --log-level warn prepare-corpus --config "$work/cpt.yaml" --force > "$work/summary_guard.json"
+        guard=$("$python" -c "import json,sys; s=json.load(open(sys.argv[1])); g=s['guard']; print(f\"{(s['documents']+g['dropped'])/g['seconds']:.0f} docs/s ({g['flagged']} flagged)\")" "$work/summary_guard.json")
+    fi
     rm -rf "$work/cache"
+    if [ "${mb%.*}" -gt "$hf_max_mb" ]; then
+        echo "corpus ${mb} MB ($bytes bytes, $docs documents): medllm $medllm_mbs MB/s (wall $wall), peak RSS $rss_mb MB," \
+             "$tokens tokens; HF skipped (HF_MAX_MB=$hf_max_mb); reuse ${reuse_s} s; guard $guard"
+        rm -f "$corpus"
+        continue
+    fi
     hf=$(TOKENIZERS_PARALLELISM=true "$python" - "$corpus" "$work/hf_tokens.u32" <<'PY'
 import json, resource, sys, time
 import numpy as np
@@ -104,7 +125,13 @@ PY
     hf_tokens=$(( $(stat -c %s "$work/hf_tokens.u32") / 4 ))
     rm -f "$work/hf_tokens.u32"
     ratio=$(echo "scale=2; $medllm_mbs / $hf_mbs" | bc)
-    echo "corpus ${mb} MB ($bytes bytes, $docs documents): medllm $medllm_mbs MB/s, peak RSS $rss_mb MB, $tokens tokens;" \
+    echo "corpus ${mb} MB ($bytes bytes, $docs documents): medllm $medllm_mbs MB/s (wall $wall), peak RSS $rss_mb MB, $tokens tokens;" \
          "HF tokenizers $hf_mbs MB/s (RSS $hf_rss MB, $hf_tokens tokens); ratio ${ratio}x; reuse ${reuse_s} s; guard $guard"
     rm -f "$corpus"
 done
+if [ ${#rss_list[@]} -ge 2 ]; then
+    first=${rss_list[0]}; last=${rss_list[-1]}
+    ratio=$(echo "scale=2; ${last#*:} / ${first#*:}" | bc)
+    verdict=$( [ "$(echo "$ratio <= 1.5" | bc)" = 1 ] && echo "within" || echo "ABOVE" )
+    echo "peak RSS ${last%%:*} MB corpus / ${first%%:*} MB corpus: ${last#*:} / ${first#*:} MB = ${ratio}x ($verdict the 1.5x target)"
+fi
