@@ -10,6 +10,7 @@
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/eval/mcqa.h"
+#include "support/file_limit.h"
 
 namespace {
 
@@ -182,6 +183,46 @@ TEST_F(McqaEval, BatchSizeDoesNotChangeResultsAndRerunsResume) {
     o.overwrite = true;
     evaluate_mcqa_task(task_, data_, other, o);
     EXPECT_EQ(other.requests_seen, 7);
+}
+
+// A full disk while predictions are appended is an Error naming the file; the rerun resumes from the records that
+// were written and ends with the same scores as a run that never failed. A report that does not fit is not left cut.
+TEST_F(McqaEval, FullDiskIsAnErrorAndTheRerunResumes) {
+    ScriptedBackend reference_run;
+    const auto expected = evaluate_mcqa_task(task_, data_, reference_run, options(1));
+    auto o              = options(2);
+    std::string message;
+    {
+        ScopedFileSizeLimit limit(1500);  // a few records with their prompts
+        ScriptedBackend cut;
+        try {
+            evaluate_mcqa_task(task_, data_, cut, o);
+        } catch (const Error& e) {
+            message = e.what();
+        }
+    }
+    EXPECT_NE(message.find("medmcqa-jp.jsonl: write failed"), std::string::npos) << message;
+    ScriptedBackend resumed;
+    const auto r = evaluate_mcqa_task(task_, data_, resumed, o);
+    EXPECT_GT(resumed.requests_seen, 0);
+    EXPECT_LT(resumed.requests_seen, 7);
+    EXPECT_EQ(r.acc.correct, expected.acc.correct);
+    EXPECT_EQ(r.generate.correct, expected.generate.correct);
+
+    McqaResult result;
+    result.model = "scripted";
+    result.tasks.push_back(r);
+    std::string report_error;
+    {
+        ScopedFileSizeLimit limit(300);
+        try {
+            write_mcqa_reports(dir_ / "report", result);
+        } catch (const Error& e) {
+            report_error = e.what();
+        }
+    }
+    EXPECT_NE(report_error.find("report.json"), std::string::npos) << report_error;
+    EXPECT_FALSE(fs::exists(dir_ / "report" / "report.json"));
 }
 
 TEST_F(McqaEval, EditedPromptInPredictionsIsRefused) {
