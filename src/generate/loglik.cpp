@@ -1,7 +1,6 @@
 #include "medllm/generate/loglik.h"
 
 #include <algorithm>
-#include <cctype>
 
 #include <torch/torch.h>
 
@@ -10,12 +9,33 @@
 
 namespace medllm::generate {
 
+namespace {
+
+// Bytes of the whitespace character that ends `s[0, end)` (Python str.isspace: ASCII \t..\r, \x1c..\x1f and
+// space, U+0085, U+00A0, U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000), or 0.
+size_t trailing_space_bytes(const std::string& s, size_t end) {
+    if (end == 0) return 0;
+    const auto b          = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+    const unsigned char c = b(end - 1);
+    if (c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F)) return 1;
+    if (end >= 2 && b(end - 2) == 0xC2 && (c == 0x85 || c == 0xA0)) return 2;
+    if (end >= 3) {
+        const unsigned cp = ((b(end - 3) & 0x0Fu) << 12) | ((b(end - 2) & 0x3Fu) << 6) | (c & 0x3Fu);
+        if ((b(end - 3) & 0xF0) == 0xE0 && (b(end - 2) & 0xC0) == 0x80 && (c & 0xC0) == 0x80 &&
+            (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+             cp == 0x205F || cp == 0x3000))
+            return 3;
+    }
+    return 0;
+}
+
+}  // namespace
+
 LoglikRequestIds encode_loglik_request(const text::Tokenizer& tokenizer, const std::string& context,
                                        const std::vector<std::string>& continuations) {
-    // lm-eval moves the context's trailing whitespace to the continuation (Python str.rstrip(): Unicode
-    // whitespace; the ASCII set covers every prompt template here).
+    // lm-eval moves the context's trailing whitespace (Python str.rstrip()) to the continuation.
     size_t keep = context.size();
-    while (keep > 0 && std::isspace(static_cast<unsigned char>(context[keep - 1]))) --keep;
+    while (size_t n = trailing_space_bytes(context, keep)) keep -= n;
     const std::string ctx = context.substr(0, keep), moved = context.substr(keep);
     if (ctx.empty()) throw Error("log-likelihood request with an empty context");
     LoglikRequestIds out;

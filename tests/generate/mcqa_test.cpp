@@ -185,6 +185,22 @@ TEST(McqaResume, RerunResumesAndOtherRunIsRefused) {
     fs::remove_all(out);
 }
 
+// lm-eval's _encode_pair moves the context's trailing whitespace (str.rstrip: also U+3000 and U+00A0) to the
+// continuation, and the continuation's ids are the tail of encode(context + continuation).
+TEST(McqaLoglik, TrailingWhitespaceMovesToTheContinuation) {
+    const auto tok = text::Tokenizer::from_dir(model_dir());
+    for (const std::string space : {" ", "\n", "\xE3\x80\x80", "\xC2\xA0 "}) {
+        const auto r = generate::encode_loglik_request(*tok, "答え：" + space, {"A", " the"});
+        EXPECT_EQ(r.context, tok->encode("答え："));
+        for (const std::string cont : {"A", " the"}) {
+            const auto whole = tok->encode("答え：" + space + cont);
+            const std::vector<text::TokenId> tail(whole.begin() + static_cast<long>(r.context.size()), whole.end());
+            EXPECT_EQ(r.continuations[cont == "A" ? 0 : 1], tail);
+        }
+    }
+    EXPECT_THROW(generate::encode_loglik_request(*tok, " \n", {"A"}), Error);
+}
+
 // A prompt longer than the model's context is an Error naming the request, not an index error.
 TEST(McqaLoglik, TooLongPromptIsRefused) {
     auto model = model::Qwen2ForCausalLM::from_pretrained(model_dir().string(), at::kFloat);
