@@ -31,6 +31,7 @@ struct EvalMcqaFlags {
     std::string dtype         = "auto";
     std::string device        = "auto";
     int64_t batch_size        = 16;
+    int64_t limit             = 0;
     bool overwrite            = false;
 };
 
@@ -64,7 +65,8 @@ void run_eval_mcqa(const EvalMcqaFlags& f) {
                          {"adapter", f.adapter, "flags"},
                          {"scoring", f.scoring, "flags"},
                          {"prompt_format", f.prompt_format, "flags"},
-                         {"batch_size", std::to_string(f.batch_size), "flags"}});
+                         {"batch_size", std::to_string(f.batch_size), "flags"},
+                         {"limit", std::to_string(f.limit), "flags"}});
 
     generate::LoadOptions load;
     load.adapter = f.adapter;
@@ -83,6 +85,7 @@ void run_eval_mcqa(const EvalMcqaFlags& f) {
     options.batch_size = static_cast<int>(f.batch_size);
     options.output_dir = f.output;
     options.overwrite  = f.overwrite;
+    options.limit      = f.limit;
 
     eval::McqaResult result;
     result.model         = f.model_name.empty() ? backend.model_name() : f.model_name;
@@ -151,6 +154,10 @@ void add_eval_mcqa_command(CLI::App& eval_cmd) {
     cmd->add_option("--batch-size", f->batch_size, "Questions per backend call (scores do not depend on it)")
         ->capture_default_str()
         ->check(integer_in(1, 65536));
+    cmd->add_option("--limit", f->limit,
+                    "Only the first N questions of each task (0 = all): a quick check; a later run resumes them")
+        ->capture_default_str()
+        ->check(integer_in(0));
     cmd->add_flag("--overwrite", f->overwrite,
                   "Start predictions/<task>.jsonl over instead of resuming (a resume under another model, task "
                   "definition, data, prompt format or scoring is refused naming the key)");

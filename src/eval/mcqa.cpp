@@ -170,8 +170,11 @@ McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data,
     result.task       = task.name;
     result.definition = task.to_json();
     for (const auto& f : data.files) result.data_files.push_back(f.string());
-    result.questions = static_cast<int64_t>(qs.size());
-    result.skipped   = data.skipped;
+    // --limit: the first `count` questions; records are per question index, so a later run with a larger limit (or
+    // none) resumes these.
+    const size_t count = options.limit > 0 ? std::min(qs.size(), static_cast<size_t>(options.limit)) : qs.size();
+    result.questions   = static_cast<int64_t>(count);
+    result.skipped     = data.skipped;
 
     const fs::path path = options.output_dir / "predictions" / (task.name + ".jsonl");
     const std::string hint =
@@ -190,7 +193,7 @@ McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data,
     }
 
     std::vector<std::string> prompts;
-    for (const auto& q : qs) prompts.push_back(format_mcqa_prompt(task, q, options.format));
+    for (size_t i = 0; i < count; ++i) prompts.push_back(format_mcqa_prompt(task, qs[i], options.format));
     auto check_saved = [&](const Saved& s, size_t i) {
         if (s.record.value("prompt", "") != prompts[i])
             throw Error(path.string() + ":" + std::to_string(s.line) + ": question " + qs[i].id +
@@ -203,15 +206,15 @@ McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data,
 
     if (do_loglik) {
         std::vector<size_t> todo;
-        for (size_t i = 0; i < qs.size(); ++i) {
+        for (size_t i = 0; i < count; ++i) {
             auto it = saved.find(record_key(i, "loglik"));
             if (it == saved.end())
                 todo.push_back(i);
             else
                 check_saved(it->second, i);
         }
-        spdlog::info("mcqa {} loglik: {} questions, {} saved, {} to score", task.name, qs.size(),
-                     qs.size() - todo.size(), todo.size());
+        spdlog::info("mcqa {} loglik: {} questions, {} saved, {} to score", task.name, count, count - todo.size(),
+                     todo.size());
         ProgressLog progress("mcqa " + task.name + " loglik", static_cast<int64_t>(todo.size()), "questions");
         for (size_t begin = 0; begin < todo.size(); begin += batch) {
             const size_t end = std::min(todo.size(), begin + batch);
@@ -263,7 +266,7 @@ McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data,
     }
     if (do_generate) {
         std::vector<size_t> todo;
-        for (size_t i = 0; i < qs.size(); ++i) {
+        for (size_t i = 0; i < count; ++i) {
             auto it = saved.find(record_key(i, "generate"));
             if (it == saved.end())
                 todo.push_back(i);
@@ -273,8 +276,8 @@ McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data,
         GenerationParams params;
         params.max_new_tokens = static_cast<int>(task.max_new_tokens);
         if (options.format == PromptFormat::base) params.stop = {"\n\n"};
-        spdlog::info("mcqa {} generate: {} questions, {} saved, {} to generate", task.name, qs.size(),
-                     qs.size() - todo.size(), todo.size());
+        spdlog::info("mcqa {} generate: {} questions, {} saved, {} to generate", task.name, count, count - todo.size(),
+                     todo.size());
         ProgressLog progress("mcqa " + task.name + " generate", static_cast<int64_t>(todo.size()), "questions");
         for (size_t begin = 0; begin < todo.size(); begin += batch) {
             const size_t end = std::min(todo.size(), begin + batch);
@@ -301,7 +304,7 @@ McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data,
 
     // Scores from the records (fresh or resumed alike), so a resumed run reports what a fresh one would.
     std::map<std::string, std::array<McqaMetrics, 3>> by_subject;
-    for (size_t i = 0; i < qs.size(); ++i) {
+    for (size_t i = 0; i < count; ++i) {
         auto& sub = by_subject[qs[i].subject];
         if (do_loglik) {
             const auto& r   = saved.at(record_key(i, "loglik")).record;

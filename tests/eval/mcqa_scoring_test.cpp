@@ -225,6 +225,22 @@ TEST_F(McqaEval, FullDiskIsAnErrorAndTheRerunResumes) {
     EXPECT_FALSE(fs::exists(dir_ / "report" / "report.json"));
 }
 
+// --limit scores the first N questions; a run without it resumes them and scores only the rest.
+TEST_F(McqaEval, LimitScoresAPrefixThatAFullRunResumes) {
+    auto o  = options(2);
+    o.limit = 3;
+    ScriptedBackend first;
+    const auto r3 = evaluate_mcqa_task(task_, data_, first, o);
+    EXPECT_EQ(r3.questions, 3);
+    EXPECT_EQ(r3.acc.n, 3);
+    EXPECT_EQ(first.requests_seen, 3);
+    o.limit = 0;
+    ScriptedBackend rest;
+    const auto all = evaluate_mcqa_task(task_, data_, rest, o);
+    EXPECT_EQ(rest.requests_seen, 4);
+    EXPECT_EQ(all.acc.n, 7);
+}
+
 TEST_F(McqaEval, EditedPromptInPredictionsIsRefused) {
     ScriptedBackend b;
     evaluate_mcqa_task(task_, data_, b, options(4));

@@ -80,6 +80,7 @@ struct McqaOptions {
     int batch_size      = 16;          // questions per backend call
     std::filesystem::path output_dir;  // predictions/<task>.jsonl (+ .run.json) are written here; reruns resume
     bool overwrite = false;
+    int64_t limit  = 0;  // > 0: only the first `limit` questions of each task (a smoke run; a later run resumes them)
 };
 
 struct McqaMetrics {
