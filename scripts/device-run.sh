@@ -31,6 +31,20 @@ build() {
   cmake --build build-device -j "$(nproc)"
 }
 
+dist_run() {  # nproc backend name: the tiny cpt config on CUDA as nproc processes (torchrun's variables)
+  local n=$1 backend=$2 name=$3 port=$((20000 + RANDOM % 20000)) pids=() rc=0
+  for ((r = 0; r < n; r++)); do
+    RANK=$r WORLD_SIZE=$n LOCAL_RANK=$((n > 1 && backend == "nccl" ? r : 0)) MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+      build-device/medllm cpt --config configs/tiny/cpt.yaml --set training.device=cuda --set output="$logs/$name" \
+      --backend "$backend" --dist-timeout 120 --resume never >"$logs/$name-rank$r.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  cat "$logs/$name-rank0.log"
+  grep -h '"eval_loss"' "$logs/cpt-tiny-cuda/metrics.jsonl" "$logs/$name/metrics.jsonl" 2>/dev/null | tail -n 4
+  return $rc
+}
+
 case "$stage" in
   test|all)
     run_stage test scripts/device-build.sh
@@ -39,7 +53,13 @@ case "$stage" in
     run_stage cpt-cuda build-device/medllm cpt --config configs/tiny/cpt.yaml --set training.device=cuda \
         --set output="$logs/cpt-tiny-cuda"
     run_stage cpt-cuda-resume build-device/medllm cpt --config configs/tiny/cpt.yaml --set training.device=cuda \
-        --set output="$logs/cpt-tiny-cuda" ;;&
+        --set output="$logs/cpt-tiny-cuda"
+    # Data parallelism on the GPU (src/train/distributed.cpp): ProcessGroupNCCL with one process (the group is
+    # built when --backend is named), two processes with Gloo over CUDA tensors, and two NCCL processes when the
+    # machine has two GPUs; each prints its validation losses after those of the one-process run above.
+    run_stage cpt-nccl-1 dist_run 1 nccl cpt-nccl-1
+    run_stage cpt-gloo-cuda-2 dist_run 2 gloo cpt-gloo-cuda-2
+    if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then run_stage cpt-nccl-2 dist_run 2 nccl cpt-nccl-2; fi ;;&
   bench|all)
     run_stage build build
     run_stage bench-nf4 scripts/bench-nf4.sh cuda

@@ -190,7 +190,8 @@ bool is_loopback(const std::string& host) {
 }  // namespace
 
 std::shared_ptr<Distributed> Distributed::create(const Launch& launch, const std::string& device_setting) {
-    if (launch.world_size == 1) {
+    // One process needs no group; an explicit --backend still builds one (a device check of NCCL on one GPU).
+    if (launch.world_size == 1 && launch.backend == "auto") {
         auto d     = single("auto");
         d->launch_ = launch;
         d->device_ = resolve_device(device_setting, launch.local_rank);

@@ -4,7 +4,8 @@
 // Launch: torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or
 // Slurm's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE / SLURM_TASKS_PER_NODE; MASTER_ADDR and
 // MASTER_PORT from the environment or the first host of SLURM_JOB_NODELIST and port 29500); explicit flags
-// override both (training.md §5). World size 1 creates no process group: every collective is the identity.
+// override both (training.md §5). World size 1 creates no process group (every collective is the identity)
+// unless a backend is named explicitly (--backend nccl on one GPU checks the NCCL path).
 #pragma once
 
 #include <chrono>
