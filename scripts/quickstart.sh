@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Sets up, builds, and shows what medllm is. Until the full pipeline exists this prints
-# `medllm version` and `medllm --help`; it grows into the default end-to-end run.
+# The first command: set up, build, and run the whole pipeline on the embedded synthetic world
+# (configs/quickstart/: no downloads; a few minutes on 2 CPU cores after the build).
+#   scripts/quickstart.sh                 # setup + build + medllm pipeline --config configs/quickstart/pipeline.yaml
+#   scripts/quickstart.sh --from cpt      # extra flags go to `medllm pipeline`
+# A rerun skips the stages that are done. The report: runs/quickstart/report/report.{md,html,json}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+build=${MEDLLM_BUILD_DIR:-build}
 scripts/setup.sh
-build/medllm version
-echo
-build/medllm --help
+start=$(date +%s)
+"$build"/medllm pipeline --config configs/quickstart/pipeline.yaml "$@"
+echo "quickstart: pipeline finished in $(( $(date +%s) - start )) s; open runs/quickstart/report/report.html"

@@ -80,6 +80,7 @@ int main(int argc, char** argv) {
     medllm::cli::add_cpt_command(app);
     medllm::cli::add_build_prefs_command(app);
     medllm::cli::add_rpo_command(app);
+    medllm::cli::add_pipeline_command(app);
     medllm::cli::add_eval_command(app);
     medllm::cli::add_generate_command(app);
     medllm::cli::add_quantize_command(app);

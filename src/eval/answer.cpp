@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <regex>
 #include <set>
 
@@ -310,6 +311,31 @@ ExtractedAnswer extract_answer(std::string_view raw_output, const AnswerSpec& sp
     result.items.assign(letters.begin(), letters.end());
     result.parsed = true;
     return result;
+}
+
+std::string choice_named_by_text(std::string_view raw_output, const std::vector<std::string>& choices) {
+    const std::string normalized = official_prediction(raw_output);
+    const size_t after_marker    = find_after_last_answer_marker(normalized);
+    std::string_view rest(normalized);
+    if (after_marker != std::string::npos) rest.remove_prefix(after_marker);
+    std::string line(strip_decorations(first_nonempty_line(rest, &rest)));
+    while (!line.empty() && (line.back() == ' ' || line.back() == '.')) line.pop_back();
+    for (const char* tail : {"。", "｡", "です", "である"})
+        if (line.size() >= std::strlen(tail) &&
+            line.compare(line.size() - std::strlen(tail), std::string::npos, tail) == 0)
+            line.resize(line.size() - std::strlen(tail));
+    if (line.empty()) return "";
+    int contained = -1, count = 0;
+    for (size_t i = 0; i < choices.size() && i < 8; ++i) {
+        const std::string choice = official_prediction(choices[i]);
+        if (choice.empty()) continue;
+        if (choice == line) return std::string(1, static_cast<char>('a' + i));
+        if (line.find(choice) != std::string::npos) {
+            contained = static_cast<int>(i);
+            ++count;
+        }
+    }
+    return count == 1 ? std::string(1, static_cast<char>('a' + contained)) : std::string();
 }
 
 }  // namespace medllm::eval

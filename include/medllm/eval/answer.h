@@ -50,4 +50,12 @@ struct ExtractedAnswer {
 // without one, reads the first non-empty line of the whole output.
 ExtractedAnswer extract_answer(std::string_view raw_output, const AnswerSpec& spec);
 
+// An answer given as the option's text instead of its letter (「答え:肺炎」, 「答えは肺炎です。」), mapped to the
+// label: the first non-empty line after the last answer marker (of the whole output when there is none), normalized
+// like official_prediction, names exactly one choice — it equals that choice's normalized text, or contains it
+// and no other choice. Returns the letter ("c"), or "" when no choice or more than one is named. Used by the
+// pipeline's option-text column (tiny models learn the text long before the letter); real models answer this way
+// too.
+std::string choice_named_by_text(std::string_view raw_output, const std::vector<std::string>& choices);
+
 }  // namespace medllm::eval

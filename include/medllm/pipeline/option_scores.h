@@ -1,0 +1,39 @@
+// Option-text log-likelihood scoring: for every question, the mean log-probability per token of each choice's
+// *text* after the question's answer marker; the highest is the model's answer. A second column next to the
+// evaluator's generated letters, because a tiny model learns which option text is right long before it learns to
+// answer with the option's letter (issue 17's measurements; README "Quickstart").
+//
+//   standard:    render_user_turn(question, standard) + "\n答え:" + choice text
+//   explanation: render_user_turn(question, explanation) + "\n" + the model's own explanation (its explanation-mode
+//                completion from the evaluator's predictions.jsonl, cut before its last answer marker) +
+//                "答え:" + choice text
+// Prompts are 0-shot (no system line, no few-shot examples): five options per question cost five forward passes,
+// and the 3-shot prefix would make each ten times longer. The generated explanations come from the evaluator's
+// 3-shot explanation prompt.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "medllm/eval/igakuqa_data.h"
+
+namespace medllm::pipeline {
+
+struct OptionScoreOptions {
+    std::filesystem::path model;        // HF model folder (merged checkpoints included)
+    std::filesystem::path tokenizer;    // "" = the model folder's
+    std::filesystem::path predictions;  // the evaluator's predictions.jsonl ("" = no explanation column)
+    std::string device = "cpu";
+};
+
+// One mode's result: per question the chosen letter and whether it is right, scored like the evaluator (points,
+// per year) from the choices alone. Throws medllm::Error for an unreadable model or predictions file.
+nlohmann::json score_options(const std::vector<eval::Question>& questions, const OptionScoreOptions& options);
+
+// The explanation text a completion gives before its last answer marker ("" when it gives none).
+std::string explanation_before_answer(const std::string& raw_output);
+
+}  // namespace medllm::pipeline

@@ -1,0 +1,55 @@
+// `medllm pipeline --config pipeline.yaml`: CPT -> preference pairs -> RPO -> IgakuQA-style evaluation, each stage
+// the subcommand itself in its own folder under run_dir (include/medllm/pipeline/pipeline.h). Thin: flags, config,
+// start_run, run_pipeline.
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "medllm/core/error.h"
+#include "medllm/core/files.h"
+#include "medllm/pipeline/pipeline.h"
+
+namespace medllm::cli {
+
+void add_pipeline_command(CLI::App& app) {
+    auto* cmd = app.add_subcommand(
+        "pipeline",
+        "Run the whole job: eval base -> cpt -> merge -> eval -> build-prefs -> rpo -> merge -> eval -> report");
+    struct Options {
+        ConfigOptions config;
+        std::string from, only;
+        bool list = false;
+    };
+    auto opts = std::make_shared<Options>();
+    add_config_options(cmd, opts->config);
+    cmd->add_option("--from", opts->from, "Rerun this stage and every stage after it from scratch");
+    cmd->add_option("--only", opts->only, "Rerun just this stage from scratch (the report is always rewritten)");
+    cmd->add_flag("--list", opts->list, "Print the stages of this config and whether each is done, then exit");
+    cmd->footer("Config keys:\n" + pipeline::describe_pipeline_config() +
+                "\nEach stage writes <run_dir>/<stage>/ (stage.yaml: the config it ran with; stdout.txt; the "
+                "command's own outputs and medllm.log) and <stage>/done when complete; a rerun skips done stages and "
+                "continues an interrupted one. The report is <run_dir>/report/report.{md,json,html}.");
+    cmd->callback([opts] {
+        if (opts->config.path.empty() && opts->config.overrides.empty())
+            throw UsageError("pipeline: --config pipeline.yaml is required");
+        pipeline::PipelineOptions run;
+        const auto config = pipeline::load_pipeline_config(opts->config.source(), &run.resolved);
+        if (opts->list) {
+            std::string out;
+            const auto stages = pipeline::plan_stages(config);
+            for (size_t i = 0; i < stages.size(); ++i)
+                out += std::to_string(i + 1) + "/" + std::to_string(stages.size()) + " " + stages[i].name + " " +
+                       (std::filesystem::exists(stages[i].dir / "done") ? "done" : "-") + "\n";
+            write_stdout(out);
+            return;
+        }
+        run.from = opts->from;
+        run.only = opts->only;
+        start_run(config.run_dir, run.resolved);
+        const auto result = pipeline::run_pipeline(config, run);
+        spdlog::info("pipeline: {} stages ran, {} skipped; report: {}", result.ran.size(), result.skipped.size(),
+                     (result.report_dir / "report.html").string());
+    });
+}
+
+}  // namespace medllm::cli

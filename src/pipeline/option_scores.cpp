@@ -1,0 +1,159 @@
+// Option-text log-likelihood scoring (include/medllm/pipeline/option_scores.h).
+#include "medllm/pipeline/option_scores.h"
+
+#include <map>
+
+#include <ATen/ATen.h>
+#include <torch/nn/functional.h>
+
+#include "medllm/core/error.h"
+#include "medllm/core/progress.h"
+#include "medllm/eval/answer.h"
+#include "medllm/eval/predictions.h"
+#include "medllm/eval/prompt.h"
+#include "medllm/eval/report.h"
+#include "medllm/eval/scoring.h"
+#include "medllm/generate/load.h"
+
+namespace medllm::pipeline {
+namespace {
+
+constexpr char kLetters[] = "abcdefgh";
+
+// Mean log-probability per token of each continuation after `prefix`, one forward pass for all of them.
+std::vector<double> continuation_scores(model::Qwen2ForCausalLM& model, const text::Tokenizer& tokenizer,
+                                        const std::string& prefix, const std::vector<std::string>& continuations,
+                                        at::Device device) {
+    const auto prefix_ids = tokenizer.encode(prefix);
+    std::vector<std::vector<text::TokenId>> rows;
+    std::vector<int64_t> starts;
+    size_t longest = 0;
+    for (const auto& c : continuations) {
+        // Encoded together so the boundary is tokenized as the model sees it; the continuation is what follows
+        // the prefix's own tokens (identical for a character vocabulary, and the common case for BPE).
+        auto ids     = tokenizer.encode(prefix + c);
+        size_t start = 0;
+        while (start < prefix_ids.size() && start < ids.size() && ids[start] == prefix_ids[start]) ++start;
+        if (start == ids.size() || start == 0) throw Error("option scoring: the choice '" + c + "' encodes to nothing");
+        starts.push_back(static_cast<int64_t>(start));
+        longest = std::max(longest, ids.size());
+        rows.push_back(std::move(ids));
+    }
+    const int64_t n = static_cast<int64_t>(rows.size()), len = static_cast<int64_t>(longest);
+    auto input = at::zeros({n, len}, at::kLong);
+    auto mask  = at::zeros({n, len}, at::kLong);
+    for (int64_t i = 0; i < n; ++i) {
+        const auto& r = rows[i];
+        for (size_t t = 0; t < r.size(); ++t) {
+            input[i][static_cast<int64_t>(t)] = r[t];
+            mask[i][static_cast<int64_t>(t)]  = 1;
+        }
+    }
+    model::ForwardInputs in;
+    in.input_ids      = input.to(device);
+    in.attention_mask = mask.to(device);  // right padding: padded positions are never scored
+    const auto logp   = at::log_softmax(model.forward(in).to(at::kFloat), -1).cpu();
+    std::vector<double> scores;
+    for (int64_t i = 0; i < n; ++i) {
+        const auto& r = rows[i];
+        double sum    = 0;
+        for (size_t t = static_cast<size_t>(starts[i]); t < r.size(); ++t)
+            sum += logp[i][static_cast<int64_t>(t) - 1][r[t]].item<float>();
+        scores.push_back(sum / static_cast<double>(r.size() - static_cast<size_t>(starts[i])));
+    }
+    return scores;
+}
+
+nlohmann::json mode_json(const std::vector<eval::Question>& questions, const std::vector<std::string>& picks) {
+    std::vector<eval::ScoredItems> items;
+    for (const auto& p : picks) items.push_back(p.empty() ? eval::ScoredItems{} : eval::ScoredItems{{p}});
+    auto summary = eval::score_questions(questions, items);
+    auto j       = eval::summary_json(summary);
+    j["picks"]   = picks;
+    return j;
+}
+
+}  // namespace
+
+std::string explanation_before_answer(const std::string& raw_output) {
+    // The evaluator's markers (答え:, 答えは, 答:, 解答:) all contain 答; the explanation ends before the last one.
+    const std::string normalized = eval::official_prediction(raw_output);
+    const bool has_marker        = eval::find_after_last_answer_marker(normalized) != std::string::npos;
+    const size_t cut             = raw_output.rfind("答");
+    std::string text             = has_marker && cut != std::string::npos ? raw_output.substr(0, cut) : raw_output;
+    if (text.size() >= 3 && text.compare(text.size() - 3, 3, "解") == 0) text.resize(text.size() - 3);  // 解答:
+    if (text.empty() || text.back() != '\n') text += "\n";
+    return text;
+}
+
+nlohmann::json score_options(const std::vector<eval::Question>& questions, const OptionScoreOptions& options) {
+    generate::LoadOptions load;
+    load.device                                      = options.device;
+    load.dtype                                       = "fp32";
+    load.require_tokenizer                           = options.tokenizer.empty();
+    auto loaded                                      = generate::load_model(options.model, load);
+    std::shared_ptr<const text::Tokenizer> tokenizer = loaded.tokenizer;
+    if (!options.tokenizer.empty()) tokenizer = text::Tokenizer::from_dir(options.tokenizer);
+    const at::Device device = generate::parse_device(options.device);
+    auto& model             = *loaded.model;
+    model.eval();
+
+    std::map<std::string, std::string> explanations, answers;  // problem_id -> raw completion, per mode
+    if (!options.predictions.empty()) {
+        const auto records = eval::read_jsonl(options.predictions);
+        for (size_t i = 0; i < records.size(); ++i) {
+            const auto r = eval::PredictionRecord::from_json(
+                records[i], options.predictions.string() + ":" + std::to_string(i + 1));
+            (r.mode == eval::PromptMode::explanation ? explanations : answers)[r.problem_id] = r.raw_output;
+        }
+    }
+    // The generated answers read as option text (eval::choice_named_by_text), per mode.
+    auto text_answers = [&](const std::map<std::string, std::string>& raw) {
+        std::vector<std::string> picks;
+        for (const auto& q : questions) {
+            auto it = raw.find(q.problem_id);
+            picks.push_back(it == raw.end() || q.is_numeric() ? std::string()
+                                                              : eval::choice_named_by_text(it->second, q.choices));
+        }
+        return picks;
+    };
+    at::NoGradGuard no_grad;
+    std::vector<std::string> standard, explained;
+    ProgressLog progress("option scoring", static_cast<int64_t>(questions.size()), "questions");
+    for (size_t qi = 0; qi < questions.size(); ++qi) {
+        const auto& q = questions[qi];
+        if (q.is_numeric()) {  // no option text to score
+            standard.emplace_back();
+            explained.emplace_back();
+            continue;
+        }
+        auto pick = [&](const std::string& prefix) {
+            const auto s = continuation_scores(model, *tokenizer, prefix, q.choices, device);
+            size_t best  = 0;
+            for (size_t i = 1; i < s.size(); ++i)
+                if (s[i] > s[best]) best = i;
+            return std::string(1, kLetters[best]);
+        };
+        const size_t count = q.answer.size();
+        // The standard user turn ends with "\n答え:", as the corpus' practice questions do.
+        standard.push_back(pick(eval::render_user_turn(q.problem_text, q.choices, count, eval::PromptMode::standard)));
+        auto it = explanations.find(q.problem_id);
+        if (it == explanations.end()) {
+            explained.emplace_back();
+        } else {
+            explained.push_back(
+                pick(eval::render_user_turn(q.problem_text, q.choices, count, eval::PromptMode::explanation) + "\n" +
+                     explanation_before_answer(it->second) + eval::kAnswerMarker));
+        }
+        progress.update(static_cast<int64_t>(qi + 1));
+    }
+    nlohmann::json out;
+    out["method"]   = "option-text log-likelihood (mean per token), 0-shot";
+    out["standard"] = mode_json(questions, standard);
+    if (!explanations.empty()) out["explanation"] = mode_json(questions, explained);
+    if (!answers.empty()) out["text_standard"] = mode_json(questions, text_answers(answers));
+    if (!explanations.empty()) out["text_explanation"] = mode_json(questions, text_answers(explanations));
+    return out;
+}
+
+}  // namespace medllm::pipeline

@@ -1,0 +1,166 @@
+// medllm pipeline: config handling, the stage plan, the report pieces, and the reduced quickstart end to end.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "medllm/core/error.h"
+#include "medllm/core/files.h"
+#include "medllm/eval/answer.h"
+#include "medllm/pipeline/option_scores.h"
+#include "medllm/pipeline/pipeline.h"
+#include "medllm/pipeline/report.h"
+#include "support/run_medllm.h"
+
+namespace fs = std::filesystem;
+using namespace medllm;
+
+namespace {
+
+fs::path scratch(const std::string& name) {
+    return fs::temp_directory_path() / ("medllm-pipeline-" + name + "-" + std::to_string(::getpid()));
+}
+
+fs::path write_config(const std::string& name, const std::string& text) {
+    const fs::path p = scratch(name + ".yaml");
+    std::ofstream(p) << text;
+    return p;
+}
+
+const char* kMinimal =
+    "run_dir: /tmp/x\nbase_model: m\neval:\n  data_dir: d\n  years: 2021\ncpt:\n  lora:\n    r: 4\n"
+    "  data:\n    sources: [{path: c.jsonl}]\nrpo:\n  loss:\n    beta: 0.2\n";
+
+}  // namespace
+
+TEST(PipelineConfig, StageSectionsPassThroughAndPlanWiresPaths) {
+    const auto path = write_config("min", kMinimal);
+    const auto cfg  = pipeline::load_pipeline_config({path.string(), {"cpt.training.max_steps=3"}});
+    EXPECT_EQ(cfg.cpt["lora.r"], 4);
+    EXPECT_EQ(cfg.cpt["training.max_steps"], 3);
+    const auto stages = pipeline::plan_stages(cfg);
+    std::vector<std::string> names;
+    for (const auto& s : stages) names.push_back(s.name);
+    const std::vector<std::string> expected = {"eval-base", "cpt",       "merge-cpt",    "eval-cpt", "build-prefs",
+                                               "rpo",       "merge-rpo", "eval-cpt-rpo", "report"};
+    EXPECT_EQ(names, expected);
+    EXPECT_EQ(stages[1].config["model.path"], "m");
+    EXPECT_EQ(stages[1].config["eval_guard.igakuqa_dir"], "d");  // the guard checks the evaluation exams
+    EXPECT_EQ(stages[5].config["data.path"], "/tmp/x/build-prefs/pairs.jsonl");
+    EXPECT_EQ(stages[5].config["model.path"], "/tmp/x/merge-cpt");
+    EXPECT_EQ(stages[7].model, "/tmp/x/merge-rpo");
+    const auto nested = pipeline::unflatten(stages[1].config);
+    EXPECT_EQ(nested["lora"]["r"], 4);
+    EXPECT_EQ(nested["data"]["sources"][0]["path"], "c.jsonl");
+    fs::remove(path);
+}
+
+TEST(PipelineConfig, AblationRowsAddTheirStages) {
+    const auto path = write_config("abl", kMinimal);
+    const auto cfg =
+        pipeline::load_pipeline_config({path.string(), {"rows.cpt_dpo=true", "rows.rpo_without_cpt=true"}});
+    const auto stages = pipeline::plan_stages(cfg);
+    bool dpo = false, base = false;
+    for (const auto& s : stages) {
+        if (s.name == "rpo-dpo") dpo = s.config["loss.rpo_alpha"] == 0.0 && s.config["loss.beta"] == 0.2;
+        if (s.name == "rpo-base") base = s.config["model.path"] == "m";
+    }
+    EXPECT_TRUE(dpo);
+    EXPECT_TRUE(base);
+    fs::remove(path);
+}
+
+TEST(PipelineConfig, BadKeysNameTheKey) {
+    const auto path = write_config("bad", kMinimal);
+    try {
+        pipeline::load_pipeline_config({path.string(), {"cptt.lora.r=3"}});
+        FAIL() << "unknown section accepted";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("did you mean 'cpt'"), std::string::npos) << e.what();
+    }
+    try {
+        pipeline::load_pipeline_config({path.string(), {"eval.model=x"}});
+        FAIL() << "eval.model accepted";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("eval.model"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(pipeline::load_pipeline_config({path.string(), {"rows.cpt_rpo=maybe"}}), UsageError);
+    fs::remove(path);
+}
+
+TEST(PipelineReport, ExplanationIsCutBeforeTheLastAnswerMarker) {
+    EXPECT_EQ(pipeline::explanation_before_answer("解説: Aの治療にはBを用いる。\n答え:c"),
+              "解説: Aの治療にはBを用いる。\n");
+    EXPECT_EQ(pipeline::explanation_before_answer("Bを用いる。解答: b"), "Bを用いる。\n");  // 解答: is a marker too
+    EXPECT_EQ(pipeline::explanation_before_answer("no marker"), "no marker\n");
+}
+
+TEST(AnswerText, AnOptionNamedByItsTextMapsToItsLabel) {
+    const std::vector<std::string> choices = {"ザルトン", "メロキシン", "口唇の潰瘍", "潰瘍", "ＡＢＣ試験"};
+    EXPECT_EQ(eval::choice_named_by_text("答え:メロキシン", choices), "b");
+    EXPECT_EQ(eval::choice_named_by_text("解説: 治療にはザルトンを用いる。\n答えはメロキシンです。", choices), "b");
+    EXPECT_EQ(eval::choice_named_by_text("答え: 潰瘍", choices), "d");       // exact text wins over containment
+    EXPECT_EQ(eval::choice_named_by_text("答え:口唇の潰瘍", choices), "c");  // exact, though it contains "潰瘍"
+    EXPECT_EQ(eval::choice_named_by_text("答え:abc試験", choices), "e");     // full-width folded like the scorer
+    EXPECT_EQ(eval::choice_named_by_text("答え:ザルトンとメロキシン", choices), "");  // two named: no answer
+    EXPECT_EQ(eval::choice_named_by_text("答え:b", choices), "");                     // a letter is not option text
+    EXPECT_EQ(eval::choice_named_by_text("", choices), "");
+}
+
+TEST(PipelineReport, SvgChartDrawsEverySeries) {
+    const auto svg = pipeline::svg_chart("loss", {{"loss", {{1, 3.0}, {2, 2.0}, {3, 1.5}}}, {"eval_loss", {{3, 1.7}}}});
+    EXPECT_NE(svg.find("<svg"), std::string::npos);
+    EXPECT_EQ(svg.find("no data"), std::string::npos);
+    size_t lines = 0;
+    for (size_t p = svg.find("<polyline"); p != std::string::npos; p = svg.find("<polyline", p + 1)) ++lines;
+    EXPECT_EQ(lines, 2u);
+    EXPECT_NE(pipeline::svg_chart("empty", {}).find("no data"), std::string::npos);
+}
+
+namespace {
+
+nlohmann::json row_named(const nlohmann::json& report, const std::string& name) {
+    for (const auto& r : report["rows"])
+        if (r["name"] == name) return r;
+    return nullptr;
+}
+
+}  // namespace
+
+// The reduced quickstart end to end (configs/quickstart/ci.yaml): every stage runs, +CPT beats the base on the
+// evaluation exams, a rerun skips every finished stage, a changed stage config is refused naming --from.
+TEST(QuickstartCi, CptBeatsBaseAndRerunSkipsFinishedStages) {
+    const fs::path run = scratch("ci");
+    fs::remove_all(run);
+    const std::string cmd = std::string("cd ") + MEDLLM_SOURCE_DIR + " && " + MEDLLM_BINARY +
+                            " pipeline --config configs/quickstart/ci.yaml --set run_dir=" + run.string();
+    const auto first = run_shell(cmd + " 2>&1 </dev/null");
+    ASSERT_EQ(first.exit_code, 0) << first.output;
+    const auto report = read_json_file(run / "report" / "report.json");
+    const auto base = row_named(report, "base"), cpt = row_named(report, "+CPT"), rpo = row_named(report, "+CPT+RPO");
+    ASSERT_TRUE(base.is_object() && cpt.is_object() && rpo.is_object()) << report.dump(2);
+    // Option-text log-likelihood on the 60 questions of exam 116 (points: sections C and F weigh 3). The random base
+    // is at chance (~20%); after CPT the model picks the right option text for most questions. Measured with these
+    // seeds: see README "Quickstart"; 25 points of margin leave room for float differences between machines.
+    const double base_ll = base["scores"]["option_ll"]["standard"].get<double>();
+    const double cpt_ll  = cpt["scores"]["option_ll"]["standard"].get<double>();
+    EXPECT_GT(cpt_ll - base_ll, 0.25) << "base " << base_ll << ", +CPT " << cpt_ll;
+    const std::string html = read_text_file(run / "report" / "report.html");
+    EXPECT_NE(html.find("<polyline"), std::string::npos);  // the CPT loss curve
+    EXPECT_NE(html.find("+CPT+RPO"), std::string::npos);
+
+    const auto second = run_shell(cmd + " 2>&1 </dev/null");
+    ASSERT_EQ(second.exit_code, 0) << second.output;
+    size_t skipped = 0;
+    for (size_t p = second.output.find("done, skipped"); p != std::string::npos;
+         p        = second.output.find("done, skipped", p + 1))
+        ++skipped;
+    EXPECT_EQ(skipped, 8u) << second.output;  // every stage but the report
+
+    const auto changed = run_shell(cmd + " --set cpt.training.max_steps=7 2>&1 </dev/null");
+    EXPECT_EQ(changed.exit_code, 2) << changed.output;
+    EXPECT_NE(changed.output.find("--from cpt"), std::string::npos) << changed.output;
+    fs::remove_all(run);
+}
