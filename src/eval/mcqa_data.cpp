@@ -98,6 +98,13 @@ nlohmann::json McqaTask::to_json() const {
 
 void McqaTask::validate(const std::string& where) const {
     if (name.empty()) throw UsageError(where + ": key 'name' is required (the task's label in the reports)");
+    // The name is also a file name (predictions/<name>.jsonl).
+    const bool safe = name[0] != '.' && std::all_of(name.begin(), name.end(), [](char c) {
+                          return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+                      });
+    if (!safe)
+        throw UsageError(where + ": key 'name' is '" + name +
+                         "'; use letters, digits, '-', '_' and '.' (it names predictions/<name>.jsonl)");
     if (!contains(kLoaders, loader))
         throw UsageError(where + ": key 'loader' is '" + loader + "', expected one of " + join(kLoaders, ", "));
     if (!contains(kChoices, choice))

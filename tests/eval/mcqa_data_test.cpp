@@ -195,6 +195,7 @@ TEST_F(McqaData, TaskYamlNeedsNoCode) {
     expect_usage("name: x\nloader: parquet\n", "key 'loader' is 'parquet'");
     expect_usage("prompt: \"{question}\"\n", "key 'name' is required");
     expect_usage("base: medqa-jp\nlabels: [A, a]\n", "lists 'a' twice");
+    expect_usage("base: medqa-jp\nname: ../escape\n", "key 'name' is '../escape'");
     EXPECT_THROW(resolve_mcqa_task("nosuch"), UsageError);
 }
 
