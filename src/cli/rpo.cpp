@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/distributed_flags.h"
 #include "medllm/core/files.h"
 #include "medllm/train/preference_loss.h"
 #include "medllm/train/rpo.h"
@@ -16,12 +17,14 @@ void add_rpo_command(CLI::App& app) {
     struct Options {
         ConfigOptions config;
         std::string resume = "auto";
+        DistributedFlags dist;
     };
     auto opts = std::make_shared<Options>();
     add_config_options(cmd, opts->config);
     cmd->add_option("--resume", opts->resume,
                     "auto (the newest complete checkpoint in the output folder), never, or a checkpoint folder")
         ->capture_default_str();
+    add_distributed_options(cmd, opts->dist);
     static const auto schema = [] {
         ConfigSchema<train::RpoConfig> s;
         train::add_rpo_fields(s);
@@ -34,7 +37,8 @@ void add_rpo_command(CLI::App& app) {
                 "<output>/adapter/, metrics.jsonl (TRL's metric names: rewards/chosen, rewards/margins, "
                 "rewards/accuracies[/<pair_type>], logps/*, logits/*, nll_loss), TensorBoard event files, medllm.log, "
                 "config.resolved.yaml and summary.json. SIGINT/SIGTERM finish the current step, write a checkpoint "
-                "and exit 1; rerunning the same command resumes.");
+                "and exit 1; rerunning the same command resumes.\n" +
+                distributed_help("rpo"));
     cmd->callback([opts] {
         if (opts->config.path.empty() && opts->config.overrides.empty())
             throw UsageError("rpo: --config rpo.yaml is required");
@@ -44,13 +48,14 @@ void add_rpo_command(CLI::App& app) {
         // The loss keys are checked before the run folder is set up (one line, exit 2).
         train::parse_loss_spec(config.loss_type, config.loss_weights, config.beta, config.label_smoothing,
                                config.rpo_alpha, config.nll_normalization, config.nll_ignore_token_zero);
-        start_run(config.output, run.resolved);
-        const auto result = train::run_rpo(config, run);
+        run.parallel = join_process_group(opts->dist, config.device);
+        if (run.parallel.group->is_main()) start_run(config.output, run.resolved);
+        const auto result = run_reporting_failure(run.parallel, [&] { return train::run_rpo(config, run); });
         if (result.interrupted)
             throw Error("rpo: interrupted at step " + std::to_string(result.steps) + "/" +
                         std::to_string(result.total_steps) + "; checkpoint " + result.last_checkpoint.string() +
                         " written; run the same command again to resume");
-        write_stdout(dump_json(result.summary, 2) + "\n");
+        if (run.parallel.group->is_main()) write_stdout(dump_json(result.summary, 2) + "\n");
     });
 }
 

@@ -211,17 +211,26 @@ struct SignalScope {
     }
 };
 
-at::Device parse_device(const std::string& name) {
-    if (name == "auto") return torch::cuda::is_available() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-    at::Device d(at::kCPU);
-    try {
-        d = at::Device(name);
-    } catch (const std::exception&) {
-        throw UsageError("training.device: expected auto, cpu, cuda or cuda:N, got '" + name + "'");
+// Data parallelism: the mean over ranks of the logged preference metrics (TRL's names; a per-pair-type value is
+// the mean of the ranks that saw that type). Every rank builds the same key list from the whole dataset's types.
+void average_over_ranks(Distributed& dist, nlohmann::json& rec, const std::map<std::string, int64_t>& pair_types) {
+    if (dist.world_size() == 1) return;
+    std::vector<std::string> keys{
+        "loss",         "nll_loss",       "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+        "logps/chosen", "logps/rejected", "logits/chosen",  "logits/rejected"};
+    for (const auto& [t, n] : pair_types) {
+        keys.push_back("rewards/accuracies/" + t);
+        keys.push_back("rewards/margins/" + t);
     }
-    if (d.is_cuda() && !torch::cuda::is_available())
-        throw UsageError("training.device: " + name + " requested but no CUDA device is available");
-    return d;
+    std::vector<double> v;
+    for (const auto& k : keys) {
+        const bool has = rec.contains(k) && rec[k].is_number();
+        v.push_back(has ? rec[k].get<double>() : 0.0);
+        v.push_back(has ? 1.0 : 0.0);
+    }
+    v = dist.all_reduce_scalars(v);
+    for (size_t i = 0; i < keys.size(); ++i)
+        if (v[2 * i + 1] > 0) rec[keys[i]] = v[2 * i] / v[2 * i + 1];
 }
 
 // ---------------------------------------------------------------- the run's state
@@ -232,6 +241,8 @@ struct Run {
     const RpoOptions& opts;
     fs::path output;
     at::Device device{at::kCPU};
+    std::shared_ptr<Distributed> dist;  // world size 1: no group, collectives are the identity
+    bool main = true;                   // rank 0: the only rank that writes files
 
     std::unique_ptr<text::Tokenizer> tokenizer;
     PrefDataset data;
@@ -317,7 +328,9 @@ std::string merged_init_base(const RpoConfig& c, const fs::path& output) {
 
 void setup(Run& r) {
     const RpoConfig& cfg = r.cfg;
-    r.device             = parse_device(cfg.device);
+    r.dist               = r.opts.parallel.resolve(cfg.device);
+    r.main               = r.dist->is_main();
+    r.device             = r.dist->device();
     if (cfg.max_steps == 0 && !(cfg.epochs > 0)) throw UsageError("training.epochs or training.max_steps must be > 0");
     r.spec = parse_loss_spec(cfg.loss_type, cfg.loss_weights, cfg.beta, cfg.label_smoothing, cfg.rpo_alpha,
                              cfg.nll_normalization, cfg.nll_ignore_token_zero);
@@ -397,6 +410,12 @@ void setup(Run& r) {
 
     auto params = peft::adapter_parameters(*r.model);
     if (params.empty()) throw UsageError("lora.target_modules: no adapter parameters to train");
+    {
+        at::NoGradGuard no_grad;  // every rank starts from rank 0's adapter
+        std::vector<at::Tensor> weights;
+        for (auto& p : params) weights.push_back(p.second);
+        r.dist->broadcast(weights, 0);
+    }
     AdamWOptions ao;
     ao.beta1        = cfg.beta1;
     ao.beta2        = cfg.beta2;
@@ -499,7 +518,12 @@ void precompute_reference(Run& r) {
 
 void save_checkpoint(Run& r) {
     const int64_t step = r.step;
-    r.last_checkpoint  = write_checkpoint(r.output, step, [&](const fs::path& dir) {
+    if (!r.main) {  // rank 0 writes it
+        r.last_checkpoint = checkpoint_path(r.output, step);
+        r.dist->barrier(std::chrono::hours(1));
+        return;
+    }
+    r.last_checkpoint = write_checkpoint(r.output, step, [&](const fs::path& dir) {
         peft::save_adapter(*r.model, r.lora, dir / "adapter");
         io::save_file(dir / "optimizer.safetensors", r.optimizer->state_tensors());
         const auto rng = model::RngState::capture(r.optimizer->params().front().second);
@@ -523,6 +547,7 @@ void save_checkpoint(Run& r) {
     });
     apply_retention(r.output, r.cfg.save_total_limit);
     spdlog::info("checkpoint {} written", r.last_checkpoint.string());
+    r.dist->barrier(std::chrono::hours(1));
 }
 
 void load_checkpoint(Run& r) {
@@ -586,12 +611,22 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
     r.output = cfg.output;
     fs::create_directories(r.output);
     setup(r);
-    if (cfg.precompute_ref) precompute_reference(r);
+    if (cfg.precompute_ref) {
+        // Rank 0 computes and caches the reference log-probs; the others then read the cache.
+        if (!r.main) r.dist->barrier(std::chrono::hours(24));
+        precompute_reference(r);
+        if (r.main) r.dist->barrier(std::chrono::hours(24));
+    }
     load_checkpoint(r);
     SignalScope signals;
 
-    MetricsFile metrics(r.output / "metrics.jsonl", r.step);
-    TensorBoardWriter tb(r.output);
+    std::unique_ptr<MetricsFile> metrics;
+    std::unique_ptr<TensorBoardWriter> tb;
+    if (r.main) {
+        metrics = std::make_unique<MetricsFile>(r.output / "metrics.jsonl", r.step);
+        tb      = std::make_unique<TensorBoardWriter>(r.output);
+    }
+    Distributed& dist  = *r.dist;
     const auto params  = r.optimizer->params();
     const auto start   = std::chrono::steady_clock::now();
     auto log_start     = start;
@@ -639,6 +674,19 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
             step_tokens += batch.real_tokens;
             step_pairs += batch.pairs;
         }
+        if (dist.world_size() > 1) {
+            // DDP's mean of the ranks' gradients (TRL: each rank's micro-batch loss is a mean over its pairs).
+            std::vector<at::Tensor> grads;
+            for (const auto& p : params) {
+                if (!p.second.grad().defined()) p.second.mutable_grad() = at::zeros_like(p.second);
+                grads.push_back(p.second.grad());
+            }
+            dist.all_reduce(grads, Reduce::mean);
+            const auto v = dist.all_reduce_scalars({step_loss, double(step_tokens), double(step_pairs)});
+            step_loss    = v[0] / double(dist.world_size());
+            step_tokens  = static_cast<int64_t>(v[1]);
+            step_pairs   = static_cast<int64_t>(v[2]);
+        }
         const double grad_norm = clip_grad_norm(params, cfg.max_grad_norm);
         const double lr        = r.schedule.lr_at(r.step);
         const bool finite      = std::isfinite(step_loss) && std::isfinite(grad_norm);
@@ -665,11 +713,12 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
         ++r.log_steps;
 
         nlohmann::json step_record = step_metrics.averages(with_nll);
-        step_record["step"]        = r.step;
-        step_record["loss"]        = step_loss;
-        step_record["lr"]          = lr;
-        step_record["grad_norm"]   = grad_norm;
-        r.last_metrics             = step_record;
+        average_over_ranks(dist, step_record, r.data.stats.pair_types);
+        step_record["step"]      = r.step;
+        step_record["loss"]      = step_loss;
+        step_record["lr"]        = lr;
+        step_record["grad_norm"] = grad_norm;
+        r.last_metrics           = step_record;
         if (opts.on_step) opts.on_step(r.step, step_record);
 
         if (r.step % cfg.logging_steps == 0 || r.step == r.total_steps) {
@@ -683,7 +732,8 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
             const double loss  = r.log_loss_sum / static_cast<double>(r.log_steps);
             const double ep    = static_cast<double>(r.step) / static_cast<double>(r.steps_per_epoch);
             nlohmann::json rec = r.log_metrics.averages(with_nll);
-            auto num           = [&](const char* k) {
+            average_over_ranks(dist, rec, r.data.stats.pair_types);
+            auto num = [&](const char* k) {
                 return rec.contains(k) && rec[k].is_number() ? rec[k].get<double>() : NAN;
             };
             spdlog::info(
@@ -699,11 +749,12 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
             rec["tokens_per_second"] = tps;
             rec["pairs_per_second"]  = pps;
             rec["tokens_seen"]       = r.tokens_seen;
-            metrics.append(rec);
+            if (dist.world_size() > 1) rec["world_size"] = dist.world_size();
+            if (metrics) metrics->append(rec);
             for (const auto& [k, v] : rec.items()) {
-                if (k == "step" || !v.is_number()) continue;
+                if (!tb || k == "step" || !v.is_number()) continue;
                 const std::string tag = k == "lr" ? "train/learning_rate" : "train/" + k;
-                tb.add_scalar(tag, v.get<double>(), r.step);
+                tb->add_scalar(tag, v.get<double>(), r.step);
             }
             r.log_loss_sum = 0;
             r.log_steps    = 0;
@@ -712,7 +763,10 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
             log_pairs  = 0;
             log_start  = now;
         }
-        if (g_stop.load()) {
+        // Ranks agree on stopping: a signal may reach them at different steps.
+        bool stop = g_stop.load();
+        if (dist.world_size() > 1) stop = dist.all_reduce_scalars({stop ? 1.0 : 0.0}, Reduce::max)[0] > 0;
+        if (stop) {
             interrupted = true;
             break;
         }
@@ -726,10 +780,14 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
     result.last_checkpoint = r.last_checkpoint;
     if (interrupted) {
         result.interrupted = true;
-        metrics.close();
+        if (metrics) metrics->close();
         return result;
     }
     result.adapter_dir = r.output / "adapter";
+    if (!r.main) {  // rank 0 writes the adapter, the merged model and the summary
+        dist.barrier(std::chrono::hours(24));
+        return result;
+    }
     peft::save_adapter(*r.model, r.lora, result.adapter_dir);
     if (cfg.merge) {
         result.merged_dir = r.output / "merged";
@@ -751,8 +809,10 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
                             {"adapter", result.adapter_dir.string()},
                             {"checkpoint", r.last_checkpoint.string()}};
     if (cfg.merge) result.summary["merged"] = result.merged_dir.string();
+    if (dist.world_size() > 1) result.summary["world_size"] = dist.world_size();
     write_file_atomic(r.output / "summary.json", dump_json(result.summary, 2) + "\n");
-    metrics.close();
+    metrics->close();
+    dist.barrier(std::chrono::hours(24));
     return result;
 }
 

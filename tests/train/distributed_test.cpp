@@ -302,7 +302,9 @@ TEST(DistributedGroup, RendezvousTimeoutNamesAddressAndMissingRank) {
 }
 
 TEST(DistributedGroup, WorldSizeOneHasNoGroup) {
-    auto d = Distributed::create(local_launch(0, 1, 1), "cpu");
+    auto launch    = local_launch(0, 1, 1);
+    launch.backend = "auto";  // a named backend builds a group even for one process
+    auto d         = Distributed::create(launch, "cpu");
     EXPECT_EQ(d->backend(), "none");
     std::vector<at::Tensor> t{at::ones({2})};
     d->all_reduce(t);
@@ -419,8 +421,11 @@ TEST_F(DistributedCpt, TwoProcessesEqualOneWithTwiceTheAccumulationAndResumeExac
         << "resumed 2-process adapter differs from the straight run";
     const auto mr = read_jsonl(dir / "resumed" / "metrics.jsonl");
     ASSERT_EQ(mr.size(), m2.size());
-    for (size_t i = 0; i < mr.size(); ++i)
-        if (mr[i].contains("loss")) EXPECT_EQ(mr[i]["loss"], m2[i]["loss"]) << "step " << mr[i]["step"];
+    for (size_t i = 0; i < mr.size(); ++i) {
+        if (mr[i].contains("loss")) {
+            EXPECT_EQ(mr[i]["loss"], m2[i]["loss"]) << "step " << mr[i]["step"];
+        }
+    }
 
     // One process on the 2-process checkpoints: refused, naming both world sizes; allowed with the flag.
     fs::remove_all(dir / "resumed" / "adapter");
@@ -491,4 +496,45 @@ TEST_F(DistributedCpt, SigtermStopsBothRanksWithOneCheckpointAndSigkillNamesTheL
         EXPECT_NE(p[0].output().find("lost rank(s) 1 of 2"), std::string::npos) << p[0].output();
         EXPECT_LT(s, 20.0) << "within --dist-timeout";
     }
+}
+
+TEST_F(DistributedCpt, RpoTwoProcessesEqualOneWithTwiceTheBatch) {
+    const fs::path repo = test::fixtures().parent_path().parent_path();
+    auto rpo_args       = [&](const fs::path& out, int batch) {
+        std::vector<std::string> a{"rpo", "--config", (repo / "configs/tiny/rpo.yaml").string()};
+        for (const std::string& o :
+             {"output=" + out.string(), "model.path=" + (repo / "tests/fixtures/model/qwen2-tiny-tied").string(),
+              "model.tokenizer=" + (repo / "tests/fixtures/train/byte-tokenizer").string(),
+              "data.path=" + (repo / "tests/fixtures/train/rpo/pairs.jsonl").string(), std::string("training.epochs=1"),
+              std::string("training.logging_steps=1"), std::string("loss.rpo_alpha=0"),  // DPO: a mean over pairs
+              "training.batch_size=" + std::to_string(batch)}) {
+            a.push_back("--set");
+            a.push_back(o);
+        }
+        return a;
+    };
+    // One process, 2 pairs per micro-batch; two processes with 1 pair each (DDP's mean of the gradients).
+    Proc one = Proc::start(rpo_args(dir / "one", 2), {}, dir / "rpo_one.log");
+    ASSERT_TRUE(one.wait(90));
+    ASSERT_EQ(one.exit_code, 0) << one.output();
+    auto two = run_two(rpo_args(dir / "two", 1), false, "rpo_two");
+    ASSERT_EQ(two[0].exit_code, 0) << two[0].output();
+    ASSERT_EQ(two[1].exit_code, 0) << two[1].output();
+    const auto m1 = read_jsonl(dir / "one" / "metrics.jsonl"), m2 = read_jsonl(dir / "two" / "metrics.jsonl");
+    ASSERT_EQ(m1.size(), 3u);  // 6 pairs, 2 per step
+    ASSERT_EQ(m2.size(), m1.size());
+    for (size_t i = 0; i < m1.size(); ++i)
+        for (const char* k : {"loss", "grad_norm", "rewards/margins", "rewards/chosen", "logps/chosen"}) {
+            // Padding to the longer pair (one process) vs none, and a different summation order: 1e-5.
+            const double a = m1[i][k].get<double>(), b = m2[i][k].get<double>();
+            EXPECT_NEAR(b, a, 1e-5 * std::max(1.0, std::abs(a))) << k << " at step " << m1[i]["step"];
+        }
+    for (size_t i = 0; i < m1.size(); ++i) {
+        EXPECT_EQ(m2[i]["rewards/accuracies"], m1[i]["rewards/accuracies"]);
+        EXPECT_EQ(m2[i]["world_size"], 2);
+    }
+    const auto a1 = read_adapter(dir / "one" / "adapter"), a2 = read_adapter(dir / "two" / "adapter");
+    double worst = 0;
+    for (const auto& [name, t] : a1) worst = std::max(worst, (t - a2.at(name)).abs().max().item<double>());
+    EXPECT_LT(worst, 1e-5) << "largest adapter difference";
 }
