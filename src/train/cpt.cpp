@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <optional>
 
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
@@ -134,8 +135,8 @@ struct SignalScope {
     }
 };
 
-double peak_memory_gb(at::Device) {
-    return 0.0;  // CUDA peak memory needs c10::cuda (a GPU build detail, added with the GPU benchmark)
+double peak_memory_gb(at::Device d) {
+    return peak_memory_bytes(d) / 1e9;  // CUDA: the allocator's peak allocated bytes; CPU: peak RSS
 }
 
 // ---------------------------------------------------------------- the run's state
@@ -487,9 +488,14 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
     Distributed& dist = *r.dist;
     if (r.step == 0 && cfg.eval_on_start) run_eval(r, sinks);
 
-    const auto params  = r.optimizer->params();
-    const auto start   = std::chrono::steady_clock::now();
-    auto log_start     = start;
+    const auto params = r.optimizer->params();
+    // MFU only where the device's peak is known (6·N FLOPs per token; tokens/s is summed over the ranks).
+    const std::optional<double> peak_flops = device_peak_flops(r.device);
+    const double matmul_params             = matmul_parameters(r.model->config);
+    LiveLine live(r.main ? stderr : nullptr);  // the refreshing line on a terminal; nothing in logs and pipes
+    const auto start              = std::chrono::steady_clock::now();
+    auto log_start                = start;
+    const int64_t tokens_at_start = r.tokens_seen;
     int64_t log_tokens = 0, steps_this_run = 0, log_window_steps = 0;
     double comm_seconds = 0;
     bool interrupted    = false;
@@ -547,6 +553,7 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
                                       {"lr", lr},       {"grad_norm", grad_norm}, {"target_tokens", num_items}};
         if (opts.on_step) opts.on_step(r.step, step_record);
         ++log_window_steps;
+        live.clear();  // log lines below start on a clean line
 
         if (r.step % cfg.logging_steps == 0 || r.step == r.total_steps) {
             const auto now      = std::chrono::steady_clock::now();
@@ -557,10 +564,13 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
                 run_dt / static_cast<double>(steps_this_run) * static_cast<double>(r.total_steps - r.step);
             const double loss  = r.log_loss_sum / static_cast<double>(r.log_steps);
             const double epoch = static_cast<double>(r.step) / static_cast<double>(r.steps_per_epoch);
-            spdlog::info(
-                "step {}/{} | epoch {:.2f} | loss {:.4f} | lr {:.3e} | grad_norm {:.4f} | {:.0f} tok/s | "
-                "ETA {}",
-                r.step, r.total_steps, epoch, loss, lr, grad_norm, tps, format_duration(eta));
+            StepReport report;
+            report.step = r.step, report.total_steps = r.total_steps, report.epoch = epoch, report.loss = loss;
+            report.lr = lr, report.grad_norm = grad_norm, report.tokens_per_second = tps, report.eta_seconds = eta;
+            report.peak_memory_gb = peak_memory_gb(r.device);
+            if (peak_flops)
+                report.mfu = model_flops_utilization(matmul_params, tps / double(dist.world_size()), *peak_flops);
+            spdlog::info("{}", format_log_line(report));
             nlohmann::json rec = {{"step", r.step},
                                   {"epoch", epoch},
                                   {"loss", loss},
@@ -568,7 +578,9 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
                                   {"grad_norm", grad_norm},
                                   {"tokens_per_second", tps},
                                   {"tokens_seen", r.tokens_seen},
-                                  {"peak_memory_gb", peak_memory_gb(r.device)}};
+                                  {"peak_memory_gb", report.peak_memory_gb},
+                                  {"peak_memory_kind", peak_memory_kind(r.device)}};
+            if (report.mfu) rec["mfu"] = *report.mfu;
             if (dist.world_size() > 1) {
                 rec["world_size"] = dist.world_size();
                 // Seconds per step spent in the gradient all-reduce (the slowest rank's, which everyone waited for).
@@ -596,7 +608,18 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
             break;
         }
         if (r.step % cfg.save_steps == 0 && r.step < r.total_steps) save_checkpoint(r);
+        if (live.enabled()) {
+            const double run_dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            StepReport now;
+            now.step = r.step, now.total_steps = r.total_steps, now.loss = losses.loss, now.lr = lr;
+            now.epoch             = static_cast<double>(r.step) / static_cast<double>(r.steps_per_epoch);
+            now.tokens_per_second = run_dt > 0 ? static_cast<double>(r.tokens_seen - tokens_at_start) / run_dt : 0.0;
+            now.eta_seconds =
+                run_dt / static_cast<double>(steps_this_run) * static_cast<double>(r.total_steps - r.step);
+            live.show(format_live_line(now));
+        }
     }
+    live.clear();
 
     CptResult result;
     result.total_steps = r.total_steps;

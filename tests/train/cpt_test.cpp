@@ -84,6 +84,11 @@ TEST_F(CptRecipe, TrainsToALowerValidationLossAndWritesItsFiles) {
             ++train_records;
             for (const char* k : {"step", "epoch", "lr", "grad_norm", "tokens_per_second", "tokens_seen"})
                 EXPECT_TRUE(m.contains(k)) << k;
+            // A measured peak (CPU: the process's max RSS, at least the loaded LibTorch), never a placeholder 0;
+            // no MFU on CPU (no known peak), rather than a made-up figure.
+            EXPECT_GT(m.value("peak_memory_gb", 0.0), 0.05);
+            EXPECT_EQ(m.value("peak_memory_kind", ""), "cpu_max_rss");
+            EXPECT_FALSE(m.contains("mfu"));
         }
     EXPECT_EQ(train_records, 12);
     bool tb = false;
@@ -124,6 +129,11 @@ TEST(CptConfig, ShippedConfigsParseWithThePapersSettings) {
     EXPECT_EQ(big.epochs, 2);
     EXPECT_EQ(big.schedule, "cosine");
     EXPECT_GT(big.warmup_ratio, 0);
+    const auto seven = s.load({root + "/configs/qwen2.5-7b/cpt.yaml", {}});  // one GPU, same recipe
+    EXPECT_TRUE(seven.quantize_base);
+    EXPECT_EQ(seven.epochs, 2);
+    EXPECT_EQ(seven.schedule, "cosine");
+    EXPECT_EQ(seven.batch_size * seven.grad_accum, 16);  // the 72B config's 16 rows per step, on one GPU
     const auto tiny = s.load({root + "/configs/tiny/cpt.yaml", {}});
     EXPECT_EQ(tiny.device, "cpu");
     EXPECT_THROW(s.load({root + "/configs/tiny/cpt.yaml", {"lora.rnak=4"}}), UsageError);  // strict sections
