@@ -95,9 +95,10 @@ trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(row
                      peft_config=peft, callbacks=[timer])
 trainer.train()
 later = timer.t[1:]
-print(json.dumps({"pairs_per_second": 4 * len(later) / sum(later)}))
+with open(os.path.join(work, f"trl-{sys.argv[2]}.result"), "w") as f:
+    json.dump({"pairs_per_second": 4 * len(later) / sum(later)}, f)
 PYEOF
-    "$PY" -c "import json,sys; d=json.load(open('$WORK/trl-$1.json')); d['peak_rss_mb']=int(open('$WORK/trl-$1.rss').read().split()[-1])/1024; print(json.dumps(d))"
+    "$PY" -c "import json,sys; d=json.load(open('$WORK/trl-$1.result')); d['peak_rss_mb']=int(open('$WORK/trl-$1.rss').read().split()[-1])/1024; print(json.dumps(d))"
 }
 
 echo "bench-rpo: $PAIRS pairs, batch 4, $STEPS steps, $THREADS threads, $(nproc) cores"
