@@ -54,6 +54,11 @@ case "$stage" in
         --set output="$logs/cpt-tiny-cuda"
     run_stage cpt-cuda-resume build-device/medllm cpt --config configs/tiny/cpt.yaml --set training.device=cuda \
         --set output="$logs/cpt-tiny-cuda"
+    # RPO on the GPU: the tiny config with the NF4 base (QLoRA), bf16, the reference precomputed, then resumed.
+    run_stage rpo-cuda build-device/medllm rpo --config configs/tiny/rpo.yaml --set training.device=cuda \
+        --set lora.quantize_base=true --set output="$logs/rpo-tiny-cuda"
+    run_stage rpo-cuda-resume build-device/medllm rpo --config configs/tiny/rpo.yaml --set training.device=cuda \
+        --set lora.quantize_base=true --set output="$logs/rpo-tiny-cuda"
     # Data parallelism on the GPU (src/train/distributed.cpp): ProcessGroupNCCL with one process (the group is
     # built when --backend is named), two processes with Gloo over CUDA tensors, and two NCCL processes when the
     # machine has two GPUs; each prints its validation losses after those of the one-process run above.
