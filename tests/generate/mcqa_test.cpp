@@ -33,10 +33,17 @@ fs::path scratch(const std::string& name) {
     return fs::temp_directory_path() / ("medllm_mcqa_" + name + "_" + std::to_string(getpid()));
 }
 
-// One model folder per process: the fixture model plus the tiny tokenizer, built once.
+// One model folder per process: the fixture model plus the tiny tokenizer, built once, removed at exit.
+struct ScratchModel {
+    fs::path dir;
+    ~ScratchModel() {
+        std::error_code ec;
+        fs::remove_all(dir, ec);
+    }
+};
 const fs::path& model_dir() {
-    static const fs::path dir = make_model_dir("qwen2-tiny-untied", scratch("model"));
-    return dir;
+    static const ScratchModel model{make_model_dir("qwen2-tiny-untied", scratch("model"))};
+    return model.dir;
 }
 
 generate::McqaEngineBackend& backend() {
