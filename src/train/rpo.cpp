@@ -749,6 +749,8 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
             rec["tokens_per_second"] = tps;
             rec["pairs_per_second"]  = pps;
             rec["tokens_seen"]       = r.tokens_seen;
+            rec["peak_memory_gb"]    = peak_memory_bytes(r.device) / 1e9;  // CUDA: allocator peak; CPU: peak RSS
+            rec["peak_memory_kind"]  = peak_memory_kind(r.device);
             if (dist.world_size() > 1) rec["world_size"] = dist.world_size();
             if (metrics) metrics->append(rec);
             for (const auto& [k, v] : rec.items()) {
@@ -810,6 +812,8 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
                             {"checkpoint", r.last_checkpoint.string()}};
     if (cfg.merge) result.summary["merged"] = result.merged_dir.string();
     if (dist.world_size() > 1) result.summary["world_size"] = dist.world_size();
+    result.summary["peak_memory_gb"]   = peak_memory_bytes(r.device) / 1e9;
+    result.summary["peak_memory_kind"] = peak_memory_kind(r.device);
     write_file_atomic(r.output / "summary.json", dump_json(result.summary, 2) + "\n");
     metrics->close();
     dist.barrier(std::chrono::hours(24));
