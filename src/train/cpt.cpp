@@ -507,20 +507,37 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
             num_items += mb.target_tokens;
             real_tokens += mb.real_tokens;
         }
-        // HF normalizes by the step's target tokens across ranks (training.md §2): each rank divides its token-loss
-        // sum by the count of all ranks and the gradients are summed (not averaged), so N ranks x A micro-batches
-        // give the gradient of one process with N x A.
-        if (dist.world_size() > 1) num_items = static_cast<int64_t>(dist.all_reduce_scalars({double(num_items)})[0]);
         const double denom = std::max<int64_t>(1, num_items);
         StepLosses losses  = forward_backward(*r.model, batches, denom);
+        bool stop_agreed   = false;
         if (dist.world_size() > 1) {
-            std::vector<at::Tensor> grads;
-            for (const auto& p : params) {
-                if (!p.second.grad().defined()) p.second.mutable_grad() = at::zeros_like(p.second);
-                grads.push_back(p.second.grad());
+            // HF normalizes by the step's target tokens across ranks (training.md §2). One round of collectives per
+            // step (small ones cost a scheduler round trip each on a loaded CPU): the gradients, scaled back to
+            // this rank's token-loss sum, and beside them in float64 the counts, the loss sum and the stop flag;
+            // dividing the summed gradients by the global count gives one process with N x A micro-batches.
+            std::vector<at::Tensor> reduce;
+            {
+                at::NoGradGuard no_grad;
+                for (const auto& p : params) {
+                    if (!p.second.grad().defined()) p.second.mutable_grad() = at::zeros_like(p.second);
+                    reduce.push_back(p.second.grad().mul_(denom));
+                }
             }
-            dist.all_reduce(grads, Reduce::sum);
-            losses.loss = dist.all_reduce_scalars({losses.loss})[0];  // the step's mean token loss over all ranks
+            const std::vector<double> local{double(num_items), losses.loss * denom, double(real_tokens),
+                                            g_stop.load() ? 1.0 : 0.0};
+            reduce.push_back(at::tensor(local, at::TensorOptions().dtype(at::kDouble)).to(r.device));
+            dist.all_reduce(reduce, Reduce::sum);
+            const at::Tensor sums = reduce.back().cpu();
+            const double* v       = sums.data_ptr<double>();
+            num_items             = static_cast<int64_t>(v[0]);
+            const double global   = std::max<double>(1.0, v[0]);
+            {
+                at::NoGradGuard no_grad;
+                for (size_t i = 0; i + 1 < reduce.size(); ++i) reduce[i].div_(global);
+            }
+            losses.loss = v[1] / global;  // the step's mean token loss over all ranks
+            real_tokens = static_cast<int64_t>(v[2]);
+            stop_agreed = v[3] > 0;  // ranks agree on stopping: a signal may reach them at different steps
         }
         const double grad_norm = clip_grad_norm(params, cfg.max_grad_norm);
         const double lr        = r.schedule.lr_at(r.step);
@@ -539,8 +556,6 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
         ++r.step;
         // ======================== OPTIMIZER STEP END ==========================
         ++steps_this_run;
-        if (dist.world_size() > 1)
-            real_tokens = static_cast<int64_t>(dist.all_reduce_scalars({double(real_tokens)})[0]);
         comm_seconds += dist.take_comm_seconds();
         r.tokens_seen += real_tokens;
         log_tokens += real_tokens;
@@ -600,9 +615,7 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
             log_start        = now;
         }
         if (cfg.eval_steps > 0 && r.step % cfg.eval_steps == 0 && r.step < r.total_steps) run_eval(r, sinks);
-        // Ranks agree on stopping: a signal may reach them at different steps.
-        bool stop = g_stop.load();
-        if (dist.world_size() > 1) stop = dist.all_reduce_scalars({stop ? 1.0 : 0.0}, Reduce::max)[0] > 0;
+        const bool stop = dist.world_size() > 1 ? stop_agreed : g_stop.load();
         if (stop) {
             interrupted = true;
             break;

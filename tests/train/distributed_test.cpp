@@ -469,8 +469,8 @@ TEST_F(DistributedCpt, SigtermStopsBothRanksWithOneCheckpointAndSigkillNamesTheL
             p.push_back(Proc::start(long_args(dir / "term"), torchrun_env(r, port),
                                     dir / ("term_rank" + std::to_string(r) + ".log")));
         ASSERT_TRUE(started(dir / "term", 60)) << p[0].output();
-        ::kill(p[1].pid, SIGTERM);  // Slurm signals every task, at slightly different moments
-        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+        // Slurm signals every task at (nearly) the same moment; the ranks may still see it at different steps.
+        ::kill(p[1].pid, SIGTERM);
         ::kill(p[0].pid, SIGTERM);
         for (auto& x : p) ASSERT_TRUE(x.wait(60)) << x.output();
         EXPECT_EQ(p[0].exit_code, 1) << p[0].output();
