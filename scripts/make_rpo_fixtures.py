@@ -19,6 +19,10 @@ Writes tests/fixtures/train/rpo/:
                         step, its pre-clip grad norm, the settings), grads.safetensors (the post-clip gradients of
                         every adapter tensor, medllm's names) and final_adapter/ (after one optimizer step)
   loss_vectors.json     (TRL 0.28 run only) DPOTrainer.dpo_loss on fixed log-probs: sigmoid, cDPO, hinge, ipo
+  trl028_tokenized.json (TRL 0.28 run only) maybe_apply_chat_template + DPOTrainer.tokenize_row (max_prompt_length
+                        16, so prompts are cut) on build-prefs' pairs files (tests/fixtures/train/
+                        prefs_trl_pairs_{base,chat}.jsonl) with the Qwen2.5 tokenizer of ../shared/qwen_tokenizer and
+                        its instruct chat template: the ids medllm's loader must produce
 
 The model is tests/fixtures/model/qwen2-tiny-tied, the tokenizer tests/fixtures/train/byte-tokenizer (256 byte
 tokens, no merges, <|endoftext|> = 256, so joint and separate tokenization agree and both eras see the same ids).
@@ -212,6 +216,34 @@ def loss_vectors():
         json.dump({"trl": trl.__version__, "beta": BETA, "cases": out}, f, indent=1)
 
 
+def tokenized_pairs():
+    """TRL 0.28's data path on build-prefs' pairs files: chat template (chat rows), separate tokenization, EOS on
+    string completions, the prompt's last max_prompt_length tokens."""
+    from trl.data_utils import maybe_apply_chat_template
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_tokenizer_fixtures import build_tokenizer  # Qwen2.5's tokenizer from ../shared (tested golden)
+
+    sh = os.path.join(os.path.dirname(ROOT), "shared", "qwen_tokenizer")
+    tok = PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(), eos_token="<|endoftext|>",
+                                  pad_token="<|endoftext|>")
+    with open(os.path.join(sh, "chat_template_qwen2.5_instruct.jinja")) as f:
+        tok.chat_template = f.read()
+    out = {"trl": trl.__version__, "max_prompt_length": 16, "eos_token": "<|endoftext|>", "files": {}}
+    for kind in ("base", "chat"):
+        name = f"prefs_trl_pairs_{kind}.jsonl"
+        rows = []
+        with open(os.path.join(ROOT, "tests", "fixtures", "train", name), encoding="utf-8") as f:
+            for line in list(f)[:4]:
+                ex = maybe_apply_chat_template(json.loads(line), tok)
+                ids = DPOTrainer.tokenize_row(ex, tok, max_prompt_length=16, max_completion_length=None,
+                                              add_special_tokens=False, is_chat=(kind == "chat"))
+                rows.append(ids)
+        out["files"][name] = rows
+    with open(os.path.join(OUT, "trl028_tokenized.json"), "w") as f:
+        json.dump(out, f)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.use_deterministic_algorithms(True)
@@ -224,6 +256,7 @@ def main():
             one_step(loss_name, tok, work)
     if ERA == "028":
         loss_vectors()
+        tokenized_pairs()
     print("wrote", OUT, "for TRL", trl.__version__, file=sys.stderr)
 
 

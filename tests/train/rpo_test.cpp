@@ -339,6 +339,32 @@ TEST_F(PrefDataFile, GuardRefusesPromptsHoldingAnExamQuestion) {
     EXPECT_EQ(ds.stats.guard_dropped, 1);
 }
 
+TEST(PrefDataTrl, BuildPrefsFilesTokenizeAsTrl028) {
+    // scripts/make_rpo_fixtures.py: TRL 0.28's maybe_apply_chat_template + tokenize_row on build-prefs' pairs files
+    // (strings and message lists) with the Qwen2.5 tokenizer and instruct template, max_prompt_length 16.
+    const auto ref = read_json_file(rpo_fixtures() / "trl028_tokenized.json");
+    const auto tok = text::Tokenizer::from_dir(fs::path(MEDLLM_SHARED_DIR) / "qwen_tokenizer");
+    PrefDataOptions o;
+    o.max_prompt_length = 16;
+    o.max_length        = 0;
+    o.eos_id            = *tok->token_to_id("<|endoftext|>");
+    for (const auto& [name, rows] : ref["files"].items()) {
+        const auto ds = load_pref_dataset(test::fixtures() / "train" / name, *tok, o);
+        ASSERT_GE(ds.examples.size(), rows.size()) << name;
+        for (size_t i = 0; i < rows.size(); ++i) {
+            auto prompt = rows[i]["prompt_input_ids"].get<std::vector<int32_t>>();
+            for (const char* side : {"chosen", "rejected"}) {
+                auto want = prompt;
+                for (int32_t id : rows[i][std::string(side) + "_input_ids"].get<std::vector<int32_t>>())
+                    want.push_back(id);
+                const auto& got = std::string(side) == "chosen" ? ds.examples[i].chosen : ds.examples[i].rejected;
+                EXPECT_EQ(got.ids, want) << name << " row " << i << " " << side;
+                EXPECT_EQ(got.prompt_len, static_cast<int64_t>(prompt.size())) << name << " row " << i;
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- full steps against TRL
 
 class RpoRun : public test::TrainTempDir {
