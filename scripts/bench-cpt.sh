@@ -3,6 +3,8 @@
 # rows and the same settings, in the same run (CPU, fp32).
 #   scripts/bench-cpt.sh                       # LoRA over fp32 weights, then QLoRA (NF4 base; HF: bitsandbytes)
 #   MODES=lora STEPS=8 WARM=2 scripts/bench-cpt.sh
+#   THREADS=1 scripts/bench-cpt.sh             # one intra-op thread each: the CPU-time figures are then the
+#                                              # robust ones on a machine shared with other jobs
 # Model: a random Qwen2 of 4 layers x 512 hidden (8 heads, 2 KV heads, MLP 1408, byte-level vocabulary of 512, as
 # the tests' tokenizer), seq 512, batch 4, no accumulation, LoRA r 16 / alpha 32 / dropout 0.05 on all seven
 # projections, AdamW lr 1e-4, constant schedule, clipping 1.0, no activation checkpointing (HF's default; medllm's
@@ -11,8 +13,10 @@
 # rows, attention across documents, like HF's plain causal LM on chunked text); the HF side reads the same tokens
 # from medllm's token cache and cuts them into the same 512-token rows.
 # Measured: tokens/s over the steps after WARM warm-up steps (medllm: metrics.jsonl's per-step windows; HF: a
-# TrainerCallback timing on_step_begin..on_step_end), and each process's peak RSS (/usr/bin/time -v). Both use all
-# cores (torch's default intra-op threads). Needs MEDLLM_BIN (default build/medllm) and .venv with
+# TrainerCallback timing on_step_begin..on_step_end), and each process's peak RSS (/usr/bin/time -v). Also tokens
+# per CPU-second over the same steps (medllm: user+sys of a STEPS run minus that of a WARM-step run of the same
+# config; HF: time.process_time() around each step), which a loaded machine disturbs far less than wall time.
+# Both use THREADS intra-op threads (default: all cores). Needs MEDLLM_BIN (default build/medllm) and .venv with
 # scripts/requirements-fixtures.txt (transformers, peft, bitsandbytes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,12 +25,15 @@ python=${PYTHON:-.venv/bin/python}
 modes=${MODES:-lora qlora}
 steps=${STEPS:-8}
 warm=${WARM:-2}
+cores=$(nproc)  # before OMP_NUM_THREADS is set: nproc honours it
+threads=${THREADS:-$cores}
+export OMP_NUM_THREADS=$threads
 work=${MEDLLM_BENCH_DIR:-$(mktemp -d /tmp/bench-cpt.XXXXXX)}
 mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 [ -x "$bin" ] || { echo "bench-cpt: missing $bin (scripts/setup.sh)" >&2; exit 1; }
 [ "$steps" -gt "$warm" ] || { echo "bench-cpt: STEPS must exceed WARM" >&2; exit 2; }
-echo "cores: $(nproc); load: $(cut -d' ' -f1-3 /proc/loadavg); steps $steps (first $warm not timed)"
+echo "cores: $cores; threads: $threads; load: $(cut -d' ' -f1-3 /proc/loadavg); steps $steps (first $warm not timed)"
 
 "$python" - "$work" <<'PY' 2>&1 | grep -v "gemm_4bit\|Loading weights" || true
 import json, os, random, shutil, sys
@@ -73,6 +80,9 @@ print(f"{tok / sec:.0f}")
 PY
 }
 rss_of() { echo $(( $(sed -n 's/^\s*Maximum resident set size (kbytes): //p' "$1") / 1024 )); }
+cpu_of() {  # user + sys seconds
+    echo "$(sed -n 's/^\s*User time (seconds): //p' "$1") + $(sed -n 's/^\s*System time (seconds): //p' "$1")" | bc
+}
 
 for mode in $modes; do
     case $mode in lora) quant=false ;; qlora) quant=true ;; *) echo "bench-cpt: unknown mode $mode" >&2; exit 2 ;; esac
@@ -103,18 +113,24 @@ training:
   save_steps: 100000
 YAML
     "$bin" --log-level warn prepare-corpus --config "$work/cpt.yaml" > /dev/null
-    /usr/bin/time -v -o "$work/time_medllm.txt" "$bin" --log-level warn cpt --config "$work/cpt.yaml" --resume never \
-        > /dev/null
+    for n in "$warm" "$steps"; do  # the WARM-step run gives the CPU time of everything but the timed steps
+        rm -rf "$work/run"
+        /usr/bin/time -v -o "$work/time_medllm_$n.txt" "$bin" --threads "$threads" --log-level warn cpt \
+            --config "$work/cpt.yaml" --set "training.max_steps=$n" --resume never > /dev/null
+    done
     m_tps=$(tps_of_metrics "$work/run/metrics.jsonl")
-    m_rss=$(rss_of "$work/time_medllm.txt")
+    m_rss=$(rss_of "$work/time_medllm_$steps.txt")
+    m_cpu=$(echo "$(cpu_of "$work/time_medllm_$steps.txt") - $(cpu_of "$work/time_medllm_$warm.txt")" | bc)
+    m_cpu_tps=$(echo "scale=1; ($steps - $warm) * 4 * 512 / $m_cpu" | bc)
 
-    /usr/bin/time -v -o "$work/time_hf.txt" "$python" - "$work" "$mode" "$steps" "$warm" > "$work/hf.txt" 2> "$work/hf.err" <<'PY' || { tail -20 "$work/hf.err" >&2; exit 1; }
+    /usr/bin/time -v -o "$work/time_hf.txt" "$python" - "$work" "$mode" "$steps" "$warm" "$threads" > "$work/hf.txt" 2> "$work/hf.err" <<'PY' || { tail -20 "$work/hf.err" >&2; exit 1; }
 import glob, sys, time
 import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 work, mode, steps, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(int(sys.argv[5]))
 seq, batch = 512, 4
 tokens = np.concatenate([np.fromfile(p, dtype="<u4") for p in sorted(glob.glob(f"{work}/cache/tokens-*.u32"))])
 rows = torch.from_numpy(tokens[: (len(tokens) // seq) * seq].astype(np.int64)).view(-1, seq)[: steps * batch]
@@ -134,12 +150,13 @@ class Rows(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return {"input_ids": rows[i], "labels": rows[i]}
 
-times = []
+times, cpu = [], []
 class Timer(TrainerCallback):
     def on_step_begin(self, args, state, control, **kw):
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
     def on_step_end(self, args, state, control, **kw):
         times.append(time.perf_counter() - self.t0)
+        cpu.append(time.process_time() - self.c0)
 
 args = TrainingArguments(output_dir=f"{work}/hf_out", per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                          max_steps=steps, learning_rate=1e-4, lr_scheduler_type="constant", max_grad_norm=1.0,
@@ -147,13 +164,14 @@ args = TrainingArguments(output_dir=f"{work}/hf_out", per_device_train_batch_siz
                          train_sampling_strategy="sequential", dataloader_num_workers=0)
 Trainer(model=model, args=args, train_dataset=Rows(), data_collator=default_data_collator, callbacks=[Timer()]).train()
 timed = times[warm:]
-print(f"{len(timed) * batch * seq / sum(timed):.0f}")
+print(f"{len(timed) * batch * seq / sum(timed):.0f} {len(timed) * batch * seq / sum(cpu[warm:]):.1f}")
 PY
-    h_tps=$(tail -1 "$work/hf.txt")
+    read -r h_tps h_cpu_tps < <(tail -1 "$work/hf.txt")
     h_rss=$(rss_of "$work/time_hf.txt")
     ratio=$(echo "scale=2; $m_tps / $h_tps" | bc)
+    cpu_ratio=$(echo "scale=2; $m_cpu_tps / $h_cpu_tps" | bc)
     mem=$(echo "scale=2; $m_rss / $h_rss" | bc)
     label=$([ "$mode" = lora ] && echo "LoRA (fp32 base)" || echo "QLoRA (NF4 base; HF: bitsandbytes)")
-    echo "$label: medllm $m_tps tok/s, peak RSS $m_rss MB | HF Trainer + PEFT $h_tps tok/s, peak RSS $h_rss MB |" \
-         "speed ${ratio}x, memory ${mem}x of HF's"
+    echo "$label: medllm $m_tps tok/s ($m_cpu_tps per CPU-s), peak RSS $m_rss MB | HF Trainer + PEFT $h_tps tok/s" \
+         "($h_cpu_tps per CPU-s), peak RSS $h_rss MB | speed ${ratio}x wall, ${cpu_ratio}x CPU time; memory ${mem}x of HF's"
 done
