@@ -104,6 +104,9 @@ PrepareResult prepare_corpus(const CorpusConfig& c, bool force_rebuild) {
         progress->update(static_cast<int64_t>(done >> 20), 0);
     };
 
+    // The folder's lock covers the build, the check and summary.json (its temp file has a fixed name too).
+    TokenCacheLock lock(cache_dir);
+    o.lock = false;
     PrepareResult r;
     r.build = build_token_cache(cache_dir, o);
     if (r.build.reused)

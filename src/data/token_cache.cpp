@@ -1,6 +1,7 @@
 #include "medllm/data/token_cache.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -144,6 +145,48 @@ std::string stale_reason(const fs::path& dir, const nlohmann::json& identity, st
 
 }  // namespace
 
+// ---------------------------------------------------------------- the folder lock
+
+TokenCacheLock::TokenCacheLock(const fs::path& cache_dir) {
+    std::error_code ec;
+    fs::create_directories(cache_dir, ec);
+    if (ec) throw Error(cache_dir.string() + ": cannot create the token cache folder: " + ec.message());
+    const fs::path path = cache_dir / ".lock";
+    fd_                 = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw Error(path.string() + ": cannot open the token cache lock: " + std::strerror(errno));
+    const auto take = [this](int op) {
+        int rc;
+        do rc = ::flock(fd_, op);
+        while (rc != 0 && errno == EINTR);
+        return rc == 0;
+    };
+    const auto fail = [&] {
+        const std::string why = std::strerror(errno);
+        ::close(fd_);
+        throw Error(path.string() + ": cannot lock the token cache: " + why);
+    };
+    if (!take(LOCK_EX | LOCK_NB)) {
+        if (errno != EWOULDBLOCK) fail();
+        char buf[32]    = {};
+        const auto n    = ::pread(fd_, buf, sizeof buf - 1, 0);
+        std::string pid = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : "";
+        while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+        spdlog::info("{}: waiting for the token cache lock held by pid {}", cache_dir.string(),
+                     pid.empty() ? "(unknown)" : pid);
+        waited_ = true;
+        if (!take(LOCK_EX)) fail();
+    }
+    // The holder's pid, for the waiting message of the next one (informational: a failed write changes nothing).
+    const std::string me = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(fd_, 0) == 0) (void)!::pwrite(fd_, me.data(), me.size(), 0);
+}
+
+TokenCacheLock::~TokenCacheLock() {
+    if (fd_ < 0) return;
+    (void)!::ftruncate(fd_, 0);
+    ::close(fd_);  // releases the lock
+}
+
 GuardAction parse_guard_action(const std::string& name) {
     if (name == "refuse") return GuardAction::refuse;
     if (name == "drop") return GuardAction::drop;
@@ -209,6 +252,10 @@ CacheBuildReport build_token_cache(const fs::path& cache_dir, const CacheBuildOp
         identity["files"].push_back(file_entry(f));
         total_bytes += identity["files"].back()["size"].get<uint64_t>();
     }
+
+    // One builder at a time per folder; a waiter then finds the finished cache below and reuses it.
+    std::optional<TokenCacheLock> lock;
+    if (o.lock) lock.emplace(cache_dir);
 
     CacheBuildReport report;
     report.files = static_cast<int64_t>(files.size());

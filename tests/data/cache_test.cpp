@@ -2,6 +2,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <optional>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -130,6 +132,45 @@ TEST_F(CacheTest, AnInterruptedBuildNeverLooksComplete) {
     EXPECT_FALSE(r.reused);
     EXPECT_EQ(r.rebuild_reason, "an earlier build did not finish");
     EXPECT_EQ(r.documents, 2000);
+}
+
+// Two builders sharing one cache folder (two `medllm cpt` runs, or cpt next to prepare-corpus): each takes the
+// folder's lock through its own file descriptor, so they take turns: the cache is built once and the second one
+// reuses it, instead of both rebuilding and colliding on tokens-00000.u32.tmp.
+TEST_F(CacheTest, TwoBuildersOfOneFolderTakeTurnsAndBuildOnce) {
+    std::string big;
+    for (int i = 0; i < 3000; ++i) big += "{\"text\": \"症例" + std::to_string(i) + "は心窩部痛で来院した。\"}\n";
+    write("c.jsonl", big);
+    const auto cache = dir / "cache";
+    std::optional<TokenCacheLock> held(std::in_place, cache);  // a third holder, so both builders start waiting
+    const auto build = [&] {
+        auto o      = test::options(dir, {{"c.jsonl"}});
+        o.tokenizer = nullptr;  // each builder loads its own tokenizer, as a second process would
+        return build_token_cache(cache, o);
+    };
+    auto a = std::async(std::launch::async, build);
+    auto b = std::async(std::launch::async, build);
+    EXPECT_EQ(a.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout) << "built past the lock";
+    EXPECT_FALSE(fs::exists(cache / "manifest.json"));
+    held.reset();
+    const auto ra = a.get();
+    const auto rb = b.get();
+    EXPECT_EQ(int(ra.reused) + int(rb.reused), 1) << ra.rebuild_reason << " / " << rb.rebuild_reason;
+    EXPECT_EQ(ra.documents, 3000);
+    EXPECT_EQ(ra.documents, rb.documents);
+    EXPECT_EQ(ra.tokens, rb.tokens);
+    for (const auto& e : fs::directory_iterator(cache)) EXPECT_NE(e.path().extension(), ".tmp") << e.path();
+    TokenCache c(cache);
+    EXPECT_EQ(c.num_documents(), 3000u);
+    EXPECT_EQ(int64_t(c.num_tokens()), ra.tokens);
+    // The lock is free again, and a holder names itself for the next waiter.
+    std::optional<TokenCacheLock> again(std::in_place, cache);
+    EXPECT_FALSE(again->waited());
+    EXPECT_EQ(medllm::read_text_file(cache / ".lock"), std::to_string(::getpid()) + "\n");
+    auto waiter = std::async(std::launch::async, [&] { return TokenCacheLock(cache).waited(); });
+    EXPECT_EQ(waiter.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
+    again.reset();
+    EXPECT_TRUE(waiter.get());
 }
 
 TEST_F(CacheTest, BadSourcesAreUsageErrors) {

@@ -70,6 +70,25 @@ struct CacheBuildOptions {
     GuardAction guard_action = GuardAction::refuse;
     // Progress: (input bytes done, total input bytes).
     std::function<void(uint64_t, uint64_t)> progress;
+    // Hold the cache folder's lock (TokenCacheLock) while checking and building; false when the caller holds it.
+    bool lock = true;
+};
+
+// An exclusive lock on a cache folder (flock on `<cache_dir>/.lock`, creating the folder): two processes (or two
+// threads) sharing one data.cache_dir take turns, so the second one waits (logging "waiting for the token cache
+// lock held by pid N") and then reuses the finished cache instead of colliding with the first one's temp files.
+// Released by the destructor or when the process dies (the kernel drops flock locks with the file descriptor).
+class TokenCacheLock {
+public:
+    explicit TokenCacheLock(const std::filesystem::path& cache_dir);
+    ~TokenCacheLock();
+    TokenCacheLock(const TokenCacheLock&)            = delete;
+    TokenCacheLock& operator=(const TokenCacheLock&) = delete;
+    bool waited() const { return waited_; }  // another holder was there first
+
+private:
+    int fd_      = -1;
+    bool waited_ = false;
 };
 
 struct CacheBuildReport {
@@ -89,7 +108,8 @@ struct CacheBuildReport {
     std::vector<std::string> first_hits;  // "file:line: 116A1 (0.93)" for the refuse message
 };
 
-// Builds the cache in `cache_dir`, or reuses it when its identity matches. With the guard's action `refuse` and
+// Builds the cache in `cache_dir`, or reuses it when its identity matches (under the folder's TokenCacheLock unless
+// options.lock is false). With the guard's action `refuse` and
 // any hit, no cache is written (the report is) and UsageError names the report and the first hits.
 CacheBuildReport build_token_cache(const std::filesystem::path& cache_dir, const CacheBuildOptions& options);
 
