@@ -119,6 +119,8 @@ nlohmann::json score_options(const std::vector<eval::Question>& questions, const
     };
     at::NoGradGuard no_grad;
     std::vector<std::string> standard, explained;
+    double margin[2] = {0, 0};
+    int margins[2]   = {0, 0};
     ProgressLog progress("option scoring", static_cast<int64_t>(questions.size()), "questions");
     for (size_t qi = 0; qi < questions.size(); ++qi) {
         const auto& q = questions[qi];
@@ -127,23 +129,35 @@ nlohmann::json score_options(const std::vector<eval::Question>& questions, const
             explained.emplace_back();
             continue;
         }
-        auto pick = [&](const std::string& prefix) {
+        // The gold option's score minus the mean of the others: how much the model prefers the right text, a
+        // continuous measure (the picks are its argmax).
+        const int gold = q.answer.size() == 1 && q.answer[0].size() == 1 ? q.answer[0][0] - 'a' : -1;
+        auto pick      = [&](const std::string& prefix, double& margin_sum, int& margin_count) {
             const auto s = continuation_scores(model, *tokenizer, prefix, q.choices, device);
             size_t best  = 0;
             for (size_t i = 1; i < s.size(); ++i)
                 if (s[i] > s[best]) best = i;
+            if (gold >= 0 && gold < static_cast<int>(s.size()) && s.size() > 1) {
+                double others = 0;
+                for (size_t i = 0; i < s.size(); ++i)
+                    if (static_cast<int>(i) != gold) others += s[i];
+                margin_sum += s[gold] - others / static_cast<double>(s.size() - 1);
+                ++margin_count;
+            }
             return std::string(1, kLetters[best]);
         };
         const size_t count = q.answer.size();
         // The standard user turn ends with "\n答え:", as the corpus' practice questions do.
-        standard.push_back(pick(eval::render_user_turn(q.problem_text, q.choices, count, eval::PromptMode::standard)));
+        standard.push_back(pick(eval::render_user_turn(q.problem_text, q.choices, count, eval::PromptMode::standard),
+                                margin[0], margins[0]));
         auto it = explanations.find(q.problem_id);
         if (it == explanations.end()) {
             explained.emplace_back();
         } else {
             explained.push_back(
                 pick(eval::render_user_turn(q.problem_text, q.choices, count, eval::PromptMode::explanation) + "\n" +
-                     explanation_before_answer(it->second) + eval::kAnswerMarker));
+                         explanation_before_answer(it->second) + eval::kAnswerMarker,
+                     margin[1], margins[1]));
         }
         progress.update(static_cast<int64_t>(qi + 1));
     }
@@ -151,6 +165,9 @@ nlohmann::json score_options(const std::vector<eval::Question>& questions, const
     out["method"]   = "option-text log-likelihood (mean per token), 0-shot";
     out["standard"] = mode_json(questions, standard);
     if (!explanations.empty()) out["explanation"] = mode_json(questions, explained);
+    // Mean over questions of (gold option's mean log-prob per token) - (the other options' average).
+    out["standard"]["gold_margin"] = margins[0] ? margin[0] / margins[0] : 0.0;
+    if (out.contains("explanation")) out["explanation"]["gold_margin"] = margins[1] ? margin[1] / margins[1] : 0.0;
     if (!answers.empty()) out["text_standard"] = mode_json(questions, text_answers(answers));
     if (!explanations.empty()) out["text_explanation"] = mode_json(questions, text_answers(explanations));
     return out;

@@ -97,7 +97,9 @@ json read_row(const ReportRow& row, const json& pass_lines) {
     for (const auto& [name, pair] : scorings) {
         const auto& [s3, se] = pair;
         json c               = columns(score_of(s3), score_of(se));
-        json yj              = json::array();
+        if (s3.is_object() && s3.contains("gold_margin")) c["gold_margin"] = s3["gold_margin"];
+        if (se.is_object() && se.contains("gold_margin")) c["gold_margin_explanation"] = se["gold_margin"];
+        json yj = json::array();
         for (int year : years) {
             json y = {{"year", year}, {"points", year_points(s3, year)}, {"points_explanation", year_points(se, year)}};
             int possible = 0;
@@ -181,8 +183,14 @@ std::string report_table(const json& report) {
     for (const auto& r : report["rows"]) {
         for (const auto& [key, label] : kScorings) {
             if (!r["scores"].contains(key)) continue;
-            const json c = r["scores"][key];
-            out += "| " + r.value("name", "") + " | " + label + " | " + pct(c["standard"]) + " | " +
+            const json c      = r["scores"][key];
+            std::string shown = label;
+            if (c.contains("gold_margin") && c["gold_margin"].is_number()) {
+                char buf[48];
+                std::snprintf(buf, sizeof buf, " (margin %.3f)", c["gold_margin"].get<double>());
+                shown += buf;
+            }
+            out += "| " + r.value("name", "") + " | " + shown + " | " + pct(c["standard"]) + " | " +
                    pct(c["explanation"]) + " | " + signed_pct(c["gap"]) + " |";
             for (const auto& y : c["years"])
                 out += " " + num(y["points"]) + " / " + num(y["points_explanation"]) + " of " + num(y["possible"]) +
@@ -194,7 +202,9 @@ std::string report_table(const json& report) {
         "\nScores are % of points; gap = w/ explanation minus 3-shot. letters: the evaluator's extraction of the "
         "generated answers (`eval igakuqa`, official in 3-shot). answer text -> label: the same generated answers, "
         "read as option text (eval::choice_named_by_text). option-text LL: the option whose text has the highest "
-        "mean log-likelihood after the question (0-shot; w/ expl.: after the model's own explanation). pass: the "
+        "mean log-likelihood after the question (0-shot; w/ expl.: after the model's own explanation); margin: the "
+        "gold "
+        "option's mean log-prob per token minus the other options' average (3-shot column). pass: the "
         "world's pass line (report.pass_lines) when given, else the evaluator's MHLW verdict.\n";
     return out;
 }
@@ -259,7 +269,7 @@ std::string report_html(const json& report) {
     std::string out = "<!DOCTYPE html>\n<html lang=\"ja\"><head><meta charset=\"utf-8\"><title>" +
                       html_escape(report.value("title", "")) +
                       "</title><style>body{font-family:sans-serif;margin:24px}table{border-collapse:collapse}"
-                      "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+                      "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}td:nth-child(-n+2){text-align:left}"
                       ".charts svg{margin:6px}</style></head><body>\n<h1>" +
                       html_escape(report.value("title", "")) + "</h1>\n";
     // The table, rendered from the markdown lines.

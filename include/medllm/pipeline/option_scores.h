@@ -29,8 +29,10 @@ struct OptionScoreOptions {
     std::string device = "cpu";
 };
 
-// One mode's result: per question the chosen letter and whether it is right, scored like the evaluator (points,
-// per year) from the choices alone. Throws medllm::Error for an unreadable model or predictions file.
+// {standard, explanation}: per mode the picks scored like the evaluator (summary_json: points, per year) plus
+// `gold_margin` (mean over questions of the gold option's score minus the other options' average);
+// {text_standard, text_explanation}: the evaluator's generated answers read as option text
+// (eval::choice_named_by_text) and scored the same way. Throws medllm::Error for an unreadable model or file.
 nlohmann::json score_options(const std::vector<eval::Question>& questions, const OptionScoreOptions& options);
 
 // The explanation text a completion gives before its last answer marker ("" when it gives none).
