@@ -37,6 +37,15 @@ at::Tensor positions_from_segments(const at::Tensor& seg) {
 // Boolean attention mask [B, 1, S, T] (true = attend), or undefined when SDPA's own causal flag suffices.
 at::Tensor build_mask(int64_t B, int64_t S, int64_t past, const ForwardInputs& in, at::Device device, bool& causal) {
     causal = false;
+    if (in.attention_mask_4d.defined()) {
+        const auto& m = in.attention_mask_4d;
+        if (past != 0 || in.attention_mask.defined() || in.segment_ids.defined())
+            throw Error("attention_mask_4d cannot be combined with a KV cache, attention_mask or segment_ids");
+        if (m.dim() != 4 || m.size(0) != B || m.size(1) != 1 || m.size(2) != S || m.size(3) != S)
+            throw Error("attention_mask_4d must be [batch, 1, seq, seq] = [" + std::to_string(B) + ", 1, " +
+                        std::to_string(S) + ", " + std::to_string(S) + "]");
+        return m.to(device, at::kBool);
+    }
     if (!in.attention_mask.defined() && !in.segment_ids.defined()) {
         if (past == 0 && S > 1) {
             causal = true;  // SDPA's is_causal is top-left aligned, right only without a cache prefix

@@ -242,7 +242,92 @@ PrefDataset load_pref_dataset(const fs::path& path, const text::Tokenizer& tok, 
 
 // ---------------------------------------------------------------- collation
 
-PrefBatch collate_pairs(const std::vector<const PrefExample*>& pairs, int32_t pad_id, at::Device device) {
+namespace {
+
+// One row per pair: chosen's tokens, then rejected's tokens after the longest prefix the two share (causal
+// attention makes that prefix's hidden states the same in both rows, whatever the truncation did to them).
+PrefBatch collate_shared_prompt(const std::vector<const PrefExample*>& pairs, int32_t pad_id, at::Device device) {
+    PrefBatch b;
+    b.pairs         = static_cast<int64_t>(pairs.size());
+    const int64_t B = b.pairs;
+    std::vector<int64_t> shared(static_cast<size_t>(B));
+    int64_t S = 1;
+    for (int64_t i = 0; i < B; ++i) {
+        const auto& c = pairs[static_cast<size_t>(i)]->chosen.ids;
+        const auto& r = pairs[static_cast<size_t>(i)]->rejected.ids;
+        size_t k      = 0;
+        while (k < c.size() && k < r.size() && c[k] == r[k]) ++k;
+        shared[static_cast<size_t>(i)] = static_cast<int64_t>(k);
+        S                              = std::max<int64_t>(S, static_cast<int64_t>(c.size() + r.size() - k));
+    }
+    b.seq_len = S;
+    auto ids  = at::full({B, S}, pad_id, at::kLong);
+    auto posi = at::zeros({B, S}, at::kLong);
+    auto mask = at::zeros({B, 1, S, S}, at::kBool);
+    auto lens = at::zeros({2 * B}, at::kFloat);
+    auto* idp = ids.data_ptr<int64_t>();
+    auto* pp  = posi.data_ptr<int64_t>();
+    auto* mp  = mask.data_ptr<bool>();
+    for (int64_t i = 0; i < B; ++i) {
+        const auto& c   = pairs[static_cast<size_t>(i)]->chosen.ids;
+        const auto& r   = pairs[static_cast<size_t>(i)]->rejected.ids;
+        const int64_t C = static_cast<int64_t>(c.size()), k = shared[static_cast<size_t>(i)];
+        const int64_t L = C + static_cast<int64_t>(r.size()) - k;
+        bool* m         = mp + i * S * S;
+        for (int64_t q = 0; q < S; ++q) {
+            bool* row = m + q * S;
+            if (q < C) {
+                idp[i * S + q] = c[static_cast<size_t>(q)];
+                pp[i * S + q]  = q;
+                std::fill(row, row + q + 1, true);
+            } else if (q < L) {
+                idp[i * S + q] = r[static_cast<size_t>(k + q - C)];
+                pp[i * S + q]  = k + q - C;
+                std::fill(row, row + k, true);
+                std::fill(row + C, row + q + 1, true);
+            } else {
+                std::fill(row, row + q + 1, true);  // padding: plain causal, never attended to, never read
+            }
+        }
+    }
+    // Chosen sequences first, then rejected, each in token order: the layout of collate_pairs' separate rows.
+    std::vector<int64_t> pos, tgt, row;
+    for (int64_t s = 0; s < 2 * B; ++s) {
+        const int64_t i = s % B;
+        const PrefSequence& sq =
+            s < B ? pairs[static_cast<size_t>(i)]->chosen : pairs[static_cast<size_t>(i)]->rejected;
+        const int64_t n = static_cast<int64_t>(sq.ids.size()), k = shared[static_cast<size_t>(i)];
+        const int64_t C = static_cast<int64_t>(pairs[static_cast<size_t>(i)]->chosen.ids.size());
+        int64_t count   = 0;
+        for (int64_t t = std::max<int64_t>(1, sq.prompt_len); t < n; ++t) {
+            const int64_t from = t - 1;  // the position whose logits predict token t
+            pos.push_back(i * S + (s < B || from < k ? from : C + from - k));
+            tgt.push_back(sq.ids[static_cast<size_t>(t)]);
+            row.push_back(s);
+            ++count;
+        }
+        lens[s] = static_cast<float>(count);
+        (s < B ? b.chosen_tokens : b.rejected_tokens) += count;
+        b.real_tokens += n;
+    }
+    for (const auto* p : pairs) b.pair_types.push_back(p->pair_type);
+    const auto opts     = at::TensorOptions().dtype(at::kLong);
+    const int64_t M     = static_cast<int64_t>(pos.size());
+    b.input_ids         = ids.to(device);
+    b.position_ids      = posi.to(device);
+    b.attention_mask_4d = mask.to(device);
+    b.predict_position  = at::from_blob(pos.data(), {M}, opts).clone().to(device);
+    b.targets           = at::from_blob(tgt.data(), {M}, opts).clone().to(device);
+    b.row_of            = at::from_blob(row.data(), {M}, opts).clone().to(device);
+    b.completion_len    = lens.to(device);
+    return b;
+}
+
+}  // namespace
+
+PrefBatch collate_pairs(const std::vector<const PrefExample*>& pairs, int32_t pad_id, at::Device device,
+                        bool share_prompt) {
+    if (share_prompt) return collate_shared_prompt(pairs, pad_id, device);
     PrefBatch b;
     b.pairs         = static_cast<int64_t>(pairs.size());
     const int64_t R = 2 * b.pairs;

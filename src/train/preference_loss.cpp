@@ -262,12 +262,14 @@ MicroMetrics make_micro_metrics(const PreferenceLossOutput& out, const at::Tenso
 PairLogps pair_logps(model::Qwen2ForCausalLM& model, const PrefBatch& b, const PreferenceLossSpec& spec, int64_t chunk,
                      bool with_nll) {
     model::ForwardInputs in;
-    in.input_ids      = b.input_ids;  // right-padded: causal attention never reaches the pads from a real token
-    const auto hidden = model.forward_hidden(in).hidden;
-    const int64_t H   = hidden.size(2);
-    const auto rows   = hidden.reshape({-1, H}).index_select(0, b.predict_position);
-    const auto tl     = selected_token_logps(rows, model.lm_head_weight(), b.targets, chunk);
-    auto seq          = sequence_logps(tl.logps, b.row_of, 2 * b.pairs);
+    in.input_ids         = b.input_ids;     // right-padded: causal attention never reaches the pads from a real token
+    in.position_ids      = b.position_ids;  // shared-prompt rows: rejected's own positions
+    in.attention_mask_4d = b.attention_mask_4d;  // and its mask (prefix + itself)
+    const auto hidden    = model.forward_hidden(in).hidden;
+    const int64_t H      = hidden.size(2);
+    const auto rows      = hidden.reshape({-1, H}).index_select(0, b.predict_position);
+    const auto tl        = selected_token_logps(rows, model.lm_head_weight(), b.targets, chunk);
+    auto seq             = sequence_logps(tl.logps, b.row_of, 2 * b.pairs);
     PairLogps out;
     if (spec.length_normalized()) seq = seq / b.completion_len;
     out.chosen   = seq.narrow(0, 0, b.pairs);

@@ -217,6 +217,32 @@ TEST(PrefData, CollatorVector) {
     EXPECT_EQ(batch.rejected_tokens, 4);
 }
 
+TEST(PrefData, SharedPromptCollatorVector) {
+    // One row per pair: chosen, then rejected after the prefix both share; rejected keeps its own positions.
+    PrefDataOptions o;
+    o.max_length = o.max_prompt_length = 0;
+    const auto a                       = truncate_pair({1, 2, 3}, {4, 5}, {6}, /*is_chat=*/true, 99, o);
+    const auto b                       = truncate_pair({7, 8}, {9, 10}, {11, 12, 13}, true, 99, o);
+    const auto batch                   = collate_pairs({&a, &b}, 0, at::kCPU, /*share_prompt=*/true);
+    EXPECT_TRUE(at::equal(batch.input_ids,
+                          at::tensor({1, 2, 3, 4, 5, 6, 0, 7, 8, 9, 10, 11, 12, 13}, at::kLong).reshape({2, 7})))
+        << batch.input_ids;
+    EXPECT_TRUE(at::equal(batch.position_ids,
+                          at::tensor({0, 1, 2, 3, 4, 3, 0, 0, 1, 2, 3, 2, 3, 4}, at::kLong).reshape({2, 7})))
+        << batch.position_ids;
+    EXPECT_TRUE(at::equal(batch.targets, at::tensor({4, 5, 9, 10, 6, 11, 12, 13}, at::kLong)));
+    // Rejected's first token is predicted by the shared prompt's last position (2 and 7 + 1).
+    EXPECT_TRUE(at::equal(batch.predict_position, at::tensor({2, 3, 8, 9, 2, 8, 11, 12}, at::kLong)))
+        << batch.predict_position;
+    EXPECT_TRUE(at::equal(batch.row_of, at::tensor({0, 0, 1, 1, 2, 3, 3, 3}, at::kLong)));
+    // Pair b's rejected token 12 (position 11 of the row) sees the prompt 7 8 and 11, not chosen's 9 10.
+    const auto m = batch.attention_mask_4d[1][0][5].to(at::kLong);
+    EXPECT_TRUE(at::equal(m, at::tensor({1, 1, 0, 0, 1, 1, 0}, at::kLong))) << m;
+    EXPECT_EQ(batch.chosen_tokens, 4);
+    EXPECT_EQ(batch.rejected_tokens, 4);
+    EXPECT_EQ(batch.real_tokens, 5 + 4 + 4 + 5);
+}
+
 TEST(PrefData, TruncationAsTrl028) {
     PrefDataOptions o;
     o.max_prompt_length = 3;
@@ -499,6 +525,45 @@ TEST_F(RpoRun, GradientsMatchTrl) {
             EXPECT_LT((p.grad() - want).abs().max().item<double>(), 2e-6) << name << " " << n;
         }
     }
+}
+
+TEST_F(RpoRun, SharedPromptGivesTheSameLogpsAndGradients) {
+    // The fixture pairs in one packed row each (training.share_prompt) against separate rows: the same
+    // log-probs, NLL and adapter gradients up to fp32 rounding.
+    auto tok = text::Tokenizer::from_dir(test::fixtures() / "train" / "byte-tokenizer");
+    PrefDataOptions po;
+    po.eos_id     = 256;
+    const auto ds = load_pref_dataset(rpo_fixtures() / "pairs.jsonl", *tok, po);
+    std::vector<const PrefExample*> pairs;
+    for (const auto& e : ds.examples) pairs.push_back(&e);
+    const auto spec = spec_of(nullptr, nullptr, 10, 0, "pooled", false);
+    std::vector<PairLogps> got;
+    std::vector<at::Tensor> ref;
+    std::vector<std::vector<at::Tensor>> grads;
+    for (bool share : {false, true}) {
+        auto model = peft::load_model_with_adapter((test::fixtures() / "model" / "qwen2-tiny-tied").string(),
+                                                   rpo_fixtures() / "init_adapter", at::kFloat);
+        model->eval();
+        const auto batch = collate_pairs(pairs, 256, at::kCPU, share);
+        if (share) EXPECT_EQ(batch.input_ids.size(0), batch.pairs);
+        const auto [rc, rr] = reference_logps(*model, batch, spec, 5);
+        ref.push_back(at::cat({rc, rr}));
+        got.push_back(pair_logps(*model, batch, spec, 5, true));
+        const auto& p = got.back();
+        preference_loss(spec, p.chosen, p.rejected, rc, rr, p.nll).loss.backward();
+        grads.emplace_back();
+        for (const auto& [n, w] : peft::adapter_parameters(*model)) grads.back().push_back(w.grad().clone());
+    }
+    EXPECT_TRUE(at::allclose(ref[0], ref[1], 0, 1e-4)) << ref[0] << ref[1];
+    EXPECT_TRUE(at::allclose(got[0].chosen, got[1].chosen, 0, 1e-4)) << got[0].chosen << got[1].chosen;
+    EXPECT_TRUE(at::allclose(got[0].rejected, got[1].rejected, 0, 1e-4)) << got[0].rejected << got[1].rejected;
+    EXPECT_NEAR(got[0].nll.item<double>(), got[1].nll.item<double>(), 1e-5);
+    EXPECT_NEAR(got[0].logits_chosen, got[1].logits_chosen, 1e-5);
+    EXPECT_NEAR(got[0].logits_rejected, got[1].logits_rejected, 1e-5);
+    ASSERT_EQ(grads[0].size(), grads[1].size());
+    for (size_t i = 0; i < grads[0].size(); ++i)
+        EXPECT_LT((grads[0][i] - grads[1][i]).abs().max().item<double>(),
+                  1e-5 * (1 + grads[0][i].abs().max().item<double>()));
 }
 
 // ---------------------------------------------------------------- a toy run, resume, bad input

@@ -86,6 +86,7 @@ struct ForwardInputs {
     at::Tensor position_ids;    // [B, S] int64; default past_len .. past_len+S-1 as HF forward (restarting per segment)
     at::Tensor attention_mask;  // [B, past_len+S], 1 = real token, 0 = padding (left padding for generation)
     at::Tensor segment_ids;     // [B, S] packed documents: attend only within the same id (no KV cache)
+    at::Tensor attention_mask_4d;         // [B, 1, S, S] bool, true = attend: an explicit mask (no KV cache, alone)
     KVCache* cache            = nullptr;  // incremental decoding
     bool output_hidden_states = false;
     // > 0: the final hidden states only for the last `last_positions` positions of each row (HF's logits_to_keep,

@@ -79,7 +79,7 @@ PrefDataset load_pref_dataset(const std::filesystem::path& path, const text::Tok
 // completion positions flattened for the log-prob gather.
 struct PrefBatch {
     int64_t pairs = 0, seq_len = 0;
-    at::Tensor input_ids;         // [2B, S] int64
+    at::Tensor input_ids;         // [2B, S] int64 ([B, S] with share_prompt)
     at::Tensor predict_position;  // [M] int64: row * S + t - 1, the position whose logits predict completion token t
     at::Tensor targets;           // [M] int64: the completion token
     at::Tensor row_of;            // [M] int64: its row (< B: chosen)
@@ -87,7 +87,15 @@ struct PrefBatch {
     int64_t chosen_tokens = 0, rejected_tokens = 0, real_tokens = 0;
     std::vector<std::string> pair_types;
     std::vector<int64_t> indices;  // dataset indices of the pairs
+    // share_prompt: one row per pair, [chosen, rejected after the prefix it shares with chosen]; the rejected
+    // tokens attend to that prefix and to themselves (not to chosen) at their own positions, so every log-prob
+    // is the one of separate rows while the shared prompt runs once. Undefined otherwise.
+    at::Tensor position_ids;       // [B, S] int64
+    at::Tensor attention_mask_4d;  // [B, 1, S, S] bool
 };
-PrefBatch collate_pairs(const std::vector<const PrefExample*>& pairs, int32_t pad_id, at::Device device);
+// Rows [2B, S] (chosen 0..B-1, rejected B..2B-1), or with share_prompt one packed row per pair [B, S]; row_of
+// numbers the sequences the same way in both layouts.
+PrefBatch collate_pairs(const std::vector<const PrefExample*>& pairs, int32_t pad_id, at::Device device,
+                        bool share_prompt = false);
 
 }  // namespace medllm::train
