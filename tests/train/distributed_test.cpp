@@ -537,4 +537,28 @@ TEST_F(DistributedCpt, RpoTwoProcessesEqualOneWithTwiceTheBatch) {
     double worst = 0;
     for (const auto& [name, t] : a1) worst = std::max(worst, (t - a2.at(name)).abs().max().item<double>());
     EXPECT_LT(worst, 1e-5) << "largest adapter difference";
+
+    // One process (1 pair per step) on the 2-process run's last checkpoint: refused, naming both world sizes;
+    // with --resume-world-size-change it continues from step 3 of 6 and says what changes.
+    fs::copy(dir / "two", dir / "changed", fs::copy_options::recursive);
+    fs::remove_all(dir / "changed" / "adapter");
+    Proc refused = Proc::start(rpo_args(dir / "changed", 1), {}, dir / "rpo_refused.log");
+    ASSERT_TRUE(refused.wait(60));
+    EXPECT_EQ(refused.exit_code, 2) << refused.output();
+    EXPECT_NE(refused.output().find("written by 2 process(es), this run has 1"), std::string::npos) << refused.output();
+    EXPECT_NE(refused.output().find("--resume-world-size-change"), std::string::npos) << refused.output();
+    auto changed_args = rpo_args(dir / "changed", 1);
+    changed_args.push_back("--resume-world-size-change");
+    Proc allowed = Proc::start(changed_args, {}, dir / "rpo_allowed.log");
+    ASSERT_TRUE(allowed.wait(90));
+    ASSERT_EQ(allowed.exit_code, 0) << allowed.output();
+    EXPECT_NE(
+        allowed.output().find("each optimizer step now covers 1 pairs instead of 2; 6 steps per epoch instead of 3"),
+        std::string::npos)
+        << allowed.output();
+    EXPECT_NE(allowed.output().find("resuming from"), std::string::npos) << allowed.output();
+    const auto mc = read_jsonl(dir / "changed" / "metrics.jsonl");
+    ASSERT_EQ(mc.size(), 6u);  // the 3 steps of the 2-process run, then steps 4..6 with one process
+    EXPECT_EQ(mc.back()["step"], 6);
+    EXPECT_FALSE(mc.back().contains("world_size"));
 }
