@@ -45,6 +45,19 @@ void add_pipeline_command(CLI::App& app) {
         }
         run.from = opts->from;
         run.only = opts->only;
+        // Stage names are checked before the run folder and its log are created.
+        for (const auto* name : {&run.from, &run.only}) {
+            if (name->empty()) continue;
+            std::string names;
+            bool found = false;
+            for (const auto& s : pipeline::plan_stages(config)) {
+                found = found || s.name == *name;
+                names += (names.empty() ? "" : ", ") + s.name;
+            }
+            if (!found)
+                throw UsageError(std::string(name == &run.from ? "--from " : "--only ") + *name +
+                                 ": no such stage in this config (stages: " + names + ")");
+        }
         start_run(config.run_dir, run.resolved);
         const auto result = pipeline::run_pipeline(config, run);
         spdlog::info("pipeline: {} stages ran, {} skipped; report: {}", result.ran.size(), result.skipped.size(),
