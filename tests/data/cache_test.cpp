@@ -143,13 +143,15 @@ TEST_F(CacheTest, TwoBuildersOfOneFolderTakeTurnsAndBuildOnce) {
     write("c.jsonl", big);
     const auto cache = dir / "cache";
     std::optional<TokenCacheLock> held(std::in_place, cache);  // a third holder, so both builders start waiting
-    const auto build = [&] {
+    // Each builder has its own tokenizer, as a second process would; loaded first, so both reach the cache at once.
+    const auto second = medllm::text::Tokenizer::from_dir(test::tokenizer_dir());
+    const auto build  = [&](const medllm::text::Tokenizer* t) {
         auto o      = test::options(dir, {{"c.jsonl"}});
-        o.tokenizer = nullptr;  // each builder loads its own tokenizer, as a second process would
+        o.tokenizer = t;
         return build_token_cache(cache, o);
     };
-    auto a = std::async(std::launch::async, build);
-    auto b = std::async(std::launch::async, build);
+    auto a = std::async(std::launch::async, build, &test::tokenizer());
+    auto b = std::async(std::launch::async, build, second.get());
     EXPECT_EQ(a.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout) << "built past the lock";
     EXPECT_FALSE(fs::exists(cache / "manifest.json"));
     held.reset();
