@@ -6,6 +6,7 @@
 #
 #   scripts/bench-rpo.sh                  # CPU (STEPS=6 THREADS=$(nproc) PAIRS=48)
 #   STEPS=10 THREADS=2 scripts/bench-rpo.sh
+#   SHARE_PROMPT=true scripts/bench-rpo.sh   # medllm packs chosen + rejected in one row, the prompt run once
 #
 # Prints pairs/s of the training steps (the first step is a warm-up and left out on both sides; the precompute
 # pass is not counted) and the peak resident memory of each process (/usr/bin/time %M), and the medllm / TRL
@@ -17,6 +18,7 @@ PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-6}
 THREADS=${THREADS:-$(nproc)}
 PAIRS=${PAIRS:-48}
+SHARE_PROMPT=${SHARE_PROMPT:-false}  # medllm: chosen + rejected in one row, the prompt computed once (TRL: two rows)
 WORK=$(mktemp -d /tmp/bench-rpo.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 [[ -x "$MEDLLM" ]] || { echo "bench-rpo: $MEDLLM not built (cmake --build build --target medllm)" >&2; exit 1; }
@@ -53,7 +55,7 @@ run_medllm() {  # $1 = precompute true|false
         --set lora.alpha=16 --set loss.rpo_alpha=10 --set reference.precompute="$1" --set optim.lr=1e-4 \
         --set schedule.name=constant --set training.batch_size=4 --set training.max_steps="$STEPS" \
         --set training.activation_checkpointing=false --set training.device=cpu --set training.logging_steps=1 \
-        --set training.save_steps=1000000 > /dev/null
+        --set training.save_steps=1000000 --set training.share_prompt="$SHARE_PROMPT" > /dev/null
     "$PY" - "$out" <<'PYEOF'
 import json, sys
 recs = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl") if '"pairs_per_second"' in l]
@@ -101,7 +103,7 @@ PYEOF
     "$PY" -c "import json,sys; d=json.load(open('$WORK/trl-$1.result')); d['peak_rss_mb']=int(open('$WORK/trl-$1.rss').read().split()[-1])/1024; print(json.dumps(d))"
 }
 
-echo "bench-rpo: $PAIRS pairs, batch 4, $STEPS steps, $THREADS threads, $(nproc) cores"
+echo "bench-rpo: $PAIRS pairs, batch 4, $STEPS steps, $THREADS threads, $(nproc) cores, medllm share_prompt=$SHARE_PROMPT, load $(cut -d" " -f1-3 /proc/loadavg)"
 for pre in false true; do
     m=$(run_medllm $pre)
     t=$(run_trl $pre)

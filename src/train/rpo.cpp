@@ -150,7 +150,9 @@ void add_rpo_fields(ConfigSchema<RpoConfig>& s) {
             "dropout off in policy and reference, LoRA dropout included (TRL's default)");
     s.field("training.share_prompt", &C::share_prompt,
             "chosen and rejected of a pair in one row, their common prefix (the prompt) computed once, the "
-            "rejected tokens masked from chosen: the same log-probs for ~30% less compute on prompt-heavy data "
+            "rejected tokens masked from chosen: the same log-probs for ~30% fewer tokens on prompt-heavy data, but on "
+            "the CPU the masked attention "
+            "costs more than that saves (measured, README) "
             "(used only with training.disable_dropout, so both see one dropout mask never)");
     s.field("training.seed", &C::train_seed, "adapter init and dropout").range(0, 9e15);
     s.field("training.device", &C::device, "auto | cpu | cuda | cuda:N");

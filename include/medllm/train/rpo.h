@@ -82,8 +82,8 @@ struct RpoConfig {
     int64_t batch_size            = 8;  // pairs per micro-batch (per process)
     int64_t grad_accum            = 1;
     bool activation_checkpointing = true;
-    bool disable_dropout          = true;  // TRL's default: dropout off in policy and reference (LoRA's too)
-    bool share_prompt             = true;  // chosen + rejected in one row, the common prefix run once
+    bool disable_dropout          = true;   // TRL's default: dropout off in policy and reference (LoRA's too)
+    bool share_prompt             = false;  // chosen + rejected in one row, the common prefix run once
     int64_t train_seed            = 42;
     std::string device            = "auto";
     int64_t logits_chunk          = 1024;  // completion positions per lm_head chunk (memory vs GEMM size)
