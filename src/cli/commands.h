@@ -11,7 +11,7 @@ namespace medllm::cli {
 void add_cpt_command(CLI::App& app);
 void add_build_prefs_command(CLI::App& app);
 void add_rpo_command(CLI::App& app);
-void add_pipeline_command(CLI::App& app);  // `pipeline`: the whole job
+void add_pipeline_command(CLI::App& app);        // `pipeline`: the whole job
 void add_eval_command(CLI::App& app);            // `eval igakuqa`, `eval mcqa`
 void add_eval_mcqa_command(CLI::App& eval_cmd);  // src/cli/eval_mcqa.cpp, registered by add_eval_command
 void add_generate_command(CLI::App& app);
