@@ -115,8 +115,9 @@ CheckedSample check_sample(const PrefQuestion& q, std::string text, const std::s
     }
     s.explanation_chars = count_visible_code_points(before);
     s.short_explanation = s.explanation_chars < options.min_explanation_chars;
+    s.empty             = trim(s.text).empty();
     const bool flagged  = s.truncated || s.short_explanation;
-    if (flagged && options.drop_flagged)
+    if (s.empty || (flagged && options.drop_flagged))
         s.status = SampleStatus::dropped;
     else if (s.correct && !flagged)
         s.status = SampleStatus::chosen;
@@ -188,8 +189,8 @@ PairsOutput make_pairs_output(const std::vector<PrefQuestion>& questions, const 
                               const PairOptions& options) {
     PairsOutput out;
     int64_t n_samples = 0, n_chosen = 0, n_rejected = 0, n_unparseable = 0, n_truncated = 0, n_short = 0, n_dropped = 0,
-            n_correct = 0;
-    json by_type      = json::object();
+            n_correct = 0, n_empty = 0;
+    json by_type = json::object();
     std::map<std::string, int64_t> pairs_by_type;
     std::map<std::string, std::vector<std::string>> without;
     for (auto t : options.types) {
@@ -218,6 +219,7 @@ PairsOutput make_pairs_output(const std::vector<PrefQuestion>& questions, const 
             if (!s.parsed) ++n_unparseable;
             if (s.truncated) ++n_truncated;
             if (s.short_explanation) ++n_short;
+            if (s.empty) ++n_empty;
             if (s.status == SampleStatus::chosen) ++n_chosen;
             if (s.status == SampleStatus::rejected) ++n_rejected;
             if (s.status == SampleStatus::dropped) ++n_dropped;
@@ -266,6 +268,7 @@ PairsOutput make_pairs_output(const std::vector<PrefQuestion>& questions, const 
     s["truncated"]         = n_truncated;
     s["short_explanation"] = n_short;
     s["dropped"]           = n_dropped;
+    s["empty"]             = n_empty;
     s["correct"]           = n_correct;
     s["sample_accuracy"]   = n_samples ? static_cast<double>(n_correct) / static_cast<double>(n_samples) : 0.0;
     s["accuracy_by_type"]  = by_type;
@@ -299,7 +302,8 @@ std::string format_summary(const json& s) {
     row("unparseable", num("unparseable"));
     row("truncated (token limit)", num("truncated"));
     row("short explanation", num("short_explanation"));
-    row("dropped", num("dropped"));
+    row("dropped (incl. empty)", num("dropped"));
+    row("empty samples", num("empty"));
     std::snprintf(buf, sizeof buf, "%.4f", s.value("sample_accuracy", 0.0));
     row("sample accuracy", buf);
     for (const auto& [type, v] : s["accuracy_by_type"].items()) {

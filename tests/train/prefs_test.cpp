@@ -258,6 +258,10 @@ TEST(PrefsCheck, RealisticOutputs) {
     auto lenient           = opt;
     lenient.require_marker = false;
     EXPECT_TRUE(check_sample(by_id(qs, "105A1"), "c", "eos", lenient).parsed);
+    // An empty sample (the model stopped at once) is never a rejected completion, even when flagged samples are kept.
+    EXPECT_EQ(check_sample(by_id(qs, "105A1"), "", "eos", opt).status, SampleStatus::dropped);
+    EXPECT_EQ(check_sample(by_id(qs, "105A1"), " \n\t", "stop", opt).status, SampleStatus::dropped);
+    EXPECT_TRUE(check_sample(by_id(qs, "105A1"), " \n", "stop", opt).empty);
     EXPECT_FALSE(check_sample(by_id(qs, "105A1"), "c", "eos", opt).parsed);
     // Minimum explanation length counts code points without spaces and without the marker.
     auto longer                  = opt;

@@ -43,6 +43,7 @@ struct CheckedSample {
     bool correct              = false;
     bool truncated            = false;  // finish_reason "length"
     bool short_explanation    = false;
+    bool empty                = false;  // nothing but whitespace: never a pair completion (always dropped)
     int64_t explanation_chars = 0;
     SampleStatus status       = SampleStatus::rejected;
 };
