@@ -20,8 +20,6 @@
 #include "medllm/core/files.h"
 #include "medllm/core/progress.h"
 #include "medllm/io/model_files.h"
-#include "medllm/io/safetensors.h"
-#include "medllm/model/rng_state.h"
 #include "medllm/peft/adapter.h"
 #include "medllm/peft/lora.h"
 #include "medllm/train/checkpoint.h"
@@ -293,11 +291,7 @@ void save_checkpoint(Run& r) {
     }
     r.last_checkpoint = write_checkpoint(r.output, step, [&](const fs::path& dir) {
         peft::save_adapter(*r.model, r.lora, dir / "adapter");
-        io::save_file(dir / "optimizer.safetensors", r.optimizer->state_tensors());
-        const auto rng = model::RngState::capture(r.optimizer->params().front().second);
-        std::vector<std::pair<std::string, at::Tensor>> rng_tensors{{"cpu", rng.cpu}};
-        if (rng.device.defined()) rng_tensors.emplace_back("cuda", rng.device);
-        io::save_file(dir / "rng_state.safetensors", rng_tensors);
+        save_optimizer_and_rng(dir, *r.optimizer);
         const nlohmann::json state = {{"step", step},
                                       {"optimizer_steps", r.optimizer->steps()},
                                       {"total_steps", r.total_steps},
@@ -375,22 +369,7 @@ void load_checkpoint(Run& r) {
                          "); use another output folder, or --resume never to start over");
     if (!world_changed) r.train_rows->restore(state.at("data_state"));  // rank 0's position: the same on every rank
     peft::load_adapter(*r.model, *dir / "adapter");
-    {
-        io::SafetensorsFile f(*dir / "optimizer.safetensors");
-        std::vector<std::pair<std::string, at::Tensor>> tensors;
-        for (const auto& n : f.names()) tensors.emplace_back(n, f.tensor(n).clone());
-        r.optimizer->load_state(tensors, state.at("optimizer_steps").get<int64_t>());
-    }
-    {
-        io::SafetensorsFile f(*dir / "rng_state.safetensors");
-        model::RngState rng;
-        rng.cpu = f.tensor("cpu").clone();
-        if (f.contains("cuda")) {
-            rng.device       = f.tensor("cuda").clone();
-            rng.device_index = r.device.is_cuda() ? r.device.index() : 0;
-        }
-        rng.restore();
-    }
+    load_optimizer_and_rng(*dir, *r.optimizer, state.at("optimizer_steps").get<int64_t>(), r.device);
     r.step         = state.at("step").get<int64_t>();
     r.tokens_seen  = state.at("tokens_seen").get<int64_t>();
     r.log_loss_sum = state.at("log_loss_sum").get<double>();

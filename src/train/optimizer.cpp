@@ -7,6 +7,8 @@
 #include <torch/autograd.h>
 
 #include "medllm/core/error.h"
+#include "medllm/io/safetensors.h"
+#include "medllm/model/rng_state.h"
 
 namespace medllm::train {
 
@@ -97,6 +99,32 @@ double clip_grad_norm(const std::vector<std::pair<std::string, at::Tensor>>& par
         for (auto& g : grads) g.mul_(coef);
     }
     return total.item<double>();
+}
+
+void save_optimizer_and_rng(const std::filesystem::path& dir, const AdamW& optimizer) {
+    io::save_file(dir / "optimizer.safetensors", optimizer.state_tensors());
+    const auto rng = model::RngState::capture(optimizer.params().front().second);
+    std::vector<std::pair<std::string, at::Tensor>> rng_tensors{{"cpu", rng.cpu}};
+    if (rng.device.defined()) rng_tensors.emplace_back("cuda", rng.device);
+    io::save_file(dir / "rng_state.safetensors", rng_tensors);
+}
+
+void load_optimizer_and_rng(const std::filesystem::path& dir, AdamW& optimizer, int64_t optimizer_steps,
+                            const c10::Device& device) {
+    {
+        io::SafetensorsFile f(dir / "optimizer.safetensors");
+        std::vector<std::pair<std::string, at::Tensor>> tensors;
+        for (const auto& n : f.names()) tensors.emplace_back(n, f.tensor(n).clone());
+        optimizer.load_state(tensors, optimizer_steps);
+    }
+    io::SafetensorsFile f(dir / "rng_state.safetensors");
+    model::RngState rng;
+    rng.cpu = f.tensor("cpu").clone();
+    if (f.contains("cuda")) {
+        rng.device       = f.tensor("cuda").clone();
+        rng.device_index = device.is_cuda() ? device.index() : 0;
+    }
+    rng.restore();
 }
 
 }  // namespace medllm::train

@@ -5,11 +5,13 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 namespace medllm::train {
 
@@ -46,5 +48,13 @@ private:
 // Total L2 norm of the gradients (norm of the per-tensor norms) before clipping; when max_norm > 0 every gradient
 // is multiplied by min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_ does.
 double clip_grad_norm(const std::vector<std::pair<std::string, at::Tensor>>& params, double max_norm);
+
+// The part of a training checkpoint both recipes share: `optimizer.safetensors` (state_tensors()) and
+// `rng_state.safetensors` (the CPU generator, and the CUDA one of the parameters' device when there is one).
+void save_optimizer_and_rng(const std::filesystem::path& dir, const AdamW& optimizer);
+// Restores both into `optimizer` (with its step count `optimizer_steps`) and the generators; the CUDA state, when
+// saved, goes to `device` (or CUDA device 0 when training now runs on the CPU).
+void load_optimizer_and_rng(const std::filesystem::path& dir, AdamW& optimizer, int64_t optimizer_steps,
+                            const c10::Device& device);
 
 }  // namespace medllm::train
