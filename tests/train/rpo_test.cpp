@@ -545,7 +545,9 @@ TEST_F(RpoRun, SharedPromptGivesTheSameLogpsAndGradients) {
                                                    rpo_fixtures() / "init_adapter", at::kFloat);
         model->eval();
         const auto batch = collate_pairs(pairs, 256, at::kCPU, share);
-        if (share) EXPECT_EQ(batch.input_ids.size(0), batch.pairs);
+        if (share) {
+            EXPECT_EQ(batch.input_ids.size(0), batch.pairs);
+        }
         const auto [rc, rr] = reference_logps(*model, batch, spec, 5);
         ref.push_back(at::cat({rc, rr}));
         got.push_back(pair_logps(*model, batch, spec, 5, true));
