@@ -31,22 +31,25 @@ EngineBackend::EngineBackend(const std::filesystem::path& model_dir, const LoadO
     identity_ = engine_identity(model_dir, load, model_, base_);
 }
 
-std::vector<std::string> EngineBackend::complete(const std::vector<std::string>& prompts,
-                                                 const eval::GenerationParams& params) {
-    GenerateOptions options    = base_;
-    options.max_new_tokens     = params.max_new_tokens;
-    options.stop_strings       = params.stop;
-    options.num_samples        = 1;
-    options.sampling.do_sample = params.temperature > 0.0;
-    if (options.sampling.do_sample) options.sampling.temperature = params.temperature;
-    // The prompts are fully rendered text (chat markup included): encode them with special tokens recognized and
-    // nothing added.
-    const auto ids         = model_.tokenizer->encode_batch(prompts, /*add_special_tokens=*/false);
-    const auto completions = generator_.generate(ids, options);
+std::vector<std::string> complete_prompts(Generator& generator, const text::Tokenizer& tokenizer, GenerateOptions base,
+                                          const std::vector<std::string>& prompts,
+                                          const eval::GenerationParams& params) {
+    base.max_new_tokens     = params.max_new_tokens;
+    base.stop_strings       = params.stop;
+    base.num_samples        = 1;
+    base.sampling.do_sample = params.temperature > 0.0;
+    if (base.sampling.do_sample) base.sampling.temperature = params.temperature;
+    const auto ids         = tokenizer.encode_batch(prompts, /*add_special_tokens=*/false);
+    const auto completions = generator.generate(ids, base);
     std::vector<std::string> texts;
     texts.reserve(completions.size());
     for (const auto& c : completions) texts.push_back(c.text);
     return texts;
+}
+
+std::vector<std::string> EngineBackend::complete(const std::vector<std::string>& prompts,
+                                                 const eval::GenerationParams& params) {
+    return complete_prompts(generator_, *model_.tokenizer, base_, prompts, params);
 }
 
 }  // namespace medllm::generate

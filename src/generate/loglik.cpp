@@ -184,18 +184,7 @@ std::vector<std::vector<eval::ContinuationScore>> McqaEngineBackend::loglikeliho
 
 std::vector<std::string> McqaEngineBackend::complete(const std::vector<std::string>& prompts,
                                                      const eval::GenerationParams& params) {
-    GenerateOptions options    = base_;
-    options.max_new_tokens     = params.max_new_tokens;
-    options.stop_strings       = params.stop;
-    options.num_samples        = 1;
-    options.sampling.do_sample = params.temperature > 0.0;
-    if (options.sampling.do_sample) options.sampling.temperature = params.temperature;
-    const auto ids         = model_.tokenizer->encode_batch(prompts, /*add_special_tokens=*/false);
-    const auto completions = generator_.generate(ids, options);
-    std::vector<std::string> texts;
-    texts.reserve(completions.size());
-    for (const auto& c : completions) texts.push_back(c.text);
-    return texts;
+    return complete_prompts(generator_, *model_.tokenizer, base_, prompts, params);
 }
 
 }  // namespace medllm::generate

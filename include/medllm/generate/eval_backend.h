@@ -35,6 +35,13 @@ private:
     nlohmann::json identity_;
 };
 
+// The evaluator's completion request on the engine (shared by the igakuqa and mcqa backends): `base` with the
+// request's max_new_tokens, stop strings and temperature (0 = greedy), one sample per prompt; the prompts are fully
+// rendered text (chat markup included), encoded with special tokens recognized and nothing added.
+std::vector<std::string> complete_prompts(Generator& generator, const text::Tokenizer& tokenizer, GenerateOptions base,
+                                          const std::vector<std::string>& prompts,
+                                          const eval::GenerationParams& params);
+
 // The identity of a loaded model for the evaluator's resume check (eval::CompletionBackend::identity): the model
 // and adapter folders' io::model_dir_identity (content hashes of config, tokenizer and chat template files; name,
 // size and mtime of every weight file; not the folder's path or name), the dtype the weights were loaded in, whether
