@@ -6,7 +6,7 @@
 
 namespace medllm::cli {
 
-void add_distributed_options(CLI::App* cmd, DistributedFlags& f) {
+void add_distributed_options(CLI::App* cmd, DistributedFlags& f, bool training) {
     const std::string group = "Data parallelism (torchrun / Slurm set these through the environment)";
     cmd->add_option("--world-size,--nproc", f.world_size,
                     "number of processes (overrides WORLD_SIZE / SLURM_NTASKS; 0 = from the environment, else 1)")
@@ -36,6 +36,7 @@ void add_distributed_options(CLI::App* cmd, DistributedFlags& f) {
         ->check(number_in(0, 1e7, true))
         ->capture_default_str()
         ->group(group);
+    if (!training) return;
     cmd->add_flag("--resume-world-size-change", f.resume_world_size_change,
                   "resume a checkpoint written by another number of processes (says what changes)")
         ->group(group);
@@ -53,6 +54,31 @@ std::string distributed_help(const std::string& command) {
            "ranks, so N processes x grad_accum A equal one process with N x A. Rank 0 alone writes checkpoints, "
            "metrics, TensorBoard, the adapter and the log file; other ranks log warnings and errors only. Resume "
            "with the same number of processes (--resume-world-size-change to change it).";
+}
+
+std::string distributed_generation_help(const std::string& command, const std::string& output) {
+    return "\nSeveral processes (one per GPU, each holding a whole model), launched by torchrun or srun, e.g.\n"
+           "  torchrun --nproc-per-node 4 --no-python medllm " +
+           command +
+           " ...\n"
+           "share the prompts: rank R takes every R-th one still to do and appends its records to its own shard "
+           "beside the output (" +
+           output +
+           " -> <name>.rankR-ofW.jsonl); rank 0 folds the shards into the one file a single process writes, in the "
+           "same order, and writes the reports. Greedy runs give the same records; sampled ones too (each prompt's "
+           "random stream is keyed by the prompt). The output folder must be one every rank sees. A killed run "
+           "leaves its shards, and the next run (any number of processes) folds them in before it continues.";
+}
+
+ShardPlace shard_place(const train::Parallel& parallel) {
+    ShardPlace place;
+    place.rank       = parallel.rank;
+    place.world_size = parallel.world_size;
+    if (parallel.world_size > 1) {
+        auto group         = parallel.group;
+        place.wait_for_all = [group](const std::string& what) { group->wait_for_all(what); };
+    }
+    return place;
 }
 
 train::Parallel join_process_group(const DistributedFlags& f, const std::string& device_setting) {

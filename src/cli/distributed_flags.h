@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "medllm/core/shards.h"
 #include "medllm/train/cpt.h"
 #include "medllm/train/distributed.h"
 
@@ -21,11 +22,18 @@ struct DistributedFlags {
     bool resume_world_size_change = false;
 };
 
-// Adds the flags to `cmd` (with --help text).
-void add_distributed_options(CLI::App* cmd, DistributedFlags& flags);
+// Adds the flags to `cmd` (with --help text). `training`: also --resume-world-size-change (a checkpoint's world).
+void add_distributed_options(CLI::App* cmd, DistributedFlags& flags, bool training = true);
 
 // Text for a command's --help footer: how to launch it with torchrun and Slurm and what each rank writes.
 std::string distributed_help(const std::string& command);
+
+// The --help footer of a generation-heavy command (eval igakuqa, eval mcqa, build-prefs, generate): how its work
+// is sharded across ranks and what each rank writes.
+std::string distributed_generation_help(const std::string& command, const std::string& output);
+
+// Where this process stands for core's sharded records: rank, world size and the group's wait_for_all.
+ShardPlace shard_place(const train::Parallel& parallel);
 
 // Resolves flags + environment and joins the process group (world size 1: none). On ranks other than 0 the
 // console log is lowered to warnings. `device_setting` is training.device.

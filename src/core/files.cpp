@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -220,21 +221,16 @@ void JsonlRecordFile::check_identity(const json& identity, const std::string& hi
     if (!diff.empty()) throw Error(path_.string() + ": was written by a different run (" + diff + "); " + hint);
 }
 
-void JsonlRecordFile::load_existing() {
-    std::string content = read_text_file(path_);
+namespace {
+
+// Parses the complete lines of `content` (the records of `path`); returns the offset of a cut last line, or npos.
+std::size_t parse_records(const fs::path& path, const std::string& content, std::vector<json>& records,
+                          std::vector<std::size_t>& lines) {
     std::size_t pos = 0, line_no = 0;
     while (pos < content.size()) {
         const std::size_t nl = content.find('\n', pos);
         ++line_no;
-        if (nl == std::string::npos) {  // cut mid-write by a killed run
-            spdlog::warn("{}: removing a cut last line {} (the previous run stopped while writing it)", path_.string(),
-                         line_no);
-            std::error_code ec;
-            fs::resize_file(path_, pos, ec);
-            if (ec) throw Error(path_.string() + ": cannot remove the cut last line: " + ec.message());
-            repaired_ = true;
-            break;
-        }
+        if (nl == std::string::npos) return pos;
         std::string_view line(content.data() + pos, nl - pos);
         if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
         if (line.find_first_not_of(" \t") != std::string_view::npos) {
@@ -242,17 +238,39 @@ void JsonlRecordFile::load_existing() {
             try {
                 j = json::parse(line);
             } catch (const json::exception& e) {
-                throw Error(path_.string() + ":" + std::to_string(line_no) + ": not a JSON record (" + e.what() +
+                throw Error(path.string() + ":" + std::to_string(line_no) + ": not a JSON record (" + e.what() +
                             "); the file is damaged");
             }
             if (!j.is_object())
-                throw Error(path_.string() + ":" + std::to_string(line_no) +
-                            ": not a JSON object; the file is damaged");
-            existing_.push_back(std::move(j));
-            existing_lines_.push_back(line_no);
+                throw Error(path.string() + ":" + std::to_string(line_no) + ": not a JSON object; the file is damaged");
+            records.push_back(std::move(j));
+            lines.push_back(line_no);
         }
         pos = nl + 1;
     }
+    return std::string::npos;
+}
+
+}  // namespace
+
+void JsonlRecordFile::load_existing() {
+    const std::string content = read_text_file(path_);
+    const std::size_t cut     = parse_records(path_, content, existing_, existing_lines_);
+    if (cut == std::string::npos) return;
+    // Cut mid-write by a killed run.
+    const std::size_t line_no = static_cast<std::size_t>(std::count(content.begin(), content.begin() + cut, '\n')) + 1;
+    spdlog::warn("{}: removing a cut last line {} (the previous run stopped while writing it)", path_.string(),
+                 line_no);
+    std::error_code ec;
+    fs::resize_file(path_, cut, ec);
+    if (ec) throw Error(path_.string() + ": cannot remove the cut last line: " + ec.message());
+    repaired_ = true;
+}
+
+void JsonlRecordFile::read_records(const fs::path& path, std::vector<json>& records, std::vector<std::size_t>& lines) {
+    std::error_code ec;
+    if (!fs::exists(path, ec)) return;
+    parse_records(path, read_text_file(path), records, lines);
 }
 
 void JsonlRecordFile::append(const json& record) {
@@ -260,6 +278,11 @@ void JsonlRecordFile::append(const json& record) {
     std::string line = dump_json(record);
     line.push_back('\n');
     if (std::fwrite(line.data(), 1, line.size(), f_) != line.size() || std::fflush(f_) != 0) fail_write(path_);
+}
+
+void JsonlRecordFile::sync() {
+    if (!f_) throw Error(path_.string() + ": sync after close");
+    if (std::fflush(f_) != 0 || (::fsync(::fileno(f_)) != 0 && errno != EINVAL && errno != EROFS)) fail_write(path_);
 }
 
 void JsonlRecordFile::close() {

@@ -5,6 +5,7 @@
 #include "medllm/train/distributed.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <map>
@@ -153,10 +154,37 @@ struct Distributed::Impl {
     c10::intrusive_ptr<c10d::Store> store;  // the PrefixStore over the TCPStore
     c10::intrusive_ptr<c10d::Backend> pg;
     std::string backend = "none";
+    int64_t waits       = 0;  // wait_for_all calls so far (their keys)
+    // The heartbeat: its own store connection, so a slow collective never delays it.
+    std::thread heartbeat;
+    std::atomic<bool> stop{false};
+
+    void start_heartbeat(const Launch& launch) {
+        c10d::TCPStoreOptions so;
+        so.port        = static_cast<uint16_t>(launch.master_port);
+        so.isServer    = false;
+        so.waitWorkers = false;
+        so.timeout     = std::min<std::chrono::milliseconds>(launch.timeout, std::chrono::milliseconds(30000));
+        c10::intrusive_ptr<c10d::Store> beat_store = c10::make_intrusive<c10d::PrefixStore>(
+            "medllm", c10::make_intrusive<c10d::TCPStore>(launch.master_addr, so));
+        const std::string key = "heartbeat/" + std::to_string(launch.rank);
+        heartbeat             = std::thread([this, beat_store, key] {
+            try {
+                while (!stop.load()) {
+                    beat_store->add(key, 1);
+                    for (int i = 0; i < 10 && !stop.load(); ++i)
+                        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+                }
+            } catch (const std::exception&) {  // the store is gone (rank 0 exited): nothing left to tell
+            }
+        });
+    }
 };
 
 Distributed::~Distributed() {
     if (!impl_) return;
+    impl_->stop = true;
+    if (impl_->heartbeat.joinable()) impl_->heartbeat.join();
     try {
         if (impl_->pg) impl_->pg->shutdown();
     } catch (const std::exception&) {
@@ -265,6 +293,7 @@ std::shared_ptr<Distributed> Distributed::create(const Launch& launch, const std
                                                                    static_cast<int>(launch.world_size), opts);
 #endif
     }
+    d->impl_->start_heartbeat(launch);
     spdlog::info("distributed: rank {}/{} (local rank {}), {} over {}, device {} ({})", launch.rank, launch.world_size,
                  launch.local_rank, backend, at, d->device_.str(), launch.source);
     return d;
@@ -444,6 +473,52 @@ void Distributed::barrier(std::optional<std::chrono::milliseconds> timeout) {
         throw;
     } catch (const std::exception& e) {
         fail("barrier", e);
+    }
+}
+
+void Distributed::wait_for_all(const std::string& what) {
+    if (!impl_) return;
+    using clock           = std::chrono::steady_clock;
+    const std::string at  = launch_.master_addr + ":" + std::to_string(launch_.master_port);
+    const std::string tag = "wait/" + std::to_string(impl_->waits++) + "/";
+    const auto W          = static_cast<size_t>(world_size());
+    std::vector<int64_t> beats(W, -1);
+    std::vector<clock::time_point> beat_seen(W, clock::now());
+    try {
+        auto& store = *impl_->store;
+        store.set(tag + std::to_string(rank()), "1");
+        for (;;) {
+            std::vector<int64_t> missing;
+            for (int64_t r = 0; r < world_size(); ++r)
+                if (!store.check({tag + std::to_string(r)})) missing.push_back(r);
+            if (missing.empty()) return;
+            for (int64_t r : missing) {
+                const std::string failed = "failed/" + std::to_string(r);
+                if (store.check({failed})) {
+                    const auto v = store.get(failed);
+                    throw Error(what + ": rank " + std::to_string(r) + " of " + std::to_string(world_size()) +
+                                " failed: " + std::string(v.begin(), v.end()));
+                }
+                const int64_t beat = store.add("heartbeat/" + std::to_string(r), 0);
+                const auto now     = clock::now();
+                if (beat != beats[static_cast<size_t>(r)]) {
+                    beats[static_cast<size_t>(r)]     = beat;
+                    beat_seen[static_cast<size_t>(r)] = now;
+                } else if (now - beat_seen[static_cast<size_t>(r)] > launch_.timeout) {
+                    throw Error(what + " on rank " + std::to_string(rank()) + ": lost rank " + std::to_string(r) +
+                                " of " + std::to_string(world_size()) + " (no heartbeat for " +
+                                std::to_string(launch_.timeout.count() / 1000) + " s; --dist-timeout sets the limit)");
+                }
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        std::string why = e.what();
+        why             = why.substr(0, why.find('\n'));
+        throw Error(what + " on rank " + std::to_string(rank()) + ": lost rank 0 (it hosts the store at " + at +
+                    " and no longer answers) (" + why + ")");
     }
 }
 

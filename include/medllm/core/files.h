@@ -90,7 +90,14 @@ public:
     bool repaired_cut_line() const { return repaired_; }
 
     void append(const nlohmann::json& record);  // one line + fflush, checked
+    void sync();                                // fflush + fsync, checked (the records are on disk)
     void close();                               // fsync + close, checked (the destructor closes without throwing)
+
+    // The records of a file another process owns, read without opening it for writing or repairing it: a damaged
+    // line is an Error naming file and line; a cut last line (still being written) is left out. A missing file
+    // has no records.
+    static void read_records(const std::filesystem::path& path, std::vector<nlohmann::json>& records,
+                             std::vector<std::size_t>& lines);
 
     const std::filesystem::path& path() const { return path_; }
     static std::filesystem::path sidecar_path(const std::filesystem::path& path);

@@ -79,6 +79,12 @@ public:
     // `timeout` overrides the collective timeout (e.g. while rank 0 tokenizes the corpus).
     void barrier(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
+    // A barrier for work of uneven length (each rank's share of a generation run, minutes apart): waits as long as
+    // the ranks not there yet are alive — every rank of a group sends a heartbeat through the store each second —
+    // and throws Error naming `what` and a rank that reported a failure, whose heartbeat stopped for the collective
+    // timeout (--dist-timeout), or rank 0 when the store it hosts is gone.
+    void wait_for_all(const std::string& what);
+
     // Tells the other ranks why this one is about to exit (shown in their "lost rank" error). Never throws.
     void report_failure(const std::string& message) noexcept;
 
