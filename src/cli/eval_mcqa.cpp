@@ -10,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/distributed_flags.h"
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/eval/mcqa.h"
@@ -33,45 +34,26 @@ struct EvalMcqaFlags {
     int64_t batch_size        = 16;
     int64_t limit             = 0;
     bool overwrite            = false;
+    DistributedFlags dist;
 };
 
-void run_eval_mcqa(const EvalMcqaFlags& f) {
-    if (f.tasks_config.empty() == f.task.empty())
-        throw UsageError("eval mcqa: give --task TASK with --data FILE_OR_DIR, or --tasks-config FILE");
-    if (!f.task.empty() && f.data.empty()) throw UsageError("eval mcqa: --task needs --data FILE_OR_DIR");
-    if (!f.tasks_config.empty() && !f.data.empty())
-        throw UsageError("eval mcqa: --data goes with --task; a --tasks-config names each task's data");
-    if (f.model.empty()) throw UsageError("eval mcqa: --model DIR is required");
-    if (f.output.empty()) throw UsageError("eval mcqa: --output DIR is required");
-    if (!std::filesystem::is_directory(f.model))
-        throw UsageError("eval mcqa: --model " + f.model + ": no such model directory");
-    const auto scoring = eval::parse_mcqa_scoring(f.scoring);
-
-    std::vector<eval::McqaTaskEntry> entries;
-    if (!f.task.empty())
-        entries.push_back({eval::resolve_mcqa_task(f.task), f.data});
-    else
-        entries = eval::load_mcqa_tasks_config(f.tasks_config);
-    std::vector<eval::McqaDataset> datasets;
-    std::vector<std::filesystem::path> inputs{f.model, f.adapter, f.tasks_config};
-    for (const auto& e : entries) {
-        datasets.push_back(eval::load_mcqa_dataset(e.task, e.data));
-        inputs.push_back(e.data);
-        if (!f.task.empty() && std::filesystem::exists(f.task)) inputs.push_back(f.task);
-    }
-    check_output_not_input(f.output, inputs);
-    start_run(f.output, {{"tasks", std::to_string(entries.size()), "flags"},
-                         {"model", f.model, "flags"},
-                         {"adapter", f.adapter, "flags"},
-                         {"scoring", f.scoring, "flags"},
-                         {"prompt_format", f.prompt_format, "flags"},
-                         {"batch_size", std::to_string(f.batch_size), "flags"},
-                         {"limit", std::to_string(f.limit), "flags"}});
+// The model side, on every rank: load, score this rank's share; rank 0 then writes the reports and the summary.
+void eval_with_model(const EvalMcqaFlags& f, eval::McqaScoring scoring, const std::vector<eval::McqaTaskEntry>& entries,
+                     const std::vector<eval::McqaDataset>& datasets, const train::Parallel& parallel) {
+    const bool is_main = parallel.group->is_main();
+    if (is_main)
+        start_run(f.output, {{"tasks", std::to_string(entries.size()), "flags"},
+                             {"model", f.model, "flags"},
+                             {"adapter", f.adapter, "flags"},
+                             {"scoring", f.scoring, "flags"},
+                             {"prompt_format", f.prompt_format, "flags"},
+                             {"batch_size", std::to_string(f.batch_size), "flags"},
+                             {"limit", std::to_string(f.limit), "flags"}});
 
     generate::LoadOptions load;
     load.adapter = f.adapter;
     load.dtype   = f.dtype;
-    load.device  = f.device;
+    load.device  = parallel.world_size > 1 ? parallel.group->device().str() : f.device;
     generate::GenerateOptions engine;
     engine.max_batch_size = f.batch_size;
     generate::McqaEngineBackend backend(f.model, load, engine);
@@ -86,6 +68,7 @@ void run_eval_mcqa(const EvalMcqaFlags& f) {
     options.output_dir = f.output;
     options.overwrite  = f.overwrite;
     options.limit      = f.limit;
+    options.place      = shard_place(parallel);
 
     eval::McqaResult result;
     result.model         = f.model_name.empty() ? backend.model_name() : f.model_name;
@@ -93,6 +76,7 @@ void run_eval_mcqa(const EvalMcqaFlags& f) {
     result.scoring       = scoring;
     for (size_t i = 0; i < entries.size(); ++i)
         result.tasks.push_back(eval::evaluate_mcqa_task(entries[i].task, datasets[i], backend, options));
+    if (!is_main) return;  // rank 0 has every rank's records and writes the reports
     eval::write_mcqa_reports(f.output, result);
 
     std::string lines;
@@ -121,6 +105,37 @@ void run_eval_mcqa(const EvalMcqaFlags& f) {
     }
     lines += "reports: " + (std::filesystem::path(f.output) / "report.md").string() + "\n";
     write_stdout(lines);
+}
+
+void run_eval_mcqa(const EvalMcqaFlags& f) {
+    if (f.tasks_config.empty() == f.task.empty())
+        throw UsageError("eval mcqa: give --task TASK with --data FILE_OR_DIR, or --tasks-config FILE");
+    if (!f.task.empty() && f.data.empty()) throw UsageError("eval mcqa: --task needs --data FILE_OR_DIR");
+    if (!f.tasks_config.empty() && !f.data.empty())
+        throw UsageError("eval mcqa: --data goes with --task; a --tasks-config names each task's data");
+    if (f.model.empty()) throw UsageError("eval mcqa: --model DIR is required");
+    if (f.output.empty()) throw UsageError("eval mcqa: --output DIR is required");
+    if (!std::filesystem::is_directory(f.model))
+        throw UsageError("eval mcqa: --model " + f.model + ": no such model directory");
+    const auto scoring = eval::parse_mcqa_scoring(f.scoring);
+
+    std::vector<eval::McqaTaskEntry> entries;
+    if (!f.task.empty())
+        entries.push_back({eval::resolve_mcqa_task(f.task), f.data});
+    else
+        entries = eval::load_mcqa_tasks_config(f.tasks_config);
+    std::vector<eval::McqaDataset> datasets;
+    std::vector<std::filesystem::path> inputs{f.model, f.adapter, f.tasks_config};
+    for (const auto& e : entries) {
+        datasets.push_back(eval::load_mcqa_dataset(e.task, e.data));
+        inputs.push_back(e.data);
+        if (!f.task.empty() && std::filesystem::exists(f.task)) inputs.push_back(f.task);
+    }
+    check_output_not_input(f.output, inputs);
+    // One process per GPU under torchrun / Slurm: each holds the whole model and scores its share of the questions;
+    // rank 0 folds the records and writes the reports.
+    const auto parallel = join_process_group(f.dist, f.device);
+    run_reporting_failure(parallel, [&] { eval_with_model(f, scoring, entries, datasets, parallel); });
 }
 
 }  // namespace
@@ -161,10 +176,12 @@ void add_eval_mcqa_command(CLI::App& eval_cmd) {
     cmd->add_flag("--overwrite", f->overwrite,
                   "Start predictions/<task>.jsonl over instead of resuming (a resume under another model, task "
                   "definition, data, prompt format or scoring is refused naming the key)");
+    add_distributed_options(cmd, f->dist, /*training=*/false);
     cmd->footer(
         "Each task's predictions are appended to <output>/predictions/<task>.jsonl as they are scored (one record per "
         "question and scoring: prompt, option log-likelihoods, token counts, choice); a rerun resumes. Rows of the "
-        "data that do not fit the task are skipped, named by file:line in the log and report.json.");
+        "data that do not fit the task are skipped, named by file:line in the log and report.json.\n" +
+        distributed_generation_help("eval mcqa", "<output>/predictions/<task>.jsonl"));
     cmd->callback([f] { run_eval_mcqa(*f); });
 }
 

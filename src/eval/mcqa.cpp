@@ -11,6 +11,7 @@
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/core/progress.h"
+#include "medllm/core/shards.h"
 #include "medllm/eval/answer.h"
 
 namespace medllm::eval {
@@ -153,11 +154,34 @@ namespace {
 
 struct Saved {
     nlohmann::json record;
-    size_t line = 0;
+    std::string where;  // file:line, for errors
 };
 
 std::string record_key(size_t index, const std::string& mode) {
     return std::to_string(index) + "/" + mode;
+}
+
+// The key of a saved record (what it is the result of); a record without a valid index and mode keys to itself,
+// and the checks below name its file:line.
+std::string saved_key(const nlohmann::json& r) {
+    const auto index = r.find("index");
+    const auto mode  = r.find("mode");
+    if (index == r.end() || !index->is_number_unsigned() || mode == r.end() || !mode->is_string())
+        return "?" + r.dump();
+    return record_key(index->get<size_t>(), mode->get<std::string>());
+}
+
+// Where a folded record goes: log-likelihood records, then generated ones, each by question index -- the order one
+// uninterrupted process writes.
+int64_t saved_order(const nlohmann::json& r, size_t questions) {
+    const auto index = r.find("index");
+    const auto mode  = r.find("mode");
+    const int64_t m  = mode != r.end() && mode->is_string() ? (*mode == "loglik" ? 0 : *mode == "generate" ? 1 : 2) : 2;
+    const int64_t n  = static_cast<int64_t>(questions) + 1;
+    const int64_t i  = index != r.end() && index->is_number_unsigned() && index->get<size_t>() < questions
+                           ? static_cast<int64_t>(index->get<size_t>())
+                           : n - 1;
+    return m * n + i;
 }
 
 }  // namespace
@@ -179,42 +203,57 @@ McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data,
     const fs::path path = options.output_dir / "predictions" / (task.name + ".jsonl");
     const std::string hint =
         "pass --overwrite to start over, or choose another --output (predictions of another run are never mixed)";
-    JsonlRecordFile store(path, mcqa_run_identity(backend, task, data, options), options.overwrite, hint);
+    ShardedRecords store(path, mcqa_run_identity(backend, task, data, options), options.overwrite, hint, options.place,
+                         saved_key, [n = qs.size()](const nlohmann::json& r) { return saved_order(r, n); });
+    const ShardPlace& place = options.place;
     std::map<std::string, Saved> saved;
-    for (size_t k = 0; k < store.existing().size(); ++k) {
-        const auto& r        = store.existing()[k];
-        const std::string at = path.string() + ":" + std::to_string(store.existing_lines()[k]);
+    auto keep = [&](const nlohmann::json& r, const std::string& at) {
         if (!r.contains("index") || !r["index"].is_number_unsigned() || !r.contains("mode") || !r["mode"].is_string())
             throw Error(at + ": record without 'index' and 'mode'; " + hint);
         const size_t index = r["index"].get<size_t>();
         if (index >= qs.size() || r.value("id", "") != qs[index].id)
             throw Error(at + ": record for a question this data does not have at that index; " + hint);
-        saved[record_key(index, r["mode"].get<std::string>())] = Saved{r, store.existing_lines()[k]};
-    }
+        saved[record_key(index, r["mode"].get<std::string>())] = Saved{r, at};
+    };
+    for (size_t k = 0; k < store.existing().size(); ++k) keep(store.existing()[k], store.existing_where()[k]);
 
     std::vector<std::string> prompts;
     for (size_t i = 0; i < count; ++i) prompts.push_back(format_mcqa_prompt(task, qs[i], options.format));
     auto check_saved = [&](const Saved& s, size_t i) {
         if (s.record.value("prompt", "") != prompts[i])
-            throw Error(path.string() + ":" + std::to_string(s.line) + ": question " + qs[i].id +
-                        ": its saved prompt is not the one this run sends; " + hint);
+            throw Error(s.where + ": question " + qs[i].id + ": its saved prompt is not the one this run sends; " +
+                        hint);
     };
 
     const bool do_loglik   = options.scoring != McqaScoring::generate;
     const bool do_generate = options.scoring != McqaScoring::loglik;
     const size_t batch     = static_cast<size_t>(options.batch_size);
 
-    if (do_loglik) {
+    // The questions of `mode` this rank runs: every rank computes the same list of unsaved ones (from the same
+    // merged file) and takes every R-th of it.
+    auto share = [&](const std::string& mode, const char* verb) {
         std::vector<size_t> todo;
         for (size_t i = 0; i < count; ++i) {
-            auto it = saved.find(record_key(i, "loglik"));
+            auto it = saved.find(record_key(i, mode));
             if (it == saved.end())
                 todo.push_back(i);
             else
                 check_saved(it->second, i);
         }
-        spdlog::info("mcqa {} loglik: {} questions, {} saved, {} to score", task.name, count, count - todo.size(),
-                     todo.size());
+        std::vector<size_t> mine;
+        for (size_t k = 0; k < todo.size(); ++k)
+            if (place.owns(k)) mine.push_back(todo[k]);
+        if (place.sharded())
+            spdlog::info("mcqa {} {}: {} questions, {} saved, {} to {}, {} on rank {} of {}", task.name, mode, count,
+                         count - todo.size(), todo.size(), verb, mine.size(), place.rank, place.world_size);
+        else
+            spdlog::info("mcqa {} {}: {} questions, {} saved, {} to {}", task.name, mode, count, count - todo.size(),
+                         todo.size(), verb);
+        return mine;
+    };
+
+    if (do_loglik) {
+        const std::vector<size_t> todo = share("loglik", "score");
         ProgressLog progress("mcqa " + task.name + " loglik", static_cast<int64_t>(todo.size()), "questions");
         for (size_t begin = 0; begin < todo.size(); begin += batch) {
             const size_t end = std::min(todo.size(), begin + batch);
@@ -259,25 +298,16 @@ McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data,
                                    {"pred", c.pred},
                                    {"pred_norm", c.pred_norm}};
                 store.append(rec);
-                saved[record_key(i, "loglik")] = Saved{rec, 0};
+                saved[record_key(i, "loglik")] = Saved{rec, store.own_path().string()};
             }
             progress.update(static_cast<int64_t>(end));
         }
     }
     if (do_generate) {
-        std::vector<size_t> todo;
-        for (size_t i = 0; i < count; ++i) {
-            auto it = saved.find(record_key(i, "generate"));
-            if (it == saved.end())
-                todo.push_back(i);
-            else
-                check_saved(it->second, i);
-        }
+        const std::vector<size_t> todo = share("generate", "generate");
         GenerationParams params;
         params.max_new_tokens = static_cast<int>(task.max_new_tokens);
         if (options.format == PromptFormat::base) params.stop = {"\n\n"};
-        spdlog::info("mcqa {} generate: {} questions, {} saved, {} to generate", task.name, count, count - todo.size(),
-                     todo.size());
         ProgressLog progress("mcqa " + task.name + " generate", static_cast<int64_t>(todo.size()), "questions");
         for (size_t begin = 0; begin < todo.size(); begin += batch) {
             const size_t end = std::min(todo.size(), begin + batch);
@@ -295,26 +325,35 @@ McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data,
                                    {"gold", q.answer},     {"raw_output", outputs[k - begin]},
                                    {"pred", pred}};
                 store.append(rec);
-                saved[record_key(i, "generate")] = Saved{rec, 0};
+                saved[record_key(i, "generate")] = Saved{rec, store.own_path().string()};
             }
             progress.update(static_cast<int64_t>(end));
         }
     }
-    store.close();
+    // In a group, rank 0 gathers the other ranks' records; the others are done (their result has no scores).
+    for (const auto& r : store.finish()) keep(r, store.merged_path().string());
+    if (!place.is_main()) return result;
 
+    auto record_of = [&](size_t i, const std::string& mode) -> const nlohmann::json& {
+        const auto it = saved.find(record_key(i, mode));
+        if (it == saved.end())
+            throw Error(path.string() + ": no " + mode + " record for question " + qs[i].id +
+                        " after every rank finished");
+        return it->second.record;
+    };
     // Scores from the records (fresh or resumed alike), so a resumed run reports what a fresh one would.
     std::map<std::string, std::array<McqaMetrics, 3>> by_subject;
     for (size_t i = 0; i < count; ++i) {
         auto& sub = by_subject[qs[i].subject];
         if (do_loglik) {
-            const auto& r   = saved.at(record_key(i, "loglik")).record;
+            const auto& r   = record_of(i, "loglik");
             const bool hit  = r["pred"].get<int>() == qs[i].answer;
             const bool hitn = r["pred_norm"].get<int>() == qs[i].answer;
             for (auto* m : {&result.acc, &sub[0]}) m->n++, m->correct += hit;
             for (auto* m : {&result.acc_norm, &sub[1]}) m->n++, m->correct += hitn;
         }
         if (do_generate) {
-            const auto& r  = saved.at(record_key(i, "generate")).record;
+            const auto& r  = record_of(i, "generate");
             const int pred = r["pred"].get<int>();
             for (auto* m : {&result.generate, &sub[2]}) m->n++, m->correct += pred == qs[i].answer;
             result.generate_unparsed += pred < 0;

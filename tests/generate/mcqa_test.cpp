@@ -1,7 +1,5 @@
 // `eval mcqa` on the fixture model: option log-likelihoods against transformers (scripts/make_mcqa_fixtures.py),
 // batch invariance, resume, and the command end to end.
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 
@@ -9,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "generate_test_util.h"
+#include "mcqa_test_util.h"
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/eval/mcqa.h"
@@ -19,10 +18,9 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace medllm;
-using generate::testing::make_model_dir;
 
 fs::path fixture_dir() {
-    return fs::path(MEDLLM_FIXTURES_DIR) / "eval" / "mcqa";
+    return eval::testing::mcqa_fixture_dir();
 }
 
 nlohmann::json reference() {
@@ -30,20 +28,11 @@ nlohmann::json reference() {
 }
 
 fs::path scratch(const std::string& name) {
-    return fs::temp_directory_path() / ("medllm_mcqa_" + name + "_" + std::to_string(getpid()));
+    return eval::testing::mcqa_scratch(name);
 }
 
-// One model folder per process: the fixture model plus the tiny tokenizer, built once, removed at exit.
-struct ScratchModel {
-    fs::path dir;
-    ~ScratchModel() {
-        std::error_code ec;
-        fs::remove_all(dir, ec);
-    }
-};
 const fs::path& model_dir() {
-    static const ScratchModel model{make_model_dir("qwen2-tiny-untied", scratch("model"))};
-    return model.dir;
+    return eval::testing::mcqa_model_dir();
 }
 
 generate::McqaEngineBackend& backend() {

@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "medllm/core/shards.h"
 #include "medllm/eval/backend.h"
 #include "medllm/eval/mcqa_data.h"
 #include "medllm/eval/prompt.h"
@@ -81,6 +82,7 @@ struct McqaOptions {
     std::filesystem::path output_dir;  // predictions/<task>.jsonl (+ .run.json) are written here; reruns resume
     bool overwrite = false;
     int64_t limit  = 0;  // > 0: only the first `limit` questions of each task (a smoke run; a later run resumes them)
+    ShardPlace place;    // several processes share the questions (core/shards.h); default one process
 };
 
 struct McqaMetrics {
@@ -115,7 +117,11 @@ nlohmann::json mcqa_run_identity(const McqaBackend& backend, const McqaTask& tas
 
 // Scores every question (both scorings as asked) in batches of options.batch_size, resuming from
 // <output_dir>/predictions/<task>.jsonl: a saved record (same run identity, same prompt) is not recomputed.
-// Results do not depend on the batch size or on how a run was split by resumes.
+// Results do not depend on the batch size or on how a run was split by resumes. Under several processes
+// (options.place) rank R runs every R-th question still to do (of each scoring) into its shard
+// predictions/<task>.rank<R>-of<W>.jsonl; rank 0 folds the shards into predictions/<task>.jsonl in the order one
+// process writes (log-likelihood records, then generated ones, each by question index) and scores; the other ranks
+// return a result without scores.
 McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data, McqaBackend& backend,
                                   const McqaOptions& options);
 
