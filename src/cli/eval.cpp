@@ -13,6 +13,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/distributed_flags.h"
 #include "medllm/core/config.h"
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
@@ -96,7 +97,45 @@ void print_summary(const eval::EvalResult& result, const std::filesystem::path& 
     std::printf("reports: %s\n", (output / "report.md").string().c_str());
 }
 
-void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEntry>& resolved, bool overwrite) {
+// `--model`: the generation engine as the evaluator's CompletionBackend (src/generate/eval_backend.cpp). Under
+// torchrun / srun every rank holds a model and takes its share of the questions; rank 0 scores and reports.
+void eval_model(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEntry>& resolved, bool overwrite,
+                const train::Parallel& parallel, const std::vector<int>& years,
+                const std::vector<eval::PromptMode>& modes, const std::filesystem::path& prompt_file) {
+    const bool main = parallel.group->is_main();
+    if (main) start_run(cfg.output, resolved);
+    const auto questions = eval::load_questions(cfg.data_dir, years);
+    const auto examples  = eval::load_few_shot_examples(prompt_file);
+    if (cfg.prompt_file.empty()) eval::check_against_manifest(cfg.data_dir, prompt_file, examples.size());
+    generate::LoadOptions load;
+    load.adapter = cfg.adapter;
+    if (parallel.world_size > 1) load.device = parallel.group->device().str();  // cuda:LOCAL_RANK on a GPU node
+    generate::GenerateOptions engine;
+    engine.max_batch_size = cfg.batch_size;
+    generate::EngineBackend backend(cfg.model, load, engine);
+    eval::ModelEvalOptions options;
+    options.modes                             = modes;
+    options.format                            = cfg.prompt_format == "chat"   ? eval::PromptFormat::chat
+                                                : cfg.prompt_format == "base" ? eval::PromptFormat::base
+                                                : backend.has_chat_template() ? eval::PromptFormat::chat
+                                                                              : eval::PromptFormat::base;
+    options.batch_size                        = static_cast<int>(cfg.batch_size);
+    options.standard_params.max_new_tokens    = static_cast<int>(cfg.max_new_tokens);
+    options.explanation_params.max_new_tokens = static_cast<int>(cfg.max_new_tokens_explanation);
+    options.lenient_standard                  = cfg.extraction == "lenient";
+    options.output_dir                        = cfg.output;
+    options.data_identity                     = eval::data_identity(cfg.data_dir);
+    options.overwrite                         = overwrite;
+    options.place                             = shard_place(parallel);
+    auto result                               = eval::evaluate_model(questions, examples, backend, options, years);
+    if (!main) return;  // rank 0 holds every rank's records and scores them
+    if (!cfg.model_name.empty()) result.model = cfg.model_name;
+    eval::write_reports(cfg.output, result, questions);
+    print_summary(result, cfg.output);
+}
+
+void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEntry>& resolved, bool overwrite,
+                      const DistributedFlags& dist) {
     if (cfg.model.empty() == cfg.predictions.empty())
         throw UsageError("eval igakuqa: give exactly one of --model DIR or --predictions FILE_OR_DIR");
     if (!cfg.predictions.empty() && !cfg.adapter.empty())
@@ -114,36 +153,17 @@ void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEn
         cfg.prompt_file.empty() ? eval::default_prompt_file(cfg.data_dir) : std::filesystem::path(cfg.prompt_file);
     // The output folder receives reports, predictions and the log: it must not be one of the inputs.
     check_output_not_input(cfg.output, {cfg.data_dir, cfg.predictions, cfg.model, cfg.adapter, prompt_file});
-    start_run(cfg.output, resolved);
-    const auto questions = eval::load_questions(cfg.data_dir, years);
     if (!cfg.model.empty()) {
-        // The generation engine as the evaluator's CompletionBackend (src/generate/eval_backend.cpp).
-        const auto examples = eval::load_few_shot_examples(prompt_file);
-        if (cfg.prompt_file.empty()) eval::check_against_manifest(cfg.data_dir, prompt_file, examples.size());
-        generate::LoadOptions load;
-        load.adapter = cfg.adapter;
-        generate::GenerateOptions engine;
-        engine.max_batch_size = cfg.batch_size;
-        generate::EngineBackend backend(cfg.model, load, engine);
-        eval::ModelEvalOptions options;
-        options.modes                             = modes;
-        options.format                            = cfg.prompt_format == "chat"   ? eval::PromptFormat::chat
-                                                    : cfg.prompt_format == "base" ? eval::PromptFormat::base
-                                                    : backend.has_chat_template() ? eval::PromptFormat::chat
-                                                                                  : eval::PromptFormat::base;
-        options.batch_size                        = static_cast<int>(cfg.batch_size);
-        options.standard_params.max_new_tokens    = static_cast<int>(cfg.max_new_tokens);
-        options.explanation_params.max_new_tokens = static_cast<int>(cfg.max_new_tokens_explanation);
-        options.lenient_standard                  = cfg.extraction == "lenient";
-        options.output_dir                        = cfg.output;
-        options.data_identity                     = eval::data_identity(cfg.data_dir);
-        options.overwrite                         = overwrite;
-        auto result                               = eval::evaluate_model(questions, examples, backend, options, years);
-        if (!cfg.model_name.empty()) result.model = cfg.model_name;
-        eval::write_reports(cfg.output, result, questions);
-        print_summary(result, cfg.output);
+        const train::Parallel parallel = join_process_group(dist, "auto");
+        run_reporting_failure(parallel,
+                              [&] { eval_model(cfg, resolved, overwrite, parallel, years, modes, prompt_file); });
         return;
     }
+    if (dist.world_size > 1 || train::resolve_launch({}).world_size > 1)
+        throw UsageError(
+            "eval igakuqa: --predictions scores saved predictions in one process; run it without torchrun / srun");
+    start_run(cfg.output, resolved);
+    const auto questions   = eval::load_questions(cfg.data_dir, years);
     const auto predictions = eval::load_external_predictions(cfg.predictions);
     auto result = eval::evaluate_predictions(questions, predictions, modes, cfg.extraction == "lenient", years);
     if (!cfg.model_name.empty()) result.model = cfg.model_name;
@@ -169,6 +189,7 @@ void add_eval_command(CLI::App& app) {
         std::vector<std::pair<CLI::Option*, std::string>> keyed;  // option, config key
         bool numeric[64] = {};
         bool overwrite   = false;
+        DistributedFlags dist;
     };
     auto state = std::make_shared<State>();
     auto& f    = state->flags;
@@ -207,6 +228,7 @@ void add_eval_command(CLI::App& app) {
                   "Start --output's predictions.jsonl over instead of resuming it (a resume under another model, "
                   "adapter, data, prompt or decoding settings is refused)");
     add_config_options(cmd, state->config);
+    add_distributed_options(cmd, state->dist, /*training=*/false);
     cmd->footer(
         "--model runs resume: predictions.jsonl keeps one record per question and mode (the rendered prompt, the raw "
         "output, both extractions), appended as each batch completes; its run identity (model and adapter files, "
@@ -214,7 +236,8 @@ void add_eval_command(CLI::App& app) {
         "under another identity is refused naming the key that differs (--overwrite starts over). Reports "
         "(report.json, report.md, scored.jsonl) are written atomically. Answers are checked against each question's "
         "choices; a year whose sections do not hold the exam's question counts is reported as 'incomplete: N of M "
-        "questions' with no pass/fail.");
+        "questions' with no pass/fail.\n" +
+        distributed_generation_help("eval igakuqa --model DIR --mode both --output runs/eval", "predictions.jsonl"));
 
     cmd->callback([state] {
         ConfigSource source = state->config.source();
@@ -226,7 +249,7 @@ void add_eval_command(CLI::App& app) {
         }
         std::vector<ResolvedEntry> resolved;
         const EvalIgakuqaConfig cfg = make_schema().load(source, &resolved);
-        run_eval_igakuqa(cfg, resolved, state->overwrite);
+        run_eval_igakuqa(cfg, resolved, state->overwrite, state->dist);
     });
 }
 

@@ -8,6 +8,7 @@
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/core/progress.h"
+#include "medllm/core/shards.h"
 #include "medllm/eval/answer.h"
 
 namespace medllm::eval {
@@ -65,6 +66,15 @@ json run_identity(const CompletionBackend& backend, const ModelEvalOptions& opti
              {{"standard", params(options.standard_params)}, {"explanation", params(options.explanation_params)}}}};
 }
 
+namespace {
+
+std::string string_field(const json& j, const char* key) {
+    const auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+}  // namespace
+
 EvalResult evaluate_model(const std::vector<Question>& questions, const std::vector<FewShotExample>& examples,
                           CompletionBackend& backend, const ModelEvalOptions& options, const std::vector<int>& years) {
     if (options.batch_size < 1)
@@ -78,23 +88,37 @@ EvalResult evaluate_model(const std::vector<Question>& questions, const std::vec
     result.prompt_format   = to_string(options.format);
     result.years           = years;
     const std::string hint = "pass --overwrite to start over, or choose another --output";
-    JsonlRecordFile store(options.output_dir / "predictions.jsonl", run_identity(backend, options, examples),
-                          options.overwrite, hint);
 
-    // What an earlier run saved, by mode and problem_id, with its line for errors.
+    // Records are the result of (mode, problem_id); folded shards go in mode order, then question order, which is
+    // the order one uninterrupted process writes.
+    std::map<std::string, size_t> index_of;
+    for (size_t i = 0; i < questions.size(); ++i) index_of.emplace(questions[i].problem_id, i);
+    auto key   = [](const json& r) { return string_field(r, "mode") + "/" + string_field(r, "problem_id"); };
+    auto order = [&](const json& r) -> int64_t {
+        int64_t mode_index = static_cast<int64_t>(options.modes.size());
+        for (size_t m = 0; m < options.modes.size(); ++m)
+            if (string_field(r, "mode") == to_string(options.modes[m])) mode_index = static_cast<int64_t>(m);
+        const auto it = index_of.find(string_field(r, "problem_id"));
+        return mode_index * static_cast<int64_t>(questions.size() + 1) +
+               (it == index_of.end() ? static_cast<int64_t>(questions.size()) : static_cast<int64_t>(it->second));
+    };
+    ShardedRecords store(options.output_dir / "predictions.jsonl", run_identity(backend, options, examples),
+                         options.overwrite, hint, options.place, key, order);
+    const ShardPlace& place = options.place;
+
+    // What an earlier run saved, by mode and problem_id, with its file:line for errors.
     struct Saved {
         PredictionRecord record;
-        size_t line = 0;
+        std::string where;
     };
     std::map<PromptMode, std::map<std::string, Saved>> saved_by_mode;
-    for (size_t i = 0; i < store.existing().size(); ++i) {
-        const size_t line = store.existing_lines()[i];
-        PredictionRecord r =
-            PredictionRecord::from_json(store.existing()[i], store.path().string() + ":" + std::to_string(line));
+    auto keep = [&](const json& j, const std::string& where) {
+        PredictionRecord r      = PredictionRecord::from_json(j, where);
         const PromptMode mode   = r.mode;
         const std::string id    = r.problem_id;
-        saved_by_mode[mode][id] = Saved{std::move(r), line};
-    }
+        saved_by_mode[mode][id] = Saved{std::move(r), where};
+    };
+    for (size_t i = 0; i < store.existing().size(); ++i) keep(store.existing()[i], store.existing_where()[i]);
 
     for (PromptMode mode : options.modes) {
         auto& saved             = saved_by_mode[mode];
@@ -114,47 +138,64 @@ EvalResult evaluate_model(const std::vector<Question>& questions, const std::vec
             }
             // The run identity covers the data and few-shot files; this also catches an edited record.
             const PredictionRecord& r = it->second.record;
-            const std::string at = store.path().string() + ":" + std::to_string(it->second.line) + ": problem_id " +
-                                   r.problem_id + " (" + to_string(mode) + ")";
+            const std::string at = it->second.where + ": problem_id " + r.problem_id + " (" + to_string(mode) + ")";
             if (r.prompt_format != to_string(options.format))
                 throw Error(at + ": saved with prompt format " + r.prompt_format + ", this run uses " +
                             to_string(options.format) + "; " + hint);
             if (!r.prompt.empty() && r.prompt != prompts[i])
                 throw Error(at + ": its saved prompt is not the one this run sends; " + hint);
         }
-        spdlog::info("igakuqa {}: {} questions, {} saved, {} to generate (batch {})", to_string(mode), questions.size(),
-                     questions.size() - todo.size(), todo.size(), options.batch_size);
+        // Every rank computes the same todo; rank R runs every R-th of it.
+        std::vector<size_t> mine;
+        for (size_t k = 0; k < todo.size(); ++k)
+            if (place.owns(k)) mine.push_back(todo[k]);
+        if (place.sharded())
+            spdlog::info("igakuqa {}: {} questions, {} saved, {} to generate, {} on rank {} of {} (batch {})",
+                         to_string(mode), questions.size(), questions.size() - todo.size(), todo.size(), mine.size(),
+                         place.rank, place.world_size, options.batch_size);
+        else
+            spdlog::info("igakuqa {}: {} questions, {} saved, {} to generate (batch {})", to_string(mode),
+                         questions.size(), questions.size() - todo.size(), todo.size(), options.batch_size);
 
         // Every batch is a line: batches take a while, and the line says the run is alive and how long is left.
-        ProgressLog progress(std::string("igakuqa ") + to_string(mode), static_cast<int64_t>(todo.size()), "questions",
+        ProgressLog progress(std::string("igakuqa ") + to_string(mode), static_cast<int64_t>(mine.size()), "questions",
                              0.0);
-        for (size_t begin = 0; begin < todo.size(); begin += static_cast<size_t>(options.batch_size)) {
-            const size_t end = std::min(todo.size(), begin + static_cast<size_t>(options.batch_size));
+        for (size_t begin = 0; begin < mine.size(); begin += static_cast<size_t>(options.batch_size)) {
+            const size_t end = std::min(mine.size(), begin + static_cast<size_t>(options.batch_size));
             std::vector<std::string> batch;
-            for (size_t k = begin; k < end; ++k) batch.push_back(prompts[todo[k]]);
+            for (size_t k = begin; k < end; ++k) batch.push_back(prompts[mine[k]]);
             const std::vector<std::string> outputs = backend.complete(batch, params);
             if (outputs.size() != batch.size())
                 throw Error("backend returned " + std::to_string(outputs.size()) + " completions for " +
                             std::to_string(batch.size()) + " prompts");
             for (size_t k = begin; k < end; ++k) {
-                const Question& q = questions[todo[k]];
+                const Question& q = questions[mine[k]];
                 PredictionRecord r =
-                    make_prediction_record(q, mode, options.format, prompts[todo[k]], outputs[k - begin]);
+                    make_prediction_record(q, mode, options.format, prompts[mine[k]], outputs[k - begin]);
                 store.append(r.to_json());
-                saved[q.problem_id] = Saved{std::move(r), 0};
+                saved[q.problem_id] = Saved{std::move(r), store.own_path().string()};
             }
             progress.update(static_cast<int64_t>(end));
         }
+    }
 
+    // In a group, rank 0 gathers the other ranks' records; they are done.
+    for (const json& j : store.finish()) keep(j, store.merged_path().string());
+    if (!place.is_main()) return result;
+
+    for (PromptMode mode : options.modes) {
+        const auto& saved = saved_by_mode[mode];
         std::vector<std::optional<ScoredPrediction>> aligned;
         for (const auto& q : questions) {
-            const PredictionRecord& r = saved.at(q.problem_id).record;
-            aligned.push_back(ScoredPrediction{r.prediction, r.extracted});
+            const auto it = saved.find(q.problem_id);
+            if (it == saved.end())
+                throw Error(store.merged_path().string() + ": no record for problem_id " + q.problem_id + " (" +
+                            to_string(mode) + ") after every rank finished");
+            aligned.push_back(ScoredPrediction{it->second.record.prediction, it->second.record.extracted});
         }
         const bool lenient_primary = mode == PromptMode::explanation || options.lenient_standard;
         result.modes.push_back(score_mode(questions, mode, lenient_primary, std::move(aligned)));
     }
-    store.close();
     return result;
 }
 

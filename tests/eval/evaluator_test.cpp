@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -16,6 +17,7 @@
 #include "medllm/eval/evaluator.h"
 #include "medllm/eval/report.h"
 #include "support/file_limit.h"
+#include "support/thread_group.h"
 
 namespace medllm::eval {
 namespace {
@@ -190,6 +192,67 @@ TEST_F(EvaluatorTest, ResumesFromSavedPredictions) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("prompt_format"), std::string::npos) << e.what();
     }
+}
+
+std::string slurp(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Three ranks (threads with a barrier, as torchrun's processes would be) share the questions: the merged
+// predictions.jsonl is byte for byte the file one process writes, rank 0 scores the same report, and each rank
+// asked only its share.
+TEST_F(EvaluatorTest, ThreeRanksWriteWhatOneProcessWrites) {
+    ScriptedTestBackend single(questions, examples, PromptFormat::chat);
+    options.output_dir  = out_dir / "one";
+    const auto expected = report_json(evaluate_model(questions, examples, single, options, {2018}), questions);
+
+    ThreadGroup group(3);
+    std::vector<std::unique_ptr<ScriptedTestBackend>> backends;
+    for (int r = 0; r < 3; ++r)
+        backends.push_back(std::make_unique<ScriptedTestBackend>(questions, examples, PromptFormat::chat));
+    std::vector<EvalResult> results(3);
+    const auto errors = group.run([&](int64_t rank) {
+        ModelEvalOptions o = options;
+        o.output_dir       = out_dir / "three";
+        o.place            = group.place(rank);
+        results[static_cast<size_t>(rank)] =
+            evaluate_model(questions, examples, *backends[static_cast<size_t>(rank)], o, {2018});
+    });
+    for (const auto& e : errors) ASSERT_EQ(e, "");
+    EXPECT_EQ(slurp(out_dir / "three" / "predictions.jsonl"), slurp(out_dir / "one" / "predictions.jsonl"));
+    EXPECT_EQ(report_json(results[0], questions), expected);
+    EXPECT_TRUE(results[1].modes.empty());           // only rank 0 scores
+    EXPECT_EQ(backends[0]->asked.size(), 2u * 134);  // 400 questions: 134 / 133 / 133 per mode
+    EXPECT_EQ(backends[1]->asked.size(), 2u * 133);
+    EXPECT_TRUE(find_shards(out_dir / "three" / "predictions.jsonl").empty());
+}
+
+// A rank fails mid-run (the others stop too); one process resumes from the merged file and both shards, asks
+// only what no rank finished, and scores what an uninterrupted run scores.
+TEST_F(EvaluatorTest, AFailedRanksShardResumesInOneProcess) {
+    ScriptedTestBackend reference(questions, examples, PromptFormat::chat);
+    options.output_dir  = out_dir / "uninterrupted";
+    const auto expected = report_json(evaluate_model(questions, examples, reference, options, {2018}), questions);
+
+    options.output_dir = out_dir / "interrupted";
+    ThreadGroup group(2);
+    ScriptedTestBackend r0(questions, examples, PromptFormat::chat), r1(questions, examples, PromptFormat::chat);
+    r1.fail_on_call   = 3;  // rank 1 saves two batches of standard mode, then its "engine" fails
+    const auto errors = group.run([&](int64_t rank) {
+        ModelEvalOptions o = options;
+        o.place            = group.place(rank);
+        evaluate_model(questions, examples, rank == 0 ? r0 : r1, o, {2018});
+    });
+    EXPECT_EQ(errors[1], "scripted failure");
+    EXPECT_NE(errors[0], "");
+    EXPECT_EQ(find_shards(options.output_dir / "predictions.jsonl").size(), 2u);
+
+    ScriptedTestBackend resumed(questions, examples, PromptFormat::chat);
+    const auto result = report_json(evaluate_model(questions, examples, resumed, options, {2018}), questions);
+    EXPECT_EQ(resumed.asked.size() + r0.asked.size() + 100, 800u);  // rank 1 had saved 2 x 50 standard answers
+    EXPECT_EQ(result, expected);
+    EXPECT_TRUE(find_shards(options.output_dir / "predictions.jsonl").empty());
 }
 
 TEST_F(EvaluatorTest, BaseFormatAddsStopStrings) {

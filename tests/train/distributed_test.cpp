@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -19,11 +20,14 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "generate/generate_test_util.h"
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/core/shards.h"
 #include "medllm/io/safetensors.h"
 #include "medllm/train/checkpoint.h"
 #include "medllm/train/distributed.h"
+#include "support/processes.h"
 #include "train_test_util.h"
 
 using namespace medllm;
@@ -32,31 +36,9 @@ using train::Launch;
 using train::LaunchFlags;
 using train::Reduce;
 namespace fs = std::filesystem;
+namespace gt = medllm::generate::testing;
 
 namespace {
-
-int free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family      = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port        = 0;
-    socklen_t len     = sizeof a;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-        ::close(fd);
-        return 0;
-    }
-    ::close(fd);
-    return ntohs(a.sin_port);
-}
-
-std::function<const char*(const char*)> env_of(const std::map<std::string, std::string>& env) {
-    return [env](const char* name) -> const char* {
-        const auto it = env.find(name);
-        return it == env.end() ? nullptr : it->second.c_str();
-    };
-}
 
 Launch local_launch(int64_t rank, int64_t world, int port, double timeout_s = 20) {
     LaunchFlags f;
@@ -68,56 +50,6 @@ Launch local_launch(int64_t rank, int64_t world, int port, double timeout_s = 20
     f.timeout_s   = timeout_s;
     return train::resolve_launch(f, env_of({}));
 }
-
-// A medllm process started with its own environment additions; stdout+stderr go to `log`.
-struct Proc {
-    pid_t pid = -1;
-    fs::path log;
-    int exit_code = -1;
-
-    static Proc start(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,
-                      const fs::path& log) {
-        Proc p;
-        p.log = log;
-        p.pid = ::fork();
-        if (p.pid == 0) {
-            for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-            const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-            ::dup2(fd, 1);
-            ::dup2(fd, 2);
-            const int devnull = ::open("/dev/null", O_RDONLY);
-            ::dup2(devnull, 0);
-            std::vector<char*> argv{const_cast<char*>(MEDLLM_BINARY)};
-            for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-            argv.push_back(nullptr);
-            ::execv(MEDLLM_BINARY, argv.data());
-            ::_exit(127);
-        }
-        return p;
-    }
-    // Waits up to `seconds`; false (and the process killed) on a timeout.
-    bool wait(double seconds) {
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-        int status          = 0;
-        for (;;) {
-            const pid_t r = ::waitpid(pid, &status, WNOHANG);
-            if (r == pid) break;
-            if (std::chrono::steady_clock::now() > deadline) {
-                ::kill(pid, SIGKILL);
-                ::waitpid(pid, &status, 0);
-                exit_code = -1;
-                return false;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-        exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        return true;
-    }
-    std::string output() const {
-        std::ifstream in(log);
-        return std::string(std::istreambuf_iterator<char>(in), {});
-    }
-};
 
 std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
     std::vector<nlohmann::json> out;
@@ -561,4 +493,136 @@ TEST_F(DistributedCpt, RpoTwoProcessesEqualOneWithTwiceTheBatch) {
     ASSERT_EQ(mc.size(), 6u);  // the 3 steps of the 2-process run, then steps 4..6 with one process
     EXPECT_EQ(mc.back()["step"], 6);
     EXPECT_FALSE(mc.back().contains("world_size"));
+}
+
+// ---------------------------------------------------------------- medllm eval igakuqa as two processes
+
+// The tiny printable model on 6 questions of each 2018 section (36), both modes, greedy: two ranks share the
+// questions and write what one process writes; a rank killed mid-run makes the other exit naming it, and one
+// process then finishes from the shards with the same scores.
+class DistributedEval : public test::TrainTempDir {
+protected:
+    fs::path model, data, fewshot;
+    void SetUp() override {
+        TrainTempDir::SetUp();
+        model              = gt::make_printable_model_dir(dir / "model", /*context=*/16384);
+        const fs::path src = fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data" / "data" / "2018";
+        data               = dir / "data";
+        fs::create_directories(data / "data" / "2018");
+        for (char s : {'A', 'B', 'C', 'D', 'E', 'F'})
+            for (const std::string suffix : {".jsonl", "_metadata.jsonl"}) {
+                const std::string name = "112-" + std::string(1, s) + suffix;
+                std::ifstream in(src / name);
+                std::ofstream out(data / "data" / "2018" / name);
+                std::string line;
+                for (int i = 0; i < 6 && std::getline(in, line); ++i) out << line << "\n";
+            }
+        fewshot = dir / "fewshot.jsonl";
+        std::ofstream(fewshot)
+            << R"({"problem_id": "100E5", "problem_text": "正しいのはどれか。", "choices": ["甲", "乙"], )"
+            << R"("text_only": true, "answer": ["a"], "explanation": "甲が正しい。"})"
+            << "\n";
+    }
+    std::vector<std::string> args(const fs::path& out, std::vector<std::string> extra = {}) const {
+        std::vector<std::string> a{"eval",
+                                   "igakuqa",
+                                   "--data-dir",
+                                   data.string(),
+                                   "--model",
+                                   model.string(),
+                                   "--years",
+                                   "2018",
+                                   "--prompt-format",
+                                   "base",
+                                   "--prompt-file",
+                                   fewshot.string(),
+                                   "--max-new-tokens",
+                                   "4",
+                                   "--max-new-tokens-explanation",
+                                   "8",
+                                   "--mode",
+                                   "both",
+                                   "--output",
+                                   out.string()};
+        for (auto& e : extra) a.push_back(e);
+        return a;
+    }
+    static std::vector<std::string> rank_flags(int rank, int port, const std::string& batch) {
+        return {"--world-size",  "2",         "--rank",         std::to_string(rank),
+                "--master-addr", "127.0.0.1", "--master-port",  std::to_string(port),
+                "--backend",     "gloo",      "--dist-timeout", "5",
+                "--batch-size",  batch};
+    }
+    static nlohmann::json report(const fs::path& out) {
+        auto r = nlohmann::json::parse(std::ifstream(out / "report.json"));
+        return r;
+    }
+};
+
+TEST_F(DistributedEval, TwoRanksWriteWhatOneProcessWrites) {
+    Proc one = Proc::start(args(dir / "one", {"--batch-size", "4"}), {}, dir / "one.log");
+    ASSERT_TRUE(one.wait(120));
+    ASSERT_EQ(one.exit_code, 0) << one.output();
+
+    const int port = free_port();
+    std::vector<Proc> two;
+    for (int r = 0; r < 2; ++r)  // another batch size too: greedy answers do not depend on the batch
+        two.push_back(Proc::start(args(dir / "two", rank_flags(r, port, "3")), {},
+                                  dir / ("two_rank" + std::to_string(r) + ".log")));
+    for (auto& p : two) ASSERT_TRUE(p.wait(120)) << p.output();
+    ASSERT_EQ(two[0].exit_code, 0) << two[0].output();
+    ASSERT_EQ(two[1].exit_code, 0) << two[1].output();
+    EXPECT_NE(two[0].output().find("IgakuQA model standard"), std::string::npos) << two[0].output();
+    EXPECT_EQ(two[1].output().find("IgakuQA model"), std::string::npos) << two[1].output();  // rank 0 reports
+
+    EXPECT_EQ(read_bytes(dir / "two" / "predictions.jsonl"), read_bytes(dir / "one" / "predictions.jsonl"));
+    EXPECT_EQ(read_bytes(dir / "two" / "scored.jsonl"), read_bytes(dir / "one" / "scored.jsonl"));
+    EXPECT_EQ(report(dir / "two"), report(dir / "one"));
+    EXPECT_EQ(read_jsonl(dir / "two" / "predictions.jsonl").size(), 72u);
+    EXPECT_FALSE(fs::exists(dir / "two" / "predictions.rank1-of2.jsonl"));
+    EXPECT_FALSE(fs::exists(dir / "two" / "log.txt") && !fs::exists(dir / "two" / "config.resolved.yaml"));
+}
+
+TEST_F(DistributedEval, AKilledRankIsNamedAndOneProcessFinishesFromTheShards) {
+    Proc one = Proc::start(args(dir / "one", {"--batch-size", "4"}), {}, dir / "one.log");
+    ASSERT_TRUE(one.wait(120));
+    ASSERT_EQ(one.exit_code, 0) << one.output();
+
+    const int port     = free_port();
+    const fs::path out = dir / "killed";
+    std::vector<Proc> two;
+    for (int r = 0; r < 2; ++r)
+        two.push_back(
+            Proc::start(args(out, rank_flags(r, port, "1")), {}, dir / ("killed_rank" + std::to_string(r) + ".log")));
+    // Rank 1 dies once it has saved a few answers.
+    const fs::path shard1 = out / "predictions.rank1-of2.jsonl";
+    const auto deadline   = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (read_jsonl_safe(shard1).size() < 3 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    ::kill(two[1].pid, SIGKILL);
+    ASSERT_TRUE(two[1].wait(10));
+    const auto t0 = std::chrono::steady_clock::now();
+    ASSERT_TRUE(two[0].wait(60)) << two[0].output();
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30.0);
+    EXPECT_EQ(two[0].exit_code, 1) << two[0].output();
+    EXPECT_NE(two[0].output().find("lost rank 1 of 2"), std::string::npos) << two[0].output();
+    const size_t saved1 = read_jsonl(shard1).size();
+    EXPECT_GE(saved1, 3u);
+    EXPECT_LT(saved1, 36u) << "rank 1 finished before it was killed; the test did not test a resume";
+
+    // One process folds both shards in and generates only what is missing.
+    Proc resumed = Proc::start(args(out, {"--batch-size", "4"}), {}, dir / "resumed.log");
+    ASSERT_TRUE(resumed.wait(120));
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.output();
+    EXPECT_NE(resumed.output().find("folding in 2 shard file(s)"), std::string::npos) << resumed.output();
+    EXPECT_EQ(report(out), report(dir / "one"));
+    auto sorted_lines = [&](const fs::path& p) {
+        std::vector<std::string> lines;
+        std::ifstream in(p);
+        for (std::string l; std::getline(in, l);) lines.push_back(l);
+        std::sort(lines.begin(), lines.end());
+        return lines;
+    };
+    EXPECT_EQ(sorted_lines(out / "predictions.jsonl"), sorted_lines(dir / "one" / "predictions.jsonl"));
+    EXPECT_TRUE(find_shards(out / "predictions.jsonl").empty());
 }

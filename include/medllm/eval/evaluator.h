@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "medllm/core/shards.h"
 #include "medllm/eval/backend.h"
 #include "medllm/eval/igakuqa_data.h"
 #include "medllm/eval/predictions.h"
@@ -54,6 +55,7 @@ struct ModelEvalOptions {
     std::filesystem::path output_dir;     // predictions.jsonl and predictions.jsonl.run.json go here; a rerun resumes
     nlohmann::json data_identity;         // data_identity(data_dir): part of the run identity
     bool overwrite = false;               // start predictions.jsonl over instead of resuming it
+    ShardPlace place;                     // several processes share the questions (core/shards.h); default one
 };
 
 // The identity a predictions.jsonl is saved under (its sidecar predictions.jsonl.run.json): the backend's
@@ -65,9 +67,11 @@ nlohmann::json run_identity(const CompletionBackend& backend, const ModelEvalOpt
 // Runs every question of every mode through `backend` in batches of options.batch_size, skipping questions
 // whose prediction is already saved in <output_dir>/predictions.jsonl (resume), appending each record with its
 // rendered prompt as its batch completes (flushed and checked: a full disk is an Error naming the file), logging
-// questions/s and ETA. Refuses (Error naming the first differing key) to resume a file saved under another
-// run_identity, and (Error naming file:line and problem_id) a saved record whose prompt is not the one this run
-// would send. Returns the scored result.
+// questions/s and ETA. Under several processes (options.place) rank R runs every R-th question still to do into
+// its shard predictions.rank<R>-of<W>.jsonl and rank 0 folds the shards into predictions.jsonl in the order one
+// process writes (mode, then question) and scores; the other ranks return a result without modes. Refuses (Error naming
+// the first differing key) to resume a file saved under another run_identity, and (Error naming file:line and
+// problem_id) a saved record whose prompt is not the one this run would send. Returns the scored result.
 EvalResult evaluate_model(const std::vector<Question>& questions, const std::vector<FewShotExample>& examples,
                           CompletionBackend& backend, const ModelEvalOptions& options, const std::vector<int>& years);
 
