@@ -14,6 +14,7 @@
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/eval/mcqa.h"
+#include "medllm/generate/load.h"
 #include "medllm/generate/loglik.h"
 
 namespace medllm::cli {
@@ -134,6 +135,7 @@ void run_eval_mcqa(const EvalMcqaFlags& f) {
     check_output_not_input(f.output, inputs);
     // One process per GPU under torchrun / Slurm: each holds the whole model and scores its share of the questions;
     // rank 0 folds the records and writes the reports.
+    generate::parse_device(f.device);  // a bad --device is named as such (the group resolves it too)
     const auto parallel = join_process_group(f.dist, f.device);
     run_reporting_failure(parallel, [&] { eval_with_model(f, scoring, entries, datasets, parallel); });
 }

@@ -1,5 +1,6 @@
 // `eval mcqa` sharded across processes (issue #14): two Gloo processes write the same predictions and reports as
 // one, and the shards a killed group leaves are completed by a rerun without scoring anything twice.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -46,17 +47,27 @@ std::string joined(const std::vector<std::string>& args) {
     return s;
 }
 
+std::vector<std::string> lines_of(const fs::path& file) {
+    std::ifstream in(file);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+}
+
+std::vector<std::string> sorted_lines(const fs::path& file) {
+    auto lines = lines_of(file);
+    std::sort(lines.begin(), lines.end());
+    return lines;
+}
+
 // Runs the command as ranks 0 and 1 of a Gloo group on 127.0.0.1; returns their logs (both must exit 0).
 std::vector<std::string> run_two_ranks(const std::vector<std::string>& args, const fs::path& logs) {
     const int port = free_port();
     std::vector<Proc> procs;
     for (int rank = 0; rank < 2; ++rank) {
         auto a = args;
-        for (const std::string& s : {std::string("--world-size"), std::string("2"), std::string("--rank"),
-                                     std::to_string(rank), std::string("--master-addr"), std::string("127.0.0.1"),
-                                     std::string("--master-port"), std::to_string(port), std::string("--backend"),
-                                     std::string("gloo"), std::string("--dist-timeout"), std::string("20")})
-            a.push_back(s);
+        a.insert(a.end(), {"--world-size", "2", "--rank", std::to_string(rank), "--master-addr", "127.0.0.1",
+                           "--master-port", std::to_string(port), "--backend", "gloo", "--dist-timeout", "20"});
         procs.push_back(Proc::start(a, {}, logs / ("rank" + std::to_string(rank) + ".log")));
     }
     std::vector<std::string> out;
@@ -104,13 +115,25 @@ TEST(McqaShard, TwoProcessesWriteWhatOneProcessWrites) {
     EXPECT_EQ(read_json_file(dir / "two" / "report.json"), read_json_file(dir / "one" / "report.json"));
     EXPECT_EQ(read_text_file(dir / "two" / "report.md"), read_text_file(dir / "one" / "report.md"));
 
-    // A rerun of the group finds everything saved and reports the same.
-    const auto again = run_two_ranks(mcqa_args(dir, dir / "two"), dir);
-    ASSERT_EQ(again.size(), 2u);
-    EXPECT_NE(again[0].find("mcqa medqa-jp loglik: 4 questions, 4 saved, 0 to score, 0 on rank 0 of 2"),
+    // A one-process run stopped after 2 questions of each task (--limit 2) is completed by a group: the ranks share
+    // what is left and the result is the one-process result (the saved records stay first in the file).
+    auto limited = mcqa_args(dir, dir / "three");
+    limited.insert(limited.end(), {"--limit", "2"});
+    const auto partial = run_medllm(joined(limited));
+    ASSERT_EQ(partial.exit_code, 0) << partial.output;
+    const auto resumed = run_two_ranks(mcqa_args(dir, dir / "three"), dir);
+    ASSERT_EQ(resumed.size(), 2u);
+    EXPECT_NE(resumed[0].find("mcqa medqa-jp loglik: 4 questions, 2 saved, 2 to score, 1 on rank 0 of 2"),
               std::string::npos)
-        << again[0];
-    EXPECT_EQ(read_json_file(dir / "two" / "report.json"), read_json_file(dir / "one" / "report.json"));
+        << resumed[0];
+    for (const auto& task : kTasks) {
+        SCOPED_TRACE(task);
+        const fs::path a = dir / "one" / "predictions" / (task + ".jsonl");
+        const fs::path c = dir / "three" / "predictions" / (task + ".jsonl");
+        EXPECT_EQ(sorted_lines(c), sorted_lines(a));
+        EXPECT_TRUE(find_shards(c).empty()) << "shards left beside " << c;
+    }
+    EXPECT_EQ(read_json_file(dir / "three" / "report.json"), read_json_file(dir / "one" / "report.json"));
     fs::remove_all(dir);
 }
 
@@ -145,13 +168,6 @@ generate::McqaEngineBackend& backend() {
         return o;
     }());
     return b;
-}
-
-std::vector<std::string> lines_of(const fs::path& file) {
-    std::ifstream in(file);
-    std::vector<std::string> lines;
-    for (std::string line; std::getline(in, line);) lines.push_back(line);
-    return lines;
 }
 
 void write_lines(const fs::path& file, const std::vector<std::string>& lines, const std::string& cut_line = "") {

@@ -263,10 +263,19 @@ TEST(McqaCli, TasksConfigEndToEnd) {
         run_medllm("eval mcqa --task medqa-jp --model " + model_dir().string() + " --output " + (dir / "o5").string());
     EXPECT_EQ(no_data.exit_code, 2) << no_data.output;
     EXPECT_NE(no_data.output.find("--task needs --data"), std::string::npos) << no_data.output;
+    // The device is checked before the process group is joined, named as the flag it came from.
+    auto device =
+        run_medllm("eval mcqa --task medqa-jp --data " + (fixture_dir() / "medqa.jsonl").string() + " --model " +
+                   model_dir().string() + " --output " + (dir / "o6").string() + " --device bogus");
+    EXPECT_EQ(device.exit_code, 2) << device.output;
+    EXPECT_NE(device.output.find("--device bogus: expected auto, cpu, cuda or cuda:N"), std::string::npos)
+        << device.output;
     auto help = run_medllm("eval mcqa --help");
     EXPECT_EQ(help.exit_code, 0) << help.output;
     EXPECT_NE(help.output.find("--tasks-config"), std::string::npos) << help.output;
     EXPECT_NE(help.output.find("loglik | generate | both"), std::string::npos) << help.output;
+    EXPECT_NE(help.output.find("--world-size"), std::string::npos) << help.output;
+    EXPECT_NE(help.output.find("medllm eval mcqa"), std::string::npos) << help.output;  // the torchrun example
     fs::remove_all(dir);
 }
 
