@@ -1,6 +1,9 @@
 // medllm: one binary for the Preferred-MedLLM pipeline. main() only parses and dispatches;
 // each subcommand lives in src/cli/<name>.cpp.
+#include <sched.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <iostream>
 #include <new>
 #include <string>
@@ -25,6 +28,26 @@ namespace {
 int max_threads() {
     const unsigned cores = std::thread::hardware_concurrency();
     return 4 * static_cast<int>(cores ? cores : 1);
+}
+
+// The default intra-op threads: OMP_NUM_THREADS when set, else the cores this process may run on (its CPU
+// affinity: taskset, Slurm's binding) shared between the ranks torchrun starts on this node (LOCAL_WORLD_SIZE), so
+// N processes on one machine do not each start a thread per core.
+int default_threads() {
+    auto positive = [](const char* name) -> int {
+        const char* v = std::getenv(name);
+        if (!v || !*v) return 0;
+        char* end    = nullptr;
+        const long n = std::strtol(v, &end, 10);
+        return (*end == '\0' && n > 0 && n < 65536) ? static_cast<int>(n) : 0;
+    };
+    if (const int omp = positive("OMP_NUM_THREADS")) return omp;
+    int cores = 0;
+    cpu_set_t set;
+    if (::sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set);
+    if (cores <= 0) cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int local = std::max(1, positive("LOCAL_WORLD_SIZE"));
+    return std::max(1, cores / local);
 }
 
 // "medllm quantise" names no subcommand, and CLI11 would only say that one is required: name the closest. The
@@ -59,7 +82,9 @@ int main(int argc, char** argv) {
 
     int threads           = 0;
     std::string log_level = "info";
-    app.add_option("--threads", threads, "LibTorch intra-op threads (0 = all cores)")
+    app.add_option("--threads", threads,
+                   "LibTorch intra-op threads (0 = OMP_NUM_THREADS if set, else the cores this process may use, "
+                   "divided by torchrun's LOCAL_WORLD_SIZE)")
         ->capture_default_str()
         ->check(CLI::Validator(
             [](std::string& value) -> std::string {
@@ -93,9 +118,8 @@ int main(int argc, char** argv) {
     // Runs after all flags are read and before the chosen subcommand's callback.
     app.parse_complete_callback([&] {
         medllm::log_init(log_level);
-        // LibTorch may start with one thread; default to every core.
-        unsigned cores = std::thread::hardware_concurrency();
-        at::set_num_threads(threads > 0 ? threads : static_cast<int>(cores ? cores : 1));
+        // LibTorch may start with one thread; default to this process's share of the cores.
+        at::set_num_threads(threads > 0 ? threads : default_threads());
     });
 
     auto fail = [](const std::string& message, int rc) {

@@ -2,7 +2,10 @@
 // done, write the report.
 #include "medllm/pipeline/pipeline.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <csignal>
@@ -26,7 +29,7 @@ namespace medllm::pipeline {
 namespace {
 
 const std::vector<std::string> kStageSections = {"eval", "cpt", "build_prefs", "rpo"};
-const std::vector<std::string> kOwnSections   = {"run_dir", "base_model", "rows", "score", "report"};
+const std::vector<std::string> kOwnSections   = {"run_dir", "base_model", "rows", "score", "report", "launch"};
 
 ConfigSchema<PipelineConfig> make_schema() {
     using C = PipelineConfig;
@@ -41,6 +44,10 @@ ConfigSchema<PipelineConfig> make_schema() {
     s.field("score.device", &C::score_device, "device of the option scoring: cpu | cuda | cuda:N | auto");
     s.field("report.pass_lines", &C::pass_lines, "JSON {\"<year>\": {\"pass_fraction\": 0.6}}: own pass lines");
     s.field("report.title", &C::title, "report title");
+    s.field("launch.nproc", &C::nproc,
+            "processes per cpt / rpo / eval / build-prefs stage on this node (one per GPU): data-parallel training "
+            "and shared generation, the results of one process")
+        .range(1, 1024);
     s.strict_sections(kOwnSections);
     return s;
 }
@@ -58,50 +65,95 @@ std::string hms(double seconds) {
     return format_duration(seconds);
 }
 
-// The child running now, so a SIGINT/SIGTERM to the pipeline reaches it (the stage commands finish their step,
-// write a checkpoint and exit 1).
-volatile sig_atomic_t g_child = 0;
-extern "C" void forward_signal(int sig) {
-    if (g_child > 0) ::kill(static_cast<pid_t>(g_child), sig);
+// A free TCP port on 127.0.0.1 for a stage's rendezvous (0 when none could be bound: the stage then uses 29500).
+int free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return 0;
+    sockaddr_in a{};
+    a.sin_family      = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len     = sizeof a;
+    int port          = 0;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+        port = ntohs(a.sin_port);
+    ::close(fd);
+    return port;
 }
 
-int run_child(const fs::path& binary, const std::vector<std::string>& args, const fs::path& stdout_file) {
+// The stage's processes, so a SIGINT/SIGTERM to the pipeline reaches them (the stage commands finish their step,
+// write a checkpoint and exit 1).
+constexpr int kMaxChildren                     = 1024;
+volatile sig_atomic_t g_children[kMaxChildren] = {};
+extern "C" void forward_signal(int sig) {
+    for (int i = 0; i < kMaxChildren && g_children[i] > 0; ++i) ::kill(static_cast<pid_t>(g_children[i]), sig);
+}
+
+// Runs the stage command as `nproc` ranks (torchrun's variables; rank 0's stdout to `stdout_file`, the other
+// ranks' to <stage>/stdout.rank<R>.txt). Returns the first non-zero exit status, else 0.
+int run_child(const fs::path& binary, const std::vector<std::string>& args, const fs::path& stdout_file,
+              int64_t nproc) {
     std::vector<std::string> argv_s{binary.string()};
     argv_s.insert(argv_s.end(), args.begin(), args.end());
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());
     argv.push_back(nullptr);
-    const int out = ::open(stdout_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (out < 0) throw Error(stdout_file.string() + ": cannot create: " + std::strerror(errno));
+    const std::string port = std::to_string(nproc > 1 ? free_port() : 0);
+    std::vector<pid_t> pids;
     std::fflush(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0) {
+    for (int64_t rank = 0; rank < nproc; ++rank) {
+        const fs::path out_file =
+            rank == 0 ? stdout_file : stdout_file.parent_path() / ("stdout.rank" + std::to_string(rank) + ".txt");
+        const int out = ::open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (out < 0) throw Error(out_file.string() + ": cannot create: " + std::strerror(errno));
+        const pid_t pid = ::fork();
+        if (pid < 0) {
+            ::close(out);
+            for (pid_t p : pids) ::kill(p, SIGTERM);
+            throw Error(std::string("pipeline: fork failed: ") + std::strerror(errno));
+        }
+        if (pid == 0) {
+            // The stage's ranks are the pipeline's to set: a launch environment around the pipeline (an sbatch
+            // script's SLURM_NTASKS, an exported WORLD_SIZE) must not make a stage wait for ranks that never come.
+            for (const char* v : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID",
+                                  "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE"})
+                ::unsetenv(v);
+            if (nproc > 1) {
+                ::setenv("RANK", std::to_string(rank).c_str(), 1);
+                ::setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
+                ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+                ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+                ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+                if (port != "0") ::setenv("MASTER_PORT", port.c_str(), 1);
+            }
+            ::dup2(out, STDOUT_FILENO);
+            ::execv(argv[0], argv.data());
+            const char msg[] = "pipeline: exec of the medllm binary failed\n";
+            (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
+            ::_exit(127);
+        }
         ::close(out);
-        throw Error(std::string("pipeline: fork failed: ") + std::strerror(errno));
+        pids.push_back(pid);
+        if (rank < kMaxChildren) g_children[rank] = pid;
     }
-    if (pid == 0) {
-        ::dup2(out, STDOUT_FILENO);
-        ::execv(argv[0], argv.data());
-        const char msg[] = "pipeline: exec of the medllm binary failed\n";
-        (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
-        ::_exit(127);
-    }
-    ::close(out);
-    g_child                  = pid;
     struct sigaction sa      = {};
     struct sigaction old_int = {}, old_term = {};
     sa.sa_handler = forward_signal;
     sigemptyset(&sa.sa_mask);
     ::sigaction(SIGINT, &sa, &old_int);
     ::sigaction(SIGTERM, &sa, &old_term);
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    int rc = 0;
+    for (pid_t pid : pids) {
+        int status = 0;
+        while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+        if (rc == 0) rc = code;
     }
-    g_child = 0;
+    for (auto& c : g_children) c = 0;
     ::sigaction(SIGINT, &old_int, nullptr);
     ::sigaction(SIGTERM, &old_term, nullptr);
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    return rc;
 }
 
 nlohmann::json read_done(const fs::path& dir) {
@@ -318,7 +370,8 @@ PipelineResult run_pipeline(const PipelineConfig& config, const PipelineOptions&
             continue;
         }
         if (!s.config.is_null()) write_file_atomic(s.dir / "stage.yaml", dump_json(unflatten(s.config), 2) + "\n");
-        const int rc = run_child(binary, s.args, s.dir / "stdout.txt");
+        const bool ranked = s.kind == "cpt" || s.kind == "rpo" || s.kind == "eval" || s.kind == "build-prefs";
+        const int rc      = run_child(binary, s.args, s.dir / "stdout.txt", ranked ? config.nproc : 1);
         if (rc != 0)
             throw Error("pipeline: stage " + s.name + " failed (exit " + std::to_string(rc) + "); its log is " +
                         (s.dir / "medllm.log").string() + "; rerun the same command to continue");

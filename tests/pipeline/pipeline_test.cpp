@@ -185,3 +185,40 @@ TEST(QuickstartCi, CptBeatsBaseAndRerunSkipsFinishedStages) {
     EXPECT_NE(changed.output.find("--from cpt"), std::string::npos) << changed.output;
     fs::remove_all(run);
 }
+
+// `--nproc 2`: every cpt / rpo / eval / build-prefs stage runs as two ranks that the pipeline starts itself. The
+// base evaluation (no training before it) writes what one process writes, byte for byte; cpt trains data-parallel
+// (world_size 2 in its metrics; two ranks x batch 4 rows per step, the per-device convention, so its numbers are
+// not the one-process run's) and still beats the base; every stage finishes and the report has every row.
+TEST(QuickstartCi, TwoRanksPerStage) {
+    const fs::path one = scratch("ci_one"), two = scratch("ci_two");
+    fs::remove_all(one);
+    fs::remove_all(two);
+    // One thread per process on both sides (on a bigger machine the pipeline would give each rank half the cores).
+    const std::string cmd = std::string("cd ") + MEDLLM_SOURCE_DIR + " && OMP_NUM_THREADS=1 " + MEDLLM_BINARY +
+                            " pipeline --config configs/quickstart/ci.yaml --set rows.cpt_rpo=false";
+    const auto single = run_shell(cmd + " --only eval-base --set run_dir=" + one.string() + " 2>&1 </dev/null");
+    ASSERT_EQ(single.exit_code, 0) << single.output;
+    const auto ranked = run_shell(cmd + " --nproc 2 --set run_dir=" + two.string() + " 2>&1 </dev/null");
+    ASSERT_EQ(ranked.exit_code, 0) << ranked.output;
+    EXPECT_EQ(read_text_file(two / "eval-base" / "predictions.jsonl"),
+              read_text_file(one / "eval-base" / "predictions.jsonl"));
+    EXPECT_TRUE(fs::exists(two / "eval-base" / "stdout.rank1.txt"));
+    const std::string metrics = read_text_file(two / "cpt" / "metrics.jsonl");
+    EXPECT_NE(metrics.find("\"world_size\":2"), std::string::npos) << metrics.substr(0, 400);
+    const auto report = read_json_file(two / "report" / "report.json");
+    const auto base = row_named(report, "base"), cpt = row_named(report, "+CPT");
+    ASSERT_TRUE(base.is_object() && cpt.is_object()) << report.dump(2);
+    EXPECT_GT(cpt["scores"]["option_ll"]["gold_margin"].get<double>() -
+                  base["scores"]["option_ll"]["gold_margin"].get<double>(),
+              0.05);
+
+    // The pipeline is launched once; under torchrun it says what to do instead.
+    const std::string nested_cmd = std::string("cd ") + MEDLLM_SOURCE_DIR + " && WORLD_SIZE=2 " + MEDLLM_BINARY +
+                                   " pipeline --config configs/quickstart/ci.yaml --set run_dir=" + two.string();
+    const auto nested = run_shell(nested_cmd + " 2>&1 </dev/null");
+    EXPECT_EQ(nested.exit_code, 2) << nested.output;
+    EXPECT_NE(nested.output.find("--nproc"), std::string::npos) << nested.output;
+    fs::remove_all(one);
+    fs::remove_all(two);
+}

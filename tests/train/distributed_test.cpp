@@ -271,14 +271,13 @@ protected:
     }
     static std::map<std::string, std::string> torchrun_env(int rank, int port) {
         return {{"RANK", std::to_string(rank)}, {"WORLD_SIZE", "2"},          {"LOCAL_RANK", std::to_string(rank)},
-                {"LOCAL_WORLD_SIZE", "2"},      {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", std::to_string(port)}};
+                {"LOCAL_WORLD_SIZE", "2"},      {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", std::to_string(port)},
+                {"OMP_NUM_THREADS", "1"}};
     }
     static std::map<std::string, std::string> slurm_env(int rank, int port) {
-        return {{"SLURM_PROCID", std::to_string(rank)},
-                {"SLURM_NTASKS", "2"},
-                {"SLURM_LOCALID", std::to_string(rank)},
-                {"SLURM_JOB_NODELIST", "localhost"},
-                {"MASTER_PORT", std::to_string(port)}};
+        return {{"SLURM_PROCID", std::to_string(rank)},  {"SLURM_NTASKS", "2"},
+                {"SLURM_LOCALID", std::to_string(rank)}, {"SLURM_JOB_NODELIST", "localhost"},
+                {"MASTER_PORT", std::to_string(port)},   {"OMP_NUM_THREADS", "1"}};
     }
     // Two ranks; returns their exit codes (after at most `seconds`).
     std::vector<Proc> run_two(const std::vector<std::string>& a, bool slurm, const std::string& tag,
@@ -502,6 +501,8 @@ TEST_F(DistributedCpt, RpoTwoProcessesEqualOneWithTwiceTheBatch) {
 // process then finishes from the shards with the same scores.
 class DistributedEval : public test::TrainTempDir {
 protected:
+    // One thread per process: two ranks on a 2-core machine, each with a thread per core, crawl.
+    const std::map<std::string, std::string> kOneThread{{"OMP_NUM_THREADS", "1"}};
     fs::path model, data, fewshot;
     void SetUp() override {
         TrainTempDir::SetUp();
@@ -560,14 +561,14 @@ protected:
 };
 
 TEST_F(DistributedEval, TwoRanksWriteWhatOneProcessWrites) {
-    Proc one = Proc::start(args(dir / "one", {"--batch-size", "4"}), {}, dir / "one.log");
+    Proc one = Proc::start(args(dir / "one", {"--batch-size", "4"}), kOneThread, dir / "one.log");
     ASSERT_TRUE(one.wait(120));
     ASSERT_EQ(one.exit_code, 0) << one.output();
 
     const int port = free_port();
     std::vector<Proc> two;
     for (int r = 0; r < 2; ++r)  // another batch size too: greedy answers do not depend on the batch
-        two.push_back(Proc::start(args(dir / "two", rank_flags(r, port, "3")), {},
+        two.push_back(Proc::start(args(dir / "two", rank_flags(r, port, "3")), kOneThread,
                                   dir / ("two_rank" + std::to_string(r) + ".log")));
     for (auto& p : two) ASSERT_TRUE(p.wait(120)) << p.output();
     ASSERT_EQ(two[0].exit_code, 0) << two[0].output();
@@ -584,7 +585,7 @@ TEST_F(DistributedEval, TwoRanksWriteWhatOneProcessWrites) {
 }
 
 TEST_F(DistributedEval, AKilledRankIsNamedAndOneProcessFinishesFromTheShards) {
-    Proc one = Proc::start(args(dir / "one", {"--batch-size", "4"}), {}, dir / "one.log");
+    Proc one = Proc::start(args(dir / "one", {"--batch-size", "4"}), kOneThread, dir / "one.log");
     ASSERT_TRUE(one.wait(120));
     ASSERT_EQ(one.exit_code, 0) << one.output();
 
@@ -592,8 +593,8 @@ TEST_F(DistributedEval, AKilledRankIsNamedAndOneProcessFinishesFromTheShards) {
     const fs::path out = dir / "killed";
     std::vector<Proc> two;
     for (int r = 0; r < 2; ++r)
-        two.push_back(
-            Proc::start(args(out, rank_flags(r, port, "1")), {}, dir / ("killed_rank" + std::to_string(r) + ".log")));
+        two.push_back(Proc::start(args(out, rank_flags(r, port, "1")), kOneThread,
+                                  dir / ("killed_rank" + std::to_string(r) + ".log")));
     // Rank 1 dies once it has saved a few answers.
     const fs::path shard1 = out / "predictions.rank1-of2.jsonl";
     const auto deadline   = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -611,7 +612,7 @@ TEST_F(DistributedEval, AKilledRankIsNamedAndOneProcessFinishesFromTheShards) {
     EXPECT_LT(saved1, 36u) << "rank 1 finished before it was killed; the test did not test a resume";
 
     // One process folds both shards in and generates only what is missing.
-    Proc resumed = Proc::start(args(out, {"--batch-size", "4"}), {}, dir / "resumed.log");
+    Proc resumed = Proc::start(args(out, {"--batch-size", "4"}), kOneThread, dir / "resumed.log");
     ASSERT_TRUE(resumed.wait(120));
     ASSERT_EQ(resumed.exit_code, 0) << resumed.output();
     EXPECT_NE(resumed.output().find("folding in 2 shard file(s)"), std::string::npos) << resumed.output();

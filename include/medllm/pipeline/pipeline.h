@@ -15,6 +15,11 @@
 // a rerun skips it, continues an interrupted stage (the commands resume), and refuses a done stage whose config has
 // changed since (naming the stage and `--from`). `--from STAGE` reruns STAGE and everything after it from scratch,
 // `--only STAGE` just that one.
+//
+// `launch.nproc: N` (or `--nproc N`) runs every cpt, rpo, eval and build-prefs stage as N processes on this node
+// (one per GPU, each binding cuda:LOCAL_RANK), with torchrun's variables set by the pipeline and a free rendezvous
+// port on 127.0.0.1: training is data-parallel and generation shares its prompts, with the results of one
+// process. The pipeline itself is launched once (it refuses to run under torchrun or srun).
 #pragma once
 
 #include <filesystem>
@@ -38,6 +43,7 @@ struct PipelineConfig {
     std::string score_device = "cpu";
     std::string pass_lines;  // report.pass_lines: JSON {"<year>": {"pass_fraction": 0.6}} (the world's own lines)
     std::string title = "medllm pipeline";
+    int64_t nproc     = 1;  // launch.nproc: ranks of every cpt / rpo / eval / build-prefs stage on this node
     // The raw sections handed to the stage commands (dotted keys -> values).
     nlohmann::json eval, cpt, build_prefs, rpo;
 };
