@@ -2,6 +2,7 @@
 //
 //   medllm build-prefs --config configs/qwen2.5-72b/build_prefs.yaml --set model=runs/cpt/merged
 //   medllm build-prefs --questions pre2018/ --model M --output runs/prefs --igakuqa-dir ../shared/igakuqa_data
+//   torchrun --nproc-per-node 4 --no-python medllm build-prefs --config ...   the questions shared by 4 GPUs
 //
 // The run is the library's train::build_prefs (include/medllm/train/prefs.h); this file maps config keys and
 // flags onto it. Flags given on the command line win over --config / --set.
@@ -9,9 +10,11 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/distributed_flags.h"
 #include "medllm/core/config.h"
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/generate/load.h"
 #include "medllm/train/prefs.h"
 
 namespace medllm::cli {
@@ -159,6 +162,7 @@ void add_build_prefs_command(CLI::App& app) {
         bool allow_eval_overlap = false, overwrite = false;
         std::vector<std::pair<CLI::Option*, std::string>> keyed;  // option, config key (text values)
         std::vector<std::pair<CLI::Option*, std::string>> numeric;
+        DistributedFlags dist;
     };
     auto st   = std::make_shared<State>();
     auto text = [&](const char* flag, std::string& target, const char* key, const char* help) {
@@ -192,6 +196,7 @@ void add_build_prefs_command(CLI::App& app) {
     cmd->add_flag("--overwrite", st->overwrite,
                   "Start samples.jsonl over instead of resuming it (a resume under other settings is refused)");
     add_config_options(cmd, st->config);
+    add_distributed_options(cmd, st->dist, /*training=*/false);
     static const auto schema = make_schema();
     cmd->footer(
         "Config keys (--config FILE, --set key=value; flags win):\n" + schema.describe() +
@@ -202,7 +207,10 @@ void add_build_prefs_command(CLI::App& app) {
         "question finishes; a rerun resumes it and draws the same samples (seeded per question and sample). Its run "
         "identity (model, adapter, dtype, template, few-shot, prompts, decoding) is kept in samples.jsonl.run.json; "
         "a rerun under another identity is refused naming the key that differs (--overwrite starts over). "
-        "pairs.jsonl and summary.json are rebuilt from samples.jsonl in question order on every run.");
+        "pairs.jsonl and summary.json are rebuilt from samples.jsonl in question order on every run.\n" +
+        distributed_generation_help("build-prefs", "samples.jsonl") +
+        " Rank 0 writes pairs.jsonl and summary.json (the same as one process, timings aside) and prints the "
+        "summary; each rank loads the model on its own device (cuda:LOCAL_RANK with device auto or cuda).");
     cmd->callback([st, allow] {
         ConfigSource source = st->config.source();
         if (!st->questions.empty()) {
@@ -220,9 +228,13 @@ void add_build_prefs_command(CLI::App& app) {
         const auto cfg = schema.load(source, &resolved);
         auto options   = to_options(cfg, st->overwrite);
         if (options.output.empty()) throw UsageError("build-prefs: output (--output DIR) is required");
-        start_run(cfg.output, resolved);
-        const auto result = train::build_prefs(options);
-        write_stdout(result.table);
+        generate::parse_device(options.device);  // a bad --device is named before any rendezvous
+        const auto parallel = join_process_group(st->dist, options.device);
+        if (parallel.world_size > 1) options.device = parallel.group->device().str();  // cuda:LOCAL_RANK
+        options.place = shard_place(parallel);
+        if (parallel.group->is_main()) start_run(cfg.output, resolved);
+        const auto result = run_reporting_failure(parallel, [&] { return train::build_prefs(options); });
+        if (parallel.group->is_main()) write_stdout(result.table);
     });
 }
 

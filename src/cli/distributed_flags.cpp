@@ -81,16 +81,28 @@ ShardPlace shard_place(const train::Parallel& parallel) {
     return place;
 }
 
-train::Parallel join_process_group(const DistributedFlags& f, const std::string& device_setting) {
+namespace {
+
+train::Launch resolve_flags(const DistributedFlags& f) {
     train::LaunchFlags lf;
     if (f.world_size > 0) lf.world_size = f.world_size;
     if (f.rank >= 0) lf.rank = f.rank;
     if (f.local_rank >= 0) lf.local_rank = f.local_rank;
-    lf.master_addr    = f.master_addr;
-    lf.master_port    = f.master_port;
-    lf.backend        = f.backend;
-    lf.timeout_s      = f.timeout_s;
-    const auto launch = train::resolve_launch(lf);
+    lf.master_addr = f.master_addr;
+    lf.master_port = f.master_port;
+    lf.backend     = f.backend;
+    lf.timeout_s   = f.timeout_s;
+    return train::resolve_launch(lf);
+}
+
+}  // namespace
+
+int64_t launch_world_size(const DistributedFlags& flags) {
+    return resolve_flags(flags).world_size;
+}
+
+train::Parallel join_process_group(const DistributedFlags& f, const std::string& device_setting) {
+    const auto launch = resolve_flags(f);
     train::Parallel p;
     p.group                   = train::Distributed::create(launch, device_setting);
     p.rank                    = p.group->rank();

@@ -35,6 +35,9 @@ std::string distributed_generation_help(const std::string& command, const std::s
 // Where this process stands for core's sharded records: rank, world size and the group's wait_for_all.
 ShardPlace shard_place(const train::Parallel& parallel);
 
+// The world size flags + environment give, without joining (a command refuses a mode it cannot share first).
+int64_t launch_world_size(const DistributedFlags& flags);
+
 // Resolves flags + environment and joins the process group (world size 1: none). On ranks other than 0 the
 // console log is lowered to warnings. `device_setting` is training.device.
 train::Parallel join_process_group(const DistributedFlags& flags, const std::string& device_setting);

@@ -3,6 +3,7 @@
 //   medllm generate --model DIR --prompt "Once upon a time"                 streams the completion to stdout
 //   medllm generate --model DIR --chat --prompt "こんにちは"                   the prompt as a chat user turn
 //   medllm generate --model DIR --input prompts.jsonl --output out.jsonl -n 4 --temperature 0.7 --top-p 0.9
+//   torchrun --nproc-per-node 4 --no-python medllm generate --model DIR --input p.jsonl --output out.jsonl
 //
 // The file run (prompt records -> resumable JSONL, run identity in <output>.run.json) is the library's
 // generate_to_file (include/medllm/generate/generate_file.h); this file parses flags and builds the identity.
@@ -15,6 +16,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/distributed_flags.h"
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/generate/engine.h"
@@ -34,6 +36,7 @@ struct GenerateCliOptions {
     generate::GenerateOptions gen;
     double temperature = 0.0;
     std::vector<int64_t> stop_token_ids;
+    DistributedFlags dist;
 };
 
 // What produced an output file besides the decoding options: a resume with any of it changed is refused.
@@ -55,6 +58,8 @@ nlohmann::json run_identity(const GenerateCliOptions& opt, const generate::Loade
             {"device", c10::DeviceTypeName(weight.device().type(), /*lower_case=*/true)}};
 }
 
+void run_generate_in(const GenerateCliOptions& opt, const train::Parallel& parallel);
+
 void run_generate(GenerateCliOptions opt) {
     if (opt.prompt.empty() == opt.input.empty())
         throw UsageError("generate: give exactly one of --prompt TEXT or --input FILE");
@@ -66,10 +71,20 @@ void run_generate(GenerateCliOptions opt) {
     if (opt.gen.sampling.do_sample) opt.gen.sampling.temperature = opt.temperature;
     opt.gen.stop_token_ids = opt.stop_token_ids;
     opt.gen.validate();
+    generate::parse_device(opt.device);  // a bad --device is named before any rendezvous
+    // Several processes share the prompts of a file run; --prompt streams one prompt to stdout.
+    if (const int64_t world = launch_world_size(opt.dist); world > 1 && !opt.prompt.empty())
+        throw UsageError("generate: " + std::to_string(world) +
+                         " processes share the prompts of --input FILE into --output FILE; --prompt runs in one "
+                         "process");
+    const auto parallel = join_process_group(opt.dist, opt.device);
+    run_reporting_failure(parallel, [&] { run_generate_in(opt, parallel); });
+}
 
+void run_generate_in(const GenerateCliOptions& opt, const train::Parallel& parallel) {
     generate::LoadOptions lo;
     lo.dtype         = opt.dtype;
-    lo.device        = opt.device;
+    lo.device        = parallel.world_size > 1 ? parallel.group->device().str() : opt.device;  // cuda:LOCAL_RANK
     lo.adapter       = opt.adapter;
     lo.quantize_base = opt.load_in_4bit;
     auto loaded      = generate::load_model(opt.model, lo);
@@ -80,6 +95,7 @@ void run_generate(GenerateCliOptions opt) {
     generate::GenerateFileOptions file;
     file.output    = opt.output;
     file.overwrite = opt.overwrite;
+    file.place     = shard_place(parallel);
     if (!opt.prompt.empty()) {
         generate::PromptRecord r;
         r.text = opt.prompt;
@@ -113,7 +129,7 @@ void run_generate(GenerateCliOptions opt) {
         };
     }
     const auto result = generate::generate_to_file(generator, records, opt.gen, file);
-    if (result.generated == 0) return;
+    if (result.generated == 0 || result.completions.empty()) return;
     if (stream) {
         write_stdout("\n");
         check_stdout();
@@ -123,9 +139,9 @@ void run_generate(GenerateCliOptions opt) {
     }
     const auto& st = result.stats;
     spdlog::info("{} prompts | prefill: {} tokens, {:.3f} s, {:.1f} tok/s | decode: {} tokens, {:.3f} s, {:.1f} tok/s",
-                 result.generated, st.prompt_tokens, st.prefill_seconds,
-                 st.prompt_tokens / std::max(st.prefill_seconds, 1e-9), st.decode_tokens, st.decode_seconds,
-                 st.decode_tokens / std::max(st.decode_seconds, 1e-9));
+                 result.completions.size() / static_cast<std::size_t>(opt.gen.num_samples), st.prompt_tokens,
+                 st.prefill_seconds, st.prompt_tokens / std::max(st.prefill_seconds, 1e-9), st.decode_tokens,
+                 st.decode_seconds, st.decode_tokens / std::max(st.decode_seconds, 1e-9));
 }
 
 }  // namespace
@@ -153,7 +169,10 @@ void add_generate_command(CLI::App& app) {
         "mtimes), --load-in-4bit, the resolved dtype and device, and every decoding option that changes the "
         "samples (--max-new-tokens, --temperature, --top-k, --top-p, --min-p, --repetition-penalty, -n, --seed, "
         "--stop, --stop-token-id, EOS ids, --ignore-eos, --logprobs). A rerun with any of them changed is refused, "
-        "naming the key that differs; --overwrite starts the file over. --batch-size may change between runs.");
+        "naming the key that differs; --overwrite starts the file over. --batch-size may change between runs.\n" +
+        distributed_generation_help("generate --input FILE", "--output FILE") +
+        " Each rank loads the model on its own device (cuda:LOCAL_RANK with --device auto or cuda) and logs its "
+        "share; --prompt runs in one process.");
     cmd->add_option("--max-new-tokens", g.max_new_tokens, "Tokens to generate at most per completion")
         ->capture_default_str()
         ->check(integer_in(1));
@@ -191,6 +210,7 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option("--dtype", opt->dtype, "auto (config dtype on GPU, fp32 on CPU) | fp32 | bf16 | fp16")
         ->capture_default_str();
     cmd->add_option("--device", opt->device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+    add_distributed_options(cmd, opt->dist, /*training=*/false);
     cmd->callback([opt] { run_generate(*opt); });
 }
 

@@ -11,6 +11,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/core/shards.h"
 
 namespace medllm::generate {
 namespace fs = std::filesystem;
@@ -66,22 +67,27 @@ json completion_json(const Completion& c, bool logprobs) {
 
 // The prompts an existing output already holds, checked against the input: every record names a prompt of this
 // input, once.
-std::set<std::size_t> done_indices(const JsonlRecordFile& out, std::size_t num_prompts) {
+std::set<std::size_t> done_indices(const std::vector<json>& records, const std::vector<std::string>& where,
+                                   std::size_t num_prompts) {
     std::set<std::size_t> done;
-    const auto& records = out.existing();
     for (std::size_t i = 0; i < records.size(); ++i) {
-        const std::string where = out.path().string() + ":" + std::to_string(out.existing_lines()[i]);
-        const json& r           = records[i];
+        const json& r = records[i];
         if (!r.contains("index") || !r["index"].is_number_unsigned())
-            throw Error(where + ": record has no \"index\"; not a generate output file?");
+            throw Error(where[i] + ": record has no \"index\"; not a generate output file?");
         const auto index = r["index"].get<std::size_t>();
         if (index >= num_prompts)
-            throw Error(where + ": record index " + std::to_string(index) + " but the input has " +
+            throw Error(where[i] + ": record index " + std::to_string(index) + " but the input has " +
                         std::to_string(num_prompts) + " prompts; the file is damaged");
         if (!done.insert(index).second)
-            throw Error(where + ": prompt " + std::to_string(index) + " is recorded twice; the file is damaged");
+            throw Error(where[i] + ": prompt " + std::to_string(index) + " is recorded twice; the file is damaged");
     }
     return done;
+}
+
+// A record's "index" (ShardedRecords' key and order); a record without one sorts first and is refused by
+// done_indices on the next run.
+int64_t record_index(const json& r) {
+    return r.is_object() && r.contains("index") && r["index"].is_number_unsigned() ? r["index"].get<int64_t>() : -1;
 }
 
 }  // namespace
@@ -166,37 +172,46 @@ std::vector<std::vector<TokenId>> encode_prompt_records(const std::vector<Prompt
 GenerateFileResult generate_to_file(Generator& generator, const std::vector<PromptRecord>& records, GenerateOptions gen,
                                     const GenerateFileOptions& options) {
     gen.validate();
+    const ShardPlace& place = options.place;
     GenerateFileResult result;
     result.prompts = records.size();
     if (records.empty()) throw Error(options.source + ": no prompts");
+    if (place.sharded() && options.output.empty())
+        throw UsageError(options.source + ": several processes share the prompts only into an output file");
     // Every prompt is checked before anything is written, so a bad line never leaves a half-run file.
     auto all_ids = encode_prompt_records(records, generator, options.source);
 
-    std::unique_ptr<JsonlRecordFile> out;
+    std::unique_ptr<ShardedRecords> out;
     std::set<std::size_t> done;
     if (!options.output.empty()) {
         json identity        = options.identity.is_null() ? json::object() : options.identity;
         identity["decoding"] = decoding_identity(gen, generator.eos_token_ids());
-        out                  = std::make_unique<JsonlRecordFile>(options.output, identity, options.overwrite,
-                                                "pass --overwrite to start over, or choose another --output");
-        done                 = done_indices(*out, records.size());
-        result.resumed       = done.size();
-        if (!done.empty())
+        out                  = std::make_unique<ShardedRecords>(
+            options.output, identity, options.overwrite, "pass --overwrite to start over, or choose another --output",
+            place, [](const json& r) { return std::to_string(record_index(r)); }, record_index);
+        done           = done_indices(out->existing(), out->existing_where(), records.size());
+        result.resumed = done.size();
+        if (!done.empty() && place.is_main())
             spdlog::info("{}: resuming, {} of {} prompts already done", options.output.string(), done.size(),
                          records.size());
     }
+    // Every rank computes the same list; rank R runs its items k with k % world_size == R.
     std::vector<const PromptRecord*> todo;
     std::vector<std::vector<TokenId>> ids;
+    std::size_t todo_count = 0;
     for (std::size_t i = 0; i < records.size(); ++i) {
         if (done.count(records[i].index)) continue;
-        todo.push_back(&records[i]);
-        ids.push_back(std::move(all_ids[i]));
+        if (place.owns(todo_count++)) {
+            todo.push_back(&records[i]);
+            ids.push_back(std::move(all_ids[i]));
+        }
     }
-    if (todo.empty()) {
+    result.generated = todo_count;
+    if (todo_count == 0 && place.is_main())
         spdlog::info("{}: all {} prompts are done", options.output.string(), records.size());
-        if (out) out->close();
-        return result;
-    }
+    if (place.sharded())
+        spdlog::info("rank {} of {}: {} of the {} prompts to do", place.rank, place.world_size, todo.size(),
+                     todo_count);
 
     const int64_t n = gen.num_samples;
     std::map<std::size_t, std::vector<Completion>> partial;  // prompt -> finished samples
@@ -237,12 +252,14 @@ GenerateFileResult generate_to_file(Generator& generator, const std::vector<Prom
                          s / static_cast<double>(prompts_done) * static_cast<double>(todo.size() - prompts_done));
         }
     };
-    gen.prompt_keys.clear();
-    for (const auto* r : todo) gen.prompt_keys.push_back(r->index);  // a resumed run draws the same samples
-    result.completions = generator.generate(ids, gen, cb);
-    if (out) out->close();
-    result.generated = todo.size();
-    result.stats     = generator.last_stats();
+    if (!todo.empty()) {
+        gen.prompt_keys.clear();
+        for (const auto* r : todo) gen.prompt_keys.push_back(r->index);  // a resumed run draws the same samples
+        result.completions = generator.generate(ids, gen, cb);
+        result.stats       = generator.last_stats();
+    }
+    // In a group: waits for every rank's share; rank 0 folds the shards into the output in index order.
+    if (out) out->finish();
     return result;
 }
 

@@ -473,6 +473,7 @@ BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
     file.overwrite    = o.overwrite;
     file.source       = "questions";
     file.log_progress = o.log_progress;
+    file.place        = o.place;
     file.identity     = {{"command", "medllm build-prefs"},
                          {"model", io::model_dir_identity(o.model)},
                          {"adapter", o.adapter.empty() ? json(nullptr) : io::model_dir_identity(o.adapter)},
@@ -490,6 +491,7 @@ BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
     const auto ts                 = std::chrono::steady_clock::now();
     const auto gr                 = generate::generate_to_file(generator, records, gen, file);
     const double sampling_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
+    if (!o.place.is_main()) return {};  // rank 0 writes pairs.jsonl and summary.json
 
     // Every record of samples.jsonl, in question order (the file is in finishing order).
     const auto checked = read_checked_samples(samples_path, questions, with_template_marker(o.check, prompt));

@@ -9,6 +9,12 @@
 // (the caller's: input hash, model and adapter identity, dtype ...; plus every decoding option that changes the
 // samples) is kept in `<output>.run.json` (core's JsonlRecordFile); a rerun with another identity is refused with
 // the differing key named, unless `overwrite`.
+//
+// Several processes (options.place, e.g. torchrun ranks each holding a whole model) share the prompts still to do:
+// rank R runs the k-th of them for k % world_size == R and appends its records to its own shard beside the output
+// (out.jsonl -> out.rank1-of2.jsonl, core's ShardedRecords); at the end rank 0 folds the shards into the output in
+// index order. So the output holds the same records as one process writes (as a set: one process writes them in
+// finishing order), and a killed run's shards are folded in by the next run, with any number of processes.
 #pragma once
 
 #include <cstddef>
@@ -20,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "medllm/core/shards.h"
 #include "medllm/generate/engine.h"
 
 namespace medllm::generate {
@@ -49,16 +56,21 @@ struct GenerateFileOptions {
     bool overwrite          = false;  // start the file over instead of resuming it
     std::string source;               // the input's name in errors ("prompts.jsonl", "--prompt")
     bool log_progress = true;         // prompts done, tok/s and ETA every 5 s
+    // In a group of processes the callbacks see this rank's prompts only.
     std::function<void(const PromptRecord&, const std::vector<Completion>&)> on_record;  // after it is written
     std::function<void(const Completion&, const std::string&)> on_text;                  // streamed text
+    // This process's place in a group sharing the prompts (default: one process). A group needs `output`.
+    ShardPlace place;
 };
 
+// Counts are the whole run's on every rank (each rank knows what was done and what is left); stats and completions
+// are this rank's share.
 struct GenerateFileResult {
-    std::size_t prompts   = 0;  // records given
-    std::size_t resumed   = 0;  // already in the output file
-    std::size_t generated = 0;  // run now
-    GenerationStats stats;
-    std::vector<Completion> completions;  // of the prompts run now, in the order Generator::generate returns them
+    std::size_t prompts   = 0;            // records given
+    std::size_t resumed   = 0;            // already in the output file (or an earlier run's shards)
+    std::size_t generated = 0;            // run now, by all ranks together
+    GenerationStats stats;                // this rank's
+    std::vector<Completion> completions;  // of this rank's prompts, in the order Generator::generate returns them
 };
 
 // Encodes the records (or takes their prompt_ids) and checks each against the model: ids inside the vocabulary,
@@ -68,7 +80,9 @@ std::vector<std::vector<TokenId>> encode_prompt_records(const std::vector<Prompt
 
 // Runs the records that are not yet in `options.output` and appends one record per prompt (flushed and checked:
 // a full disk is an Error naming the file). Every prompt is encoded and checked before the file is opened. Each
-// prompt's random streams are keyed by its index, so a resumed file holds what one uninterrupted run would.
+// prompt's random streams are keyed by its index, so a resumed file (or one written by several processes) holds
+// what one uninterrupted run would. In a group every rank calls this with the same records and options; it returns
+// once every rank's share is done and rank 0 has folded the shards (a lost rank: Error naming it).
 GenerateFileResult generate_to_file(Generator& generator, const std::vector<PromptRecord>& records,
                                     GenerateOptions generate_options, const GenerateFileOptions& options);
 

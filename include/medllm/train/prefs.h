@@ -7,6 +7,10 @@
 // pairs.jsonl (TRL DPOTrainer's prompt / chosen / rejected, plus problem_id, pair_type, chosen_answer,
 // rejected_answer, chosen_source, rejected_source), summary.json. pairs.jsonl and summary.json are rebuilt from
 // samples.jsonl on every run in question order, so a resumed run writes the same bytes as an uninterrupted one.
+//
+// Several processes (BuildPrefsOptions::place, torchrun / Slurm ranks each holding a whole model) share the
+// questions still to sample (generate_to_file: a shard file per rank beside samples.jsonl, folded by rank 0 in
+// question order); rank 0 alone then writes pairs.jsonl and summary.json, which equal a one-process run's.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "medllm/core/shards.h"
 #include "medllm/eval/answer.h"
 #include "medllm/train/prefs_data.h"
 
@@ -108,17 +113,19 @@ struct BuildPrefsOptions {
 
     std::filesystem::path output;  // folder
     bool overwrite    = false;     // start samples.jsonl over
-    bool log_progress = true;
+    bool log_progress = true;      // this rank's share
+    ShardPlace place;              // this process's place in a group sharing the questions (default: one process)
 };
 
 struct BuildPrefsResult {
-    nlohmann::json summary;  // what summary.json holds
-    std::string table;       // the printed summary
+    nlohmann::json summary;  // what summary.json holds (null on ranks other than 0)
+    std::string table;       // the printed summary (empty on ranks other than 0)
 };
 
 // Loads and checks the inputs (questions, few-shot, guard) before the model; samples every question that
 // samples.jsonl does not hold yet; writes pairs.jsonl and summary.json atomically. Throws UsageError for bad
-// options, Error for bad files (naming file, line, field).
+// options, Error for bad files (naming file, line, field). In a group every rank calls it with the same options
+// (but `place`); ranks other than 0 return an empty result once their share is in.
 BuildPrefsResult build_prefs(const BuildPrefsOptions& options);
 
 // pairs.jsonl and the summary from questions, their prompts and their checked samples (what build_prefs does

@@ -1,0 +1,182 @@
+// `medllm generate --input --output` sharded across processes (issue #14): two Gloo processes on 127.0.0.1 write
+// the records one process writes (one process appends them in finishing order, rank 0 folds the shards in index
+// order, so they are compared as a set keyed by "index"), greedy and sampled; --prompt (stdout) is refused for a
+// group before any rendezvous.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "generate/generate_test_util.h"
+#include "medllm/core/shards.h"
+#include "support/processes.h"
+#include "support/run_medllm.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace gt = medllm::generate::testing;
+using nlohmann::json;
+
+// Everything the suite writes, removed at its end.
+fs::path scratch_root() {
+    return fs::path(::testing::TempDir()) / ("gen_shard_" + std::to_string(::getpid()));
+}
+
+fs::path scratch(const std::string& name) {
+    const fs::path p = scratch_root() / name;
+    fs::remove_all(p);
+    fs::create_directories(p);
+    return p;
+}
+
+std::vector<std::string> lines_of(const fs::path& path) {
+    std::ifstream in(path);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);)
+        if (!line.empty()) lines.push_back(line);
+    return lines;
+}
+
+// index -> the record's line.
+std::map<int64_t, std::string> by_index(const fs::path& path) {
+    std::map<int64_t, std::string> out;
+    for (const auto& line : lines_of(path)) out[json::parse(line).at("index").get<int64_t>()] = line;
+    return out;
+}
+
+std::string slurp(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+class GenerateShard : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        model_   = new fs::path(gt::make_printable_model_dir(scratch("model")));
+        prompts_ = new fs::path(scratch("input") / "prompts.jsonl");
+        std::ofstream in(*prompts_);
+        // Mixed lengths: sequences finish at different steps and the batch refills with other neighbours.
+        const char* texts[] = {"Once upon a time", "the", "In a hole in the ground there lived", "abc def",
+                               "Hello, world",     "x",   "The quick brown fox jumps over",      "medical question:"};
+        for (int i = 0; i < 8; ++i) in << json{{"prompt", texts[i]}, {"id", "p" + std::to_string(i)}}.dump() << "\n";
+    }
+    static void TearDownTestSuite() {
+        fs::remove_all(scratch_root());
+        delete model_;
+        delete prompts_;
+    }
+    static fs::path* model_;
+    static fs::path* prompts_;
+
+    static std::vector<std::string> args(const fs::path& output, const std::vector<std::string>& decoding) {
+        std::vector<std::string> a = {"generate", "--model",       model_->string(), "--input", prompts_->string(),
+                                      "--output", output.string(), "--device",       "cpu",     "--max-new-tokens",
+                                      "12"};
+        a.insert(a.end(), decoding.begin(), decoding.end());
+        return a;
+    }
+    static std::vector<std::string> rank_args(std::vector<std::string> a, int rank, int port) {
+        for (const std::string& s : {std::string("--world-size"), std::string("2"), std::string("--rank"),
+                                     std::to_string(rank), std::string("--master-addr"), std::string("127.0.0.1"),
+                                     std::string("--master-port"), std::to_string(port), std::string("--backend"),
+                                     std::string("gloo"), std::string("--dist-timeout"), std::string("20")})
+            a.push_back(s);
+        return a;
+    }
+
+    // One process into dir/one.jsonl and two into dir/two.jsonl; both must succeed.
+    static void run_one_and_two(const fs::path& dir, const std::vector<std::string>& decoding) {
+        Proc one = Proc::start(args(dir / "one.jsonl", decoding), {}, dir / "one.log");
+        ASSERT_TRUE(one.wait(60)) << one.output();
+        ASSERT_EQ(one.exit_code, 0) << one.output();
+        const int port = free_port();
+        ASSERT_NE(port, 0);
+        std::vector<Proc> two;
+        for (int r = 0; r < 2; ++r)
+            two.push_back(Proc::start(rank_args(args(dir / "two.jsonl", decoding), r, port), {},
+                                      dir / ("two" + std::to_string(r) + ".log")));
+        for (auto& p : two) {
+            ASSERT_TRUE(p.wait(60)) << p.output();
+            ASSERT_EQ(p.exit_code, 0) << p.output();
+        }
+    }
+};
+fs::path* GenerateShard::model_   = nullptr;
+fs::path* GenerateShard::prompts_ = nullptr;
+
+void expect_same_records(const fs::path& dir) {
+    const auto one = by_index(dir / "one.jsonl"), two = by_index(dir / "two.jsonl");
+    ASSERT_EQ(one.size(), 8u);
+    EXPECT_EQ(two, one);
+    // Rank 0 folded the shards in index order and removed them; the run identity is the same.
+    std::vector<int64_t> order;
+    for (const auto& line : lines_of(dir / "two.jsonl")) order.push_back(json::parse(line)["index"]);
+    EXPECT_EQ(order, (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7}));
+    EXPECT_TRUE(medllm::find_shards(dir / "two.jsonl").empty());
+    EXPECT_EQ(slurp(dir / "two.jsonl.run.json"), slurp(dir / "one.jsonl.run.json"));
+    // Each rank ran its half.
+    const std::string log0 = slurp(dir / "two0.log");
+    EXPECT_NE(log0.find("rank 0 of 2: 4 of the 8 prompts to do"), std::string::npos) << log0;
+}
+
+// --batch-size 3 (greedy) and 4 with -n 2 (sampled): one process decodes prompts of both ranks' shares side by
+// side, each rank only its own, so the batches differ; the records must not.
+TEST_F(GenerateShard, TwoProcessesWriteTheRecordsOfOneGreedy) {
+    const fs::path dir = scratch("greedy");
+    run_one_and_two(dir, {"--batch-size", "3"});
+    expect_same_records(dir);
+}
+
+TEST_F(GenerateShard, TwoProcessesWriteTheRecordsOfOneSampled) {
+    const fs::path dir = scratch("sampled");
+    run_one_and_two(dir, {"--batch-size", "4", "-n", "2", "--temperature", "0.9", "--top-p", "0.95", "--seed", "7"});
+    expect_same_records(dir);
+    // The sampled records are not all alike (the comparison would pass vacuously with a constant model).
+    std::set<std::string> texts;
+    for (const auto& [i, line] : by_index(dir / "one.jsonl")) {
+        const json record = json::parse(line);
+        for (const auto& c : record["completions"]) texts.insert(c["text"].get<std::string>());
+    }
+    EXPECT_GT(texts.size(), 8u);
+}
+
+TEST_F(GenerateShard, PromptModeIsRefusedForSeveralProcessesBeforeTheRendezvous) {
+    const fs::path dir = scratch("prompt");
+    const auto t0      = std::chrono::steady_clock::now();
+    // Nobody listens on the port: joining would wait --dist-timeout (60 s) for rank 1.
+    const auto r = run_medllm("generate --model " + model_->string() + " --prompt hello --device cpu --world-size 2 " +
+                              "--rank 0 --master-addr 127.0.0.1 --master-port " + std::to_string(free_port()) +
+                              " --backend gloo --dist-timeout 60");
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("2 processes share the prompts of --input FILE into --output FILE"), std::string::npos)
+        << r.output;
+    EXPECT_LT(s, 20.0);
+    // Through torchrun's environment as well.
+    const auto env = run_shell(
+        "env WORLD_SIZE=2 RANK=1 LOCAL_RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) + " " +
+        MEDLLM_BINARY + " generate --model " + model_->string() + " --prompt hello --device cpu 2>&1 </dev/null");
+    EXPECT_EQ(env.exit_code, 2) << env.output;
+    EXPECT_NE(env.output.find("--prompt runs in one process"), std::string::npos) << env.output;
+}
+
+TEST_F(GenerateShard, HelpDescribesTheSharing) {
+    const auto r = run_medllm("generate --help");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    for (const char* s : {"--world-size", "--master-port", "--dist-timeout", "torchrun", ".rankR-ofW.jsonl",
+                          "--prompt runs in one process"})
+        EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
+    EXPECT_EQ(r.output.find("--resume-world-size-change"), std::string::npos) << r.output;
+}
+
+}  // namespace
