@@ -45,6 +45,22 @@ dist_run() {  # nproc backend name: the tiny cpt config on CUDA as nproc process
   return $rc
 }
 
+eval_shard() {  # eval igakuqa on the quickstart world on cuda:0: one process, then two ranks sharing the GPU
+  local args=(eval igakuqa --data-dir configs/quickstart/igakuqa --model configs/quickstart/model --years 2022
+    --prompt-format base --mode both --max-new-tokens 12 --max-new-tokens-explanation 48)
+  local port=$((20000 + RANDOM % 20000)) pids=() rc=0
+  build-device/medllm "${args[@]}" --output "$logs/eval-cuda-1" >"$logs/eval-cuda-1.log" 2>&1 || return 1
+  for r in 0 1; do
+    build-device/medllm "${args[@]}" --world-size 2 --rank $r --local-rank 0 --master-addr 127.0.0.1 \
+      --master-port $port --backend gloo --output "$logs/eval-cuda-2" >"$logs/eval-cuda-2-rank$r.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  tail -n 3 "$logs/eval-cuda-1.log" "$logs/eval-cuda-2-rank0.log"
+  cmp "$logs/eval-cuda-1/predictions.jsonl" "$logs/eval-cuda-2/predictions.jsonl" && echo "predictions: identical"
+  return $rc
+}
+
 case "$stage" in
   test|all)
     run_stage test scripts/device-build.sh
@@ -64,7 +80,9 @@ case "$stage" in
     # machine has two GPUs; each prints its validation losses after those of the one-process run above.
     run_stage cpt-nccl-1 dist_run 1 nccl cpt-nccl-1
     run_stage cpt-gloo-cuda-2 dist_run 2 gloo cpt-gloo-cuda-2
-    if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then run_stage cpt-nccl-2 dist_run 2 nccl cpt-nccl-2; fi ;;&
+    if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then run_stage cpt-nccl-2 dist_run 2 nccl cpt-nccl-2; fi
+    # Sharded generation on the GPU: two ranks share the questions and must write the one-process file.
+    run_stage eval-shard-cuda eval_shard ;;&
   bench|all)
     run_stage build build
     run_stage bench-nf4 scripts/bench-nf4.sh cuda

@@ -141,9 +141,9 @@ at::Device resolve_device(const std::string& name, int64_t local_rank) {
         if (!cuda) throw UsageError("training.device: " + name + " requested but no CUDA device is available");
         const auto n = static_cast<int64_t>(torch::cuda::device_count());
         if (d.index() >= n)
-            throw UsageError("training.device: " + name + " is cuda:" + std::to_string(d.index()) + " (local rank " +
-                             std::to_string(local_rank) + ") but this machine has " + std::to_string(n) +
-                             " CUDA device(s): start at most that many processes per node");
+            throw UsageError("device " + name + " of this process is cuda:" + std::to_string(d.index()) +
+                             " (local rank " + std::to_string(local_rank) + ") but this machine has " +
+                             std::to_string(n) + " CUDA device(s): start at most that many processes per node");
     }
     return d;
 }
