@@ -24,6 +24,10 @@
 namespace {
 
 namespace fs = std::filesystem;
+
+// One thread per process, for the one-process runs too: two ranks on a 2-core machine with a thread per core each
+// crawl, and every run computes with the same thread count.
+const std::map<std::string, std::string> kOneThread{{"OMP_NUM_THREADS", "1"}};
 namespace gt = medllm::generate::testing;
 using nlohmann::json;
 
@@ -96,14 +100,14 @@ protected:
 
     // One process into dir/one.jsonl and two into dir/two.jsonl; both must succeed.
     static void run_one_and_two(const fs::path& dir, const std::vector<std::string>& decoding) {
-        Proc one = Proc::start(args(dir / "one.jsonl", decoding), {}, dir / "one.log");
+        Proc one = Proc::start(args(dir / "one.jsonl", decoding), kOneThread, dir / "one.log");
         ASSERT_TRUE(one.wait(60)) << one.output();
         ASSERT_EQ(one.exit_code, 0) << one.output();
         const int port = free_port();
         ASSERT_NE(port, 0);
         std::vector<Proc> two;
         for (int r = 0; r < 2; ++r)
-            two.push_back(Proc::start(rank_args(args(dir / "two.jsonl", decoding), r, port), {},
+            two.push_back(Proc::start(rank_args(args(dir / "two.jsonl", decoding), r, port), kOneThread,
                                       dir / ("two" + std::to_string(r) + ".log")));
         for (auto& p : two) {
             ASSERT_TRUE(p.wait(60)) << p.output();

@@ -26,6 +26,10 @@
 namespace {
 
 namespace fs = std::filesystem;
+
+// One thread per process, for the one-process runs too: two ranks on a 2-core machine with a thread per core each
+// crawl, and every run computes with the same thread count.
+const std::map<std::string, std::string> kOneThread{{"OMP_NUM_THREADS", "1"}};
 namespace gt = medllm::generate::testing;
 using nlohmann::json;
 
@@ -73,7 +77,7 @@ protected:
     static void SetUpTestSuite() {
         model_  = new fs::path(gt::make_printable_model_dir(scratch("model"), 8192));
         one_    = new fs::path(scratch("one"));
-        Proc p  = Proc::start(args(*one_), {}, scratch_root() / "one.log");
+        Proc p  = Proc::start(args(*one_), kOneThread, scratch_root() / "one.log");
         one_ok_ = p.wait(120) && p.exit_code == 0;
         if (!one_ok_) std::fprintf(stderr, "the one-process run failed:\n%s\n", p.output().c_str());
     }
@@ -127,7 +131,7 @@ protected:
         const int port = free_port();
         std::vector<Proc> two;
         for (int r = 0; r < 2; ++r)
-            two.push_back(Proc::start(rank_args(output, r, port, batch_size), {},
+            two.push_back(Proc::start(rank_args(output, r, port, batch_size), kOneThread,
                                       scratch_root() / (log_stem + std::to_string(r) + ".log")));
         return two;
     }
@@ -200,7 +204,7 @@ TEST_F(PrefsShard, AKilledTwoProcessRunIsCompletedByOneProcess) {
     ASSERT_LT(saved, 8u);
     EXPECT_FALSE(fs::exists(dir / "pairs.jsonl"));
 
-    Proc one = Proc::start(args(dir), {}, scratch_root() / "resumed.log");
+    Proc one = Proc::start(args(dir), kOneThread, scratch_root() / "resumed.log");
     ASSERT_TRUE(one.wait(120)) << one.output();
     ASSERT_EQ(one.exit_code, 0) << one.output();
     EXPECT_NE(one.output().find("shard file(s) an earlier run left"), std::string::npos) << one.output();
@@ -212,6 +216,44 @@ TEST_F(PrefsShard, AKilledTwoProcessRunIsCompletedByOneProcess) {
     for (json* j : {&want, &got})
         for (const char* key : {"resumed_questions", "sampled_questions", "sampled_now"}) j->erase(key);
     EXPECT_EQ(got, want);
+}
+
+// The other way round: a one-process run SIGKILLed once samples.jsonl holds a record is completed by two processes
+// (both read what the file holds and share what is left), again to the fresh one-process result.
+TEST_F(PrefsShard, AKilledOneProcessRunIsCompletedByTwo) {
+    ASSERT_TRUE(one_ok_);
+    const fs::path dir  = scratch("killed_one");
+    Proc first          = Proc::start(args(dir, "2"), kOneThread, scratch_root() / "killed_one.log");
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    bool killed         = false;
+    while (!killed && std::chrono::steady_clock::now() < deadline) {
+        if (!lines_of(dir / "samples.jsonl").empty()) {
+            ::kill(first.pid, SIGKILL);
+            killed = true;
+        } else {
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+    }
+    first.wait(30);
+    ASSERT_TRUE(killed) << first.output();
+    ASSERT_EQ(first.exit_code, 128 + SIGKILL) << "the run ended before it was killed:\n" << first.output();
+    const std::string c     = slurp(dir / "samples.jsonl");
+    const std::size_t saved = static_cast<std::size_t>(std::count(c.begin(), c.end(), '\n'));
+    ASSERT_GE(saved, 1u);
+    ASSERT_LT(saved, 8u);
+
+    auto two = start_two(dir, "resumed_two");
+    for (auto& p : two) {
+        ASSERT_TRUE(p.wait(120)) << p.output();
+        ASSERT_EQ(p.exit_code, 0) << p.output();
+    }
+    EXPECT_NE(two[0].output().find("resuming, " + std::to_string(saved) + " of 8 prompts already done"),
+              std::string::npos)
+        << two[0].output();
+    expect_same_as_one(dir);
+    const json s = summary_without_timings(dir);
+    EXPECT_EQ(s["resumed_questions"], saved);
+    EXPECT_EQ(s["sampled_questions"], 8 - saved);
 }
 
 TEST_F(PrefsShard, HelpDescribesTheSharing) {
