@@ -61,6 +61,25 @@ eval_shard() {  # eval igakuqa on the quickstart world on cuda:0: one process, t
   return $rc
 }
 
+prefs_shard() {  # build-prefs (sampled) on the quickstart model on cuda:0: one process, then two ranks sharing the GPU
+  local args=(build-prefs --questions configs/quickstart/past_exams/past_small.jsonl --model configs/quickstart/model
+    --template ja --prompt-format base -n 4 --temperature 1.0 --max-new-tokens 48 --batch-size 6
+    --set 'guard.eval_exams=[115,116]' --device cuda)
+  local port=$((20000 + RANDOM % 20000)) pids=() rc=0
+  build-device/medllm "${args[@]}" --output "$logs/prefs-cuda-1" >"$logs/prefs-cuda-1.log" 2>&1 || return 1
+  for r in 0 1; do
+    build-device/medllm "${args[@]}" --world-size 2 --rank $r --local-rank 0 --master-addr 127.0.0.1 \
+      --master-port $port --backend gloo --output "$logs/prefs-cuda-2" >"$logs/prefs-cuda-2-rank$r.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  tail -n 3 "$logs/prefs-cuda-1.log" "$logs/prefs-cuda-2-rank0.log"
+  # samples.jsonl: finishing order in one process, question order from two: the same records as sets.
+  cmp <(sort "$logs/prefs-cuda-1/samples.jsonl") <(sort "$logs/prefs-cuda-2/samples.jsonl") && echo "samples: identical"
+  cmp "$logs/prefs-cuda-1/pairs.jsonl" "$logs/prefs-cuda-2/pairs.jsonl" && echo "pairs: identical" || rc=1
+  return $rc
+}
+
 case "$stage" in
   test|all)
     run_stage test scripts/device-build.sh
@@ -82,7 +101,8 @@ case "$stage" in
     run_stage cpt-gloo-cuda-2 dist_run 2 gloo cpt-gloo-cuda-2
     if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then run_stage cpt-nccl-2 dist_run 2 nccl cpt-nccl-2; fi
     # Sharded generation on the GPU: two ranks share the questions and must write the one-process file.
-    run_stage eval-shard-cuda eval_shard ;;&
+    run_stage eval-shard-cuda eval_shard
+    run_stage prefs-shard-cuda prefs_shard ;;&
   bench|all)
     run_stage build build
     run_stage bench-nf4 scripts/bench-nf4.sh cuda
