@@ -11,6 +11,10 @@
 # the gradient all-reduce (metrics.jsonl: allreduce_seconds_per_step, the slowest rank's). Scaling efficiency =
 # tokens/s with 2 processes / (2 x tokens/s with 1). Needs MEDLLM_BIN (default build/medllm) and .venv with
 # transformers + peft (scripts/requirements-fixtures.txt).
+# Then sharded generation: `medllm eval igakuqa --mode both` (greedy, EVAL_TOKENS new tokens per answer, batch 8) on
+# the first EVAL_PER_SECTION questions of each 2018 section (../shared/igakuqa_data) with the same random model, 1
+# process vs 2 processes sharing the questions: questions/s of the whole run (model load included), and whether
+# the two runs wrote the same predictions.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${MEDLLM_BIN:-build/medllm}
@@ -165,3 +169,39 @@ eff() { "$python" -c "print(f'{100 * $2 / (2 * $1):.0f}%')"; }
 printf '%-28s %12s %12s %10s %16s\n' "" "1 process" "2 processes" "scaling" "all-reduce/step"
 printf '%-28s %12s %12s %10s %13s ms\n' "medllm cpt (c10d Gloo)" "$m1 tok/s" "$m2 tok/s" "$(eff "$m1" "$m2")" "$ar2"
 printf '%-28s %12s %12s %10s %16s\n' "PyTorch DDP (Gloo) + PEFT" "$d1 tok/s" "$d2 tok/s" "$(eff "$d1" "$d2")" "-"
+
+# ---------------------------------------------------------------- sharded generation (eval igakuqa)
+per_section=${EVAL_PER_SECTION:-10}
+eval_tokens=${EVAL_TOKENS:-16}
+shared=${MEDLLM_SHARED_DIR:-../shared}
+mkdir -p "$work/igakuqa/data/2018"
+for f in "$shared"/igakuqa_data/data/2018/112-?.jsonl "$shared"/igakuqa_data/data/2018/112-?_metadata.jsonl; do
+    head -n "$per_section" "$f" >"$work/igakuqa/data/2018/$(basename "$f")"
+done
+cp tests/fixtures/train/byte-tokenizer/* "$work/model/"
+run_eval() {  # nproc -> seconds
+    local n=$1 port t0 t1
+    rm -rf "$work/eval-$n"
+    port=$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    t0=$(date +%s.%N)
+    local pids=()
+    for ((r = 0; r < n; r++)); do
+        RANK=$r WORLD_SIZE=$n LOCAL_RANK=$r LOCAL_WORLD_SIZE=$n MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+            "$bin" --threads "$threads" eval igakuqa --data-dir "$work/igakuqa" --model "$work/model" --years 2018 \
+            --prompt-format base --prompt-file "$shared/igakuqa_data/scripts/prompts/prompt.jsonl" --mode both \
+            --max-new-tokens "$eval_tokens" --max-new-tokens-explanation "$eval_tokens" --batch-size 8 \
+            --output "$work/eval-$n" >"$work/eval-$n-$r.log" 2>&1 &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || { echo "bench-dist: eval failed:"; tail -5 "$work"/eval-$n-*.log; exit 1; }; done
+    t1=$(date +%s.%N)
+    "$python" -c "print(f'{$t1 - $t0:.1f}')"
+}
+e1=$(run_eval 1)
+e2=$(run_eval 2)
+nq=$((2 * 6 * per_section))
+same=$(cmp -s "$work/eval-1/predictions.jsonl" "$work/eval-2/predictions.jsonl" && echo "identical" || echo "DIFFERENT")
+qps() { "$python" -c "print(f'{$nq / $1:.2f}')"; }
+printf '%-28s %12s %12s %10s %16s\n' "medllm eval igakuqa (both)" "$(qps "$e1") q/s" "$(qps "$e2") q/s" \
+    "$("$python" -c "print(f'{100 * $e1 / (2 * $e2):.0f}%')")" "$same"
+echo "($nq answers; ${e1} s vs ${e2} s wall, model load included; last column: predictions.jsonl of 2 vs 1 process)"
