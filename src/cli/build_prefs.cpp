@@ -209,7 +209,8 @@ void add_build_prefs_command(CLI::App& app) {
         "a rerun under another identity is refused naming the key that differs (--overwrite starts over). "
         "pairs.jsonl and summary.json are rebuilt from samples.jsonl in question order on every run.\n" +
         distributed_generation_help("build-prefs", "samples.jsonl") +
-        " Rank 0 writes pairs.jsonl and summary.json (the same as one process, timings aside) and prints the "
+        " samples.jsonl then holds one process's records in question order (one process writes them as they "
+        "finish); rank 0 writes pairs.jsonl and summary.json (the same as one process, timings aside) and prints the "
         "summary; each rank loads the model on its own device (cuda:LOCAL_RANK with device auto or cuda).");
     cmd->callback([st, allow] {
         ConfigSource source = st->config.source();

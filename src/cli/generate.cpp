@@ -171,6 +171,7 @@ void add_generate_command(CLI::App& app) {
         "--stop, --stop-token-id, EOS ids, --ignore-eos, --logprobs). A rerun with any of them changed is refused, "
         "naming the key that differs; --overwrite starts the file over. --batch-size may change between runs.\n" +
         distributed_generation_help("generate --input FILE", "--output FILE") +
+        " The output then holds one process's records in input order (one process writes them as they finish)."
         " Each rank loads the model on its own device (cuda:LOCAL_RANK with --device auto or cuda) and logs its "
         "share; --prompt runs in one process.");
     cmd->add_option("--max-new-tokens", g.max_new_tokens, "Tokens to generate at most per completion")
