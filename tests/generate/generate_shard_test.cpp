@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -17,9 +18,13 @@
 #include <nlohmann/json.hpp>
 
 #include "generate/generate_test_util.h"
+#include "medllm/core/error.h"
 #include "medllm/core/shards.h"
+#include "medllm/generate/generate_file.h"
+#include "medllm/generate/load.h"
 #include "support/processes.h"
 #include "support/run_medllm.h"
+#include "support/thread_group.h"
 
 namespace {
 
@@ -181,6 +186,96 @@ TEST_F(GenerateShard, HelpDescribesTheSharing) {
                           "--prompt runs in one process", "in input order"})
         EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
     EXPECT_EQ(r.output.find("--resume-world-size-change"), std::string::npos) << r.output;
+}
+
+// The library with ranks as threads (tests/support/thread_group.h): every rank's result counts the whole run
+// (prompts, resumed, generated), its completions and on_record calls are its own share (k % 2 == rank of the
+// prompts still to do), and a file two thread-ranks complete from a cut one-process file holds the full run.
+TEST_F(GenerateShard, LibraryRanksCountTheWholeRunAndSeeTheirShare) {
+    namespace g        = medllm::generate;
+    const fs::path dir = scratch("library");
+    g::LoadOptions lo;
+    lo.device = "cpu";
+    std::vector<g::LoadedModel> models;
+    for (int r = 0; r < 2; ++r) models.push_back(g::load_model(*model_, lo));  // a model per rank, as processes
+    const auto records = g::read_prompt_records(*prompts_, *models[0].tokenizer);
+    ASSERT_EQ(records.size(), 8u);
+    g::GenerateOptions gen;
+    gen.max_new_tokens       = 8;
+    gen.num_samples          = 2;
+    gen.sampling.do_sample   = true;
+    gen.sampling.temperature = 0.9;
+    gen.seed                 = 11;
+    gen.max_batch_size       = 3;
+    auto file_options        = [&](const fs::path& out) {
+        g::GenerateFileOptions f;
+        f.output       = out;
+        f.source       = "prompts.jsonl";
+        f.log_progress = false;
+        f.identity     = {{"test", "library"}};
+        return f;
+    };
+    {
+        g::Generator one(models[0].model, models[0].tokenizer, models[0].eos_token_ids);
+        const auto r = g::generate_to_file(one, records, gen, file_options(dir / "one.jsonl"));
+        ASSERT_EQ(r.generated, 8u);
+    }
+    // A killed one-process run: its first 3 records (finishing order) and its run record.
+    const auto all = lines_of(dir / "one.jsonl");
+    {
+        std::ofstream cut(dir / "two.jsonl");
+        for (int i = 0; i < 3; ++i) cut << all[static_cast<size_t>(i)] << "\n";
+    }
+    fs::copy_file(dir / "one.jsonl.run.json", dir / "two.jsonl.run.json");
+    std::set<size_t> resumed;
+    for (int i = 0; i < 3; ++i) resumed.insert(json::parse(all[static_cast<size_t>(i)])["index"].get<size_t>());
+    std::vector<size_t> todo;  // what is left, in input order: rank r runs todo[k] for k % 2 == r
+    for (size_t i = 0; i < 8; ++i)
+        if (!resumed.count(i)) todo.push_back(i);
+
+    ThreadGroup group(2);
+    std::vector<g::GenerateFileResult> results(2);
+    std::vector<std::vector<size_t>> seen(2);
+    std::mutex m;
+    const auto errors = group.run([&](int64_t rank) {
+        g::Generator gen_r(models[static_cast<size_t>(rank)].model, models[static_cast<size_t>(rank)].tokenizer,
+                           models[static_cast<size_t>(rank)].eos_token_ids);
+        auto f      = file_options(dir / "two.jsonl");
+        f.place     = group.place(rank);
+        f.on_record = [&, rank](const g::PromptRecord& r, const std::vector<g::Completion>&) {
+            std::lock_guard<std::mutex> lock(m);
+            seen[static_cast<size_t>(rank)].push_back(r.index);
+        };
+        results[static_cast<size_t>(rank)] = g::generate_to_file(gen_r, records, gen, f);
+    });
+    ASSERT_EQ(errors, (std::vector<std::string>{"", ""}));
+    for (size_t r = 0; r < 2; ++r) {
+        EXPECT_EQ(results[r].prompts, 8u) << r;
+        EXPECT_EQ(results[r].resumed, 3u) << r;
+        EXPECT_EQ(results[r].generated, 5u) << r;
+        std::vector<size_t> share;
+        for (size_t k = r; k < todo.size(); k += 2) share.push_back(todo[k]);
+        std::sort(seen[r].begin(), seen[r].end());
+        EXPECT_EQ(seen[r], share) << r;
+        EXPECT_EQ(results[r].completions.size(), share.size() * 2) << r;
+    }
+    // The cut records stay first (rank 0 appended the folded shards after them); as a set, the full run.
+    EXPECT_EQ(by_index(dir / "two.jsonl"), by_index(dir / "one.jsonl"));
+    const auto two = lines_of(dir / "two.jsonl");
+    ASSERT_EQ(two.size(), 8u);
+    EXPECT_EQ(std::vector<std::string>(two.begin(), two.begin() + 3),
+              std::vector<std::string>(all.begin(), all.begin() + 3));
+    EXPECT_TRUE(medllm::find_shards(dir / "two.jsonl").empty());
+
+    // A group needs an output file to share.
+    const auto no_file = group.run([&](int64_t rank) {
+        g::Generator gen_r(models[0].model, models[0].tokenizer, models[0].eos_token_ids);
+        auto f  = file_options({});
+        f.place = group.place(rank);
+        g::generate_to_file(gen_r, records, gen, f);
+    });
+    EXPECT_NE(no_file[0].find("several processes share the prompts only into an output file"), std::string::npos)
+        << no_file[0];
 }
 
 }  // namespace
