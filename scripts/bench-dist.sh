@@ -3,6 +3,7 @@
 # on the same model and settings, in the same run.
 #   scripts/bench-dist.sh                        # STEPS=8 WARM=2 THREADS=1
 #   STEPS=12 THREADS=1 scripts/bench-dist.sh
+#   OVERLAP_ONLY=1 REPEATS=3 BUCKET_MB=0.25 scripts/bench-dist.sh   # medllm rows and overlap off/on only
 # Model: a random Qwen2 of 4 layers x 256 hidden (4 heads, 2 KV heads, MLP 704, vocabulary 512), seq 256, batch 4,
 # grad_accum 2 per process (weak scaling: each process does the same work, so 2 processes make one step cover
 # twice the rows, as torchrun users scale), LoRA r 16 / alpha 32 / dropout 0.05 on all seven projections, AdamW,
@@ -89,14 +90,15 @@ print(f"{tok / sec:.0f} {1000 * ar / max(n, 1):.1f}")
 PY
 }
 
-run_medllm() {  # nproc
+run_medllm() {  # nproc [cpt flags...]
     local n=$1 port
+    shift
     rm -rf "$work/run"
     port=$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     local pids=()
     for ((r = 0; r < n; r++)); do
         RANK=$r WORLD_SIZE=$n LOCAL_RANK=$r LOCAL_WORLD_SIZE=$n MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-            "$bin" --threads "$threads" cpt --config "$work/cpt.yaml" --resume never \
+            "$bin" --threads "$threads" cpt --config "$work/cpt.yaml" --resume never "$@" \
             >"$work/medllm-$n-$r.log" 2>&1 &
         pids+=($!)
     done
@@ -163,11 +165,22 @@ run_ddp() {  # nproc
 
 read -r m1 _ < <(run_medllm 1)
 read -r m2 ar2 < <(run_medllm 2)
-d1=$(run_ddp 1)
-d2=$(run_ddp 2)
 eff() { "$python" -c "print(f'{100 * $2 / (2 * $1):.0f}%')"; }
 printf '%-28s %12s %12s %10s %16s\n' "" "1 process" "2 processes" "scaling" "all-reduce/step"
 printf '%-28s %12s %12s %10s %13s ms\n' "medllm cpt (c10d Gloo)" "$m1 tok/s" "$m2 tok/s" "$(eff "$m1" "$m2")" "$ar2"
+# The gradient all-reduce inside the last backward (training.overlap_allreduce) with BUCKET_MB buckets (the adapter
+# gradients are 1.2 MB here: the default 25 MB would make one bucket, which can start only when backward ends), off
+# and on alternately REPEATS times; all-reduce/step is then what backward did not hide. OVERLAP_ONLY=1 stops here.
+bucket_mb=${BUCKET_MB:-0.25}
+for ((i = 0; i < ${REPEATS:-1}; i++)); do
+    for ov in false true; do
+        read -r t a < <(run_medllm 2 --set training.overlap_allreduce=$ov --set training.allreduce_bucket_mb="$bucket_mb")
+        printf '%-28s %12s %12s %10s %13s ms\n' "  overlap $ov, $bucket_mb MB" "-" "$t tok/s" "$(eff "$m1" "$t")" "$a"
+    done
+done
+[ -n "${OVERLAP_ONLY:-}" ] && exit 0
+d1=$(run_ddp 1)
+d2=$(run_ddp 2)
 printf '%-28s %12s %12s %10s %16s\n' "PyTorch DDP (Gloo) + PEFT" "$d1 tok/s" "$d2 tok/s" "$(eff "$d1" "$d2")" "-"
 
 # ---------------------------------------------------------------- sharded generation (eval igakuqa)
@@ -178,7 +191,15 @@ mkdir -p "$work/igakuqa/data/2018"
 for f in "$shared"/igakuqa_data/data/2018/112-?.jsonl "$shared"/igakuqa_data/data/2018/112-?_metadata.jsonl; do
     head -n "$per_section" "$f" >"$work/igakuqa/data/2018/$(basename "$f")"
 done
-cp tests/fixtures/train/byte-tokenizer/* "$work/model/"
+# The same weights with the byte tokenizer and room for the 3-shot Japanese prompts (RoPE does not depend on it).
+cp -r "$work/model" "$work/model-eval"
+cp tests/fixtures/train/byte-tokenizer/* "$work/model-eval/"
+"$python" - "$work/model-eval/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["max_position_embeddings"] = 16384
+json.dump(c, open(sys.argv[1], "w"))
+PY
 run_eval() {  # nproc -> seconds
     local n=$1 port t0 t1
     rm -rf "$work/eval-$n"
@@ -187,7 +208,7 @@ run_eval() {  # nproc -> seconds
     local pids=()
     for ((r = 0; r < n; r++)); do
         RANK=$r WORLD_SIZE=$n LOCAL_RANK=$r LOCAL_WORLD_SIZE=$n MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-            "$bin" --threads "$threads" eval igakuqa --data-dir "$work/igakuqa" --model "$work/model" --years 2018 \
+            "$bin" --threads "$threads" eval igakuqa --data-dir "$work/igakuqa" --model "$work/model-eval" --years 2018 \
             --prompt-format base --prompt-file "$shared/igakuqa_data/scripts/prompts/prompt.jsonl" --mode both \
             --max-new-tokens "$eval_tokens" --max-new-tokens-explanation "$eval_tokens" --batch-size 8 \
             --output "$work/eval-$n" >"$work/eval-$n-$r.log" 2>&1 &
