@@ -61,12 +61,13 @@ std::string distributed_generation_help(const std::string& command, const std::s
            "  torchrun --nproc-per-node 4 --no-python medllm " +
            command +
            " ...\n"
-           "share the prompts: rank R takes every R-th one still to do and appends its records to its own shard "
-           "beside the output (" +
+           "share the prompts: of the prompts still to do, rank R takes those whose position modulo the number of "
+           "processes is R, and appends its records to its own shard beside the output (" +
            output +
-           " -> <name>.rankR-ofW.jsonl); rank 0 folds the shards into the one file a single process writes, in the "
-           "same order, and writes the reports. Greedy runs give the same records; sampled ones too (each prompt's "
-           "random stream is keyed by the prompt). The output folder must be one every rank sees. A killed run "
+           " -> <name>.rank<R>-of<N>.jsonl); rank 0 waits for every rank, folds the shards into the file one "
+           "process writes (in input order) and alone writes the reports. Greedy runs give the same records; "
+           "sampled ones too (each prompt's random stream is keyed by its index). A rank that dies makes rank 0 "
+           "exit 1 naming it within --dist-timeout. The output folder must be one every rank sees. A killed run "
            "leaves its shards, and the next run (any number of processes) folds them in before it continues.";
 }
 

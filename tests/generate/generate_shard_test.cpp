@@ -182,7 +182,7 @@ TEST_F(GenerateShard, PromptModeIsRefusedForSeveralProcessesBeforeTheRendezvous)
 TEST_F(GenerateShard, HelpDescribesTheSharing) {
     const auto r = run_medllm("generate --help");
     EXPECT_EQ(r.exit_code, 0) << r.output;
-    for (const char* s : {"--world-size", "--master-port", "--dist-timeout", "torchrun", ".rankR-ofW.jsonl",
+    for (const char* s : {"--world-size", "--master-port", "--dist-timeout", "torchrun", ".rank<R>-of<N>.jsonl",
                           "--prompt runs in one process", "in input order"})
         EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
     EXPECT_EQ(r.output.find("--resume-world-size-change"), std::string::npos) << r.output;

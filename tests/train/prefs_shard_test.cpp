@@ -260,7 +260,7 @@ TEST_F(PrefsShard, HelpDescribesTheSharing) {
     const auto r = run_medllm("build-prefs --help");
     EXPECT_EQ(r.exit_code, 0) << r.output;
     for (const char* s : {"--world-size", "--rank", "--master-port", "--backend", "--dist-timeout", "torchrun",
-                          ".rankR-ofW.jsonl", "rank 0 writes pairs.jsonl and summary.json", "in question order"})
+                          ".rank<R>-of<N>.jsonl", "rank 0 writes pairs.jsonl and summary.json", "in question order"})
         EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
     EXPECT_EQ(r.output.find("--resume-world-size-change"), std::string::npos) << r.output;
 }
