@@ -8,6 +8,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/core/shards.h"
 #include "medllm/eval/answer.h"
 #include "medllm/eval/igakuqa_data.h"
 #include "medllm/pipeline/option_scores.h"
@@ -187,16 +188,17 @@ TEST(QuickstartCi, CptBeatsBaseAndRerunSkipsFinishedStages) {
 }
 
 // `--nproc 2`: every cpt / rpo / eval / build-prefs stage runs as two ranks that the pipeline starts itself. The
-// base evaluation (no training before it) writes what one process writes, byte for byte; cpt trains data-parallel
-// (world_size 2 in its metrics; two ranks x batch 4 rows per step, the per-device convention, so its numbers are
-// not the one-process run's) and still beats the base; every stage finishes and the report has every row.
+// base evaluation (no training before it) writes what one process writes, byte for byte; cpt and rpo train
+// data-parallel (world_size 2 in their metrics; two ranks x batch 4 rows per step, the per-device convention, so
+// their numbers are not the one-process run's) and CPT still beats the base; build-prefs' shards are folded; every
+// stage finishes and the report has every row.
 TEST(QuickstartCi, TwoRanksPerStage) {
     const fs::path one = scratch("ci_one"), two = scratch("ci_two");
     fs::remove_all(one);
     fs::remove_all(two);
     // One thread per process on both sides (on a bigger machine the pipeline would give each rank half the cores).
     const std::string cmd = std::string("cd ") + MEDLLM_SOURCE_DIR + " && OMP_NUM_THREADS=1 " + MEDLLM_BINARY +
-                            " pipeline --config configs/quickstart/ci.yaml --set rows.cpt_rpo=false";
+                            " pipeline --config configs/quickstart/ci.yaml";
     const auto single = run_shell(cmd + " --only eval-base --set run_dir=" + one.string() + " 2>&1 </dev/null");
     ASSERT_EQ(single.exit_code, 0) << single.output;
     const auto ranked = run_shell(cmd + " --nproc 2 --set run_dir=" + two.string() + " 2>&1 </dev/null");
@@ -206,9 +208,12 @@ TEST(QuickstartCi, TwoRanksPerStage) {
     EXPECT_TRUE(fs::exists(two / "eval-base" / "stdout.rank1.txt"));
     const std::string metrics = read_text_file(two / "cpt" / "metrics.jsonl");
     EXPECT_NE(metrics.find("\"world_size\":2"), std::string::npos) << metrics.substr(0, 400);
+    EXPECT_NE(read_text_file(two / "rpo" / "metrics.jsonl").find("\"world_size\":2"), std::string::npos);
+    EXPECT_FALSE(read_text_file(two / "build-prefs" / "pairs.jsonl").empty());
+    EXPECT_TRUE(find_shards(two / "build-prefs" / "samples.jsonl").empty());  // folded by rank 0
     const auto report = read_json_file(two / "report" / "report.json");
-    const auto base = row_named(report, "base"), cpt = row_named(report, "+CPT");
-    ASSERT_TRUE(base.is_object() && cpt.is_object()) << report.dump(2);
+    const auto base = row_named(report, "base"), cpt = row_named(report, "+CPT"), rpo = row_named(report, "+CPT+RPO");
+    ASSERT_TRUE(base.is_object() && cpt.is_object() && rpo.is_object()) << report.dump(2);
     EXPECT_GT(cpt["scores"]["option_ll"]["gold_margin"].get<double>() -
                   base["scores"]["option_ll"]["gold_margin"].get<double>(),
               0.05);
