@@ -45,6 +45,28 @@ dist_run() {  # nproc backend name: the tiny cpt config on CUDA as nproc process
   return $rc
 }
 
+dist_overlap() {  # training.overlap_allreduce on CUDA (NCCL; 2 ranks with 2 GPUs, else 1): off vs on, same adapter
+  local n=1 rc=0
+  [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] && n=2
+  for ov in false true; do
+    local port=$((20000 + RANDOM % 20000)) pids=()
+    for ((r = 0; r < n; r++)); do
+      RANK=$r WORLD_SIZE=$n LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port build-device/medllm cpt \
+        --config configs/tiny/cpt.yaml --set training.device=cuda --set output="$logs/overlap-$ov" \
+        --set training.max_steps=60 --set training.grad_accum=4 --set training.logging_steps=1 \
+        --set training.allreduce_bucket_mb=0.01 --set training.overlap_allreduce=$ov --backend nccl \
+        --dist-timeout 120 --resume never >"$logs/overlap-$ov-rank$r.log" 2>&1 &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    grep -h "gradient all-reduce" "$logs/overlap-$ov-rank0.log"
+    python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if "tokens_per_second" in l][5:]; print(sys.argv[2], "tok/s %.0f, all-reduce %.2f ms/step" % (sum(x["tokens_per_second"] for x in r)/len(r), 1000*sum(x.get("allreduce_seconds_per_step",0) for x in r)/len(r)))' "$logs/overlap-$ov/metrics.jsonl" "overlap $ov ($n rank(s)):" || rc=1
+  done
+  cmp "$logs/overlap-false/adapter/adapter_model.safetensors" "$logs/overlap-true/adapter/adapter_model.safetensors" \
+    && echo "adapters: identical" || rc=1
+  return $rc
+}
+
 eval_shard() {  # eval igakuqa on the quickstart world on cuda:0: one process, then two ranks sharing the GPU
   local args=(eval igakuqa --data-dir configs/quickstart/igakuqa --model configs/quickstart/model --years 2022
     --prompt-format base --mode both --max-new-tokens 12 --max-new-tokens-explanation 48)
@@ -107,7 +129,8 @@ case "$stage" in
     run_stage build build
     run_stage bench-nf4 scripts/bench-nf4.sh cuda
     run_stage bench-model env MEDLLM_BENCH_BIN=build-device/bench_model scripts/bench-model.sh 7b cuda bf16
-    run_stage bench-generate env MEDLLM=build-device/medllm scripts/bench-generate.sh --gpu ;;
+    run_stage bench-generate env MEDLLM=build-device/medllm scripts/bench-generate.sh --gpu
+    run_stage bench-dist-overlap dist_overlap ;;
   test) ;;
   *) echo "device-run.sh: stage must be test, bench or all, got '$stage'" >&2; exit 2 ;;
 esac

@@ -9,10 +9,14 @@
 #include <cerrno>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/cuda.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -520,6 +524,254 @@ void Distributed::wait_for_all(const std::string& what) {
         throw Error(what + " on rank " + std::to_string(rank()) + ": lost rank 0 (it hosts the store at " + at +
                     " and no longer answers) (" + why + ")");
     }
+}
+
+// ---------------------------------------------------------------- gradient sync (DDP's reducer, for LoRA)
+
+struct Distributed::GradientSync::State {
+    struct Bucket {
+        at::Tensor flat;              // the reduce device's buffer (CPU under Gloo), only while a step needs it
+        std::vector<at::Tensor> arg;  // {flat}, kept alive while its collective runs
+        std::vector<size_t> members;  // parameter indices
+        size_t pending = 0;           // members not yet copied in this step
+        int64_t numel  = 0;
+        at::TensorOptions options;
+        c10::intrusive_ptr<c10d::Work> work;
+    };
+    c10d::Backend* pg = nullptr;
+    std::vector<at::Tensor> params;
+    std::vector<Bucket> buckets;
+    std::vector<size_t> bucket_of;
+    std::vector<int64_t> offset_of;
+    std::vector<char> ready;
+    // The gradient accumulators, held: a parameter keeps only a weak reference, so without these each backward
+    // graph would get a new accumulator without the hook.
+    std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+    std::vector<uintptr_t> hook_keys;
+    size_t next                 = 0;  // the next bucket to start: buckets start in index order on every rank
+    bool armed                  = false;
+    bool in_backward            = false;
+    double scale                = 1.0;
+    int64_t started_in_backward = 0;
+    std::mutex mu;
+    std::exception_ptr error;  // a failed launch inside backward, rethrown by finish()
+    std::string twice;         // a parameter whose gradient came twice in one backward
+
+    // The buffers live from arm() (overlap) or finish() to the end of finish(), as the transient flat copies of
+    // Distributed::all_reduce: without overlap they never exist during backward, the activation peak.
+    void allocate() {
+        for (auto& b : buckets)
+            if (!b.flat.defined()) {
+                b.flat = at::empty({b.numel}, b.options);  // every element is written by copy_in
+                b.arg  = {b.flat};
+            }
+    }
+    void release() {
+        for (auto& b : buckets) {
+            b.arg.clear();
+            b.flat = at::Tensor();
+        }
+    }
+    at::Tensor view_of(size_t i) {
+        const auto& p = params[i];
+        return buckets[bucket_of[i]].flat.narrow(0, offset_of[i], p.numel()).view(p.sizes());
+    }
+    void copy_in(size_t i) {
+        at::NoGradGuard no_grad;
+        at::Tensor v       = view_of(i);
+        const at::Tensor g = params[i].grad();
+        if (!g.defined()) {
+            v.zero_();
+            return;
+        }
+        v.copy_(g);
+        if (scale != 1.0) v.mul_(scale);  // the same multiply as grad.mul_(scale): the same bits
+    }
+    void start_ready_buckets() {
+        c10d::AllreduceOptions o;
+        o.reduceOp = c10d::ReduceOp(c10d::ReduceOp::SUM);
+        while (next < buckets.size() && buckets[next].pending == 0) {
+            auto& b = buckets[next++];
+            b.work  = pg->allreduce(b.arg, o);
+            if (in_backward) ++started_in_backward;
+        }
+    }
+    void mark_ready(size_t i) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!armed || error) return;
+        if (ready[i]) {
+            twice = std::to_string(i);
+            return;
+        }
+        try {
+            copy_in(i);
+            ready[i] = 1;
+            --buckets[bucket_of[i]].pending;
+            start_ready_buckets();
+        } catch (...) {
+            error = std::current_exception();
+        }
+    }
+};
+
+namespace {
+struct GradReadyHook : torch::autograd::FunctionPostHook {
+    Distributed::GradientSync::State* state;
+    size_t index;
+    GradReadyHook(Distributed::GradientSync::State* s, size_t i) : state(s), index(i) {}
+    torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                              const torch::autograd::variable_list& /*inputs*/) override {
+        state->mark_ready(index);  // AccumulateGrad has added this backward's gradient into .grad
+        return outputs;
+    }
+};
+}  // namespace
+
+Distributed::GradientSync::GradientSync(Distributed& dist, std::vector<at::Tensor> params, bool overlap,
+                                        int64_t bucket_bytes)
+    : dist_(dist), overlap_(overlap && dist.impl_ != nullptr), state_(std::make_unique<State>()) {
+    auto& st  = *state_;
+    st.params = std::move(params);
+    if (!dist.impl_) return;  // one process: nothing to reduce
+    st.pg                   = dist.impl_->pg.get();
+    const bool stage_on_cpu = dist.impl_->backend == "gloo";
+    const size_t n          = st.params.size();
+    st.bucket_of.assign(n, 0);
+    st.offset_of.assign(n, 0);
+    st.ready.assign(n, 0);
+    // Reverse registration order, a bucket per dtype run, at most bucket_bytes (a larger tensor gets its own).
+    std::map<at::ScalarType, size_t> open;  // dtype -> the bucket being filled
+    std::vector<int64_t> bytes, elems;
+    std::vector<at::TensorOptions> opts;
+    for (size_t k = n; k-- > 0;) {
+        const auto& p = st.params[k];
+        TORCH_CHECK(p.defined() && p.requires_grad() && p.is_leaf(), "GradientSync: parameter ", k,
+                    " is not a leaf that requires grad");
+        const int64_t add = p.numel() * static_cast<int64_t>(p.element_size());
+        auto it           = open.find(p.scalar_type());
+        if (it == open.end() || (bytes[it->second] + add > bucket_bytes && bytes[it->second] > 0)) {
+            st.buckets.emplace_back();
+            bytes.push_back(0);
+            elems.push_back(0);
+            opts.push_back(p.options().device(stage_on_cpu ? at::Device(at::kCPU) : p.device()));
+            it = open.insert_or_assign(p.scalar_type(), st.buckets.size() - 1).first;
+        }
+        const size_t b = it->second;
+        st.buckets[b].members.push_back(k);
+        st.bucket_of[k] = b;
+        st.offset_of[k] = elems[b];
+        elems[b] += p.numel();
+        bytes[b] += add;
+    }
+    for (size_t b = 0; b < st.buckets.size(); ++b) {
+        st.buckets[b].numel   = elems[b];
+        st.buckets[b].options = opts[b];
+        st.buckets[b].pending = st.buckets[b].members.size();
+    }
+    if (!overlap_) return;
+    for (size_t k = 0; k < n; ++k) {
+        auto acc = torch::autograd::impl::grad_accumulator(st.params[k]);
+        TORCH_CHECK(acc, "GradientSync: parameter ", k, " has no gradient accumulator");
+        st.hook_keys.push_back(acc->add_post_hook(std::make_unique<GradReadyHook>(&st, k)));
+        st.accumulators.push_back(std::move(acc));
+    }
+}
+
+Distributed::GradientSync::~GradientSync() {
+    auto& st = *state_;
+    for (size_t k = 0; k < st.accumulators.size(); ++k) st.accumulators[k]->del_post_hook(st.hook_keys[k]);
+}
+
+int64_t Distributed::GradientSync::num_buckets() const {
+    return static_cast<int64_t>(state_->buckets.size());
+}
+
+void Distributed::GradientSync::arm(double scale) {
+    auto& st = *state_;
+    std::lock_guard<std::mutex> lock(st.mu);
+    st.scale       = scale;
+    st.armed       = overlap_;
+    st.in_backward = overlap_;
+    if (overlap_) st.allocate();
+}
+
+std::vector<double> Distributed::GradientSync::finish(const std::vector<double>& scalars) {
+    auto& st                = *state_;
+    std::vector<double> out = scalars;
+    if (!dist_.impl_) return out;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::unique_lock<std::mutex> lock(st.mu);
+    st.armed             = false;
+    st.in_backward       = false;
+    started_in_backward_ = st.started_in_backward;
+    try {
+        if (!st.twice.empty())
+            throw Error("gradient all-reduce: the gradient of adapter parameter " + st.twice +
+                        " was produced twice in one backward, so it was sent before it was final "
+                        "(training.overlap_allreduce: false avoids this)");
+        if (st.error) std::rethrow_exception(st.error);
+        st.allocate();
+        // Buckets in index order: the ones the hooks did not complete (all of them without overlap).
+        for (size_t b = st.next; b < st.buckets.size(); ++b) {
+            for (size_t k : st.buckets[b].members)
+                if (!st.ready[k]) {
+                    st.copy_in(k);
+                    st.ready[k] = 1;
+                }
+            st.buckets[b].pending = 0;
+        }
+        st.start_ready_buckets();
+        at::Tensor sc;
+        c10::intrusive_ptr<c10d::Work> scalar_work;
+        std::vector<at::Tensor> scalar_arg;
+        if (!scalars.empty()) {
+            sc = at::tensor(scalars, at::TensorOptions().dtype(at::kDouble));
+            if (dist_.impl_->backend == "nccl") sc = sc.to(dist_.device_);
+            scalar_arg = {sc};
+            c10d::AllreduceOptions o;
+            o.reduceOp  = c10d::ReduceOp(c10d::ReduceOp::SUM);
+            scalar_work = st.pg->allreduce(scalar_arg, o);
+        }
+        for (auto& b : st.buckets) {
+            b.work->wait();
+            b.work.reset();
+        }
+        if (scalar_work) {
+            scalar_work->wait();
+            const at::Tensor c = sc.cpu().contiguous();
+            out.assign(c.data_ptr<double>(), c.data_ptr<double>() + scalars.size());
+        }
+        at::NoGradGuard no_grad;
+        for (size_t k = 0; k < st.params.size(); ++k) {
+            auto& p = st.params[k];
+            if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+            p.mutable_grad().copy_(st.view_of(k));
+        }
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        lock.unlock();
+        dist_.fail("all_reduce", e);
+    }
+    st.release();
+    std::fill(st.ready.begin(), st.ready.end(), 0);
+    for (auto& b : st.buckets) b.pending = b.members.size();
+    st.next                = 0;
+    st.scale               = 1.0;
+    st.started_in_backward = 0;
+    dist_.comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return out;
+}
+
+bool resolve_overlap_allreduce(const std::string& setting, const Distributed& dist) {
+    if (dist.world_size() <= 1 || dist.backend() == "none") return false;
+    if (setting == "true") return true;
+    if (setting == "false" || setting == "auto") return false;
+    throw UsageError("training.overlap_allreduce: expected auto, true or false, got '" + setting + "'");
+}
+
+int64_t allreduce_bucket_bytes(double mb) {
+    return std::max<int64_t>(1, static_cast<int64_t>(mb * 1024.0 * 1024.0));
 }
 
 double Distributed::take_comm_seconds() {

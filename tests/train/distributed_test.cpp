@@ -627,3 +627,172 @@ TEST_F(DistributedEval, AKilledRankIsNamedAndOneProcessFinishesFromTheShards) {
     EXPECT_EQ(sorted_lines(out / "predictions.jsonl"), sorted_lines(dir / "one" / "predictions.jsonl"));
     EXPECT_TRUE(find_shards(out / "predictions.jsonl").empty());
 }
+
+// ---------------------------------------------------------------- the gradient all-reduce inside backward
+
+// Two Gloo ranks (threads), two micro-batches per step: with overlap, the last backward starts buckets of 64 bytes
+// (many) through hooks; the result must be exactly g0 * s + g1 * s of the ranks' own accumulated gradients (a + b
+// is exact for 2 ranks), for a parameter used only in the first micro-batch, one never used, a float64 one, and
+// again in a second step (the per-step state is reset). A bucket never reduced, a gradient sent before its last
+// accumulation or unscaled would leave another value.
+TEST(DistributedGroup, GradientSyncOverlapSumsExactlyWhatTheRanksAccumulated) {
+    const int port = free_port();
+    ASSERT_GT(port, 0);
+    std::vector<std::shared_ptr<Distributed>> group(2);
+    std::vector<std::string> errors(2);
+    {
+        std::vector<std::thread> threads;
+        for (int r = 0; r < 2; ++r)
+            threads.emplace_back([&, r] {
+                try {
+                    group[r] = Distributed::create(local_launch(r, 2, port), "cpu");
+                } catch (const std::exception& e) {
+                    errors[r] = e.what();
+                }
+            });
+        for (auto& t : threads) t.join();
+    }
+    ASSERT_TRUE(group[0] && group[1]) << errors[0] << " | " << errors[1];
+
+    struct Rank {
+        std::vector<at::Tensor> params;  // W3 [16,8], W1 [8,4], b [4], U [3] (first micro-batch only), V [5] (unused),
+                                         // D [2] float64 (last micro-batch only)
+        std::vector<at::Tensor> x;       // per step and micro-batch
+    };
+    auto make_params = [](int r) {
+        auto g = at::make_generator<at::CPUGeneratorImpl>(100 + r);
+        std::vector<at::Tensor> p{at::randn({16, 8}, g), at::randn({8, 4}, g),
+                                  at::randn({4}, g),     at::randn({3}, g),
+                                  at::randn({5}, g),     at::randn({2}, g, at::TensorOptions().dtype(at::kDouble))};
+        for (auto& t : p) t.requires_grad_(true);
+        return p;
+    };
+    auto inputs = [](int r) {
+        auto g = at::make_generator<at::CPUGeneratorImpl>(200 + r);
+        std::vector<at::Tensor> x;
+        for (int i = 0; i < 4; ++i) x.push_back(at::randn({6, 16}, g));
+        return x;
+    };
+    // One micro-batch's backward (micro 0 uses U, micro 1 uses D).
+    auto backward = [](std::vector<at::Tensor>& p, const at::Tensor& x, int micro) {
+        at::Tensor loss = ((at::tanh(x.matmul(p[0])).matmul(p[1]) + p[2]).pow(2)).sum();
+        if (micro == 0) loss = loss + (p[3] * p[3]).sum() * 0.5;
+        if (micro == 1) loss = loss + (p[5] * p[5]).sum().to(at::kFloat);
+        loss.backward();
+    };
+    const std::vector<double> scale{3.0, 0.7};  // per step (cpt: the rank's target tokens)
+    // Expected: each rank's gradients alone, single-threaded, then summed here.
+    std::vector<std::vector<std::vector<at::Tensor>>> local(2);  // [rank][step] -> grads
+    for (int r = 0; r < 2; ++r) {
+        auto p = make_params(r);
+        auto x = inputs(r);
+        for (int step = 0; step < 2; ++step) {
+            backward(p, x[2 * step], 0);
+            backward(p, x[2 * step + 1], 1);
+            std::vector<at::Tensor> g;
+            for (auto& t : p) g.push_back(t.grad().defined() ? t.grad().clone() * scale[step] : at::zeros_like(t));
+            local[r].push_back(g);
+            for (auto& t : p) t.mutable_grad() = at::Tensor();
+        }
+    }
+    for (const bool overlap : {true, false}) {
+        std::vector<std::vector<std::vector<at::Tensor>>> got(2);
+        std::vector<std::vector<double>> sums(2);
+        std::vector<int64_t> started(2), buckets(2);
+        std::vector<std::thread> threads;
+        for (int r = 0; r < 2; ++r)
+            threads.emplace_back([&, r] {
+                try {
+                    auto p = make_params(r);
+                    auto x = inputs(r);
+                    Distributed::GradientSync sync(*group[r], p, overlap, 64);
+                    buckets[r] = sync.num_buckets();
+                    for (int step = 0; step < 2; ++step) {
+                        backward(p, x[2 * step], 0);
+                        sync.arm(scale[step]);
+                        backward(p, x[2 * step + 1], 1);
+                        sums[r] = sync.finish({1.0 + r, 10.0 * step});
+                        started[r] += sync.buckets_started_in_backward();
+                        std::vector<at::Tensor> g;
+                        for (auto& t : p) g.push_back(t.grad().clone());
+                        got[r].push_back(g);
+                        for (auto& t : p) t.mutable_grad() = at::Tensor();
+                    }
+                } catch (const std::exception& e) {
+                    errors[r] = e.what();
+                }
+            });
+        for (auto& t : threads) t.join();
+        ASSERT_EQ(errors[0] + errors[1], "") << "overlap " << overlap;
+        // 64-byte buckets, from the last parameter back: D (float64) alone; V, U, b (48 bytes); W1; W3.
+        EXPECT_EQ(buckets[0], 4);
+        if (overlap)
+            EXPECT_GT(started[0], 0) << "no bucket started inside backward: nothing overlapped";
+        else
+            EXPECT_EQ(started[0], 0);
+        for (int r = 0; r < 2; ++r) {
+            EXPECT_EQ(sums[r], (std::vector<double>{3.0, 20.0})) << "the last step's scalars, summed";
+            for (int step = 0; step < 2; ++step)
+                for (size_t k = 0; k < got[r][step].size(); ++k)
+                    EXPECT_TRUE(got[r][step][k].equal(local[0][step][k] + local[1][step][k]))
+                        << "overlap " << overlap << ", rank " << r << ", step " << step << ", parameter " << k;
+        }
+    }
+}
+
+// medllm cpt and rpo as two processes, training.overlap_allreduce true vs false with 1 KB buckets (many, so most
+// start inside the last backward): the same adapter bytes and the same logged losses.
+TEST_F(DistributedCpt, OverlappedGradientAllReduceGivesTheSameAdapterBits) {
+    auto cpt_args = [&](const fs::path& out, bool overlap) {
+        auto a = args(out, 2,
+                      {"--set", std::string("training.overlap_allreduce=") + (overlap ? "true" : "false"), "--set",
+                       "training.allreduce_bucket_mb=0.001"});
+        for (auto& s : a)
+            if (s == "training.max_steps=4") s = "training.max_steps=2";
+        return a;
+    };
+    const fs::path repo = test::fixtures().parent_path().parent_path();
+    auto rpo_args       = [&](const fs::path& out, bool overlap) {
+        std::vector<std::string> a{"rpo", "--config", (repo / "configs/tiny/rpo.yaml").string()};
+        for (const std::string& o :
+             {"output=" + out.string(), "model.path=" + (repo / "tests/fixtures/model/qwen2-tiny-tied").string(),
+              "model.tokenizer=" + (repo / "tests/fixtures/train/byte-tokenizer").string(),
+              "data.path=" + (repo / "tests/fixtures/train/rpo/pairs.jsonl").string(), std::string("training.epochs=1"),
+              std::string("training.logging_steps=1"), std::string("training.batch_size=1"),
+              std::string("training.grad_accum=2"), std::string("training.allreduce_bucket_mb=0.001"),
+              std::string("training.overlap_allreduce=") + (overlap ? "true" : "false")}) {
+            a.push_back("--set");
+            a.push_back(o);
+        }
+        return a;
+    };
+    for (const std::string recipe : {"cpt", "rpo"}) {
+        std::map<bool, fs::path> out;
+        for (const bool overlap : {false, true}) {
+            out[overlap]    = dir / (recipe + (overlap ? "_overlap" : "_plain"));
+            const auto a    = recipe == "cpt" ? cpt_args(out[overlap], overlap) : rpo_args(out[overlap], overlap);
+            const auto runs = run_two(a, false, recipe + (overlap ? "_overlap" : "_plain"));
+            ASSERT_EQ(runs[0].exit_code, 0) << runs[0].output();
+            ASSERT_EQ(runs[1].exit_code, 0) << runs[1].output();
+            if (recipe == "cpt" && overlap) {  // most buckets really started inside backward
+                const std::string o = runs[0].output();
+                const auto at       = o.find("overlapped with the last backward (");
+                ASSERT_NE(at, std::string::npos) << o;
+                EXPECT_GT(std::stoi(o.substr(at + 35)), 0) << o.substr(at, 80);
+            }
+        }
+        EXPECT_TRUE(read_bytes(out[true] / "adapter" / "adapter_model.safetensors") ==
+                    read_bytes(out[false] / "adapter" / "adapter_model.safetensors"))
+            << recipe << ": the overlapped all-reduce changed the adapter";
+        const auto m0 = read_jsonl(out[false] / "metrics.jsonl"), m1 = read_jsonl(out[true] / "metrics.jsonl");
+        ASSERT_EQ(m0.size(), m1.size()) << recipe;
+        int steps = 0;
+        for (size_t i = 0; i < m0.size(); ++i)
+            if (m0[i].contains("loss")) {
+                ++steps;
+                EXPECT_EQ(m1[i]["loss"], m0[i]["loss"]) << recipe << " step " << m0[i]["step"];
+                EXPECT_EQ(m1[i]["grad_norm"], m0[i]["grad_norm"]) << recipe << " step " << m0[i]["step"];
+            }
+        EXPECT_EQ(steps, 2) << recipe;
+    }
+}

@@ -53,7 +53,9 @@ struct CptConfig : data::CorpusConfig {
     int64_t save_steps            = 500;
     int64_t save_total_limit      = 3;
     bool skip_nonfinite           = false;
-    bool merge                    = false;  // write <output>/merged (bf16 HF checkpoint) at the end
+    std::string overlap_allreduce = "auto";  // auto | true | false: the gradient all-reduce inside the last backward
+    double allreduce_bucket_mb    = 25;      // gradient buckets (DDP's default)
+    bool merge                    = false;   // write <output>/merged (bf16 HF checkpoint) at the end
 };
 
 // Adds every cpt key (the corpus keys included) to a schema.

@@ -88,8 +88,44 @@ public:
     // Tells the other ranks why this one is about to exit (shown in their "lost rank" error). Never throws.
     void report_failure(const std::string& message) noexcept;
 
-    // Seconds spent in all_reduce / broadcast of tensors since the last call (benchmarks, metrics).
+    // Seconds spent in all_reduce / broadcast of tensors since the last call (benchmarks, metrics); for a
+    // GradientSync, the time in finish() (the communication backward did not hide).
     double take_comm_seconds();
+
+    // The sum of the adapter gradients across ranks for each optimizer step, in persistent flat buckets of at
+    // most `bucket_bytes` (per dtype, parameters in reverse registration order: the order backward produces
+    // them, as DDP's reducer). With `overlap`, arm() before the backward of a step's last micro-batch makes each
+    // parameter's gradient, as soon as it is final (a post hook on its gradient accumulator), go into its bucket
+    // times `scale`, and a full bucket's all-reduce start asynchronously while backward goes on; buckets start in
+    // index order on every rank whatever order the hooks fire in. finish() copies in what the hooks did not see,
+    // reduces the rest and `scalars` (float64, summed, in the same round), waits, and writes the sums into .grad
+    // (undefined gradients become zeros). The sums are those of Distributed::all_reduce (for 2 ranks bit for bit:
+    // a + b does not depend on the bucketing). World size 1: arm() and finish() do nothing (no group, no scaling). One
+    // per training run; the parameters must outlive it.
+    class GradientSync {
+    public:
+        GradientSync(Distributed& dist, std::vector<at::Tensor> params, bool overlap, int64_t bucket_bytes = 25 << 20);
+        ~GradientSync();
+        GradientSync(const GradientSync&)            = delete;
+        GradientSync& operator=(const GradientSync&) = delete;
+        // The next backward is the step's last; each gradient is sent times `scale` (cpt: this rank's target
+        // tokens, so the ranks' token-loss sums add up). Without overlap it only records `scale`.
+        void arm(double scale = 1.0);
+        // Returns the summed `scalars`. Error naming the lost rank when a collective fails.
+        std::vector<double> finish(const std::vector<double>& scalars = {});
+        bool overlap() const { return overlap_; }
+        int64_t num_buckets() const;
+        // Buckets whose all-reduce started inside backward during the last step (tests, benchmarks).
+        int64_t buckets_started_in_backward() const { return started_in_backward_; }
+
+        struct State;  // distributed.cpp
+
+    private:
+        Distributed& dist_;
+        bool overlap_;
+        int64_t started_in_backward_ = 0;
+        std::unique_ptr<State> state_;
+    };
 
     struct Impl;
 
@@ -102,6 +138,12 @@ private:
     std::unique_ptr<Impl> impl_;
     double comm_seconds_ = 0;
 };
+
+// training.overlap_allreduce (auto | true | false) for this group: auto is off (README: what overlap can hide of a
+// LoRA step is within the noise); always off without a group.
+bool resolve_overlap_allreduce(const std::string& setting, const Distributed& dist);
+// training.allreduce_bucket_mb in bytes (at least 1).
+int64_t allreduce_bucket_bytes(double mb);
 
 // The device a training.device setting names for this process (auto: cuda:LOCAL_RANK when CUDA is there).
 at::Device resolve_device(const std::string& setting, int64_t local_rank);

@@ -91,7 +91,9 @@ struct RpoConfig {
     int64_t save_steps            = 500;
     int64_t save_total_limit      = 3;
     bool skip_nonfinite           = false;
-    bool merge                    = false;  // write <output>/merged (bf16 HF checkpoint) at the end
+    std::string overlap_allreduce = "auto";  // auto | true | false: the gradient all-reduce inside the last backward
+    double allreduce_bucket_mb    = 25;      // gradient buckets (DDP's default)
+    bool merge                    = false;   // write <output>/merged (bf16 HF checkpoint) at the end
 
     std::filesystem::path resolved_tokenizer_dir() const;
 };
