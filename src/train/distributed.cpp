@@ -764,7 +764,7 @@ std::vector<double> Distributed::GradientSync::finish(const std::vector<double>&
 }
 
 bool resolve_overlap_allreduce(const std::string& setting, const Distributed& dist) {
-    if (dist.world_size() <= 1 || dist.backend() == "none") return false;
+    if (dist.backend() == "none") return false;  // one process without a group (a named --backend has one)
     if (setting == "true") return true;
     if (setting == "false" || setting == "auto") return false;
     throw UsageError("training.overlap_allreduce: expected auto, true or false, got '" + setting + "'");
