@@ -490,32 +490,42 @@ void Distributed::wait_for_all(const std::string& what) {
     std::vector<clock::time_point> beat_seen(W, clock::now());
     try {
         auto& store = *impl_->store;
-        store.set(tag + std::to_string(rank()), "1");
-        for (;;) {
-            std::vector<int64_t> missing;
-            for (int64_t r = 0; r < world_size(); ++r)
-                if (!store.check({tag + std::to_string(r)})) missing.push_back(r);
-            if (missing.empty()) return;
-            for (int64_t r : missing) {
-                const std::string failed = "failed/" + std::to_string(r);
-                if (store.check({failed})) {
-                    const auto v = store.get(failed);
-                    throw Error(what + ": rank " + std::to_string(r) + " of " + std::to_string(world_size()) +
-                                " failed: " + std::string(v.begin(), v.end()));
+        // Until every rank has set `prefix + rank`, watching the missing ones' failure reports and heartbeats.
+        auto await_all = [&](const std::string& prefix) {
+            for (;;) {
+                std::vector<int64_t> missing;
+                for (int64_t r = 0; r < world_size(); ++r)
+                    if (!store.check({prefix + std::to_string(r)})) missing.push_back(r);
+                if (missing.empty()) return;
+                for (int64_t r : missing) {
+                    const std::string failed = "failed/" + std::to_string(r);
+                    if (store.check({failed})) {
+                        const auto v = store.get(failed);
+                        throw Error(what + ": rank " + std::to_string(r) + " of " + std::to_string(world_size()) +
+                                    " failed: " + std::string(v.begin(), v.end()));
+                    }
+                    const int64_t beat = store.add("heartbeat/" + std::to_string(r), 0);
+                    const auto now     = clock::now();
+                    if (beat != beats[static_cast<size_t>(r)]) {
+                        beats[static_cast<size_t>(r)]     = beat;
+                        beat_seen[static_cast<size_t>(r)] = now;
+                    } else if (now - beat_seen[static_cast<size_t>(r)] > launch_.timeout) {
+                        throw Error(what + " on rank " + std::to_string(rank()) + ": lost rank " + std::to_string(r) +
+                                    " of " + std::to_string(world_size()) + " (no heartbeat for " +
+                                    std::to_string(launch_.timeout.count() / 1000) +
+                                    " s; --dist-timeout sets the limit)");
+                    }
                 }
-                const int64_t beat = store.add("heartbeat/" + std::to_string(r), 0);
-                const auto now     = clock::now();
-                if (beat != beats[static_cast<size_t>(r)]) {
-                    beats[static_cast<size_t>(r)]     = beat;
-                    beat_seen[static_cast<size_t>(r)] = now;
-                } else if (now - beat_seen[static_cast<size_t>(r)] > launch_.timeout) {
-                    throw Error(what + " on rank " + std::to_string(rank()) + ": lost rank " + std::to_string(r) +
-                                " of " + std::to_string(world_size()) + " (no heartbeat for " +
-                                std::to_string(launch_.timeout.count() / 1000) + " s; --dist-timeout sets the limit)");
-                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(100));
             }
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        }
+        };
+        store.set(tag + std::to_string(rank()), "1");
+        await_all(tag);
+        // Rank 0 hosts the store: it leaves only once every rank has seen the others arrive. Otherwise rank 0,
+        // arriving last, returns at once and may exit (the store with it) while another rank is still between two
+        // polls, and that rank fails with "lost rank 0" after a wait that had succeeded.
+        store.set(tag + "seen/" + std::to_string(rank()), "1");
+        if (is_main()) await_all(tag + "seen/");
     } catch (const Error&) {
         throw;
     } catch (const std::exception& e) {
