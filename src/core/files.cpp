@@ -1,6 +1,7 @@
 #include "medllm/core/files.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -182,23 +183,42 @@ JsonlRecordFile::JsonlRecordFile(fs::path path, json identity, bool overwrite, s
     : path_(std::move(path)) {
     const fs::path sidecar = sidecar_path(path_);
     std::error_code ec;
-    if (overwrite) {
-        fs::remove(path_, ec);
-        fs::remove(sidecar, ec);
-    }
     if (fs::is_directory(path_, ec)) throw UsageError(path_.string() + ": is a directory, not a JSONL file");
-    const bool has_records = fs::exists(path_, ec) && fs::file_size(path_, ec) > 0;
-    if (!identity.is_null()) {
-        if (has_records) {
-            check_identity(identity, hint);
-        } else {
-            write_file_atomic(sidecar, dump_json(identity, 2) + "\n");
-        }
-    }
-    if (has_records) load_existing();
     if (path_.has_parent_path()) fs::create_directories(path_.parent_path(), ec);
-    f_ = std::fopen(path_.c_str(), "ab");
-    if (!f_) throw Error(path_.string() + ": cannot open for writing: " + reason());
+    // Opened (and locked) before anything is read or repaired, and kept: a second run on the same output would
+    // interleave its records with this one's, or cut a line this one is writing as if it were a killed run's.
+    const int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) throw Error(path_.string() + ": cannot open for writing: " + reason());
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+        ::close(fd);
+        throw Error(path_.string() +
+                    ": another process is writing it (a second run on the same output?); wait for it to finish or "
+                    "choose another output");
+    }  // other errors: a filesystem without flock, which goes on unlocked
+    f_ = ::fdopen(fd, "ab");
+    if (!f_) {
+        ::close(fd);
+        throw Error(path_.string() + ": cannot open for writing: " + reason());
+    }
+    try {
+        if (overwrite) {
+            if (::ftruncate(fd, 0) != 0) fail_write(path_);
+            fs::remove(sidecar, ec);
+        }
+        const bool has_records = fs::file_size(path_, ec) > 0;
+        if (!identity.is_null()) {
+            if (has_records) {
+                check_identity(identity, hint);
+            } else {
+                write_file_atomic(sidecar, dump_json(identity, 2) + "\n");
+            }
+        }
+        if (has_records) load_existing();
+    } catch (...) {
+        std::fclose(f_);  // and the lock with it: the destructor does not run for a constructor that throws
+        f_ = nullptr;
+        throw;
+    }
 }
 
 JsonlRecordFile::~JsonlRecordFile() {

@@ -265,12 +265,19 @@ std::shared_ptr<Distributed> Distributed::create(const Launch& launch, const std
 
     // Roll-in: every rank announces itself and waits for the others, so a timeout can say who is missing.
     store.set("arrived/" + std::to_string(launch.rank), "1");
-    const auto deadline = std::chrono::steady_clock::now() + launch.timeout;
+    const auto start = std::chrono::steady_clock::now(), deadline = start + launch.timeout;
+    auto next_note = start + std::chrono::seconds(30);
     for (;;) {
         std::vector<int64_t> missing;
         for (int64_t r = 0; r < launch.world_size; ++r)
             if (!store.check({"arrived/" + std::to_string(r)})) missing.push_back(r);
         if (missing.empty()) break;
+        if (std::chrono::steady_clock::now() > next_note) {  // a long wait says what it waits for
+            next_note += std::chrono::seconds(30);
+            spdlog::info("rendezvous at {}: waiting for rank(s) {} of {} ({:.0f} of {:.0f} s)", at, rank_list(missing),
+                         launch.world_size,
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), secs);
+        }
         if (std::chrono::steady_clock::now() > deadline)
             throw Error("rendezvous at " + at + " timed out after " + std::to_string(static_cast<int64_t>(secs)) +
                         " s: rank(s) " + rank_list(missing) + " of " + std::to_string(launch.world_size) +
@@ -491,18 +498,26 @@ void Distributed::wait_for_all(const std::string& what) {
     try {
         auto& store = *impl_->store;
         // Until every rank has set `prefix + rank`, watching the missing ones' failure reports and heartbeats.
-        auto await_all = [&](const std::string& prefix) {
+        const auto start = clock::now();
+        auto next_note   = start + std::chrono::seconds(60);
+        auto await_all   = [&](const std::string& prefix) {
             for (;;) {
                 std::vector<int64_t> missing;
                 for (int64_t r = 0; r < world_size(); ++r)
                     if (!store.check({prefix + std::to_string(r)})) missing.push_back(r);
                 if (missing.empty()) return;
+                if (clock::now() > next_note) {  // the others' shares may take minutes more: say so
+                    next_note += std::chrono::seconds(60);
+                    spdlog::info("{}: rank {} waits for rank(s) {} of {} (alive; {:.0f} s so far)", what, rank(),
+                                   rank_list(missing), world_size(),
+                                   std::chrono::duration<double>(clock::now() - start).count());
+                }
                 for (int64_t r : missing) {
                     const std::string failed = "failed/" + std::to_string(r);
                     if (store.check({failed})) {
                         const auto v = store.get(failed);
                         throw Error(what + ": rank " + std::to_string(r) + " of " + std::to_string(world_size()) +
-                                    " failed: " + std::string(v.begin(), v.end()));
+                                      " failed: " + std::string(v.begin(), v.end()));
                     }
                     const int64_t beat = store.add("heartbeat/" + std::to_string(r), 0);
                     const auto now     = clock::now();
@@ -511,9 +526,9 @@ void Distributed::wait_for_all(const std::string& what) {
                         beat_seen[static_cast<size_t>(r)] = now;
                     } else if (now - beat_seen[static_cast<size_t>(r)] > launch_.timeout) {
                         throw Error(what + " on rank " + std::to_string(rank()) + ": lost rank " + std::to_string(r) +
-                                    " of " + std::to_string(world_size()) + " (no heartbeat for " +
-                                    std::to_string(launch_.timeout.count() / 1000) +
-                                    " s; --dist-timeout sets the limit)");
+                                      " of " + std::to_string(world_size()) + " (no heartbeat for " +
+                                      std::to_string(launch_.timeout.count() / 1000) +
+                                      " s; --dist-timeout sets the limit)");
                     }
                 }
                 std::this_thread::sleep_for(std::chrono::milliseconds(100));

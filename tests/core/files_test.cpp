@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
@@ -119,6 +120,21 @@ TEST_F(FilesTest, JsonlRefusesAnotherRunsFileNamingTheKey) {
     JsonlRecordFile f(p, {{"input", "abc"}, {"options", {{"n", 4}, {"seed", 2}}}}, /*overwrite=*/true);
     EXPECT_TRUE(f.existing().empty());
     EXPECT_EQ(fs::file_size(p), 0u);
+}
+
+// One writer at a time: a second run on the same output is refused before it reads, repairs or appends anything
+// (it would cut the line the first is writing as a killed run's); the lock goes with the first file.
+TEST_F(FilesTest, JsonlRefusesASecondWriterUntilTheFirstIsGone) {
+    const fs::path p = dir_ / "out.jsonl";
+    auto first       = std::make_unique<JsonlRecordFile>(p, json{{"run", 1}});
+    first->append({{"index", 0}});
+    std::ofstream(p, std::ios::app) << "{\"index\": 1, \"half";  // the first run is mid-line
+    const std::string m = error_of([&] { JsonlRecordFile second(p, json{{"run", 1}}); });
+    EXPECT_NE(m.find("out.jsonl: another process is writing it"), std::string::npos) << m;
+    EXPECT_NE(read_text_file(p).find("\"half"), std::string::npos);  // not cut by the refused second writer
+    first.reset();
+    JsonlRecordFile again(p, json{{"run", 1}});  // the lock went with the first file: the cut line is repaired
+    EXPECT_EQ(again.existing().size(), 1u);
 }
 
 TEST_F(FilesTest, JsonlRefusesRecordsWithoutARunRecordAndDamagedLines) {
