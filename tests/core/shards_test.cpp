@@ -12,6 +12,7 @@
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/core/shards.h"
+#include "support/text_files.h"
 #include "support/thread_group.h"
 
 namespace medllm {
@@ -24,11 +25,6 @@ fs::path fresh_dir(const std::string& name) {
     fs::remove_all(d);
     fs::create_directories(d);
     return d;
-}
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 const json kIdentity = {{"run", "test"}};

@@ -17,6 +17,7 @@
 #include "medllm/eval/evaluator.h"
 #include "medllm/eval/report.h"
 #include "support/file_limit.h"
+#include "support/text_files.h"
 #include "support/thread_group.h"
 
 namespace medllm::eval {
@@ -192,11 +193,6 @@ TEST_F(EvaluatorTest, ResumesFromSavedPredictions) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("prompt_format"), std::string::npos) << e.what();
     }
-}
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 // Three ranks (threads with a barrier, as torchrun's processes would be) share the questions: the merged

@@ -24,6 +24,7 @@
 #include "medllm/generate/load.h"
 #include "support/processes.h"
 #include "support/run_medllm.h"
+#include "support/text_files.h"
 #include "support/thread_group.h"
 
 namespace {
@@ -46,26 +47,6 @@ fs::path scratch(const std::string& name) {
     fs::remove_all(p);
     fs::create_directories(p);
     return p;
-}
-
-std::vector<std::string> lines_of(const fs::path& path) {
-    std::ifstream in(path);
-    std::vector<std::string> lines;
-    for (std::string line; std::getline(in, line);)
-        if (!line.empty()) lines.push_back(line);
-    return lines;
-}
-
-// index -> the record's line.
-std::map<int64_t, std::string> by_index(const fs::path& path) {
-    std::map<int64_t, std::string> out;
-    for (const auto& line : lines_of(path)) out[json::parse(line).at("index").get<int64_t>()] = line;
-    return out;
-}
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 class GenerateShard : public ::testing::Test {
@@ -124,7 +105,7 @@ fs::path* GenerateShard::model_   = nullptr;
 fs::path* GenerateShard::prompts_ = nullptr;
 
 void expect_same_records(const fs::path& dir) {
-    const auto one = by_index(dir / "one.jsonl"), two = by_index(dir / "two.jsonl");
+    const auto one = records_by_index(dir / "one.jsonl"), two = records_by_index(dir / "two.jsonl");
     ASSERT_EQ(one.size(), 8u);
     EXPECT_EQ(two, one);
     // Rank 0 folded the shards in index order and removed them; the run identity is the same.
@@ -152,7 +133,7 @@ TEST_F(GenerateShard, TwoProcessesWriteTheRecordsOfOneSampled) {
     expect_same_records(dir);
     // The sampled records are not all alike (the comparison would pass vacuously with a constant model).
     std::set<std::string> texts;
-    for (const auto& [i, line] : by_index(dir / "one.jsonl")) {
+    for (const auto& [i, line] : records_by_index(dir / "one.jsonl")) {
         const json record = json::parse(line);
         for (const auto& c : record["completions"]) texts.insert(c["text"].get<std::string>());
     }
@@ -260,7 +241,7 @@ TEST_F(GenerateShard, LibraryRanksCountTheWholeRunAndSeeTheirShare) {
         EXPECT_EQ(results[r].completions.size(), share.size() * 2) << r;
     }
     // The cut records stay first (rank 0 appended the folded shards after them); as a set, the full run.
-    EXPECT_EQ(by_index(dir / "two.jsonl"), by_index(dir / "one.jsonl"));
+    EXPECT_EQ(records_by_index(dir / "two.jsonl"), records_by_index(dir / "one.jsonl"));
     const auto two = lines_of(dir / "two.jsonl");
     ASSERT_EQ(two.size(), 8u);
     EXPECT_EQ(std::vector<std::string>(two.begin(), two.begin() + 3),

@@ -51,6 +51,26 @@ Launch local_launch(int64_t rank, int64_t world, int port, double timeout_s = 20
     return train::resolve_launch(f, env_of({}));
 }
 
+// One Gloo group of two ranks in this process, each joined on its own thread (each waits for the other at the
+// rendezvous); a rank that could not join is null, with its error in `errors`.
+std::vector<std::shared_ptr<Distributed>> two_gloo_ranks(std::vector<std::string>& errors) {
+    const int port = free_port();
+    std::vector<std::shared_ptr<Distributed>> group(2);
+    errors.assign(2, port > 0 ? "" : "no free port");
+    if (port == 0) return group;
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r)
+        threads.emplace_back([&, r] {
+            try {
+                group[r] = Distributed::create(local_launch(r, 2, port), "cpu");
+            } catch (const std::exception& e) {
+                errors[r] = e.what();
+            }
+        });
+    for (auto& t : threads) t.join();
+    return group;
+}
+
 std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
     std::vector<nlohmann::json> out;
     std::ifstream in(p);
@@ -152,22 +172,8 @@ TEST(DistributedLaunch, TorchrunSlurmAndFlags) {
 // ---------------------------------------------------------------- collectives (two ranks, one process)
 
 TEST(DistributedGroup, AllReduceBroadcastGatherOverTwoGlooRanks) {
-    const int port = free_port();
-    ASSERT_GT(port, 0);
-    std::vector<std::shared_ptr<Distributed>> group(2);
-    std::vector<std::string> errors(2);
-    {
-        std::vector<std::thread> threads;
-        for (int r = 0; r < 2; ++r)
-            threads.emplace_back([&, r] {
-                try {
-                    group[r] = Distributed::create(local_launch(r, 2, port), "cpu");
-                } catch (const std::exception& e) {
-                    errors[r] = e.what();
-                }
-            });
-        for (auto& t : threads) t.join();
-    }
+    std::vector<std::string> errors;
+    const auto group = two_gloo_ranks(errors);
     ASSERT_TRUE(group[0] && group[1]) << errors[0] << " | " << errors[1];
     EXPECT_EQ(group[0]->backend(), "gloo");
 
@@ -636,22 +642,8 @@ TEST_F(DistributedEval, AKilledRankIsNamedAndOneProcessFinishesFromTheShards) {
 // again in a second step (the per-step state is reset). A bucket never reduced, a gradient sent before its last
 // accumulation or unscaled would leave another value.
 TEST(DistributedGroup, GradientSyncOverlapSumsExactlyWhatTheRanksAccumulated) {
-    const int port = free_port();
-    ASSERT_GT(port, 0);
-    std::vector<std::shared_ptr<Distributed>> group(2);
-    std::vector<std::string> errors(2);
-    {
-        std::vector<std::thread> threads;
-        for (int r = 0; r < 2; ++r)
-            threads.emplace_back([&, r] {
-                try {
-                    group[r] = Distributed::create(local_launch(r, 2, port), "cpu");
-                } catch (const std::exception& e) {
-                    errors[r] = e.what();
-                }
-            });
-        for (auto& t : threads) t.join();
-    }
+    std::vector<std::string> errors;
+    const auto group = two_gloo_ranks(errors);
     ASSERT_TRUE(group[0] && group[1]) << errors[0] << " | " << errors[1];
 
     struct Rank {

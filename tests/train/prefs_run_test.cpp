@@ -20,6 +20,7 @@
 #include "medllm/generate/load.h"
 #include "medllm/train/prefs.h"
 #include "support/run_medllm.h"
+#include "support/text_files.h"
 
 namespace {
 
@@ -29,21 +30,6 @@ using namespace medllm::train;
 using nlohmann::json;
 
 const fs::path kQuestions = fs::path(MEDLLM_FIXTURES_DIR) / "train" / "prefs_questions.jsonl";
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-std::vector<std::string> lines_of(const fs::path& p) {
-    std::vector<std::string> out;
-    std::ifstream in(p);
-    for (std::string line; std::getline(in, line);)
-        if (!line.empty()) out.push_back(line);
-    return out;
-}
 
 class PrefsRun : public ::testing::Test {
 protected:

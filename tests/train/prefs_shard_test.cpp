@@ -22,6 +22,7 @@
 #include "medllm/core/shards.h"
 #include "support/processes.h"
 #include "support/run_medllm.h"
+#include "support/text_files.h"
 
 namespace {
 
@@ -44,25 +45,6 @@ fs::path scratch(const std::string& name) {
     fs::remove_all(p);
     fs::create_directories(p);
     return p;
-}
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-std::vector<std::string> lines_of(const fs::path& path) {
-    std::ifstream in(path);
-    std::vector<std::string> lines;
-    for (std::string line; std::getline(in, line);)
-        if (!line.empty()) lines.push_back(line);
-    return lines;
-}
-
-std::map<int64_t, std::string> by_index(const fs::path& path) {
-    std::map<int64_t, std::string> out;
-    for (const auto& line : lines_of(path)) out[json::parse(line).at("index").get<int64_t>()] = line;
-    return out;
 }
 
 // summary.json without what differs between any two runs: timings and the output paths.
@@ -136,7 +118,7 @@ protected:
         return two;
     }
     static void expect_same_as_one(const fs::path& dir) {
-        const auto one = by_index(*one_ / "samples.jsonl"), got = by_index(dir / "samples.jsonl");
+        const auto one = records_by_index(*one_ / "samples.jsonl"), got = records_by_index(dir / "samples.jsonl");
         ASSERT_EQ(one.size(), 8u);
         EXPECT_EQ(got, one);
         EXPECT_TRUE(medllm::find_shards(dir / "samples.jsonl").empty());
