@@ -38,8 +38,11 @@ void add_pipeline_command(CLI::App& app) {
                 "continues an interrupted one. The report is <run_dir>/report/report.{md,json,html}.\n"
                 "Several GPUs on one node: --nproc N runs each cpt / rpo / eval / build-prefs stage as N ranks "
                 "(torchrun's variables and a free port set by the pipeline; rank 0's stdout in stdout.txt, the "
-                "others' in stdout.rank<R>.txt): the same results as one process, in about 1/N of the time. Launch "
-                "the pipeline itself once, not under torchrun or srun.");
+                "others' in stdout.rank<R>.txt). The eval and build-prefs stages write what one process writes, in "
+                "about 1/N of the time; cpt and rpo are data-parallel with per-rank batch sizes (N ranks train on N x "
+                "the rows per step: divide grad_accum by N to keep the one-process batch). An unfinished cpt or rpo "
+                "stage resumes only with the --nproc it started with (keep it, or rerun the stage from scratch with "
+                "--from STAGE). Launch the pipeline itself once, not under torchrun or srun.");
     cmd->callback([opts] {
         if (opts->config.path.empty() && opts->config.overrides.empty())
             throw UsageError("pipeline: --config pipeline.yaml is required");
