@@ -81,6 +81,21 @@ TEST(EvalIgakuqaCli, MissingModelDirectoryIsAUsageError) {
     EXPECT_EQ(std::count(run.output.begin(), run.output.end(), '\n'), 1) << run.output;
 }
 
+// Scoring saved predictions is one process's work: under torchrun (or --world-size) it says so before writing.
+TEST(EvalIgakuqaCli, PredictionsUnderSeveralProcessesAreRefused) {
+    const fs::path out = fs::path(testing::TempDir()) / "igakuqa_cli_ranked";
+    fs::remove_all(out);
+    for (const std::string launch : {std::string("WORLD_SIZE=2 RANK=1 "), std::string("")}) {
+        const CliRun run = run_shell(launch + MEDLLM_BINARY + " eval igakuqa --data-dir " + kData + " --predictions " +
+                                     kData + "/baseline_results --output " + out.string() +
+                                     (launch.empty() ? " --world-size 2 --rank 1" : "") + " 2>&1 </dev/null");
+        EXPECT_EQ(run.exit_code, 2) << run.output;
+        EXPECT_NE(run.output.find("--predictions scores saved predictions in one process"), std::string::npos)
+            << run.output;
+        EXPECT_FALSE(fs::exists(out / "report.json"));
+    }
+}
+
 TEST(EvalIgakuqaCli, BadArgumentsExitTwo) {
     const std::string base =
         "eval igakuqa --data-dir " + kData + " --output " + (fs::path(testing::TempDir()) / "igakuqa_cli_bad").string();
