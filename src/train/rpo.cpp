@@ -167,15 +167,7 @@ void add_rpo_fields(ConfigSchema<RpoConfig>& s) {
             "a NaN/Inf loss skips the update (false = stop, keeping the last good checkpoint)");
     s.field("training.merge", &C::merge,
             "at the end, merge the adapter into the (merged CPT) base as a bf16 HF checkpoint in <output>/merged");
-    s.field("training.overlap_allreduce", &C::overlap_allreduce,
-            "data parallelism: start each gradient bucket's all-reduce while the last micro-batch's backward still "
-            "runs (DDP's overlap); the same sums either way. auto = false: for 72B LoRA gradients the all-reduce is "
-            "< 0.05% of a step over NVLink and < 2% over 25 Gb/s Ethernet, the buckets then stay allocated through "
-            "the last backward, and on the CPU it measured no faster (README)")
-        .one_of({"auto", "true", "false"});
-    s.field("training.allreduce_bucket_mb", &C::allreduce_bucket_mb,
-            "data parallelism: MB per gradient all-reduce bucket (the adapter gradients, flattened)")
-        .range(1e-6, 1e6);
+    add_allreduce_fields(s);
     s.strict_sections({"data", "eval_guard", "model", "lora", "loss", "reference", "optim", "schedule", "training"});
 }
 
