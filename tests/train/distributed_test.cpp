@@ -28,6 +28,7 @@
 #include "medllm/train/checkpoint.h"
 #include "medllm/train/distributed.h"
 #include "support/processes.h"
+#include "support/run_medllm.h"
 #include "train_test_util.h"
 
 using namespace medllm;
@@ -787,4 +788,41 @@ TEST_F(DistributedCpt, OverlappedGradientAllReduceGivesTheSameAdapterBits) {
             }
         EXPECT_EQ(steps, 2) << recipe;
     }
+}
+
+// scripts/slurm/cpt.sbatch as Slurm would run it, with stand-ins for srun (two tasks with SLURM_PROCID / SLURM_LOCALID)
+// and scontrol on PATH: COMMAND="eval igakuqa" shards the questions over the two tasks and writes what one process
+// writes.
+TEST_F(DistributedEval, SbatchScriptLaunchesTheShardedEvaluation) {
+    Proc one = Proc::start(args(dir / "one", {"--batch-size", "4"}), kOneThread, dir / "one.log");
+    ASSERT_TRUE(one.wait(120));
+    ASSERT_EQ(one.exit_code, 0) << one.output();
+
+    const fs::path bin = dir / "fake-slurm";
+    fs::create_directories(bin);
+    std::ofstream(bin / "scontrol") << "#!/bin/sh\necho localhost\n";
+    std::ofstream(bin / "srun") << "#!/bin/sh\n"
+                                   "while [ \"${1#--}\" != \"$1\" ]; do shift; done  # srun's own options\n"
+                                   "SLURM_PROCID=0 SLURM_LOCALID=0 \"$@\" >\"$TASK_LOGS\"/task0.log 2>&1 & a=$!\n"
+                                   "SLURM_PROCID=1 SLURM_LOCALID=1 \"$@\" >\"$TASK_LOGS\"/task1.log 2>&1 & b=$!\n"
+                                   "rc=0; wait $a || rc=1; wait $b || rc=1; exit $rc\n";
+    fs::permissions(bin / "scontrol", fs::perms::owner_all);
+    fs::permissions(bin / "srun", fs::perms::owner_all);
+    std::ofstream(dir / "eval.yaml")
+        << "data_dir: " << data.string() << "\nmodel: " << model.string()
+        << "\nyears: '2018'\nprompt_format: base\nprompt_file: " << fewshot.string()
+        << "\nmax_new_tokens: 4\nmax_new_tokens_explanation: 8\nmode: both\nbatch_size: 3\n"
+        << "output: " << (dir / "slurm").string() << "\n";
+    const std::string env = "PATH=" + bin.string() + ":$PATH TASK_LOGS=" + dir.string() +
+                            " SLURM_JOB_NODELIST=localhost SLURM_JOB_ID=77 SLURM_NTASKS=2 SLURM_TASKS_PER_NODE=2 "
+                            "SLURM_CPUS_PER_TASK=1 MASTER_PORT=" +
+                            std::to_string(free_port()) + " MEDLLM=" + MEDLLM_BINARY + " COMMAND='eval igakuqa' ";
+    const auto run = run_shell("cd " + std::string(MEDLLM_SOURCE_DIR) + " && " + env +
+                               "bash scripts/slurm/cpt.sbatch " + (dir / "eval.yaml").string() + " 2>&1 </dev/null");
+    ASSERT_EQ(run.exit_code, 0) << run.output << read_bytes(dir / "task0.log") << read_bytes(dir / "task1.log");
+    const std::string rank0 = read_bytes(dir / "task0.log");
+    EXPECT_NE(rank0.find("IgakuQA model standard"), std::string::npos) << rank0;
+    EXPECT_NE(rank0.find("on rank 0 of 2"), std::string::npos) << rank0;  // one group, not two lone processes
+    EXPECT_EQ(read_bytes(dir / "slurm" / "predictions.jsonl"), read_bytes(dir / "one" / "predictions.jsonl"));
+    EXPECT_EQ(report(dir / "slurm"), report(dir / "one"));
 }
