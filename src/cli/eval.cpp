@@ -159,7 +159,7 @@ void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEn
                               [&] { eval_model(cfg, resolved, overwrite, parallel, years, modes, prompt_file); });
         return;
     }
-    if (dist.world_size > 1 || train::resolve_launch({}).world_size > 1)
+    if (launch_world_size(dist) > 1)
         throw UsageError(
             "eval igakuqa: --predictions scores saved predictions in one process; run it without torchrun / srun");
     start_run(cfg.output, resolved);
