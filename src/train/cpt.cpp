@@ -481,14 +481,9 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
     int64_t log_tokens = 0, steps_this_run = 0, log_window_steps = 0;
     double comm_seconds = 0;
     bool interrupted    = false;
-    std::unique_ptr<Distributed::GradientSync> sync;  // data parallelism: the gradient sum of each step
-    if (dist.backend() != "none") {  // a group (one process with an explicit --backend checks the path)
-        std::vector<at::Tensor> tensors;
-        for (const auto& p : params) tensors.push_back(p.second);
-        sync = std::make_unique<Distributed::GradientSync>(dist, std::move(tensors),
-                                                           resolve_overlap_allreduce(cfg.overlap_allreduce, dist),
-                                                           allreduce_bucket_bytes(cfg.allreduce_bucket_mb));
-    }
+    // Data parallelism: the gradient sum of each step (null for one process; one with an explicit --backend checks the
+    // path).
+    const auto sync = make_gradient_sync(dist, params, cfg.overlap_allreduce, cfg.allreduce_bucket_mb);
     while (r.step < r.total_steps) {
         // ======================== OPTIMIZER STEP BEGIN ========================
         const std::vector<MicroBatch> batches = step_batches(r, r.step);

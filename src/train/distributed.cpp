@@ -788,15 +788,16 @@ std::vector<double> Distributed::GradientSync::finish(const std::vector<double>&
     return out;
 }
 
-bool resolve_overlap_allreduce(const std::string& setting, const Distributed& dist) {
-    if (dist.backend() == "none") return false;  // one process without a group (a named --backend has one)
-    if (setting == "true") return true;
-    if (setting == "false" || setting == "auto") return false;
-    throw UsageError("training.overlap_allreduce: expected auto, true or false, got '" + setting + "'");
-}
-
-int64_t allreduce_bucket_bytes(double mb) {
-    return std::max<int64_t>(1, static_cast<int64_t>(mb * 1024.0 * 1024.0));
+std::unique_ptr<Distributed::GradientSync> make_gradient_sync(
+    Distributed& dist, const std::vector<std::pair<std::string, at::Tensor>>& params, const std::string& overlap,
+    double bucket_mb) {
+    if (dist.backend() == "none") return nullptr;  // one process without a group (a named --backend has one)
+    if (overlap != "true" && overlap != "false" && overlap != "auto")
+        throw UsageError("training.overlap_allreduce: expected auto, true or false, got '" + overlap + "'");
+    std::vector<at::Tensor> tensors;
+    for (const auto& p : params) tensors.push_back(p.second);
+    const int64_t bucket_bytes = std::max<int64_t>(1, static_cast<int64_t>(bucket_mb * 1024.0 * 1024.0));
+    return std::make_unique<Distributed::GradientSync>(dist, std::move(tensors), overlap == "true", bucket_bytes);
 }
 
 double Distributed::take_comm_seconds() {

@@ -653,14 +653,9 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
     const bool with_nll = r.spec.needs_nll();
     std::vector<int64_t> order;
     int64_t order_epoch = -1;
-    std::unique_ptr<Distributed::GradientSync> sync;  // data parallelism: the gradient mean of each step
-    if (dist.backend() != "none") {  // a group (one process with an explicit --backend checks the path)
-        std::vector<at::Tensor> tensors;
-        for (const auto& p : params) tensors.push_back(p.second);
-        sync = std::make_unique<Distributed::GradientSync>(dist, std::move(tensors),
-                                                           resolve_overlap_allreduce(cfg.overlap_allreduce, dist),
-                                                           allreduce_bucket_bytes(cfg.allreduce_bucket_mb));
-    }
+    // Data parallelism: the gradient mean of each step (null for one process; one with an explicit --backend checks the
+    // path).
+    const auto sync = make_gradient_sync(dist, params, cfg.overlap_allreduce, cfg.allreduce_bucket_mb);
     while (r.step < r.total_steps) {
         // ======================== OPTIMIZER STEP BEGIN ========================
         const int64_t epoch = r.step / r.steps_per_epoch, local = r.step % r.steps_per_epoch;

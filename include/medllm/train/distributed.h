@@ -156,12 +156,13 @@ void add_allreduce_fields(ConfigSchema<C>& s) {
         .range(1e-6, 1e6);
 }
 
-// training.overlap_allreduce (auto | true | false) for this group: auto is off for every backend (README: what
-// overlap can hide of a LoRA step is < 0.05% over NVLink, < 2% over 25 Gb/s Ethernet for 72B, and nothing measured
-// on the CPU); always off without a group.
-bool resolve_overlap_allreduce(const std::string& setting, const Distributed& dist);
-// training.allreduce_bucket_mb in bytes (at least 1).
-int64_t allreduce_bucket_bytes(double mb);
+// The gradient sync of a recipe's trainable (name, tensor) parameters for each optimizer step; null without a group
+// (one process with no --backend). `overlap` is training.overlap_allreduce (auto | true | false; auto is off for
+// every backend — README: what overlap can hide of a LoRA step is < 0.05% over NVLink, < 2% over 25 Gb/s Ethernet
+// for 72B, and nothing measured on the CPU), `bucket_mb` training.allreduce_bucket_mb.
+std::unique_ptr<Distributed::GradientSync> make_gradient_sync(
+    Distributed& dist, const std::vector<std::pair<std::string, at::Tensor>>& params, const std::string& overlap,
+    double bucket_mb);
 
 // The device a training.device setting names for this process (auto: cuda:LOCAL_RANK when CUDA is there).
 at::Device resolve_device(const std::string& setting, int64_t local_rank);
