@@ -130,4 +130,23 @@ void apply_retention(const fs::path& output, int64_t keep_last) {
     }
 }
 
+void check_world_size_change(const fs::path& checkpoint, const WorldSizeChange& c, bool allowed) {
+    if (c.saved_world == c.world) return;
+    const std::string what = "checkpoint " + checkpoint.string() + " was written by " + std::to_string(c.saved_world) +
+                             " process(es), this run has " + std::to_string(c.world);
+    if (!allowed)
+        throw UsageError("cannot resume: " + what + " (an optimizer step would cover a different number of " + c.unit +
+                         "); use the same world size, or --resume-world-size-change to continue anyway");
+    // The data position is a function of the step (epoch = step / steps_per_epoch, the epoch's shuffle, the
+    // micro-batch within it), so it is recomputed with the new steps per epoch.
+    spdlog::warn(
+        "{} (--resume-world-size-change): each optimizer step now covers {} {} instead of {}; {} steps per epoch "
+        "instead of {}, {} steps in all; the run continues at step {} with its learning-rate schedule, AdamW moments "
+        "and RNG state, and its data position is recomputed from the step (epoch {}, step {} of it), so {} near the "
+        "switch may be seen twice or skipped; the result differs from a run that kept {} processes",
+        what, c.world * c.per_rank_step, c.unit, c.saved_world * c.per_rank_step, c.steps_per_epoch,
+        c.saved_steps_per_epoch, c.total_steps, c.step, c.step / c.steps_per_epoch, c.step % c.steps_per_epoch, c.unit,
+        c.saved_world);
+}
+
 }  // namespace medllm::train

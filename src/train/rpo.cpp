@@ -575,27 +575,14 @@ void load_checkpoint(Run& r) {
     const int64_t saved_world = state["identity"].value("world_size", int64_t{1});
     const int64_t world       = r.opts.parallel.world_size;
     if (saved_world != world) {
-        const std::string what = "checkpoint " + dir->string() + " was written by " + std::to_string(saved_world) +
-                                 " process(es), this run has " + std::to_string(world);
-        if (!r.opts.parallel.allow_world_size_change)
-            throw UsageError("cannot resume: " + what +
-                             " (an optimizer step would cover a different number of pairs); use the same world "
-                             "size, or --resume-world-size-change to continue anyway");
-        // The data position is a function of the step (epoch = step / steps_per_epoch, the epoch's shuffle, the
-        // micro-batch within it), so it is recomputed with the new steps per epoch.
         const int64_t n = static_cast<int64_t>(r.data.examples.size());
         const int64_t B = r.cfg.batch_size, A = r.cfg.grad_accum;
-        const int64_t saved_micro           = (n + B * saved_world - 1) / (B * saved_world);
-        const int64_t saved_steps_per_epoch = std::max<int64_t>(1, (saved_micro + A - 1) / A);
-        const int64_t step                  = state.at("step").get<int64_t>();
-        spdlog::warn(
-            "{} (--resume-world-size-change): each optimizer step now covers {} pairs instead of {}; {} steps per "
-            "epoch instead of {}, {} steps in all; the run continues at step {} with its learning-rate schedule, "
-            "AdamW moments and RNG state, and its data position is recomputed from the step (epoch {}, step {} of "
-            "it), so pairs near the switch may be seen twice or skipped; the result differs from a run that kept {} "
-            "processes",
-            what, world * A * B, saved_world * A * B, r.steps_per_epoch, saved_steps_per_epoch, r.total_steps, step,
-            step / r.steps_per_epoch, step % r.steps_per_epoch, saved_world);
+        const int64_t saved_micro = (n + B * saved_world - 1) / (B * saved_world);
+        check_world_size_change(
+            *dir,
+            {saved_world, world, "pairs", A * B, r.steps_per_epoch, std::max<int64_t>(1, (saved_micro + A - 1) / A),
+             r.total_steps, state.at("step").get<int64_t>()},
+            r.opts.parallel.allow_world_size_change);
         state["identity"]["world_size"] = world;
     }
     const std::string diff = describe_json_difference(state.at("identity"), r.identity);

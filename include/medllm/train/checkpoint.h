@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace medllm::train {
@@ -37,5 +38,19 @@ void apply_retention(const std::filesystem::path& output, int64_t keep_last);
 
 // fsync of a folder (so a rename inside it is durable); Error naming it on failure.
 void fsync_directory(const std::filesystem::path& dir);
+
+// A resume of a checkpoint written by `saved_world` processes with `world` of them (cpt, rpo).
+struct WorldSizeChange {
+    int64_t saved_world = 1, world = 1;
+    std::string unit;                   // what a step covers: "rows" | "pairs"
+    int64_t per_rank_step         = 0;  // units of one rank's optimizer step (batch_size x grad_accum)
+    int64_t steps_per_epoch       = 0;  // with `world`
+    int64_t saved_steps_per_epoch = 0;  // with `saved_world`
+    int64_t total_steps = 0, step = 0;  // the run's, and the checkpoint's step
+};
+// Nothing when the world sizes agree; otherwise UsageError naming `checkpoint` unless `allowed`
+// (--resume-world-size-change), and then a warning of what changes (units per step, steps per epoch, where the data
+// position comes from).
+void check_world_size_change(const std::filesystem::path& checkpoint, const WorldSizeChange& c, bool allowed);
 
 }  // namespace medllm::train
