@@ -140,6 +140,23 @@ TEST(ShardedRecords, AShardOfAnotherRunIsRefusedUnlessOverwrite) {
     EXPECT_TRUE(find_shards(dir / "out.jsonl").empty());
 }
 
+TEST(ShardedRecords, ADamagedShardLineIsNamedByFileAndLine) {
+    const fs::path dir = fresh_dir("damaged");
+    {
+        JsonlRecordFile r1(shard_path(dir / "out.jsonl", 1, 2), kIdentity);
+        r1.append({{"i", 1}});
+    }
+    std::ofstream(shard_path(dir / "out.jsonl", 1, 2), std::ios::app) << "not json\n{\"i\": 3}\n";
+    try {
+        ShardedRecords s(dir / "out.jsonl", kIdentity, false, "hint", ShardPlace{}, key_of, order_of);
+        FAIL() << "a damaged shard was folded in";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("out.rank1-of2.jsonl:2: not a JSON record"), std::string::npos)
+            << e.what();
+    }
+    EXPECT_TRUE(fs::exists(shard_path(dir / "out.jsonl", 1, 2)));  // kept for the user to look at
+}
+
 TEST(ShardedRecords, ARankThatDoesNotSeeTheFolderIsTold) {
     const fs::path a = fresh_dir("node_a"), b = fresh_dir("node_b");
     ThreadGroup group(2);

@@ -90,6 +90,15 @@ TEST(PipelineConfig, BadKeysNameTheKey) {
         EXPECT_NE(std::string(e.what()).find("eval.model"), std::string::npos) << e.what();
     }
     EXPECT_THROW(pipeline::load_pipeline_config({path.string(), {"rows.cpt_rpo=maybe"}}), UsageError);
+    for (const char* nproc : {"launch.nproc=0", "launch.nproc=2000", "launch.nproc=two"}) {
+        try {
+            pipeline::load_pipeline_config({path.string(), {nproc}});
+            FAIL() << nproc << " accepted";
+        } catch (const UsageError& e) {
+            EXPECT_NE(std::string(e.what()).find("launch.nproc"), std::string::npos) << e.what();
+        }
+    }
+    EXPECT_EQ(pipeline::load_pipeline_config({path.string(), {"launch.nproc=4"}}).nproc, 4);
     fs::remove(path);
 }
 
