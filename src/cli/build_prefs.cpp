@@ -4,7 +4,7 @@
 //   medllm build-prefs --questions pre2018/ --model M --output runs/prefs --igakuqa-dir ../shared/igakuqa_data
 //   torchrun --nproc-per-node 4 --no-python medllm build-prefs --config ...   the questions shared by 4 GPUs
 //
-// The run is the library's train::build_prefs (include/medllm/train/prefs.h); this file maps config keys and
+// The run is the library's prefs::build_prefs (include/medllm/prefs/build_prefs.h); this file maps config keys and
 // flags onto it. Flags given on the command line win over --config / --set.
 #include <spdlog/spdlog.h>
 
@@ -15,7 +15,7 @@
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/generate/load.h"
-#include "medllm/train/prefs.h"
+#include "medllm/prefs/build_prefs.h"
 
 namespace medllm::cli {
 namespace {
@@ -97,8 +97,8 @@ std::string yaml_quote(const std::string& text) {
     return out + "'";
 }
 
-train::BuildPrefsOptions to_options(const BuildPrefsConfig& c, bool overwrite) {
-    train::BuildPrefsOptions o;
+prefs::BuildPrefsOptions to_options(const BuildPrefsConfig& c, bool overwrite) {
+    prefs::BuildPrefsOptions o;
     if (c.questions.empty()) throw UsageError("build-prefs: questions (--questions PATH) is required");
     if (c.model.empty()) throw UsageError("build-prefs: model (--model DIR) is required");
     if (!std::filesystem::is_directory(c.model))
@@ -112,7 +112,7 @@ train::BuildPrefsOptions to_options(const BuildPrefsConfig& c, bool overwrite) {
     o.dtype                   = c.dtype;
     o.device                  = c.device;
     o.prompt_format           = c.prompt_format;
-    o.prompt_template         = train::template_preset(c.preset);
+    o.prompt_template         = prefs::template_preset(c.preset);
     auto& t                   = o.prompt_template;
     if (!c.block.empty()) t.block = c.block;
     if (!c.option.empty()) t.option = c.option;
@@ -234,7 +234,7 @@ void add_build_prefs_command(CLI::App& app) {
         if (parallel.world_size > 1) options.device = parallel.group->device().str();  // cuda:LOCAL_RANK
         options.place = shard_place(parallel);
         if (parallel.group->is_main()) start_run(cfg.output, resolved);
-        const auto result = run_reporting_failure(parallel, [&] { return train::build_prefs(options); });
+        const auto result = run_reporting_failure(parallel, [&] { return prefs::build_prefs(options); });
         if (parallel.group->is_main()) write_stdout(result.table);
     });
 }

@@ -71,21 +71,10 @@ std::string distributed_generation_help(const std::string& command, const std::s
            "leaves its shards, and the next run (any number of processes) folds them in before it continues.";
 }
 
-ShardPlace shard_place(const train::Parallel& parallel) {
-    ShardPlace place;
-    place.rank       = parallel.rank;
-    place.world_size = parallel.world_size;
-    if (parallel.world_size > 1) {
-        auto group         = parallel.group;
-        place.wait_for_all = [group](const std::string& what) { group->wait_for_all(what); };
-    }
-    return place;
-}
-
 namespace {
 
-train::Launch resolve_flags(const DistributedFlags& f) {
-    train::LaunchFlags lf;
+dist::LaunchFlags to_launch_flags(const DistributedFlags& f) {
+    dist::LaunchFlags lf;
     if (f.world_size > 0) lf.world_size = f.world_size;
     if (f.rank >= 0) lf.rank = f.rank;
     if (f.local_rank >= 0) lf.local_rank = f.local_rank;
@@ -93,24 +82,17 @@ train::Launch resolve_flags(const DistributedFlags& f) {
     lf.master_port = f.master_port;
     lf.backend     = f.backend;
     lf.timeout_s   = f.timeout_s;
-    return train::resolve_launch(lf);
+    return lf;
 }
 
 }  // namespace
 
 int64_t launch_world_size(const DistributedFlags& flags) {
-    return resolve_flags(flags).world_size;
+    return dist::resolve_launch(to_launch_flags(flags)).world_size;
 }
 
-train::Parallel join_process_group(const DistributedFlags& f, const std::string& device_setting) {
-    const auto launch = resolve_flags(f);
-    train::Parallel p;
-    p.group                   = train::Distributed::create(launch, device_setting);
-    p.rank                    = p.group->rank();
-    p.world_size              = p.group->world_size();
-    p.allow_world_size_change = f.resume_world_size_change;
-    if (!p.group->is_main() && spdlog::get_level() < spdlog::level::warn) spdlog::set_level(spdlog::level::warn);
-    return p;
+dist::Parallel join_process_group(const DistributedFlags& f, const std::string& device_setting) {
+    return dist::join_process_group(to_launch_flags(f), device_setting, f.resume_world_size_change);
 }
 
 }  // namespace medllm::cli

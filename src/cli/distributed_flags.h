@@ -8,8 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include "medllm/core/shards.h"
-#include "medllm/train/cpt.h"
-#include "medllm/train/distributed.h"
+#include "medllm/dist/parallel.h"
 
 namespace medllm::cli {
 
@@ -32,25 +31,11 @@ std::string distributed_help(const std::string& command);
 // is sharded across ranks and what each rank writes.
 std::string distributed_generation_help(const std::string& command, const std::string& output);
 
-// Where this process stands for core's sharded records: rank, world size and the group's wait_for_all.
-ShardPlace shard_place(const train::Parallel& parallel);
-
 // The world size flags + environment give, without joining (a command refuses a mode it cannot share first).
 int64_t launch_world_size(const DistributedFlags& flags);
 
 // Resolves flags + environment and joins the process group (world size 1: none). On ranks other than 0 the
 // console log is lowered to warnings. `device_setting` is training.device.
-train::Parallel join_process_group(const DistributedFlags& flags, const std::string& device_setting);
-
-// Runs `body`; an exception is first reported to the other ranks (their "lost rank" error then says why).
-template <class F>
-auto run_reporting_failure(const train::Parallel& parallel, F&& body) -> decltype(body()) {
-    try {
-        return body();
-    } catch (const std::exception& e) {
-        if (parallel.group) parallel.group->report_failure(e.what());
-        throw;
-    }
-}
+dist::Parallel join_process_group(const DistributedFlags& flags, const std::string& device_setting);
 
 }  // namespace medllm::cli

@@ -17,8 +17,8 @@
 #include "medllm/core/config.h"
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
-#include "medllm/eval/evaluator.h"
-#include "medllm/eval/report.h"
+#include "medllm/eval/igakuqa_evaluator.h"
+#include "medllm/eval/igakuqa_report.h"
 #include "medllm/generate/eval_backend.h"
 
 namespace medllm::cli {
@@ -100,7 +100,7 @@ void print_summary(const eval::EvalResult& result, const std::filesystem::path& 
 // `--model`: the generation engine as the evaluator's CompletionBackend (src/generate/eval_backend.cpp). Under
 // torchrun / srun every rank holds a model and takes its share of the questions; rank 0 scores and reports.
 void eval_model(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEntry>& resolved, bool overwrite,
-                const train::Parallel& parallel, const std::vector<int>& years,
+                const dist::Parallel& parallel, const std::vector<int>& years,
                 const std::vector<eval::PromptMode>& modes, const std::filesystem::path& prompt_file) {
     const bool main = parallel.group->is_main();
     if (main) start_run(cfg.output, resolved);
@@ -154,7 +154,7 @@ void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEn
     // The output folder receives reports, predictions and the log: it must not be one of the inputs.
     check_output_not_input(cfg.output, {cfg.data_dir, cfg.predictions, cfg.model, cfg.adapter, prompt_file});
     if (!cfg.model.empty()) {
-        const train::Parallel parallel = join_process_group(dist, "auto");
+        const dist::Parallel parallel = join_process_group(dist, "auto");
         run_reporting_failure(parallel,
                               [&] { eval_model(cfg, resolved, overwrite, parallel, years, modes, prompt_file); });
         return;

@@ -13,7 +13,7 @@
 #include "cli/distributed_flags.h"
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
-#include "medllm/eval/mcqa.h"
+#include "medllm/eval/mcqa_evaluator.h"
 #include "medllm/generate/load.h"
 #include "medllm/generate/loglik.h"
 
@@ -40,7 +40,7 @@ struct EvalMcqaFlags {
 
 // The model side, on every rank: load, score this rank's share; rank 0 then writes the reports and the summary.
 void eval_with_model(const EvalMcqaFlags& f, eval::McqaScoring scoring, const std::vector<eval::McqaTaskEntry>& entries,
-                     const std::vector<eval::McqaDataset>& datasets, const train::Parallel& parallel) {
+                     const std::vector<eval::McqaDataset>& datasets, const dist::Parallel& parallel) {
     const bool is_main = parallel.group->is_main();
     if (is_main)
         start_run(f.output, {{"tasks", std::to_string(entries.size()), "flags"},

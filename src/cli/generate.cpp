@@ -58,7 +58,7 @@ nlohmann::json run_identity(const GenerateCliOptions& opt, const generate::Loade
             {"device", c10::DeviceTypeName(weight.device().type(), /*lower_case=*/true)}};
 }
 
-void run_generate_in(const GenerateCliOptions& opt, const train::Parallel& parallel);
+void run_generate_in(const GenerateCliOptions& opt, const dist::Parallel& parallel);
 
 void run_generate(GenerateCliOptions opt) {
     if (opt.prompt.empty() == opt.input.empty())
@@ -81,7 +81,7 @@ void run_generate(GenerateCliOptions opt) {
     run_reporting_failure(parallel, [&] { run_generate_in(opt, parallel); });
 }
 
-void run_generate_in(const GenerateCliOptions& opt, const train::Parallel& parallel) {
+void run_generate_in(const GenerateCliOptions& opt, const dist::Parallel& parallel) {
     generate::LoadOptions lo;
     lo.dtype         = opt.dtype;
     lo.device        = parallel.world_size > 1 ? parallel.group->device().str() : opt.device;  // cuda:LOCAL_RANK

@@ -11,7 +11,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
-#include "medllm/eval/answer.h"
+#include "medllm/eval/igakuqa_answer.h"
 
 namespace medllm::eval {
 namespace fs = std::filesystem;

@@ -23,7 +23,7 @@
 #include "medllm/peft/adapter.h"
 #include "medllm/peft/lora.h"
 #include "medllm/train/checkpoint.h"
-#include "medllm/train/distributed.h"
+#include "medllm/dist/distributed.h"
 #include "medllm/train/metrics.h"
 #include "medllm/train/optimizer.h"
 #include "medllm/train/schedule.h"
@@ -79,7 +79,7 @@ void add_cpt_fields(ConfigSchema<CptConfig>& s) {
             "a NaN/Inf loss skips the update (false = stop, keeping the last good checkpoint)");
     s.field("training.merge", &C::merge,
             "at the end, merge the adapter into the base as a bf16 HF checkpoint in <output>/merged (medllm merge)");
-    add_allreduce_fields(s);
+    dist::add_allreduce_fields(s);
     s.strict_sections({"data", "eval_guard", "model", "lora", "optim", "schedule", "training"});
 }
 
@@ -148,7 +148,7 @@ struct Run {
     const CptOptions& opts;
     fs::path output;
     at::Device device{at::kCPU};
-    std::shared_ptr<Distributed> dist;  // world size 1: no group, collectives are the identity
+    std::shared_ptr<dist::Distributed> dist;  // world size 1: no group, collectives are the identity
     bool main = true;                   // rank 0: the only rank that writes files
 
     std::unique_ptr<data::TokenCache> cache;
@@ -322,8 +322,8 @@ void load_checkpoint(Run& r) {
         dir = find_latest_checkpoint(r.output);
         // Every rank must resume the same checkpoint (a shared output folder): compare the steps found.
         const double found = dir ? static_cast<double>(checkpoint_step(*dir).value_or(0)) : -1.0;
-        const auto lo      = r.dist->all_reduce_scalars({-found}, Reduce::max);
-        const auto hi      = r.dist->all_reduce_scalars({found}, Reduce::max);
+        const auto lo      = r.dist->all_reduce_scalars({-found}, dist::Reduce::max);
+        const auto hi      = r.dist->all_reduce_scalars({found}, dist::Reduce::max);
         if (-lo[0] != hi[0])
             throw Error("--resume auto: the ranks found different checkpoints in " + r.output.string() + " (steps " +
                         std::to_string(static_cast<int64_t>(-lo[0])) + " to " +
@@ -433,14 +433,6 @@ void request_stop() {
     g_stop.store(true);
 }
 
-std::shared_ptr<Distributed> Parallel::resolve(const std::string& device_setting) const {
-    if (group) return group;
-    if (world_size != 1 || rank != 0)
-        throw UsageError("rank " + std::to_string(rank) + " of " + std::to_string(world_size) +
-                         " needs a process group (Parallel::group)");
-    return Distributed::single(device_setting);
-}
-
 // ---------------------------------------------------------------- the recipe
 
 CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
@@ -456,7 +448,7 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
         sinks.metrics = std::make_unique<MetricsFile>(r.output / "metrics.jsonl", r.step);
         sinks.tb      = std::make_unique<TensorBoardWriter>(r.output);
     }
-    Distributed& dist = *r.dist;
+    dist::Distributed& dist = *r.dist;
     if (r.step == 0 && cfg.eval_on_start) run_eval(r, sinks);
 
     const auto params = r.optimizer->params();
@@ -472,7 +464,7 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
     bool interrupted    = false;
     // Data parallelism: the gradient sum of each step (null for one process; one with an explicit --backend checks the
     // path).
-    const auto sync = make_gradient_sync(dist, params, cfg.overlap_allreduce, cfg.allreduce_bucket_mb);
+    const auto sync = dist::make_gradient_sync(dist, params, cfg.overlap_allreduce, cfg.allreduce_bucket_mb);
     while (r.step < r.total_steps) {
         // ======================== OPTIMIZER STEP BEGIN ========================
         const std::vector<MicroBatch> batches = step_batches(r, r.step);
@@ -579,7 +571,7 @@ CptResult run_cpt(const CptConfig& cfg, const CptOptions& opts) {
                 rec["world_size"] = dist.world_size();
                 // Seconds per step spent in the gradient all-reduce (the slowest rank's, which everyone waited for).
                 rec["allreduce_seconds_per_step"] = dist.all_reduce_scalars(
-                    {comm_seconds / double(std::max<int64_t>(1, log_window_steps))}, Reduce::max)[0];
+                    {comm_seconds / double(std::max<int64_t>(1, log_window_steps))}, dist::Reduce::max)[0];
             }
             sinks.append(rec);
             sinks.add_scalar("train/loss", loss, r.step);

@@ -9,7 +9,7 @@
 #include "medllm/core/error.h"
 #include "medllm/model/qwen2.h"
 #include "medllm/peft/lora.h"
-#include "medllm/train/pref_dataset.h"
+#include "medllm/train/pair_data.h"
 
 namespace medllm::train {
 

@@ -32,7 +32,7 @@
 #include "medllm/train/checkpoint.h"
 #include "medllm/train/metrics.h"
 #include "medllm/train/optimizer.h"
-#include "medllm/train/pref_dataset.h"
+#include "medllm/train/pair_data.h"
 #include "medllm/train/preference_loss.h"
 #include "medllm/train/schedule.h"
 
@@ -167,7 +167,7 @@ void add_rpo_fields(ConfigSchema<RpoConfig>& s) {
             "a NaN/Inf loss skips the update (false = stop, keeping the last good checkpoint)");
     s.field("training.merge", &C::merge,
             "at the end, merge the adapter into the (merged CPT) base as a bf16 HF checkpoint in <output>/merged");
-    add_allreduce_fields(s);
+    dist::add_allreduce_fields(s);
     s.strict_sections({"data", "eval_guard", "model", "lora", "loss", "reference", "optim", "schedule", "training"});
 }
 
@@ -221,7 +221,7 @@ struct SignalScope {
 
 // Data parallelism: the mean over ranks of the logged preference metrics (TRL's names; a per-pair-type value is
 // the mean of the ranks that saw that type). Every rank builds the same key list from the whole dataset's types.
-void average_over_ranks(Distributed& dist, nlohmann::json& rec, const std::map<std::string, int64_t>& pair_types) {
+void average_over_ranks(dist::Distributed& dist, nlohmann::json& rec, const std::map<std::string, int64_t>& pair_types) {
     if (dist.world_size() == 1) return;
     std::vector<std::string> keys{
         "loss",         "nll_loss",       "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -249,7 +249,7 @@ struct Run {
     const RpoOptions& opts;
     fs::path output;
     at::Device device{at::kCPU};
-    std::shared_ptr<Distributed> dist;  // world size 1: no group, collectives are the identity
+    std::shared_ptr<dist::Distributed> dist;  // world size 1: no group, collectives are the identity
     bool main = true;                   // rank 0: the only rank that writes files
 
     std::unique_ptr<text::Tokenizer> tokenizer;
@@ -631,7 +631,7 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
         metrics = std::make_unique<MetricsFile>(r.output / "metrics.jsonl", r.step);
         tb      = std::make_unique<TensorBoardWriter>(r.output);
     }
-    Distributed& dist  = *r.dist;
+    dist::Distributed& dist  = *r.dist;
     const auto params  = r.optimizer->params();
     const auto start   = std::chrono::steady_clock::now();
     auto log_start     = start;
@@ -642,7 +642,7 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
     int64_t order_epoch = -1;
     // Data parallelism: the gradient mean of each step (null for one process; one with an explicit --backend checks the
     // path).
-    const auto sync = make_gradient_sync(dist, params, cfg.overlap_allreduce, cfg.allreduce_bucket_mb);
+    const auto sync = dist::make_gradient_sync(dist, params, cfg.overlap_allreduce, cfg.allreduce_bucket_mb);
     while (r.step < r.total_steps) {
         // ======================== OPTIMIZER STEP BEGIN ========================
         const int64_t epoch = r.step / r.steps_per_epoch, local = r.step % r.steps_per_epoch;
@@ -775,7 +775,7 @@ RpoResult run_rpo(const RpoConfig& cfg, const RpoOptions& opts) {
         }
         // Ranks agree on stopping: a signal may reach them at different steps.
         bool stop = g_stop.load();
-        if (dist.world_size() > 1) stop = dist.all_reduce_scalars({stop ? 1.0 : 0.0}, Reduce::max)[0] > 0;
+        if (dist.world_size() > 1) stop = dist.all_reduce_scalars({stop ? 1.0 : 0.0}, dist::Reduce::max)[0] > 0;
         if (stop) {
             interrupted = true;
             break;

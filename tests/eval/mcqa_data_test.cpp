@@ -9,7 +9,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
-#include "medllm/eval/mcqa.h"
+#include "medllm/eval/mcqa_evaluator.h"
 #include "medllm/eval/mcqa_data.h"
 
 namespace {

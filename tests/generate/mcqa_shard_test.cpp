@@ -12,7 +12,7 @@
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/core/shards.h"
-#include "medllm/eval/mcqa.h"
+#include "medllm/eval/mcqa_evaluator.h"
 #include "medllm/generate/loglik.h"
 #include "support/processes.h"
 #include "support/run_medllm.h"

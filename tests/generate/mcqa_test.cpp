@@ -10,7 +10,7 @@
 #include "mcqa_test_util.h"
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
-#include "medllm/eval/mcqa.h"
+#include "medllm/eval/mcqa_evaluator.h"
 #include "medllm/generate/loglik.h"
 #include "support/run_medllm.h"
 

@@ -9,9 +9,9 @@
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/core/shards.h"
-#include "medllm/eval/answer.h"
+#include "medllm/eval/igakuqa_answer.h"
 #include "medllm/eval/igakuqa_data.h"
-#include "medllm/pipeline/option_scores.h"
+#include "medllm/eval/igakuqa_option_scores.h"
 #include "medllm/pipeline/pipeline.h"
 #include "medllm/pipeline/report.h"
 #include "medllm/text/tokenizer.h"
@@ -103,10 +103,10 @@ TEST(PipelineConfig, BadKeysNameTheKey) {
 }
 
 TEST(PipelineReport, ExplanationIsCutBeforeTheLastAnswerMarker) {
-    EXPECT_EQ(pipeline::explanation_before_answer("解説: Aの治療にはBを用いる。\n答え:c"),
+    EXPECT_EQ(eval::explanation_before_answer("解説: Aの治療にはBを用いる。\n答え:c"),
               "解説: Aの治療にはBを用いる。\n");
-    EXPECT_EQ(pipeline::explanation_before_answer("Bを用いる。解答: b"), "Bを用いる。\n");  // 解答: is a marker too
-    EXPECT_EQ(pipeline::explanation_before_answer("no marker"), "no marker\n");
+    EXPECT_EQ(eval::explanation_before_answer("Bを用いる。解答: b"), "Bを用いる。\n");  // 解答: is a marker too
+    EXPECT_EQ(eval::explanation_before_answer("no marker"), "no marker\n");
 }
 
 TEST(AnswerText, AnOptionNamedByItsTextMapsToItsLabel) {

@@ -26,16 +26,16 @@
 #include "medllm/core/shards.h"
 #include "medllm/io/safetensors.h"
 #include "medllm/train/checkpoint.h"
-#include "medllm/train/distributed.h"
+#include "medllm/dist/distributed.h"
 #include "support/processes.h"
 #include "support/run_medllm.h"
 #include "train_test_util.h"
 
 using namespace medllm;
-using train::Distributed;
-using train::Launch;
-using train::LaunchFlags;
-using train::Reduce;
+using dist::Distributed;
+using dist::Launch;
+using dist::LaunchFlags;
+using dist::Reduce;
 namespace fs = std::filesystem;
 namespace gt = medllm::generate::testing;
 
@@ -49,7 +49,7 @@ Launch local_launch(int64_t rank, int64_t world, int port, double timeout_s = 20
     f.master_port = port;
     f.backend     = "gloo";
     f.timeout_s   = timeout_s;
-    return train::resolve_launch(f, env_of({}));
+    return dist::resolve_launch(f, env_of({}));
 }
 
 // One Gloo group of two ranks in this process, each joined on its own thread (each waits for the other at the
@@ -107,16 +107,16 @@ std::map<std::string, at::Tensor> read_adapter(const fs::path& dir) {
 // ---------------------------------------------------------------- launch environment
 
 TEST(DistributedLaunch, SlurmNodeListFirstHost) {
-    EXPECT_EQ(train::first_slurm_host("node[01-04,07],gpu5"), "node01");
-    EXPECT_EQ(train::first_slurm_host("a,b"), "a");
-    EXPECT_EQ(train::first_slurm_host("x[3]"), "x3");
-    EXPECT_EQ(train::first_slurm_host("rack1-[08-09]-ib"), "rack1-08-ib");
-    EXPECT_EQ(train::first_slurm_host("solo"), "solo");
-    EXPECT_THROW(train::first_slurm_host("node[01-04"), UsageError);
+    EXPECT_EQ(dist::first_slurm_host("node[01-04,07],gpu5"), "node01");
+    EXPECT_EQ(dist::first_slurm_host("a,b"), "a");
+    EXPECT_EQ(dist::first_slurm_host("x[3]"), "x3");
+    EXPECT_EQ(dist::first_slurm_host("rack1-[08-09]-ib"), "rack1-08-ib");
+    EXPECT_EQ(dist::first_slurm_host("solo"), "solo");
+    EXPECT_THROW(dist::first_slurm_host("node[01-04"), UsageError);
 }
 
 TEST(DistributedLaunch, TorchrunSlurmAndFlags) {
-    const auto t = train::resolve_launch({}, env_of({{"RANK", "3"},
+    const auto t = dist::resolve_launch({}, env_of({{"RANK", "3"},
                                                      {"WORLD_SIZE", "8"},
                                                      {"LOCAL_RANK", "1"},
                                                      {"LOCAL_WORLD_SIZE", "2"},
@@ -130,7 +130,7 @@ TEST(DistributedLaunch, TorchrunSlurmAndFlags) {
     EXPECT_EQ(t.master_port, 29400);
     EXPECT_EQ(t.source, "torchrun environment");
 
-    const auto s = train::resolve_launch({}, env_of({{"SLURM_PROCID", "5"},
+    const auto s = dist::resolve_launch({}, env_of({{"SLURM_PROCID", "5"},
                                                      {"SLURM_NTASKS", "8"},
                                                      {"SLURM_LOCALID", "1"},
                                                      {"SLURM_TASKS_PER_NODE", "4(x2)"},
@@ -145,18 +145,18 @@ TEST(DistributedLaunch, TorchrunSlurmAndFlags) {
     LaunchFlags f;
     f.rank        = 0;
     f.master_port = 1234;
-    const auto o  = train::resolve_launch(f, env_of({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}}));
+    const auto o  = dist::resolve_launch(f, env_of({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}}));
     EXPECT_EQ(o.rank, 0);  // the flag wins over the environment
     EXPECT_EQ(o.world_size, 8);
     EXPECT_EQ(o.master_port, 1234);
 
-    const auto none = train::resolve_launch({}, env_of({}));
+    const auto none = dist::resolve_launch({}, env_of({}));
     EXPECT_EQ(none.world_size, 1);
 
     auto expect_usage = [](const LaunchFlags& fl, const std::map<std::string, std::string>& env,
                            const std::string& needle) {
         try {
-            train::resolve_launch(fl, env_of(env));
+            dist::resolve_launch(fl, env_of(env));
             ADD_FAILURE() << "accepted: " << needle;
         } catch (const UsageError& e) {
             EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();

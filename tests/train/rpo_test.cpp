@@ -18,7 +18,7 @@
 #include "medllm/text/tokenizer.h"
 #include "medllm/train/checkpoint.h"
 #include "medllm/train/optimizer.h"
-#include "medllm/train/pref_dataset.h"
+#include "medllm/train/pair_data.h"
 #include "medllm/train/preference_loss.h"
 #include "medllm/train/rpo.h"
 #include "train_test_util.h"

@@ -18,7 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "medllm/eval/mcqa.h"
+#include "medllm/eval/mcqa_evaluator.h"
 #include "medllm/generate/engine.h"
 
 namespace medllm::generate {

@@ -13,7 +13,7 @@
 
 #include "medllm/core/config.h"
 #include "medllm/data/corpus_config.h"
-#include "medllm/train/distributed.h"
+#include "medllm/dist/parallel.h"
 
 namespace medllm::train {
 
@@ -61,22 +61,10 @@ struct CptConfig : data::CorpusConfig {
 // Adds every cpt key (the corpus keys included) to a schema.
 void add_cpt_fields(ConfigSchema<CptConfig>& schema);
 
-// Data parallelism (include/medllm/train/distributed.h): this process's rank, the number of processes and the
-// process group. No group = one process (rank 0 of 1). Recipes all-reduce the gradients of each optimizer step
-// and the step's target-token count (training.md §2), shard the rows by rank, and write files on rank 0 only.
-struct Parallel {
-    int64_t rank       = 0;
-    int64_t world_size = 1;
-    std::shared_ptr<Distributed> group;    // set by the CLI from torchrun / Slurm / flags (null: one process)
-    bool allow_world_size_change = false;  // --resume-world-size-change
-    // The group to use: `group`, or a single-process one on `device_setting` (UsageError if world_size > 1).
-    std::shared_ptr<Distributed> resolve(const std::string& device_setting) const;
-};
-
 struct CptOptions {
     std::string resume = "auto";          // auto | never | a checkpoint folder
     std::vector<ResolvedEntry> resolved;  // the resolved config (its math keys guard a resume)
-    Parallel parallel;
+    dist::Parallel parallel;
     std::function<void(int64_t step, const nlohmann::json& record)> on_step;  // after every optimizer step (tests)
 };
 

@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "medllm/core/config.h"
-#include "medllm/train/cpt.h"  // Parallel
+#include "medllm/dist/parallel.h"
 
 namespace medllm::train {
 
@@ -104,7 +104,7 @@ void add_rpo_fields(ConfigSchema<RpoConfig>& schema);
 struct RpoOptions {
     std::string resume = "auto";          // auto | never | a checkpoint folder
     std::vector<ResolvedEntry> resolved;  // the resolved config (its math keys guard a resume)
-    Parallel parallel;
+    dist::Parallel parallel;
     std::function<void(int64_t step, const nlohmann::json& record)> on_step;  // after every optimizer step (tests)
 };
 

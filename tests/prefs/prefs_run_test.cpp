@@ -1,0 +1,306 @@
+// build-prefs end to end on the tiny fixture model (tests/generate/generate_test_util.h: printable-ASCII lm_head,
+// byte-level tokenizer) with the fixture questions: the library run, the CLI, resume after SIGKILL, refusals.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "generate/generate_test_util.h"
+#include "medllm/core/error.h"
+#include "medllm/core/files.h"
+#include "medllm/eval/igakuqa_data.h"
+#include "medllm/generate/load.h"
+#include "medllm/prefs/build_prefs.h"
+#include "support/run_medllm.h"
+#include "support/text_files.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace gt = medllm::generate::testing;
+using namespace medllm::prefs;
+using nlohmann::json;
+
+const fs::path kQuestions = fs::path(MEDLLM_FIXTURES_DIR) / "train" / "prefs_questions.jsonl";
+
+class PrefsRun : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        model_ = new fs::path(gt::make_printable_model_dir(
+            fs::path(::testing::TempDir()) / ("prefs_model_" + std::to_string(::getpid())), 8192));
+    }
+    static void TearDownTestSuite() {
+        fs::remove_all(*model_);
+        delete model_;
+    }
+    static fs::path* model_;
+    static fs::path out(const std::string& name) {
+        const fs::path p = fs::path(::testing::TempDir()) / ("prefs_" + std::to_string(::getpid()) + "_" + name);
+        fs::remove_all(p);
+        return p;
+    }
+    static BuildPrefsOptions options(const fs::path& output) {
+        BuildPrefsOptions o;
+        o.questions       = {kQuestions};
+        o.model           = *model_;
+        o.device          = "cpu";
+        o.prompt_format   = "base";
+        o.prompt_template = template_preset("paper");
+        o.num_samples     = 4;
+        o.max_new_tokens  = 24;
+        o.seed            = 1;
+        o.batch_size      = 8;
+        o.output          = output;
+        o.log_progress    = false;
+        return o;
+    }
+    std::string cli_args(const fs::path& output, const std::string& extra = "") const {
+        return "build-prefs --questions " + kQuestions.string() + " --model " + model_->string() + " --output " +
+               output.string() + " --device cpu --prompt-format base -n 4 --max-new-tokens 48 --seed 3 " +
+               "--batch-size 4 " + extra;
+    }
+};
+fs::path* PrefsRun::model_ = nullptr;
+
+TEST_F(PrefsRun, EndToEndWritesConsistentPairsAndSummary) {
+    const fs::path dir = out("e2e");
+    const auto result  = build_prefs(options(dir));
+    const auto& s      = result.summary;
+    EXPECT_EQ(s["questions"], 8);
+    EXPECT_EQ(s["samples"], 32);
+    EXPECT_EQ(s["sampled_now"], 32);
+    EXPECT_EQ(s["chosen"].get<int>() + s["rejected"].get<int>() + s["dropped"].get<int>(), 32);
+    EXPECT_EQ(json::parse(slurp(dir / "summary.json")), s);
+    EXPECT_NE(result.table.find("pairs gt_rejected"), std::string::npos) << result.table;
+
+    // samples.jsonl: one record per question with 4 completions; the prompts are the rendered few-shot prompts.
+    const auto qs = load_pref_questions({kQuestions}, {});
+    std::map<std::string, std::vector<std::string>> sample_texts;
+    for (const auto& line : lines_of(dir / "samples.jsonl")) {
+        const auto r = json::parse(line);
+        ASSERT_EQ(r["completions"].size(), 4u);
+        for (const auto& c : r["completions"]) sample_texts[r["id"]].push_back(c["text"]);
+    }
+    ASSERT_EQ(sample_texts.size(), 8u);
+
+    const PrefPrompt prompt(template_preset("paper"));
+    std::map<std::string, int> by_type;
+    const auto pair_lines = lines_of(dir / "pairs.jsonl");
+    for (const auto& line : pair_lines) {
+        const auto r = json::parse(line);
+        ASSERT_TRUE(r["prompt"].is_string());
+        ASSERT_TRUE(r["chosen"].is_string());
+        ASSERT_TRUE(r["rejected"].is_string());
+        const std::string id  = r["problem_id"];
+        const PrefQuestion* q = nullptr;
+        for (const auto& x : qs)
+            if (x.question.problem_id == id) q = &x;
+        ASSERT_NE(q, nullptr) << id;
+        const auto examples = draw_few_shot(qs, *q, 3, 0);
+        EXPECT_EQ(r["prompt"], prompt.base_prompt(*q, examples));
+        const std::string type = r["pair_type"];
+        ++by_type[type];
+        const auto& texts = sample_texts[id];
+        EXPECT_NE(std::find(texts.begin(), texts.end(), r["rejected"].get<std::string>()), texts.end());
+        if (type == "gt_chosen" || type == "gt_rejected") {
+            EXPECT_EQ(r["chosen"], prompt.response(q->explanation, q->question.answer));
+            EXPECT_EQ(r["chosen_source"], "gt");
+        } else {
+            EXPECT_EQ(type, "chosen_rejected");
+        }
+    }
+    int total = 0;
+    for (const auto& [type, n] : by_type) {
+        EXPECT_EQ(s["pairs"][type], n) << type;
+        total += n;
+    }
+    EXPECT_EQ(s["pairs"]["total"], total);
+    EXPECT_EQ(static_cast<int>(pair_lines.size()), total);
+    EXPECT_GT(total, 0);
+
+    // A rerun resumes everything and writes the same pairs.
+    const std::string first = slurp(dir / "pairs.jsonl");
+    const auto again        = build_prefs(options(dir));
+    EXPECT_EQ(again.summary["resumed_questions"], 8);
+    EXPECT_EQ(again.summary["sampled_now"], 0);
+    EXPECT_EQ(slurp(dir / "pairs.jsonl"), first);
+    // Pair options do not change the samples: a rerun re-pairs without sampling.
+    auto capped               = options(dir);
+    capped.pairs.max_per_type = 1;
+    const auto recapped       = build_prefs(capped);
+    EXPECT_EQ(recapped.summary["sampled_now"], 0);
+    EXPECT_EQ(recapped.summary["pairs"]["gt_rejected"], 8);  // one per question (every sample here is rejected)
+    EXPECT_EQ(lines_of(dir / "pairs.jsonl").size(), 8u);
+    // Another seed is refused (the run identity names the decoding key).
+    auto other = options(dir);
+    other.seed = 2;
+    try {
+        build_prefs(other);
+        FAIL() << "a resume under another seed was accepted";
+    } catch (const medllm::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("seed"), std::string::npos) << e.what();
+    }
+}
+
+TEST_F(PrefsRun, ChatFormatWritesMessageLists) {
+    const fs::path dir = out("chat");
+    auto o             = options(dir);
+    o.prompt_format    = "chat";
+    o.num_samples      = 2;
+    o.prompt_template  = template_preset("ja");
+    const auto result  = build_prefs(o);
+    EXPECT_EQ(result.summary["prompt_format"], "chat");
+    const auto lines = lines_of(dir / "pairs.jsonl");
+    ASSERT_FALSE(lines.empty());
+    const auto r = json::parse(lines.front());
+    ASSERT_TRUE(r["prompt"].is_array());
+    EXPECT_EQ(r["prompt"][0]["role"], "system");
+    EXPECT_EQ(r["prompt"][0]["content"], "医師国家試験を解きます。");
+    EXPECT_EQ(r["prompt"].size(), 8u);  // system + 3 × (user, assistant) + user
+    EXPECT_EQ(r["prompt"].back()["role"], "user");
+    ASSERT_TRUE(r["chosen"].is_array());
+    EXPECT_EQ(r["chosen"][0]["role"], "assistant");
+    EXPECT_EQ(r["rejected"][0]["role"], "assistant");
+}
+
+// Starts the CLI, kills it with SIGKILL once samples.jsonl holds at least one record, and returns how many
+// records the file held (complete lines) when it was killed; -1 when the run finished first.
+int run_and_kill(const std::string& args, const fs::path& samples) {
+    const std::string cmd = std::string(MEDLLM_BINARY) + " " + args + " >/dev/null 2>&1";
+    const pid_t pid       = fork();
+    if (pid == 0) {
+        setpgid(0, 0);
+        execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (std::chrono::steady_clock::now() < deadline) {
+        int status = 0;
+        if (waitpid(pid, &status, WNOHANG) == pid) return -1;
+        if (fs::exists(samples) && !lines_of(samples).empty()) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            const std::string content = slurp(samples);
+            return static_cast<int>(std::count(content.begin(), content.end(), '\n'));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    return -2;
+}
+
+TEST_F(PrefsRun, ResumeAfterSigkillGivesTheSamePairs) {
+    const fs::path whole = out("whole"), killed = out("killed");
+    const auto a = run_medllm(cli_args(whole));
+    ASSERT_EQ(a.exit_code, 0) << a.output;
+    const int done_when_killed = run_and_kill(cli_args(killed), killed / "samples.jsonl");
+    ASSERT_GE(done_when_killed, 1) << "the run was not killed mid-way";
+    ASSERT_LT(done_when_killed, 8);
+    const auto b = run_medllm(cli_args(killed));
+    ASSERT_EQ(b.exit_code, 0) << b.output;
+    EXPECT_NE(b.output.find("resuming"), std::string::npos) << b.output;
+    EXPECT_EQ(slurp(killed / "pairs.jsonl"), slurp(whole / "pairs.jsonl"));
+    // samples.jsonl is in finishing order; as a set of records it is the same.
+    auto sa = lines_of(whole / "samples.jsonl"), sb = lines_of(killed / "samples.jsonl");
+    std::sort(sa.begin(), sa.end());
+    std::sort(sb.begin(), sb.end());
+    EXPECT_EQ(sa, sb);
+    const auto sum = json::parse(slurp(killed / "summary.json"));
+    EXPECT_EQ(sum["resumed_questions"], done_when_killed);
+}
+
+TEST_F(PrefsRun, CliRefusals) {
+    const auto help = run_medllm("build-prefs --help");
+    EXPECT_EQ(help.exit_code, 0);
+    for (const char* s : {"--questions", "--allow-eval-overlap", "pairs.max_per_type", "gt_chosen", "=8", "few_shot.k",
+                          "naming the key that differs"})
+        EXPECT_NE(help.output.find(s), std::string::npos) << s;
+
+    const auto none = run_medllm("build-prefs --model " + model_->string() + " --output " + out("none").string());
+    EXPECT_EQ(none.exit_code, 2) << none.output;
+    EXPECT_NE(none.output.find("questions"), std::string::npos) << none.output;
+
+    const fs::path flag_dir = out("flag");
+    for (const char* flag : {"--temperature nan", "-n 0", "--seed -1"}) {
+        const auto r = run_medllm("build-prefs --questions " + kQuestions.string() + " --model " + model_->string() +
+                                  " --output " + flag_dir.string() + " " + flag);
+        EXPECT_EQ(r.exit_code, 2) << flag << ": " << r.output;
+        EXPECT_NE(r.output.find(std::string(flag).substr(0, std::string(flag).find(' '))), std::string::npos)
+            << r.output;
+        EXPECT_FALSE(fs::exists(flag_dir));  // refused before the output folder is made
+    }
+
+    // An evaluation-exam question is refused before the model loads.
+    const fs::path eval_q = fs::path(::testing::TempDir()) / ("prefs_eval_q_" + std::to_string(::getpid()) + ".jsonl");
+    std::string content   = slurp(kQuestions);
+    content.replace(content.find("105A3"), 5, "112A3");
+    std::ofstream(eval_q) << content;
+    const auto overlap = run_medllm("build-prefs --questions " + eval_q.string() + " --model " + model_->string() +
+                                    " --output " + out("overlap").string());
+    EXPECT_EQ(overlap.exit_code, 2) << overlap.output;
+    EXPECT_NE(overlap.output.find("112A3: exam 112 is an evaluation exam"), std::string::npos) << overlap.output;
+    EXPECT_NE(overlap.output.find("--allow-eval-overlap"), std::string::npos) << overlap.output;
+
+    // A record missing its explanation, with on_bad_record=refuse: exit 1 naming file, line and field.
+    const fs::path bad = fs::path(::testing::TempDir()) / ("prefs_bad_q_" + std::to_string(::getpid()) + ".jsonl");
+    std::string b      = slurp(kQuestions);
+    const auto at      = b.find(", \"explanation\"", b.find("105A2"));
+    b.erase(at, b.find('}', at) - at);
+    std::ofstream(bad) << b;
+    const auto refused = run_medllm("build-prefs --questions " + bad.string() + " --model " + model_->string() +
+                                    " --output " + out("bad").string() + " --set on_bad_record=refuse");
+    EXPECT_EQ(refused.exit_code, 1) << refused.output;
+    EXPECT_NE(refused.output.find(bad.filename().string() + ":2: problem_id 105A2: missing field 'explanation'"),
+              std::string::npos)
+        << refused.output;
+
+    const auto bad_type =
+        run_medllm("build-prefs --questions " + kQuestions.string() + " --model " + model_->string() + " --output " +
+                   out("type").string() + " --set 'pairs.types=[gt_chosen, best_worst]'");
+    EXPECT_EQ(bad_type.exit_code, 2) << bad_type.output;
+    EXPECT_NE(bad_type.output.find("best_worst"), std::string::npos) << bad_type.output;
+}
+
+TEST_F(PrefsRun, ShippedConfigRuns) {
+    const fs::path dir = out("config");
+    const auto r       = run_medllm(std::string("build-prefs --config ") + MEDLLM_SOURCE_DIR +
+                                    "/configs/qwen2.5-72b/build_prefs.yaml --set model=" + model_->string() +
+                                    " --set 'questions=[" + kQuestions.string() + "]' --set output=" + dir.string() +
+                                    " --set device=cpu --set sampling.n=2 --set sampling.max_new_tokens=8" +
+                                    " --set guard.igakuqa_dir=" + MEDLLM_SHARED_DIR + "/igakuqa_data");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("build-prefs summary"), std::string::npos) << r.output;
+    const auto s = json::parse(slurp(dir / "summary.json"));
+    EXPECT_EQ(s["samples"], 16);
+    EXPECT_EQ(s["prompt_format"], "chat");  // the tiny tokenizer has a chat template
+    EXPECT_TRUE(fs::exists(dir / "config.resolved.yaml"));
+}
+
+TEST_F(PrefsRun, PromptLongerThanTheContextNamesTheQuestion) {
+    const fs::path model = gt::make_printable_model_dir(
+        fs::path(::testing::TempDir()) / ("prefs_model_short_" + std::to_string(::getpid())), 256);
+    const fs::path dir = out("short");
+    auto o             = options(dir);
+    o.model            = model;
+    try {
+        build_prefs(o);
+        FAIL() << "a prompt longer than the context was accepted";
+    } catch (const medllm::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("prefs_questions.jsonl:1: problem_id 105A1: the few-shot prompt has"),
+                  std::string::npos)
+            << e.what();
+    }
+    EXPECT_FALSE(fs::exists(dir / "samples.jsonl"));  // refused before anything is written
+    fs::remove_all(model);
+}
+
+}  // namespace
