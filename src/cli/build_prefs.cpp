@@ -137,7 +137,7 @@ prefs::BuildPrefsOptions to_options(const BuildPrefsConfig& c, bool overwrite) {
     o.check.min_explanation_chars = c.min_explanation_chars;
     o.check.drop_flagged          = c.flagged == "dropped";
     o.pairs.types.clear();
-    for (const auto& type : c.types) o.pairs.types.push_back(train::parse_pair_type(type));
+    for (const auto& type : c.types) o.pairs.types.push_back(prefs::parse_pair_type(type));
     o.pairs.max_per_type     = c.max_per_type;
     o.pairs.max_per_question = c.max_per_question;
     o.pairs.dedup            = c.dedup;
