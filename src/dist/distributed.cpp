@@ -80,6 +80,15 @@ Launch resolve_launch(const LaunchFlags& flags, const std::function<const char*(
     const std::function<const char*(const char*)> getenv =
         getenv_in ? getenv_in : [](const char* n) -> const char* { return std::getenv(n); };
     Launch l;
+    // Half a launch environment (RANK without WORLD_SIZE, or the reverse; SLURM_PROCID without SLURM_NTASKS) is a
+    // broken launcher or a leftover export: running as one process would silently train or write the wrong share.
+    // (SLURM_NTASKS alone is an salloc shell: one process.)
+    for (const auto& [a, b] : {std::pair<const char*, const char*>{"RANK", "WORLD_SIZE"},
+                               std::pair<const char*, const char*>{"WORLD_SIZE", "RANK"},
+                               std::pair<const char*, const char*>{"SLURM_PROCID", "SLURM_NTASKS"}})
+        if (getenv(a) && !getenv(b) && !(flags.rank || flags.world_size))
+            throw UsageError(std::string(a) + " is set but " + b +
+                             " is not: set both (as torchrun / srun do), or unset " + a + " to run one process");
     if (getenv("RANK") && getenv("WORLD_SIZE")) {
         l.source           = "torchrun environment";
         l.rank             = *env_int(getenv, "RANK");

@@ -76,9 +76,10 @@ AdapterConfig read_adapter_config(const fs::path& dir) {
     const std::string where = path.string();
     if (!fs::exists(path)) throw Error(where + ": not found (not a PEFT adapter directory)");
     const json j = read_json_file(path);
-    if (!j.is_object()) throw Error(where + ": expected a JSON object");
+    // A wrong value in the adapter's config is a configuration error (exit 2), as one in a model's config.json.
+    if (!j.is_object()) throw UsageError(where + ": expected a JSON object");
     auto key_error = [&](const std::string& key, const std::string& what) {
-        return Error(where + ": key '" + key + "' " + what);
+        return UsageError(where + ": key '" + key + "' " + what);
     };
     auto get_int = [&](const char* key, int64_t fallback) -> int64_t {
         if (!j.contains(key) || j[key].is_null()) return fallback;

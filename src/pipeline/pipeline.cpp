@@ -378,14 +378,19 @@ PipelineResult run_pipeline(const PipelineConfig& config, const PipelineOptions&
                         (s.dir / "medllm.log").string() + "; rerun the same command to continue");
         if (s.kind == "eval" && config.score_options) {
             eval::OptionScoreOptions so;
-            so.predictions = fs::exists(s.dir / "predictions.jsonl") ? s.dir / "predictions.jsonl" : fs::path();
+            so.predictions       = fs::exists(s.dir / "predictions.jsonl") ? s.dir / "predictions.jsonl" : fs::path();
             const auto questions = eval::load_questions(
                 text_key(s.config, "data_dir"),
                 eval::parse_years(s.config.contains("years") ? s.config["years"].is_string()
                                                                    ? s.config["years"].get<std::string>()
                                                                    : s.config["years"].dump()
                                                              : std::string("2018-2022")));
-            write_file_atomic(s.dir / "option_scores.json", dump_json(eval::score_options(questions, generate::load_option_text_scorer(s.model, config.score_device), so), 2) + "\n");
+            write_file_atomic(
+                s.dir / "option_scores.json",
+                dump_json(
+                    eval::score_options(questions, generate::load_option_text_scorer(s.model, config.score_device), so),
+                    2) +
+                    "\n");
         }
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - stage_start).count();
         timings[s.name]      = seconds;

@@ -154,6 +154,9 @@ struct Pairs {
 };
 
 Pairs load_pairs(const RpoConfig& cfg) {
+    if (fs::is_directory(cfg.data_path))
+        throw UsageError("data.path: " + cfg.data_path + " is a folder; give the pairs file (e.g. " +
+                         (fs::path(cfg.data_path) / "pairs.jsonl").string() + ")");
     if (!fs::is_regular_file(cfg.data_path)) throw UsageError("data.path: no such file " + cfg.data_path);
     Pairs p;
     p.tokenizer = text::Tokenizer::from_dir(cfg.resolved_tokenizer_dir());
@@ -380,6 +383,9 @@ TrainResult run_rpo(const RpoConfig& cfg, const TrainOptions& opts) {
     Session s                     = open_session(cfg.output, t, opts);
     const PreferenceLossSpec spec = parse_loss_spec(cfg.loss_type, cfg.loss_weights, cfg.beta, cfg.label_smoothing,
                                                     cfg.rpo_alpha, cfg.nll_normalization, cfg.nll_ignore_token_zero);
+    require_model_dir(cfg.model_path, "model.path");
+    require_adapter_dir(cfg.lora.init_adapter, "lora.init_adapter");
+    require_adapter_dir(cfg.resume_adapter, "lora.resume_adapter");
     if (!cfg.lora.init_adapter.empty() && !cfg.resume_adapter.empty())
         throw UsageError(
             "lora.init_adapter and lora.resume_adapter: set one (the CPT adapter to start from, or an adapter to "

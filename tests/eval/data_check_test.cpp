@@ -11,8 +11,8 @@
 #include <nlohmann/json.hpp>
 
 #include "medllm/core/error.h"
-#include "medllm/eval/igakuqa_evaluator.h"
 #include "medllm/eval/igakuqa_data.h"
+#include "medllm/eval/igakuqa_evaluator.h"
 #include "medllm/eval/igakuqa_report.h"
 #include "medllm/eval/igakuqa_scoring.h"
 #include "support/run_medllm.h"

@@ -244,10 +244,10 @@ TEST(PeftAdapterErrors, NameTheFileAndKey) {
     // Wrong types, missing and unsupported keys.
     copy_adapter(peft_test::tiny_adapter(), dir);
     edit_config(dir, [](auto& j) { j["r"] = "four"; });
-    expect_error<Error>([&] { peft::read_adapter_config(dir); }, {cfg_file, "'r'"});
+    expect_error<UsageError>([&] { peft::read_adapter_config(dir); }, {cfg_file, "'r'"});
     copy_adapter(peft_test::tiny_adapter(), dir);
     edit_config(dir, [](auto& j) { j.erase("peft_type"); });
-    expect_error<Error>([&] { peft::read_adapter_config(dir); }, {cfg_file, "'peft_type'", "missing"});
+    expect_error<UsageError>([&] { peft::read_adapter_config(dir); }, {cfg_file, "'peft_type'", "missing"});
     copy_adapter(peft_test::tiny_adapter(), dir);
     edit_config(dir, [](auto& j) { j["use_dora"] = true; });
     expect_error<UsageError>([&] { peft::read_adapter_config(dir); }, {cfg_file, "use_dora"});

@@ -165,6 +165,11 @@ TEST(DistributedLaunch, TorchrunSlurmAndFlags) {
     expect_usage({}, {{"RANK", "2"}, {"WORLD_SIZE", "2"}}, "rank 2");
     expect_usage({}, {{"RANK", "x"}, {"WORLD_SIZE", "2"}}, "RANK");
     expect_usage({}, {{"MASTER_PORT", "70000"}}, "port 70000");
+    // Half a launch environment is refused, not run as one process.
+    expect_usage({}, {{"RANK", "1"}}, "WORLD_SIZE is not");
+    expect_usage({}, {{"WORLD_SIZE", "4"}}, "RANK is not");
+    expect_usage({}, {{"SLURM_PROCID", "3"}}, "SLURM_NTASKS is not");
+    EXPECT_EQ(dist::resolve_launch({}, env_of({{"SLURM_NTASKS", "4"}})).world_size, 1);  // an salloc shell
     LaunchFlags bad_backend;
     bad_backend.backend = "mpi";
     expect_usage(bad_backend, {}, "--backend");

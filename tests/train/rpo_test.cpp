@@ -338,6 +338,11 @@ TEST_F(PrefDataFile, MalformedRowsNameFileAndLine) {
     check(R"({"prompt": [{"role": "user", "content": "Q"}], "chosen": "a", "rejected": "b"})", "all be strings");
     check(R"({"prompt": [{"role": "robot", "content": "Q"}], "chosen": [], "rejected": []})", "role 'robot'");
     check(R"({"prompt": "Q", "chosen": "", "rejected": "b"})", "empty chosen");
+    check(R"({"prompt": "Q", "chosen": " \n\t ", "rejected": "b"})", "empty chosen");              // whitespace only
+    check("{\"prompt\": \"Q\", \"chosen\": \"a\", \"rejected\": \"\u3000 \"}", "empty rejected");  // U+3000
+    check(R"({"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "  "}], )"
+          R"("rejected": [{"role": "assistant", "content": "b"}]})",
+          "empty chosen");
     check(R"([1, 2])", "expected a JSON object");
     // on_invalid: skip counts them instead.
     auto o       = opts();

@@ -220,6 +220,11 @@ struct Session {
 Session open_session(const std::filesystem::path& output, const TrainingSettings& training,
                      const TrainOptions& options);
 
+// UsageError naming `key` unless `dir` is a model folder (config.json) / a PEFT adapter folder (adapter_config.json);
+// an empty `dir` passes require_adapter_dir (no adapter) and fails require_model_dir. Checked before any loading.
+void require_model_dir(const std::string& dir, const std::string& key);
+void require_adapter_dir(const std::string& dir, const std::string& key);
+
 // The policy: `base_dir` with a fresh LoRA from `lora` (seeded by training.seed), or with `continue_adapter` (its
 // rank, alpha, targets and dropout) when set. bf16 on CUDA, fp32 on the CPU. UsageError for unusable settings.
 void load_policy(Session& s, const std::string& base_dir, const LoraSettings& lora, int64_t seed,
