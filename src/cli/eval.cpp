@@ -1,4 +1,4 @@
-// `medllm eval igakuqa`: the IgakuQA exam evaluator (../shared/reference/igakuqa.md).
+// `medllm eval igakuqa`: the IgakuQA exam evaluator (docs/eval-igakuqa.md, docs/reference/igakuqa.md).
 //
 //   medllm eval igakuqa --data-dir ../shared/igakuqa_data --predictions runs/gpt4o/ --output runs/gpt4o-eval
 //   medllm eval igakuqa --data-dir ../shared/igakuqa_data --model models/qwen2.5-7b --mode both --output runs/eval
