@@ -15,6 +15,7 @@
 
 #include "generate/generate_test_util.h"
 #include "medllm/generate/engine.h"
+#include "support/shared_data.h"
 
 namespace {
 
@@ -182,7 +183,7 @@ TEST(EvalWithModel, IgakuqaRunsEndToEnd) {
     const fs::path work = scratch("gen_eval");
     fs::remove_all(work);
     const fs::path model = gt::make_printable_model_dir(work / "model", /*context=*/16384);
-    const fs::path src   = fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data" / "data" / "2018";
+    const fs::path src   = shared_path("igakuqa_data/data/2018");
     const fs::path data  = work / "data";
     fs::create_directories(data / "data" / "2018");
     int sections = 0;

@@ -10,6 +10,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/prefs/build_prefs.h"
+#include "support/shared_data.h"
 
 namespace {
 
@@ -139,7 +140,7 @@ TEST(PrefsGuard, EvaluationExamNumbersAreFound) {
 }
 
 TEST(PrefsGuard, IgakuqaIdsAndCopiedTextAreFound) {
-    const fs::path dir = fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data";
+    const fs::path dir = shared_path("igakuqa_data");
     ASSERT_TRUE(fs::exists(dir / "data" / "2018" / "112-A.jsonl")) << dir;
     // An evaluation question's text under a pre-2018 id, read from ../shared at run time (never copied here).
     const auto eval_q           = medllm::eval::load_questions(dir, {2019}).at(10);

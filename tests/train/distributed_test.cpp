@@ -29,6 +29,7 @@
 #include "medllm/train/checkpoint.h"
 #include "support/processes.h"
 #include "support/run_medllm.h"
+#include "support/shared_data.h"
 #include "train_test_util.h"
 
 using namespace medllm;
@@ -522,7 +523,7 @@ protected:
     void SetUp() override {
         TrainTempDir::SetUp();
         model              = gt::make_printable_model_dir(dir / "model", /*context=*/16384);
-        const fs::path src = fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data" / "data" / "2018";
+        const fs::path src = shared_path("igakuqa_data/data/2018");
         data               = dir / "data";
         fs::create_directories(data / "data" / "2018");
         for (char s : {'A', 'B', 'C', 'D', 'E', 'F'})

@@ -21,6 +21,7 @@
 #include "medllm/train/pair_data.h"
 #include "medllm/train/preference_loss.h"
 #include "medllm/train/rpo.h"
+#include "support/shared_data.h"
 #include "train_test_util.h"
 
 using namespace medllm;
@@ -374,7 +375,7 @@ TEST(PrefDataTrl, BuildPrefsFilesTokenizeAsTrl028) {
     // scripts/make_rpo_fixtures.py: TRL 0.28's maybe_apply_chat_template + tokenize_row on build-prefs' pairs files
     // (strings and message lists) with the Qwen2.5 tokenizer and instruct template, max_prompt_length 16.
     const auto ref = read_json_file(rpo_fixtures() / "trl028_tokenized.json");
-    const auto tok = text::Tokenizer::from_dir(fs::path(MEDLLM_SHARED_DIR) / "qwen_tokenizer");
+    const auto tok = text::Tokenizer::from_dir(shared_path("qwen_tokenizer"));
     PrefDataOptions o;
     o.max_prompt_length = 16;
     o.max_length        = 0;
