@@ -23,10 +23,12 @@
 //                                         dqmm_<bf16|fp32>_r<rows> (dequantize into the workspace + GEMM);
 //                                         shape <model>.<projection>_<out>x<in>
 //   bench_nf4 generate MODEL_DIR PROMPT_LEN NEW_TOKENS THREADS fp32|bf16
-//                                         `medllm generate --load-in-4bit` at batch 1 on a model folder, timed as
-//                                         scripts/bench-generate.sh: prints rows prefill_<dtype> and
-//                                         decode_<dtype> with tokens/s in the milliseconds column, and
-//                                         prefill_cpu_<dtype> / decode_cpu_<dtype>: tokens per CPU-second
+//                                         `medllm generate --load-in-4bit` at batch 1 on a model folder: after a
+//                                         warm-up generate(2) on 16 tokens, prefill = P / t(generate 1 token) and
+//                                         decode = (G - 1) / (t(G tokens) - t(1 token)) on a random P-token prompt;
+//                                         rows prefill_<dtype> and decode_<dtype> (tokens/s of wall time, in the
+//                                         milliseconds column) and prefill_cpu_<dtype> / decode_cpu_<dtype>
+//                                         (tokens per CPU-second of the process)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -197,27 +199,27 @@ int run_generate(const std::string& dir, int64_t prompt_len, int64_t new_tokens,
     // Random prompt ids (the weights are random too); the reference draws its own of the same length.
     torch::manual_seed(1);
     const auto ids = torch::randint(3, loaded.model->config.vocab_size, {prompt_len}, torch::kLong);
-    const std::vector<std::vector<medllm::text::TokenId>> prompts = {
-        std::vector<medllm::text::TokenId>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + prompt_len)};
+    const std::vector<medllm::text::TokenId> prompt(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + prompt_len);
     // Wall time and this process's CPU time of each call: on a shared machine the CPU time shows the work done when
     // other processes take turns on the cores (with one thread it is the wall time of an idle machine).
     struct Times {
         double wall, cpu;
     };
-    auto timed = [&](int64_t tokens) {
+    auto timed = [&](int64_t tokens, int64_t length) {
         medllm::generate::GenerateOptions options;
         options.max_batch_size = 1;
         options.max_new_tokens = tokens;
         options.ignore_eos     = true;
-        const auto t0          = std::chrono::steady_clock::now();
-        const double c0        = cpu_seconds();
+        const std::vector<std::vector<medllm::text::TokenId>> prompts = {
+            std::vector<medllm::text::TokenId>(prompt.begin(), prompt.begin() + length)};
+        const auto t0   = std::chrono::steady_clock::now();
+        const double c0 = cpu_seconds();
         generator.generate(prompts, options);
         return Times{std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), cpu_seconds() - c0};
     };
-    timed(2);  // warm-up, as the reference's
-    const Times a = timed(1), b = timed(1);
-    const Times t1{std::min(a.wall, b.wall), std::min(a.cpu, b.cpu)};
-    const Times tg          = timed(new_tokens);
+    timed(2, std::min<int64_t>(prompt_len, 16));  // warm-up on a short prompt, as the reference's
+    const Times t1 = timed(1, prompt_len);
+    const Times tg = timed(new_tokens, prompt_len);
     const std::string shape = "Qwen2.5-0.5B";
     row(("prefill_" + dtype).c_str(), shape, double(prompt_len) / t1.wall, 0);
     row(("decode_" + dtype).c_str(), shape, double(new_tokens - 1) / std::max(tg.wall - t1.wall, 1e-9), 0);

@@ -13,9 +13,9 @@ Rows printed (tab-separated, as bench_nf4): side, metric, shape, value, bytes. `
 call (metric decode_<dtype>_r<rows>); `generate` values are tokens/s (prefill_<dtype>, decode_<dtype>). Both sides
 hold the projections in NF4 with double quantization and block size 64 (bitsandbytes' defaults in transformers'
 BitsAndBytesConfig with bnb_4bit_use_double_quant=True), compute in the activation dtype, and time the same way:
-one warm-up call, then the median of ITERS calls (layers); generate(2) as warm-up, prefill = P / min of two
-generate(1 token), decode = (G - 1) / (t(G tokens) - t(1 token)) at batch 1, with t the wall time and again with t
-the process's CPU time (generate; rows prefill_cpu_<dtype>, decode_cpu_<dtype>).
+one warm-up call, then the median of ITERS calls (layers); generate(2) on a 16-token prompt as warm-up, then
+prefill = P / t(generate 1 token), decode = (G - 1) / (t(G tokens) - t(1 token)) at batch 1 on the P-token prompt,
+with t the wall time and again with t the process's CPU time (generate; rows prefill_cpu_<dtype>, decode_cpu_<dtype>).
 """
 import json
 import os
@@ -95,17 +95,16 @@ def generate(model_dir, prompt_len, new_tokens, threads, dt):
     ids = torch.randint(3, model.config.vocab_size, (1, prompt_len), generator=g)
     mask = torch.ones_like(ids)
 
-    def run(new):  # (wall, process CPU) seconds
+    def run(new, length):  # (wall, process CPU) seconds
         start, cpu = time.perf_counter(), time.process_time()
         with torch.no_grad():
-            model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                           eos_token_id=None, pad_token_id=0)
+            model.generate(ids[:, :length], attention_mask=mask[:, :length], max_new_tokens=new, min_new_tokens=new,
+                           do_sample=False, eos_token_id=None, pad_token_id=0)
         return time.perf_counter() - start, time.process_time() - cpu
 
-    run(2)
-    a, b = run(1), run(1)
-    t1 = (min(a[0], b[0]), min(a[1], b[1]))
-    tg = run(new_tokens)
+    run(2, min(prompt_len, 16))
+    t1 = run(1, prompt_len)
+    tg = run(new_tokens, prompt_len)
     emit(f"prefill_{dt}", "Qwen2.5-0.5B", prompt_len / t1[0])
     emit(f"decode_{dt}", "Qwen2.5-0.5B", (new_tokens - 1) / max(tg[0] - t1[0], 1e-9))
     emit(f"prefill_cpu_{dt}", "Qwen2.5-0.5B", prompt_len / t1[1])

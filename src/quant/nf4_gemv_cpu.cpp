@@ -78,17 +78,31 @@ struct WeightView {
     Rounding rounding = Rounding::none;
 };
 
-// Scales of blocks [b0, b1): a pointer p with p[b - first] = absmax[b] for b in [b0, b1). Rebuilds nested absmax with
-// the reference (one rounded multiply, one rounded add, exactly as nf4_absmax) from the start of b0's nested block.
+// Rebuilds double-quantized absmax for blocks [b0, b1) into out[0..): (code2[q] * absmax2) + offset with one
+// rounding per operation, as ref::rebuild_absmax and so nf4_dequantize do (never contracted to an FMA, whatever the
+// flags), one nested block at a time so no division runs per block.
+__attribute__((optimize("fp-contract=off"))) void rebuild_scales(const uint8_t* codes8, const float* absmax2,
+                                                                  const float* code2, float offset, int64_t nested,
+                                                                  int64_t b0, int64_t b1, float* out) {
+    for (int64_t j = b0 / nested; j * nested < b1; ++j) {
+        const float scale2 = absmax2[j];
+        const int64_t end  = std::min(b1, (j + 1) * nested);
+        for (int64_t b = std::max(b0, j * nested); b < end; ++b) {
+            const float scaled = code2[codes8[b]] * scale2;
+            out[b - b0]        = scaled + offset;
+        }
+    }
+}
+
+// Scales of blocks [b0, b1): a pointer p with p[b - first] = absmax[b] for b in [b0, b1), stored or rebuilt.
 const float* block_scales(const WeightView& w, int64_t b0, int64_t b1, std::vector<float>& buffer, int64_t& first) {
     if (!w.codes8) {
         first = 0;
         return w.absmax;
     }
-    first = b0 - b0 % w.nested_blocksize;
-    buffer.resize(static_cast<size_t>(b1 - first));
-    ref::rebuild_absmax(w.codes8 + first, w.absmax2 + first / w.nested_blocksize, w.code2, w.offset, b1 - first,
-                        w.nested_blocksize, buffer.data());
+    first = b0;
+    buffer.resize(static_cast<size_t>(b1 - b0));
+    rebuild_scales(w.codes8, w.absmax2, w.code2, w.offset, w.nested_blocksize, b0, b1, buffer.data());
     return buffer.data();
 }
 
