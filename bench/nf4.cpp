@@ -207,9 +207,9 @@ int run_generate(const std::string& dir, int64_t prompt_len, int64_t new_tokens,
     };
     auto timed = [&](int64_t tokens, int64_t length) {
         medllm::generate::GenerateOptions options;
-        options.max_batch_size = 1;
-        options.max_new_tokens = tokens;
-        options.ignore_eos     = true;
+        options.max_batch_size                                        = 1;
+        options.max_new_tokens                                        = tokens;
+        options.ignore_eos                                            = true;
         const std::vector<std::vector<medllm::text::TokenId>> prompts = {
             std::vector<medllm::text::TokenId>(prompt.begin(), prompt.begin() + length)};
         const auto t0   = std::chrono::steady_clock::now();
@@ -218,8 +218,8 @@ int run_generate(const std::string& dir, int64_t prompt_len, int64_t new_tokens,
         return Times{std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), cpu_seconds() - c0};
     };
     timed(2, std::min<int64_t>(prompt_len, 16));  // warm-up on a short prompt, as the reference's
-    const Times t1 = timed(1, prompt_len);
-    const Times tg = timed(new_tokens, prompt_len);
+    const Times t1          = timed(1, prompt_len);
+    const Times tg          = timed(new_tokens, prompt_len);
     const std::string shape = "Qwen2.5-0.5B";
     row(("prefill_" + dtype).c_str(), shape, double(prompt_len) / t1.wall, 0);
     row(("decode_" + dtype).c_str(), shape, double(new_tokens - 1) / std::max(tg.wall - t1.wall, 1e-9), 0);

@@ -1,3 +1,4 @@
+// Packing the token cache into training rows, shuffled per epoch and sharded by rank.
 #include "medllm/data/packing.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// Reading IgakuQA questions, metadata and few-shot examples, and selecting years.
 #include "medllm/eval/igakuqa_data.h"
 
 #include <spdlog/spdlog.h>

@@ -1,3 +1,4 @@
+// The generation engine: batched KV-cache decoding over prompts of different lengths.
 #include "medllm/generate/engine.h"
 
 #include <unistd.h>

@@ -1,3 +1,4 @@
+// LoRA and QLoRA linear layers as PEFT computes them, applied to a Qwen2 model in place.
 #include "medllm/peft/lora.h"
 
 #include <algorithm>

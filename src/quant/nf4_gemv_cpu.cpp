@@ -82,8 +82,8 @@ struct WeightView {
 // rounding per operation, as ref::rebuild_absmax and so nf4_dequantize do (never contracted to an FMA, whatever the
 // flags), one nested block at a time so no division runs per block.
 __attribute__((optimize("fp-contract=off"))) void rebuild_scales(const uint8_t* codes8, const float* absmax2,
-                                                                  const float* code2, float offset, int64_t nested,
-                                                                  int64_t b0, int64_t b1, float* out) {
+                                                                 const float* code2, float offset, int64_t nested,
+                                                                 int64_t b0, int64_t b1, float* out) {
     for (int64_t j = b0 / nested; j * nested < b1; ++j) {
         const float scale2 = absmax2[j];
         const int64_t end  = std::min(b1, (j + 1) * nested);

@@ -87,7 +87,7 @@ TEST(ExamSizes, TableMatchesTheSharedData) {
         found[q.year].questions[section_index(q.section)]++;
         found[q.year].points[section_index(q.section)] += q.points;
     }
-    const int published_points[] = {499, 496, 496, 500, 494};  // ../shared/reference/igakuqa.md §3
+    const int published_points[] = {499, 496, 496, 500, 494};  // docs/reference/igakuqa.md §3
     for (int year = 2018; year <= 2022; ++year) {
         SCOPED_TRACE(year);
         const ExamSize* exam = known_exam_size(year);

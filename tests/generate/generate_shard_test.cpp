@@ -1,4 +1,4 @@
-// `medllm generate --input --output` sharded across processes (issue #14): two Gloo processes on 127.0.0.1 write
+// `medllm generate --input --output` sharded across processes: two Gloo processes on 127.0.0.1 write
 // the records one process writes (one process appends them in finishing order, rank 0 folds the shards in index
 // order, so they are compared as a set keyed by "index"), greedy and sampled; --prompt (stdout) is refused for a
 // group before any rendezvous.

@@ -1,4 +1,4 @@
-// `medllm build-prefs` sharded across processes (issue #14): two Gloo processes on 127.0.0.1 sample the questions
+// `medllm build-prefs` sharded across processes: two Gloo processes on 127.0.0.1 sample the questions
 // of one process (sampled decoding: each question's random streams are keyed by its index) and rank 0 writes the
 // same pairs.jsonl and summary.json; a two-process run killed mid-way leaves its shard files, and one process
 // folds them in and completes the run to the fresh one-process result.

@@ -246,6 +246,30 @@ TEST(DistributedGroup, RendezvousTimeoutNamesAddressAndMissingRank) {
     EXPECT_NE(msg.find("rank(s) 1, 2 of 3 did not arrive"), std::string::npos) << msg;
 }
 
+TEST(DistributedGroup, RanksWithDifferentWorldSizesAreNamedNotLeftWaiting) {
+    // Rank 0 launched for 2 processes, rank 1 for 3: both stop within the timeout naming the two sizes, instead of
+    // waiting for a rank 2 that never comes.
+    const int port = free_port();
+    std::string msg[2];
+    std::vector<std::thread> threads;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int r = 0; r < 2; ++r)
+        threads.emplace_back([&, r] {
+            try {
+                Distributed::create(local_launch(r, r == 0 ? 2 : 3, port, 20.0), "cpu");
+                msg[r] = "(no error)";
+            } catch (const Error& e) {
+                msg[r] = e.what();
+            }
+        });
+    for (auto& th : threads) th.join();
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 15.0);
+    for (int r = 0; r < 2; ++r) {
+        EXPECT_NE(msg[r].find("rank 1 was launched with world size 3, rank 0 with 2"), std::string::npos) << msg[r];
+        EXPECT_NE(msg[r].find("--world-size"), std::string::npos) << msg[r];
+    }
+}
+
 TEST(DistributedGroup, WorldSizeOneHasNoGroup) {
     auto launch    = local_launch(0, 1, 1);
     launch.backend = "auto";  // a named backend builds a group even for one process

@@ -1,4 +1,4 @@
-// `medllm rpo`: the losses against the worked vectors of ../shared/reference/preference_losses.md §9 and TRL's own
+// `medllm rpo`: the losses against the worked vectors of docs/reference/preference-losses.md §9 and TRL's own
 // dpo_loss; the data path (TRL v0.28 tokenization/truncation, collation, bad rows); one full DPO and one full RPO
 // step on the tiny fixture model against TRL 0.28 (rpo_alpha) and TRL 1.16 (loss_type [sigmoid, sft]) — loss,
 // every metric, the gradients and the adapter after the step (fixtures: scripts/make_rpo_fixtures.py); a toy run

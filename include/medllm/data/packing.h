@@ -1,7 +1,7 @@
 // Rows for the trainer: a token cache packed into fixed-length rows, shuffled per epoch, sharded by rank, with a
 // cursor that saves and restores exactly. Plain buffers, no LibTorch (the trainer wraps them in tensors).
 //
-// Packing modes (HF names in ../shared/reference/training.md §2):
+// Packing modes (HF names in docs/reference/training.md §2.5):
 //   isolated (default)  whole documents packed into rows in a seeded order (next fit); every document is its own
 //                       segment: segment_ids 1, 2, ... along the row, position_ids restart at 0, and the first
 //                       label of each segment is -100, so no token is predicted from another document (HF

@@ -1,5 +1,5 @@
 // IgakuQA data: questions with their metadata, the few-shot examples, and year selection.
-// Layout and field meanings: ../shared/reference/igakuqa.md §1-3.
+// Layout and field meanings: docs/reference/igakuqa.md §1-3.
 #pragma once
 
 #include <array>
@@ -29,7 +29,7 @@ struct ExamSize {
 
 // The exam's size for 2018..2022, nullptr for any other year. The table is derived from the data files of
 // jungokasai/IgakuQA commit 2bc4c3d (../shared/igakuqa_data; scripts/igakuqa_exam_sizes.py prints it again) and
-// agrees with ../shared/reference/igakuqa.md §3. A data directory whose sections hold other counts is incomplete:
+// agrees with docs/reference/igakuqa.md §3. A data directory whose sections hold other counts is incomplete:
 // its scores are reported, its pass/fail is not.
 const ExamSize* known_exam_size(int year);
 

@@ -1,5 +1,5 @@
 // LoRA and QLoRA linear layers (numerically following PEFT's `lora.Linear` and `lora.Linear4bit`), applied to a
-// Qwen2ForCausalLM by replacing its projections in place (see ../shared/reference/nf4_qlora.md §6).
+// Qwen2ForCausalLM by replacing its projections in place (see docs/reference/nf4-qlora.md §6).
 //
 //   y = base(x) + scaling · B(A(dropout(x))),   scaling = alpha / r   (rsLoRA: alpha / sqrt(r))
 //
