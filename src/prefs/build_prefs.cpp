@@ -108,9 +108,9 @@ CheckedSample check_sample(const PrefQuestion& q, std::string text, const std::s
             s.by_text       = true;
         }
     }
-    s.parsed        = s.answer.parsed && (s.answer.marker_found || !options.require_marker);
-    s.correct       = s.parsed && eval::official_is_correct(q.question.problem_id, s.answer.items, q.question.answer);
-    s.truncated     = finish_reason == "length";
+    s.parsed    = s.answer.parsed && (s.answer.marker_found || !options.require_marker);
+    s.correct   = s.parsed && eval::official_is_correct(q.question.problem_id, s.answer.items, q.question.answer);
+    s.truncated = finish_reason == "length";
     // The explanation: the normalised text before the last answer marker, the marker itself taken off.
     const std::string normalized = eval::official_prediction(s.text);
     const std::size_t after      = eval::find_after_last_answer_marker(normalized);
