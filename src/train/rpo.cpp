@@ -211,11 +211,13 @@ std::string merged_init_base(const RpoConfig& c, const fs::path& output) {
 // adapter, on the base as the CPT run saw it (NF4 from the same checkpoint with lora.quantize_base), so nothing is
 // re-quantized. The trainable adapter is named "rpo" (rpo_2, rpo_3, ... when the stack already has that name).
 std::vector<std::string> stack_init_adapter(Session& s, const RpoConfig& cfg) {
-    auto names       = peft::add_frozen_adapters(*s.model, cfg.lora.init_adapter, cfg.model_path);
+    std::vector<std::string> names;
+    for (const auto& e : peft::read_adapter_stack(cfg.lora.init_adapter)) names.push_back(e.name);
     std::string name = "rpo";
     for (int k = 2; std::find(names.begin(), names.end(), name) != names.end(); ++k) name = "rpo_" + std::to_string(k);
-    peft::set_trainable_adapter_name(*s.model, name);
+    peft::set_trainable_adapter_name(*s.model, name);  // first: the frozen stack has a "default"
     s.lora.adapter_name = name;
+    names               = peft::add_frozen_adapters(*s.model, cfg.lora.init_adapter, cfg.model_path);
     names.push_back(name);
     spdlog::info("rpo: {} stacked frozen under the new adapter '{}' (lora.merge_init_adapter: false)",
                  cfg.lora.init_adapter, name);
