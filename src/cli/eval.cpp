@@ -39,6 +39,7 @@ struct EvalIgakuqaConfig {
     int64_t batch_size                 = 64;
     int64_t max_new_tokens             = 64;
     int64_t max_new_tokens_explanation = 1024;
+    int64_t limit                      = 0;
 };
 
 ConfigSchema<EvalIgakuqaConfig> make_schema() {
@@ -64,6 +65,7 @@ ConfigSchema<EvalIgakuqaConfig> make_schema() {
     s.field("max_new_tokens_explanation", &C::max_new_tokens_explanation,
             "reasoning + answer length limit in explanation mode")
         .range(1, 1 << 20);
+    s.field("limit", &C::limit, "--model: only the first N questions of each year and section (0 = all)").range(0, 1e9);
     return s;
 }
 
@@ -104,7 +106,7 @@ void eval_model(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEntry>& 
                 const std::vector<eval::PromptMode>& modes, const std::filesystem::path& prompt_file) {
     const bool main = parallel.group->is_main();
     if (main) start_run(cfg.output, resolved);
-    const auto questions = eval::load_questions(cfg.data_dir, years);
+    const auto questions = eval::first_questions_per_section(eval::load_questions(cfg.data_dir, years), cfg.limit);
     const auto examples  = eval::load_few_shot_examples(prompt_file);
     if (cfg.prompt_file.empty()) eval::check_against_manifest(cfg.data_dir, prompt_file, examples.size());
     generate::LoadOptions load;
@@ -138,6 +140,7 @@ void run_eval_igakuqa(const EvalIgakuqaConfig& cfg, const std::vector<ResolvedEn
                       const DistributedFlags& dist) {
     if (cfg.model.empty() == cfg.predictions.empty())
         throw UsageError("eval igakuqa: give exactly one of --model DIR or --predictions FILE_OR_DIR");
+    if (cfg.limit > 0 && cfg.model.empty()) throw UsageError("eval igakuqa: --limit applies to --model runs");
     if (!cfg.predictions.empty() && !cfg.adapter.empty())
         throw UsageError("eval igakuqa: --adapter applies to --model, not to --predictions");
     if (cfg.data_dir.empty()) throw UsageError("eval igakuqa: --data-dir DIR (config key data_dir) is required");
@@ -224,6 +227,7 @@ void add_eval_command(CLI::App& app) {
     number("--max-new-tokens", f.max_new_tokens, "max_new_tokens", "Answer length limit, standard mode");
     number("--max-new-tokens-explanation", f.max_new_tokens_explanation, "max_new_tokens_explanation",
            "Reasoning + answer length limit, explanation mode");
+    number("--limit", f.limit, "limit", "--model: the first N questions of each year and section (a smoke run)");
     cmd->add_flag("--overwrite", state->overwrite,
                   "Start --output's predictions.jsonl over instead of resuming it (a resume under another model, "
                   "adapter, data, prompt or decoding settings is refused)");
