@@ -13,6 +13,7 @@
 #   scripts/bench-generate.sh                                   # fp32 and bf16, 1 and 2 threads, batch 1 and 8
 #   DTYPES=fp32 THREADS=2 BATCHES="1 8" PROMPTS=8 NEW_TOKENS=16 REPEATS=3 scripts/bench-generate.sh
 #   NO_PREFIX_CACHE=1 scripts/bench-generate.sh                 # medllm without the prefix cache
+#   scripts/bench-generate.sh --gpu                             # CUDA: qwen2.5-7b in bf16, batch 1, 8 and 64
 #
 # prefill tok/s = real prompt tokens / time to the first token of every prompt (HF: until its first logits; medllm:
 # whole generate(1 token) calls); decode tok/s = tokens after the first / the rest of the time. Prints every
@@ -25,12 +26,21 @@ PY=${PY:-.venv/bin/python}
 "$PY" -c 'import transformers' 2>/dev/null ||
     { echo "bench-generate: $PY has no transformers (pip install -r scripts/requirements-fixtures.txt, or PY=...)" >&2; exit 1; }
 
-"$PY" - "$BENCH" <<'PYEOF'
+DEVICE=cpu
+if [[ "${1:-}" == "--gpu" ]]; then
+    DEVICE=cuda
+    : "${SHAPE:=qwen2.5-7b}" "${DTYPES:=bf16}" "${THREADS:=$(nproc)}" "${BATCHES:=1 8 64}" "${PROMPTS:=64}"
+    export SHAPE DTYPES THREADS BATCHES PROMPTS
+fi
+[[ -x build/bench_igakuqa_prompts ]] ||
+    { echo "bench-generate: build/bench_igakuqa_prompts not built (cmake --build build --target bench_igakuqa_prompts)" >&2; exit 1; }
+
+"$PY" - "$BENCH" "$DEVICE" <<'PYEOF'
 import json, os, sys, tempfile
 sys.path.insert(0, "scripts")
 import bench_setup as bs
 
-bench = sys.argv[1]
+bench, device = sys.argv[1], sys.argv[2]
 shape = os.environ.get("SHAPE", "qwen2.5-0.5b")
 mode = os.environ.get("MODE", "standard")
 dtypes = os.environ.get("DTYPES", "fp32 bf16").split()
@@ -41,24 +51,21 @@ G = int(os.environ.get("NEW_TOKENS", "16"))
 repeats = int(os.environ.get("REPEATS", "3"))
 env = {"PREFIX_CACHE": "0"} if os.environ.get("NO_PREFIX_CACHE") == "1" else {}
 
-model = bs.model_dir(shape)
-tok = bs.tokenizer(model)
-prompts = bs.igakuqa_prompts(mode, [2018], limit=(n_prompts + 5) // 6, folder=model)
-# First of each section, then the second ...: the --limit order is section by section; take round-robin.
+model = bs.model_dir(shape, "bf16" if device == "cuda" else "fp32")
+# The first of each section, then the second ...: --limit takes them section by section; take round-robin.
 by_section = {}
-for pid, text in prompts:
-    by_section.setdefault(pid[3], []).append(text)
-texts = [by_section[s][k] for k in range(max(map(len, by_section.values()))) for s in sorted(by_section)
-         if k < len(by_section[s])][:n_prompts]
+for p in bs.igakuqa_prompts(mode, "2018", limit=(n_prompts + 5) // 6, folder=model):
+    by_section.setdefault(p["id"][3], []).append(p["prompt_ids"])
+prompt_ids = [by_section[s][k] for k in range(max(map(len, by_section.values()))) for s in sorted(by_section)
+              if k < len(by_section[s])][:n_prompts]
 work = tempfile.mkdtemp(prefix="bench-generate.")
 path = os.path.join(work, "prompts.jsonl")
 lengths = []
+lengths = [len(ids) for ids in prompt_ids]
 with open(path, "w") as f:
-    for t in texts:
-        ids = tok(t, add_special_tokens=False)["input_ids"]
-        lengths.append(len(ids))
+    for ids in prompt_ids:
         f.write(json.dumps({"prompt_ids": ids}) + "\n")
-print(f"{shape}, {len(texts)} IgakuQA 2018 {mode} prompts of {min(lengths)}-{max(lengths)} tokens "
+print(f"{shape} on {device}, {len(prompt_ids)} IgakuQA 2018 {mode} prompts of {min(lengths)}-{max(lengths)} tokens "
       f"({sum(lengths)} in all), {G} new tokens, batches {batches}, {repeats} repeats"
       f"{', medllm without prefix cache' if env else ''}; {bs.load_note()} at start", flush=True)
 hdr = f"{'dtype':<5} {'thr':>3} {'batch':>5} {'rep':>3} | {'medllm prefill':>14} {'HF prefill':>10} {'ratio':>6} | " \
@@ -70,8 +77,8 @@ for threads in threads_list:
         for rep in range(repeats):
             for B in batches:
                 h = bs.measure([sys.executable, "scripts/bench_hf.py", "generate", model, path, "--batch", B,
-                                "--new-tokens", G, "--dtype", dtype], threads)
-                m = bs.measure([bench, model, path, B, G, threads, "cpu", dtype], threads, env)
+                                "--new-tokens", G, "--dtype", dtype, "--device", device], threads)
+                m = bs.measure([bench, model, path, B, G, threads, device, dtype], threads, env)
                 hr, mr = bs.last_json(h["stdout"]), bs.last_json(m["stdout"])
                 r = rows.setdefault((dtype, threads, B), [])
                 r.append((mr["prefill"], hr["prefill"], mr["decode"], hr["decode"], m["peak_rss_mb"], h["peak_rss_mb"]))

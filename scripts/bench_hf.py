@@ -2,7 +2,7 @@
 """The HF transformers side of the generation and evaluation benchmarks (bench-generate.sh, bench-eval.sh), run in
 its own process so its peak memory is its own. Prints one JSON line per result.
 
-  bench_hf.py generate MODEL PROMPTS_JSONL --batch B --new-tokens G --dtype fp32|bf16 --repeats R
+  bench_hf.py generate MODEL PROMPTS_JSONL --batch B --new-tokens G --dtype fp32|bf16 --repeats R --device cpu|cuda
       The prompts (prompt_ids) as consecutive generate() calls of B prompts (left-padded, as HF batches), greedy,
       no EOS. Times come from a logits processor that notes when each token's scores arrive: prefill = until the
       first, decode = from the first to the last. prefill tok/s counts real prompt tokens (not padding).
@@ -25,19 +25,27 @@ import bench_setup as bs  # noqa: E402
 
 
 class StepClock(LogitsProcessor):
-    """Notes the time each step's scores arrive (after the forward that produced them)."""
+    """Notes the time each step's scores arrive (after the forward that produced them; on CUDA after a
+    synchronize, so the time is the computation's and not its launch's)."""
 
-    def __init__(self):
+    def __init__(self, device):
         self.times = []
+        self.device = device
 
     def __call__(self, input_ids, scores):
+        sync(self.device)
         self.times.append(time.perf_counter())
         return scores
 
 
-def load(model_dir, dtype):
+def load(model_dir, dtype, device="cpu"):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
-    return model.eval()
+    return model.to(device).eval()
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def left_pad(rows, pad):
@@ -51,7 +59,7 @@ def left_pad(rows, pad):
 
 
 def cmd_generate(a):
-    model = load(a.model, a.dtype)
+    model = load(a.model, a.dtype, a.device)
     prompts = [json.loads(line)["prompt_ids"] for line in open(a.prompts) if line.strip()]
     real = sum(len(p) for p in prompts)
 
@@ -59,7 +67,9 @@ def cmd_generate(a):
         prefill = decode = 0.0
         for first in range(0, len(prompts), a.batch):
             ids, mask = left_pad(prompts[first:first + a.batch], 0)
-            clock = StepClock()
+            clock = StepClock(a.device)
+            ids, mask = ids.to(a.device), mask.to(a.device)
+            sync(a.device)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -119,6 +129,7 @@ def main():
     g.add_argument("--new-tokens", type=int, required=True)
     g.add_argument("--dtype", default="fp32")
     g.add_argument("--repeats", type=int, default=1)
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e = sub.add_parser("eval")
     e.add_argument("model")
     e.add_argument("prompts")

@@ -3,21 +3,21 @@
 IgakuQA prompts, and the measuring of a command (wall time, peak memory) with the machine's load.
 
 The model is Qwen2ForCausalLM built by transformers from configs/models/<shape>/config.json (the real layer shapes
-and the real 151,936-row vocabulary) with random weights (HF's init, seed 0), saved once in fp32 as an HF folder
+and the real 151,936-row vocabulary) with random weights (HF's init, seed 0), saved once in fp32 (bf16 for the GPU runs) as an HF folder
 with the real Qwen2.5 tokenizer (tokenizer.json built from ../shared/qwen_tokenizer by
 scripts/make_tokenizer_fixtures.py's builder, the Qwen2.5-Instruct chat template, and a generation_config.json with
 Qwen2.5-Instruct's end-of-turn ids). Each stack loads it in the dtype asked for. The folder is cached under
-$MEDLLM_BENCH_CACHE (default /tmp/medllm-bench) and rebuilt when this script or the config changes.
+$MEDLLM_BENCH_CACHE (default /tmp/medllm-bench) and rebuilt when the config or the code that builds it changes.
 
-Prompts are IgakuQA questions rendered as `medllm eval igakuqa` renders them in the chat format (the original
-scripts' 3 fixed shots from ../shared/igakuqa_data/scripts/prompts/prompt.jsonl; standard or explanation mode),
-the first `limit` questions of each year and section, as `eval igakuqa --limit` takes them.
+Prompts are IgakuQA questions rendered and tokenized by medllm (build/bench_igakuqa_prompts: the renderer and
+tokenizer `medllm eval igakuqa` uses, the original scripts' 3 fixed shots; standard or explanation mode), the first
+`limit` questions of each year and section, as `eval igakuqa --limit` takes them.
 
 Library use (the bench scripts put scripts/ on sys.path):
     import bench_setup as bs
     model = bs.model_dir("qwen2.5-0.5b")            # path of the cached HF folder
     tok = bs.tokenizer(model)                        # transformers tokenizer of that folder
-    prompts = bs.igakuqa_prompts("standard", years=[2018], limit=3)   # [(problem_id, chat text)]
+    prompts = bs.igakuqa_prompts("standard", years="2018", limit=3)   # [{"id", "prompt", "prompt_ids"}]
     r = bs.measure([cmd, ...], threads=2)           # {"seconds", "peak_rss_mb", "stdout", "stderr"}
 Command line:
     bench_setup.py model [--shape qwen2.5-0.5b]     # prints the folder (building it if needed)
@@ -36,23 +36,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("MEDLLM_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
 CACHE = os.environ.get("MEDLLM_BENCH_CACHE", "/tmp/medllm-bench")
 
-# What medllm's IgakuQA prompt renders (src/eval/igakuqa_prompt.cpp, from the original chatgpt.py).
-SYSTEM = "医師国家試験を解きます。"
-ANSWER_MARKER = "答え:"
-EXPLAIN_CHOICES = "まず解説を書き、最後に「答え:」に続けて選んだ選択肢の記号を書いてください。"
-EXPLAIN_NUMERIC = "まず解説を書き、最後に「答え:」に続けて数値を書いてください。"
-EXPLANATION_LEAD = "解説: "
-
 
 def load_note():
     return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
 def _fingerprint(config_path):
+    """Of the config and of the code that builds the folder (so editing the rest of this file keeps the cache)."""
+    import inspect
+
     h = hashlib.sha256()
-    for p in (config_path, os.path.abspath(__file__)):
-        with open(p, "rb") as f:
-            h.update(f.read())
+    with open(config_path, "rb") as f:
+        h.update(f.read())
+    for fn in (model_dir, _write_tokenizer):
+        h.update(inspect.getsource(fn).encode())
     return h.hexdigest()[:16]
 
 
@@ -77,10 +74,11 @@ def _write_tokenizer(out):
     json.dump(cfg, open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8"), ensure_ascii=False, indent=1)
 
 
-def model_dir(shape="qwen2.5-0.5b"):
-    """The cached random-weight HF folder of configs/models/<shape> (built on first use)."""
+def model_dir(shape="qwen2.5-0.5b", dtype="fp32"):
+    """The cached random-weight HF folder of configs/models/<shape> (built on first use), saved in `dtype` (fp32, or
+    bf16 for the 7B-and-up shapes the GPU benchmarks use: half the disk and load time)."""
     config_path = os.path.join(ROOT, "configs", "models", shape, "config.json")
-    out = os.path.join(CACHE, f"{shape}-random-{_fingerprint(config_path)}")
+    out = os.path.join(CACHE, f"{shape}-random-{'' if dtype == 'fp32' else dtype + '-'}{_fingerprint(config_path)}")
     if os.path.exists(os.path.join(out, "done")):
         return out
     import torch
@@ -92,7 +90,10 @@ def model_dir(shape="qwen2.5-0.5b"):
     cfg = json.load(open(config_path))
     cfg.pop("torch_dtype", None)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**cfg)).to(torch.float32).eval()
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    torch.set_default_dtype(torch_dtype)  # built in its dtype: a 7B model is not first made in fp32
+    model = Qwen2ForCausalLM(Qwen2Config(**cfg)).eval()
+    torch.set_default_dtype(torch.float32)
     model.save_pretrained(tmp, safe_serialization=True)
     # Qwen2.5-Instruct's end-of-turn ids (both stacks read them from here); no sampling defaults.
     json.dump({"eos_token_id": [151645, 151643], "pad_token_id": 151643},
@@ -114,54 +115,20 @@ def tokenizer(folder):
     return tok
 
 
-def _read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def igakuqa_prompts(mode, years="2018", limit=0, folder=None, fmt="chat", build="build"):
+    """[{"id", "prompt", "prompt_ids"}]: the IgakuQA questions `medllm eval igakuqa --limit` takes (the first `limit`
+    of each year and section; 0: all), rendered and tokenized by medllm itself (bench/igakuqa_prompts.cpp: the
+    renderer and tokenizer eval igakuqa uses), in its order."""
+    import tempfile
 
-
-def _user_turn(problem_text, choices, answer_count, mode):
-    text = "問題: " + problem_text
-    if not choices:
-        return text + ("\n" + EXPLAIN_NUMERIC if mode == "explanation" else "")
-    for letter, choice in zip("abcdefgh", choices):
-        text += "\n" + letter + ": " + choice
-    text += "\n必ずa,b,c,d,eの中からちょうど" + str(answer_count) + "個選んでください。"
-    return text + "\n" + (ANSWER_MARKER if mode == "standard" else EXPLAIN_CHOICES)
-
-
-def igakuqa_questions(years=(2018,), limit=0):
-    """The IgakuQA questions of `years`, the first `limit` of each year and section (0: all), in exam order."""
-    data = os.path.join(SHARED, "igakuqa_data", "data")
-    out = []
-    for year in years:
-        folder = os.path.join(data, str(year))
-        for name in sorted(os.listdir(folder)):
-            if not name.endswith(".jsonl") or "_" in name:
-                continue
-            qs = _read_jsonl(os.path.join(folder, name))
-            out.extend(qs[:limit] if limit else qs)
-    return out
-
-
-def igakuqa_messages(question, mode):
-    shots = _read_jsonl(os.path.join(SHARED, "igakuqa_data", "scripts", "prompts", "prompt.jsonl"))
-    messages = [{"role": "system", "content": SYSTEM}]
-    for ex in shots:
-        messages.append({"role": "user", "content": _user_turn(ex["problem_text"], ex["choices"], len(ex["answer"]), mode)})
-        answer = ",".join(ex["answer"])
-        messages.append({"role": "assistant", "content": answer if mode == "standard"
-                         else EXPLANATION_LEAD + ex["explanation"] + "\n" + ANSWER_MARKER + answer})
-    messages.append({"role": "user", "content": _user_turn(question["problem_text"], question["choices"],
-                                                           len(question["answer"]), mode)})
-    return messages
-
-
-def igakuqa_prompts(mode, years=(2018,), limit=0, folder=None):
-    """[(problem_id, prompt text)] rendered with the model folder's chat template."""
-    tok = tokenizer(folder or model_dir())
-    return [(q["problem_id"], tok.apply_chat_template(igakuqa_messages(q, mode), tokenize=False,
-                                                      add_generation_prompt=True))
-            for q in igakuqa_questions(years, limit)]
+    helper = os.path.join(ROOT, build, "bench_igakuqa_prompts")
+    if not os.access(helper, os.X_OK):
+        sys.exit(f"bench: {helper} not built (cmake --build {build} --target bench_igakuqa_prompts)")
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as out:
+        subprocess.run([helper, os.path.join(SHARED, "igakuqa_data"), folder or model_dir(), mode, fmt, str(years),
+                        str(limit), out.name], check=True)
+        with open(out.name, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
 
 
 def measure(cmd, threads, env=None):
@@ -204,6 +171,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("model")
     m.add_argument("--shape", default="qwen2.5-0.5b")
+    m.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p = sub.add_parser("prompts")
     p.add_argument("--shape", default="qwen2.5-0.5b")
     p.add_argument("--mode", default="standard", choices=["standard", "explanation"])
@@ -211,14 +179,13 @@ def main():
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--out", required=True)
     a = ap.parse_args()
-    folder = model_dir(a.shape)
+    folder = model_dir(a.shape, getattr(a, "dtype", "fp32"))
     if a.cmd == "model":
         print(folder)
         return
-    tok = tokenizer(folder)
     with open(a.out, "w") as f:
-        for pid, text in igakuqa_prompts(a.mode, [int(y) for y in a.years.split(",")], a.limit, folder):
-            f.write(json.dumps({"id": pid, "prompt_ids": tok(text, add_special_tokens=False)["input_ids"]}) + "\n")
+        for p in igakuqa_prompts(a.mode, a.years, a.limit, folder):
+            f.write(json.dumps({"id": p["id"], "prompt_ids": p["prompt_ids"]}) + "\n")
 
 
 if __name__ == "__main__":
