@@ -58,6 +58,9 @@ void add_eval_command(CLI::App& app) {
     number("--max-new-tokens", f.max_new_tokens, "max_new_tokens", "Answer length limit, standard mode");
     number("--max-new-tokens-explanation", f.max_new_tokens_explanation, "max_new_tokens_explanation",
            "Reasoning + answer length limit, explanation mode");
+    number("--limit", f.limit, "limit",
+           "--model: only the first N questions of each year and section (a smoke run; 0 = all); a later run with "
+           "a larger limit resumes the questions already done");
     cmd->add_flag("--overwrite", state->overwrite,
                   "Start --output's predictions.jsonl over instead of resuming it (a resume under another model, "
                   "adapter, data, prompt or decoding settings is refused)");

@@ -74,6 +74,10 @@ std::vector<int> parse_years(const std::string& spec);
 // when a file differs from the data's MANIFEST.tsv (records or bytes), when the directory has one.
 std::vector<Question> load_questions(const std::filesystem::path& data_dir, const std::vector<int>& years);
 
+// `eval igakuqa --limit N` (a smoke run): the first `limit` questions of every year and section, in the order
+// given; every question when limit <= 0. A later run with a larger limit resumes the questions already done.
+std::vector<Question> first_questions_per_section(std::vector<Question> questions, int64_t limit);
+
 // The few-shot examples (scripts/prompts/prompt.jsonl), in file order; answers are validated against the choices
 // as in load_questions.
 std::vector<FewShotExample> load_few_shot_examples(const std::filesystem::path& prompt_file);
