@@ -20,14 +20,18 @@ void add_pipeline_command(CLI::App& app) {
     struct Options {
         ConfigOptions config;
         std::string from, only;
-        bool list     = false;
-        int64_t nproc = 0;
+        bool list         = false;
+        bool print_config = false;
+        int64_t nproc     = 0;
     };
     auto opts = std::make_shared<Options>();
     add_config_options(cmd, opts->config);
     cmd->add_option("--from", opts->from, "Rerun this stage and every stage after it from scratch");
     cmd->add_option("--only", opts->only, "Rerun just this stage from scratch (the report is always rewritten)");
     cmd->add_flag("--list", opts->list, "Print the stages of this config and whether each is done, then exit");
+    cmd->add_flag("--print-config", opts->print_config,
+                  "Print every stage's resolved config (defaults included, each value's origin: the file it came "
+                  "from, --set, default, or the pipeline), then exit without running anything");
     cmd->add_option("--nproc", opts->nproc,
                     "Processes per cpt / rpo / eval / build-prefs stage on this node, one per GPU (config key "
                     "launch.nproc; default 1)")
@@ -53,6 +57,10 @@ void add_pipeline_command(CLI::App& app) {
         ConfigSource source = opts->config.source();
         if (opts->nproc > 0) source.overrides.push_back("launch.nproc=" + std::to_string(opts->nproc));
         const auto config = pipeline::load_pipeline_config(source, &run.resolved);
+        if (opts->print_config) {
+            write_stdout(pipeline::format_stage_configs(config, pipeline::plan_stages(config), run.resolved));
+            return;
+        }
         if (opts->list) {
             std::string out;
             const auto stages = pipeline::plan_stages(config);

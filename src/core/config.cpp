@@ -76,7 +76,7 @@ void flatten(const nlohmann::json& node, const std::string& prefix, const std::s
     // An override replaces the file's value for that key and anything beneath it.
     for (auto it = out.lower_bound(prefix + "."); it != out.end() && it->first.rfind(prefix + ".", 0) == 0;)
         it = out.erase(it);
-    out[prefix] = FlatValue{node, origin};
+    out[prefix] = FlatValue{node, origin, ""};
 }
 
 std::string type_name(const nlohmann::json& v) {
@@ -205,6 +205,10 @@ std::string closest_key(const std::string& key, const std::vector<std::string>& 
         }
     }
     return best;
+}
+
+std::string file_origin(const std::string& path) {
+    return base_name(path);
 }
 
 std::string render_value(const nlohmann::json& v) {

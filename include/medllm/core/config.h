@@ -44,6 +44,9 @@ namespace config_detail {
 struct FlatValue {
     nlohmann::json value;
     std::string origin;  // "cpt.yaml" or "--set"
+    // How the key was written where it came from, before the schema's key: "rpo." for a key of a pipeline file's
+    // rpo: section, so messages name `rpo.lora.rnak`, the key the user wrote, not the stage's own `lora.rnak`.
+    std::string key_prefix;
 };
 using FlatDoc = std::map<std::string, FlatValue>;
 
@@ -57,6 +60,8 @@ void note_ignored_key(const std::string& key, const std::vector<std::string>& st
                       const std::string& where);
 std::string closest_key(const std::string& key, const std::vector<std::string>& candidates);
 std::string render_value(const nlohmann::json& v);
+// The origin load_flat gives a file's values: its base name ("configs/tiny/cpt.yaml" -> "cpt.yaml").
+std::string file_origin(const std::string& path);
 
 // Typed conversion with errors naming key, value and what is allowed.
 void convert(const std::string& key, const FlatValue& v, std::string& out);
@@ -193,19 +198,25 @@ public:
                std::vector<ResolvedEntry>* resolved = nullptr) const {
         std::vector<std::string> known;
         for (const auto& f : fields_) known.push_back(f->key_);
-        const auto shown = [&](const std::string& key) { return prefix.empty() ? key : prefix + "." + key; };
+        // A key as the user wrote it: the list item's prefix, or the section a pipeline file nests it under.
+        const auto shown = [&](const std::string& key, const config_detail::FlatValue* v = nullptr) {
+            if (!prefix.empty()) return prefix + "." + key;
+            return v ? v->key_prefix + key : key;
+        };
         for (const auto& [key, v] : doc) {
             bool found = false;
             for (const auto& f : fields_) found = found || f->key_ == key;
             if (found) continue;
-            const std::string in = v.origin == "--set" ? "--set" : where;
+            // The file the schema was given is named by its path; a value from elsewhere (--set, a stage config a
+            // pipeline file names) by its origin.
+            const std::string in = v.origin == config_detail::file_origin(where) ? where : v.origin;
             if (!is_strict(key)) {
                 config_detail::note_ignored_key(key, strict_sections_, in);
                 continue;
             }
-            std::string msg  = "unknown key '" + shown(key) + "' in " + in;
+            std::string msg  = "unknown key '" + shown(key, &v) + "' in " + in;
             std::string near = config_detail::closest_key(key, known);
-            if (!near.empty()) msg += "; did you mean '" + shown(near) + "'?";
+            if (!near.empty()) msg += "; did you mean '" + shown(near, &v) + "'?";
             throw UsageError(msg);
         }
         T obj{};
@@ -213,12 +224,12 @@ public:
             auto it            = doc.find(f->key_);
             std::string origin = "default";
             if (it != doc.end()) {
-                f->assign_(obj, shown(f->key_), it->second);
+                f->assign_(obj, shown(f->key_, &it->second), it->second);
                 origin = it->second.origin;
             } else if (f->required_) {
                 throw UsageError("missing required key '" + shown(f->key_) + "' in " + where + " (" + f->help_ + ")");
             }
-            f->check_(obj, shown(f->key_), origin);
+            f->check_(obj, shown(f->key_, it != doc.end() ? &it->second : nullptr), origin);
             if (resolved) resolved->push_back({f->key_, f->show_(obj), origin});
         }
         return obj;
