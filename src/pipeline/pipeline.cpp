@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <glob.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <csignal>
@@ -345,7 +346,73 @@ void wire(Stage& s, const std::string& key, const nlohmann::json& value, const s
     s.wired[key] = note;
 }
 
+// A key of a stage's config as the user wrote it, and where ("cpt.data.sources[0].path (from pipeline.yaml)").
+std::string key_label(const Stage& s, const std::string& key) {
+    if (const auto w = s.wired.find(key); w != s.wired.end())
+        return key + " (set by the pipeline: " + w->second.substr(0, w->second.find(';')) + ")";
+    const std::string base = key.substr(0, key.find('['));
+    if (const auto d = s.doc.find(base); d != s.doc.end())
+        return d->second.key_prefix + key + " (from " + d->second.origin + ")";
+    return key + " (default)";
+}
+
+// What a stage reads that no stage produces, from its resolved config.
+void add_inputs(Stage& s) {
+    const auto& v = s.resolved.values.is_object() && !s.resolved.values.empty() ? s.resolved.values : s.config;
+    auto text     = [&](const std::string& key) {
+        return v.contains(key) && v[key].is_string() ? v[key].get<std::string>() : std::string();
+    };
+    auto enabled = [&](const std::string& key) { return !v.contains(key) || v[key] != false; };
+    auto add     = [&](const std::string& key, const std::string& path, const char* what) {
+        if (!path.empty()) s.inputs.push_back({key, key_label(s, key), path, what});
+    };
+    if (s.kind == "eval") {
+        add("data_dir", text("data_dir"), "igakuqa");
+        add("prompt_file", text("prompt_file"), "path");
+    } else if (s.kind == "cpt" || s.kind == "rpo") {
+        add("model.tokenizer", text("model.tokenizer"), "path");
+        if (s.kind == "cpt" && v.contains("data.sources") && v["data.sources"].is_array())
+            for (size_t i = 0; i < v["data.sources"].size(); ++i) {
+                const auto& item = v["data.sources"][i];
+                if (item.is_object() && item.contains("path") && item["path"].is_string())
+                    add("data.sources[" + std::to_string(i) + "].path", item["path"].get<std::string>(), "path");
+            }
+        if (enabled("eval_guard.enabled")) add("eval_guard.igakuqa_dir", text("eval_guard.igakuqa_dir"), "igakuqa");
+    } else if (s.kind == "build-prefs") {
+        if (v.contains("questions") && v["questions"].is_array())
+            for (size_t i = 0; i < v["questions"].size(); ++i)
+                if (v["questions"][i].is_string())
+                    add("questions[" + std::to_string(i) + "]", v["questions"][i].get<std::string>(), "path");
+        add("few_shot.file", text("few_shot.file"), "path");
+        add("guard.igakuqa_dir", text("guard.igakuqa_dir"), "igakuqa");
+    }
+}
+
 }  // namespace
+
+void check_stage_inputs(const std::vector<Stage>& stages, const std::vector<bool>& run) {
+    for (size_t i = 0; i < stages.size(); ++i) {
+        if (!run[i]) continue;
+        for (const auto& in : stages[i].inputs) {
+            std::string problem;
+            if (in.path.find_first_of("*?[") != std::string::npos) {
+                glob_t g{};
+                const int rc = ::glob(in.path.c_str(), 0, nullptr, &g);
+                const bool any = rc == 0 && g.gl_pathc > 0;
+                globfree(&g);
+                if (!any) problem = "matches no file";
+            } else if (!fs::exists(in.path)) {
+                problem = "no such file or folder";
+            } else if (in.what == "model" && !fs::is_regular_file(fs::path(in.path) / "config.json")) {
+                problem = "not a model folder (no config.json in it)";
+            } else if (in.what == "igakuqa" && !fs::is_directory(fs::path(in.path) / "data")) {
+                problem = "not an IgakuQA data folder (no data/ in it)";
+            }
+            if (!problem.empty())
+                throw UsageError("stage " + stages[i].name + ": " + in.key + ": " + problem + " '" + in.path + "'");
+        }
+    }
+}
 
 std::vector<Stage> plan_stages(const PipelineConfig& c) {
     const fs::path run(c.run_dir);
@@ -367,6 +434,7 @@ std::vector<Stage> plan_stages(const PipelineConfig& c) {
         s.config = nlohmann::json::object();
         for (const auto& [key, v] : s.doc) s.config[key] = v.value;
         s.resolved = resolve_stage_config(s.kind, s.doc, where);
+        add_inputs(s);
         s.args     = args;
         s.args.push_back("--config");
         s.args.push_back((s.dir / "stage.yaml").string());
@@ -424,16 +492,20 @@ std::vector<Stage> plan_stages(const PipelineConfig& c) {
         finish(s, {"rpo"});
         return s;
     };
+    const StageInput base_input{"base_model", "base_model", c.base_model, "model"};
     eval_stage("eval-base", "base", c.base_model);
+    stages.back().inputs.insert(stages.back().inputs.begin(), base_input);
     {
         Stage s = from_section("cpt", "cpt", "cpt");
         wire(s, "model.path", c.base_model, "base_model", Wire::path, where);
         wire(s, "output", s.dir.string(), "the stage folder", Wire::path, where);
         wire(s, "eval_guard.igakuqa_dir", data_dir, "eval.data_dir", Wire::guard, where);
         finish(s, {"cpt"});
+        s.inputs.insert(s.inputs.begin(), base_input);
         stages.push_back(s);
     }
     merge_stage("merge-cpt", c.base_model, "cpt");
+    stages.back().inputs.push_back(base_input);
     eval_stage("eval-cpt", "+CPT", cpt_model);
     if (c.cpt_rpo || c.ablation_dpo || c.ablation_no_cpt) {
         Stage s = from_section("build-prefs", "build_prefs", "build-prefs");
@@ -465,13 +537,17 @@ std::vector<Stage> plan_stages(const PipelineConfig& c) {
     }
     if (c.ablation_no_cpt) {
         stages.push_back(rpo_stage("rpo-base", c.base_model, "base_model (the row without CPT)", false));
+        stages.back().inputs.insert(stages.back().inputs.begin(), base_input);
         merge_stage("merge-rpo-base", c.base_model, "rpo-base");
+        stages.back().inputs.push_back(base_input);
         eval_stage("eval-rpo", "+RPO", (run / "merge-rpo-base").string());
     }
     Stage report;
     report.name = report.kind = "report";
     report.dir                = run / "report";
     stages.push_back(report);
+    if (!c.pass_lines.empty())
+        stages.back().inputs.push_back({"report.pass_lines", "report.pass_lines", c.pass_lines, "path"});
     return stages;
 }
 
@@ -541,7 +617,19 @@ PipelineResult run_pipeline(const PipelineConfig& config, const PipelineOptions&
     const size_t from     = options.from.empty() ? stages.size() : index_of(options.from, "--from");
     const size_t only     = options.only.empty() ? stages.size() : index_of(options.only, "--only");
     const fs::path binary = options.medllm.empty() ? fs::read_symlink("/proc/self/exe") : options.medllm;
-    if (!fs::exists(config.base_model)) throw UsageError("base_model " + config.base_model + ": no such model folder");
+    // Every input of the stages that will run is checked before the first one starts, not hours later.
+    std::vector<bool> will_run(stages.size());
+    for (size_t i = 0; i < stages.size(); ++i)
+        will_run[i] = only < stages.size() ? i == only
+                                           : i >= from || stages[i].kind == "report" || !read_done(stages[i].dir).is_object();
+    check_stage_inputs(stages, will_run);
+    if (only < stages.size() && stages[only].kind == "report") {
+        bool any = false;
+        for (const auto& e : stages) any = any || (e.kind == "eval" && read_done(e.dir).is_object());
+        if (!any)
+            throw UsageError("--only report: no evaluation stage is done in " + config.run_dir +
+                             " yet, so the report would be empty; run the pipeline first");
+    }
     fs::create_directories(config.run_dir);
 
     PipelineResult result;

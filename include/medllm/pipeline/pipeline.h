@@ -70,6 +70,15 @@ struct PipelineConfig {
 PipelineConfig load_pipeline_config(const ConfigSource& source, std::vector<ResolvedEntry>* resolved = nullptr);
 std::string describe_pipeline_config();
 
+// A file or folder a stage reads that no stage produces, with the key that names it as the user wrote it
+// ("cpt.data.sources[0].path (from pipeline.yaml)", "base_model").
+struct StageInput {
+    std::string id;   // the key as the stage reads it ("base_model", "data.sources[0].path")
+    std::string key;
+    std::string path;              // a file, a folder, or a glob (corpus sources)
+    std::string what = "path";     // path | model (a folder with config.json) | igakuqa (a folder with data/)
+};
+
 struct Stage {
     std::string name;  // "cpt", "eval-base", ...
     std::string kind;  // eval | cpt | merge | build-prefs | rpo | report
@@ -82,6 +91,7 @@ struct Stage {
     StageConfig resolved;           // through the stage command's schema, defaults included
     std::map<std::string, std::string> wired;  // key -> what the pipeline sets it to, and what that replaced
     std::string config_name;                   // the stage config its section names ("" = none)
+    std::vector<StageInput> inputs;            // what it reads that no stage produces
 };
 
 // The stages of a config, each stage's config merged with what the pipeline wires (model, output, data paths,
@@ -95,6 +105,10 @@ std::vector<Stage> plan_stages(const PipelineConfig& config);
 // each (origin: the file it came from, --set, default, or "pipeline: ..." for a key the pipeline sets).
 std::string format_stage_configs(const PipelineConfig& config, const std::vector<Stage>& stages,
                                  const std::vector<ResolvedEntry>& own);
+
+// Checks, before anything runs, that every input of the stages that will run exists (`run[i]` for stages[i]):
+// UsageError "stage cpt: cpt.data.sources[0].path (from pipeline.yaml): no such file or folder 'corpus/'".
+void check_stage_inputs(const std::vector<Stage>& stages, const std::vector<bool>& run);
 
 struct PipelineOptions {
     std::string from, only;        // stage names; "" = none
