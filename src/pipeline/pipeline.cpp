@@ -4,9 +4,9 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <glob.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <csignal>
@@ -25,6 +25,7 @@
 #include "medllm/eval/igakuqa_data.h"
 #include "medllm/eval/igakuqa_option_scores.h"
 #include "medllm/generate/option_scores.h"
+#include "medllm/pipeline/rebuild.h"
 #include "medllm/pipeline/report.h"
 
 namespace fs = std::filesystem;
@@ -64,7 +65,8 @@ std::string section_of(const std::string& key) {
 void put_key(config_detail::FlatDoc& doc, const std::string& key, config_detail::FlatValue value) {
     for (auto it = doc.lower_bound(key + "."); it != doc.end() && it->first.rfind(key + ".", 0) == 0;)
         it = doc.erase(it);
-    for (size_t dot = key.find('.'); dot != std::string::npos; dot = key.find('.', dot + 1)) doc.erase(key.substr(0, dot));
+    for (size_t dot = key.find('.'); dot != std::string::npos; dot = key.find('.', dot + 1))
+        doc.erase(key.substr(0, dot));
     doc[key] = std::move(value);
 }
 
@@ -168,16 +170,6 @@ int run_child(const fs::path& binary, const std::vector<std::string>& args, cons
     return rc;
 }
 
-nlohmann::json read_done(const fs::path& dir) {
-    const fs::path done = dir / "done";
-    if (!fs::exists(done)) return nullptr;
-    return read_json_file(done);
-}
-
-std::string stage_hash(const Stage& s) {
-    return hash_bytes(s.config.dump() + "\n" + nlohmann::json(s.args).dump());
-}
-
 }  // namespace
 
 nlohmann::json unflatten(const nlohmann::json& flat) {
@@ -248,8 +240,8 @@ PipelineConfig load_pipeline_config(const ConfigSource& source, std::vector<Reso
         if (sub == "set") {
             // `set: {}` or `set:` with nothing under it sets nothing; anything else must be a mapping.
             if (v.value.is_null() || (v.value.is_object() && v.value.empty())) continue;
-            throw UsageError("key '" + key + "' (from " + v.origin + ") must be a mapping of dotted keys (set: " +
-                             "{loss.beta: 0.2})");
+            throw UsageError("key '" + key + "' (from " + v.origin +
+                             ") must be a mapping of dotted keys, e.g. set: {loss.beta: 0.2}");
         }
         if (sub.rfind("set.", 0) == 0) {
             sub    = sub.substr(4);
@@ -269,10 +261,10 @@ PipelineConfig load_pipeline_config(const ConfigSource& source, std::vector<Reso
         StageSection sec;
         const auto& p = parts[name];
         if (p.config) {
-            sec.config_name     = p.config->value.get<std::string>();
-            const fs::path file = fs::path(sec.config_name).is_absolute() ? fs::path(sec.config_name)
-                                                                          : base_dir / sec.config_name;
-            sec.config_file     = file.lexically_normal().string();
+            sec.config_name = p.config->value.get<std::string>();
+            const fs::path file =
+                fs::path(sec.config_name).is_absolute() ? fs::path(sec.config_name) : base_dir / sec.config_name;
+            sec.config_file = file.lexically_normal().string();
             if (!fs::is_regular_file(sec.config_file))
                 throw UsageError("key '" + name + ".config' (from " + p.config->origin + "): no such stage config " +
                                  sec.config_file + " (paths are relative to the pipeline file)");
@@ -280,7 +272,7 @@ PipelineConfig load_pipeline_config(const ConfigSource& source, std::vector<Reso
                 if (key == "config" || key.rfind("set.", 0) == 0 || key == "set")
                     throw UsageError("key '" + key + "' in " + sec.config_file +
                                      ": a stage config cannot name another one (only a pipeline section can)");
-                v.origin = sec.config_name;
+                v.origin     = sec.config_name;
                 sec.doc[key] = v;
             }
         }
@@ -322,18 +314,17 @@ std::string as_text(const nlohmann::json& v) {
 
 void wire(Stage& s, const std::string& key, const nlohmann::json& value, const std::string& why, Wire mode,
           const std::string& where) {
-    const auto it = s.doc.find(key);
+    const auto it    = s.doc.find(key);
     const bool given = it != s.doc.end() && !it->second.value.is_null() &&
                        !(it->second.value.is_string() && it->second.value.get<std::string>().empty());
     const bool by_pipeline_file = given && !it->second.key_prefix.empty();  // the pipeline file or --set
-    const std::string named =
-        given ? "key '" + it->second.key_prefix + key + "' (from " +
-                    (it->second.origin == "--set" ? std::string("--set") : by_pipeline_file ? where : it->second.origin) +
-                    ")"
-              : "";
+    std::string named;                                                      // the key as the user wrote it, and where
+    if (given) {
+        const std::string from = it->second.origin == "--set" ? "--set" : by_pipeline_file ? where : it->second.origin;
+        named                  = "key '" + it->second.key_prefix + key + "' (from " + from + ")";
+    }
     if (mode == Wire::empty) {
-        if (given)
-            throw UsageError(named + " must be empty in a pipeline: " + why);
+        if (given) throw UsageError(named + " must be empty in a pipeline: " + why);
         return;
     }
     if (mode == Wire::guard && by_pipeline_file) return;
@@ -397,7 +388,7 @@ void check_stage_inputs(const std::vector<Stage>& stages, const std::vector<bool
             std::string problem;
             if (in.path.find_first_of("*?[") != std::string::npos) {
                 glob_t g{};
-                const int rc = ::glob(in.path.c_str(), 0, nullptr, &g);
+                const int rc   = ::glob(in.path.c_str(), 0, nullptr, &g);
                 const bool any = rc == 0 && g.gl_pathc > 0;
                 globfree(&g);
                 if (!any) problem = "matches no file";
@@ -416,8 +407,8 @@ void check_stage_inputs(const std::vector<Stage>& stages, const std::vector<bool
 
 std::vector<Stage> plan_stages(const PipelineConfig& c) {
     const fs::path run(c.run_dir);
-    const std::string where = c.path.empty() ? "the overrides" : c.path;
-    auto section            = [&](const std::string& name) -> const StageSection& { return c.sections.at(name); };
+    const std::string where    = c.path.empty() ? "the overrides" : c.path;
+    auto section               = [&](const std::string& name) -> const StageSection& { return c.sections.at(name); };
     const std::string data_dir = text_key(c.section("eval"), "data_dir");
     std::vector<Stage> stages;
     auto from_section = [&](const std::string& name, const std::string& section_name, const std::string& kind) {
@@ -435,15 +426,17 @@ std::vector<Stage> plan_stages(const PipelineConfig& c) {
         for (const auto& [key, v] : s.doc) s.config[key] = v.value;
         s.resolved = resolve_stage_config(s.kind, s.doc, where);
         add_inputs(s);
-        s.args     = args;
+        s.args = args;
         s.args.push_back("--config");
         s.args.push_back((s.dir / "stage.yaml").string());
     };
     const std::string cpt_model = (run / "merge-cpt").string();
-    auto eval_stage = [&](const std::string& name, const std::string& row, const std::string& model) {
+    auto eval_stage             = [&](const std::string& name, const std::string& row, const std::string& model,
+                          const std::string& merged_by) {
         Stage s = from_section(name, "eval", "eval");
         s.row   = row;
         s.model = model;
+        if (!merged_by.empty()) s.after = {merged_by};
         wire(s, "model", model, "the model of row " + row, Wire::path, where);
         wire(s, "output", s.dir.string(), "the stage folder", Wire::path, where);
         wire(s, "model_name", row, "the report row", Wire::path, where);
@@ -455,16 +448,25 @@ std::vector<Stage> plan_stages(const PipelineConfig& c) {
     // Folds the adapter that stage `trained_by` wrote into `model`.
     auto merge_stage = [&](const std::string& name, const std::string& model, const std::string& trained_by) {
         Stage s;
-        s.name = name;
-        s.kind = "merge";
-        s.dir  = run / name;
-        s.args  = {"merge",   "--model", model, "--adapter", (run / trained_by / "adapter").string(),
-                   "--output", (run / name).string()};
+        s.name  = name;
+        s.kind  = "merge";
+        s.dir   = run / name;
+        s.args  = {"merge",
+                   "--model",
+                   model,
+                   "--adapter",
+                   (run / trained_by / "adapter").string(),
+                   "--output",
+                   (run / name).string()};
+        s.after = {trained_by};
+        if (model == cpt_model) s.after.push_back("merge-cpt");
         stages.push_back(s);
     };
     StageConfig rpo_config;  // the rpo stage's, which the DPO row derives from
     auto rpo_stage = [&](const std::string& name, const std::string& model, const std::string& model_why, bool dpo) {
         Stage s = from_section(name, "rpo", "rpo");
+        s.after = {"build-prefs"};
+        if (model == cpt_model) s.after.insert(s.after.begin(), "merge-cpt");
         wire(s, "model.path", model, model_why, Wire::path, where);
         wire(s, "data.path", (run / "build-prefs" / "pairs.jsonl").string(), "build-prefs' pairs", Wire::path, where);
         wire(s, "output", s.dir.string(), "the stage folder", Wire::path, where);
@@ -493,7 +495,7 @@ std::vector<Stage> plan_stages(const PipelineConfig& c) {
         return s;
     };
     const StageInput base_input{"base_model", "base_model", c.base_model, "model"};
-    eval_stage("eval-base", "base", c.base_model);
+    eval_stage("eval-base", "base", c.base_model, "");
     stages.back().inputs.insert(stages.back().inputs.begin(), base_input);
     {
         Stage s = from_section("cpt", "cpt", "cpt");
@@ -506,9 +508,10 @@ std::vector<Stage> plan_stages(const PipelineConfig& c) {
     }
     merge_stage("merge-cpt", c.base_model, "cpt");
     stages.back().inputs.push_back(base_input);
-    eval_stage("eval-cpt", "+CPT", cpt_model);
+    eval_stage("eval-cpt", "+CPT", cpt_model, "merge-cpt");
     if (c.cpt_rpo || c.ablation_dpo || c.ablation_no_cpt) {
         Stage s = from_section("build-prefs", "build_prefs", "build-prefs");
+        s.after = {"merge-cpt"};
         wire(s, "model", cpt_model, "the +CPT model (merge-cpt)", Wire::path, where);
         wire(s, "output", s.dir.string(), "the stage folder", Wire::path, where);
         wire(s, "adapter", "", "it samples the merged +CPT model", Wire::empty, where);
@@ -527,24 +530,27 @@ std::vector<Stage> plan_stages(const PipelineConfig& c) {
         if (c.cpt_rpo) {
             stages.push_back(rpo);
             merge_stage("merge-rpo", cpt_model, "rpo");
-            eval_stage("eval-cpt-rpo", "+CPT+RPO", (run / "merge-rpo").string());
+            eval_stage("eval-cpt-rpo", "+CPT+RPO", (run / "merge-rpo").string(), "merge-rpo");
         }
     }
     if (c.ablation_dpo) {
         stages.push_back(rpo_stage("rpo-dpo", cpt_model, cpt_why, true));
         merge_stage("merge-dpo", cpt_model, "rpo-dpo");
-        eval_stage("eval-cpt-dpo", "+CPT+DPO", (run / "merge-dpo").string());
+        eval_stage("eval-cpt-dpo", "+CPT+DPO", (run / "merge-dpo").string(), "merge-dpo");
     }
     if (c.ablation_no_cpt) {
         stages.push_back(rpo_stage("rpo-base", c.base_model, "base_model (the row without CPT)", false));
         stages.back().inputs.insert(stages.back().inputs.begin(), base_input);
         merge_stage("merge-rpo-base", c.base_model, "rpo-base");
         stages.back().inputs.push_back(base_input);
-        eval_stage("eval-rpo", "+RPO", (run / "merge-rpo-base").string());
+        eval_stage("eval-rpo", "+RPO", (run / "merge-rpo-base").string(), "merge-rpo-base");
     }
     Stage report;
     report.name = report.kind = "report";
     report.dir                = run / "report";
+    // The report reads every row's evaluation and the training curves.
+    for (const auto& s : stages)
+        if (s.kind == "eval" || s.kind == "cpt" || s.kind == "rpo") report.after.push_back(s.name);
     stages.push_back(report);
     if (!c.pass_lines.empty())
         stages.back().inputs.push_back({"report.pass_lines", "report.pass_lines", c.pass_lines, "path"});
@@ -594,7 +600,8 @@ std::string format_stage_configs(const PipelineConfig& config, const std::vector
                 origin = "pipeline: " + w->second;
             } else if (const auto d = s.doc.find(e.key); d != s.doc.end() && !d->second.key_prefix.empty()) {
                 // Written in the pipeline file's section, its set: or --set: say which.
-                origin = (d->second.origin == "--set" ? std::string("--set ") : file + " ") + d->second.key_prefix + e.key;
+                origin =
+                    (d->second.origin == "--set" ? std::string("--set ") : file + " ") + d->second.key_prefix + e.key;
             }
             rows.push_back({e.key, e.value, origin});
         }
@@ -617,19 +624,11 @@ PipelineResult run_pipeline(const PipelineConfig& config, const PipelineOptions&
     const size_t from     = options.from.empty() ? stages.size() : index_of(options.from, "--from");
     const size_t only     = options.only.empty() ? stages.size() : index_of(options.only, "--only");
     const fs::path binary = options.medllm.empty() ? fs::read_symlink("/proc/self/exe") : options.medllm;
+    const auto status     = stage_status(config, stages, options.from, options.only, /*refresh=*/true);
     // Every input of the stages that will run is checked before the first one starts, not hours later.
     std::vector<bool> will_run(stages.size());
-    for (size_t i = 0; i < stages.size(); ++i)
-        will_run[i] = only < stages.size() ? i == only
-                                           : i >= from || stages[i].kind == "report" || !read_done(stages[i].dir).is_object();
+    for (size_t i = 0; i < stages.size(); ++i) will_run[i] = status[i].run;
     check_stage_inputs(stages, will_run);
-    if (only < stages.size() && stages[only].kind == "report") {
-        bool any = false;
-        for (const auto& e : stages) any = any || (e.kind == "eval" && read_done(e.dir).is_object());
-        if (!any)
-            throw UsageError("--only report: no evaluation stage is done in " + config.run_dir +
-                             " yet, so the report would be empty; run the pipeline first");
-    }
     fs::create_directories(config.run_dir);
 
     PipelineResult result;
@@ -642,33 +641,49 @@ PipelineResult run_pipeline(const PipelineConfig& config, const PipelineOptions&
         std::string after;
         for (size_t k = i + 1; k < n; ++k) after += (after.empty() ? "" : ", ") + stages[k].name;
         const std::string head = fmt::format("[pipeline] stage {}/{} {}", i + 1, n, s.name);
-        const bool forced      = i >= from || i == only;
-        if (only < n && i != only && s.kind != "report") {
+        StageStatus st         = status[i];
+        if (st.run && s.kind != "report") {
+            // Asked again now that the stages before it ran: one that wrote the same outputs again (the same
+            // adapter merged again) leaves this stage done.
+            st = stage_status(config, stages, options.from, options.only, /*refresh=*/true, /*warn=*/false)[i];
+            if (!st.run) st.reason = "done (what it reads came out the same)";
+        }
+        if (!st.run) {
             if (const auto done = read_done(s.dir); done.is_object()) timings[s.name] = done.value("seconds", 0.0);
+            if (only < n) continue;  // --only: the other stages are not this run's business
+            if (s.kind == "report")
+                spdlog::info("{}: not rewritten ({})", head, st.reason);
+            else if (st.reason == "done")
+                spdlog::info("{}: done, skipped (elapsed {})", head, hms(elapsed()));
+            else
+                spdlog::info("{}: {}, skipped (elapsed {})", head, st.reason, hms(elapsed()));
+            result.skipped.push_back(s.name);
             continue;
         }
-        const std::string hash = stage_hash(s);
-        if (s.kind != "report" && !forced) {
-            if (const auto done = read_done(s.dir); done.is_object()) {
-                if (done.value("config_hash", "") != hash)
-                    throw UsageError("stage " + s.name + " (" + s.dir.string() +
-                                     ") is done under another config; rerun it and the stages after it with --from " +
-                                     s.name);
-                timings[s.name] = done.value("seconds", 0.0);
-                spdlog::info("{}: done, skipped (elapsed {})", head, hms(elapsed()));
-                result.skipped.push_back(s.name);
-                continue;
-            }
+        if (st.remove) {
+            fs::remove_all(s.dir);
+        } else if (st.start_over) {
+            clear_stage_dir(s.dir);
+        } else {
+            std::error_code ec;
+            fs::remove(s.dir / "done", ec);  // its outputs are made again (the command resumes where it can)
         }
-        if (forced && fs::exists(s.dir)) fs::remove_all(s.dir);
         fs::create_directories(s.dir);
-        spdlog::info("{} (elapsed {}; remaining after it: {})", head, hms(elapsed()), after.empty() ? "none" : after);
+        spdlog::info("{} (elapsed {}; {}; remaining after it: {})", head, hms(elapsed()), st.reason,
+                     after.empty() ? "none" : after);
+        for (const auto& [key, note] : s.wired)
+            if (note.find("; replaces ") != std::string::npos)
+                spdlog::info("{}: {} = {} (set by the pipeline: {})", s.name, key,
+                             config_detail::to_text(s.config[key]), note);
         const auto stage_start = std::chrono::steady_clock::now();
         if (s.kind == "report") {
             ReportInputs in;
             in.title = config.title;
             for (const auto& e : stages)
                 if (e.kind == "eval" && read_done(e.dir).is_object()) in.rows.push_back({e.row, e.dir});
+            if (in.rows.empty())
+                throw UsageError("pipeline: no evaluation stage is done in " + config.run_dir +
+                                 ", so the report would be empty; run the pipeline first");
             for (const auto& e : stages)
                 if ((e.kind == "cpt" || e.kind == "rpo") && fs::exists(e.dir / "metrics.jsonl"))
                     in.curves.push_back({e.name, e.dir / "metrics.jsonl"});
@@ -680,7 +695,10 @@ PipelineResult run_pipeline(const PipelineConfig& config, const PipelineOptions&
             result.ran.push_back(s.name);
             continue;
         }
+        // What it consumes, as it is now that the stages before it ran.
+        const auto identity = stage_identity(config, stages, s);
         if (!s.config.is_null()) write_file_atomic(s.dir / "stage.yaml", dump_json(unflatten(s.config), 2) + "\n");
+        write_started(s, identity);
         const bool ranked = s.kind == "cpt" || s.kind == "rpo" || s.kind == "eval" || s.kind == "build-prefs";
         const int rc      = run_child(binary, s.args, s.dir / "stdout.txt", ranked ? config.nproc : 1);
         if (rc != 0)
@@ -688,19 +706,23 @@ PipelineResult run_pipeline(const PipelineConfig& config, const PipelineOptions&
                         (s.dir / "medllm.log").string() + "; rerun the same command to continue");
         if (s.kind == "eval" && config.score_options) {
             eval::OptionScoreOptions so;
-            so.predictions = fs::exists(s.dir / "predictions.jsonl") ? s.dir / "predictions.jsonl" : fs::path();
+            so.predictions       = fs::exists(s.dir / "predictions.jsonl") ? s.dir / "predictions.jsonl" : fs::path();
             const auto questions = eval::load_questions(
                 text_key(s.config, "data_dir"),
                 eval::parse_years(s.config.contains("years") ? s.config["years"].is_string()
                                                                    ? s.config["years"].get<std::string>()
                                                                    : s.config["years"].dump()
                                                              : std::string("2018-2022")));
-            write_file_atomic(s.dir / "option_scores.json", dump_json(eval::score_options(questions, generate::load_option_text_scorer(s.model, config.score_device), so), 2) + "\n");
+            write_file_atomic(
+                s.dir / "option_scores.json",
+                dump_json(
+                    eval::score_options(questions, generate::load_option_text_scorer(s.model, config.score_device), so),
+                    2) +
+                    "\n");
         }
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - stage_start).count();
         timings[s.name]      = seconds;
-        write_file_atomic(s.dir / "done",
-                          dump_json({{"stage", s.name}, {"config_hash", hash}, {"seconds", seconds}}, 2) + "\n");
+        write_done(s, identity, seconds);
         spdlog::info("{}: finished in {} (elapsed {})", head, hms(seconds), hms(elapsed()));
         result.ran.push_back(s.name);
     }

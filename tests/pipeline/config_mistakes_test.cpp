@@ -13,6 +13,7 @@
 #include "medllm/core/files.h"
 #include "medllm/pipeline/pipeline.h"
 #include "medllm/train/preference_loss.h"
+#include "pipeline_test_util.h"
 #include "support/run_medllm.h"
 
 namespace fs = std::filesystem;
@@ -24,21 +25,10 @@ fs::path scratch(const std::string& name) {
     return fs::temp_directory_path() / ("medllm-mistakes-" + name + "-" + std::to_string(::getpid()));
 }
 
-// medllm run from the repository root (the shipped configs' relative paths are relative to it).
-CliRun medllm_in_root(const std::string& args) {
-    return run_shell(std::string("cd ") + MEDLLM_SOURCE_DIR + " && " + MEDLLM_BINARY + " " + args + " 2>&1 </dev/null");
-}
-
-std::string usage_error(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const UsageError& e) {
-        return e.what();
-    }
-    return "";
-}
-
 }  // namespace
+
+using pipeline_test::medllm_in_root;
+using pipeline_test::usage_error;
 
 // A misspelt section or --set key used to be a warning, and the run trained with the defaults (exit 0).
 TEST(ConfigMistakes, AMisspeltKeyStopsTheCommand) {
@@ -63,8 +53,8 @@ TEST(ConfigMistakes, AMisspeltKeyStopsTheCommand) {
 
 // prepare-corpus reads cpt.yaml: it accepts exactly cpt's keys, so a slip in any section stops it too.
 TEST(ConfigMistakes, PrepareCorpusAcceptsExactlyCptsKeys) {
-    const fs::path out  = scratch("prepare");
-    const fs::path file = scratch("prepare.yaml");
+    const fs::path out     = scratch("prepare");
+    const fs::path file    = scratch("prepare.yaml");
     const std::string tiny = read_text_file(fs::path(MEDLLM_SOURCE_DIR) / "configs/tiny/cpt.yaml");
     std::ofstream(file) << tiny << "lora_typo:\n  r: 4\n";
     const auto typo = medllm_in_root("prepare-corpus --config " + file.string() + " --set output=" + out.string());
@@ -91,9 +81,8 @@ TEST(ConfigMistakes, AKeyWrittenTwiceIsRefusedNamingBothLines) {
 
 // loss_weights [1, 5] with rpo_alpha 2 trained with alpha 7; either spelling alone is fine.
 TEST(ConfigMistakes, TheNllWeightIsGivenOnce) {
-    const auto sft_list = nlohmann::json::array({"sigmoid", "sft"});
-    const std::string msg =
-        usage_error([&] { train::parse_loss_spec(sft_list, {1, 5}, 0.1, 0, 2, "pooled", false); });
+    const auto sft_list   = nlohmann::json::array({"sigmoid", "sft"});
+    const std::string msg = usage_error([&] { train::parse_loss_spec(sft_list, {1, 5}, 0.1, 0, 2, "pooled", false); });
     EXPECT_NE(msg.find("loss.rpo_alpha"), std::string::npos) << msg;
     EXPECT_NE(msg.find("alpha = 7"), std::string::npos) << msg;
     EXPECT_EQ(usage_error([&] { train::parse_loss_spec(sft_list, {1, 5}, 0.1, 0, 0, "pooled", false); }), "");

@@ -14,6 +14,7 @@
 #include "medllm/peft/lora.h"
 #include "medllm/pipeline/pipeline.h"
 #include "medllm/pipeline/stage_configs.h"
+#include "pipeline_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace medllm;
@@ -61,11 +62,7 @@ std::string value_of(const pipeline::StageConfig& c, const std::string& key) {
     return "";
 }
 
-const pipeline::Stage& stage_named(const std::vector<pipeline::Stage>& stages, const std::string& name) {
-    for (const auto& s : stages)
-        if (s.name == name) return s;
-    throw std::runtime_error("no stage " + name);
-}
+using pipeline_test::stage_named;
 
 }  // namespace
 
@@ -143,17 +140,22 @@ TEST(ShippedConfigs, The72bPipelineRunsThePapersRecipe) {
     // Starting from the CPT weights: either the merged CPT model as the base (what the pipeline wires: merge-cpt
     // folds cpt's adapter into the base once, for eval-cpt, build-prefs and rpo alike), or the base with
     // lora.init_adapter = cpt's adapter merged in by rpo itself (lora.merge_init_adapter).
-    const auto& merge_cpt = stage_named(stages, "merge-cpt");
-    const std::vector<std::string> merge_args = {"merge",   "--model",  config.base_model, "--adapter",
-                                                 (run / "cpt" / "adapter").string(), "--output",
+    const auto& merge_cpt                     = stage_named(stages, "merge-cpt");
+    const std::vector<std::string> merge_args = {"merge",
+                                                 "--model",
+                                                 config.base_model,
+                                                 "--adapter",
+                                                 (run / "cpt" / "adapter").string(),
+                                                 "--output",
                                                  (run / "merge-cpt").string()};
     EXPECT_EQ(merge_cpt.args, merge_args);
-    const bool on_merged = value_of(rpo, "model.path") == (run / "merge-cpt").string() &&
-                           value_of(rpo, "lora.init_adapter").empty();
+    const bool on_merged =
+        value_of(rpo, "model.path") == (run / "merge-cpt").string() && value_of(rpo, "lora.init_adapter").empty();
     const bool merges_itself = value_of(rpo, "model.path") == config.base_model &&
                                value_of(rpo, "lora.init_adapter") == (run / "cpt" / "adapter").string() &&
                                value_of(rpo, "lora.merge_init_adapter") == "true";
-    EXPECT_TRUE(on_merged || merges_itself) << value_of(rpo, "model.path") << " / " << value_of(rpo, "lora.init_adapter");
+    EXPECT_TRUE(on_merged || merges_itself)
+        << value_of(rpo, "model.path") << " / " << value_of(rpo, "lora.init_adapter");
     EXPECT_EQ(value_of(rpo, "lora.merge_init_adapter"), "true");
     // The reference is that model with the adapter off (no other adapter under it), its log-probs precomputed once.
     EXPECT_EQ(value_of(rpo, "lora.resume_adapter"), "");

@@ -73,10 +73,10 @@ std::string describe_pipeline_config();
 // A file or folder a stage reads that no stage produces, with the key that names it as the user wrote it
 // ("cpt.data.sources[0].path (from pipeline.yaml)", "base_model").
 struct StageInput {
-    std::string id;   // the key as the stage reads it ("base_model", "data.sources[0].path")
+    std::string id;  // stable name in the done marker ("base_model", "data.sources[0].path")
     std::string key;
-    std::string path;              // a file, a folder, or a glob (corpus sources)
-    std::string what = "path";     // path | model (a folder with config.json) | igakuqa (a folder with data/)
+    std::string path;           // a file, a folder, or a glob (corpus sources)
+    std::string what = "path";  // path | model (a folder with config.json) | igakuqa (a folder with data/)
 };
 
 struct Stage {
@@ -84,7 +84,7 @@ struct Stage {
     std::string kind;  // eval | cpt | merge | build-prefs | rpo | report
     std::string row;   // eval stages: the report row ("base", "+CPT", ...)
     std::filesystem::path dir;
-    nlohmann::json config;          // flat (dotted keys) stage config, what <stage>/stage.yaml holds; null for merge/report
+    nlohmann::json config;  // flat (dotted keys) stage config, what <stage>/stage.yaml holds; null for merge/report
     std::vector<std::string> args;  // the medllm command line (without the binary)
     std::string model;              // eval stages: the model folder evaluated
     config_detail::FlatDoc doc;     // `config` with each value's origin ("pipeline" for the keys the pipeline sets)
@@ -92,6 +92,7 @@ struct Stage {
     std::map<std::string, std::string> wired;  // key -> what the pipeline sets it to, and what that replaced
     std::string config_name;                   // the stage config its section names ("" = none)
     std::vector<StageInput> inputs;            // what it reads that no stage produces
+    std::vector<std::string> after;            // the stages whose outputs it reads
 };
 
 // The stages of a config, each stage's config merged with what the pipeline wires (model, output, data paths,
