@@ -30,11 +30,12 @@ void add_prepare_corpus_command(CLI::App& app) {
         s.accept_keys(cpt.keys());
         return s;
     }();
-    cmd->footer("Config keys (cpt.yaml's other keys are accepted and left to `medllm cpt`; any other key is an error):\n" +
-                schema.describe() +
-                "\nA rerun with nothing changed reuses the cache; any change to a source file, the tokenizer or a "
-                "setting that changes tokens rebuilds all of it. The summary is printed and written to "
-                "<cache>/summary.json; the guard's findings to <cache>/guard_report.json.");
+    cmd->footer(
+        "Config keys (cpt.yaml's other keys are accepted and left to `medllm cpt`; any other key is an error):\n" +
+        schema.describe() +
+        "\nA rerun with nothing changed reuses the cache; any change to a source file, the tokenizer or a "
+        "setting that changes tokens rebuilds all of it. The summary is printed and written to "
+        "<cache>/summary.json; the guard's findings to <cache>/guard_report.json.");
     cmd->callback([opts] {
         if (opts->config.path.empty() && opts->config.overrides.empty())
             throw UsageError("prepare-corpus: --config cpt.yaml is required");

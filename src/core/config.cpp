@@ -76,8 +76,8 @@ void check_duplicate_keys(const YAML::Node& node, const std::string& prefix, std
                           const std::string& path) {
     if (node.IsMap()) {
         for (const auto& kv : node) {
-            const std::string key = (prefix.empty() ? "" : prefix + ".") + kv.first.Scalar();
-            const size_t line     = static_cast<size_t>(kv.first.Mark().line) + 1;
+            const std::string key  = (prefix.empty() ? "" : prefix + ".") + kv.first.Scalar();
+            const size_t line      = static_cast<size_t>(kv.first.Mark().line) + 1;
             const auto [it, fresh] = seen.emplace(key, line);
             if (!fresh)
                 throw UsageError("duplicate key '" + key + "' in " + path + " at lines " + std::to_string(it->second) +

@@ -59,7 +59,7 @@ std::string loss_origins(const config_detail::FlatDoc& doc) {
 StageConfig resolve_stage_config(const std::string& kind, const config_detail::FlatDoc& doc, const std::string& where) {
     if (kind == "cpt") return resolve_with(cpt_schema(), doc, where);
     if (kind == "rpo") {
-        auto out     = resolve_with(rpo_schema(), doc, where);
+        auto out      = resolve_with(rpo_schema(), doc, where);
         const auto& v = out.values;
         try {
             train::parse_loss_spec(v["loss.loss_type"], v["loss.loss_weights"], v["loss.beta"].get<double>(),

@@ -105,12 +105,13 @@ PreferenceLossSpec parse_loss_spec(const nlohmann::json& loss_type, const nlohma
     // (loss_weights [1, 5] with rpo_alpha 2 trains with alpha 7), which neither TRL version does.
     for (const auto& t : spec.terms)
         if (t.type == "sft" && rpo_alpha > 0) {
-            std::ostringstream total;
-            total << t.weight + rpo_alpha;
-            throw UsageError(
-                "loss.rpo_alpha and the sft entry of loss.loss_type both weight the chosen completion's NLL (together "
-                "alpha = " + total.str() + "): give the weight once, as loss.rpo_alpha (TRL <= 0.28) or as the sft "
-                "entry's loss.loss_weights (TRL >= 1.0)");
+            std::ostringstream msg;
+            msg << "loss.rpo_alpha and the sft entry of loss.loss_type both weight the chosen completion's NLL "
+                   "(together alpha = "
+                << t.weight + rpo_alpha
+                << "): give the weight once, as loss.rpo_alpha (TRL <= 0.28) or as the sft entry's "
+                   "loss.loss_weights (TRL >= 1.0)";
+            throw UsageError(msg.str());
         }
     if (!(label_smoothing >= 0 && label_smoothing < 0.5)) throw UsageError("loss.label_smoothing: must be in [0, 0.5)");
     bool sigmoid = false;

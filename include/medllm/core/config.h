@@ -219,8 +219,8 @@ public:
             // The file the schema was given is named by its path; a value from elsewhere (--set, a stage config a
             // pipeline file names) by its origin.
             const std::string in = v.origin == config_detail::file_origin(where) ? where : v.origin;
-            std::string msg  = "unknown key '" + shown(key, &v) + "' in " + in;
-            std::string near = config_detail::closest_key(key, known);
+            std::string msg      = "unknown key '" + shown(key, &v) + "' in " + in;
+            std::string near     = config_detail::closest_key(key, known);
             if (!near.empty()) msg += "; did you mean '" + shown(near, &v) + "'?";
             throw UsageError(msg);
         }
