@@ -123,6 +123,7 @@ int main(int argc, char** argv) {
     });
 
     auto fail = [](const std::string& message, int rc) {
+        medllm::log_fatal_to_file(medllm::one_line(message));
         std::cerr << "error: " << medllm::one_line(message) << "\n";
         return rc;
     };

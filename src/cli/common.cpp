@@ -78,7 +78,7 @@ CLI::Validator number_in(double min, double max, bool min_exclusive) {
 void add_config_options(CLI::App* cmd, ConfigOptions& opts) {
     cmd->add_option("--config", opts.path, "YAML or JSON config file (see configs/)")->check(CLI::ExistingFile);
     cmd->add_option("--set", opts.overrides,
-                    "Override a config key, e.g. --set lora.rank=16 (repeatable; wins over --config)")
+                    "Override a config key, e.g. --set lora.r=16 (repeatable; wins over --config)")
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 }
 

@@ -15,6 +15,7 @@ void add_cpt_command(CLI::App& app) {
     struct Options {
         ConfigOptions config;
         std::string resume = "auto";
+        bool overwrite     = false;
         DistributedFlags dist;
     };
     auto opts = std::make_shared<Options>();
@@ -22,6 +23,9 @@ void add_cpt_command(CLI::App& app) {
     cmd->add_option("--resume", opts->resume,
                     "auto (the newest complete checkpoint in the output folder), never, or a checkpoint folder")
         ->capture_default_str();
+    cmd->add_flag("--overwrite", opts->overwrite,
+                  "with --resume never: start over in an output folder that holds an earlier run's checkpoints, "
+                  "deleting them (without it such a folder is refused)");
     add_distributed_options(cmd, opts->dist);
     static const auto schema = [] {
         ConfigSchema<train::CptConfig> s;
@@ -37,10 +41,11 @@ void add_cpt_command(CLI::App& app) {
     cmd->callback([opts] {
         if (opts->config.path.empty() && opts->config.overrides.empty())
             throw UsageError("cpt: --config cpt.yaml is required");
-        train::CptOptions run;
+        train::TrainOptions run;
         const auto config = schema.load(opts->config.source(), &run.resolved);
         run.resume        = opts->resume;
-        run.parallel      = join_process_group(opts->dist, config.device);
+        run.overwrite     = opts->overwrite;
+        run.parallel      = join_process_group(opts->dist, config.training.device);
         if (run.parallel.group->is_main()) start_run(config.output, run.resolved);
         const auto result = run_reporting_failure(run.parallel, [&] { return train::run_cpt(config, run); });
         if (result.interrupted)

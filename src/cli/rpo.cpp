@@ -17,6 +17,7 @@ void add_rpo_command(CLI::App& app) {
     struct Options {
         ConfigOptions config;
         std::string resume = "auto";
+        bool overwrite     = false;
         DistributedFlags dist;
     };
     auto opts = std::make_shared<Options>();
@@ -24,6 +25,9 @@ void add_rpo_command(CLI::App& app) {
     cmd->add_option("--resume", opts->resume,
                     "auto (the newest complete checkpoint in the output folder), never, or a checkpoint folder")
         ->capture_default_str();
+    cmd->add_flag("--overwrite", opts->overwrite,
+                  "with --resume never: start over in an output folder that holds an earlier run's checkpoints, "
+                  "deleting them (without it such a folder is refused)");
     add_distributed_options(cmd, opts->dist);
     static const auto schema = [] {
         ConfigSchema<train::RpoConfig> s;
@@ -42,13 +46,14 @@ void add_rpo_command(CLI::App& app) {
     cmd->callback([opts] {
         if (opts->config.path.empty() && opts->config.overrides.empty())
             throw UsageError("rpo: --config rpo.yaml is required");
-        train::RpoOptions run;
+        train::TrainOptions run;
         const auto config = schema.load(opts->config.source(), &run.resolved);
         run.resume        = opts->resume;
+        run.overwrite     = opts->overwrite;
         // The loss keys are checked before the run folder is set up (one line, exit 2).
         train::parse_loss_spec(config.loss_type, config.loss_weights, config.beta, config.label_smoothing,
                                config.rpo_alpha, config.nll_normalization, config.nll_ignore_token_zero);
-        run.parallel = join_process_group(opts->dist, config.device);
+        run.parallel = join_process_group(opts->dist, config.training.device);
         if (run.parallel.group->is_main()) start_run(config.output, run.resolved);
         const auto result = run_reporting_failure(run.parallel, [&] { return train::run_rpo(config, run); });
         if (result.interrupted)

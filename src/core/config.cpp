@@ -175,7 +175,7 @@ FlatDoc load_flat(const ConfigSource& source) {
     for (const auto& ov : source.overrides) {
         auto eq = ov.find('=');
         if (eq == std::string::npos || eq == 0)
-            throw UsageError("--set expects key=value (e.g. --set lora.rank=16), got '" + ov + "'");
+            throw UsageError("--set expects key=value (e.g. --set lora.r=16), got '" + ov + "'");
         std::string key = ov.substr(0, eq), text = ov.substr(eq + 1);
         nlohmann::json value;
         try {

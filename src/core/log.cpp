@@ -1,3 +1,4 @@
+// Console and medllm.log logging (include/medllm/core/log.h).
 #include "medllm/core/log.h"
 
 #include <filesystem>
@@ -9,6 +10,9 @@
 #include "medllm/core/error.h"
 
 namespace medllm {
+namespace {
+std::shared_ptr<spdlog::sinks::basic_file_sink_mt> g_file_sink;  // the run's medllm.log, once a run has one
+}  // namespace
 
 void log_init(const std::string& level) {
     auto lvl = spdlog::level::from_str(level);
@@ -32,8 +36,21 @@ void log_to_file(const std::string& output_dir) {
         file->set_pattern("[%Y-%m-%d %H:%M:%S.%e] %l %v");
         file->set_level(spdlog::level::trace);
         spdlog::default_logger()->sinks().push_back(file);
+        g_file_sink = file;
     } catch (const spdlog::spdlog_ex& e) {
         throw Error("cannot open log file '" + path + "': " + e.what());
+    }
+}
+
+void log_fatal_to_file(const std::string& message) {
+    if (!g_file_sink) return;
+    try {
+        const std::string text = "fatal: " + message;
+        const spdlog::details::log_msg msg("medllm", spdlog::level::err, text);
+        g_file_sink->log(msg);
+        g_file_sink->flush();
+    } catch (const std::exception&) {
+        // the console line is the one that counts; a full disk must not hide it
     }
 }
 

@@ -65,37 +65,24 @@ PrepareResult prepare_corpus(const CorpusConfig& c, bool force_rebuild) {
     o.force_rebuild          = force_rebuild;
     const fs::path cache_dir = c.resolved_cache_dir();
 
-    std::unique_ptr<ContaminationGuard> guard;
-    if (c.guard_enabled) {
-        if (c.guard_dir.empty())
-            throw UsageError(
-                "eval_guard.igakuqa_dir is required: the corpus is checked against the IgakuQA exams "
-                "(set eval_guard.enabled: false to skip the check)");
-        if (!fs::is_directory(fs::path(c.guard_dir) / "data"))
-            throw UsageError("eval_guard.igakuqa_dir " + c.guard_dir + " has no data/ folder");
-        const auto years = eval::parse_years(c.guard_years);
-        GuardOptions g;
-        g.ngram     = static_cast<int>(c.guard_ngram);
-        g.threshold = c.guard_threshold;
-        guard       = std::make_unique<ContaminationGuard>(ContaminationGuard::from_igakuqa(c.guard_dir, years, g));
+    const std::unique_ptr<ContaminationGuard> guard = make_eval_guard(c.guard, "the corpus is");
+    if (guard) {
+        const auto years = eval::parse_years(c.guard.years);
+        const auto& g    = guard->options();
         // The exam files' contents are part of the identity: a changed question set re-checks the corpus.
         std::string exam_hashes;
         for (int y : years)
-            for (const auto& e : fs::directory_iterator(fs::path(c.guard_dir) / "data" / std::to_string(y)))
+            for (const auto& e : fs::directory_iterator(fs::path(c.guard.igakuqa_dir) / "data" / std::to_string(y)))
                 if (e.path().extension() == ".jsonl" && e.path().filename().string().find("_") == std::string::npos)
                     exam_hashes += e.path().filename().string() + "=" + hash_file(e.path()) + ";";
         o.guard          = guard.get();
-        o.guard_action   = parse_guard_action(c.guard_action);
+        o.guard_action   = parse_guard_action(c.guard.action);
         o.guard_identity = {{"years", years},
                             {"questions", guard->num_questions()},
                             {"exams", hash_bytes(exam_hashes)},
                             {"ngram", g.ngram},
                             {"threshold", g.threshold},
                             {"min_ngrams", g.min_ngrams}};
-        spdlog::info("contamination guard: {} questions of {} (n = {}, threshold {})", guard->num_questions(),
-                     c.guard_years, g.ngram, g.threshold);
-    } else {
-        spdlog::warn("eval_guard.enabled is false: the corpus is NOT checked against the evaluation exams");
     }
 
     std::unique_ptr<ProgressLog> progress;
@@ -150,8 +137,8 @@ PrepareResult prepare_corpus(const CorpusConfig& c, bool force_rebuild) {
                  {"input_bytes", b.input_bytes},
                  {"skipped", b.skipped},
                  {"guard",
-                  {{"enabled", c.guard_enabled},
-                   {"action", c.guard_action},
+                  {{"enabled", c.guard.enabled},
+                   {"action", c.guard.action},
                    {"flagged", b.flagged},
                    {"dropped", b.dropped},
                    {"report", b.guard_report.empty() ? "" : b.guard_report.string()},

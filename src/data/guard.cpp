@@ -1,9 +1,12 @@
+// The contamination guard: n-gram overlap of training text with the evaluation exams (include/medllm/data/guard.h).
 #include "medllm/data/guard.h"
 
 #include <utf8proc.h>
 
 #include <algorithm>
 #include <cstdlib>
+
+#include <spdlog/spdlog.h>
 
 #include "medllm/core/error.h"
 #include "medllm/eval/igakuqa_data.h"
@@ -177,6 +180,27 @@ std::vector<GuardHit> ContaminationGuard::check(std::string_view text) const {
         return a.overlap != b.overlap ? a.overlap > b.overlap : a.problem_id < b.problem_id;
     });
     return out;
+}
+
+std::unique_ptr<ContaminationGuard> make_eval_guard(const GuardSettings& settings, const std::string& what) {
+    if (!settings.enabled) {
+        spdlog::warn("eval_guard.enabled is false: {} NOT checked against the evaluation exams", what);
+        return nullptr;
+    }
+    if (settings.igakuqa_dir.empty())
+        throw UsageError("eval_guard.igakuqa_dir is required: " + what +
+                         " checked against the IgakuQA exams (set "
+                         "eval_guard.enabled: false to skip the check)");
+    if (!std::filesystem::is_directory(std::filesystem::path(settings.igakuqa_dir) / "data"))
+        throw UsageError("eval_guard.igakuqa_dir " + settings.igakuqa_dir + " has no data/ folder");
+    GuardOptions g;
+    g.ngram     = static_cast<int>(settings.ngram);
+    g.threshold = settings.threshold;
+    auto guard  = std::make_unique<ContaminationGuard>(
+        ContaminationGuard::from_igakuqa(settings.igakuqa_dir, eval::parse_years(settings.years), g));
+    spdlog::info("contamination guard: {} questions of {} (n = {}, threshold {})", guard->num_questions(),
+                 settings.years, g.ngram, g.threshold);
+    return guard;
 }
 
 }  // namespace medllm::data

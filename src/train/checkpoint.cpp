@@ -1,3 +1,4 @@
+// Training checkpoints: atomic writes with checksums, verification, retention (include/medllm/train/checkpoint.h).
 #include "medllm/train/checkpoint.h"
 
 #include <fcntl.h>
@@ -9,6 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "medllm/core/checksums.h"
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 
@@ -104,6 +106,7 @@ fs::path write_checkpoint(const fs::path& output, int64_t step, const std::funct
     try {
         fs::create_directories(tmp);
         fill(tmp);
+        write_checksums(tmp);
         write_file_atomic(tmp / kCheckpointComplete, "step " + std::to_string(step) + "\n");
         sync_tree(tmp);
         if (fs::exists(final_dir)) fs::remove_all(final_dir);
@@ -120,9 +123,37 @@ fs::path write_checkpoint(const fs::path& output, int64_t step, const std::funct
     return final_dir;
 }
 
-void apply_retention(const fs::path& output, int64_t keep_last) {
-    if (keep_last <= 0) return;
+std::optional<fs::path> find_latest_intact_checkpoint(const fs::path& output) {
     auto all = list_checkpoints(output);
+    for (auto it = all.rbegin(); it != all.rend(); ++it) {
+        const auto check = verify_checksums(*it);
+        if (check.ok()) {
+            if (!check.has_manifest)
+                spdlog::warn("checkpoint {} has no {} (written by an older medllm): not verified", it->string(),
+                             kChecksumsFile);
+            if (it != all.rbegin()) spdlog::warn("resuming from the newest intact checkpoint, {}", it->string());
+            return *it;
+        }
+        spdlog::warn("checkpoint {} is damaged ({}); it is not used", it->string(), check.problem);
+    }
+    return std::nullopt;
+}
+
+void verify_checkpoint(const fs::path& dir) {
+    const auto check = verify_checksums(dir);
+    if (!check.ok())
+        throw Error("checkpoint " + dir.string() + " is damaged: " + check.problem +
+                    "; resume from an earlier checkpoint (--resume auto passes over damaged ones)");
+    if (!check.has_manifest)
+        spdlog::warn("checkpoint {} has no {} (written by an older medllm): not verified", dir.string(),
+                     kChecksumsFile);
+}
+
+void apply_retention(const fs::path& output, int64_t keep_last, const std::function<bool(const fs::path&)>& ours) {
+    if (keep_last <= 0) return;
+    std::vector<fs::path> all;
+    for (auto& c : list_checkpoints(output))
+        if (!ours || ours(c)) all.push_back(std::move(c));
     for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i) {
         // The marker goes first, so a deletion cut short leaves a folder no reader trusts.
         fs::remove(all[i] / kCheckpointComplete);

@@ -9,8 +9,8 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
-#include "medllm/eval/mcqa_evaluator.h"
 #include "medllm/eval/mcqa_data.h"
+#include "medllm/eval/mcqa_evaluator.h"
 
 namespace {
 

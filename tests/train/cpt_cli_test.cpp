@@ -47,16 +47,20 @@ TEST_F(CptCli, TrainsResumesAndRefusesBadInputWithOneLine) {
 
     auto too_long = ov;
     too_long.push_back("data.seq_len=1024");
-    r = run_medllm(command(too_long) + " --resume never", false);
+    r = run_medllm(command(too_long) + " --resume never --overwrite", false);
     EXPECT_EQ(r.exit_code, 2) << r.output;
 
     // The shared Qwen2.5 tokenizer's ids exceed the tiny model's 512-entry vocabulary.
     auto wrong_tokenizer = ov;
     wrong_tokenizer.push_back(std::string("model.tokenizer=") + MEDLLM_SHARED_DIR + "/qwen_tokenizer");
     wrong_tokenizer.push_back("data.cache_dir=" + (dir / "qwen_cache").string());
-    r = run_medllm(command(wrong_tokenizer) + " --resume never");
+    r = run_medllm(command(wrong_tokenizer) + " --resume never --overwrite");
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find("does not belong to model.path"), std::string::npos) << r.output;
+    // The error is in the run's log too (a log read after a failure says why the run stopped).
+    const std::string log = read_bytes(dir / "out" / "medllm.log");
+    EXPECT_NE(log.find("fatal: "), std::string::npos) << log;
+    EXPECT_NE(log.rfind("does not belong to model.path"), std::string::npos);
 
     r = run_medllm("cpt");
     EXPECT_EQ(r.exit_code, 2) << r.output;

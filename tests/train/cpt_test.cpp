@@ -18,13 +18,14 @@ namespace fs = std::filesystem;
 class CptRecipe : public test::TrainTempDir {
 protected:
     struct Run {
-        train::CptResult result;
+        train::TrainResult result;
         std::vector<nlohmann::json> steps;
     };
     Run run(const std::vector<std::string>& overrides, int64_t stop_at = 0, const std::string& resume = "auto") {
-        train::CptOptions o;
+        train::TrainOptions o;
         const auto cfg = load(overrides, &o.resolved);
         o.resume       = resume;
+        o.overwrite    = resume == "never";  // a fresh run in a used folder replaces the earlier run
         Run r;
         o.on_step = [&](int64_t step, const nlohmann::json& rec) {
             r.steps.push_back(rec);
@@ -125,17 +126,18 @@ TEST(CptConfig, ShippedConfigsParseWithThePapersSettings) {
     train::add_cpt_fields(s);
     const std::string root = MEDLLM_SOURCE_DIR;
     const auto big         = s.load({root + "/configs/qwen2.5-72b/cpt.yaml", {}});
-    EXPECT_TRUE(big.quantize_base);  // the paper: QLoRA, 2 epochs, cosine with warmup
-    EXPECT_EQ(big.epochs, 2);
-    EXPECT_EQ(big.schedule, "cosine");
-    EXPECT_GT(big.warmup_ratio, 0);
+    EXPECT_TRUE(big.lora.quantize_base);  // the paper: QLoRA, 2 epochs, cosine with warmup
+    EXPECT_EQ(big.training.epochs, 2);
+    EXPECT_EQ(big.schedule.name, "cosine");
+    EXPECT_GT(big.schedule.warmup_ratio, 0);
     const auto seven = s.load({root + "/configs/qwen2.5-7b/cpt.yaml", {}});  // one GPU, same recipe
-    EXPECT_TRUE(seven.quantize_base);
-    EXPECT_EQ(seven.epochs, 2);
-    EXPECT_EQ(seven.schedule, "cosine");
-    EXPECT_EQ(seven.batch_size * seven.grad_accum, 16);  // the 72B config's 16 rows per step, on one GPU
+    EXPECT_TRUE(seven.lora.quantize_base);
+    EXPECT_EQ(seven.training.epochs, 2);
+    EXPECT_EQ(seven.schedule.name, "cosine");
+    EXPECT_EQ(seven.training.batch_size * seven.training.grad_accum,
+              16);  // the 72B config's 16 rows per step, on one GPU
     const auto tiny = s.load({root + "/configs/tiny/cpt.yaml", {}});
-    EXPECT_EQ(tiny.device, "cpu");
+    EXPECT_EQ(tiny.training.device, "cpu");
     EXPECT_THROW(s.load({root + "/configs/tiny/cpt.yaml", {"lora.rnak=4"}}), UsageError);  // strict sections
 }
 
@@ -186,5 +188,68 @@ TEST_F(CptRecipe, NonFiniteLossStopsNamingTheStepOrIsSkippedWhenAsked) {
     ov.push_back("training.skip_nonfinite=true");
     const auto skipped = run(ov, 0, "never");
     EXPECT_EQ(skipped.steps.size(), 6u);  // every update skipped, the run still ends with its checkpoint
+    EXPECT_TRUE(train::is_complete_checkpoint(dir / "out" / "checkpoint-6"));
+}
+
+TEST_F(CptRecipe, ADamagedCheckpointIsPassedOverAndTheRunStillEndsBitIdentical) {
+    // Checkpoints every step; the run stops after step 4; one changed byte in checkpoint-4's optimizer state (and a
+    // hand-edited step in checkpoint-3's trainer_state.json) must not be loaded: the resume falls back to
+    // checkpoint-2, and the finished run equals a straight one.
+    const auto corpus = write_corpus();
+    auto ov           = tiny_overrides(corpus, dir / "straight");
+    ov.push_back("training.save_steps=1");
+    ov.push_back("training.save_total_limit=0");
+    const auto a = run(ov);
+    ov           = tiny_overrides(corpus, dir / "damaged");
+    ov.push_back("training.save_steps=1");
+    ov.push_back("training.save_total_limit=0");
+    ASSERT_TRUE(run(ov, 4).result.interrupted);
+    {
+        const fs::path opt = dir / "damaged" / "checkpoint-4" / "optimizer.safetensors";
+        std::string bytes  = read_bytes(opt);
+        bytes[bytes.size() - 3] ^= 0x10;
+        medllm::write_file_atomic(opt, bytes);
+        const fs::path state = dir / "damaged" / "checkpoint-3" / "trainer_state.json";
+        auto j               = medllm::read_json_file(state);
+        j["step"]            = 4;
+        medllm::write_file_atomic(state, medllm::dump_json(j, 2) + "\n");
+    }
+    const auto b = run(ov);
+    ASSERT_EQ(b.steps.size(), 4u);  // steps 3..6 again, from checkpoint-2
+    for (size_t i = 0; i < 4; ++i)
+        EXPECT_EQ(b.steps[i]["loss"].get<double>(), a.steps[i + 2]["loss"].get<double>()) << "step " << i + 3;
+    const auto adapter = [](const fs::path& out) { return read_bytes(out / "adapter" / "adapter_model.safetensors"); };
+    EXPECT_TRUE(adapter(dir / "straight") == adapter(dir / "damaged")) << "final adapter bytes differ";
+
+    // An explicit --resume of a damaged checkpoint is refused, naming the file.
+    ASSERT_TRUE(run(tiny_overrides(corpus, dir / "other"), 2).result.interrupted);
+    medllm::write_file_atomic(dir / "other" / "checkpoint-2" / "adapter" / "adapter_config.json", "{}\n");
+    try {
+        run(tiny_overrides(corpus, dir / "other"), 0, (dir / "other" / "checkpoint-2").string());
+        FAIL() << "a damaged checkpoint must not be resumed";
+    } catch (const medllm::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("adapter/adapter_config.json"), std::string::npos) << e.what();
+    }
+}
+
+TEST_F(CptRecipe, AFreshRunRefusesAFolderHoldingAnEarlierRunUnlessToldToReplaceIt) {
+    const auto corpus = write_corpus();
+    const auto ov     = tiny_overrides(corpus, dir / "out");
+    ASSERT_TRUE(run(ov, 2).result.interrupted);  // checkpoint-2 (the run saves every 3 steps, and when stopped)
+    train::TrainOptions o;
+    ConfigSchema<train::CptConfig> s;
+    train::add_cpt_fields(s);
+    const auto cfg = s.load({"", ov}, &o.resolved);
+    o.resume       = "never";  // without overwrite
+    try {
+        train::run_cpt(cfg, o);
+        FAIL() << "a fresh run must not mix its checkpoints with the earlier run's";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("--overwrite"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(train::is_complete_checkpoint(dir / "out" / "checkpoint-2"));  // untouched
+    const auto fresh = run(ov, 0, "never");                                    // with overwrite
+    EXPECT_EQ(fresh.steps.size(), 6u);
+    EXPECT_FALSE(fs::exists(dir / "out" / "checkpoint-2"));  // the earlier run's checkpoint went
     EXPECT_TRUE(train::is_complete_checkpoint(dir / "out" / "checkpoint-6"));
 }

@@ -24,9 +24,9 @@
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/core/shards.h"
+#include "medllm/dist/distributed.h"
 #include "medllm/io/safetensors.h"
 #include "medllm/train/checkpoint.h"
-#include "medllm/dist/distributed.h"
 #include "support/processes.h"
 #include "support/run_medllm.h"
 #include "train_test_util.h"
@@ -117,11 +117,11 @@ TEST(DistributedLaunch, SlurmNodeListFirstHost) {
 
 TEST(DistributedLaunch, TorchrunSlurmAndFlags) {
     const auto t = dist::resolve_launch({}, env_of({{"RANK", "3"},
-                                                     {"WORLD_SIZE", "8"},
-                                                     {"LOCAL_RANK", "1"},
-                                                     {"LOCAL_WORLD_SIZE", "2"},
-                                                     {"MASTER_ADDR", "10.0.0.5"},
-                                                     {"MASTER_PORT", "29400"}}));
+                                                    {"WORLD_SIZE", "8"},
+                                                    {"LOCAL_RANK", "1"},
+                                                    {"LOCAL_WORLD_SIZE", "2"},
+                                                    {"MASTER_ADDR", "10.0.0.5"},
+                                                    {"MASTER_PORT", "29400"}}));
     EXPECT_EQ(t.rank, 3);
     EXPECT_EQ(t.world_size, 8);
     EXPECT_EQ(t.local_rank, 1);
@@ -131,10 +131,10 @@ TEST(DistributedLaunch, TorchrunSlurmAndFlags) {
     EXPECT_EQ(t.source, "torchrun environment");
 
     const auto s = dist::resolve_launch({}, env_of({{"SLURM_PROCID", "5"},
-                                                     {"SLURM_NTASKS", "8"},
-                                                     {"SLURM_LOCALID", "1"},
-                                                     {"SLURM_TASKS_PER_NODE", "4(x2)"},
-                                                     {"SLURM_JOB_NODELIST", "gpu[07-08]"}}));
+                                                    {"SLURM_NTASKS", "8"},
+                                                    {"SLURM_LOCALID", "1"},
+                                                    {"SLURM_TASKS_PER_NODE", "4(x2)"},
+                                                    {"SLURM_JOB_NODELIST", "gpu[07-08]"}}));
     EXPECT_EQ(s.rank, 5);
     EXPECT_EQ(s.world_size, 8);
     EXPECT_EQ(s.local_rank, 1);
@@ -337,8 +337,11 @@ TEST_F(DistributedCpt, TwoProcessesEqualOneWithTwiceTheAccumulationAndResumeExac
     ASSERT_EQ(a1.size(), a2.size());
     double worst = 0;
     for (const auto& [name, t] : a1) worst = std::max(worst, (t - a2.at(name)).abs().max().item<double>());
-    // Four AdamW steps at lr 0.01 (each moves a weight by up to ~0.01): 1e-5 absolute is 0.1% of a step.
-    EXPECT_LT(worst, 1e-5) << "largest adapter difference";
+    // Four AdamW steps at lr 0.01 (each moves a weight by up to ~0.01): 5e-5 absolute is 0.5% of a step. Adam
+    // divides each gradient by its running RMS, so an element whose gradient is near zero turns a 1e-7 relative
+    // difference of the sums into a visible one: an AVX2 EPYC measured 2.2e-5 (layers.1 down_proj lora_A, one
+    // element; 1e-5 held on the earlier CI machine), whatever the thread count.
+    EXPECT_LT(worst, 5e-5) << "largest adapter difference";
     // Rank 0 alone wrote files: one TensorBoard file, one summary; rank 1 printed nothing on stdout.
     int events = 0;
     for (const auto& e : fs::directory_iterator(dir / "two"))

@@ -33,11 +33,11 @@ TEST_F(RpoCli, ShippedConfigsParse) {
     for (const char* c : {"configs/qwen2.5-72b/rpo_qlora.yaml", "configs/qwen2.5-72b/dpo_qlora.yaml",
                           "configs/qwen2.5-7b/rpo_qlora.yaml", "configs/tiny/rpo.yaml"}) {
         const auto cfg = s.load(medllm::ConfigSource{(repo() / c).string(), {"model.path=m", "data.path=p"}});
-        EXPECT_GT(cfg.epochs, 0) << c;
+        EXPECT_GT(cfg.training.epochs, 0) << c;
     }
     const auto rpo = s.load(medllm::ConfigSource{(repo() / "configs/qwen2.5-72b/rpo_qlora.yaml").string(), {}});
     EXPECT_EQ(rpo.rpo_alpha, 10.0);  // the paper
-    EXPECT_EQ(rpo.epochs, 1.0);
+    EXPECT_EQ(rpo.training.epochs, 1.0);
     EXPECT_TRUE(rpo.merge_init_adapter);
     const auto dpo = s.load(medllm::ConfigSource{(repo() / "configs/qwen2.5-72b/dpo_qlora.yaml").string(), {}});
     EXPECT_EQ(dpo.rpo_alpha, 0.0);
@@ -68,7 +68,7 @@ TEST_F(RpoCli, TinyConfigTrainsResumesAndRefusesBadInput) {
     // every run logs first).
     const auto bad = dir / "bad.jsonl";
     std::ofstream(bad) << "{\"prompt\": \"Q\", \"chosen\": \" a\", \"rejected\": \" b\"}\n{\"prompt\": \"Q\"}\n";
-    r = run_medllm(base + " --resume never --set data.path=" + bad.string());
+    r = run_medllm(base + " --resume never --overwrite --set data.path=" + bad.string());
     EXPECT_EQ(r.exit_code, 2) << r.output;
     const auto last = r.output.substr(r.output.rfind('\n', r.output.size() - 2) + 1);
     EXPECT_EQ(last.rfind("error: ", 0), 0u) << r.output;

@@ -422,11 +422,12 @@ protected:
         add_rpo_fields(s);
         return s.load(ConfigSource{"", overrides}, resolved);
     }
-    RpoResult run(const std::vector<std::string>& overrides, std::vector<nlohmann::json>* records = nullptr,
-                  std::function<void(int64_t)> after_step = {}, const std::string& resume = "auto") {
-        RpoOptions o;
+    TrainResult run(const std::vector<std::string>& overrides, std::vector<nlohmann::json>* records = nullptr,
+                    std::function<void(int64_t)> after_step = {}, const std::string& resume = "auto") {
+        TrainOptions o;
         const auto cfg = load(overrides, &o.resolved);
         o.resume       = resume;
+        o.overwrite    = resume == "never";  // a fresh run in a used folder replaces the earlier run
         o.on_step      = [&](int64_t step, const nlohmann::json& rec) {
             if (records) records->push_back(rec);
             if (after_step) after_step(step);
@@ -627,7 +628,7 @@ TEST_F(RpoRun, ExactResumeWithAndWithoutPrecomputedReference) {
         std::vector<nlohmann::json> straight, resumed;
         run(with_out(a), &straight);
         const auto first = run(with_out(b), &resumed, [](int64_t step) {
-            if (step == 3) request_rpo_stop();  // stops after step 3: the checkpoint is written then
+            if (step == 3) request_stop();  // stops after step 3: the checkpoint is written then
         });
         EXPECT_TRUE(first.interrupted);
         EXPECT_EQ(first.steps, 3);
@@ -713,4 +714,23 @@ TEST_F(RpoRun, BadInputsAreOneClearLine) {
     } catch (const UsageError& e) {
         EXPECT_NE(std::string(e.what()).find("loss.beta"), std::string::npos) << e.what();
     }
+}
+
+TEST_F(RpoRun, ADamagedReferenceCacheIsComputedAgainNotReused) {
+    auto o = trl_step(dir / "pre");
+    o.push_back("reference.precompute=true");
+    std::vector<nlohmann::json> first, second;
+    run(o, &first);
+    fs::path cache;
+    for (const auto& e : fs::directory_iterator(dir / "pre" / "ref_cache")) cache = e.path();
+    ASSERT_FALSE(cache.empty());
+    const std::string intact = read_bytes(cache);
+    // One log-prob changed to another plausible value: a valid file, a wrong number.
+    std::string bytes = intact;
+    bytes[bytes.size() - 2] ^= 0x04;
+    write_file_atomic(cache, bytes);
+    run(o, &second, {}, "never");
+    EXPECT_EQ(read_bytes(cache), intact);  // computed again, the same numbers
+    ASSERT_EQ(first.size(), second.size());
+    EXPECT_EQ(first[0]["loss"], second[0]["loss"]);
 }

@@ -3,10 +3,10 @@
 // the same description parses the file, validates types and ranges, lists keys in --help, and prints
 // the resolved table. No YAML or JSON node leaves this module.
 //
-//   struct CptConfig { std::string model; int64_t lora_rank = 64; double lr = 2e-4; };
+//   struct CptConfig { std::string model; int64_t lora_r = 64; double lr = 2e-4; };
 //   ConfigSchema<CptConfig> schema;
 //   schema.field("model", &CptConfig::model, "HF checkpoint directory").required();
-//   schema.field("lora.rank", &CptConfig::lora_rank, "adapter rank; higher = more capacity and memory").range(1, 1024);
+//   schema.field("lora.r", &CptConfig::lora_r, "adapter rank; higher = more capacity and memory").range(1, 1024);
 //   CptConfig cfg = schema.load(ConfigSource{path, overrides});   // throws UsageError naming file and key
 //
 // Keys are dotted paths into nested mappings. Unknown keys are an error that names the closest valid key.
@@ -127,20 +127,13 @@ public:
 
     template <class V>
     Field& field(const std::string& key, V T::*member, const std::string& help) {
-        auto f      = std::make_unique<Field>();
-        f->key_     = key;
-        f->help_    = help;
-        Field* self = f.get();
-        f->assign_  = [member](T& obj, const std::string& shown_key, const config_detail::FlatValue& v) {
-            config_detail::convert(shown_key, v, obj.*member);
-        };
-        f->show_  = [member](const T& obj) { return config_detail::to_text(obj.*member); };
-        f->json_  = [member](const T& obj) { return nlohmann::json(obj.*member); };
-        f->check_ = [member, self](const T& obj, const std::string& shown_key, const std::string& origin) {
-            check_value(*self, shown_key, obj.*member, origin);
-        };
-        fields_.push_back(std::move(f));
-        return *self;
+        return add_field<V>(key, help, [member](T& obj) -> V& { return obj.*member; });
+    }
+
+    // A key held in a group struct of T (`lora.r` -> T::lora.r): one group type can serve several commands.
+    template <class G, class V>
+    Field& field(const std::string& key, G T::*group, V G::*member, const std::string& help) {
+        return add_field<V>(key, help, [group, member](T& obj) -> V& { return (obj.*group).*member; });
     }
 
     // A list of mappings, each parsed and validated by `item` (errors name `key[i].field`). The default is the
@@ -270,6 +263,25 @@ public:
     }
 
 private:
+    template <class V, class Get>
+    Field& add_field(const std::string& key, const std::string& help, Get get) {
+        auto f      = std::make_unique<Field>();
+        f->key_     = key;
+        f->help_    = help;
+        Field* self = f.get();
+        auto cget   = [get](const T& obj) -> const V& { return get(const_cast<T&>(obj)); };
+        f->assign_  = [get](T& obj, const std::string& shown_key, const config_detail::FlatValue& v) {
+            config_detail::convert(shown_key, v, get(obj));
+        };
+        f->show_  = [cget](const T& obj) { return config_detail::to_text(cget(obj)); };
+        f->json_  = [cget](const T& obj) { return nlohmann::json(cget(obj)); };
+        f->check_ = [cget, self](const T& obj, const std::string& shown_key, const std::string& origin) {
+            check_value(*self, shown_key, cget(obj), origin);
+        };
+        fields_.push_back(std::move(f));
+        return *self;
+    }
+
     template <class V>
     static void check_value(const Field& f, const std::string& key, const V& v, const std::string& origin) {
         if constexpr (std::is_same_v<V, int64_t> || std::is_same_v<V, double>) {

@@ -13,6 +13,7 @@
 
 #include "medllm/core/config.h"
 #include "medllm/data/corpus.h"
+#include "medllm/data/guard.h"
 #include "medllm/data/packing.h"
 #include "medllm/data/token_cache.h"
 
@@ -34,12 +35,7 @@ struct CorpusConfig {
     int64_t validation_documents = 0;
     int64_t threads              = 0;
     int64_t shard_mb             = 1024;
-    bool guard_enabled           = true;
-    std::string guard_dir;
-    std::string guard_years  = "2018-2022";
-    std::string guard_action = "refuse";
-    int64_t guard_ngram      = 8;
-    double guard_threshold   = 0.7;
+    GuardSettings guard;  // eval_guard.*
 
     std::filesystem::path resolved_cache_dir() const;
     std::filesystem::path resolved_tokenizer_dir() const;
@@ -78,15 +74,8 @@ void add_corpus_fields(ConfigSchema<Config>& s) {
         .range(0, 9e15);
     s.field("data.threads", m(&C::threads), "tokenizer and guard threads; 0 = all cores").range(0, 4096);
     s.field("data.shard_mb", m(&C::shard_mb), "largest token shard in MiB").range(1, 1 << 20);
-    s.field("eval_guard.enabled", m(&C::guard_enabled), "check the corpus against the evaluation exams");
-    s.field("eval_guard.igakuqa_dir", m(&C::guard_dir), "IgakuQA data folder (holds data/<year>/)");
-    s.field("eval_guard.years", m(&C::guard_years), "exam years the corpus must not contain");
-    s.field("eval_guard.action", m(&C::guard_action),
-            "refuse (exit 2 naming the report), drop (train without flagged documents) or warn")
-        .one_of({"refuse", "drop", "warn"});
-    s.field("eval_guard.ngram", m(&C::guard_ngram), "characters per n-gram after normalization").range(4, 64);
-    s.field("eval_guard.threshold", m(&C::guard_threshold), "share of a question's n-grams that makes a hit")
-        .range(0.05, 1);
+    add_guard_fields(s, m(&C::guard), "the corpus",
+                     "refuse (exit 2 naming the report), drop (train without flagged documents) or warn");
     s.strict_sections({"data", "eval_guard"});
 }
 

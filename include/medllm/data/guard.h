@@ -14,10 +14,13 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
+
+#include "medllm/core/config.h"
 
 namespace medllm::data {
 
@@ -65,5 +68,35 @@ private:
     std::vector<uint32_t> postings_;  // unit ids
     std::vector<uint64_t> filter_;    // 2^22-bit prefilter on the hash
 };
+
+// The `eval_guard.*` keys of every command that checks training text against the evaluation exams (prepare-corpus
+// and cpt check documents, rpo checks prompts).
+struct GuardSettings {
+    bool enabled = true;
+    std::string igakuqa_dir;  // an IgakuQA data folder (holds data/<year>/)
+    std::string years  = "2018-2022";
+    std::string action = "refuse";  // refuse | drop | warn
+    int64_t ngram      = 8;
+    double threshold   = 0.7;
+};
+
+// Adds the eval_guard.* keys (held in `C::*group`) to a command's schema; `what` names what is checked ("the
+// corpus", "the prompts") and `refuse_help` what refuse/drop do for that command.
+template <class C>
+void add_guard_fields(ConfigSchema<C>& s, GuardSettings C::*group, const std::string& what,
+                      const std::string& action_help) {
+    using G = GuardSettings;
+    s.field("eval_guard.enabled", group, &G::enabled, "check " + what + " against the evaluation exams");
+    s.field("eval_guard.igakuqa_dir", group, &G::igakuqa_dir, "IgakuQA data folder (holds data/<year>/)");
+    s.field("eval_guard.years", group, &G::years, "exam years " + what + " must not contain");
+    s.field("eval_guard.action", group, &G::action, action_help).one_of({"refuse", "drop", "warn"});
+    s.field("eval_guard.ngram", group, &G::ngram, "characters per n-gram after normalization").range(4, 64);
+    s.field("eval_guard.threshold", group, &G::threshold, "share of a question's n-grams that makes a hit")
+        .range(0.05, 1);
+}
+
+// The guard the settings describe, or null (with a warning naming `what`) when eval_guard.enabled is false.
+// UsageError for a missing or empty IgakuQA folder.
+std::unique_ptr<ContaminationGuard> make_eval_guard(const GuardSettings& settings, const std::string& what);
 
 }  // namespace medllm::data

@@ -141,21 +141,6 @@ private:
     double comm_seconds_ = 0;
 };
 
-// The data-parallel keys of a training config (cpt, rpo; `C` has overlap_allreduce and allreduce_bucket_mb). Neither
-// changes the result, so a resume does not compare them.
-template <class C>
-void add_allreduce_fields(ConfigSchema<C>& s) {
-    s.field("training.overlap_allreduce", &C::overlap_allreduce,
-            "data parallelism: start each gradient bucket's all-reduce while the last micro-batch's backward still "
-            "runs (DDP's overlap); the same sums either way. auto = false: for 72B LoRA gradients the all-reduce is "
-            "< 0.05% of a step over NVLink and < 2% over 25 Gb/s Ethernet, the buckets then stay allocated through "
-            "the last backward, and on the CPU it measured no faster (README)")
-        .one_of({"auto", "true", "false"});
-    s.field("training.allreduce_bucket_mb", &C::allreduce_bucket_mb,
-            "data parallelism: MB per gradient all-reduce bucket (the adapter gradients, flattened)")
-        .range(1e-6, 1e6);
-}
-
 // The gradient sync of a recipe's trainable (name, tensor) parameters for each optimizer step; null without a group
 // (one process with no --backend). `overlap` is training.overlap_allreduce (auto | true | false; auto is off for
 // every backend — README: what overlap can hide of a LoRA step is < 0.05% over NVLink, < 2% over 25 Gb/s Ethernet

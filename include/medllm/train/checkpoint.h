@@ -1,10 +1,13 @@
 // Training checkpoints: `<output>/checkpoint-<step>/`, written atomically and kept by retention.
 //
-// Writing: everything goes into `checkpoint-<step>.tmp/`, the completion marker `COMPLETE` is written last, the
-// files and the folder are fsynced, the folder is renamed to `checkpoint-<step>/` and the parent fsynced
-// (training.md §3). A reader trusts only a `checkpoint-<step>/` that holds the marker, so a run killed at any
-// moment (SIGKILL included) leaves complete checkpoints only; leftover `.tmp` folders are removed by the next
-// write. Retention deletes old checkpoints only after the new one is complete.
+// Writing: everything goes into `checkpoint-<step>.tmp/`, then `checksums.json` (every file's size and XXH3,
+// core/checksums.h), the completion marker `COMPLETE` last; the files and the folder are fsynced, the folder is
+// renamed to `checkpoint-<step>/` and the parent fsynced (docs/reference/training.md §3). A reader trusts only a
+// `checkpoint-<step>/` that holds the marker, so a run killed at any moment (SIGKILL included) leaves complete
+// checkpoints only; leftover `.tmp` folders are removed by the next write. Retention deletes old checkpoints only after
+// the new one is complete, and only the run's own. Reading: a resume verifies the checksums first; a damaged checkpoint
+// (a changed byte, a hand-edited trainer_state.json) is never loaded — `--resume auto` falls back to the newest intact
+// one and says so.
 #pragma once
 
 #include <cstdint>
@@ -33,8 +36,16 @@ std::optional<int64_t> checkpoint_step(const std::filesystem::path& dir);
 // Complete checkpoints in `output`, oldest step first.
 std::vector<std::filesystem::path> list_checkpoints(const std::filesystem::path& output);
 std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& output);
-// Keeps the newest `keep_last` complete checkpoints (0 = keep all) and deletes the older ones.
-void apply_retention(const std::filesystem::path& output, int64_t keep_last);
+// The newest complete checkpoint whose checksums verify; each newer damaged one is named in a warning (what is
+// wrong with it) and passed over. nullopt when none is intact.
+std::optional<std::filesystem::path> find_latest_intact_checkpoint(const std::filesystem::path& output);
+// Error naming the checkpoint and its first damaged file unless its checksums verify (a checkpoint written before
+// checksums passes with a warning).
+void verify_checkpoint(const std::filesystem::path& dir);
+// Keeps the newest `keep_last` complete checkpoints for which `ours` is true (0 = keep all) and deletes the older
+// ones of them; checkpoints `ours` rejects (another run's) are never touched.
+void apply_retention(const std::filesystem::path& output, int64_t keep_last,
+                     const std::function<bool(const std::filesystem::path&)>& ours = nullptr);
 
 // fsync of a folder (so a rename inside it is durable); Error naming it on failure.
 void fsync_directory(const std::filesystem::path& dir);
