@@ -1,21 +1,14 @@
 // `medllm merge`: fold a PEFT LoRA adapter into a bf16 copy of its base model (dequantized first when the base is
-// a bitsandbytes 4-bit checkpoint) and write a HF checkpoint that transformers loads.
-#include <spdlog/spdlog.h>
-
+// a bitsandbytes 4-bit checkpoint) and write a HF checkpoint that transformers loads. The body is peft::run_merge
+// (include/medllm/peft/adapter.h); this file declares the flags.
 #include "cli/commands.h"
 #include "cli/common.h"
-#include "medllm/core/error.h"
-#include "medllm/core/progress.h"
 #include "medllm/peft/adapter.h"
 
 namespace medllm::cli {
 
 void add_merge_command(CLI::App& app) {
-    struct Options {
-        std::string model, adapter, output;
-        uint64_t max_shard_bytes = 5'000'000'000ULL;
-    };
-    auto opts = std::make_shared<Options>();
+    auto opts = std::make_shared<peft::MergeConfig>();
     auto* cmd = app.add_subcommand("merge", "Merge a PEFT LoRA adapter into a bf16 HF checkpoint");
     cmd->footer(
         "The base is checked against its config.json first, as info and generate check it. "
@@ -34,11 +27,7 @@ void add_merge_command(CLI::App& app) {
     cmd->add_option("--max-shard-bytes", opts->max_shard_bytes, "Largest safetensors shard in bytes")
         ->capture_default_str()
         ->check(integer_in(1));
-    cmd->callback([opts]() {
-        auto stats = peft::merge_adapter_checkpoint(opts->model, opts->adapter, opts->output, opts->max_shard_bytes,
-                                                    progress_callback("merge", "tensors"));
-        spdlog::info("wrote {} files to {}", stats.files.size() + 1, opts->output);
-    });
+    cmd->callback([opts] { peft::run_merge(*opts); });
 }
 
 }  // namespace medllm::cli

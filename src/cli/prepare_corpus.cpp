@@ -1,10 +1,8 @@
 // `medllm prepare-corpus --config cpt.yaml`: tokenize the CPT corpus once into the token cache `medllm cpt`
-// reads, checking it against the evaluation exams first (include/medllm/data/corpus_config.h).
-#include <spdlog/spdlog.h>
-
+// reads, checking it against the evaluation exams first. The body is data::run_prepare_corpus
+// (include/medllm/data/corpus_config.h); this file declares the flags.
 #include "cli/commands.h"
 #include "cli/common.h"
-#include "medllm/core/files.h"
 #include "medllm/data/corpus_config.h"
 #include "medllm/train/cpt.h"
 
@@ -41,9 +39,7 @@ void add_prepare_corpus_command(CLI::App& app) {
             throw UsageError("prepare-corpus: --config cpt.yaml is required");
         std::vector<ResolvedEntry> resolved;
         const auto config = schema.load(opts->config.source(), &resolved);
-        start_run(config.resolved_cache_dir().string(), resolved);
-        const auto result = data::prepare_corpus(config, opts->force);
-        write_stdout(dump_json(result.summary, 2) + "\n");
+        data::run_prepare_corpus(config, resolved, opts->force);
     });
 }
 

@@ -1,5 +1,7 @@
+// Config files for the commands: YAML/JSON + --set overrides, typed conversion, the resolved table and YAML.
 #include "medllm/core/config.h"
 #include "medllm/core/files.h"
+#include "medllm/core/log.h"
 
 #include <algorithm>
 #include <cmath>
@@ -389,6 +391,12 @@ void write_resolved_yaml(const std::vector<ResolvedEntry>& schema_order, const s
     write_file_atomic(path, std::string("# Resolved configuration written by medllm; pass it back with --config to "
                                         "repeat the run.\n") +
                                 out.c_str() + "\n");
+}
+
+void start_run(const std::string& output_dir, const std::vector<ResolvedEntry>& resolved) {
+    log_to_file(output_dir);
+    spdlog::info("resolved configuration:\n{}", format_resolved_table(resolved));
+    write_resolved_yaml(resolved, (std::filesystem::path(output_dir) / "config.resolved.yaml").string());
 }
 
 }  // namespace medllm

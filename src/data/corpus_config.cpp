@@ -1,3 +1,4 @@
+// The CPT corpus settings (data.*, eval_guard.*) and `medllm prepare-corpus`: tokenize once into the token cache.
 #include "medllm/data/corpus_config.h"
 
 #include <chrono>
@@ -155,6 +156,12 @@ PrepareResult prepare_corpus(const CorpusConfig& c, bool force_rebuild) {
     r.summary["packing"].update(rows);
     write_file_atomic(cache_dir / "summary.json", dump_json(r.summary, 2) + "\n");
     return r;
+}
+
+void run_prepare_corpus(const CorpusConfig& config, const std::vector<ResolvedEntry>& resolved, bool force_rebuild) {
+    start_run(config.resolved_cache_dir().string(), resolved);
+    const auto result = prepare_corpus(config, force_rebuild);
+    write_stdout(dump_json(result.summary, 2) + "\n");
 }
 
 }  // namespace medllm::data

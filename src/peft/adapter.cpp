@@ -1,3 +1,4 @@
+// PEFT adapter folders: read, write, apply to a model, and `medllm merge` (an adapter folded into its base).
 #include "medllm/peft/adapter.h"
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/core/progress.h"
 #include "medllm/io/model_files.h"
 #include "medllm/io/safetensors.h"
 #include "medllm/model/checkpoint_check.h"
@@ -470,6 +472,12 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
     spdlog::info("merged {} modules ({} dequantized from NF4) into {} tensors -> {}", stats.merged_modules,
                  stats.dequantized_modules, stats.tensors, out_dir.string());
     return stats;
+}
+
+void run_merge(const MergeConfig& config) {
+    const auto stats = merge_adapter_checkpoint(config.model, config.adapter, config.output, config.max_shard_bytes,
+                                                progress_callback("merge", "tensors"));
+    spdlog::info("wrote {} files to {}", stats.files.size() + 1, config.output);
 }
 
 }  // namespace medllm::peft

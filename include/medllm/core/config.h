@@ -311,4 +311,8 @@ private:
 std::string format_resolved_table(const std::vector<ResolvedEntry>& entries);
 void write_resolved_yaml(const std::vector<ResolvedEntry>& entries, const std::string& path);
 
+// Starts a run's output folder: creates it, adds <dir>/medllm.log to the log, logs the resolved config as a
+// two-column table and writes <dir>/config.resolved.yaml.
+void start_run(const std::string& output_dir, const std::vector<ResolvedEntry>& resolved);
+
 }  // namespace medllm

@@ -91,4 +91,8 @@ PrepareResult prepare_corpus(const CorpusConfig& config, bool force_rebuild = fa
 // The packing options the config implies (rank/world size 0/1; the trainer sets them).
 PackingOptions packing_options(const CorpusConfig& config, Split split = Split::train);
 
+// `medllm prepare-corpus`: starts the cache folder's log (medllm.log, config.resolved.yaml from `resolved`), runs
+// prepare_corpus and prints the summary.
+void run_prepare_corpus(const CorpusConfig& config, const std::vector<ResolvedEntry>& resolved, bool force_rebuild);
+
 }  // namespace medllm::data

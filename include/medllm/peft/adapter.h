@@ -75,4 +75,15 @@ MergeStats merge_adapter_checkpoint(const std::filesystem::path& base_dir, const
                                     const std::filesystem::path& out_dir, uint64_t max_shard_bytes = 5'000'000'000ULL,
                                     const std::function<void(int64_t, int64_t, uint64_t)>& progress = {});
 
+// `medllm merge`'s flags.
+struct MergeConfig {
+    std::string model;    // the base checkpoint (HF bf16/fp32, or bitsandbytes 4-bit)
+    std::string adapter;  // the PEFT adapter folder
+    std::string output;   // the merged checkpoint's folder
+    uint64_t max_shard_bytes = 5'000'000'000ULL;
+};
+
+// The command: merge_adapter_checkpoint with its progress logged (rate, ETA), then what was written.
+void run_merge(const MergeConfig& config);
+
 }  // namespace medllm::peft
