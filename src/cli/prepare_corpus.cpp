@@ -4,6 +4,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "medllm/data/corpus_config.h"
+#include "medllm/train/cpt.h"
 
 namespace medllm::cli {
 
@@ -21,12 +22,18 @@ void add_prepare_corpus_command(CLI::App& app) {
     static const auto schema = [] {
         ConfigSchema<data::CorpusConfig> s;
         data::add_corpus_fields(s);
+        // cpt.yaml is cpt's file: its other keys are accepted and left to `medllm cpt`, and no other key is.
+        ConfigSchema<train::CptConfig> cpt;
+        train::add_cpt_fields(cpt);
+        s.accept_keys(cpt.keys());
         return s;
     }();
-    cmd->footer("Config keys (other sections of cpt.yaml are left to `medllm cpt`):\n" + schema.describe() +
-                "\nA rerun with nothing changed reuses the cache; any change to a source file, the tokenizer or a "
-                "setting that changes tokens rebuilds all of it. The summary is printed and written to "
-                "<cache>/summary.json; the guard's findings to <cache>/guard_report.json.");
+    cmd->footer(
+        "Config keys (cpt.yaml's other keys are accepted and left to `medllm cpt`; any other key is an error):\n" +
+        schema.describe() +
+        "\nA rerun with nothing changed reuses the cache; any change to a source file, the tokenizer or a "
+        "setting that changes tokens rebuilds all of it. The summary is printed and written to "
+        "<cache>/summary.json; the guard's findings to <cache>/guard_report.json.");
     cmd->callback([opts] {
         if (opts->config.path.empty() && opts->config.overrides.empty())
             throw UsageError("prepare-corpus: --config cpt.yaml is required");

@@ -235,15 +235,59 @@ TEST_F(ConfigTest, ListItemErrorsNameTheItemAndKey) {
               std::string::npos);
 }
 
-TEST_F(ConfigTest, StrictSectionsIgnoreOtherCommandsKeysButNotTheirOwn) {
-    auto ok = write("c.yaml", "data:\n  sources: [{path: a}]\ntrain:\n  lr: 1e-4\nlora: {rank: 8}\nseed: 3\n");
-    EXPECT_EQ(corpus_schema().load({ok, {}}).sources.size(), 1u);
+// Every key the command does not read is an error, in any section and from --set: a misspelt section would
+// otherwise train with the defaults.
+TEST_F(ConfigTest, UnknownSectionsAreErrorsEvenWhereOtherCommandsShareTheFile) {
+    EXPECT_NE(corpus_error({write("c.yaml", "data:\n  sources: [{path: a}]\ntrain:\n  lr: 1e-4\n"), {}})
+                  .find("unknown key 'train.lr'"),
+              std::string::npos);
     EXPECT_NE(corpus_error({write("c.yaml", "data:\n  sources: [{path: a}]\n  seq_lne: 8\n"), {}})
                   .find("unknown key 'data.seq_lne'"),
               std::string::npos);
-    // Without strict_sections every unknown key is still an error (the default is unchanged).
-    EXPECT_NE(error_of({write("c.yaml", "model: x\ntrain:\n  lr: 1\n"), {}}).find("unknown key 'train.lr'"),
+    EXPECT_NE(corpus_error({write("c.yaml", "data:\n  sources: [{path: a}]\n"), {"dta.seq_len=8"}})
+                  .find("unknown key 'dta.seq_len' in --set; did you mean 'data.seq_len'?"),
               std::string::npos);
+    EXPECT_NE(error_of({write("c.yaml", "model: x\nlora:\n  rank: 4\nlorra:\n  rank: 8\n"), {}})
+                  .find("unknown key 'lorra.rank'"),
+              std::string::npos);
+}
+
+// A file that two commands read: the other command's keys are accepted when named, and nothing else is.
+TEST_F(ConfigTest, AnotherCommandsKeysAreAcceptedOnlyWhenNamed) {
+    auto s = corpus_schema();
+    s.accept_keys({"train.lr", "lora.rank", "seed"});
+    auto ok = write("c.yaml", "data:\n  sources: [{path: a}]\ntrain:\n  lr: 1e-4\nlora: {rank: 8}\nseed: 3\n");
+    EXPECT_EQ(s.load({ok, {}}).sources.size(), 1u);
+    try {
+        s.load({write("c.yaml", "data:\n  sources: [{path: a}]\ntrain:\n  lrr: 1e-4\n"), {}});
+        FAIL() << "an unknown key of the other command's section was accepted";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("unknown key 'train.lrr'"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("did you mean 'train.lr'"), std::string::npos) << e.what();
+    }
+}
+
+// YAML keeps the last of two equal keys: a second `lora:` section replaced the first one whole. Refused, naming
+// both lines, in every form a key can be written twice.
+TEST_F(ConfigTest, DuplicateKeysAreRefusedNamingBothLines) {
+    auto error = [&](const std::string& text) { return error_of({write("d.yaml", text), {}}); };
+    EXPECT_NE(error("model: x\nlora:\n  rank: 4\nbf16: true\nlora:\n  target_modules: [q_proj]\n")
+                  .find("duplicate key 'lora' in " + (dir / "d.yaml").string() + " at lines 2 and 5"),
+              std::string::npos);
+    EXPECT_NE(error("model: x\nlora:\n  rank: 4\n  rank: 8\n").find("duplicate key 'lora.rank'"), std::string::npos);
+    EXPECT_NE(error("model: x\nlora:\n  rank: 4\nlora.rank: 8\n").find("at lines 3 and 4"), std::string::npos);
+    EXPECT_NE(error("model: x\nmodel: y\n").find("duplicate key 'model'"), std::string::npos);
+    EXPECT_NE(corpus_error({write("d.yaml", "data:\n  sources:\n    - {path: a, weight: 1, weight: 2}\n"), {}})
+                  .find("duplicate key 'data.sources[0].weight'"),
+              std::string::npos);
+    EXPECT_NE(error_of({write("d.json", R"({"model": "x", "lora": {"rank": 4}, "lora": {"rank": 8}})"), {}})
+                  .find("duplicate key 'lora'"),
+              std::string::npos);
+    // The same key in two list items, or in two different mappings, is no duplicate.
+    EXPECT_EQ(corpus_error({write("d.yaml", "data:\n  sources:\n    - {path: a}\n    - {path: b}\n"), {}}), "");
+    EXPECT_EQ(error("model: x\nlora:\n  rank: 4\noptim:\n  lr: 0.1\n"), "");
+    // --set replacing the file's value is what --set is for.
+    EXPECT_EQ(error_of({write("d.yaml", "model: x\nlora:\n  rank: 4\n"), {"lora.rank=8", "lora.rank=9"}}), "");
 }
 
 TEST_F(ConfigTest, ListOfMappingsComesFromSetAndSurvivesTheResolvedYaml) {
