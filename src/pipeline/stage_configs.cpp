@@ -2,9 +2,9 @@
 #include "medllm/pipeline/stage_configs.h"
 
 #include "medllm/core/error.h"
-#include "medllm/train/cpt.h"
+#include "medllm/train/cpt_config.h"
 #include "medllm/train/preference_loss.h"
-#include "medllm/train/rpo.h"
+#include "medllm/train/rpo_config.h"
 
 namespace medllm::pipeline {
 namespace {

@@ -17,14 +17,14 @@ namespace fs = std::filesystem;
 class PrepareCorpusCli : public test::TempDir {
 protected:
     std::string config(const std::string& extra_data = "", const std::string& guard = "action: refuse") {
-        const std::string text = "model:\n  path: " + test::tokenizer_dir().string() + "\n  quantization: nf4\n" +
-                                 "output: " + (dir / "run").string() + "\n" +
-                                 "train:\n  lr: 1e-4\n"  // another command's section: ignored here
-                                 "data:\n  sources:\n    - {path: " +
-                                 (dir / "corpus").string() +
-                                 "}\n  eos_token: '<|endoftext|>'\n  seq_len: 32\n  validation:\n    fraction: 0.25\n" +
-                                 extra_data + "eval_guard:\n  igakuqa_dir: " + shared_path("igakuqa_data").string() +
-                                 "\n  " + guard + "\n";
+        // cpt.yaml's other sections (lora, optim, training) are cpt's: read as keys, not used here.
+        const std::string text =
+            "model:\n  path: " + test::tokenizer_dir().string() + "\n" + "output: " + (dir / "run").string() + "\n" +
+            "lora:\n  r: 8\noptim:\n  lr: 1e-4\n"
+            "data:\n  sources:\n    - {path: " +
+            (dir / "corpus").string() +
+            "}\n  eos_token: '<|endoftext|>'\n  seq_len: 32\n  validation:\n    fraction: 0.25\n" + extra_data +
+            "eval_guard:\n  igakuqa_dir: " + shared_path("igakuqa_data").string() + "\n  " + guard + "\n";
         write("cpt.yaml", text);
         return (dir / "cpt.yaml").string();
     }

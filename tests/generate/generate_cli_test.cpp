@@ -220,7 +220,7 @@ TEST(EvalWithModel, LimitTakesTheFirstQuestionsOfEachSection) {
     const fs::path work = scratch("gen_eval_limit");
     fs::remove_all(work);
     const fs::path model = gt::make_printable_model_dir(work / "model", /*context=*/16384);
-    const fs::path src   = fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data" / "data" / "2018";
+    const fs::path src   = shared_path("igakuqa_data/data/2018");
     const fs::path data  = work / "data";
     fs::create_directories(data / "data" / "2018");
     std::set<std::string> first, second;  // problem_ids of the first and the second question of each section

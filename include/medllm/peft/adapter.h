@@ -111,9 +111,9 @@ inline MergeStats merge_adapter_checkpoint(const std::filesystem::path& base_dir
 
 // `medllm merge`'s flags.
 struct MergeConfig {
-    std::string model;    // the base checkpoint (HF bf16/fp32, or bitsandbytes 4-bit)
+    std::string model;                  // the base checkpoint (HF bf16/fp32, or bitsandbytes 4-bit)
     std::vector<std::string> adapters;  // PEFT adapter folders or stacks (adapter_stack.json), folded together
-    std::string output;   // the merged checkpoint's folder
+    std::string output;                 // the merged checkpoint's folder
     uint64_t max_shard_bytes = 5'000'000'000ULL;
 };
 
