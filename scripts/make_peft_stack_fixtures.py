@@ -33,26 +33,12 @@ import sys
 import torch
 from safetensors.torch import load_file, save_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "tests", "fixtures", "peft")
-TINY = os.path.join("tests", "fixtures", "model", "qwen2-tiny-untied")  # relative: recorded in adapter_config.json
-
-
-def load_base(path=TINY, dtype=torch.float32):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
-    return model.eval()
+from make_peft_fixtures import OUT, ROOT, load_base, logits_of  # the tiny model, fp32, eager attention
 
 
 def input_ids():
     g = torch.Generator().manual_seed(17)
     return torch.randint(0, 512, (2, 11), generator=g)
-
-
-@torch.no_grad()
-def logits_of(model, ids):
-    return model(input_ids=ids).logits.float()
 
 
 def load_stack(directory):

@@ -14,6 +14,7 @@
 #include "support/run_medllm.h"
 
 using namespace medllm;
+using peft_test::expect_error;
 using peft_test::logits_of;
 using peft_test::max_abs_diff;
 using peft_test::TempDir;
@@ -44,19 +45,6 @@ std::map<std::string, at::Tensor> read_tensors(const fs::path& file) {
     std::map<std::string, at::Tensor> out;
     for (const auto& n : f.names()) out[n] = f.tensor(n).clone();
     return out;
-}
-
-// Expects `fn` to throw T whose one-line message contains every string in `needles`.
-template <typename T, typename Fn>
-void expect_error(Fn fn, std::initializer_list<std::string> needles) {
-    try {
-        fn();
-        ADD_FAILURE() << "no exception";
-    } catch (const T& e) {
-        std::string msg = e.what();
-        for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-        EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-    }
 }
 
 void copy_tree(const fs::path& from, const fs::path& to) {

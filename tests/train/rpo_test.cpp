@@ -43,6 +43,14 @@ fs::path rpo_fixtures() {
     return test::fixtures() / "train" / "rpo";
 }
 
+// The fixture's 6 pairs, tokenized as TRL does with the byte tokenizer (EOS 256).
+PrefDataset fixture_pairs() {
+    auto tok = text::Tokenizer::from_dir(test::fixtures() / "train" / "byte-tokenizer");
+    PrefDataOptions po;
+    po.eos_id = 256;
+    return load_pref_dataset(rpo_fixtures() / "pairs.jsonl", *tok, po);
+}
+
 // Vector B of the reference: hidden rows = the logits, lm_head = identity (V = H = 4).
 struct VectorB {
     at::Tensor policy_rows, ref_rows, targets, row_of;
@@ -509,10 +517,7 @@ TEST_F(RpoRun, GradientsMatchTrl) {
         auto model     = peft::load_model_with_adapter((test::fixtures() / "model" / "qwen2-tiny-tied").string(),
                                                        rpo_fixtures() / "init_adapter", at::kFloat);
         model->eval();
-        auto tok = text::Tokenizer::from_dir(test::fixtures() / "train" / "byte-tokenizer");
-        PrefDataOptions po;
-        po.eos_id     = 256;
-        const auto ds = load_pref_dataset(rpo_fixtures() / "pairs.jsonl", *tok, po);
+        const auto ds = fixture_pairs();
         std::vector<const PrefExample*> pairs;
         for (const auto& e : ds.examples) pairs.push_back(&e);
         const auto batch    = collate_pairs(pairs, 256, at::kCPU);
@@ -537,10 +542,7 @@ TEST_F(RpoRun, GradientsMatchTrl) {
 TEST_F(RpoRun, SharedPromptGivesTheSameLogpsAndGradients) {
     // The fixture pairs in one packed row each (training.share_prompt) against separate rows: the same
     // log-probs, NLL and adapter gradients up to fp32 rounding.
-    auto tok = text::Tokenizer::from_dir(test::fixtures() / "train" / "byte-tokenizer");
-    PrefDataOptions po;
-    po.eos_id     = 256;
-    const auto ds = load_pref_dataset(rpo_fixtures() / "pairs.jsonl", *tok, po);
+    const auto ds = fixture_pairs();
     std::vector<const PrefExample*> pairs;
     for (const auto& e : ds.examples) pairs.push_back(&e);
     const auto spec = spec_of(nullptr, nullptr, 10, 0, "pooled", false);
@@ -706,10 +708,7 @@ TEST_F(RpoRun, StackedInitAdapterIsFrozenUnderTheNewOneAndIsTheReference) {
     ASSERT_EQ(caches.size(), 1u);
     io::SafetensorsFile cache(caches[0]);
     const auto ref_c = cache.tensor("chosen"), ref_r = cache.tensor("rejected");
-    auto tok = text::Tokenizer::from_dir(test::fixtures() / "train" / "byte-tokenizer");
-    PrefDataOptions po;
-    po.eos_id     = 256;
-    const auto ds = load_pref_dataset(rpo_fixtures() / "pairs.jsonl", *tok, po);
+    const auto ds = fixture_pairs();
     std::vector<const PrefExample*> pairs;
     for (const auto& e : ds.examples) pairs.push_back(&e);
     const auto batch = collate_pairs(pairs, 256, at::kCPU);
