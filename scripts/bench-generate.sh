@@ -15,9 +15,10 @@
 #   NO_PREFIX_CACHE=1 scripts/bench-generate.sh                 # medllm without the prefix cache
 #   scripts/bench-generate.sh --gpu                             # CUDA: qwen2.5-7b in bf16, batch 1, 8 and 64
 #
-# prefill tok/s = real prompt tokens / time to the first token of every prompt (HF: until its first logits; medllm:
-# whole generate(1 token) calls); decode tok/s = tokens after the first / the rest of the time. Prints every
-# measurement, then the medians over the repeats with medllm / HF ratios and peak resident memory (MiB).
+# prefill tok/s = real prompt tokens / prefill time (HF: until each call's first logits; medllm: its prefill steps,
+# in which the first prompts' decoding rows ride along); decode tok/s = tokens after the first / the rest (medllm:
+# tokens of its decode-only steps / their time). Prints every measurement, then the medians over the repeats with
+# medllm / HF ratios and peak resident memory (MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-build/bench_generate}

@@ -397,8 +397,6 @@ void GenerationRun::loop() {
             stats_.prefill_seconds += seconds;
         } else {
             stats_.decode_seconds += seconds;
-        }
-        if (!running.empty()) {
             ++stats_.decode_steps;
             stats_.decode_tokens += static_cast<int64_t>(running.size());
         }
