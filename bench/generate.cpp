@@ -5,7 +5,8 @@
 // One warm-up measurement of 1 new token (its prefill is printed as `cold`: the page faults of the memory-mapped
 // weights and BLAS set-up, once per process), then one of NEW_TOKENS: prefill = prompt tokens / the engine's prefill
 // steps' time (decoding rows of prompts already prefilled ride along in them), decode = tokens of decode steps /
-// their time (GenerationStats), as bench_hf.py splits HF's generate() at its first logits.
+// their time (GenerationStats), as bench_hf.py splits HF's generate() at its first logits; prefill_cpu and
+// decode_cpu divide by the same steps' process CPU time instead (steadier than wall time on a shared machine).
 //   bench_generate MODEL_DIR PROMPTS_JSONL BATCH NEW_TOKENS THREADS [cpu|cuda [fp32|bf16 [PROFILE]]]
 // PROFILE=1 adds a LibTorch profiler table of one warm prefill (operators by self time: time not spent in nested
 // operators); PROFILE=2 splits the rows by input shapes; PROFILE=3 profiles a NEW_TOKENS run instead (decode).
@@ -130,7 +131,7 @@ int main(int argc, char** argv) {
     // The engine's own step times, summed over the calls of one measurement (GenerationStats: prefill steps, and
     // decode steps that carry no prompt chunk).
     struct Run {
-        double wall = 0, prefill_seconds = 0, decode_seconds = 0;
+        double wall = 0, prefill_seconds = 0, decode_seconds = 0, prefill_cpu = 0, decode_cpu = 0;
         int64_t decode_tokens = 0, cached = 0;
     };
     auto timed = [&](int64_t tokens) {
@@ -150,6 +151,8 @@ int main(int argc, char** argv) {
             const auto& st = generator.last_stats();
             r.prefill_seconds += st.prefill_seconds;
             r.decode_seconds += st.decode_seconds;
+            r.prefill_cpu += st.prefill_cpu_seconds;
+            r.decode_cpu += st.decode_cpu_seconds;
             r.decode_tokens += st.decode_tokens;
             r.cached += st.cached_prompt_tokens;
         }
@@ -160,10 +163,12 @@ int main(int argc, char** argv) {
     const Run cold = timed(1);  // also the warm-up (HF's side warms up with a 2-token run)
     const Run r    = timed(new_tokens);
     std::printf(
-        "{\"threads\": %d, \"prefill\": %.2f, \"decode\": %.2f, \"cold_prefill\": %.2f, \"prompt_tokens\": %lld, "
-        "\"cached_prompt_tokens\": %lld, \"decode_tokens\": %lld, \"wall\": %.3f}\n",
+        "{\"threads\": %d, \"prefill\": %.2f, \"decode\": %.2f, \"prefill_cpu\": %.2f, \"decode_cpu\": %.2f, "
+        "\"cold_prefill\": %.2f, \"prompt_tokens\": %lld, \"cached_prompt_tokens\": %lld, \"decode_tokens\": %lld, "
+        "\"wall\": %.3f}\n",
         at::get_num_threads(), prompt_tokens / std::max(r.prefill_seconds, 1e-9),
-        r.decode_tokens / std::max(r.decode_seconds, 1e-9), prompt_tokens / std::max(cold.prefill_seconds, 1e-9),
+        r.decode_tokens / std::max(r.decode_seconds, 1e-9), prompt_tokens / std::max(r.prefill_cpu, 1e-9),
+        r.decode_tokens / std::max(r.decode_cpu, 1e-9), prompt_tokens / std::max(cold.prefill_seconds, 1e-9),
         static_cast<long long>(prompt_tokens), static_cast<long long>(r.cached),
         static_cast<long long>(r.decode_tokens), r.wall);
     if (profile_mode) {

@@ -77,6 +77,10 @@ struct GenerationStats {
     int64_t decode_tokens  = 0;  // tokens chosen by decode steps
     double prefill_seconds = 0;
     double decode_seconds  = 0;
+    // The same steps' CPU time (the process's, all threads): what benchmarks on a shared machine compare, where
+    // wall time depends on the other processes.
+    double prefill_cpu_seconds = 0;
+    double decode_cpu_seconds  = 0;
 };
 
 struct GenerateCallbacks {
