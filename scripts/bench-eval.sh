@@ -11,8 +11,9 @@
 #   LIMIT=2 MODES=standard THREADS=2 REPEATS=3 scripts/bench-eval.sh
 #   EXPL_TOKENS=128 STD_TOKENS=64 HF_BATCH=16 MEDLLM_BATCH=64 scripts/bench-eval.sh
 #
-# Times are wall times: medllm's whole command (process start and model load included), HF's loop (model load
-# excluded). Peak resident memory of each process in MiB. Prints every run, then medians over the repeats.
+# Times are wall and CPU (user + system, all threads) seconds: medllm's whole command (process start and model load
+# included), HF's loop (model load excluded). CPU time is the steadier figure where other processes share the
+# cores. Peak resident memory of each process in MiB. Prints every run, then medians over the repeats.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MEDLLM=${MEDLLM:-build/medllm}
@@ -41,8 +42,8 @@ data = os.path.join(bs.SHARED, "igakuqa_data")
 work = tempfile.mkdtemp(prefix="bench-eval.")
 print(f"{shape} fp32, IgakuQA {years} --limit {limit}, max new tokens {tokens}, HF sorted batch {hf_batch}, "
       f"medllm --batch-size {medllm_batch}, {repeats} repeats; {bs.load_note()} at start", flush=True)
-print(f"{'mode':<11} {'thr':>3} {'rep':>3} | {'medllm s':>8} {'HF b1 s':>8} {'HF sorted s':>11} | {'x b1':>5} "
-      f"{'x sorted':>8} | RSS MiB medllm / b1 / sorted | same text b1+sorted/n | load", flush=True)
+print(f"{'mode':<11} {'thr':>3} {'rep':>3} | seconds, wall (CPU): {'medllm':<14} {'HF batch-1':<14} {'HF sorted':<14} | "
+      f"HF / medllm: {'b1':<12} {'sorted':<12} | RSS MiB medllm/b1/sorted | same text b1+sorted/n | load", flush=True)
 rows = {}
 for threads in threads_list:
     for mode in modes:
@@ -57,22 +58,27 @@ for threads in threads_list:
             json.dump([r["prompt"] for r in records], open(prompts, "w"), ensure_ascii=False)
             expect = os.path.join(work, f"outputs-{mode}.json")
             json.dump([r["raw_output"] for r in records], open(expect, "w"), ensure_ascii=False)
-            res = {}
+            run = {"medllm": {"seconds": m["seconds"], "cpu_seconds": m["cpu_seconds"], "rss": m["peak_rss_mb"]}}
             for loop in ("batch1", "sorted"):
                 h = bs.measure([sys.executable, "scripts/bench_hf.py", "eval", model, prompts, "--loop", loop,
                                 "--batch", hf_batch, "--max-new-tokens", tokens[mode], "--expect", expect], threads)
-                res[loop] = (bs.last_json(h["stdout"]), h["peak_rss_mb"])
-            b1, sorted_ = res["batch1"][0]["seconds"], res["sorted"][0]["seconds"]
-            agree = f"{res['batch1'][0]['agree']}+{res['sorted'][0]['agree']}/{len(records)}"
-            r = rows.setdefault((mode, threads), [])
-            r.append((m["seconds"], b1, sorted_, m["peak_rss_mb"], res["batch1"][1], res["sorted"][1]))
-            print(f"{mode:<11} {threads:>3} {rep:>3} | {m['seconds']:8.1f} {b1:8.1f} {sorted_:11.1f} | "
-                  f"{b1 / m['seconds']:4.2f}x {sorted_ / m['seconds']:7.2f}x | {m['peak_rss_mb']:.0f} / "
-                  f"{res['batch1'][1]:.0f} / {res['sorted'][1]:.0f} | {agree} | {os.getloadavg()[0]:.1f}", flush=True)
-print(f"\nmedians over {repeats} repeats ({bs.load_note()} at end): HF time / medllm time")
+                run[loop] = dict(bs.last_json(h["stdout"]), rss=h["peak_rss_mb"])
+            rows.setdefault((mode, threads), []).append(run)
+            times = " ".join(f"{run[k]['seconds']:6.1f} ({run[k]['cpu_seconds']:5.1f})" for k in ("medllm", "batch1", "sorted"))
+            ratio = " ".join(f"{run[k]['seconds'] / m['seconds']:4.2f}x ({run[k]['cpu_seconds'] / m['cpu_seconds']:4.2f}x)"
+                             for k in ("batch1", "sorted"))
+            print(f"{mode:<11} {threads:>3} {rep:>3} | {times} | {ratio} | {m['peak_rss_mb']:.0f} / "
+                  f"{run['batch1']['rss']:.0f} / {run['sorted']['rss']:.0f} | {run['batch1']['agree']}+"
+                  f"{run['sorted']['agree']}/{len(records)} | {os.getloadavg()[0]:.1f}", flush=True)
+print(f"\nmedians over {repeats} repeats ({bs.load_note()} at end): HF time / medllm time, wall and CPU")
 for (mode, threads), r in rows.items():
-    print(f"{mode:<11} threads {threads}: medllm {bs.median([x[0] for x in r]):.1f} s, HF batch-1 "
-          f"{bs.median([x[1] for x in r]):.1f} s ({bs.median([x[1] / x[0] for x in r]):.2f}x), HF sorted batched "
-          f"{bs.median([x[2] for x in r]):.1f} s ({bs.median([x[2] / x[0] for x in r]):.2f}x); peak RSS MiB medllm "
-          f"{bs.median([x[3] for x in r]):.0f}, HF {bs.median([x[4] for x in r]):.0f} / {bs.median([x[5] for x in r]):.0f}")
+    med = lambda f: bs.median([f(x) for x in r])
+    parts = []
+    for loop, name in (("batch1", "HF batch-1"), ("sorted", f"HF sorted batches of {hf_batch}")):
+        parts.append(f"{name} {med(lambda x: x[loop]['seconds']):.1f} s "
+                     f"({med(lambda x: x[loop]['seconds'] / x['medllm']['seconds']):.2f}x wall, "
+                     f"{med(lambda x: x[loop]['cpu_seconds'] / x['medllm']['cpu_seconds']):.2f}x CPU)")
+    print(f"{mode:<11} threads {threads}: medllm {med(lambda x: x['medllm']['seconds']):.1f} s; " + "; ".join(parts) +
+          f"; peak RSS MiB medllm {med(lambda x: x['medllm']['rss']):.0f}, HF {med(lambda x: x['batch1']['rss']):.0f} / "
+          f"{med(lambda x: x['sorted']['rss']):.0f}")
 PYEOF

@@ -15,9 +15,10 @@
 #   NO_PREFIX_CACHE=1 scripts/bench-generate.sh                 # medllm without the prefix cache
 #   scripts/bench-generate.sh --gpu                             # CUDA: qwen2.5-7b in bf16, batch 1, 8 and 64
 #
-# prefill tok/s = real prompt tokens / time to the first token of every prompt (HF: until its first logits; medllm:
-# whole generate(1 token) calls); decode tok/s = tokens after the first / the rest of the time. Prints every
-# measurement, then the medians over the repeats with medllm / HF ratios and peak resident memory (MiB).
+# prefill tok/s = real prompt tokens / prefill time (HF: until each call's first logits; medllm: its prefill steps,
+# in which the first prompts' decoding rows ride along); decode tok/s = tokens after the first / the rest (medllm:
+# tokens of its decode-only steps / their time). Prints every measurement, then the medians over the repeats with
+# medllm / HF ratios and peak resident memory (MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-build/bench_generate}
@@ -60,7 +61,6 @@ prompt_ids = [by_section[s][k] for k in range(max(map(len, by_section.values()))
               if k < len(by_section[s])][:n_prompts]
 work = tempfile.mkdtemp(prefix="bench-generate.")
 path = os.path.join(work, "prompts.jsonl")
-lengths = []
 lengths = [len(ids) for ids in prompt_ids]
 with open(path, "w") as f:
     for ids in prompt_ids:
@@ -68,9 +68,10 @@ with open(path, "w") as f:
 print(f"{shape} on {device}, {len(prompt_ids)} IgakuQA 2018 {mode} prompts of {min(lengths)}-{max(lengths)} tokens "
       f"({sum(lengths)} in all), {G} new tokens, batches {batches}, {repeats} repeats"
       f"{', medllm without prefix cache' if env else ''}; {bs.load_note()} at start", flush=True)
-hdr = f"{'dtype':<5} {'thr':>3} {'batch':>5} {'rep':>3} | {'medllm prefill':>14} {'HF prefill':>10} {'ratio':>6} | " \
-      f"{'medllm decode':>13} {'HF decode':>9} {'ratio':>6} | {'RSS MiB medllm/HF':>17} | load"
-print(hdr, flush=True)
+# Each measurement: tok/s from wall time and from process CPU time (steadier where other processes share the cores).
+KEYS = ("prefill", "decode", "prefill_cpu", "decode_cpu")
+print(f"{'dtype':<5} {'thr':>3} {'batch':>5} {'rep':>3} | tok/s medllm / HF (ratio): {'prefill':<24} {'decode':<22} "
+      f"{'prefill, CPU time':<24} {'decode, CPU time':<22} | RSS MiB medllm/HF | load", flush=True)
 rows = {}
 for threads in threads_list:
     for dtype in dtypes:
@@ -80,20 +81,17 @@ for threads in threads_list:
                                 "--new-tokens", G, "--dtype", dtype, "--device", device], threads)
                 m = bs.measure([bench, model, path, B, G, threads, device, dtype], threads, env)
                 hr, mr = bs.last_json(h["stdout"]), bs.last_json(m["stdout"])
-                r = rows.setdefault((dtype, threads, B), [])
-                r.append((mr["prefill"], hr["prefill"], mr["decode"], hr["decode"], m["peak_rss_mb"], h["peak_rss_mb"]))
-                print(f"{dtype:<5} {threads:>3} {B:>5} {rep:>3} | {mr['prefill']:14.1f} {hr['prefill']:10.1f} "
-                      f"{mr['prefill'] / hr['prefill']:5.2f}x | {mr['decode']:13.2f} {hr['decode']:9.2f} "
-                      f"{mr['decode'] / hr['decode']:5.2f}x | {m['peak_rss_mb']:8.0f}/{h['peak_rss_mb']:<8.0f} | "
+                rows.setdefault((dtype, threads, B), []).append((mr, hr, m["peak_rss_mb"], h["peak_rss_mb"]))
+                cells = " ".join(f"{mr[k]:7.1f} / {hr[k]:6.1f} ({mr[k] / hr[k]:4.2f}x)" for k in KEYS)
+                print(f"{dtype:<5} {threads:>3} {B:>5} {rep:>3} | {cells} | {m['peak_rss_mb']:.0f}/{h['peak_rss_mb']:.0f} | "
                       f"{os.getloadavg()[0]:.1f}  (cached {mr['cached_prompt_tokens']} of {mr['prompt_tokens']})",
                       flush=True)
-print(f"\nmedians over {repeats} repeats ({bs.load_note()} at end):")
-print(f"{'dtype':<5} {'thr':>3} {'batch':>5} | {'prefill medllm':>14} {'HF':>8} {'ratio':>6} | {'decode medllm':>13} "
-      f"{'HF':>7} {'ratio':>6} | peak RSS MiB medllm / HF")
+print(f"\nmedians over {repeats} repeats of medllm / HF ({bs.load_note()} at end):")
+print(f"{'dtype':<5} {'thr':>3} {'batch':>5} | {'prefill':>8} {'decode':>8} {'prefill CPU':>12} {'decode CPU':>11} | "
+      f"peak RSS MiB medllm / HF")
 for (dtype, threads, B), r in rows.items():
-    med = [bs.median([x[i] for x in r]) for i in range(6)]
-    ratio_p = bs.median([x[0] / x[1] for x in r])
-    ratio_d = bs.median([x[2] / x[3] for x in r])
-    print(f"{dtype:<5} {threads:>3} {B:>5} | {med[0]:14.1f} {med[1]:8.1f} {ratio_p:5.2f}x | {med[2]:13.2f} "
-          f"{med[3]:7.2f} {ratio_d:5.2f}x | {med[4]:.0f} / {med[5]:.0f}")
+    ratios = " ".join(f"{bs.median([mr[k] / hr[k] for mr, hr, _, _ in r]):{w}.2f}x"
+                      for k, w in zip(KEYS, (7, 7, 11, 10)))
+    print(f"{dtype:<5} {threads:>3} {B:>5} | {ratios} | {bs.median([x[2] for x in r]):.0f} / "
+          f"{bs.median([x[3] for x in r]):.0f}")
 PYEOF

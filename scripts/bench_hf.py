@@ -5,11 +5,12 @@ its own process so its peak memory is its own. Prints one JSON line per result.
   bench_hf.py generate MODEL PROMPTS_JSONL --batch B --new-tokens G --dtype fp32|bf16 --repeats R --device cpu|cuda
       The prompts (prompt_ids) as consecutive generate() calls of B prompts (left-padded, as HF batches), greedy,
       no EOS. Times come from a logits processor that notes when each token's scores arrive: prefill = until the
-      first, decode = from the first to the last. prefill tok/s counts real prompt tokens (not padding).
+      first, decode = from the first to the last; prefill_cpu and decode_cpu divide by the process CPU time of the
+      same spans. prefill tok/s counts real prompt tokens (not padding).
   bench_hf.py eval MODEL PROMPTS_JSON --loop batch1|sorted --batch B --max-new-tokens G --dtype fp32|bf16
       The rendered prompts (a JSON list of strings) through greedy generate() as a user's evaluation loop would:
       one at a time (batch1), or sorted by length and in batches of B (sorted; left-padded). Stops at the model's
-      EOS ids and at max_new_tokens, as `medllm eval` does. Wall time of the loop (model load excluded); with
+      EOS ids and at max_new_tokens, as `medllm eval` does. Wall and CPU time of the loop (model load excluded); with
       --expect FILE (a JSON list of texts) the number of outputs equal to them ("agree").
 """
 import argparse
@@ -30,11 +31,13 @@ class StepClock(LogitsProcessor):
 
     def __init__(self, device):
         self.times = []
+        self.cpu = []
         self.device = device
 
     def __call__(self, input_ids, scores):
         sync(self.device)
         self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
         return scores
 
 
@@ -64,26 +67,30 @@ def cmd_generate(a):
     real = sum(len(p) for p in prompts)
 
     def run(new_tokens):
-        prefill = decode = 0.0
+        prefill = decode = prefill_cpu = decode_cpu = 0.0
         for first in range(0, len(prompts), a.batch):
             ids, mask = left_pad(prompts[first:first + a.batch], 0)
             clock = StepClock(a.device)
             ids, mask = ids.to(a.device), mask.to(a.device)
             sync(a.device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with torch.inference_mode():
                 model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                do_sample=False, eos_token_id=None, pad_token_id=0,
                                logits_processor=LogitsProcessorList([clock]))
             prefill += clock.times[0] - t0
             decode += clock.times[-1] - clock.times[0]
-        return prefill, decode
+            prefill_cpu += clock.cpu[0] - c0
+            decode_cpu += clock.cpu[-1] - clock.cpu[0]
+        return prefill, decode, prefill_cpu, decode_cpu
 
     run(2)  # warm-up
     for rep in range(a.repeats):
-        prefill, decode = run(a.new_tokens)
-        print(json.dumps({"rep": rep, "batch": a.batch, "prefill": real / prefill,
-                          "decode": len(prompts) * (a.new_tokens - 1) / decode, "prompt_tokens": real}), flush=True)
+        prefill, decode, prefill_cpu, decode_cpu = run(a.new_tokens)
+        decoded = len(prompts) * (a.new_tokens - 1)
+        print(json.dumps({"rep": rep, "batch": a.batch, "prefill": real / prefill, "decode": decoded / decode,
+                          "prefill_cpu": real / prefill_cpu, "decode_cpu": decoded / decode_cpu,
+                          "prompt_tokens": real}), flush=True)
 
 
 def cmd_eval(a):
@@ -99,7 +106,7 @@ def cmd_eval(a):
         batch = a.batch
     generated = 0
     texts_out = [None] * len(rows)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for first in range(0, len(order), batch):
         chunk = order[first:first + batch]
         ids, mask = left_pad([rows[i] for i in chunk], tok.pad_token_id)
@@ -110,8 +117,8 @@ def cmd_eval(a):
         generated += int((new != tok.pad_token_id).sum())
         for k, i in enumerate(chunk):
             texts_out[i] = tok.decode(new[k], skip_special_tokens=True)
-    seconds = time.perf_counter() - t0
-    result = {"loop": a.loop, "batch": batch, "seconds": seconds, "questions": len(rows),
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    result = {"loop": a.loop, "batch": batch, "seconds": seconds, "cpu_seconds": cpu_seconds, "questions": len(rows),
               "prompt_tokens": sum(map(len, rows)), "generated_tokens": generated}
     if a.expect:  # what the other stack wrote for the same prompts, in the same order
         expected = json.load(open(a.expect))

@@ -18,7 +18,7 @@ Library use (the bench scripts put scripts/ on sys.path):
     model = bs.model_dir("qwen2.5-0.5b")            # path of the cached HF folder
     tok = bs.tokenizer(model)                        # transformers tokenizer of that folder
     prompts = bs.igakuqa_prompts("standard", years="2018", limit=3)   # [{"id", "prompt", "prompt_ids"}]
-    r = bs.measure([cmd, ...], threads=2)           # {"seconds", "peak_rss_mb", "stdout", "stderr"}
+    r = bs.measure([cmd, ...], threads=2)           # {"seconds", "cpu_seconds", "peak_rss_mb", "stdout", "stderr"}
 Command line:
     bench_setup.py model [--shape qwen2.5-0.5b]     # prints the folder (building it if needed)
     bench_setup.py prompts --mode standard --years 2018 --limit 3 --out prompts.jsonl   # prompt_ids JSONL
@@ -132,8 +132,9 @@ def igakuqa_prompts(mode, years="2018", limit=0, folder=None, fmt="chat", build=
 
 
 def measure(cmd, threads, env=None):
-    """Runs `cmd` with `threads` OpenMP/MKL threads; returns its wall seconds, peak resident memory (MiB, from
-    wait4's rusage: this child alone), stdout and stderr. Exits naming the command when it fails."""
+    """Runs `cmd` with `threads` OpenMP/MKL threads; returns its wall seconds, CPU seconds (user + system, all its
+    threads) and peak resident memory (MiB), both from wait4's rusage of this child alone, stdout and stderr. Exits
+    naming the command when it fails."""
     import tempfile
 
     e = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -150,7 +151,8 @@ def measure(cmd, threads, env=None):
         stdout, stderr = out.read(), err.read()
     if p.returncode != 0:
         sys.exit(f"bench: {' '.join(map(str, cmd))} failed ({p.returncode}):\n{stderr[-3000:]}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024.0, "stdout": stdout, "stderr": stderr}
+    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024.0,
+            "stdout": stdout, "stderr": stderr}
 
 
 def last_json(stdout):

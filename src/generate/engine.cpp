@@ -2,6 +2,7 @@
 // caching and per-sequence random streams (engine.h).
 #include "medllm/generate/engine.h"
 
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -69,6 +70,13 @@ std::string allocation_failure(const std::exception& e) {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// CPU time of this process, all threads (GenerationStats' *_cpu_seconds).
+double process_cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
 
 }  // namespace
@@ -309,7 +317,8 @@ void GenerationRun::loop() {
             prefilling.push_back(std::move(p));
             waiting.pop_front();
         }
-        const auto t0 = Clock::now();
+        const auto t0     = Clock::now();
+        const double cpu0 = process_cpu_seconds();
         // The forward: one token of every decoding sequence, then the next chunk of each prompt being prefilled
         // (up to kStepPrefillTokens), skipping a chunk another prompt computes in this very forward (it will be in
         // the prefix cache next time).
@@ -392,13 +401,13 @@ void GenerationRun::loop() {
                 if (std::find(ended.begin(), ended.end(), &p) == ended.end()) left.push_back(std::move(p));
             prefilling = std::move(left);
         }
-        const double seconds = seconds_since(t0);
+        const double seconds = seconds_since(t0), cpu = process_cpu_seconds() - cpu0;
         if (prefill_tokens > 0) {
             stats_.prefill_seconds += seconds;
+            stats_.prefill_cpu_seconds += cpu;
         } else {
             stats_.decode_seconds += seconds;
-        }
-        if (!running.empty()) {
+            stats_.decode_cpu_seconds += cpu;
             ++stats_.decode_steps;
             stats_.decode_tokens += static_cast<int64_t>(running.size());
         }

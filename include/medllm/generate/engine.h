@@ -71,10 +71,16 @@ struct GenerationStats {
     int64_t prompt_tokens        = 0;  // prompt tokens (each prompt once, whatever num_samples)
     int64_t cached_prompt_tokens = 0;  // of those, taken from the prefix cache instead of computed
     int64_t generated_tokens     = 0;
-    int64_t decode_steps         = 0;
-    int64_t decode_tokens  = 0;  // tokens chosen by decode steps (the first token of each sequence comes from prefill)
-    double prefill_seconds = 0;  // forwards that prefilled prompt chunks (decoding rows ride along)
-    double decode_seconds  = 0;  // forwards of decoding rows only, with token choice
+    // Steps are prefill steps (forwards with prompt chunks; decoding rows ride along, their tokens are counted in
+    // generated_tokens only) or decode steps (decoding rows only), each timed with its token choice.
+    int64_t decode_steps   = 0;
+    int64_t decode_tokens  = 0;  // tokens chosen by decode steps
+    double prefill_seconds = 0;
+    double decode_seconds  = 0;
+    // The same steps' CPU time (the process's, all threads): what benchmarks on a shared machine compare, where
+    // wall time depends on the other processes.
+    double prefill_cpu_seconds = 0;
+    double decode_cpu_seconds  = 0;
 };
 
 struct GenerateCallbacks {

@@ -86,14 +86,13 @@ public:
     // returns the final normed hidden states [R, H] of the segments with `logits`, in segment order. The last layer
     // computes queries, attention and MLP only for those rows (its keys and values still cover every token).
     at::Tensor forward(const std::vector<Segment>& segments);
-    // fp32 logits [R, V] of the hidden rows forward() returned (its decoding rows first).
+    // fp32 logits [R, V] of the hidden rows forward() returned.
     at::Tensor logits(const at::Tensor& hidden);
 
 private:
     // x·Wᵀ of a projection: the first `decode_rows` rows through row_linear, the others through one GEMM of a
     // multiple of kMinRows rows (dense CPU weights); other projections through their forward on such a row count.
     at::Tensor project(model::Projection& p, const at::Tensor& x, int64_t decode_rows);
-    int64_t decode_rows_ = 0;  // decoding rows among the last forward's returned rows
     model::Qwen2ForCausalLM& model_;
     const model::Qwen2Config& cfg_;
     at::TensorOptions options_;
