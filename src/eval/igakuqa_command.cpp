@@ -34,6 +34,15 @@ void add_eval_igakuqa_fields(ConfigSchema<EvalIgakuqaConfig>& s) {
         .range(1, 1 << 20);
 }
 
+const ConfigSchema<EvalIgakuqaConfig>& eval_igakuqa_schema() {
+    static const auto schema = [] {
+        ConfigSchema<EvalIgakuqaConfig> s;
+        add_eval_igakuqa_fields(s);
+        return s;
+    }();
+    return schema;
+}
+
 namespace {
 
 std::vector<PromptMode> parse_modes(const std::string& mode) {

@@ -123,7 +123,7 @@ TEST(PipelineConfig, StageSectionNamesItsStageConfig) {
     const auto cfg    = pipeline::load_pipeline_config({(dir / "pipeline.yaml").string(), {"rpo.lora.alpha=64"}});
     const auto stages = pipeline::plan_stages(cfg);
     const auto& rpo   = stage_named(stages, "rpo");
-    ASSERT_TRUE(rpo.resolved.checked);
+    ASSERT_FALSE(rpo.resolved.entries.empty());
     EXPECT_EQ(resolved_value(rpo.resolved, "loss.rpo_alpha"), "10");  // from the stage config
     EXPECT_EQ(resolved_origin(rpo.resolved, "loss.rpo_alpha"), "stages/rpo.yaml");
     EXPECT_EQ(resolved_value(rpo.resolved, "lora.r"), "16");      // the section's key over the file

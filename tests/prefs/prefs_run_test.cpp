@@ -263,6 +263,14 @@ TEST_F(PrefsRun, CliRefusals) {
               std::string::npos)
         << refused.output;
 
+    // A missing few-shot file is named by its own key, not as one of the questions.
+    const auto no_shots = run_medllm(cli_args(out("shots"), "--few-shot-file /nonexistent/shots.jsonl"));
+    EXPECT_EQ(no_shots.exit_code, 2) << no_shots.output;
+    EXPECT_NE(no_shots.output.find("few_shot.file: /nonexistent/shots.jsonl: no such file or directory"),
+              std::string::npos)
+        << no_shots.output;
+    EXPECT_EQ(no_shots.output.find("questions:"), std::string::npos) << no_shots.output;
+
     const auto bad_type =
         run_medllm("build-prefs --questions " + kQuestions.string() + " --model " + model_->string() + " --output " +
                    out("type").string() + " --set 'pairs.types=[gt_chosen, best_worst]'");
@@ -283,6 +291,22 @@ TEST_F(PrefsRun, ShippedConfigRuns) {
     EXPECT_EQ(s["samples"], 16);
     EXPECT_EQ(s["prompt_format"], "chat");  // the tiny tokenizer has a chat template
     EXPECT_TRUE(fs::exists(dir / "config.resolved.yaml"));
+}
+
+// guard.years picks the exam years of guard.igakuqa_dir: the quickstart's exam folder holds 2021 and 2022 only, which
+// the guard could not read before (it had no years key and read all of 2018-2022).
+TEST_F(PrefsRun, GuardYearsFitAFolderOfSomeYears) {
+    const std::string exams = std::string(MEDLLM_SOURCE_DIR) + "/configs/quickstart/igakuqa";
+    const auto all_years    = run_medllm(cli_args(out("years_all"), "--igakuqa-dir " + exams));
+    EXPECT_EQ(all_years.exit_code, 2) << all_years.output;
+    EXPECT_NE(all_years.output.find("has no data/2018; set guard.years"), std::string::npos) << all_years.output;
+    const fs::path dir = out("years_two");
+    const auto two     = run_medllm(cli_args(dir, "--igakuqa-dir " + exams + " --set guard.years=2021-2022"));
+    ASSERT_EQ(two.exit_code, 0) << two.output;
+    EXPECT_NE(slurp(dir / "config.resolved.yaml").find("years: 2021-2022"), std::string::npos);
+    const auto bad = run_medllm(cli_args(out("years_bad"), "--set guard.years=2017"));
+    EXPECT_EQ(bad.exit_code, 2) << bad.output;
+    EXPECT_NE(bad.output.find("guard.years '2017': 2017 is outside the IgakuQA data"), std::string::npos) << bad.output;
 }
 
 TEST_F(PrefsRun, PromptLongerThanTheContextNamesTheQuestion) {
