@@ -70,7 +70,8 @@ void add_build_prefs_command(CLI::App& app) {
         "question finishes; a rerun resumes it and draws the same samples (seeded per question and sample). Its run "
         "identity (model, adapter, dtype, template, few-shot, prompts, decoding) is kept in samples.jsonl.run.json; "
         "a rerun under another identity is refused naming the key that differs (--overwrite starts over). "
-        "pairs.jsonl and summary.json are rebuilt from samples.jsonl in question order on every run.\n" +
+        "pairs.jsonl and summary.json are rebuilt from samples.jsonl in question order on every run. SIGINT/SIGTERM "
+        "end the run at once (samples.jsonl keeps the finished questions) and print the command that resumes it.\n" +
         distributed_generation_help("build-prefs", "samples.jsonl") +
         " samples.jsonl then holds one process's records in question order (one process writes them as they "
         "finish); rank 0 writes pairs.jsonl and summary.json (the same as one process, timings aside) and prints the "

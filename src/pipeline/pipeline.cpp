@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <glob.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -115,6 +116,7 @@ int run_child(const fs::path& binary, const std::vector<std::string>& args, cons
     const std::string port = std::to_string(nproc > 1 ? free_port() : 0);
     std::vector<pid_t> pids;
     std::fflush(nullptr);
+    const pid_t pipeline_pid = ::getpid();
     for (int64_t rank = 0; rank < nproc; ++rank) {
         const fs::path out_file =
             rank == 0 ? stdout_file : stdout_file.parent_path() / ("stdout.rank" + std::to_string(rank) + ".txt");
@@ -127,6 +129,11 @@ int run_child(const fs::path& binary, const std::vector<std::string>& args, cons
             throw Error(std::string("pipeline: fork failed: ") + std::strerror(errno));
         }
         if (pid == 0) {
+            // The stage dies with the pipeline: a SIGKILLed pipeline (an OOM kill, a cancelled job step that
+            // reaches only it) would otherwise leave its stage running as an orphan, holding the GPU and writing
+            // into the run folder. SIGTERM, so cpt and rpo still finish their step and write a checkpoint. The
+            // setting survives execv; the getppid check covers a pipeline that died before it was made.
+            if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != pipeline_pid) ::_exit(128 + SIGTERM);
             // The stage's ranks are the pipeline's to set: a launch environment around the pipeline (an sbatch
             // script's SLURM_NTASKS, an exported WORLD_SIZE) must not make a stage wait for ranks that never come.
             for (const char* v : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID",

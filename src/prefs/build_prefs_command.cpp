@@ -5,6 +5,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/core/interrupt.h"
 #include "medllm/eval/igakuqa_data.h"
 #include "medllm/generate/load.h"
 
@@ -136,6 +137,9 @@ void run_build_prefs(const BuildPrefsConfig& config, const dist::RunOptions& run
     if (parallel.world_size > 1) options.device = parallel.group->device().str();  // cuda:LOCAL_RANK
     options.place = dist::shard_place(parallel);
     if (parallel.group->is_main()) start_run(config.output, run.resolved);
+    // Sampling has no step to stop after; samples.jsonl holds every finished question, so a stop ends at once.
+    const ResumeOnSignal on_stop("build-prefs", "samples.jsonl keeps every question sampled so far", "resume",
+                                 parallel.group->is_main() ? config.output : std::string());
     const auto result = dist::run_reporting_failure(parallel, [&] { return build_prefs(options); });
     if (parallel.group->is_main()) write_stdout(result.table);
 }
