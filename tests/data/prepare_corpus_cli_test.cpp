@@ -24,14 +24,13 @@ namespace fs = std::filesystem;
 class PrepareCorpusCli : public test::TempDir {
 protected:
     std::string config(const std::string& extra_data = "", const std::string& guard = "action: refuse") {
-        const std::string text = "model:\n  path: " + test::tokenizer_dir().string() + "\n  quantization: nf4\n" +
-                                 "output: " + (dir / "run").string() + "\n" +
-                                 "train:\n  lr: 1e-4\n"  // another command's section: ignored here
-                                 "data:\n  sources:\n    - {path: " +
-                                 (dir / "corpus").string() +
-                                 "}\n  eos_token: '<|endoftext|>'\n  seq_len: 32\n  validation:\n    fraction: 0.25\n" +
-                                 extra_data + "eval_guard:\n  igakuqa_dir: " + MEDLLM_SHARED_DIR + "/igakuqa_data\n  " +
-                                 guard + "\n";
+        const std::string text =
+            "model:\n  path: " + test::tokenizer_dir().string() + "\n" + "output: " + (dir / "run").string() + "\n" +
+            "lora:\n  r: 8\n"  // cpt's section: accepted and left to cpt
+            "data:\n  sources:\n    - {path: " +
+            (dir / "corpus").string() +
+            "}\n  eos_token: '<|endoftext|>'\n  seq_len: 32\n  validation:\n    fraction: 0.25\n" + extra_data +
+            "eval_guard:\n  igakuqa_dir: " + MEDLLM_SHARED_DIR + "/igakuqa_data\n  " + guard + "\n";
         write("cpt.yaml", text);
         return (dir / "cpt.yaml").string();
     }
