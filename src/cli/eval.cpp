@@ -1,4 +1,4 @@
-// `medllm eval igakuqa`: the IgakuQA exam evaluator (../shared/reference/igakuqa.md).
+// `medllm eval igakuqa`: the IgakuQA exam evaluator (docs/eval-igakuqa.md, docs/reference/igakuqa.md).
 //
 //   medllm eval igakuqa --data-dir ../shared/igakuqa_data --predictions runs/gpt4o/ --output runs/gpt4o-eval
 //   medllm eval igakuqa --data-dir ../shared/igakuqa_data --model models/qwen2.5-7b --mode both --output runs/eval
@@ -59,6 +59,9 @@ void add_eval_command(CLI::App& app) {
     number("--max-new-tokens", f.max_new_tokens, "max_new_tokens", "Answer length limit, standard mode");
     number("--max-new-tokens-explanation", f.max_new_tokens_explanation, "max_new_tokens_explanation",
            "Reasoning + answer length limit, explanation mode");
+    number("--limit", f.limit, "limit",
+           "--model: only the first N questions of each year and section (a smoke run; 0 = all); a later run with "
+           "a larger limit resumes the questions already done");
     cmd->add_flag("--overwrite", state->overwrite,
                   "Start --output's predictions.jsonl over instead of resuming it (a resume under another model, "
                   "adapter, data, prompt or decoding settings is refused)");

@@ -26,7 +26,8 @@ void add_info_command(CLI::App& app) {
     cmd->add_option("--seq-len", opts->seq_len, "Sequence length for the activation and KV-cache estimates")
         ->capture_default_str()
         ->check(integer_in(1, kMaxSeqLen));
-    cmd->add_option("--lora-rank", opts->lora_rank, "LoRA rank r (adapters on all seven linears of every layer)")
+    cmd->add_option("--lora-r,--lora-rank", opts->lora_rank,
+                    "LoRA rank r, as the config key lora.r (adapters on all seven linears of every layer)")
         ->capture_default_str()
         ->check(integer_in(0, kMaxLoraRank));
     cmd->add_flag("--no-activation-checkpointing", opts->no_checkpointing,

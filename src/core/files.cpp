@@ -1,7 +1,9 @@
+// Checked file I/O: atomic writes, resumable JSONL, content hashes, and errors that name the file.
 #include "medllm/core/files.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -339,16 +341,20 @@ std::string hash_file(const fs::path& path) {
     return hex64(sum);
 }
 
+int64_t unix_mtime_ns(const fs::path& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) throw Error(path.string() + ": cannot read: " + std::strerror(errno));
+    return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + static_cast<int64_t>(st.st_mtim.tv_nsec);
+}
+
 json file_identity(const fs::path& path, bool content_hash) {
     std::error_code ec;
     const auto size = fs::file_size(path, ec);
     if (ec) throw Error(path.string() + ": cannot read: " + ec.message());
-    const auto mtime = fs::last_write_time(path, ec);
-    if (ec) throw Error(path.string() + ": cannot read: " + ec.message());
     json j;
     j["path"]     = fs::absolute(path).lexically_normal().string();
     j["size"]     = size;
-    j["mtime_ns"] = std::chrono::duration_cast<std::chrono::nanoseconds>(mtime.time_since_epoch()).count();
+    j["mtime_ns"] = unix_mtime_ns(path);
     if (content_hash) j["xxh3"] = hash_file(path);
     return j;
 }

@@ -136,7 +136,7 @@ std::string stale_reason(const fs::path& dir, const nlohmann::json& identity, st
         }
     }
     try {
-        TokenCache check(dir);  // shards and index present with the recorded sizes
+        TokenCache check(dir);  // shards and index present, of the recorded sizes and checksums
     } catch (const Error& e) {
         return e.what();
     }
@@ -412,7 +412,8 @@ private:
     }
     void close_shard() {
         shard_.out->commit();
-        shards_.push_back({{"file", shard_name(shards_.size())}, {"tokens", shard_.tokens}});
+        const std::string name = shard_name(shards_.size());
+        shards_.push_back({{"file", name}, {"tokens", shard_.tokens}, {"xxh3", hash_file(dir_ / name)}});
         shard_.out.reset();
     }
 
@@ -444,13 +445,14 @@ private:
                                    {"characters", report_.characters}, {"input_bytes", report_.input_bytes},
                                    {"flagged", report_.flagged},       {"dropped", report_.dropped},
                                    {"skipped", report_.skipped},       {"build_seconds", report_.seconds}};
-        nlohmann::json manifest = {{"format", "medllm-token-cache"},
-                                   {"version", kCacheFormatVersion},
-                                   {"identity", identity_},
-                                   {"hashes", hashes},
-                                   {"shards", shards_},
-                                   {"index", {{"file", kIndex}, {"documents", report_.documents}}},
-                                   {"stats", stats}};
+        nlohmann::json manifest = {
+            {"format", "medllm-token-cache"},
+            {"version", kCacheFormatVersion},
+            {"identity", identity_},
+            {"hashes", hashes},
+            {"shards", shards_},
+            {"index", {{"file", kIndex}, {"documents", report_.documents}, {"xxh3", hash_file(dir_ / kIndex)}}},
+            {"stats", stats}};
         write_file_atomic(dir_ / kManifest, dump_json(manifest, 1) + "\n");
     }
 
@@ -575,6 +577,20 @@ TokenCache::TokenCache(const fs::path& dir) : dir_(dir) {
     } catch (const nlohmann::json::exception& e) {
         throw Error(mpath.string() + ": malformed manifest: " + e.what());
     }
+    // The content must be what the build wrote: every shard and the index hash to the XXH3 the manifest recorded after
+    // writing them, so a changed token (still a valid id, sizes right) is caught. Hashed from the mappings, which
+    // the reads below then find in the page cache (the cost is in docs/cpt.md).
+    auto verify = [&](const nlohmann::json& entry, const Mapping& map) {
+        const std::string file = entry.at("file").get<std::string>(), want = entry.value("xxh3", "");
+        if (want.empty())
+            throw Error(dir.string() + ": token cache built without checksums (by an older medllm); rebuild it " +
+                        "(medllm prepare-corpus, or delete the folder)");
+        if (hash_bytes(std::string_view(static_cast<const char*>(map.data), map.size)) != want)
+            throw Error((dir / file).string() + ": content does not match the manifest's checksum (damaged cache; " +
+                        "rebuild it: medllm prepare-corpus rebuilds a damaged cache)");
+    };
+    for (std::size_t k = 0; k < shards_.size(); ++k) verify(manifest_.at("shards")[k], *shards_[k]);
+    verify(manifest_.at("index"), *index_);
     for (std::size_t i = 0; i < num_docs_; ++i) {
         const auto& d = docs_[i];
         if (d.shard >= shards_.size() || d.offset + d.length > shards_[d.shard]->size / sizeof(uint32_t) ||

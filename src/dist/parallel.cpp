@@ -15,8 +15,7 @@ std::shared_ptr<Distributed> Parallel::resolve(const std::string& device_setting
     return Distributed::single(device_setting);
 }
 
-Parallel join_process_group(const LaunchFlags& flags, const std::string& device_setting,
-                            bool allow_world_size_change) {
+Parallel join_process_group(const LaunchFlags& flags, const std::string& device_setting, bool allow_world_size_change) {
     const auto launch = resolve_launch(flags);
     Parallel p;
     p.group                   = Distributed::create(launch, device_setting);

@@ -32,6 +32,7 @@ void add_eval_igakuqa_fields(ConfigSchema<EvalIgakuqaConfig>& s) {
     s.field("max_new_tokens_explanation", &C::max_new_tokens_explanation,
             "reasoning + answer length limit in explanation mode")
         .range(1, 1 << 20);
+    s.field("limit", &C::limit, "--model: only the first N questions of each year and section (0 = all)").range(0, 1e9);
 }
 
 const ConfigSchema<EvalIgakuqaConfig>& eval_igakuqa_schema() {
@@ -73,6 +74,7 @@ void print_summary(const EvalResult& result, const std::filesystem::path& output
 IgakuqaPlan check_eval_igakuqa(const EvalIgakuqaConfig& cfg, bool overwrite) {
     if (cfg.model.empty() == cfg.predictions.empty())
         throw UsageError("eval igakuqa: give exactly one of --model DIR or --predictions FILE_OR_DIR");
+    if (cfg.limit > 0 && cfg.model.empty()) throw UsageError("eval igakuqa: --limit applies to --model runs");
     if (!cfg.predictions.empty() && !cfg.adapter.empty())
         throw UsageError("eval igakuqa: --adapter applies to --model, not to --predictions");
     if (cfg.data_dir.empty()) throw UsageError("eval igakuqa: --data-dir DIR (config key data_dir) is required");

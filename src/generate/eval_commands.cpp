@@ -15,7 +15,7 @@ void eval_igakuqa_model(const eval::EvalIgakuqaConfig& cfg, const eval::IgakuqaP
                         const dist::Parallel& parallel) {
     const bool main = parallel.group->is_main();
     if (main) start_run(cfg.output, run.resolved);
-    const auto questions = eval::load_questions(cfg.data_dir, plan.years);
+    const auto questions = eval::first_questions_per_section(eval::load_questions(cfg.data_dir, plan.years), cfg.limit);
     const auto examples  = eval::load_few_shot_examples(plan.prompt_file);
     if (cfg.prompt_file.empty()) eval::check_against_manifest(cfg.data_dir, plan.prompt_file, examples.size());
     LoadOptions load;

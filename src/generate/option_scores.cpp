@@ -61,10 +61,10 @@ std::vector<double> continuation_scores(model::Qwen2ForCausalLM& model, const te
 eval::OptionTextScorer load_option_text_scorer(const std::filesystem::path& model_dir, const std::string& device,
                                                const std::filesystem::path& tokenizer_dir) {
     LoadOptions load;
-    load.device            = device;
-    load.dtype             = "fp32";
-    load.require_tokenizer = tokenizer_dir.empty();
-    auto loaded            = std::make_shared<LoadedModel>(load_model(model_dir, load));
+    load.device                                      = device;
+    load.dtype                                       = "fp32";
+    load.require_tokenizer                           = tokenizer_dir.empty();
+    auto loaded                                      = std::make_shared<LoadedModel>(load_model(model_dir, load));
     std::shared_ptr<const text::Tokenizer> tokenizer = loaded->tokenizer;
     if (!tokenizer_dir.empty()) tokenizer = text::Tokenizer::from_dir(tokenizer_dir);
     const at::Device where = parse_device(device);

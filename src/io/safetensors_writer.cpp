@@ -100,7 +100,7 @@ std::string directory_fingerprint(const fs::path& dir) {
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
         if (!entry.is_regular_file(ec)) continue;
         const auto size  = entry.file_size(ec);
-        const auto mtime = entry.last_write_time(ec).time_since_epoch().count();
+        const auto mtime = unix_mtime_ns(entry.path());
         lines.push_back(entry.path().filename().string() + ":" + std::to_string(size) + ":" + std::to_string(mtime));
     }
     std::sort(lines.begin(), lines.end());

@@ -5,9 +5,9 @@
 #include "medllm/eval/igakuqa_command.h"
 #include "medllm/eval/igakuqa_data.h"
 #include "medllm/prefs/build_prefs_command.h"
-#include "medllm/train/cpt.h"
+#include "medllm/train/cpt_config.h"
 #include "medllm/train/preference_loss.h"
-#include "medllm/train/rpo.h"
+#include "medllm/train/rpo_config.h"
 
 namespace medllm::pipeline {
 namespace {

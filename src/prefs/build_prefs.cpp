@@ -100,9 +100,17 @@ CheckedSample check_sample(const PrefQuestion& q, std::string text, const std::s
     s.text          = std::move(text);
     s.finish_reason = finish_reason;
     s.answer        = eval::extract_answer(s.text, eval::answer_spec(q.question));
-    s.parsed        = s.answer.parsed && (s.answer.marker_found || !options.require_marker);
-    s.correct       = s.parsed && eval::official_is_correct(q.question.problem_id, s.answer.items, q.question.answer);
-    s.truncated     = finish_reason == "length";
+    if (!s.answer.parsed && options.answer_by_text && !q.question.is_numeric()) {
+        const std::string letter = eval::choice_named_by_text(s.text, q.question.choices);
+        if (!letter.empty()) {
+            s.answer.parsed = true;
+            s.answer.items  = {letter};
+            s.by_text       = true;
+        }
+    }
+    s.parsed    = s.answer.parsed && (s.answer.marker_found || !options.require_marker);
+    s.correct   = s.parsed && eval::official_is_correct(q.question.problem_id, s.answer.items, q.question.answer);
+    s.truncated = finish_reason == "length";
     // The explanation: the normalised text before the last answer marker, the marker itself taken off.
     const std::string normalized = eval::official_prediction(s.text);
     const std::size_t after      = eval::find_after_last_answer_marker(normalized);
@@ -190,7 +198,7 @@ PairsOutput make_pairs_output(const std::vector<PrefQuestion>& questions, const 
                               const PairOptions& options) {
     PairsOutput out;
     int64_t n_samples = 0, n_chosen = 0, n_rejected = 0, n_unparseable = 0, n_truncated = 0, n_short = 0, n_dropped = 0,
-            n_correct = 0, n_empty = 0;
+            n_correct = 0, n_empty = 0, n_by_text = 0;
     json by_type = json::object();
     std::map<std::string, int64_t> pairs_by_type;
     std::map<std::string, std::vector<std::string>> without;
@@ -221,6 +229,7 @@ PairsOutput make_pairs_output(const std::vector<PrefQuestion>& questions, const 
             if (s.truncated) ++n_truncated;
             if (s.short_explanation) ++n_short;
             if (s.empty) ++n_empty;
+            if (s.by_text) ++n_by_text;
             if (s.status == SampleStatus::chosen) ++n_chosen;
             if (s.status == SampleStatus::rejected) ++n_rejected;
             if (s.status == SampleStatus::dropped) ++n_dropped;
@@ -271,6 +280,7 @@ PairsOutput make_pairs_output(const std::vector<PrefQuestion>& questions, const 
     s["dropped"]           = n_dropped;
     s["empty"]             = n_empty;
     s["correct"]           = n_correct;
+    s["answered_by_text"]  = n_by_text;
     s["sample_accuracy"]   = n_samples ? static_cast<double>(n_correct) / static_cast<double>(n_samples) : 0.0;
     s["accuracy_by_type"]  = by_type;
     json pj                = json::object();
@@ -301,6 +311,7 @@ std::string format_summary(const json& s) {
     row("chosen", num("chosen"));
     row("rejected (incl. unparseable)", num("rejected"));
     row("unparseable", num("unparseable"));
+    row("answered by option text", num("answered_by_text"));
     row("truncated (token limit)", num("truncated"));
     row("short explanation", num("short_explanation"));
     row("dropped (incl. empty)", num("dropped"));

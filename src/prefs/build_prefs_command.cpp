@@ -47,6 +47,8 @@ void add_build_prefs_fields(ConfigSchema<BuildPrefsConfig>& s) {
     s.field("sampling.seed", &C::seed, "samples are seeded per question and sample from this").range(0, 1e18);
     s.field("sampling.batch_size", &C::batch_size, "sequences decoded together").range(1, 65536);
     s.field("check.require_marker", &C::require_marker, "a response with no answer marker is unparseable");
+    s.field("check.answer_by_text", &C::answer_by_text,
+            "an answer naming one option by its text (no letter) counts as that option's letter");
     s.field("check.min_explanation_chars", &C::min_explanation_chars, "shorter explanations are flagged")
         .range(0, 1 << 30);
     s.field("check.flagged", &C::flagged, "flagged responses (short explanation, token limit): rejected or dropped")
@@ -118,6 +120,7 @@ BuildPrefsOptions to_build_prefs_options(const BuildPrefsConfig& c, bool overwri
     o.seed                        = static_cast<uint64_t>(c.seed);
     o.batch_size                  = c.batch_size;
     o.check.require_marker        = c.require_marker;
+    o.check.answer_by_text        = c.answer_by_text;
     o.check.min_explanation_chars = c.min_explanation_chars;
     o.check.drop_flagged          = c.flagged == "dropped";
     o.pairs.types.clear();

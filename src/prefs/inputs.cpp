@@ -1,3 +1,4 @@
+// build-prefs' inputs: questions with verified explanations and their few-shot examples.
 #include "medllm/prefs/inputs.h"
 
 #include <algorithm>

@@ -161,7 +161,9 @@ void log_window(Session& s, LoopTools& tools, const Update& u, double comm_secon
 TrainResult run_cpt(const CptConfig& cfg, const TrainOptions& opts) {
     const TrainingSettings& t = cfg.training;
     Session s                 = open_session(cfg.output, t, opts);
-    Corpus corpus             = load_corpus(cfg, s);
+    require_model_dir(cfg.model_path, "model.path");
+    require_adapter_dir(cfg.lora.init_adapter, "lora.init_adapter");
+    Corpus corpus = load_corpus(cfg, s);
     load_policy(s, cfg.model_path, cfg.lora, t.seed, cfg.lora.init_adapter);
     check_fits_model(s, "the corpus", max_token_id(*corpus.cache), cfg.seq_len,
                      "data.seq_len " + std::to_string(cfg.seq_len));

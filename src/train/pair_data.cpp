@@ -1,3 +1,4 @@
+// Reading TRL-format preference pairs and collating them into rpo batches.
 #include "medllm/train/pair_data.h"
 
 #include <algorithm>
@@ -27,6 +28,30 @@ nlohmann::json PrefDataStats::to_json() const {
 // ---------------------------------------------------------------- truncation (TRL v0.12-v0.28)
 
 namespace {
+
+// Nothing but ASCII whitespace and the ideographic space U+3000 (what Japanese text pads with).
+bool blank(const std::string& text) {
+    for (size_t i = 0; i < text.size();) {
+        const unsigned char c = static_cast<unsigned char>(text[i]);
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+            ++i;
+        } else if (text.compare(i, 3, "\xE3\x80\x80") == 0) {
+            i += 3;
+        } else {
+            return false;
+        }
+    }
+    return true;
+}
+
+// A message list whose contents are all blank (or no message at all).
+bool blank_messages(const nlohmann::json& messages) {
+    for (const auto& m : messages)
+        if (m.is_object() && m.contains("content") && m["content"].is_string() &&
+            !blank(m["content"].get<std::string>()))
+            return false;
+    return true;
+}
 
 // One row: prompt + completion, cut to max_length as the collator's flush/truncate does per row.
 PrefSequence make_row(const std::vector<int32_t>& prompt, const std::vector<int32_t>& completion,
@@ -189,9 +214,12 @@ PrefDataset load_pref_dataset(const fs::path& path, const text::Tokenizer& tok, 
                 rejected_text = pr.substr(prompt_text.size());
                 ++ds.stats.chat_rows;
             }
-            if ((chat ? j["chosen"].empty() : chosen_text.empty()) ||
-                (chat ? j["rejected"].empty() : rejected_text.empty()))
-                throw RowError{"empty chosen or rejected completion"};
+            // A completion of nothing but whitespace (spaces, newlines, U+3000) teaches nothing but to stop: refused
+            // as an empty one.
+            if (chat ? blank_messages(j["chosen"]) : blank(chosen_text))
+                throw RowError{"empty chosen completion (nothing but whitespace)"};
+            if (chat ? blank_messages(j["rejected"]) : blank(rejected_text))
+                throw RowError{"empty rejected completion (nothing but whitespace)"};
             if (o.guard) {
                 const auto hits = o.guard->check(guard_text(j["prompt"]));
                 if (!hits.empty()) {

@@ -1,3 +1,4 @@
+// DPO and RPO losses as TRL's DPOTrainer computes them.
 #include "medllm/train/preference_loss.h"
 
 #include <cmath>

@@ -99,6 +99,20 @@ Session open_session(const fs::path& output, const TrainingSettings& training, c
     return s;
 }
 
+void require_model_dir(const std::string& dir, const std::string& key) {
+    if (dir.empty()) throw UsageError("missing required key '" + key + "' (the model folder)");
+    if (!fs::is_directory(dir)) throw UsageError(key + ": no such model folder " + dir);
+    if (!fs::is_regular_file(fs::path(dir) / "config.json"))
+        throw UsageError(key + ": " + dir + " has no config.json (not a Hugging Face model folder)");
+}
+
+void require_adapter_dir(const std::string& dir, const std::string& key) {
+    if (dir.empty()) return;
+    if (!fs::is_directory(dir)) throw UsageError(key + ": no such adapter folder " + dir);
+    if (!fs::is_regular_file(fs::path(dir) / "adapter_config.json"))
+        throw UsageError(key + ": " + dir + " has no adapter_config.json (not a PEFT adapter folder)");
+}
+
 void load_policy(Session& s, const std::string& base_dir, const LoraSettings& lora, int64_t seed,
                  const std::string& continue_adapter) {
     const at::ScalarType dtype = s.device.is_cuda() ? at::kBFloat16 : at::kFloat;

@@ -1,6 +1,7 @@
 // Checked file I/O: atomic writes, the resumable JSONL record file, JSON reading, hashing, output-vs-input guard.
 #include <gtest/gtest.h>
 
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -190,6 +191,18 @@ TEST(JsonDifference, NamesTheFirstDifferingKey) {
     EXPECT_EQ(describe_json_difference({{"a", {{"b", 1}}}}, {{"a", {{"b", 2}}}}), "a.b: was 1, now 2");
     EXPECT_EQ(describe_json_difference({{"a", 1}}, {{"a", 1}, {"c", true}}), "c: not recorded before, now true");
     EXPECT_EQ(describe_json_difference({{"a", 1}, {"c", 2}}, {{"a", 1}}), "c: was 2, now not given");
+}
+
+TEST_F(FilesTest, IdentitiesRecordUnixTimeNotTheLibrarysFileClock) {
+    const auto p = dir_ / "stamped.txt";
+    write_file_atomic(p, "x");
+    const int64_t now_ns = static_cast<int64_t>(std::time(nullptr)) * 1000000000LL;
+    const int64_t m      = unix_mtime_ns(p);
+    // libstdc++'s file clock counts from 2174 (negative numbers today); Unix time is within a minute of now.
+    EXPECT_GT(m, now_ns - 60LL * 1000000000LL);
+    EXPECT_LT(m, now_ns + 60LL * 1000000000LL);
+    EXPECT_EQ(file_identity(p, false)["mtime_ns"].get<int64_t>(), m);
+    EXPECT_THROW(unix_mtime_ns(dir_ / "absent"), Error);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "data_test_util.h"
 #include "medllm/eval/igakuqa_data.h"
 #include "support/run_medllm.h"
+#include "support/shared_data.h"
 
 namespace {
 
@@ -24,13 +25,14 @@ namespace fs = std::filesystem;
 class PrepareCorpusCli : public test::TempDir {
 protected:
     std::string config(const std::string& extra_data = "", const std::string& guard = "action: refuse") {
+        // cpt.yaml's other sections (lora, optim, training) are cpt's: read as keys, not used here.
         const std::string text =
             "model:\n  path: " + test::tokenizer_dir().string() + "\n" + "output: " + (dir / "run").string() + "\n" +
-            "lora:\n  r: 8\n"  // cpt's section: accepted and left to cpt
+            "lora:\n  r: 8\noptim:\n  lr: 1e-4\n"
             "data:\n  sources:\n    - {path: " +
             (dir / "corpus").string() +
             "}\n  eos_token: '<|endoftext|>'\n  seq_len: 32\n  validation:\n    fraction: 0.25\n" + extra_data +
-            "eval_guard:\n  igakuqa_dir: " + MEDLLM_SHARED_DIR + "/igakuqa_data\n  " + guard + "\n";
+            "eval_guard:\n  igakuqa_dir: " + shared_path("igakuqa_data").string() + "\n  " + guard + "\n";
         write("cpt.yaml", text);
         return (dir / "cpt.yaml").string();
     }
@@ -41,7 +43,7 @@ protected:
             "{\"text\": \"血液培養は抗菌薬投与前に2セット採取する。\"}\n"
             "{\"text\": \"インシデントレポートは再発防止のために書く。\"}\n";
         if (planted) {
-            const auto qs = medllm::eval::load_questions(fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data", {2022});
+            const auto qs = medllm::eval::load_questions(shared_path("igakuqa_data"), {2022});
             std::string q = qs[9].problem_text;
             for (const auto& c : qs[9].choices) q += " " + c;
             j += nlohmann::json({{"text", "過去問メモ：" + q}}).dump() + "\n";

@@ -16,8 +16,8 @@
 #include "medllm/pipeline/pipeline.h"
 #include "medllm/pipeline/stage_configs.h"
 #include "medllm/prefs/build_prefs_command.h"
-#include "medllm/train/cpt.h"
-#include "medllm/train/rpo.h"
+#include "medllm/train/cpt_config.h"
+#include "medllm/train/rpo_config.h"
 #include "pipeline_test_util.h"
 
 namespace fs = std::filesystem;

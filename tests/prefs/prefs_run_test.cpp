@@ -20,6 +20,7 @@
 #include "medllm/generate/load.h"
 #include "medllm/prefs/build_prefs.h"
 #include "support/run_medllm.h"
+#include "support/shared_data.h"
 #include "support/text_files.h"
 
 namespace {
@@ -317,7 +318,7 @@ TEST_F(PrefsRun, ShippedConfigRuns) {
                                     "/configs/qwen2.5-72b/build_prefs.yaml --set model=" + model_->string() +
                                     " --set 'questions=[" + kQuestions.string() + "]' --set output=" + dir.string() +
                                     " --set device=cpu --set sampling.n=2 --set sampling.max_new_tokens=8" +
-                                    " --set guard.igakuqa_dir=" + MEDLLM_SHARED_DIR + "/igakuqa_data");
+                                    " --set guard.igakuqa_dir=" + shared_path("igakuqa_data").string());
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("build-prefs summary"), std::string::npos) << r.output;
     const auto s = json::parse(slurp(dir / "summary.json"));

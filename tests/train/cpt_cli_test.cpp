@@ -5,6 +5,7 @@
 
 #include "medllm/core/files.h"
 #include "support/run_medllm.h"
+#include "support/shared_data.h"
 #include "train_test_util.h"
 
 namespace fs = std::filesystem;
@@ -52,11 +53,22 @@ TEST_F(CptCli, TrainsResumesAndRefusesBadInputWithOneLine) {
 
     // The shared Qwen2.5 tokenizer's ids exceed the tiny model's 512-entry vocabulary.
     auto wrong_tokenizer = ov;
-    wrong_tokenizer.push_back(std::string("model.tokenizer=") + MEDLLM_SHARED_DIR + "/qwen_tokenizer");
+    wrong_tokenizer.push_back("model.tokenizer=" + shared_path("qwen_tokenizer").string());
     wrong_tokenizer.push_back("data.cache_dir=" + (dir / "qwen_cache").string());
     r = run_medllm(command(wrong_tokenizer) + " --resume never --overwrite");
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find("does not belong to model.path"), std::string::npos) << r.output;
+    // A model or adapter folder that is not there: exit 2 naming the key, before anything loads.
+    for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+             {"model.path", (dir / "no-model").string()},
+             {"lora.init_adapter", (dir / "no-adapter").string()},
+             {"lora.init_adapter", dir.string()}}) {  // a folder without adapter_config.json
+        auto missing = ov;
+        missing.push_back(key + "=" + value);
+        r = run_medllm(command(missing) + " --resume never --overwrite");
+        EXPECT_EQ(r.exit_code, 2) << key << "\n" << r.output;
+        EXPECT_NE(r.output.find("error: " + key), std::string::npos) << r.output;
+    }
     // The error is in the run's log too (a log read after a failure says why the run stopped).
     const std::string log = read_bytes(dir / "out" / "medllm.log");
     EXPECT_NE(log.find("fatal: "), std::string::npos) << log;

@@ -75,6 +75,11 @@ TEST_F(RpoCli, TinyConfigTrainsResumesAndRefusesBadInput) {
     EXPECT_NE(last.find("bad.jsonl:2: missing field 'chosen'"), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("error: "), r.output.rfind("error: ")) << r.output;  // one error line
 
+    // A folder given as the pairs file is named as such.
+    r = run_medllm(base + " --resume never --overwrite --set data.path=" + dir.string());
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("is a folder"), std::string::npos) << r.output;
+
     // A bad loss key is found before the run starts: one line in all.
     r = run_medllm(base + " --resume never --set loss.loss_type=kto");
     EXPECT_EQ(r.exit_code, 2) << r.output;

@@ -126,6 +126,10 @@ std::string hash_file(const std::filesystem::path& path);
 // `content_hash`. Throws Error naming the file when it cannot be read.
 nlohmann::json file_identity(const std::filesystem::path& path, bool content_hash);
 
+// A file's modification time as Unix time in nanoseconds (stat's st_mtim): the same number whatever standard
+// library reads it (std::filesystem's file clock is libstdc++'s own epoch). Error naming the file.
+int64_t unix_mtime_ns(const std::filesystem::path& path);
+
 // Refuses an output that is the same file as one of the inputs (also through symlinks or hard links, or when the
 // output does not exist yet but resolves to an input's path): UsageError naming both, before anything is written.
 void check_output_not_input(const std::filesystem::path& output, const std::vector<std::filesystem::path>& inputs);

@@ -31,9 +31,10 @@ struct EvalIgakuqaConfig {
     int64_t batch_size                 = 64;
     int64_t max_new_tokens             = 64;
     int64_t max_new_tokens_explanation = 1024;
+    int64_t limit                      = 0;  // --model: the first N questions of each year and section (0: all)
 };
 
-// The config keys of `medllm eval igakuqa` (data_dir, model, ..., max_new_tokens_explanation).
+// The config keys of `medllm eval igakuqa` (data_dir, model, ..., max_new_tokens_explanation, limit).
 void add_eval_igakuqa_fields(ConfigSchema<EvalIgakuqaConfig>& schema);
 
 // The command's schema (add_eval_igakuqa_fields), the one `medllm eval igakuqa --config` and a pipeline's eval:
@@ -48,8 +49,8 @@ struct IgakuqaPlan {
 };
 
 // Checks the settings before any work: exactly one of model and predictions, data_dir and output given, the model
-// folder exists, --overwrite only with a model, years and mode parse, the output folder is none of the inputs.
-// UsageError naming the flag.
+// folder exists, --overwrite and --limit only with a model, years and mode parse, the output folder is none of the
+// inputs. UsageError naming the flag.
 IgakuqaPlan check_eval_igakuqa(const EvalIgakuqaConfig& config, bool overwrite);
 
 // --predictions (one process): starts the output folder, scores the saved predictions, writes the reports and prints

@@ -24,8 +24,8 @@
 
 #include "medllm/core/shards.h"
 #include "medllm/eval/backend.h"
-#include "medllm/eval/mcqa_data.h"
 #include "medllm/eval/igakuqa_prompt.h"
+#include "medllm/eval/mcqa_data.h"
 
 namespace medllm::eval {
 

@@ -29,6 +29,7 @@ struct BuildPrefsConfig {
     int64_t n = 8, top_k = 0, max_new_tokens = 512, seed = 0, batch_size = 64;
     double temperature = 1.0, top_p = 1.0;
     bool require_marker            = true;
+    bool answer_by_text            = false;
     int64_t min_explanation_chars  = 1;
     std::string flagged            = "rejected";
     std::vector<std::string> types = {"gt_chosen", "gt_rejected", "chosen_rejected"};

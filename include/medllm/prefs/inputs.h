@@ -1,7 +1,7 @@
 // The inputs of `medllm build-prefs`: exam questions with verified explanations, the few-shot examples drawn for
 // each question, the evaluation-overlap guard, and the reasoning prompt template.
 //
-// Questions use IgakuQA's record format (../shared/reference/igakuqa.md §2) plus `explanation`:
+// Questions use IgakuQA's record format (docs/reference/igakuqa.md §2) plus `explanation`:
 //   {"problem_id": "111A1", "problem_text": "...", "choices": ["...", ...], "answer": ["c"], "points": "1",
 //    "text_only": true, "explanation": "..."}
 // and optionally `case_id` (questions of one linked case share it; see case_group()).
