@@ -61,13 +61,8 @@ void add_build_prefs_command(CLI::App& app) {
                   "Start samples.jsonl over instead of resuming it (a resume under other settings is refused)");
     add_config_options(cmd, st->config);
     add_distributed_options(cmd, st->dist, /*training=*/false);
-    static const auto schema = [] {
-        ConfigSchema<prefs::BuildPrefsConfig> s;
-        prefs::add_build_prefs_fields(s);
-        return s;
-    }();
     cmd->footer(
-        "Config keys (--config FILE, --set key=value; flags win):\n" + schema.describe() +
+        "Config keys (--config FILE, --set key=value; flags win):\n" + prefs::build_prefs_schema().describe() +
         "\nPairs: gt_chosen = (verified explanation + key, a correct sample), gt_rejected = (GT, a wrong sample), "
         "chosen_rejected = (a correct sample, a wrong sample). A sample is correct when the answer after its last "
         "answer marker (the evaluator's extraction: full-width, 'a, c', 'a と c', numbers) equals the key; "
@@ -75,7 +70,8 @@ void add_build_prefs_command(CLI::App& app) {
         "question finishes; a rerun resumes it and draws the same samples (seeded per question and sample). Its run "
         "identity (model, adapter, dtype, template, few-shot, prompts, decoding) is kept in samples.jsonl.run.json; "
         "a rerun under another identity is refused naming the key that differs (--overwrite starts over). "
-        "pairs.jsonl and summary.json are rebuilt from samples.jsonl in question order on every run.\n" +
+        "pairs.jsonl and summary.json are rebuilt from samples.jsonl in question order on every run. SIGINT/SIGTERM "
+        "end the run at once (samples.jsonl keeps the finished questions) and print the command that resumes it.\n" +
         distributed_generation_help("build-prefs", "samples.jsonl") +
         " samples.jsonl then holds one process's records in question order (one process writes them as they "
         "finish); rank 0 writes pairs.jsonl and summary.json (the same as one process, timings aside) and prints the "
@@ -91,7 +87,7 @@ void add_build_prefs_command(CLI::App& app) {
         st->keyed.add_to(source);
         if (allow->count()) source.overrides.push_back("guard.allow_eval_overlap=true");
         dist::RunOptions run;
-        const auto config = schema.load(source, &run.resolved);
+        const auto config = prefs::build_prefs_schema().load(source, &run.resolved);
         run.overwrite     = st->overwrite;
         run.launch        = launch_flags(st->dist);
         prefs::run_build_prefs(config, run);

@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/distributed_flags.h"
+#include "medllm/eval/igakuqa_command.h"
 #include "medllm/generate/eval_commands.h"
 
 namespace medllm::cli {
@@ -67,7 +68,8 @@ void add_eval_command(CLI::App& app) {
     add_config_options(cmd, state->config);
     add_distributed_options(cmd, state->dist, /*training=*/false);
     cmd->footer(
-        "--model runs resume: predictions.jsonl keeps one record per question and mode (the rendered prompt, the raw "
+        "Config keys (--config FILE, --set key=value; flags win):\n" + eval::eval_igakuqa_schema().describe() +
+        "\n--model runs resume: predictions.jsonl keeps one record per question and mode (the rendered prompt, the raw "
         "output, both extractions), appended as each batch completes; its run identity (model and adapter files, "
         "dtype, data and few-shot hashes, prompt format, decoding) is kept in predictions.jsonl.run.json, and a rerun "
         "under another identity is refused naming the key that differs (--overwrite starts over). Reports "
@@ -77,15 +79,10 @@ void add_eval_command(CLI::App& app) {
         distributed_generation_help("eval igakuqa --model DIR --mode both --output runs/eval", "predictions.jsonl"));
 
     cmd->callback([state] {
-        static const auto schema = [] {
-            ConfigSchema<eval::EvalIgakuqaConfig> s;
-            eval::add_eval_igakuqa_fields(s);
-            return s;
-        }();
         ConfigSource source = state->config.source();
         state->keyed.add_to(source);
         dist::RunOptions run;
-        const auto config = schema.load(source, &run.resolved);
+        const auto config = eval::eval_igakuqa_schema().load(source, &run.resolved);
         run.overwrite     = state->overwrite;
         run.launch        = launch_flags(state->dist);
         generate::run_eval_igakuqa(config, run);

@@ -33,7 +33,9 @@ void add_prepare_corpus_command(CLI::App& app) {
         schema.describe() +
         "\nA rerun with nothing changed reuses the cache; any change to a source file, the tokenizer or a "
         "setting that changes tokens rebuilds all of it. The summary is printed and written to "
-        "<cache>/summary.json; the guard's findings to <cache>/guard_report.json.");
+        "<cache>/summary.json; the guard's findings to <cache>/guard_report.json. The manifest is written last: "
+        "SIGINT/SIGTERM end the build at once, leave no cache that anything reads, and print the command that "
+        "builds it.");
     cmd->callback([opts] {
         if (opts->config.path.empty() && opts->config.overrides.empty())
             throw UsageError("prepare-corpus: --config cpt.yaml is required");

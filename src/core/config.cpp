@@ -231,7 +231,7 @@ std::string closest_key(const std::string& key, const std::vector<std::string>& 
     size_t best_d = std::max<size_t>(3, key.size() / 3) + 1;
     for (const auto& c : candidates) {
         size_t dist = edit_distance(key, c);
-        // A key that matches a candidate's last component ("rank" for "lora.rank") is a likely slip too.
+        // A key that matches a candidate's last component ("r" for "lora.r") is a likely slip too.
         auto dot = c.find_last_of('.');
         if (dot != std::string::npos && c.substr(dot + 1) == key) dist = std::min<size_t>(dist, 1);
         if (dist < best_d) {

@@ -7,6 +7,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/core/interrupt.h"
 #include "medllm/core/progress.h"
 #include "medllm/eval/igakuqa_data.h"
 
@@ -160,6 +161,10 @@ PrepareResult prepare_corpus(const CorpusConfig& c, bool force_rebuild) {
 
 void run_prepare_corpus(const CorpusConfig& config, const std::vector<ResolvedEntry>& resolved, bool force_rebuild) {
     start_run(config.resolved_cache_dir().string(), resolved);
+    // The cache counts only once its manifest is written last, so a stop ends at once and a rerun builds it again.
+    const ResumeOnSignal on_stop("prepare-corpus",
+                                 "the token cache is unfinished (no manifest), so nothing reads it half-built",
+                                 "build it", config.resolved_cache_dir());
     const auto result = prepare_corpus(config, force_rebuild);
     write_stdout(dump_json(result.summary, 2) + "\n");
 }

@@ -35,6 +35,15 @@ void add_eval_igakuqa_fields(ConfigSchema<EvalIgakuqaConfig>& s) {
     s.field("limit", &C::limit, "--model: only the first N questions of each year and section (0 = all)").range(0, 1e9);
 }
 
+const ConfigSchema<EvalIgakuqaConfig>& eval_igakuqa_schema() {
+    static const auto schema = [] {
+        ConfigSchema<EvalIgakuqaConfig> s;
+        add_eval_igakuqa_fields(s);
+        return s;
+    }();
+    return schema;
+}
+
 namespace {
 
 std::vector<PromptMode> parse_modes(const std::string& mode) {

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <glob.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -115,6 +116,7 @@ int run_child(const fs::path& binary, const std::vector<std::string>& args, cons
     const std::string port = std::to_string(nproc > 1 ? free_port() : 0);
     std::vector<pid_t> pids;
     std::fflush(nullptr);
+    const pid_t pipeline_pid = ::getpid();
     for (int64_t rank = 0; rank < nproc; ++rank) {
         const fs::path out_file =
             rank == 0 ? stdout_file : stdout_file.parent_path() / ("stdout.rank" + std::to_string(rank) + ".txt");
@@ -127,6 +129,11 @@ int run_child(const fs::path& binary, const std::vector<std::string>& args, cons
             throw Error(std::string("pipeline: fork failed: ") + std::strerror(errno));
         }
         if (pid == 0) {
+            // The stage dies with the pipeline: a SIGKILLed pipeline (an OOM kill, a cancelled job step that
+            // reaches only it) would otherwise leave its stage running as an orphan, holding the GPU and writing
+            // into the run folder. SIGTERM, so cpt and rpo still finish their step and write a checkpoint. The
+            // setting survives execv; the getppid check covers a pipeline that died before it was made.
+            if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != pipeline_pid) ::_exit(128 + SIGTERM);
             // The stage's ranks are the pipeline's to set: a launch environment around the pipeline (an sbatch
             // script's SLURM_NTASKS, an exported WORLD_SIZE) must not make a stage wait for ranks that never come.
             for (const char* v : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID",
@@ -349,7 +356,7 @@ std::string key_label(const Stage& s, const std::string& key) {
 
 // What a stage reads that no stage produces, from its resolved config.
 void add_inputs(Stage& s) {
-    const auto& v = s.resolved.values.is_object() && !s.resolved.values.empty() ? s.resolved.values : s.config;
+    const auto& v = s.resolved.values;
     auto text     = [&](const std::string& key) {
         return v.contains(key) && v[key].is_string() ? v[key].get<std::string>() : std::string();
     };
@@ -357,8 +364,17 @@ void add_inputs(Stage& s) {
     auto add     = [&](const std::string& key, const std::string& path, const char* what) {
         if (!path.empty()) s.inputs.push_back({key, key_label(s, key), path, what});
     };
+    // An IgakuQA folder and the years read from it (years resolved through the schema, so they parse).
+    auto add_exams = [&](const std::string& key, const std::string& years_key) {
+        const std::string path = text(key);
+        if (path.empty()) return;
+        StageInput in{key, key_label(s, key), path, "igakuqa"};
+        in.years     = eval::parse_years(text(years_key));
+        in.years_key = key_label(s, years_key);
+        s.inputs.push_back(in);
+    };
     if (s.kind == "eval") {
-        add("data_dir", text("data_dir"), "igakuqa");
+        add_exams("data_dir", "years");
         add("prompt_file", text("prompt_file"), "path");
     } else if (s.kind == "cpt" || s.kind == "rpo") {
         add("model.tokenizer", text("model.tokenizer"), "path");
@@ -368,14 +384,14 @@ void add_inputs(Stage& s) {
                 if (item.is_object() && item.contains("path") && item["path"].is_string())
                     add("data.sources[" + std::to_string(i) + "].path", item["path"].get<std::string>(), "path");
             }
-        if (enabled("eval_guard.enabled")) add("eval_guard.igakuqa_dir", text("eval_guard.igakuqa_dir"), "igakuqa");
+        if (enabled("eval_guard.enabled")) add_exams("eval_guard.igakuqa_dir", "eval_guard.years");
     } else if (s.kind == "build-prefs") {
         if (v.contains("questions") && v["questions"].is_array())
             for (size_t i = 0; i < v["questions"].size(); ++i)
                 if (v["questions"][i].is_string())
                     add("questions[" + std::to_string(i) + "]", v["questions"][i].get<std::string>(), "path");
         add("few_shot.file", text("few_shot.file"), "path");
-        add("guard.igakuqa_dir", text("guard.igakuqa_dir"), "igakuqa");
+        add_exams("guard.igakuqa_dir", "guard.years");
     }
 }
 
@@ -398,6 +414,10 @@ void check_stage_inputs(const std::vector<Stage>& stages, const std::vector<bool
                 problem = "not a model folder (no config.json in it)";
             } else if (in.what == "igakuqa" && !fs::is_directory(fs::path(in.path) / "data")) {
                 problem = "not an IgakuQA data folder (no data/ in it)";
+            } else if (in.what == "igakuqa") {
+                for (int year : in.years)
+                    if (problem.empty() && !fs::is_directory(fs::path(in.path) / "data" / std::to_string(year)))
+                        problem = "no data/" + std::to_string(year) + " for the years of " + in.years_key + " in";
             }
             if (!problem.empty())
                 throw UsageError("stage " + stages[i].name + ": " + in.key + ": " + problem + " '" + in.path + "'");
@@ -515,8 +535,9 @@ std::vector<Stage> plan_stages(const PipelineConfig& c) {
         wire(s, "model", cpt_model, "the +CPT model (merge-cpt)", Wire::path, where);
         wire(s, "output", s.dir.string(), "the stage folder", Wire::path, where);
         wire(s, "adapter", "", "it samples the merged +CPT model", Wire::empty, where);
-        // build-prefs' guard refuses eval_exams' problem_ids, and with guard.igakuqa_dir also every text of a real
-        // IgakuQA folder (all of 2018-2022); it is left to the config, since the quickstart's exam folder holds two.
+        // build-prefs' guard refuses eval_exams' problem_ids and the problem_ids and texts of guard.years in the
+        // exam folder the eval stages read, as cpt's and rpo's eval_guard do.
+        wire(s, "guard.igakuqa_dir", data_dir, "eval.data_dir", Wire::guard, where);
         finish(s, {"build-prefs"});
         stages.push_back(s);
     }
@@ -589,10 +610,6 @@ std::string format_stage_configs(const PipelineConfig& config, const std::vector
         out += "\n";
         if (s.kind == "merge" || s.kind == "report") continue;
         if (!s.config_name.empty()) out += "  (stage config: " + s.config_name + ", relative to " + file + ")\n";
-        if (!s.resolved.checked)
-            out += "  (the keys as given: " + s.kind +
-                   "'s schema is not reachable from the pipeline yet, so defaults are not listed; the stage checks "
-                   "its keys when it runs)\n";
         rows.clear();
         for (const auto& e : s.resolved.entries) {
             std::string origin = e.origin;
@@ -621,7 +638,7 @@ PipelineResult run_pipeline(const PipelineConfig& config, const PipelineOptions&
         throw UsageError(std::string(flag) + " " + name + ": no such stage in this config (stages: " + names + ")");
     };
     if (!options.from.empty() && !options.only.empty()) throw UsageError("pipeline: give --from or --only, not both");
-    const size_t from     = options.from.empty() ? stages.size() : index_of(options.from, "--from");
+    if (!options.from.empty()) index_of(options.from, "--from");  // stage_status reruns it and what follows
     const size_t only     = options.only.empty() ? stages.size() : index_of(options.only, "--only");
     const fs::path binary = options.medllm.empty() ? fs::read_symlink("/proc/self/exe") : options.medllm;
     const auto status     = stage_status(config, stages, options.from, options.only, /*refresh=*/true);
@@ -707,12 +724,9 @@ PipelineResult run_pipeline(const PipelineConfig& config, const PipelineOptions&
         if (s.kind == "eval" && config.score_options) {
             eval::OptionScoreOptions so;
             so.predictions       = fs::exists(s.dir / "predictions.jsonl") ? s.dir / "predictions.jsonl" : fs::path();
-            const auto questions = eval::load_questions(
-                text_key(s.config, "data_dir"),
-                eval::parse_years(s.config.contains("years") ? s.config["years"].is_string()
-                                                                   ? s.config["years"].get<std::string>()
-                                                                   : s.config["years"].dump()
-                                                             : std::string("2018-2022")));
+            const auto& v        = s.resolved.values;
+            const auto questions = eval::load_questions(v["data_dir"].get<std::string>(),
+                                                        eval::parse_years(v["years"].get<std::string>()));
             write_file_atomic(
                 s.dir / "option_scores.json",
                 dump_json(

@@ -387,6 +387,16 @@ void check_options(const BuildPrefsOptions& o) {
     if (o.num_samples < 1) throw UsageError("build-prefs: sampling.n must be >= 1");
     if (o.few_shot_k < 0) throw UsageError("build-prefs: few_shot.k must be >= 0");
     if (o.pairs.types.empty()) throw UsageError("build-prefs: pairs.types must name at least one pair type");
+    // The guard reads guard.years of the IgakuQA folder: a folder that holds fewer years is named before any work.
+    if (!o.guard.igakuqa_dir.empty()) {
+        if (!fs::is_directory(o.guard.igakuqa_dir / "data"))
+            throw UsageError("build-prefs: guard.igakuqa_dir " + o.guard.igakuqa_dir.string() +
+                             " is not an IgakuQA data folder (no data/ in it)");
+        for (int year : o.guard.years)
+            if (!fs::is_directory(o.guard.igakuqa_dir / "data" / std::to_string(year)))
+                throw UsageError("build-prefs: guard.igakuqa_dir " + o.guard.igakuqa_dir.string() + " has no data/" +
+                                 std::to_string(year) + "; set guard.years to the exam years it holds");
+    }
 }
 
 // The questions to sample and the fixed few-shot examples (if any), checked against the evaluation exams.
@@ -399,7 +409,7 @@ struct Inputs {
 Inputs load_inputs(const BuildPrefsOptions& o) {
     Inputs in;
     in.questions = load_pref_questions(o.questions, o.load, &in.report);
-    if (!o.few_shot_file.empty()) in.fixed = load_pref_questions({o.few_shot_file}, {true});
+    if (!o.few_shot_file.empty()) in.fixed = load_pref_questions({o.few_shot_file}, {true, "few_shot.file"});
     spdlog::info("{} questions from {} file(s){}", in.questions.size(), in.report.files.size(),
                  in.report.problems.empty() ? "" : fmt::format(", {} records skipped", in.report.problems.size()));
     std::vector<PrefQuestion> guarded = in.questions;

@@ -5,6 +5,8 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/core/interrupt.h"
+#include "medllm/eval/igakuqa_data.h"
 #include "medllm/generate/load.h"
 
 namespace medllm::prefs {
@@ -33,6 +35,8 @@ void add_build_prefs_fields(ConfigSchema<BuildPrefsConfig>& s) {
     s.field("few_shot.seed", &C::few_shot_seed, "seed of the draw").range(0, 1e18);
     s.field("few_shot.file", &C::few_shot_file, "a fixed set of examples (same record format) instead of drawing");
     s.field("guard.igakuqa_dir", &C::igakuqa_dir, "IgakuQA data folder: its problem_ids and texts are refused");
+    s.field("guard.years", &C::guard_years,
+            "years of guard.igakuqa_dir whose problem_ids and texts are refused, e.g. 2018-2022 or 2021,2022");
     s.field("guard.eval_exams", &C::eval_exams, "exam numbers refused by problem_id (IgakuQA 2018-2022)");
     s.field("guard.allow_eval_overlap", &C::allow_eval_overlap, "keep overlapping questions (warned)");
     s.field("sampling.n", &C::n, "responses per question (sharing one prefill)").range(1, 4096);
@@ -56,6 +60,26 @@ void add_build_prefs_fields(ConfigSchema<BuildPrefsConfig>& s) {
         .range(0, 1 << 30);
     s.field("pairs.dedup", &C::dedup, "identical responses count once");
     s.field("pairs.seed", &C::pair_seed, "seed of the capped choice").range(0, 1e18);
+}
+
+const ConfigSchema<BuildPrefsConfig>& build_prefs_schema() {
+    static const auto schema = [] {
+        ConfigSchema<BuildPrefsConfig> s;
+        add_build_prefs_fields(s);
+        return s;
+    }();
+    return schema;
+}
+
+std::vector<int> guard_years(const BuildPrefsConfig& c) {
+    try {
+        return eval::parse_years(c.guard_years);
+    } catch (const UsageError& e) {
+        // parse_years names the eval flag (--years); here the key is guard.years.
+        std::string why = e.what();
+        if (why.rfind("--years ", 0) == 0) why = why.substr(8);
+        throw UsageError("build-prefs: guard.years " + why);
+    }
 }
 
 BuildPrefsOptions to_build_prefs_options(const BuildPrefsConfig& c, bool overwrite) {
@@ -86,6 +110,7 @@ BuildPrefsOptions to_build_prefs_options(const BuildPrefsConfig& c, bool overwri
     o.few_shot_file               = c.few_shot_file;
     o.guard.igakuqa_dir           = c.igakuqa_dir;
     o.guard.eval_exams            = c.eval_exams;
+    o.guard.years                 = guard_years(c);
     o.allow_eval_overlap          = c.allow_eval_overlap;
     o.num_samples                 = c.n;
     o.temperature                 = c.temperature;
@@ -115,6 +140,9 @@ void run_build_prefs(const BuildPrefsConfig& config, const dist::RunOptions& run
     if (parallel.world_size > 1) options.device = parallel.group->device().str();  // cuda:LOCAL_RANK
     options.place = dist::shard_place(parallel);
     if (parallel.group->is_main()) start_run(config.output, run.resolved);
+    // Sampling has no step to stop after; samples.jsonl holds every finished question, so a stop ends at once.
+    const ResumeOnSignal on_stop("build-prefs", "samples.jsonl keeps every question sampled so far", "resume",
+                                 parallel.group->is_main() ? config.output : std::string());
     const auto result = dist::run_reporting_failure(parallel, [&] { return build_prefs(options); });
     if (parallel.group->is_main()) write_stdout(result.table);
 }

@@ -3,6 +3,7 @@
 // and in a pipeline every stage's config and every input path, before the first stage runs.
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -115,6 +116,19 @@ TEST(ConfigMistakes, ThePipelineChecksEverythingBeforeTheFirstStage) {
         {"--set build_prefs.guard.igakuqa_dir=configs", "not an IgakuQA data folder (no data/ in it)"},
         {"--set report.pass_lines=/nonexistent/pass.json", "stage report: report.pass_lines"},
         {"--set rpo.data.path=mine.jsonl", "'rpo.data.path' (from --set) is set by the pipeline"},
+        // build-prefs' and eval's sections go through the schemas of `medllm build-prefs` and `eval igakuqa`.
+        {"--set build_prefs.sampling.nn=3",
+         "unknown key 'build_prefs.sampling.nn' in --set; did you mean 'build_prefs.sampling.n'?"},
+        {"--set eval.yeras=2022", "unknown key 'eval.yeras' in --set; did you mean 'eval.years'?"},
+        {"--set eval.mode=all", "eval.mode"},
+        {"--set build_prefs.sampling.n=0", "build_prefs.sampling.n"},
+        {"--set eval.years=2030", "2030 is outside the IgakuQA data (2018-2022) (eval.years from --set)"},
+        {"--set build_prefs.guard.years=2017", "guard.years '2017'"},
+        {"--set 'build_prefs.pairs.types=[gt_chosen, best_worst]'", "best_worst"},
+        // The years a stage reads from an exam folder are there (the quickstart's folder holds 2021-2022).
+        {"--set build_prefs.guard.years=2018-2022",
+         "stage build-prefs: guard.igakuqa_dir (set by the pipeline: eval.data_dir): no data/2018 for the years of "
+         "build_prefs.guard.years (from --set) in 'configs/quickstart/igakuqa'"},
     };
     for (const auto& c : cases) {
         const auto out = medllm_in_root(base + c.set);
@@ -123,6 +137,45 @@ TEST(ConfigMistakes, ThePipelineChecksEverythingBeforeTheFirstStage) {
         EXPECT_FALSE(fs::exists(run / "eval-base")) << c.set << ": a stage ran before the mistake was named";
     }
     fs::remove_all(run);
+}
+
+// A slip in any stage section, in the pipeline file or in the stage config it names, is one line naming that file
+// and the key as written, before anything runs.
+TEST(ConfigMistakes, EveryStageSectionIsCheckedByItsCommandsSchema) {
+    const fs::path dir = scratch("sections");
+    fs::create_directories(dir);
+    const std::string ci = read_text_file(fs::path(MEDLLM_SOURCE_DIR) / "configs/quickstart/ci.yaml");
+    auto with            = [&](const std::string& from, const std::string& to) {
+        std::string text = ci;
+        const size_t at  = text.find(from);
+        EXPECT_NE(at, std::string::npos) << from;
+        return text.replace(at, from.size(), to);
+    };
+    struct Case {
+        std::string text, want;
+    };
+    const fs::path file           = dir / "pipeline.yaml";
+    const std::vector<Case> cases = {
+        {with("  few_shot:\n    k: 3\n", "  few_shot:\n    kk: 3\n"),
+         "unknown key 'build_prefs.few_shot.kk' in " + file.string() + "; did you mean 'build_prefs.few_shot.k'?"},
+        {with("  mode: standard", "  mdoe: standard"),
+         "unknown key 'eval.mdoe' in " + file.string() + "; did you mean 'eval.mode'?"},
+        {with("build_prefs:\n", "build_prefs:\n  config: prefs.yaml\n"),
+         "unknown key 'samplng.n' in prefs.yaml; did you mean 'sampling.n'?"},
+        {with("eval:\n", "eval:\n  config: eval.yaml\n"), "unknown key 'extraction_mode' in eval.yaml"},
+    };
+    std::ofstream(dir / "prefs.yaml") << "samplng:\n  n: 2\n";
+    std::ofstream(dir / "eval.yaml") << "extraction_mode: lenient\n";
+    for (const auto& c : cases) {
+        std::ofstream(file) << c.text;
+        const auto out =
+            medllm_in_root("pipeline --config " + file.string() + " --set run_dir=" + (dir / "run").string());
+        EXPECT_EQ(out.exit_code, 2) << out.output;
+        EXPECT_NE(out.output.find(c.want), std::string::npos) << c.want << "\n" << out.output;
+        EXPECT_EQ(std::count(out.output.begin(), out.output.end(), '\n'), 1) << "one line:\n" << out.output;
+        EXPECT_FALSE(fs::exists(dir / "run")) << c.want;
+    }
+    fs::remove_all(dir);
 }
 
 // `--only report` on a folder where nothing ran wrote an empty report and exited 0.

@@ -10,10 +10,14 @@
 
 #include "medllm/core/config.h"
 #include "medllm/core/error.h"
+#include "medllm/eval/igakuqa_command.h"
 #include "medllm/eval/mcqa_data.h"
 #include "medllm/peft/lora.h"
 #include "medllm/pipeline/pipeline.h"
 #include "medllm/pipeline/stage_configs.h"
+#include "medllm/prefs/build_prefs_command.h"
+#include "medllm/train/cpt_config.h"
+#include "medllm/train/rpo_config.h"
 #include "pipeline_test_util.h"
 
 namespace fs = std::filesystem;
@@ -23,10 +27,29 @@ namespace {
 
 const fs::path kRoot(MEDLLM_SOURCE_DIR);
 
-// build-prefs' and eval igakuqa's schemas live in src/cli/ until they move into prefs:: and eval::, out of the
-// pipeline's reach: until then their keys are passed to the stage unchecked (the stage command checks them).
-bool schema_reachable(const std::string& kind) {
-    return kind != "build-prefs" && kind != "eval";
+// The keys of a stage kind's command, from the schema its standalone command reads.
+std::vector<std::string> command_keys(const std::string& kind) {
+    if (kind == "cpt") {
+        ConfigSchema<train::CptConfig> s;
+        train::add_cpt_fields(s);
+        return s.keys();
+    }
+    if (kind == "rpo") {
+        ConfigSchema<train::RpoConfig> s;
+        train::add_rpo_fields(s);
+        return s.keys();
+    }
+    if (kind == "build-prefs") return prefs::build_prefs_schema().keys();
+    if (kind == "eval") return eval::eval_igakuqa_schema().keys();
+    ADD_FAILURE() << "no stage kind " << kind;
+    return {};
+}
+
+// Resolved through the command's schema: every key of the command listed, in its order, defaults included.
+bool resolved_by_schema(const std::string& kind, const pipeline::StageConfig& c) {
+    std::vector<std::string> keys;
+    for (const auto& e : c.entries) keys.push_back(e.key);
+    return keys == command_keys(kind) && c.values.size() == keys.size();
 }
 
 std::vector<fs::path> shipped_configs() {
@@ -79,18 +102,19 @@ TEST(ShippedConfigs, EveryFileResolvesThroughItsCommandsSchema) {
                 if (cmd == "pipeline") {
                     const auto config = pipeline::load_pipeline_config({file.string(), {}});
                     for (const auto& s : pipeline::plan_stages(config)) {
-                        if (s.kind == "merge" || s.kind == "report" || !schema_reachable(s.kind)) continue;
-                        EXPECT_TRUE(s.resolved.checked) << s.name << " is not resolved through its schema";
+                        if (s.kind == "merge" || s.kind == "report") continue;
+                        EXPECT_TRUE(resolved_by_schema(s.kind, s.resolved))
+                            << s.name << " is not resolved through its command's schema";
                     }
                 } else if (cmd == "cpt" || cmd == "prepare-corpus") {
                     // prepare-corpus reads cpt.yaml and accepts exactly cpt's keys.
-                    EXPECT_TRUE(resolve_file("cpt", file).checked);
+                    EXPECT_TRUE(resolved_by_schema("cpt", resolve_file("cpt", file)));
                 } else if (cmd == "rpo") {
-                    EXPECT_TRUE(resolve_file("rpo", file).checked);
+                    EXPECT_TRUE(resolved_by_schema("rpo", resolve_file("rpo", file)));
                 } else if (cmd == "build-prefs") {
-                    EXPECT_EQ(resolve_file("build-prefs", file).checked, schema_reachable("build-prefs"));
+                    EXPECT_TRUE(resolved_by_schema("build-prefs", resolve_file("build-prefs", file)));
                 } else if (cmd == "eval igakuqa") {
-                    EXPECT_EQ(resolve_file("eval", file).checked, schema_reachable("eval"));
+                    EXPECT_TRUE(resolved_by_schema("eval", resolve_file("eval", file)));
                 } else if (cmd == "eval mcqa --task") {
                     eval::resolve_mcqa_task(file.string());
                 } else if (cmd == "eval mcqa --tasks-config") {
@@ -175,6 +199,12 @@ TEST(ShippedConfigs, The72bPipelineRunsThePapersRecipe) {
     EXPECT_EQ(prefs.config["model"], (run / "merge-cpt").string());
     EXPECT_EQ(value_of(prefs.resolved, "template.preset"), "paper");
     EXPECT_EQ(value_of(prefs.resolved, "few_shot.k"), "3");
+    // Its guard refuses the evaluation exams: by exam number, and by problem_id and text in the folder eval reads.
+    EXPECT_EQ(value_of(prefs.resolved, "guard.eval_exams"), "[112, 113, 114, 115, 116]");
+    EXPECT_EQ(value_of(prefs.resolved, "guard.years"), "2018-2022");
+    EXPECT_EQ(value_of(prefs.resolved, "guard.igakuqa_dir"),
+              value_of(stage_named(stages, "eval-base").resolved, "data_dir"));
+    EXPECT_EQ(value_of(prefs.resolved, "guard.allow_eval_overlap"), "false");
 
     // Evaluation: IgakuQA 2018-2022, 3-shot with and without explanation, for every row.
     size_t evals = 0;

@@ -1,9 +1,16 @@
 // medllm pipeline: config handling, the stage plan, the report pieces, and the reduced quickstart end to end.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
+#include <sstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -123,7 +130,7 @@ TEST(PipelineConfig, StageSectionNamesItsStageConfig) {
     const auto cfg    = pipeline::load_pipeline_config({(dir / "pipeline.yaml").string(), {"rpo.lora.alpha=64"}});
     const auto stages = pipeline::plan_stages(cfg);
     const auto& rpo   = stage_named(stages, "rpo");
-    ASSERT_TRUE(rpo.resolved.checked);
+    ASSERT_FALSE(rpo.resolved.entries.empty());
     EXPECT_EQ(resolved_value(rpo.resolved, "loss.rpo_alpha"), "10");  // from the stage config
     EXPECT_EQ(resolved_origin(rpo.resolved, "loss.rpo_alpha"), "stages/rpo.yaml");
     EXPECT_EQ(resolved_value(rpo.resolved, "lora.r"), "16");      // the section's key over the file
@@ -404,4 +411,91 @@ TEST(QuickstartCi, TwoRanksPerStage) {
     EXPECT_NE(nested.output.find("--nproc"), std::string::npos) << nested.output;
     fs::remove_all(one);
     fs::remove_all(two);
+}
+
+namespace {
+
+// The processes whose parent is `parent` (from /proc/<pid>/stat).
+std::vector<pid_t> children_of(pid_t parent) {
+    std::vector<pid_t> out;
+    for (const auto& e : fs::directory_iterator("/proc")) {
+        const std::string name = e.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::ifstream in(e.path() / "stat");
+        std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        const size_t close = stat.rfind(')');  // the command name may hold spaces and parentheses
+        if (close == std::string::npos) continue;
+        std::istringstream rest(stat.substr(close + 2));
+        char state = 0;
+        pid_t ppid = 0;
+        rest >> state >> ppid;
+        if (ppid == parent) out.push_back(static_cast<pid_t>(std::stol(name)));
+    }
+    return out;
+}
+
+// Gone, or a zombie nobody has reaped yet (an orphan's new parent may be slow to reap it).
+bool ended(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t close = stat.rfind(')');
+    return stat.empty() || close == std::string::npos || stat.substr(close + 2, 1) == "Z" ||
+           stat.substr(close + 2, 1) == "X";
+}
+
+}  // namespace
+
+// A pipeline killed on its own (SIGKILL: an OOM kill, a job step cancelled for the pipeline process only) used to
+// leave its running stage as an orphan that kept training into the run folder. The stage now gets SIGTERM when the
+// pipeline dies, so cpt finishes its step, writes its checkpoint and ends; rerunning the pipeline continues it.
+TEST(PipelineProcess, AStageDiesWithItsPipeline) {
+    const fs::path run = scratch("orphan"), log = scratch("orphan.log");
+    fs::remove_all(run);
+    // The cpt stage alone, with far more steps than the test waits for.
+    const std::vector<std::string> args = {MEDLLM_BINARY, "pipeline",
+                                           "--config",    "configs/quickstart/ci.yaml",
+                                           "--set",       "run_dir=" + run.string(),
+                                           "--set",       "cpt.training.max_steps=1000000",
+                                           "--only",      "cpt"};
+    const pid_t pipeline                = ::fork();
+    ASSERT_GE(pipeline, 0);
+    if (pipeline == 0) {
+        const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+        if (::chdir(MEDLLM_SOURCE_DIR) != 0) ::_exit(126);
+        std::vector<char*> argv;
+        for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+        argv.push_back(nullptr);
+        ::execv(MEDLLM_BINARY, argv.data());
+        ::_exit(127);
+    }
+    // Wait until the stage trains (its first metrics line), then kill the pipeline alone.
+    pid_t stage         = 0;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
+    while (std::chrono::steady_clock::now() < deadline) {
+        const auto kids = children_of(pipeline);
+        if (!kids.empty()) stage = kids.front();
+        if (stage != 0 && fs::exists(run / "cpt" / "metrics.jsonl") &&
+            !read_text_file(run / "cpt" / "metrics.jsonl").empty())
+            break;
+        int status = 0;
+        if (::waitpid(pipeline, &status, WNOHANG) == pipeline) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ::kill(pipeline, SIGKILL);
+    ::waitpid(pipeline, nullptr, 0);
+    ASSERT_NE(stage, 0) << "the cpt stage never started:\n" << read_text_file(log);
+    bool gone = false;
+    for (int i = 0; i < 1200 && !gone; ++i) {  // up to 60 s on a loaded machine; a step takes well under a second
+        gone = ended(stage);
+        if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (!gone) ::kill(stage, SIGKILL);  // the orphan of a pipeline without the fix
+    EXPECT_TRUE(gone) << "the cpt stage (pid " << stage << ") outlived its pipeline";
+    // It ended as on SIGTERM: its step finished, a checkpoint was written, and its log says how to go on.
+    const std::string stage_log = read_text_file(run / "cpt" / "medllm.log");
+    EXPECT_NE(stage_log.find("interrupted at step"), std::string::npos) << stage_log;
+    fs::remove_all(run);
+    fs::remove(log);
 }

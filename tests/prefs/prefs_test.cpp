@@ -160,6 +160,23 @@ TEST(PrefsGuard, IgakuqaIdsAndCopiedTextAreFound) {
     EXPECT_NE(overlap[1].reason.find("problem_id is in"), std::string::npos);
 }
 
+// The guard reads the exam years it is given (guard.years), not always all of 2018-2022.
+TEST(PrefsGuard, ItChecksTheYearsItIsGiven) {
+    const fs::path dir          = shared_path("igakuqa_data");
+    const auto eval_q           = medllm::eval::load_questions(dir, {2019}).at(10);
+    auto qs                     = fixture_questions();
+    qs[1].question.problem_text = eval_q.problem_text;
+    qs[1].question.choices      = eval_q.choices;
+    EvalGuardOptions opt;
+    opt.igakuqa_dir = dir;
+    opt.years       = {2019};
+    const auto hit  = find_eval_overlap(qs, opt);
+    ASSERT_EQ(hit.size(), 1u);
+    EXPECT_NE(hit[0].reason.find(eval_q.problem_id), std::string::npos) << hit[0].reason;
+    opt.years = {2021, 2022};  // a question of 2019 is no evaluation question then
+    EXPECT_TRUE(find_eval_overlap(qs, opt).empty());
+}
+
 // ---------------------------------------------------------------- template
 
 TEST(PrefsTemplate, PaperTemplateRendersTheBlocks) {

@@ -37,6 +37,10 @@ struct EvalIgakuqaConfig {
 // The config keys of `medllm eval igakuqa` (data_dir, model, ..., max_new_tokens_explanation, limit).
 void add_eval_igakuqa_fields(ConfigSchema<EvalIgakuqaConfig>& schema);
 
+// The command's schema (add_eval_igakuqa_fields), the one `medllm eval igakuqa --config` and a pipeline's eval:
+// section are both read with.
+const ConfigSchema<EvalIgakuqaConfig>& eval_igakuqa_schema();
+
 // What a checked config asks for.
 struct IgakuqaPlan {
     std::vector<int> years;

@@ -75,8 +75,10 @@ std::string describe_pipeline_config();
 struct StageInput {
     std::string id;  // stable name in the done marker ("base_model", "data.sources[0].path")
     std::string key;
-    std::string path;           // a file, a folder, or a glob (corpus sources)
-    std::string what = "path";  // path | model (a folder with config.json) | igakuqa (a folder with data/)
+    std::string path;                 // a file, a folder, or a glob (corpus sources)
+    std::string what       = "path";  // path | model (a folder with config.json) | igakuqa (a folder with data/<year>/)
+    std::vector<int> years = {};      // igakuqa: the exam years the stage reads from it
+    std::string years_key  = "";      // the key that names those years ("eval.years", "build_prefs.guard.years")
 };
 
 struct Stage {
@@ -96,9 +98,10 @@ struct Stage {
 };
 
 // The stages of a config, each stage's config merged with what the pipeline wires (model, output, data paths,
-// eval_guard.igakuqa_dir = eval.data_dir, the DPO row's loss.rpo_alpha 0) and resolved through its command's
-// schema. UsageError naming the key as the user wrote it (`cpt.lora.rnak` in pipeline.yaml, `lora.rnak` in
-// cpt.yaml) for a key the command does not have, a bad value, or a key the pipeline sets that the pipeline file or
+// cpt's and rpo's eval_guard.igakuqa_dir and build-prefs' guard.igakuqa_dir = eval.data_dir, the DPO row's
+// loss.rpo_alpha 0) and resolved through its command's schema (the one its standalone command reads). UsageError naming
+// the key as the user wrote it (`cpt.lora.rnak` in pipeline.yaml, `lora.rnak` in cpt.yaml) for a key the command does
+// not have, a bad value, or a key the pipeline sets that the pipeline file or
 // --set sets too (the pipeline never replaces a setting of the user's silently).
 std::vector<Stage> plan_stages(const PipelineConfig& config);
 

@@ -15,15 +15,13 @@ namespace medllm::pipeline {
 struct StageConfig {
     std::vector<ResolvedEntry> entries;                // every key of the command, schema order, defaults included
     nlohmann::json values = nlohmann::json::object();  // dotted key -> typed value, defaults included
-    // Resolved through the command's schema. False for a kind whose schema the pipeline cannot reach yet: then
-    // `entries` and `values` hold only the keys given, and the stage command checks them when it runs.
-    bool checked = false;
 };
 
-// `kind`: eval | cpt | build-prefs | rpo. `doc` is the stage's flat config, each value with its origin (and the
-// key prefix it was written under); `where` is the pipeline file, named for values that came from it.
-// UsageError naming the key as written and its file: unknown key, wrong type, out of range, and for rpo a loss
-// combination parse_loss_spec refuses.
+// `kind`: eval (`medllm eval igakuqa`) | cpt | build-prefs | rpo. `doc` is the stage's flat config, each value with its
+// origin (and the key prefix it was written under); `where` is the pipeline file, named for values that came from it.
+// UsageError naming the key as written and its file: unknown key, wrong type, out of range, and the checks the
+// command makes before it reads any file (rpo's loss combination, eval's years, build-prefs' guard.years and
+// pairs.types).
 StageConfig resolve_stage_config(const std::string& kind, const config_detail::FlatDoc& doc, const std::string& where);
 
 }  // namespace medllm::pipeline

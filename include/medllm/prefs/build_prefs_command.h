@@ -23,6 +23,7 @@ struct BuildPrefsConfig {
     int64_t few_shot_k = 3, few_shot_seed = 0;
     std::string few_shot_file;
     std::string igakuqa_dir;
+    std::string guard_years         = "2018-2022";
     std::vector<int64_t> eval_exams = {112, 113, 114, 115, 116};
     bool allow_eval_overlap         = false;
     int64_t n = 8, top_k = 0, max_new_tokens = 512, seed = 0, batch_size = 64;
@@ -39,6 +40,13 @@ struct BuildPrefsConfig {
 // The config keys of `medllm build-prefs` (questions, model, template.*, few_shot.*, guard.*, sampling.*, check.*,
 // pairs.*).
 void add_build_prefs_fields(ConfigSchema<BuildPrefsConfig>& schema);
+
+// The command's schema (add_build_prefs_fields), the one `medllm build-prefs --config` and a pipeline's
+// build_prefs: section are both read with.
+const ConfigSchema<BuildPrefsConfig>& build_prefs_schema();
+
+// guard.years as a list of years. UsageError naming guard.years for a spec eval::parse_years refuses.
+std::vector<int> guard_years(const BuildPrefsConfig& config);
 
 // The library's options for a config. UsageError when questions, model or output is missing or model is no folder.
 BuildPrefsOptions to_build_prefs_options(const BuildPrefsConfig& config, bool overwrite);

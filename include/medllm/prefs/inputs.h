@@ -29,7 +29,8 @@ struct PrefQuestion {
 };
 
 struct QuestionLoadOptions {
-    bool refuse_bad_records = false;  // false: a record missing a needed field is reported and skipped
+    bool refuse_bad_records = false;        // false: a record missing a needed field is reported and skipped
+    std::string key         = "questions";  // the config key that named the files, in messages (few_shot.file)
 };
 
 struct QuestionLoadReport {
@@ -62,6 +63,7 @@ std::vector<const PrefQuestion*> draw_few_shot(const std::vector<PrefQuestion>& 
 struct EvalGuardOptions {
     std::vector<int64_t> eval_exams = {112, 113, 114, 115, 116};  // IgakuQA 2018-2022
     std::filesystem::path igakuqa_dir;                            // empty: no problem_id / text check
+    std::vector<int> years = {2018, 2019, 2020, 2021, 2022};      // igakuqa_dir's years that are checked
     data::GuardOptions text;                                      // the corpus guard's n-gram settings
 };
 
