@@ -443,22 +443,16 @@ bool ended(pid_t pid) {
            stat.substr(close + 2, 1) == "X";
 }
 
-}  // namespace
-
-// A pipeline killed on its own (SIGKILL: an OOM kill, a job step cancelled for the pipeline process only) used to
-// leave its running stage as an orphan that kept training into the run folder. The stage now gets SIGTERM when the
-// pipeline dies, so cpt finishes its step, writes its checkpoint and ends; rerunning the pipeline continues it.
-TEST(PipelineProcess, AStageDiesWithItsPipeline) {
-    const fs::path run = scratch("orphan"), log = scratch("orphan.log");
-    fs::remove_all(run);
-    // The cpt stage alone, with far more steps than the test waits for.
+// `medllm pipeline --only cpt` on the CI config with a step count that never ends, from the source folder, its
+// output in `log`.
+pid_t start_endless_cpt(const fs::path& run, const fs::path& log) {
     const std::vector<std::string> args = {MEDLLM_BINARY, "pipeline",
                                            "--config",    "configs/quickstart/ci.yaml",
                                            "--set",       "run_dir=" + run.string(),
                                            "--set",       "cpt.training.max_steps=1000000",
                                            "--only",      "cpt"};
     const pid_t pipeline                = ::fork();
-    ASSERT_GE(pipeline, 0);
+    if (pipeline < 0) return pipeline;
     if (pipeline == 0) {
         const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         ::dup2(fd, 1);
@@ -470,7 +464,11 @@ TEST(PipelineProcess, AStageDiesWithItsPipeline) {
         ::execv(MEDLLM_BINARY, argv.data());
         ::_exit(127);
     }
-    // Wait until the stage trains (its first metrics line), then kill the pipeline alone.
+    return pipeline;
+}
+
+// Waits until the pipeline's cpt stage has written a metrics line; returns the stage's pid (0 if none).
+pid_t wait_for_training_stage(pid_t pipeline, const fs::path& run) {
     pid_t stage         = 0;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
     while (std::chrono::steady_clock::now() < deadline) {
@@ -483,6 +481,22 @@ TEST(PipelineProcess, AStageDiesWithItsPipeline) {
         if (::waitpid(pipeline, &status, WNOHANG) == pipeline) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
+    return stage;
+}
+
+}  // namespace
+
+// A pipeline killed on its own (SIGKILL: an OOM kill, a job step cancelled for the pipeline process only) used to
+// leave its running stage as an orphan that kept training into the run folder. The stage now gets SIGTERM when the
+// pipeline dies, so cpt finishes its step, writes its checkpoint and ends; rerunning the pipeline continues it.
+TEST(PipelineProcess, AStageDiesWithItsPipeline) {
+    const fs::path run = scratch("orphan"), log = scratch("orphan.log");
+    fs::remove_all(run);
+    // The cpt stage alone, with far more steps than the test waits for.
+    const pid_t pipeline = start_endless_cpt(run, log);
+    ASSERT_GE(pipeline, 0);
+    // Wait until the stage trains (its first metrics line), then kill the pipeline alone.
+    const pid_t stage = wait_for_training_stage(pipeline, run);
     ::kill(pipeline, SIGKILL);
     ::waitpid(pipeline, nullptr, 0);
     ASSERT_NE(stage, 0) << "the cpt stage never started:\n" << read_text_file(log);
@@ -496,6 +510,28 @@ TEST(PipelineProcess, AStageDiesWithItsPipeline) {
     // It ended as on SIGTERM: its step finished, a checkpoint was written, and its log says how to go on.
     const std::string stage_log = read_text_file(run / "cpt" / "medllm.log");
     EXPECT_NE(stage_log.find("interrupted at step"), std::string::npos) << stage_log;
+    fs::remove_all(run);
+    fs::remove(log);
+}
+
+// The parent-death SIGTERM comes once per thread of the dying pipeline, a few in a row; those repeats must be one
+// clean stop, not the "second signal ends at once" kill (which left no checkpoint and no log line, about half the
+// time). Three SIGTERMs in quick succession to the training stage: it still finishes its step and says how to go
+// on.
+TEST(PipelineProcess, SigtermsInQuickSuccessionAreOneCleanStop) {
+    const fs::path run = scratch("repeats"), log = scratch("repeats.log");
+    fs::remove_all(run);
+    const pid_t pipeline = start_endless_cpt(run, log);
+    ASSERT_GE(pipeline, 0);
+    const pid_t stage = wait_for_training_stage(pipeline, run);
+    ASSERT_NE(stage, 0) << "the cpt stage never started:\n" << read_text_file(log);
+    for (int i = 0; i < 3; ++i) ::kill(stage, SIGTERM);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pipeline, &status, 0), pipeline);
+    ASSERT_TRUE(WIFEXITED(status)) << read_text_file(log);
+    EXPECT_EQ(WEXITSTATUS(status), 1) << read_text_file(log);
+    const std::string stage_log = read_text_file(run / "cpt" / "medllm.log");
+    EXPECT_NE(stage_log.find("interrupted at step"), std::string::npos) << read_text_file(log);
     fs::remove_all(run);
     fs::remove(log);
 }
