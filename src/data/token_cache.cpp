@@ -11,7 +11,9 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <future>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -194,6 +196,62 @@ GuardAction parse_guard_action(const std::string& name) {
     throw UsageError("eval_guard.action must be refuse, drop or warn, got '" + name + "'");
 }
 
+// The guard over every `format: lines` file, where each line is a document but a question may be written over
+// several (stem, then one choice per line): the lines are streamed through a LineWindow in blocks, their postings
+// computed in parallel. Returns (file, line) -> hits for the flagged lines; the main pass takes these instead of
+// checking each line alone. Lines are numbered as DocumentReader numbers them (every physical line).
+static std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> guard_line_files(
+    const std::vector<CorpusFile>& files, const ContaminationGuard& guard, int threads) {
+    std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> out;
+    // Blocks of ~1 MB: the next block's postings (the n-gram lookups, parallel) are computed while this block's
+    // lines go through the window (in order, one thread), so the two overlap.
+    constexpr std::size_t kBlockBytes = 1u << 20;
+    struct Block {
+        uint64_t first_line = 0;
+        std::vector<std::string> lines;
+    };
+    auto postings_of = [&](std::shared_ptr<Block> b) {
+        std::vector<ContaminationGuard::LinePostings> p(b->lines.size());
+        parallel_for_each(b->lines.size(), std::max(1, threads - 1),
+                          [&](std::size_t i) { p[i] = guard.line_postings(b->lines[i]); });
+        return p;
+    };
+    for (uint32_t fi = 0; fi < files.size(); ++fi) {
+        if (files[fi].format != "lines") continue;
+        std::ifstream in(files[fi].path, std::ios::binary);
+        if (!in) throw Error(files[fi].path.string() + ": cannot open: " + std::strerror(errno));
+        LineWindow window(guard);
+        uint64_t line_no = 0;
+        auto read_block  = [&] {
+            auto b            = std::make_shared<Block>();
+            b->first_line     = line_no + 1;
+            std::size_t bytes = 0;
+            for (std::string line; bytes < kBlockBytes && std::getline(in, line);) {
+                ++line_no;
+                bytes += line.size() + 1;
+                b->lines.push_back(std::move(line));
+            }
+            if (in.bad()) throw Error(files[fi].path.string() + ": read failed: " + std::strerror(errno));
+            return b;
+        };
+        auto block   = read_block();
+        auto pending = std::async(std::launch::async, postings_of, block);
+        while (!block->lines.empty()) {
+            auto postings = pending.get();
+            auto next     = read_block();
+            pending       = std::async(std::launch::async, postings_of, next);
+            for (std::size_t i = 0; i < postings.size(); ++i)
+                window.push(block->first_line + i, std::move(postings[i]));
+            for (auto& [line, hits] : window.take()) out[{fi, line}] = std::move(hits);
+            block = std::move(next);
+        }
+        pending.get();
+        window.finish();
+        for (auto& [line, hits] : window.take()) out[{fi, line}] = std::move(hits);
+    }
+    return out;
+}
+
 const char* to_string(GuardAction a) {
     return a == GuardAction::refuse ? "refuse" : a == GuardAction::drop ? "drop" : "warn";
 }
@@ -291,6 +349,12 @@ CacheBuildReport build_token_cache(const fs::path& cache_dir, const CacheBuildOp
     fs::remove(cache_dir / kReport);
 
     const int threads = thread_count(o.threads);
+    std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> line_hits;
+    if (o.guard) {
+        const auto g0 = std::chrono::steady_clock::now();
+        line_hits     = guard_line_files(files, *o.guard, threads);
+        report.guard_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
+    }
     DocumentReader reader(files, o.sources, o.on_invalid);
     AtomicFileWriter index(cache_dir / kIndex);
     std::vector<ShardWriter> done_shards;
@@ -325,7 +389,13 @@ CacheBuildReport build_token_cache(const fs::path& cache_dir, const CacheBuildOp
         std::vector<std::vector<GuardHit>> hits(batch.size());
         if (o.guard) {
             const auto g0 = std::chrono::steady_clock::now();
-            parallel_for_each(batch.size(), threads, [&](std::size_t i) { hits[i] = o.guard->check(batch[i].text); });
+            parallel_for_each(batch.size(), threads, [&](std::size_t i) {
+                if (files[batch[i].file].format != "lines") {
+                    hits[i] = o.guard->check(batch[i].text);
+                } else if (auto it = line_hits.find({batch[i].file, batch[i].line}); it != line_hits.end()) {
+                    hits[i] = it->second;
+                }
+            });
             report.guard_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
         }
         std::vector<std::string> texts;
@@ -334,7 +404,8 @@ CacheBuildReport build_token_cache(const fs::path& cache_dir, const CacheBuildOp
             if (!hits[i].empty()) {
                 ++report.flagged;
                 nlohmann::json matches = nlohmann::json::array();
-                for (const auto& h : hits[i]) matches.push_back({{"problem_id", h.problem_id}, {"overlap", h.overlap}});
+                for (const auto& h : hits[i])
+                    matches.push_back({{"problem_id", h.problem_id}, {"overlap", h.overlap}, {"language", h.language}});
                 const auto where = where_of(identity["files"], batch[i].file, static_cast<uint32_t>(batch[i].line));
                 flagged_docs.push_back({{"file", identity["files"][batch[i].file]["path"]},
                                         {"line", batch[i].line},
@@ -343,7 +414,8 @@ CacheBuildReport build_token_cache(const fs::path& cache_dir, const CacheBuildOp
                 if (report.first_hits.size() < kFirstHits) {
                     char buf[32];
                     std::snprintf(buf, sizeof buf, "%.2f", hits[i][0].overlap);
-                    report.first_hits.push_back(where + ": " + hits[i][0].problem_id + " (" + buf + ")");
+                    report.first_hits.push_back(where + ": " + hits[i][0].problem_id +
+                                                (hits[i][0].language == "en" ? " in English" : "") + " (" + buf + ")");
                 }
                 if (o.guard_action == GuardAction::refuse) refusing = true;
                 if (o.guard_action == GuardAction::drop) {
