@@ -399,6 +399,12 @@ BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
         if (!o.allow_eval_overlap) throw UsageError(msg + "; remove them or pass --allow-eval-overlap");
         spdlog::warn("{}; kept because of --allow-eval-overlap", msg);
     }
+    // Every question's few-shot examples, before the model loads: a fixed file that holds the question itself (or
+    // too few others) is refused here, naming the file and the question.
+    std::vector<std::vector<const PrefQuestion*>> shots(questions.size());
+    for (std::size_t i = 0; i < questions.size(); ++i)
+        shots[i] = o.few_shot_file.empty() ? draw_few_shot(questions, questions[i], o.few_shot_k, o.few_shot_seed)
+                                           : fixed_few_shot(fixed, o.few_shot_file, questions[i], o.few_shot_k);
     std::vector<fs::path> inputs = report.files;
     for (const auto& p : {o.model, o.adapter, o.few_shot_file})
         if (!p.empty()) inputs.push_back(p);
@@ -418,13 +424,8 @@ BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
     std::vector<generate::PromptRecord> records;
     std::string all_prompts;
     for (std::size_t i = 0; i < questions.size(); ++i) {
-        const auto& q = questions[i];
-        std::vector<const PrefQuestion*> examples;
-        if (!fixed.empty()) {
-            for (const auto& f : fixed) examples.push_back(&f);
-        } else {
-            examples = draw_few_shot(questions, q, o.few_shot_k, o.few_shot_seed);
-        }
+        const auto& q        = questions[i];
+        const auto& examples = shots[i];
         generate::PromptRecord r;
         r.index = i;
         r.id    = q.question.problem_id;
