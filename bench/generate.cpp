@@ -1,11 +1,15 @@
-// Generation throughput of the engine on a model folder (loaded as `medllm generate` loads it) and a prompt_ids
-// JSONL file, timed exactly as scripts/bench-generate.sh times HF generate() in the same run: a warm-up
-// generate(2 tokens), prefill = B·P / min over two generate(1 token) calls, decode = B·(G-1) / (t(G) - t(1)), all
-// wall time of the whole call. The first call of the process (page faults of the memory-mapped weights, BLAS set-up)
-// is timed separately as `cold`.
+// Generation throughput of the engine on a model folder and a prompt_ids JSONL file, timed as
+// scripts/bench-generate.sh times HF generate() in the same run. The prompts run as consecutive calls of BATCH
+// prompts each (one call with every prompt when BATCH >= their number), as a user's file runs: the prefix cache is
+// emptied before each measurement and kept across its calls (PREFIX_CACHE=0 in the environment turns it off).
+// One warm-up measurement of 1 new token (its prefill is printed as `cold`: the page faults of the memory-mapped
+// weights and BLAS set-up, once per process), then one of NEW_TOKENS: prefill = prompt tokens / the engine's prefill
+// steps' time (decoding rows of prompts already prefilled ride along in them), decode = tokens of decode steps /
+// their time (GenerationStats), as bench_hf.py splits HF's generate() at its first logits; prefill_cpu and
+// decode_cpu divide by the same steps' process CPU time instead (steadier than wall time on a shared machine).
 //   bench_generate MODEL_DIR PROMPTS_JSONL BATCH NEW_TOKENS THREADS [cpu|cuda [fp32|bf16 [PROFILE]]]
 // PROFILE=1 adds a LibTorch profiler table of one warm prefill (operators by self time: time not spent in nested
-// operators); PROFILE=2 splits the rows by input shapes.
+// operators); PROFILE=2 splits the rows by input shapes; PROFILE=3 profiles a NEW_TOKENS run instead (decode).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -88,7 +92,7 @@ void print_profile(const torch::autograd::profiler::ProfilerResult& result, doub
     std::vector<std::pair<std::string, Total>> rows(totals.begin(), totals.end());
     std::sort(rows.begin(), rows.end(),
               [](const auto& a, const auto& b) { return a.second.self_ns > b.second.self_ns; });
-    std::printf("profile of one prefill (max_new_tokens 1): %.2f ms wall\n", total_seconds * 1e3);
+    std::printf("profile: %.2f ms wall\n", total_seconds * 1e3);
     std::printf("%-44s %10s %10s %7s\n", "operator", "self ms", "total ms", "calls");
     for (std::size_t i = 0; i < std::min<std::size_t>(rows.size(), 30); ++i)
         std::printf("%-44s %10.3f %10.3f %7lld\n", rows[i].first.substr(0, by_shape ? 120 : 44).c_str(),
@@ -120,26 +124,53 @@ int main(int argc, char** argv) {
     auto model = model::Qwen2ForCausalLM::from_pretrained(dir, dtype, device);
     model->eval();
     generate::Generator generator(model, nullptr, {});
+    const char* cache_env = std::getenv("PREFIX_CACHE");
+    if (cache_env && std::string(cache_env) == "0") generator.set_prefix_cache_bytes(0);
     int64_t prompt_tokens = 0;
     for (const auto& p : prompts) prompt_tokens += static_cast<int64_t>(p.size());
+    // The engine's own step times, summed over the calls of one measurement (GenerationStats: prefill steps, and
+    // decode steps that carry no prompt chunk).
+    struct Run {
+        double wall = 0, prefill_seconds = 0, decode_seconds = 0, prefill_cpu = 0, decode_cpu = 0;
+        int64_t decode_tokens = 0, cached = 0;
+    };
     auto timed = [&](int64_t tokens) {
         generate::GenerateOptions options;
         options.max_batch_size = batch;
         options.max_new_tokens = tokens;
         options.ignore_eos     = true;
-        auto t0                = std::chrono::steady_clock::now();
-        generator.generate(prompts, options);
+        generator.clear_prefix_cache();
+        Run r;
+        auto t0 = std::chrono::steady_clock::now();
+        for (std::size_t first = 0; first < prompts.size(); first += static_cast<std::size_t>(batch)) {
+            const std::size_t last = std::min(prompts.size(), first + static_cast<std::size_t>(batch));
+            std::vector<std::vector<text::TokenId>> call(prompts.begin() + first, prompts.begin() + last);
+            options.prompt_keys.clear();
+            for (auto i = first; i < last; ++i) options.prompt_keys.push_back(i);
+            generator.generate(call, options);
+            const auto& st = generator.last_stats();
+            r.prefill_seconds += st.prefill_seconds;
+            r.decode_seconds += st.decode_seconds;
+            r.prefill_cpu += st.prefill_cpu_seconds;
+            r.decode_cpu += st.decode_cpu_seconds;
+            r.decode_tokens += st.decode_tokens;
+            r.cached += st.cached_prompt_tokens;
+        }
         if (device.is_cuda()) torch::cuda::synchronize();
-        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        r.wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        return r;
     };
-    const double cold = timed(1);
-    timed(2);  // warm-up, as HF's side
-    const double t1 = std::min(timed(1), timed(1));
-    const double tg = timed(new_tokens);
-    const auto rows = static_cast<double>(prompts.size());
-    std::printf("{\"threads\": %d, \"prefill\": %.2f, \"decode\": %.2f, \"cold_prefill\": %.2f}\n",
-                at::get_num_threads(), prompt_tokens / t1,
-                rows * static_cast<double>(new_tokens - 1) / std::max(tg - t1, 1e-9), prompt_tokens / cold);
+    const Run cold = timed(1);  // also the warm-up (HF's side warms up with a 2-token run)
+    const Run r    = timed(new_tokens);
+    std::printf(
+        "{\"threads\": %d, \"prefill\": %.2f, \"decode\": %.2f, \"prefill_cpu\": %.2f, \"decode_cpu\": %.2f, "
+        "\"cold_prefill\": %.2f, \"prompt_tokens\": %lld, \"cached_prompt_tokens\": %lld, \"decode_tokens\": %lld, "
+        "\"wall\": %.3f}\n",
+        at::get_num_threads(), prompt_tokens / std::max(r.prefill_seconds, 1e-9),
+        r.decode_tokens / std::max(r.decode_seconds, 1e-9), prompt_tokens / std::max(r.prefill_cpu, 1e-9),
+        r.decode_tokens / std::max(r.decode_cpu, 1e-9), prompt_tokens / std::max(cold.prefill_seconds, 1e-9),
+        static_cast<long long>(prompt_tokens), static_cast<long long>(r.cached),
+        static_cast<long long>(r.decode_tokens), r.wall);
     if (profile_mode) {
         namespace prof = torch::autograd::profiler;
         const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO,
@@ -147,7 +178,7 @@ int main(int argc, char** argv) {
         const std::set<torch::profiler::impl::ActivityType> activities{torch::profiler::impl::ActivityType::CPU};
         prof::prepareProfiler(config, activities);  // Kineto must be set up before a trace starts
         prof::enableProfiler(config, activities);
-        const double wall = timed(1);
+        const double wall = timed(profile_mode == 3 ? new_tokens : 1).wall;
         auto result       = prof::disableProfiler();
         print_profile(*result, wall, profile_mode == 2);
     }

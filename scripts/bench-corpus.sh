@@ -8,7 +8,7 @@
 #                                                     1 GB HF run alone takes ~20 min; medllm runs at every size)
 #   GUARD=0 ...                                       (skip the guard-cost build)
 # Peak RSS is /usr/bin/time -v's "Maximum resident set size" of the building process. With two or more sizes the
-# last line compares medllm's peak RSS at the largest size with the smallest (target: <= 1.5x, issue 12).
+# last line compares medllm's peak RSS at the largest size with the smallest (target: <= 1.5x: memory must not grow with the corpus).
 # Needs build/medllm (MEDLLM_BIN=...) and a Python with tokenizers + numpy (.venv, scripts/requirements-fixtures.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,112 +1,97 @@
 #!/usr/bin/env bash
-# Generation throughput: medllm's engine (bench_generate) next to HF transformers' generate() on the same random
-# model, with the same prompts (prompt_ids) and thread count, interleaved: for each repeat and batch size HF is
-# measured and then medllm, so both see the same machine load. Prints prefill and decode tokens/s at batch 1, 8
-# and 64, the medllm / HF ratios of every repeat, and their ranges.
+# Generation throughput at a real shape: medllm's engine (build/bench_generate) next to HF transformers' generate()
+# (scripts/bench_hf.py) on the same random model and prompts, in the same run, each in its own process (so each
+# has its own peak memory), interleaved per repeat so both see the same machine load.
 #
-#   scripts/bench-generate.sh                 # CPU: a small Qwen2-shaped model (fp32)
-#   scripts/bench-generate.sh --gpu           # CUDA: a Qwen2.5-7B-shaped model in bf16 (random weights)
-#   PROMPT_LEN=128 NEW_TOKENS=64 BATCHES="1 8 64" THREADS=2 REPEATS=3 scripts/bench-generate.sh
+# Model: scripts/bench_setup.py's random Qwen2 of configs/models/$SHAPE (default qwen2.5-0.5b: 24 layers, hidden
+# 896, GQA 14/2, vocabulary 151,936) with the real Qwen2.5 tokenizer. Prompts: the first $PROMPTS IgakuQA 2018
+# questions (first of each section, then the second ...) rendered as `medllm eval igakuqa` renders them in the chat
+# format ($MODE: standard 3-shot prompts of 485-783 tokens, or explanation), as token ids. At batch B both sides run
+# them as consecutive calls of B prompts (HF left-pads each call; medllm packs them and shares their common
+# prefix through its prefix cache, emptied before each measurement).
 #
-# Both sides are timed the same way, wall time of whole calls after a warm-up generate(2 tokens) in the same
-# process: prefill = B·P / min over two generate(1 token) calls, decode = B·(G-1) / (t(G tokens) - t(1 token)).
-# medllm's first call of a process (page faults of the memory-mapped weights, BLAS set-up; once per `medllm generate`
-# or `eval` run) is printed as `cold`.
+#   scripts/bench-generate.sh                                   # fp32 and bf16, 1 and 2 threads, batch 1 and 8
+#   DTYPES=fp32 THREADS=2 BATCHES="1 8" PROMPTS=8 NEW_TOKENS=16 REPEATS=3 scripts/bench-generate.sh
+#   NO_PREFIX_CACHE=1 scripts/bench-generate.sh                 # medllm without the prefix cache
+#   scripts/bench-generate.sh --gpu                             # CUDA: qwen2.5-7b in bf16, batch 1, 8 and 64
+#
+# prefill tok/s = real prompt tokens / prefill time (HF: until each call's first logits; medllm: its prefill steps,
+# in which the first prompts' decoding rows ride along); decode tok/s = tokens after the first / the rest (medllm:
+# tokens of its decode-only steps / their time). Prints every measurement, then the medians over the repeats with
+# medllm / HF ratios and peak resident memory (MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-build/bench_generate}
 PY=${PY:-.venv/bin/python}
-PROMPT_LEN=${PROMPT_LEN:-64}
-NEW_TOKENS=${NEW_TOKENS:-32}
-BATCHES=${BATCHES:-"1 8 64"}
-THREADS=${THREADS:-$(nproc)}
-REPEATS=${REPEATS:-3}
-DEVICE=cpu
-SHAPE=small
-if [[ "${1:-}" == "--gpu" ]]; then DEVICE=cuda; SHAPE=7b; fi
-WORK=$(mktemp -d /tmp/bench-generate.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
 [[ -x "$BENCH" ]] || { echo "bench-generate: $BENCH not built (cmake --build build --target bench_generate)" >&2; exit 1; }
+"$PY" -c 'import transformers' 2>/dev/null ||
+    { echo "bench-generate: $PY has no transformers (pip install -r scripts/requirements-fixtures.txt, or PY=...)" >&2; exit 1; }
 
-OMP_NUM_THREADS=$THREADS "$PY" - "$WORK" "$SHAPE" "$DEVICE" "$PROMPT_LEN" "$NEW_TOKENS" "$THREADS" "$BATCHES" \
-  "$REPEATS" "$BENCH" <<'PYEOF'
-import json, os, subprocess, sys, time
-import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+DEVICE=cpu
+if [[ "${1:-}" == "--gpu" ]]; then
+    DEVICE=cuda
+    : "${SHAPE:=qwen2.5-7b}" "${DTYPES:=bf16}" "${THREADS:=$(nproc)}" "${BATCHES:=1 8 64}" "${PROMPTS:=64}"
+    export SHAPE DTYPES THREADS BATCHES PROMPTS
+fi
+[[ -x build/bench_igakuqa_prompts ]] ||
+    { echo "bench-generate: build/bench_igakuqa_prompts not built (cmake --build build --target bench_igakuqa_prompts)" >&2; exit 1; }
 
-work, shape, device, P, G, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-batches = [int(b) for b in sys.argv[7].split()]
-repeats, bench = int(sys.argv[8]), sys.argv[9]
-torch.set_num_threads(threads)
-torch.manual_seed(0)
-if shape == "7b":  # Qwen2.5-7B dimensions
-    cfg = Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                      num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
-                      rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
-    dtype = torch.bfloat16
-else:
-    cfg = Qwen2Config(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1e6,
-                      rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
-    dtype = torch.float32
-model = Qwen2ForCausalLM(cfg).to(dtype).eval()
-model_dir = os.path.join(work, "model")
-model.save_pretrained(model_dir, safe_serialization=True)
-gc = os.path.join(model_dir, "generation_config.json")
-if os.path.exists(gc):
-    os.remove(gc)
-model = model.to(device)
+"$PY" - "$BENCH" "$DEVICE" <<'PYEOF'
+import json, os, sys, tempfile
+sys.path.insert(0, "scripts")
+import bench_setup as bs
 
-g = torch.Generator().manual_seed(1)
-prompts = {}
-for B in batches:
-    prompts[B] = torch.randint(3, cfg.vocab_size, (B, P), generator=g)
-    with open(os.path.join(work, f"prompts_{B}.jsonl"), "w") as f:
-        for row in prompts[B].tolist():
-            f.write(json.dumps({"prompt_ids": row}) + "\n")
+bench, device = sys.argv[1], sys.argv[2]
+shape = os.environ.get("SHAPE", "qwen2.5-0.5b")
+mode = os.environ.get("MODE", "standard")
+dtypes = os.environ.get("DTYPES", "fp32 bf16").split()
+threads_list = [int(t) for t in os.environ.get("THREADS", "1 2").split()]
+batches = [int(b) for b in os.environ.get("BATCHES", "1 8").split()]
+n_prompts = int(os.environ.get("PROMPTS", "8"))
+G = int(os.environ.get("NEW_TOKENS", "16"))
+repeats = int(os.environ.get("REPEATS", "3"))
+env = {"PREFIX_CACHE": "0"} if os.environ.get("NO_PREFIX_CACHE") == "1" else {}
 
-def hf(B):
-    x = prompts[B].to(device)
-    mask = torch.ones_like(x)
-
-    def run(new):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            model.generate(x, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                           eos_token_id=None, pad_token_id=0)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    run(2)  # warm-up
-    t1 = min(run(1), run(1))
-    tg = run(G)
-    return {"prefill": B * P / t1, "decode": B * (G - 1) / max(tg - t1, 1e-9)}
-
-def medllm(B):
-    out = subprocess.run([bench, os.path.join(work, "model"), os.path.join(work, f"prompts_{B}.jsonl"), str(B), str(G),
-                          str(threads), device, "bf16" if dtype == torch.bfloat16 else "fp32"], check=True, capture_output=True, text=True).stdout
-    r = json.loads(out.strip().splitlines()[-1])
-    if r["threads"] != threads:
-        sys.exit(f"bench-generate: bench_generate ran {r['threads']} threads, HF {threads}")
-    return r
-
-print(f"threads {threads}, prompt {P} tokens, {G} new tokens, load average {os.getloadavg()[0]:.1f} at start")
-print(f"{'rep':<3} {'batch':<5} | {'medllm prefill':>14} {'HF prefill':>11} {'ratio':>6} {'(cold)':>7} | "
-      f"{'medllm decode':>13} {'HF decode':>10} {'ratio':>6}", flush=True)
-ratios = {B: {"prefill": [], "decode": []} for B in batches}
-for rep in range(repeats):
-    for B in batches:
-        h, m = hf(B), medllm(B)
-        rp, rd = m["prefill"] / h["prefill"], m["decode"] / h["decode"]
-        ratios[B]["prefill"].append(rp)
-        ratios[B]["decode"].append(rd)
-        print(f"{rep:<3} {B:<5} | {m['prefill']:14.1f} {h['prefill']:11.1f} {rp:5.2f}x {m['cold_prefill'] / h['prefill']:6.2f}x | "
-              f"{m['decode']:13.1f} {h['decode']:10.1f} {rd:5.2f}x", flush=True)
-print(f"load average {os.getloadavg()[0]:.1f} at end; medllm / HF over {repeats} repeats (min-max):")
-for B in batches:
-    p, d = ratios[B]["prefill"], ratios[B]["decode"]
-    print(f"batch {B:<3} prefill {min(p):.2f}-{max(p):.2f}x  decode {min(d):.2f}-{max(d):.2f}x")
+model = bs.model_dir(shape, "bf16" if device == "cuda" else "fp32")
+# The first of each section, then the second ...: --limit takes them section by section; take round-robin.
+by_section = {}
+for p in bs.igakuqa_prompts(mode, "2018", limit=(n_prompts + 5) // 6, folder=model):
+    by_section.setdefault(p["id"][3], []).append(p["prompt_ids"])
+prompt_ids = [by_section[s][k] for k in range(max(map(len, by_section.values()))) for s in sorted(by_section)
+              if k < len(by_section[s])][:n_prompts]
+work = tempfile.mkdtemp(prefix="bench-generate.")
+path = os.path.join(work, "prompts.jsonl")
+lengths = [len(ids) for ids in prompt_ids]
+with open(path, "w") as f:
+    for ids in prompt_ids:
+        f.write(json.dumps({"prompt_ids": ids}) + "\n")
+print(f"{shape} on {device}, {len(prompt_ids)} IgakuQA 2018 {mode} prompts of {min(lengths)}-{max(lengths)} tokens "
+      f"({sum(lengths)} in all), {G} new tokens, batches {batches}, {repeats} repeats"
+      f"{', medllm without prefix cache' if env else ''}; {bs.load_note()} at start", flush=True)
+# Each measurement: tok/s from wall time and from process CPU time (steadier where other processes share the cores).
+KEYS = ("prefill", "decode", "prefill_cpu", "decode_cpu")
+print(f"{'dtype':<5} {'thr':>3} {'batch':>5} {'rep':>3} | tok/s medllm / HF (ratio): {'prefill':<24} {'decode':<22} "
+      f"{'prefill, CPU time':<24} {'decode, CPU time':<22} | RSS MiB medllm/HF | load", flush=True)
+rows = {}
+for threads in threads_list:
+    for dtype in dtypes:
+        for rep in range(repeats):
+            for B in batches:
+                h = bs.measure([sys.executable, "scripts/bench_hf.py", "generate", model, path, "--batch", B,
+                                "--new-tokens", G, "--dtype", dtype, "--device", device], threads)
+                m = bs.measure([bench, model, path, B, G, threads, device, dtype], threads, env)
+                hr, mr = bs.last_json(h["stdout"]), bs.last_json(m["stdout"])
+                rows.setdefault((dtype, threads, B), []).append((mr, hr, m["peak_rss_mb"], h["peak_rss_mb"]))
+                cells = " ".join(f"{mr[k]:7.1f} / {hr[k]:6.1f} ({mr[k] / hr[k]:4.2f}x)" for k in KEYS)
+                print(f"{dtype:<5} {threads:>3} {B:>5} {rep:>3} | {cells} | {m['peak_rss_mb']:.0f}/{h['peak_rss_mb']:.0f} | "
+                      f"{os.getloadavg()[0]:.1f}  (cached {mr['cached_prompt_tokens']} of {mr['prompt_tokens']})",
+                      flush=True)
+print(f"\nmedians over {repeats} repeats of medllm / HF ({bs.load_note()} at end):")
+print(f"{'dtype':<5} {'thr':>3} {'batch':>5} | {'prefill':>8} {'decode':>8} {'prefill CPU':>12} {'decode CPU':>11} | "
+      f"peak RSS MiB medllm / HF")
+for (dtype, threads, B), r in rows.items():
+    ratios = " ".join(f"{bs.median([mr[k] / hr[k] for mr, hr, _, _ in r]):{w}.2f}x"
+                      for k, w in zip(KEYS, (7, 7, 11, 10)))
+    print(f"{dtype:<5} {threads:>3} {B:>5} | {ratios} | {bs.median([x[2] for x in r]):.0f} / "
+          f"{bs.median([x[3] for x in r]):.0f}")
 PYEOF

@@ -2,7 +2,7 @@
 """Golden fixtures for `medllm eval igakuqa` prompt rendering and answer normalisation.
 
 1. tests/fixtures/eval/prompts_reference.json: for a few questions, the messages that the original
-   jungokasai/IgakuQA scripts/generation/chatgpt.py builds (as described in ../shared/reference/igakuqa.md §6),
+   jungokasai/IgakuQA scripts/generation/chatgpt.py builds (as described in docs/reference/igakuqa.md §6),
    and those messages rendered by the Qwen2.5-Instruct chat template (../shared/qwen_tokenizer/
    chat_template_qwen2.5_instruct.jinja) with add_generation_prompt=True, through Jinja2.
 2. tests/fixtures/eval/zen_to_han_mojimoji.tsv: every BMP code point that `mojimoji.zen_to_han` (defaults)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Independent re-implementation of the official IgakuQA scorer (jungokasai/IgakuQA scripts/evaluate_main.py,
-as described in ../shared/reference/igakuqa.md §4) plus the MHLW pass criteria (§5).
+as described in docs/reference/igakuqa.md §4) plus the MHLW pass criteria (§5).
 
 It scores a baseline_results-style folder (<year>/<exam>-<section>_<name>.jsonl) against the data folder and
 writes per-section, per-year and pooled numbers as JSON. The C++ scorer's test compares itself with this output.

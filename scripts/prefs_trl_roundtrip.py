@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""TRL round trip for `medllm build-prefs` output (issue 15).
+"""TRL round trip for `medllm build-prefs` output: what medllm writes must load in TRL.
 
 Loads each pairs file that build-prefs wrote (plain-text prompts for base models, message lists for chat) with
 `datasets`, hands it to TRL's DPOTrainer unchanged (the extra columns problem_id, pair_type, ... included) and runs

@@ -84,7 +84,8 @@ int main(int argc, char** argv) {
     std::string log_level = "info";
     app.add_option("--threads", threads,
                    "LibTorch intra-op threads (0 = OMP_NUM_THREADS if set, else the cores this process may use, "
-                   "divided by torchrun's LOCAL_WORLD_SIZE)")
+                   "divided by torchrun's LOCAL_WORLD_SIZE). On a machine shared with other busy processes use 1, "
+                   "or set OMP_WAIT_POLICY=PASSIVE (docs/distributed.md, 'Shared machines')")
         ->capture_default_str()
         ->check(CLI::Validator(
             [](std::string& value) -> std::string {

@@ -1,7 +1,8 @@
-// Subcommand registry. Each subcommand lives in its own file src/cli/<name>.cpp and
-// exposes one `add_<name>_command(CLI::App&)` that declares its options (with defaults
-// shown in --help) and installs a callback that runs it. Callbacks report failure by
-// throwing medllm::UsageError (exit 2) or medllm::Error (exit 1); main() maps them.
+// Subcommand registry. Each subcommand has its own file src/cli/<name>.cpp exposing one
+// `add_<name>_command(CLI::App&)` that declares its flags (with defaults and help), maps them onto the command's
+// settings and installs a callback that calls its body, a run_<name>() in the command's area (prefs::run_build_prefs,
+// generate::run_eval_igakuqa, ...). Bodies report failure by throwing medllm::UsageError (exit 2) or medllm::Error
+// (exit 1); main() maps them.
 #pragma once
 
 #include <CLI/CLI.hpp>

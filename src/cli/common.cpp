@@ -1,14 +1,11 @@
+// Helpers for the subcommand files: numeric flag checks, --config/--set, flags that mirror config keys.
 #include "cli/common.h"
 
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
-#include <filesystem>
-
-#include <spdlog/spdlog.h>
 
 #include "medllm/core/error.h"
-#include "medllm/core/log.h"
 
 namespace medllm::cli {
 
@@ -82,10 +79,28 @@ void add_config_options(CLI::App* cmd, ConfigOptions& opts) {
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 }
 
-void start_run(const std::string& output_dir, const std::vector<ResolvedEntry>& resolved) {
-    log_to_file(output_dir);
-    spdlog::info("resolved configuration:\n{}", format_resolved_table(resolved));
-    write_resolved_yaml(resolved, (std::filesystem::path(output_dir) / "config.resolved.yaml").string());
+CLI::Option* KeyedFlags::text(CLI::Option* opt, std::string key) {
+    flags_.push_back({opt, std::move(key), true});
+    return opt;
+}
+
+CLI::Option* KeyedFlags::number(CLI::Option* opt, std::string key) {
+    flags_.push_back({opt, std::move(key), false});
+    return opt;
+}
+
+void KeyedFlags::add_to(ConfigSource& source) const {
+    for (const auto& f : flags_) {
+        if (f.option->count() == 0) continue;
+        const std::string value = f.option->as<std::string>();
+        source.overrides.push_back(f.key + "=" + (f.quote ? yaml_quote(value) : value));
+    }
+}
+
+std::string yaml_quote(const std::string& text) {
+    std::string out = "'";
+    for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
+    return out + "'";
 }
 
 }  // namespace medllm::cli

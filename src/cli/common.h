@@ -31,8 +31,27 @@ struct ConfigOptions {
 };
 void add_config_options(CLI::App* cmd, ConfigOptions& opts);
 
-// Creates the run's output directory, adds <dir>/medllm.log, logs the resolved config as a
-// two-column table and writes <dir>/config.resolved.yaml.
-void start_run(const std::string& output_dir, const std::vector<ResolvedEntry>& resolved);
+// Flags that mirror config keys (build-prefs, eval igakuqa): each flag given on the command line becomes a
+// `key=value` override after the user's own --set, so flags win over --config and --set.
+class KeyedFlags {
+public:
+    // A text flag: its value goes in single-quoted, as a YAML string.
+    CLI::Option* text(CLI::Option* opt, std::string key);
+    // A numeric flag: its value goes in as written (the flag's own check has read it as a number).
+    CLI::Option* number(CLI::Option* opt, std::string key);
+    // The overrides of the flags given, in the order the flags were declared, appended to `source`.
+    void add_to(ConfigSource& source) const;
+
+private:
+    struct Flag {
+        CLI::Option* option;
+        std::string key;
+        bool quote;
+    };
+    std::vector<Flag> flags_;
+};
+
+// `text` as a single-quoted YAML scalar ('it''s').
+std::string yaml_quote(const std::string& text);
 
 }  // namespace medllm::cli

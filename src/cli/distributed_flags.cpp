@@ -1,3 +1,4 @@
+// The data-parallel flags (--world-size, --rank, ..., --backend) and their --help texts.
 #include "cli/distributed_flags.h"
 
 #include <spdlog/spdlog.h>
@@ -71,9 +72,7 @@ std::string distributed_generation_help(const std::string& command, const std::s
            "leaves its shards, and the next run (any number of processes) folds them in before it continues.";
 }
 
-namespace {
-
-dist::LaunchFlags to_launch_flags(const DistributedFlags& f) {
+dist::LaunchFlags launch_flags(const DistributedFlags& f) {
     dist::LaunchFlags lf;
     if (f.world_size > 0) lf.world_size = f.world_size;
     if (f.rank >= 0) lf.rank = f.rank;
@@ -85,14 +84,8 @@ dist::LaunchFlags to_launch_flags(const DistributedFlags& f) {
     return lf;
 }
 
-}  // namespace
-
-int64_t launch_world_size(const DistributedFlags& flags) {
-    return dist::resolve_launch(to_launch_flags(flags)).world_size;
-}
-
 dist::Parallel join_process_group(const DistributedFlags& f, const std::string& device_setting) {
-    return dist::join_process_group(to_launch_flags(f), device_setting, f.resume_world_size_change);
+    return dist::join_process_group(launch_flags(f), device_setting, f.resume_world_size_change);
 }
 
 }  // namespace medllm::cli

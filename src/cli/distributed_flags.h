@@ -1,5 +1,6 @@
-// Data-parallel launch flags shared by the training commands (cpt, rpo): --world-size/--rank/--local-rank override
-// torchrun's or Slurm's environment, --master-addr/--master-port the rendezvous, --backend, --dist-timeout.
+// Data-parallel launch flags shared by the commands that run as several processes (cpt, rpo, build-prefs,
+// generate, eval): --world-size/--rank/--local-rank override torchrun's or Slurm's environment,
+// --master-addr/--master-port the rendezvous, --backend, --dist-timeout.
 #pragma once
 
 #include <memory>
@@ -31,8 +32,8 @@ std::string distributed_help(const std::string& command);
 // is sharded across ranks and what each rank writes.
 std::string distributed_generation_help(const std::string& command, const std::string& output);
 
-// The world size flags + environment give, without joining (a command refuses a mode it cannot share first).
-int64_t launch_world_size(const DistributedFlags& flags);
+// The flags as the library takes them (dist::RunOptions::launch, join_process_group); unset ones stay unset.
+dist::LaunchFlags launch_flags(const DistributedFlags& flags);
 
 // Resolves flags + environment and joins the process group (world size 1: none). On ranks other than 0 the
 // console log is lowered to warnings. `device_setting` is training.device.

@@ -10,6 +10,7 @@
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
 #include "medllm/pipeline/pipeline.h"
+#include "medllm/pipeline/rebuild.h"
 
 namespace medllm::cli {
 
@@ -20,22 +21,33 @@ void add_pipeline_command(CLI::App& app) {
     struct Options {
         ConfigOptions config;
         std::string from, only;
-        bool list     = false;
-        int64_t nproc = 0;
+        bool list         = false;
+        bool print_config = false;
+        int64_t nproc     = 0;
     };
     auto opts = std::make_shared<Options>();
     add_config_options(cmd, opts->config);
     cmd->add_option("--from", opts->from, "Rerun this stage and every stage after it from scratch");
-    cmd->add_option("--only", opts->only, "Rerun just this stage from scratch (the report is always rewritten)");
-    cmd->add_flag("--list", opts->list, "Print the stages of this config and whether each is done, then exit");
+    cmd->add_option("--only", opts->only,
+                    "Rerun just this stage from scratch; what it reads must be done and up to date (the stages after "
+                    "it are rebuilt by the next plain run)");
+    cmd->add_flag("--list", opts->list,
+                  "Print the stages of this config and what a run would do with each (runs, and why; or done), then "
+                  "exit");
+    cmd->add_flag("--print-config", opts->print_config,
+                  "Print every stage's resolved config (defaults included, each value's origin: the file it came "
+                  "from, --set, default, or the pipeline), then exit without running anything");
     cmd->add_option("--nproc", opts->nproc,
                     "Processes per cpt / rpo / eval / build-prefs stage on this node, one per GPU (config key "
                     "launch.nproc; default 1)")
         ->check(CLI::Range(1, 1024));
     cmd->footer("Config keys:\n" + pipeline::describe_pipeline_config() +
                 "\nEach stage writes <run_dir>/<stage>/ (stage.yaml: the config it ran with; stdout.txt; the "
-                "command's own outputs and medllm.log) and <stage>/done when complete; a rerun skips done stages and "
-                "continues an interrupted one. The report is <run_dir>/report/report.{md,json,html}.\n"
+                "command's own outputs and medllm.log) and <stage>/done when complete, recording what it read (its "
+                "config, the outputs of the stages before it, its input files) and what it wrote. A rerun skips a done "
+                "stage unless one of those changed or a stage it reads from runs again, and continues an interrupted "
+                "one; --list says what will run and why. The report is <run_dir>/report/report.{md,json,html}. "
+                "SIGINT/SIGTERM reach the running stage; a stage whose pipeline dies (SIGKILL) gets SIGTERM.\n"
                 "Several GPUs on one node: --nproc N runs each cpt / rpo / eval / build-prefs stage as N ranks "
                 "(torchrun's variables and a free port set by the pipeline; rank 0's stdout in stdout.txt, the "
                 "others' in stdout.rank<R>.txt). The eval and build-prefs stages write what one process writes, in "
@@ -53,23 +65,19 @@ void add_pipeline_command(CLI::App& app) {
         ConfigSource source = opts->config.source();
         if (opts->nproc > 0) source.overrides.push_back("launch.nproc=" + std::to_string(opts->nproc));
         const auto config = pipeline::load_pipeline_config(source, &run.resolved);
-        if (opts->list) {
-            std::string out;
-            const auto stages = pipeline::plan_stages(config);
-            for (size_t i = 0; i < stages.size(); ++i)
-                out += std::to_string(i + 1) + "/" + std::to_string(stages.size()) + " " + stages[i].name + " " +
-                       (std::filesystem::exists(stages[i].dir / "done") ? "done" : "-") + "\n";
-            write_stdout(out);
+        if (opts->print_config) {
+            write_stdout(pipeline::format_stage_configs(config, pipeline::plan_stages(config), run.resolved));
             return;
         }
         run.from = opts->from;
         run.only = opts->only;
         // Stage names are checked before the run folder and its log are created.
+        const auto stages = pipeline::plan_stages(config);
         for (const auto* name : {&run.from, &run.only}) {
             if (name->empty()) continue;
             std::string names;
             bool found = false;
-            for (const auto& s : pipeline::plan_stages(config)) {
+            for (const auto& s : stages) {
                 found = found || s.name == *name;
                 names += (names.empty() ? "" : ", ") + s.name;
             }
@@ -77,6 +85,22 @@ void add_pipeline_command(CLI::App& app) {
                 throw UsageError(std::string(name == &run.from ? "--from " : "--only ") + *name +
                                  ": no such stage in this config (stages: " + names + ")");
         }
+        if (!run.from.empty() && !run.only.empty()) throw UsageError("pipeline: give --from or --only, not both");
+        // What a run would do with each stage, and why (the rebuild rule, include/medllm/pipeline/rebuild.h); --only
+        // is refused here when what the stage reads is not done or out of date.
+        const auto status = pipeline::stage_status(config, stages, run.from, run.only, /*refresh=*/false);
+        if (opts->list) {
+            std::string out;
+            for (size_t i = 0; i < stages.size(); ++i)
+                out += std::to_string(i + 1) + "/" + std::to_string(stages.size()) + " " + stages[i].name + ": " +
+                       (status[i].run ? "runs (" + status[i].reason + ")" : status[i].reason) + "\n";
+            write_stdout(out);
+            return;
+        }
+        // The inputs of the stages that will run, before the run folder and its log are created.
+        std::vector<bool> will_run;
+        for (const auto& st : status) will_run.push_back(st.run);
+        pipeline::check_stage_inputs(stages, will_run);
         start_run(config.run_dir, run.resolved);
         const auto result = pipeline::run_pipeline(config, run);
         spdlog::info("pipeline: {} stages ran, {} skipped; report: {}", result.ran.size(), result.skipped.size(),

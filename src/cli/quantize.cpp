@@ -1,12 +1,7 @@
-// `medllm quantize`: write a bitsandbytes-compatible NF4 checkpoint once, instead of quantizing at every start.
-#include <spdlog/spdlog.h>
-
+// `medllm quantize`: write a bitsandbytes-compatible NF4 checkpoint once, instead of quantizing at every start. The
+// body is quant::run_quantize (include/medllm/quant/quantize_checkpoint.h); this file declares the flags.
 #include "cli/commands.h"
 #include "cli/common.h"
-#include "medllm/core/progress.h"
-#include "medllm/io/safetensors.h"
-#include "medllm/model/checkpoint_check.h"
-#include "medllm/model/config.h"
 #include "medllm/quant/quantize_checkpoint.h"
 
 namespace medllm::cli {
@@ -16,8 +11,7 @@ void add_quantize_command(CLI::App& app) {
                                    "Write a bitsandbytes/transformers-compatible 4-bit NF4 checkpoint (q/k/v/o and MLP "
                                    "projections quantized; embeddings, norms, biases and lm_head kept)");
     struct Options {
-        std::string model, output;
-        quant::QuantizeOptions q;
+        quant::QuantizeConfig config;
         bool no_double_quant = false;
     };
     cmd->footer(
@@ -26,29 +20,22 @@ void add_quantize_command(CLI::App& app) {
         "Rerunning an interrupted quantize with the same input and options (--max-shard-bytes included) keeps "
         "the shards it finished (.model-shards.json in the output directory).");
     auto opts = std::make_shared<Options>();
-    cmd->add_option("--model", opts->model, "HF checkpoint directory (config.json + safetensors)")
+    cmd->add_option("--model", opts->config.model, "HF checkpoint directory (config.json + safetensors)")
         ->required()
         ->check(CLI::ExistingDirectory);
-    cmd->add_option("--output", opts->output, "Output directory")->required();
-    cmd->add_option("--blocksize", opts->q.blocksize, "NF4 block size (power of two, 32 to 4096)")
+    cmd->add_option("--output", opts->config.output, "Output directory")->required();
+    cmd->add_option("--blocksize", opts->config.options.blocksize, "NF4 block size (power of two, 32 to 4096)")
         ->capture_default_str()
         ->check(integer_in(32, 4096));
     cmd->add_flag("--no-double-quant", opts->no_double_quant, "Keep fp32 absmax (no double quantization)");
-    cmd->add_option("--max-shard-bytes", opts->q.max_shard_bytes,
+    cmd->add_option("--max-shard-bytes", opts->config.options.max_shard_bytes,
                     "Largest safetensors shard in bytes (a bigger output is written as model-0000i-of-0000n "
                     "shards plus an index; a rerun resumes shard by shard)")
         ->capture_default_str()
         ->check(integer_in(1));
     cmd->callback([opts] {
-        opts->q.double_quant = !opts->no_double_quant;
-        // The same check info and generate make, before anything is read or written.
-        const auto config = model::Qwen2Config::from_file(opts->model);
-        model::validate_checkpoint(io::CheckpointReader(opts->model), config, opts->model);
-        auto report =
-            quant::quantize_checkpoint(opts->model, opts->output, opts->q, progress_callback("quantize", "tensors"));
-        spdlog::info("wrote {}: {} tensors in NF4, {} kept; {:.2f} GiB -> {:.2f} GiB", opts->output,
-                     report.quantized_tensors, report.kept_tensors, report.bytes_in / double(1ull << 30),
-                     report.bytes_out / double(1ull << 30));
+        opts->config.options.double_quant = !opts->no_double_quant;
+        quant::run_quantize(opts->config);
     });
 }
 

@@ -1,10 +1,14 @@
+// Config files for the commands: YAML/JSON + --set overrides, typed conversion, the resolved table and YAML.
 #include "medllm/core/config.h"
 #include "medllm/core/files.h"
+#include "medllm/core/log.h"
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
@@ -67,6 +71,49 @@ nlohmann::json yaml_to_json(const YAML::Node& node, const std::string& origin) {
     }
 }
 
+// A key written twice in one mapping, or one dotted key written twice in two forms (`lora: {r: 4}` and `lora.r: 8`),
+// would keep only the last value without a word (a second `lora:` section replaces the first one whole): refuse it,
+// naming both lines. Each list item is a mapping of its own.
+void check_duplicate_keys(const YAML::Node& node, const std::string& prefix, std::map<std::string, size_t>& seen,
+                          const std::string& path) {
+    if (node.IsMap()) {
+        for (const auto& kv : node) {
+            const std::string key  = (prefix.empty() ? "" : prefix + ".") + kv.first.Scalar();
+            const size_t line      = static_cast<size_t>(kv.first.Mark().line) + 1;
+            const auto [it, fresh] = seen.emplace(key, line);
+            if (!fresh)
+                throw UsageError("duplicate key '" + key + "' in " + path + " at lines " + std::to_string(it->second) +
+                                 " and " + std::to_string(line) + " (the second would silently replace the first)");
+            check_duplicate_keys(kv.second, key, seen, path);
+        }
+    } else if (node.IsSequence()) {
+        size_t i = 0;
+        for (const auto& item : node) {
+            std::map<std::string, size_t> own;
+            check_duplicate_keys(item, prefix + "[" + std::to_string(i++) + "]", own, path);
+        }
+    }
+}
+
+// JSON's form of the same check (nlohmann's parser keeps the last value too); it reports no line numbers.
+nlohmann::json parse_json_refusing_duplicates(const std::string& text, const std::string& path) {
+    std::vector<std::set<std::string>> open;
+    std::string duplicate;
+    const auto callback = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+        if (event == nlohmann::json::parse_event_t::object_start) open.emplace_back();
+        if (event == nlohmann::json::parse_event_t::object_end && !open.empty()) open.pop_back();
+        if (event == nlohmann::json::parse_event_t::key && !open.empty() &&
+            !open.back().insert(parsed.get<std::string>()).second && duplicate.empty())
+            duplicate = parsed.get<std::string>();
+        return true;
+    };
+    auto root = nlohmann::json::parse(text, callback);
+    if (!duplicate.empty())
+        throw UsageError("duplicate key '" + duplicate + "' in " + path +
+                         " (written twice in one object; the second would silently replace the first)");
+    return root;
+}
+
 void flatten(const nlohmann::json& node, const std::string& prefix, const std::string& origin, FlatDoc& out) {
     if (node.is_object() && !node.empty()) {
         for (const auto& [k, v] : node.items()) flatten(v, prefix.empty() ? k : prefix + "." + k, origin, out);
@@ -76,7 +123,7 @@ void flatten(const nlohmann::json& node, const std::string& prefix, const std::s
     // An override replaces the file's value for that key and anything beneath it.
     for (auto it = out.lower_bound(prefix + "."); it != out.end() && it->first.rfind(prefix + ".", 0) == 0;)
         it = out.erase(it);
-    out[prefix] = FlatValue{node, origin};
+    out[prefix] = FlatValue{node, origin, ""};
 }
 
 std::string type_name(const nlohmann::json& v) {
@@ -107,17 +154,21 @@ FlatDoc load_flat(const ConfigSource& source) {
         nlohmann::json root;
         if (ends_with(source.path, ".json")) {
             try {
-                root = nlohmann::json::parse(buf.str());
+                root = parse_json_refusing_duplicates(buf.str(), source.path);
             } catch (const nlohmann::json::parse_error& e) {
                 throw UsageError("malformed JSON in " + source.path + ": " + e.what());
             }
         } else {
+            YAML::Node node;
             try {
-                root = yaml_to_json(YAML::Load(buf.str()), origin);
+                node = YAML::Load(buf.str());
+                root = yaml_to_json(node, origin);
             } catch (const YAML::Exception& e) {
                 throw UsageError("malformed YAML in " + source.path + " at line " + std::to_string(e.mark.line + 1) +
                                  ": " + e.msg);
             }
+            std::map<std::string, size_t> seen;
+            check_duplicate_keys(node, "", seen, source.path);
         }
         if (!root.is_null() && !root.is_object())
             throw UsageError("config file " + source.path + " must contain a mapping of keys at the top level");
@@ -159,22 +210,6 @@ std::vector<nlohmann::json> list_of_mappings(const std::string& key, const FlatV
     return items;
 }
 
-static size_t edit_distance(const std::string& a, const std::string& b);
-
-void note_ignored_key(const std::string& key, const std::vector<std::string>& strict_sections,
-                      const std::string& where) {
-    // Only a near-miss of an owned section ("dta", "eval_gaurd") is worth a warning: keys of other sections
-    // ("train.seed") are legitimately someone else's.
-    const std::string section = key.substr(0, key.find('.'));
-    for (const auto& s : strict_sections) {
-        if (edit_distance(section, s) <= (s.size() <= 5 ? 1u : 2u)) {
-            spdlog::warn("ignoring key '{}' in {}: not read by this command; did you mean section '{}'?", key, where,
-                         s);
-            return;
-        }
-    }
-}
-
 // Optimal-string-alignment distance: a transposition ("rnak" vs "rank") costs one edit.
 static size_t edit_distance(const std::string& a, const std::string& b) {
     std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
@@ -196,7 +231,7 @@ std::string closest_key(const std::string& key, const std::vector<std::string>& 
     size_t best_d = std::max<size_t>(3, key.size() / 3) + 1;
     for (const auto& c : candidates) {
         size_t dist = edit_distance(key, c);
-        // A key that matches a candidate's last component ("rank" for "lora.rank") is a likely slip too.
+        // A key that matches a candidate's last component ("r" for "lora.r") is a likely slip too.
         auto dot = c.find_last_of('.');
         if (dot != std::string::npos && c.substr(dot + 1) == key) dist = std::min<size_t>(dist, 1);
         if (dist < best_d) {
@@ -205,6 +240,10 @@ std::string closest_key(const std::string& key, const std::vector<std::string>& 
         }
     }
     return best;
+}
+
+std::string file_origin(const std::string& path) {
+    return base_name(path);
 }
 
 std::string render_value(const nlohmann::json& v) {
@@ -352,6 +391,12 @@ void write_resolved_yaml(const std::vector<ResolvedEntry>& schema_order, const s
     write_file_atomic(path, std::string("# Resolved configuration written by medllm; pass it back with --config to "
                                         "repeat the run.\n") +
                                 out.c_str() + "\n");
+}
+
+void start_run(const std::string& output_dir, const std::vector<ResolvedEntry>& resolved) {
+    log_to_file(output_dir);
+    spdlog::info("resolved configuration:\n{}", format_resolved_table(resolved));
+    write_resolved_yaml(resolved, (std::filesystem::path(output_dir) / "config.resolved.yaml").string());
 }
 
 }  // namespace medllm

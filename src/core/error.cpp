@@ -1,3 +1,4 @@
+// The error types every command throws and the exit codes the CLI maps them to.
 #include "medllm/core/error.h"
 
 namespace medllm {

@@ -1,3 +1,4 @@
+// Checked file I/O: atomic writes, resumable JSONL, content hashes, and errors that name the file.
 #include "medllm/core/files.h"
 
 #include <fcntl.h>

@@ -1,3 +1,4 @@
+// Progress lines for long jobs: done/total, rate and ETA, throttled for logs.
 #include "medllm/core/progress.h"
 
 #include <unistd.h>

@@ -1,3 +1,4 @@
+// Resumable per-rank record shards and merging them back into input order.
 #include "medllm/core/shards.h"
 
 #include <spdlog/spdlog.h>

@@ -1,3 +1,4 @@
+// Expanding corpus sources (files, folders, globs) and reading their documents.
 #include "medllm/data/corpus.h"
 
 #include <glob.h>

@@ -1,3 +1,4 @@
+// The CPT corpus settings (data.*, eval_guard.*) and `medllm prepare-corpus`: tokenize once into the token cache.
 #include "medllm/data/corpus_config.h"
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/core/interrupt.h"
 #include "medllm/core/progress.h"
 #include "medllm/eval/igakuqa_data.h"
 
@@ -167,6 +169,16 @@ PrepareResult prepare_corpus(const CorpusConfig& c, bool force_rebuild) {
     r.summary["packing"].update(rows);
     write_file_atomic(cache_dir / "summary.json", dump_json(r.summary, 2) + "\n");
     return r;
+}
+
+void run_prepare_corpus(const CorpusConfig& config, const std::vector<ResolvedEntry>& resolved, bool force_rebuild) {
+    start_run(config.resolved_cache_dir().string(), resolved);
+    // The cache counts only once its manifest is written last, so a stop ends at once and a rerun builds it again.
+    const ResumeOnSignal on_stop("prepare-corpus",
+                                 "the token cache is unfinished (no manifest), so nothing reads it half-built",
+                                 "build it", config.resolved_cache_dir());
+    const auto result = prepare_corpus(config, force_rebuild);
+    write_stdout(dump_json(result.summary, 2) + "\n");
 }
 
 }  // namespace medllm::data

@@ -1,3 +1,4 @@
+// Packing the token cache into training rows, shuffled per epoch and sharded by rank.
 #include "medllm/data/packing.h"
 
 #include <algorithm>
@@ -41,11 +42,22 @@ Packing parse_packing(const std::string& name) {
     if (name == "isolated") return Packing::isolated;
     if (name == "concat") return Packing::concat;
     if (name == "none") return Packing::none;
-    throw UsageError("data.packing must be isolated, concat or none, got '" + name + "'");
+    if (name == "split") return Packing::split;
+    throw UsageError("data.packing must be isolated, split, concat or none, got '" + name + "'");
 }
 
 const char* to_string(Packing p) {
-    return p == Packing::isolated ? "isolated" : p == Packing::concat ? "concat" : "none";
+    switch (p) {
+        case Packing::isolated:
+            return "isolated";
+        case Packing::split:
+            return "split";
+        case Packing::concat:
+            return "concat";
+        case Packing::none:
+            return "none";
+    }
+    return "?";
 }
 
 std::vector<uint8_t> validation_mask(std::size_t n, const SplitOptions& o) {
@@ -108,23 +120,34 @@ PackedDataset::PackedDataset(const TokenCache& cache, PackingOptions o) : cache_
         tokens_   = static_cast<int64_t>(pos);
         num_rows_ = static_cast<int64_t>((pos + L - 1) / L);
     } else {
+        // isolated and none start a new row when a piece does not fit; split fills the row with the piece's head
+        // and continues the document at the start of the next row (a piece of one token would carry no label, so
+        // a row with one free token is closed instead).
+        const bool split = opt.packing == Packing::split;
         row_begin_.push_back(0);
         uint64_t fill = 0;
+        auto new_row  = [&] {
+            row_begin_.push_back(pieces_.size());
+            fill = 0;
+        };
         for (uint32_t d : occ) {
             const uint32_t len = cache.document(d).length;
             tokens_ += len;
             for (uint32_t off = 0; off < len;) {
-                const uint32_t piece = static_cast<uint32_t>(std::min<uint64_t>(len - off, L));
-                if (fill > 0 && (opt.packing == Packing::none || fill + piece > L)) {
-                    row_begin_.push_back(pieces_.size());
-                    fill = 0;
+                uint32_t piece = static_cast<uint32_t>(std::min<uint64_t>(len - off, L));
+                if (split) {
+                    if (L - fill < 2 && piece > 1) new_row();
+                    piece = static_cast<uint32_t>(std::min<uint64_t>(piece, L - fill));
+                } else if (fill > 0 && (opt.packing == Packing::none || fill + piece > L)) {
+                    new_row();
                 }
                 pieces_.push_back({d, off, piece});
                 fill += piece;
                 off += piece;
+                if (split && fill == L) new_row();
             }
         }
-        if (fill > 0) row_begin_.push_back(pieces_.size());
+        if (fill > 0) new_row();
         num_rows_ = static_cast<int64_t>(row_begin_.size()) - 1;
     }
     if (num_rows_ == 0)

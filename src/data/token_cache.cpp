@@ -1,3 +1,4 @@
+// The token cache: builds it from the corpus (guarded, sharded, resumable by identity) and maps it for reading.
 #include "medllm/data/token_cache.h"
 
 #include <fcntl.h>
@@ -137,7 +138,7 @@ std::string stale_reason(const fs::path& dir, const nlohmann::json& identity, st
         }
     }
     try {
-        TokenCache check(dir);  // shards and index present with the recorded sizes
+        TokenCache check(dir);  // shards and index present, of the recorded sizes and checksums
     } catch (const Error& e) {
         return e.what();
     }
@@ -196,12 +197,108 @@ GuardAction parse_guard_action(const std::string& name) {
     throw UsageError("eval_guard.action must be refuse, drop or warn, got '" + name + "'");
 }
 
+const char* to_string(GuardAction a) {
+    return a == GuardAction::refuse ? "refuse" : a == GuardAction::drop ? "drop" : "warn";
+}
+
+std::string tokenizer_hash(const fs::path& dir) {
+    std::string all;
+    for (const char* name : {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "tokenizer_config.json",
+                             "added_tokens.json", "special_tokens_map.json"}) {
+        if (fs::exists(dir / name)) all += std::string(name) + "=" + hash_file(dir / name) + ";";
+    }
+    if (all.empty()) throw UsageError("no tokenizer files in " + dir.string());
+    return hash_bytes(all);
+}
+
+namespace {
+
+std::vector<fs::path> paths_of(const std::vector<CorpusFile>& files) {
+    std::vector<fs::path> p;
+    for (const auto& f : files) p.push_back(f.path);
+    return p;
+}
+
+// The id appended after every document (data.append_eos): data.eos_token's, else the tokenizer's EOS.
+std::optional<text::TokenId> eos_to_append(const text::Tokenizer& tokenizer, const CacheBuildOptions& o) {
+    if (!o.append_eos) return std::nullopt;
+    std::optional<text::TokenId> eos;
+    if (!o.eos_token.empty()) {
+        eos = tokenizer.token_to_id(o.eos_token);
+        if (!eos)
+            throw UsageError("data.eos_token '" + o.eos_token + "' is not a token of " + o.tokenizer_dir.string());
+    } else {
+        eos = tokenizer.eos_id();
+        if (!eos)
+            throw UsageError("data.append_eos: the tokenizer in " + o.tokenizer_dir.string() +
+                             " names no EOS token (no tokenizer_config.json); set data.eos_token, e.g. "
+                             "'<|endoftext|>' for Qwen2.5");
+    }
+    return eos;
+}
+
+// What a cache is the result of (the manifest's identity): tokenizer, settings, guard and corpus files.
+nlohmann::json cache_identity(const CacheBuildOptions& o, const text::Tokenizer& tokenizer,
+                              std::optional<text::TokenId> eos, const std::vector<CorpusFile>& files) {
+    nlohmann::json identity;
+    identity["tokenizer"] = {{"hash", tokenizer_hash(o.tokenizer_dir)},
+                             {"vocab_size", tokenizer.vocab_size()},
+                             {"eos", eos ? nlohmann::json(*eos) : nlohmann::json()}};
+    nlohmann::json src    = nlohmann::json::array();
+    for (const auto& s : o.sources)
+        src.push_back({{"path", s.path}, {"format", s.format}, {"text_field", s.text_field}});
+    identity["settings"] = {{"append_eos", o.append_eos},
+                            {"on_invalid", o.on_invalid == InvalidPolicy::skip ? "skip" : "error"},
+                            {"sources", src}};
+    identity["guard"]    = o.guard ? o.guard_identity : nlohmann::json();
+    if (o.guard) identity["guard"]["action"] = to_string(o.guard_action);
+    identity["files"] = nlohmann::json::array();
+    for (const auto& f : files) identity["files"].push_back(file_entry(f));
+    return identity;
+}
+
+uint64_t total_input_bytes(const nlohmann::json& identity) {
+    uint64_t total = 0;
+    for (const auto& f : identity["files"]) total += f["size"].get<uint64_t>();
+    return total;
+}
+
+// The report of a cache reused as it is: its manifest's stats.
+CacheBuildReport reused_report(const fs::path& cache_dir, CacheBuildReport report,
+                               std::chrono::steady_clock::time_point start) {
+    const auto m       = read_json_file(cache_dir / kManifest);
+    const auto& st     = m["stats"];
+    report.reused      = true;
+    report.documents   = st.value("documents", int64_t(0));
+    report.tokens      = st.value("tokens", int64_t(0));
+    report.characters  = st.value("characters", int64_t(0));
+    report.input_bytes = st.value("input_bytes", uint64_t(0));
+    report.flagged     = st.value("flagged", int64_t(0));
+    report.dropped     = st.value("dropped", int64_t(0));
+    report.skipped     = st.value("skipped", std::map<std::string, int64_t>{});
+    if (fs::exists(cache_dir / kReport)) report.guard_report = cache_dir / kReport;
+    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return report;
+}
+
+// Removes the old cache: manifest first, so nothing half-written ever looks complete.
+void clear_cache(const fs::path& cache_dir) {
+    fs::create_directories(cache_dir);
+    fs::remove(cache_dir / kManifest);
+    for (const auto& e : fs::directory_iterator(cache_dir)) {
+        const auto name = e.path().filename().string();
+        if (name.rfind("tokens-", 0) == 0 && e.path().extension() == ".u32") fs::remove(e.path());
+    }
+    fs::remove(cache_dir / kReport);
+}
+
 // The guard over every `format: lines` file, where each line is a document but a question may be written over
 // several (stem, then one choice per line): the lines are streamed through a LineWindow in blocks, their postings
 // computed in parallel. Returns (file, line) -> hits for the flagged lines; the main pass takes these instead of
 // checking each line alone. Lines are numbered as DocumentReader numbers them (every physical line).
-static std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> guard_line_files(
-    const std::vector<CorpusFile>& files, const ContaminationGuard& guard, int threads) {
+std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> guard_line_files(const std::vector<CorpusFile>& files,
+                                                                                const ContaminationGuard& guard,
+                                                                                int threads) {
     std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> out;
     // Blocks of ~1 MB: the next block's postings (the n-gram lookups, parallel) are computed while this block's
     // lines go through the window (in order, one thread), so the two overlap.
@@ -252,64 +349,215 @@ static std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> guard_line
     return out;
 }
 
-const char* to_string(GuardAction a) {
-    return a == GuardAction::refuse ? "refuse" : a == GuardAction::drop ? "drop" : "warn";
-}
-
-std::string tokenizer_hash(const fs::path& dir) {
-    std::string all;
-    for (const char* name : {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "tokenizer_config.json",
-                             "added_tokens.json", "special_tokens_map.json"}) {
-        if (fs::exists(dir / name)) all += std::string(name) + "=" + hash_file(dir / name) + ";";
+// A rebuild in progress: the shards and the index being written (each file appears under its name only when
+// committed), the guard's findings and the report's counts.
+class CacheBuilder {
+public:
+    CacheBuilder(const fs::path& dir, const CacheBuildOptions& o, const std::vector<CorpusFile>& files,
+                 const nlohmann::json& identity, const text::Tokenizer& tokenizer, std::optional<text::TokenId> eos,
+                 CacheBuildReport& report)
+        : dir_(dir),
+          o_(o),
+          files_(files),
+          identity_(identity),
+          tokenizer_(tokenizer),
+          eos_(eos),
+          report_(report),
+          threads_(thread_count(o.threads)),
+          index_(dir / kIndex) {
+        if (o.guard) {
+            const auto g0 = std::chrono::steady_clock::now();
+            line_hits_    = guard_line_files(files, *o.guard, threads_);
+            report_.guard_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
+        }
+        open_shard();
     }
-    if (all.empty()) throw UsageError("no tokenizer files in " + dir.string());
-    return hash_bytes(all);
-}
+
+    // One batch: the guard's check, then (unless a hit made the build refuse) the kept documents' tokens.
+    void add_batch(std::vector<RawDocument>& batch) {
+        checked_ += static_cast<int64_t>(batch.size());
+        const auto hits = check_guard(batch);
+        const auto keep = screen(batch, hits);
+        if (!refusing_) append(batch, keep, hits);
+    }
+
+    // Writes guard_report.json; after a hit under action refuse writes nothing else and throws UsageError, else
+    // commits the shards, the index and then the manifest.
+    void finish(std::chrono::steady_clock::time_point start) {
+        if (o_.guard) write_guard_report();
+        if (refusing_) refuse();
+        close_shard();
+        index_.commit();
+        write_manifest(start);
+    }
+
+private:
+    std::vector<std::vector<GuardHit>> check_guard(const std::vector<RawDocument>& batch) {
+        std::vector<std::vector<GuardHit>> hits(batch.size());
+        if (!o_.guard) return hits;
+        const auto g0 = std::chrono::steady_clock::now();
+        parallel_for_each(batch.size(), threads_, [&](std::size_t i) {
+            if (files_[batch[i].file].format != "lines") {
+                hits[i] = o_.guard->check(batch[i].text);
+            } else if (auto it = line_hits_.find({batch[i].file, batch[i].line}); it != line_hits_.end()) {
+                hits[i] = it->second;
+            }
+        });
+        report_.guard_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
+        return hits;
+    }
+
+    // Records each flagged document (report, guard_report.json) and returns the indices to keep: all but the ones
+    // the guard drops.
+    std::vector<std::size_t> screen(const std::vector<RawDocument>& batch,
+                                    const std::vector<std::vector<GuardHit>>& hits) {
+        std::vector<std::size_t> keep;
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            if (!hits[i].empty()) {
+                record_hit(batch[i], hits[i]);
+                if (o_.guard_action == GuardAction::refuse) refusing_ = true;
+                if (o_.guard_action == GuardAction::drop) {
+                    ++report_.dropped;
+                    continue;
+                }
+            }
+            keep.push_back(i);
+        }
+        return keep;
+    }
+
+    void record_hit(const RawDocument& doc, const std::vector<GuardHit>& hits) {
+        ++report_.flagged;
+        nlohmann::json matches = nlohmann::json::array();
+        for (const auto& h : hits)
+            matches.push_back({{"problem_id", h.problem_id}, {"overlap", h.overlap}, {"language", h.language}});
+        const auto where = where_of(identity_["files"], doc.file, static_cast<uint32_t>(doc.line));
+        flagged_docs_.push_back({{"file", identity_["files"][doc.file]["path"]},
+                                 {"line", doc.line},
+                                 {"source", files_[doc.file].source},
+                                 {"matches", matches}});
+        if (report_.first_hits.size() < kFirstHits) {
+            char buf[32];
+            std::snprintf(buf, sizeof buf, "%.2f", hits[0].overlap);
+            report_.first_hits.push_back(where + ": " + hits[0].problem_id +
+                                         (hits[0].language == "en" ? " in English" : "") + " (" + buf + ")");
+        }
+    }
+
+    // Tokenizes the kept documents (in parallel) and appends each with its index entry.
+    void append(std::vector<RawDocument>& batch, const std::vector<std::size_t>& keep,
+                const std::vector<std::vector<GuardHit>>& hits) {
+        std::vector<std::string> texts;
+        texts.reserve(keep.size());
+        for (std::size_t i : keep) texts.push_back(std::move(batch[i].text));
+        const auto ids = tokenizer_.encode_batch(texts, false, threads_);
+        for (std::size_t k = 0; k < keep.size(); ++k) {
+            const auto& d      = batch[keep[k]];
+            const uint64_t len = ids[k].size() + (eos_ ? 1 : 0);
+            if (len > UINT32_MAX) throw Error(where_of(identity_["files"], d.file, 0) + ": document too long");
+            if (shard_.tokens > 0 && shard_.tokens + len > o_.shard_tokens) {
+                close_shard();
+                open_shard();
+            }
+            buffer_.assign(ids[k].begin(), ids[k].end());
+            if (eos_) buffer_.push_back(static_cast<uint32_t>(*eos_));
+            DocEntry e;
+            e.offset = shard_.tokens;
+            e.length = static_cast<uint32_t>(len);
+            e.shard  = static_cast<uint16_t>(shards_.size());
+            e.flags  = hits[keep[k]].empty() ? 0 : kDocFlagged;
+            e.file   = d.file;
+            e.line   = static_cast<uint32_t>(std::min<uint64_t>(d.line, UINT32_MAX));
+            if (shards_.size() > UINT16_MAX) throw Error("token cache: more than 65535 shards; raise shard size");
+            shard_.out->write(buffer_.data(), buffer_.size() * sizeof(uint32_t));
+            index_.write(&e, sizeof e);
+            shard_.tokens += len;
+            report_.tokens += static_cast<int64_t>(len);
+            report_.characters += count_code_points(texts[k]);
+            ++report_.documents;
+        }
+    }
+
+    void open_shard() {
+        shard_.out    = std::make_unique<AtomicFileWriter>(dir_ / shard_name(shards_.size()));
+        shard_.tokens = 0;
+    }
+    void close_shard() {
+        shard_.out->commit();
+        const std::string name = shard_name(shards_.size());
+        shards_.push_back({{"file", name}, {"tokens", shard_.tokens}, {"xxh3", hash_file(dir_ / name)}});
+        shard_.out.reset();
+    }
+
+    void write_guard_report() {
+        nlohmann::json r     = {{"guard", identity_["guard"]},
+                                {"documents_checked", checked_},
+                                {"flagged", report_.flagged},
+                                {"dropped", report_.dropped},
+                                {"documents", flagged_docs_}};
+        report_.guard_report = dir_ / kReport;
+        write_file_atomic(report_.guard_report, dump_json(r, 2) + "\n");
+    }
+
+    [[noreturn]] void refuse() {
+        shard_.out.reset();  // removes the temporary; no manifest is written
+        std::string first;
+        for (const auto& h : report_.first_hits) first += (first.empty() ? "" : "; ") + h;
+        throw UsageError("contamination guard: " + std::to_string(report_.flagged) +
+                         " documents contain evaluation questions (" + first +
+                         "); report: " + report_.guard_report.string() +
+                         " (eval_guard.action: drop trains without them, warn keeps them)");
+    }
+
+    void write_manifest(std::chrono::steady_clock::time_point start) {
+        nlohmann::json hashes = nlohmann::json::array();
+        for (const auto& f : files_) hashes.push_back(hash_file(f.path));
+        report_.seconds         = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        nlohmann::json stats    = {{"documents", report_.documents},   {"tokens", report_.tokens},
+                                   {"characters", report_.characters}, {"input_bytes", report_.input_bytes},
+                                   {"flagged", report_.flagged},       {"dropped", report_.dropped},
+                                   {"skipped", report_.skipped},       {"build_seconds", report_.seconds}};
+        nlohmann::json manifest = {
+            {"format", "medllm-token-cache"},
+            {"version", kCacheFormatVersion},
+            {"identity", identity_},
+            {"hashes", hashes},
+            {"shards", shards_},
+            {"index", {{"file", kIndex}, {"documents", report_.documents}, {"xxh3", hash_file(dir_ / kIndex)}}},
+            {"stats", stats}};
+        write_file_atomic(dir_ / kManifest, dump_json(manifest, 1) + "\n");
+    }
+
+    const fs::path dir_;
+    const CacheBuildOptions& o_;
+    const std::vector<CorpusFile>& files_;
+    const nlohmann::json& identity_;
+    const text::Tokenizer& tokenizer_;
+    const std::optional<text::TokenId> eos_;
+    CacheBuildReport& report_;
+    const int threads_;
+    // format: lines files, checked as runs of lines before the main pass: (file, line) -> hits of flagged lines
+    std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> line_hits_;
+    AtomicFileWriter index_;
+    ShardWriter shard_;
+    nlohmann::json shards_       = nlohmann::json::array();
+    nlohmann::json flagged_docs_ = nlohmann::json::array();
+    bool refusing_               = false;  // refuse + a hit: stop tokenizing, keep checking to report every hit
+    int64_t checked_             = 0;
+    std::vector<uint32_t> buffer_;
+};
+
+}  // namespace
 
 CacheBuildReport build_token_cache(const fs::path& cache_dir, const CacheBuildOptions& o) {
     const auto start = std::chrono::steady_clock::now();
     auto files       = expand_sources(o.sources, o.base_dir);
-    check_output_not_input(cache_dir / kManifest, [&] {
-        std::vector<fs::path> p;
-        for (const auto& f : files) p.push_back(f.path);
-        return p;
-    }());
+    check_output_not_input(cache_dir / kManifest, paths_of(files));
     std::unique_ptr<text::Tokenizer> owned;
     if (!o.tokenizer) owned = text::Tokenizer::from_dir(o.tokenizer_dir);
-    const text::Tokenizer* tokenizer = o.tokenizer ? o.tokenizer : owned.get();
-    std::optional<text::TokenId> eos;
-    if (o.append_eos) {
-        if (!o.eos_token.empty()) {
-            eos = tokenizer->token_to_id(o.eos_token);
-            if (!eos)
-                throw UsageError("data.eos_token '" + o.eos_token + "' is not a token of " + o.tokenizer_dir.string());
-        } else {
-            eos = tokenizer->eos_id();
-            if (!eos)
-                throw UsageError("data.append_eos: the tokenizer in " + o.tokenizer_dir.string() +
-                                 " names no EOS token (no tokenizer_config.json); set data.eos_token, e.g. "
-                                 "'<|endoftext|>' for Qwen2.5");
-        }
-    }
-
-    nlohmann::json identity;
-    identity["tokenizer"] = {{"hash", tokenizer_hash(o.tokenizer_dir)},
-                             {"vocab_size", tokenizer->vocab_size()},
-                             {"eos", eos ? nlohmann::json(*eos) : nlohmann::json()}};
-    nlohmann::json src    = nlohmann::json::array();
-    for (const auto& s : o.sources)
-        src.push_back({{"path", s.path}, {"format", s.format}, {"text_field", s.text_field}});
-    identity["settings"] = {{"append_eos", o.append_eos},
-                            {"on_invalid", o.on_invalid == InvalidPolicy::skip ? "skip" : "error"},
-                            {"sources", src}};
-    identity["guard"]    = o.guard ? o.guard_identity : nlohmann::json();
-    if (o.guard) identity["guard"]["action"] = to_string(o.guard_action);
-    identity["files"]    = nlohmann::json::array();
-    uint64_t total_bytes = 0;
-    for (const auto& f : files) {
-        identity["files"].push_back(file_entry(f));
-        total_bytes += identity["files"].back()["size"].get<uint64_t>();
-    }
+    const text::Tokenizer& tokenizer = o.tokenizer ? *o.tokenizer : *owned;
+    const auto eos                   = eos_to_append(tokenizer, o);
+    const auto identity              = cache_identity(o, tokenizer, eos, files);
 
     // One builder at a time per folder; a waiter then finds the finished cache below and reuses it.
     std::optional<TokenCacheLock> lock;
@@ -317,186 +565,33 @@ CacheBuildReport build_token_cache(const fs::path& cache_dir, const CacheBuildOp
 
     CacheBuildReport report;
     report.files = static_cast<int64_t>(files.size());
-    if (!o.force_rebuild) {
+    if (o.force_rebuild) {
+        report.rebuild_reason = "rebuild forced";
+    } else {
         nlohmann::json hashes;
         report.rebuild_reason = stale_reason(cache_dir, identity, files, hashes);
-        if (report.rebuild_reason.empty()) {
-            const auto m       = read_json_file(cache_dir / kManifest);
-            const auto& st     = m["stats"];
-            report.reused      = true;
-            report.documents   = st.value("documents", int64_t(0));
-            report.tokens      = st.value("tokens", int64_t(0));
-            report.characters  = st.value("characters", int64_t(0));
-            report.input_bytes = st.value("input_bytes", uint64_t(0));
-            report.flagged     = st.value("flagged", int64_t(0));
-            report.dropped     = st.value("dropped", int64_t(0));
-            report.skipped     = st.value("skipped", std::map<std::string, int64_t>{});
-            if (fs::exists(cache_dir / kReport)) report.guard_report = cache_dir / kReport;
-            report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-            return report;
-        }
-    } else {
-        report.rebuild_reason = "rebuild forced";
+        if (report.rebuild_reason.empty()) return reused_report(cache_dir, std::move(report), start);
     }
+    clear_cache(cache_dir);
 
-    // From here on the old cache is gone: manifest first, so nothing half-written ever looks complete.
-    fs::create_directories(cache_dir);
-    fs::remove(cache_dir / kManifest);
-    for (const auto& e : fs::directory_iterator(cache_dir)) {
-        const auto name = e.path().filename().string();
-        if (name.rfind("tokens-", 0) == 0 && e.path().extension() == ".u32") fs::remove(e.path());
-    }
-    fs::remove(cache_dir / kReport);
-
-    const int threads = thread_count(o.threads);
-    std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> line_hits;
-    if (o.guard) {
-        const auto g0 = std::chrono::steady_clock::now();
-        line_hits     = guard_line_files(files, *o.guard, threads);
-        report.guard_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
-    }
     DocumentReader reader(files, o.sources, o.on_invalid);
-    AtomicFileWriter index(cache_dir / kIndex);
-    std::vector<ShardWriter> done_shards;
-    ShardWriter shard;
-    nlohmann::json shards = nlohmann::json::array();
-    auto open_shard       = [&] {
-        shard.out    = std::make_unique<AtomicFileWriter>(cache_dir / shard_name(shards.size()));
-        shard.tokens = 0;
-    };
-    auto close_shard = [&] {
-        shard.out->commit();
-        shards.push_back({{"file", shard_name(shards.size())}, {"tokens", shard.tokens}});
-        shard.out.reset();
-    };
-    open_shard();
-
-    nlohmann::json flagged_docs = nlohmann::json::array();
-    bool refusing               = false;  // refuse + a hit: stop tokenizing, keep checking to report every hit
+    CacheBuilder builder(cache_dir, o, files, identity, tokenizer, eos, report);
+    const uint64_t total_bytes = total_input_bytes(identity);
     std::vector<RawDocument> batch, next;
     auto read_next = [&] {
         next.clear();
         return reader.next_batch(next, o.batch_bytes);
     };
-    bool have = read_next();
-    std::vector<uint32_t> buffer;
-    int64_t checked = 0;
-    while (have) {
+    for (bool have = read_next(); have;) {
         std::swap(batch, next);
-        checked += static_cast<int64_t>(batch.size());
         auto pending = std::async(std::launch::async, read_next);  // read ahead while this batch is encoded
-
-        std::vector<std::vector<GuardHit>> hits(batch.size());
-        if (o.guard) {
-            const auto g0 = std::chrono::steady_clock::now();
-            parallel_for_each(batch.size(), threads, [&](std::size_t i) {
-                if (files[batch[i].file].format != "lines") {
-                    hits[i] = o.guard->check(batch[i].text);
-                } else if (auto it = line_hits.find({batch[i].file, batch[i].line}); it != line_hits.end()) {
-                    hits[i] = it->second;
-                }
-            });
-            report.guard_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
-        }
-        std::vector<std::string> texts;
-        std::vector<std::size_t> keep;
-        for (std::size_t i = 0; i < batch.size(); ++i) {
-            if (!hits[i].empty()) {
-                ++report.flagged;
-                nlohmann::json matches = nlohmann::json::array();
-                for (const auto& h : hits[i])
-                    matches.push_back({{"problem_id", h.problem_id}, {"overlap", h.overlap}, {"language", h.language}});
-                const auto where = where_of(identity["files"], batch[i].file, static_cast<uint32_t>(batch[i].line));
-                flagged_docs.push_back({{"file", identity["files"][batch[i].file]["path"]},
-                                        {"line", batch[i].line},
-                                        {"source", files[batch[i].file].source},
-                                        {"matches", matches}});
-                if (report.first_hits.size() < kFirstHits) {
-                    char buf[32];
-                    std::snprintf(buf, sizeof buf, "%.2f", hits[i][0].overlap);
-                    report.first_hits.push_back(where + ": " + hits[i][0].problem_id +
-                                                (hits[i][0].language == "en" ? " in English" : "") + " (" + buf + ")");
-                }
-                if (o.guard_action == GuardAction::refuse) refusing = true;
-                if (o.guard_action == GuardAction::drop) {
-                    ++report.dropped;
-                    continue;
-                }
-            }
-            keep.push_back(i);
-        }
-        if (!refusing) {
-            texts.reserve(keep.size());
-            for (std::size_t i : keep) texts.push_back(std::move(batch[i].text));
-            const auto ids = tokenizer->encode_batch(texts, false, threads);
-            for (std::size_t k = 0; k < keep.size(); ++k) {
-                const auto& d      = batch[keep[k]];
-                const uint64_t len = ids[k].size() + (eos ? 1 : 0);
-                if (len > UINT32_MAX) throw Error(where_of(identity["files"], d.file, 0) + ": document too long");
-                if (shard.tokens > 0 && shard.tokens + len > o.shard_tokens) {
-                    close_shard();
-                    open_shard();
-                }
-                buffer.assign(ids[k].begin(), ids[k].end());
-                if (eos) buffer.push_back(static_cast<uint32_t>(*eos));
-                DocEntry e;
-                e.offset = shard.tokens;
-                e.length = static_cast<uint32_t>(len);
-                e.shard  = static_cast<uint16_t>(shards.size());
-                e.flags  = hits[keep[k]].empty() ? 0 : kDocFlagged;
-                e.file   = d.file;
-                e.line   = static_cast<uint32_t>(std::min<uint64_t>(d.line, UINT32_MAX));
-                if (shards.size() > UINT16_MAX) throw Error("token cache: more than 65535 shards; raise shard size");
-                shard.out->write(buffer.data(), buffer.size() * sizeof(uint32_t));
-                index.write(&e, sizeof e);
-                shard.tokens += len;
-                report.tokens += static_cast<int64_t>(len);
-                report.characters += count_code_points(texts[k]);
-                ++report.documents;
-            }
-        }
+        builder.add_batch(batch);
         if (o.progress) o.progress(reader.bytes_read(), total_bytes);
         have = pending.get();
     }
     report.skipped     = reader.skipped();
     report.input_bytes = reader.bytes_read();
-
-    if (o.guard) {
-        nlohmann::json r    = {{"guard", identity["guard"]},
-                               {"documents_checked", checked},
-                               {"flagged", report.flagged},
-                               {"dropped", report.dropped},
-                               {"documents", flagged_docs}};
-        report.guard_report = cache_dir / kReport;
-        write_file_atomic(report.guard_report, dump_json(r, 2) + "\n");
-    }
-    if (refusing) {
-        shard.out.reset();  // removes the temporary; no manifest is written
-        std::string first;
-        for (const auto& h : report.first_hits) first += (first.empty() ? "" : "; ") + h;
-        throw UsageError("contamination guard: " + std::to_string(report.flagged) +
-                         " documents contain evaluation questions (" + first +
-                         "); report: " + report.guard_report.string() +
-                         " (eval_guard.action: drop trains without them, warn keeps them)");
-    }
-    close_shard();
-    index.commit();
-
-    nlohmann::json hashes = nlohmann::json::array();
-    for (const auto& f : files) hashes.push_back(hash_file(f.path));
-    report.seconds          = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    nlohmann::json stats    = {{"documents", report.documents},   {"tokens", report.tokens},
-                               {"characters", report.characters}, {"input_bytes", report.input_bytes},
-                               {"flagged", report.flagged},       {"dropped", report.dropped},
-                               {"skipped", report.skipped},       {"build_seconds", report.seconds}};
-    nlohmann::json manifest = {{"format", "medllm-token-cache"},
-                               {"version", kCacheFormatVersion},
-                               {"identity", identity},
-                               {"hashes", hashes},
-                               {"shards", shards},
-                               {"index", {{"file", kIndex}, {"documents", report.documents}}},
-                               {"stats", stats}};
-    write_file_atomic(cache_dir / kManifest, dump_json(manifest, 1) + "\n");
+    builder.finish(start);
     return report;
 }
 
@@ -556,6 +651,20 @@ TokenCache::TokenCache(const fs::path& dir) : dir_(dir) {
     } catch (const nlohmann::json::exception& e) {
         throw Error(mpath.string() + ": malformed manifest: " + e.what());
     }
+    // The content must be what the build wrote: every shard and the index hash to the XXH3 the manifest recorded after
+    // writing them, so a changed token (still a valid id, sizes right) is caught. Hashed from the mappings, which
+    // the reads below then find in the page cache (the cost is in docs/cpt.md).
+    auto verify = [&](const nlohmann::json& entry, const Mapping& map) {
+        const std::string file = entry.at("file").get<std::string>(), want = entry.value("xxh3", "");
+        if (want.empty())
+            throw Error(dir.string() + ": token cache built without checksums (by an older medllm); rebuild it " +
+                        "(medllm prepare-corpus, or delete the folder)");
+        if (hash_bytes(std::string_view(static_cast<const char*>(map.data), map.size)) != want)
+            throw Error((dir / file).string() + ": content does not match the manifest's checksum (damaged cache; " +
+                        "rebuild it: medllm prepare-corpus rebuilds a damaged cache)");
+    };
+    for (std::size_t k = 0; k < shards_.size(); ++k) verify(manifest_.at("shards")[k], *shards_[k]);
+    verify(manifest_.at("index"), *index_);
     for (std::size_t i = 0; i < num_docs_; ++i) {
         const auto& d = docs_[i];
         if (d.shard >= shards_.size() || d.offset + d.length > shards_[d.shard]->size / sizeof(uint32_t) ||

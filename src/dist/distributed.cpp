@@ -272,11 +272,39 @@ std::shared_ptr<Distributed> Distributed::create(const Launch& launch, const std
     d->impl_->store = c10::make_intrusive<c10d::PrefixStore>("medllm", tcp);
     auto& store     = *d->impl_->store;
 
-    // Roll-in: every rank announces itself and waits for the others, so a timeout can say who is missing.
-    store.set("arrived/" + std::to_string(launch.rank), "1");
+    // Roll-in: every rank announces itself and waits for the others, so a timeout can say who is missing. Ranks
+    // launched with different world sizes would wait for ranks that never come (or start a group of the wrong size):
+    // each rank compares its world size with rank 0's, and one that differs leaves a note every rank reports.
+    // A rank other than 0 announces itself only once it has seen rank 0's world size and found it equal to its own.
+    const std::string mine = std::to_string(launch.world_size);
+    if (launch.rank == 0) {
+        store.set("world_size", mine);
+        store.set("arrived/0", mine);
+    }
     const auto start = std::chrono::steady_clock::now(), deadline = start + launch.timeout;
     auto next_note = start + std::chrono::seconds(30);
+    auto read      = [&](const std::string& key) {
+        const auto v = store.get(key);
+        return std::string(v.begin(), v.end());
+    };
+    auto disagreement = [&](const std::string& note) {
+        return "rendezvous at " + at + ": " + note +
+               " (every process needs the same --world-size / WORLD_SIZE / SLURM_NTASKS)";
+    };
+    bool announced = launch.rank == 0;
     for (;;) {
+        if (!announced && store.check({"world_size"})) {
+            const std::string theirs = read("world_size");
+            if (theirs != mine) {
+                const std::string note = "rank " + std::to_string(launch.rank) + " was launched with world size " +
+                                         mine + ", rank 0 with " + theirs;
+                store.set("disagree", note);
+                throw Error(disagreement(note));
+            }
+            store.set("arrived/" + std::to_string(launch.rank), mine);
+            announced = true;
+        }
+        if (store.check({"disagree"})) throw Error(disagreement(read("disagree")));
         std::vector<int64_t> missing;
         for (int64_t r = 0; r < launch.world_size; ++r)
             if (!store.check({"arrived/" + std::to_string(r)})) missing.push_back(r);

@@ -1,3 +1,4 @@
+// Normalising and extracting IgakuQA answers (letters, numbers, option text) from model output.
 #include "medllm/eval/igakuqa_answer.h"
 
 #include <utf8proc.h>

@@ -1,3 +1,4 @@
+// Reading IgakuQA questions, metadata and few-shot examples, and selecting years.
 #include "medllm/eval/igakuqa_data.h"
 
 #include <spdlog/spdlog.h>
@@ -356,6 +357,15 @@ std::vector<FewShotExample> load_few_shot_examples(const fs::path& prompt_file) 
         examples.push_back(std::move(ex));
     }
     return examples;
+}
+
+std::vector<Question> first_questions_per_section(std::vector<Question> questions, int64_t limit) {
+    if (limit <= 0) return questions;
+    std::map<std::pair<int, char>, int64_t> taken;
+    std::vector<Question> kept;
+    for (auto& q : questions)
+        if (taken[{q.year, q.section}]++ < limit) kept.push_back(std::move(q));
+    return kept;
 }
 
 }  // namespace medllm::eval

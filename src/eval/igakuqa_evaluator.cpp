@@ -1,3 +1,4 @@
+// The IgakuQA evaluation loop: prompts, batched resumable completions, extraction, scoring.
 #include "medllm/eval/igakuqa_evaluator.h"
 
 #include <spdlog/spdlog.h>

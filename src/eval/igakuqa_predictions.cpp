@@ -1,3 +1,4 @@
+// Reading predictions made elsewhere and writing the evaluator's predictions.jsonl.
 #include "medllm/eval/igakuqa_predictions.h"
 
 #include <algorithm>

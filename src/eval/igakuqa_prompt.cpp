@@ -1,3 +1,4 @@
+// Rendering the IgakuQA 3-shot prompt in both modes, as text or chat.
 #include "medllm/eval/igakuqa_prompt.h"
 
 #include "medllm/core/error.h"

@@ -1,3 +1,4 @@
+// Writing an IgakuQA evaluation's report.json and report.md (the paper's table, pass/fail per year).
 #include "medllm/eval/igakuqa_report.h"
 
 #include <cstdio>

@@ -1,3 +1,4 @@
+// The official IgakuQA scoring rule and the MHLW pass criteria.
 #include "medllm/eval/igakuqa_scoring.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// Zero-shot MCQA tasks (eval mcqa, Table 3): task definitions and dataset loaders.
 #include "medllm/eval/mcqa_data.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// `eval mcqa`'s scoring: option log-likelihood and generated answers, the resumable per-task loop, the reports.
 #include "medllm/eval/mcqa_evaluator.h"
 
 #include <algorithm>
@@ -227,58 +228,112 @@ int64_t saved_order(const nlohmann::json& r, size_t questions) {
     return m * n + i;
 }
 
-}  // namespace
+// One task's evaluation: its predictions file (resumed), the records saved so far and the prompts sent.
+class McqaTaskRun {
+public:
+    McqaTaskRun(const McqaTask& task, const McqaDataset& data, McqaBackend& backend, const McqaOptions& options,
+                size_t count)
+        : task_(task),
+          qs_(data.questions),
+          backend_(backend),
+          options_(options),
+          count_(count),
+          batch_(static_cast<size_t>(options.batch_size)),
+          path_(options.output_dir / "predictions" / (task.name + ".jsonl")),
+          store_(path_, mcqa_run_identity(backend, task, data, options), options.overwrite, kHint, options.place,
+                 saved_key, [n = qs_.size()](const nlohmann::json& r) { return saved_order(r, n); }) {
+        for (size_t k = 0; k < store_.existing().size(); ++k) keep(store_.existing()[k], store_.existing_where()[k]);
+        for (size_t i = 0; i < count_; ++i) prompts_.push_back(format_mcqa_prompt(task_, qs_[i], options_.format));
+    }
 
-McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data, McqaBackend& backend,
-                                  const McqaOptions& options) {
-    if (options.batch_size < 1) throw UsageError("--batch-size must be at least 1");
-    const auto& qs = data.questions;
-    McqaTaskResult result;
-    result.task       = task.name;
-    result.definition = task.to_json();
-    for (const auto& f : data.files) result.data_files.push_back(f.string());
-    // --limit: the first `count` questions; records are per question index, so a later run with a larger limit (or
-    // none) resumes these.
-    const size_t count = options.limit > 0 ? std::min(qs.size(), static_cast<size_t>(options.limit)) : qs.size();
-    result.questions   = static_cast<int64_t>(count);
-    result.skipped     = data.skipped;
+    // Scores this rank's share of the questions without a saved log-likelihood record, a batch at a time.
+    void score_loglik() {
+        const std::vector<size_t> todo = share("loglik", "score");
+        ProgressLog progress("mcqa " + task_.name + " loglik", static_cast<int64_t>(todo.size()), "questions");
+        for (size_t begin = 0; begin < todo.size(); begin += batch_) {
+            const size_t end = std::min(todo.size(), begin + batch_);
+            loglik_batch(todo, begin, end);
+            progress.update(static_cast<int64_t>(end));
+        }
+    }
 
-    const fs::path path = options.output_dir / "predictions" / (task.name + ".jsonl");
-    const std::string hint =
+    // Generates the answers of this rank's share of the questions without a saved generated record.
+    void generate() {
+        const std::vector<size_t> todo = share("generate", "generate");
+        GenerationParams params;
+        params.max_new_tokens = static_cast<int>(task_.max_new_tokens);
+        if (options_.format == PromptFormat::base) params.stop = {"\n\n"};
+        ProgressLog progress("mcqa " + task_.name + " generate", static_cast<int64_t>(todo.size()), "questions");
+        for (size_t begin = 0; begin < todo.size(); begin += batch_) {
+            const size_t end = std::min(todo.size(), begin + batch_);
+            generate_batch(todo, begin, end, params);
+            progress.update(static_cast<int64_t>(end));
+        }
+    }
+
+    // In a group, rank 0 gathers the other ranks' records. False on the other ranks (they are done).
+    bool finish() {
+        for (const auto& r : store_.finish()) keep(r, store_.merged_path().string());
+        return options_.place.is_main();
+    }
+
+    // Scores from the records (fresh or resumed alike), so a resumed run reports what a fresh one would.
+    void tally(McqaTaskResult& result, bool do_loglik, bool do_generate) const {
+        std::map<std::string, std::array<McqaMetrics, 4>> by_subject;
+        for (size_t i = 0; i < count_; ++i) {
+            auto& sub = by_subject[qs_[i].subject];
+            if (do_loglik) {
+                const auto& r   = record_of(i, "loglik");
+                const bool hit  = r["pred"].get<int>() == qs_[i].answer;
+                const bool hitn = r["pred_norm"].get<int>() == qs_[i].answer;
+                // Per-token normalization from the saved log-likelihoods and token counts (records written before
+                // it was reported have both).
+                const auto by_tokens = choose_by_loglik(r["logprobs"].get<std::vector<double>>(),
+                                                        r["choices"].get<std::vector<std::string>>(),
+                                                        r["tokens"].get<std::vector<int64_t>>());
+                const bool hitt      = by_tokens.pred_norm_tokens == qs_[i].answer;
+                for (auto* m : {&result.acc, &sub[0]}) m->n++, m->correct += hit;
+                for (auto* m : {&result.acc_norm, &sub[1]}) m->n++, m->correct += hitn;
+                for (auto* m : {&result.acc_norm_tokens, &sub[3]}) m->n++, m->correct += hitt;
+            }
+            if (do_generate) {
+                const auto& r  = record_of(i, "generate");
+                const int pred = r["pred"].get<int>();
+                for (auto* m : {&result.generate, &sub[2]}) m->n++, m->correct += pred == qs_[i].answer;
+                result.generate_unparsed += pred < 0;
+            }
+        }
+        if (by_subject.size() > 1 || (by_subject.size() == 1 && !by_subject.begin()->first.empty()))
+            for (auto& [name, m] : by_subject) result.subjects.push_back({name, m});
+    }
+
+private:
+    static constexpr const char* kHint =
         "pass --overwrite to start over, or choose another --output (predictions of another run are never mixed)";
-    ShardedRecords store(path, mcqa_run_identity(backend, task, data, options), options.overwrite, hint, options.place,
-                         saved_key, [n = qs.size()](const nlohmann::json& r) { return saved_order(r, n); });
-    const ShardPlace& place = options.place;
-    std::map<std::string, Saved> saved;
-    auto keep = [&](const nlohmann::json& r, const std::string& at) {
+
+    void keep(const nlohmann::json& r, const std::string& at) {
         if (!r.contains("index") || !r["index"].is_number_unsigned() || !r.contains("mode") || !r["mode"].is_string())
-            throw Error(at + ": record without 'index' and 'mode'; " + hint);
+            throw Error(at + ": record without 'index' and 'mode'; " + kHint);
         const size_t index = r["index"].get<size_t>();
-        if (index >= qs.size() || r.value("id", "") != qs[index].id)
-            throw Error(at + ": record for a question this data does not have at that index; " + hint);
-        saved[record_key(index, r["mode"].get<std::string>())] = Saved{r, at};
-    };
-    for (size_t k = 0; k < store.existing().size(); ++k) keep(store.existing()[k], store.existing_where()[k]);
+        if (index >= qs_.size() || r.value("id", "") != qs_[index].id)
+            throw Error(at + ": record for a question this data does not have at that index; " + kHint);
+        saved_[record_key(index, r["mode"].get<std::string>())] = Saved{r, at};
+    }
 
-    std::vector<std::string> prompts;
-    for (size_t i = 0; i < count; ++i) prompts.push_back(format_mcqa_prompt(task, qs[i], options.format));
-    auto check_saved = [&](const Saved& s, size_t i) {
-        if (s.record.value("prompt", "") != prompts[i])
-            throw Error(s.where + ": question " + qs[i].id + ": its saved prompt is not the one this run sends; " +
-                        hint);
-    };
-
-    const bool do_loglik   = options.scoring != McqaScoring::generate;
-    const bool do_generate = options.scoring != McqaScoring::loglik;
-    const size_t batch     = static_cast<size_t>(options.batch_size);
+    void check_saved(const Saved& s, size_t i) const {
+        if (s.record.value("prompt", "") != prompts_[i])
+            throw Error(s.where + ": question " + qs_[i].id + ": its saved prompt is not the one this run sends; " +
+                        kHint);
+    }
 
     // The questions of `mode` this rank runs: every rank computes the same list of unsaved ones (from the same
     // merged file) and takes every R-th of it.
-    auto share = [&](const std::string& mode, const char* verb) {
+    std::vector<size_t> share(const std::string& mode, const char* verb) const {
+        const ShardPlace& place = options_.place;
         std::vector<size_t> todo;
-        for (size_t i = 0; i < count; ++i) {
-            auto it = saved.find(record_key(i, mode));
-            if (it == saved.end())
+        for (size_t i = 0; i < count_; ++i) {
+            auto it = saved_.find(record_key(i, mode));
+            if (it == saved_.end())
                 todo.push_back(i);
             else
                 check_saved(it->second, i);
@@ -287,147 +342,138 @@ McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data,
         for (size_t k = 0; k < todo.size(); ++k)
             if (place.owns(k)) mine.push_back(todo[k]);
         if (place.sharded())
-            spdlog::info("mcqa {} {}: {} questions, {} saved, {} to {}, {} on rank {} of {}", task.name, mode, count,
-                         count - todo.size(), todo.size(), verb, mine.size(), place.rank, place.world_size);
+            spdlog::info("mcqa {} {}: {} questions, {} saved, {} to {}, {} on rank {} of {}", task_.name, mode, count_,
+                         count_ - todo.size(), todo.size(), verb, mine.size(), place.rank, place.world_size);
         else
-            spdlog::info("mcqa {} {}: {} questions, {} saved, {} to {}", task.name, mode, count, count - todo.size(),
+            spdlog::info("mcqa {} {}: {} questions, {} saved, {} to {}", task_.name, mode, count_, count_ - todo.size(),
                          todo.size(), verb);
         return mine;
-    };
-
-    if (do_loglik) {
-        const std::vector<size_t> todo = share("loglik", "score");
-        ProgressLog progress("mcqa " + task.name + " loglik", static_cast<int64_t>(todo.size()), "questions");
-        for (size_t begin = 0; begin < todo.size(); begin += batch) {
-            const size_t end = std::min(todo.size(), begin + batch);
-            std::vector<LoglikRequest> requests;
-            std::vector<const McqaQuestion*> batch_questions;
-            for (size_t k = begin; k < end; ++k) {
-                const auto& q = qs[todo[k]];
-                LoglikRequest r;
-                r.context = prompts[todo[k]];
-                for (size_t o = 0; o < q.options.size(); ++o)
-                    r.continuations.push_back(mcqa_continuation(task, q, o, options.format));
-                requests.push_back(std::move(r));
-                batch_questions.push_back(&q);
-            }
-            const auto scores =
-                per_question_errors<std::vector<ContinuationScore>>(batch_questions, [&](size_t from, size_t to) {
-                    return backend.loglikelihood(
-                        std::vector<LoglikRequest>(requests.begin() + static_cast<std::ptrdiff_t>(from),
-                                                   requests.begin() + static_cast<std::ptrdiff_t>(to)));
-                });
-            if (scores.size() != requests.size()) throw Error("backend returned the wrong number of score lists");
-            for (size_t k = begin; k < end; ++k) {
-                const size_t i = todo[k];
-                const auto& q  = qs[i];
-                const auto& s  = scores[k - begin];
-                if (s.size() != q.options.size()) throw Error("backend returned the wrong number of option scores");
-                std::vector<double> lls;
-                std::vector<int64_t> tokens;
-                std::vector<bool> greedy;
-                std::vector<std::string> choices;
-                for (size_t o = 0; o < s.size(); ++o) {
-                    lls.push_back(s[o].logprob);
-                    tokens.push_back(s[o].tokens);
-                    greedy.push_back(s[o].greedy);
-                    choices.push_back(mcqa_choice_text(task, q, o));
-                }
-                const auto c = choose_by_loglik(lls, choices, tokens);
-                nlohmann::json rec{{"index", i},
-                                   {"id", q.id},
-                                   {"mode", "loglik"},
-                                   {"source", q.source},
-                                   {"subject", q.subject},
-                                   {"prompt", prompts[i]},
-                                   {"choices", choices},
-                                   {"gold", q.answer},
-                                   {"logprobs", lls},
-                                   {"tokens", tokens},
-                                   {"greedy", greedy},
-                                   {"pred", c.pred},
-                                   {"pred_norm", c.pred_norm},
-                                   {"pred_norm_tokens", c.pred_norm_tokens}};
-                store.append(rec);
-                saved[record_key(i, "loglik")] = Saved{rec, store.own_path().string()};
-            }
-            progress.update(static_cast<int64_t>(end));
-        }
     }
-    if (do_generate) {
-        const std::vector<size_t> todo = share("generate", "generate");
-        GenerationParams params;
-        params.max_new_tokens = static_cast<int>(task.max_new_tokens);
-        if (options.format == PromptFormat::base) params.stop = {"\n\n"};
-        ProgressLog progress("mcqa " + task.name + " generate", static_cast<int64_t>(todo.size()), "questions");
-        for (size_t begin = 0; begin < todo.size(); begin += batch) {
-            const size_t end = std::min(todo.size(), begin + batch);
-            std::vector<std::string> batch_prompts;
-            std::vector<const McqaQuestion*> batch_questions;
-            for (size_t k = begin; k < end; ++k) {
-                batch_prompts.push_back(prompts[todo[k]]);
-                batch_questions.push_back(&qs[todo[k]]);
-            }
-            const auto outputs = per_question_errors<std::string>(batch_questions, [&](size_t from, size_t to) {
-                return backend.complete(
-                    std::vector<std::string>(batch_prompts.begin() + static_cast<std::ptrdiff_t>(from),
-                                             batch_prompts.begin() + static_cast<std::ptrdiff_t>(to)),
-                    params);
+
+    void loglik_batch(const std::vector<size_t>& todo, size_t begin, size_t end) {
+        std::vector<LoglikRequest> requests;
+        std::vector<const McqaQuestion*> batch_questions;
+        for (size_t k = begin; k < end; ++k) {
+            const auto& q = qs_[todo[k]];
+            LoglikRequest r;
+            r.context = prompts_[todo[k]];
+            for (size_t o = 0; o < q.options.size(); ++o)
+                r.continuations.push_back(mcqa_continuation(task_, q, o, options_.format));
+            requests.push_back(std::move(r));
+            batch_questions.push_back(&q);
+        }
+        const auto scores =
+            per_question_errors<std::vector<ContinuationScore>>(batch_questions, [&](size_t from, size_t to) {
+                return backend_.loglikelihood(
+                    std::vector<LoglikRequest>(requests.begin() + static_cast<std::ptrdiff_t>(from),
+                                               requests.begin() + static_cast<std::ptrdiff_t>(to)));
             });
-            if (outputs.size() != batch_prompts.size()) throw Error("backend returned the wrong number of completions");
-            for (size_t k = begin; k < end; ++k) {
-                const size_t i = todo[k];
-                const auto& q  = qs[i];
-                const int pred = generated_choice(task, q, outputs[k - begin]);
-                nlohmann::json rec{{"index", i},           {"id", q.id},
-                                   {"mode", "generate"},   {"source", q.source},
-                                   {"subject", q.subject}, {"prompt", prompts[i]},
-                                   {"gold", q.answer},     {"raw_output", outputs[k - begin]},
-                                   {"pred", pred}};
-                store.append(rec);
-                saved[record_key(i, "generate")] = Saved{rec, store.own_path().string()};
-            }
-            progress.update(static_cast<int64_t>(end));
+        if (scores.size() != requests.size()) throw Error("backend returned the wrong number of score lists");
+        for (size_t k = begin; k < end; ++k) save_loglik(todo[k], scores[k - begin]);
+    }
+
+    void save_loglik(size_t i, const std::vector<ContinuationScore>& s) {
+        const auto& q = qs_[i];
+        if (s.size() != q.options.size()) throw Error("backend returned the wrong number of option scores");
+        std::vector<double> lls;
+        std::vector<int64_t> tokens;
+        std::vector<bool> greedy;
+        std::vector<std::string> choices;
+        for (size_t o = 0; o < s.size(); ++o) {
+            lls.push_back(s[o].logprob);
+            tokens.push_back(s[o].tokens);
+            greedy.push_back(s[o].greedy);
+            choices.push_back(mcqa_choice_text(task_, q, o));
+        }
+        const auto c = choose_by_loglik(lls, choices, tokens);
+        nlohmann::json rec{{"index", i},
+                           {"id", q.id},
+                           {"mode", "loglik"},
+                           {"source", q.source},
+                           {"subject", q.subject},
+                           {"prompt", prompts_[i]},
+                           {"choices", choices},
+                           {"gold", q.answer},
+                           {"logprobs", lls},
+                           {"tokens", tokens},
+                           {"greedy", greedy},
+                           {"pred", c.pred},
+                           {"pred_norm", c.pred_norm},
+                           {"pred_norm_tokens", c.pred_norm_tokens}};
+        store_.append(rec);
+        saved_[record_key(i, "loglik")] = Saved{rec, store_.own_path().string()};
+    }
+
+    void generate_batch(const std::vector<size_t>& todo, size_t begin, size_t end, const GenerationParams& params) {
+        std::vector<std::string> batch_prompts;
+        std::vector<const McqaQuestion*> batch_questions;
+        for (size_t k = begin; k < end; ++k) {
+            batch_prompts.push_back(prompts_[todo[k]]);
+            batch_questions.push_back(&qs_[todo[k]]);
+        }
+        const auto outputs = per_question_errors<std::string>(batch_questions, [&](size_t from, size_t to) {
+            return backend_.complete(std::vector<std::string>(batch_prompts.begin() + static_cast<std::ptrdiff_t>(from),
+                                                              batch_prompts.begin() + static_cast<std::ptrdiff_t>(to)),
+                                     params);
+        });
+        if (outputs.size() != batch_prompts.size()) throw Error("backend returned the wrong number of completions");
+        for (size_t k = begin; k < end; ++k) {
+            const size_t i = todo[k];
+            const auto& q  = qs_[i];
+            const int pred = generated_choice(task_, q, outputs[k - begin]);
+            nlohmann::json rec{{"index", i},           {"id", q.id},
+                               {"mode", "generate"},   {"source", q.source},
+                               {"subject", q.subject}, {"prompt", prompts_[i]},
+                               {"gold", q.answer},     {"raw_output", outputs[k - begin]},
+                               {"pred", pred}};
+            store_.append(rec);
+            saved_[record_key(i, "generate")] = Saved{rec, store_.own_path().string()};
         }
     }
-    // In a group, rank 0 gathers the other ranks' records; the others are done (their result has no scores).
-    for (const auto& r : store.finish()) keep(r, store.merged_path().string());
-    if (!place.is_main()) return result;
 
-    auto record_of = [&](size_t i, const std::string& mode) -> const nlohmann::json& {
-        const auto it = saved.find(record_key(i, mode));
-        if (it == saved.end())
-            throw Error(path.string() + ": no " + mode + " record for question " + qs[i].id +
+    const nlohmann::json& record_of(size_t i, const std::string& mode) const {
+        const auto it = saved_.find(record_key(i, mode));
+        if (it == saved_.end())
+            throw Error(path_.string() + ": no " + mode + " record for question " + qs_[i].id +
                         " after every rank finished");
         return it->second.record;
-    };
-    // Scores from the records (fresh or resumed alike), so a resumed run reports what a fresh one would.
-    std::map<std::string, std::array<McqaMetrics, 4>> by_subject;
-    for (size_t i = 0; i < count; ++i) {
-        auto& sub = by_subject[qs[i].subject];
-        if (do_loglik) {
-            const auto& r   = record_of(i, "loglik");
-            const bool hit  = r["pred"].get<int>() == qs[i].answer;
-            const bool hitn = r["pred_norm"].get<int>() == qs[i].answer;
-            // Per-token normalization from the saved log-likelihoods and token counts (records written before it
-            // was reported have both).
-            const auto by_tokens =
-                choose_by_loglik(r["logprobs"].get<std::vector<double>>(), r["choices"].get<std::vector<std::string>>(),
-                                 r["tokens"].get<std::vector<int64_t>>());
-            const bool hitt = by_tokens.pred_norm_tokens == qs[i].answer;
-            for (auto* m : {&result.acc, &sub[0]}) m->n++, m->correct += hit;
-            for (auto* m : {&result.acc_norm, &sub[1]}) m->n++, m->correct += hitn;
-            for (auto* m : {&result.acc_norm_tokens, &sub[3]}) m->n++, m->correct += hitt;
-        }
-        if (do_generate) {
-            const auto& r  = record_of(i, "generate");
-            const int pred = r["pred"].get<int>();
-            for (auto* m : {&result.generate, &sub[2]}) m->n++, m->correct += pred == qs[i].answer;
-            result.generate_unparsed += pred < 0;
-        }
     }
-    if (by_subject.size() > 1 || (by_subject.size() == 1 && !by_subject.begin()->first.empty()))
-        for (auto& [name, m] : by_subject) result.subjects.push_back({name, m});
+
+    const McqaTask& task_;
+    const std::vector<McqaQuestion>& qs_;
+    McqaBackend& backend_;
+    const McqaOptions& options_;
+    const size_t count_;  // the questions evaluated (--limit)
+    const size_t batch_;
+    const fs::path path_;
+    ShardedRecords store_;
+    std::map<std::string, Saved> saved_;  // by record_key
+    std::vector<std::string> prompts_;
+};
+
+}  // namespace
+
+McqaTaskResult evaluate_mcqa_task(const McqaTask& task, const McqaDataset& data, McqaBackend& backend,
+                                  const McqaOptions& options) {
+    if (options.batch_size < 1) throw UsageError("--batch-size must be at least 1");
+    McqaTaskResult result;
+    result.task       = task.name;
+    result.definition = task.to_json();
+    for (const auto& f : data.files) result.data_files.push_back(f.string());
+    // --limit: the first `count` questions; records are per question index, so a later run with a larger limit (or
+    // none) resumes these.
+    const auto& qs     = data.questions;
+    const size_t count = options.limit > 0 ? std::min(qs.size(), static_cast<size_t>(options.limit)) : qs.size();
+    result.questions   = static_cast<int64_t>(count);
+    result.skipped     = data.skipped;
+
+    const bool do_loglik   = options.scoring != McqaScoring::generate;
+    const bool do_generate = options.scoring != McqaScoring::loglik;
+    McqaTaskRun run(task, data, backend, options, count);
+    if (do_loglik) run.score_loglik();
+    if (do_generate) run.generate();
+    if (!run.finish()) return result;  // a rank other than 0: its result has no scores
+    run.tally(result, do_loglik, do_generate);
     return result;
 }
 

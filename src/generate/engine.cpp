@@ -1,23 +1,33 @@
+// Generator: the scheduler that runs prompts x samples through RaggedForward with continuous batching, prefix
+// caching and per-sequence random streams (engine.h).
 #include "medllm/generate/engine.h"
 
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <deque>
 #include <new>
 #include <set>
+#include <unordered_set>
 
 #include <torch/torch.h>
 
 #include "medllm/core/error.h"
+#include "medllm/generate/ragged_forward.h"
 #include "medllm/generate/stop.h"
 
 namespace medllm::generate {
 namespace {
 
-// Padded prompt tokens prefilled in one forward at most (bounds activation memory; at least one prompt).
-constexpr int64_t kPrefillTokenBudget = 32768;
+// Prompt tokens prefilled in one forward at most (at least one chunk): large enough for efficient matrix
+// products, small enough to bound activation memory and to keep decoding rows moving between prefills.
+constexpr int64_t kStepPrefillTokens = 1024;
+// Default bound of the prefix cache: a few hundred prompts' worth of shared few-shot examples at the 0.5B-7B
+// shapes (about 25-60 KiB per token in fp32 / bf16), small next to the weights.
+constexpr double kDefaultPrefixCacheBytes = double(int64_t{1} << 30);
 
 // Upper bounds of the options: far above real use, low enough that a typo is refused before anything is allocated.
 // The n samples of a prompt decode together (their KV caches held at once), best-of-n and preference sampling use
@@ -35,12 +45,6 @@ std::string gib_text(double bytes) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.1f", gib(bytes));
     return buf;
-}
-
-// Bytes of the KV cache of `rows` sequences of `tokens` positions.
-double kv_cache_bytes(const model::Qwen2Config& cfg, int64_t rows, int64_t tokens, at::ScalarType dtype) {
-    return double(rows) * double(tokens) * double(cfg.num_hidden_layers) * 2.0 * double(cfg.num_key_value_heads) *
-           double(cfg.head_dim) * double(c10::elementSize(dtype));
 }
 
 // Physical memory of this machine, 0 when unknown.
@@ -68,46 +72,11 @@ double seconds_since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-struct Sequence {
-    explicit Sequence(SequenceRng sequence_rng) : rng(std::move(sequence_rng)) {}
-    Completion out;
-    std::optional<text::StreamDecoder> decoder;
-    std::optional<StopStringMatcher> matcher;
-    SequenceRng rng;
-    int64_t budget = 0;  // max new tokens for this sequence (options, cut by the context)
-    bool done      = false;
-};
-
-// Rows decoding together. Every row's real tokens are right-aligned in the cache: row r has pad[r] leading padding
-// columns, so the attention mask and the positions follow from `pad` alone.
-struct Batch {
-    explicit Batch(int64_t layers) : cache(layers) {}
-    model::KVCache cache;
-    std::vector<std::size_t> seqs;  // sequence index of each row
-    std::vector<int64_t> pad;
-    std::vector<int64_t> last;  // token each row feeds next
-    at::Tensor seen;            // [rows, V] bool, tokens for the repetition penalty (undefined when off)
-    int64_t rows() const { return static_cast<int64_t>(seqs.size()); }
-    bool padded() const {
-        return std::any_of(pad.begin(), pad.end(), [](int64_t p) { return p > 0; });
-    }
-};
-
-at::Tensor long_tensor(const std::vector<int64_t>& values, at::Device device) {
-    return at::tensor(values, at::kLong).to(device);
-}
-
-// mask [rows, length] = 1 from column pad[r] on.
-at::Tensor mask_from_pad(const std::vector<int64_t>& pad, int64_t length, at::Device device) {
-    auto cols = at::arange(length, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
-    return (cols >= long_tensor(pad, device).unsqueeze(1)).to(at::kLong);
-}
-
-// The cache's current [rows, nkv, length, hd] views of one layer (appending nothing).
-std::pair<at::Tensor, at::Tensor> cache_views(model::KVCache& cache, int64_t layer, int64_t rows,
-                                              const model::Qwen2Config& cfg, at::TensorOptions options) {
-    auto none = at::empty({rows, cfg.num_key_value_heads, 0, cfg.head_dim}, options);
-    return cache.append(layer, none, none);
+// CPU time of this process, all threads (GenerationStats' *_cpu_seconds).
+double process_cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
 
 }  // namespace
@@ -142,8 +111,21 @@ void GenerateOptions::validate() const {
 
 Generator::Generator(std::shared_ptr<model::Qwen2ForCausalLM> model, std::shared_ptr<const text::Tokenizer> tokenizer,
                      std::vector<int64_t> eos_token_ids)
-    : model_(std::move(model)), tokenizer_(std::move(tokenizer)), eos_(std::move(eos_token_ids)) {
+    : model_(std::move(model)),
+      tokenizer_(std::move(tokenizer)),
+      eos_(std::move(eos_token_ids)),
+      prefix_cache_(std::make_unique<PrefixCache>(kDefaultPrefixCacheBytes)) {
     if (!model_) throw Error("Generator: no model");
+}
+
+Generator::~Generator() = default;
+
+void Generator::clear_prefix_cache() {
+    prefix_cache_->clear();
+}
+
+void Generator::set_prefix_cache_bytes(double bytes) {
+    prefix_cache_->set_max_bytes(bytes);
 }
 
 namespace {
@@ -167,13 +149,32 @@ void check_prompts(const std::vector<std::vector<TokenId>>& prompts, const model
     }
 }
 
-// One call of Generator::generate: every prompt × sample as a Sequence, and the loop that refills the running
-// batch from the waiting prompts (prefill + join) or decodes one token for all of its rows.
+struct Sequence {
+    explicit Sequence(SequenceRng sequence_rng) : rng(std::move(sequence_rng)) {}
+    Completion out;
+    std::optional<text::StreamDecoder> decoder;
+    std::optional<StopStringMatcher> matcher;
+    SequenceRng rng;
+    SequenceKV kv;
+    TokenId last   = 0;  // the token it feeds next
+    int64_t budget = 0;  // max new tokens for this sequence (options, cut by the context)
+    bool done      = false;
+};
+
+// A prompt being prefilled, chunk by chunk, before its samples decode.
+struct Prefill {
+    std::size_t prompt = 0;
+    SequenceKV kv;     // its tokens [0, kv.length()) are in; kv.length() is a multiple of kPrefillChunk
+    uint64_t key = 0;  // prefix-cache key of the chunks in kv (0 before the first)
+};
+
+// One call of Generator::generate: every prompt × sample as a Sequence, and the loop that builds each forward from
+// the decoding sequences (one token each) and the next chunks of the prompts being prefilled.
 class GenerationRun {
 public:
     GenerationRun(model::Qwen2ForCausalLM& model, const text::Tokenizer* tokenizer, const std::vector<int64_t>& eos,
                   const std::vector<std::vector<TokenId>>& prompts, const GenerateOptions& options,
-                  const GenerateCallbacks& callbacks, GenerationStats& stats);
+                  const GenerateCallbacks& callbacks, GenerationStats& stats, PrefixCache& cache);
 
     // Generates every sequence. Throws Error (one line) when memory runs out, with the batch that needed it.
     std::vector<Completion> run();
@@ -181,34 +182,29 @@ public:
 private:
     // Refuses (Error) a run whose KV cache cannot fit in this machine's memory at all (CPU only).
     void check_kv_cache_fits() const;
-    // The refill / decode loop.
-    void decode_all();
-    // End of the group of waiting prompts [first, end) prefilled together into `free_rows` rows.
-    std::size_t prefill_group_end(std::size_t first, int64_t free_rows) const;
-    // Prefills prompts [first, last) into a new batch (n rows per prompt) and chooses their first tokens.
-    Batch prefill(std::size_t first, std::size_t last);
-    // Joins `incoming` rows to `running`, left-padding the shorter cache; all-padding leading columns are dropped.
-    void join(Batch& running, Batch& incoming);
-    // One decode step for every running row.
-    void decode_step(Batch& running);
-    // Chooses each row's next token from its logits [rows, V] (fp32), records it, and drops finished rows.
-    void advance(Batch& batch, const at::Tensor& logits);
+    void loop();
+    // Copies the chunks of the prompt's prefix that the cache holds into its KV (never its last chunk: the last
+    // token's logits must be computed).
+    void take_cached_chunks(Prefill& p);
     // Records token `t` for sequence `s`; finishes it on EOS, a stop token or string, or its length budget.
-    void record_token(Sequence& s, int64_t t, const at::Tensor& logprobs, int64_t row);
-    // Keeps rows `keep` of `batch`; columns that are padding in every remaining row go too.
-    void keep_rows(Batch& batch, const std::vector<int64_t>& keep);
+    void record_token(Sequence& s, int64_t t, const float* logprob);
     void finish(Sequence& s, FinishReason reason, std::string stop);
+    // Chooses one token for each row of fp32 `logits` [R, V], row r for sequence seqs[r] (its own random stream and
+    // repetition-penalty history).
+    std::vector<int64_t> choose(const at::Tensor& logits, const std::vector<std::size_t>& seqs,
+                                std::vector<float>* logprobs);
 
     model::Qwen2ForCausalLM& model_;
     const std::vector<std::vector<TokenId>>& prompts_;
     const GenerateOptions& options_;
     const GenerateCallbacks& callbacks_;
     GenerationStats& stats_;
+    PrefixCache& cache_;
+    RaggedForward forward_;
     const model::Qwen2Config& cfg_;
     const at::TensorOptions params_opts_;
     const at::Device device_;
-    const int64_t layers_, n_, max_rows_;
-    const bool penalty_;
+    const int64_t n_, max_rows_;
     std::set<int64_t> eos_, stop_ids_;
     std::vector<Sequence> seqs_;
     int64_t rows_ = 0, tokens_ = 0;  // the batch of the forward in progress (for an allocation failure's message)
@@ -216,19 +212,20 @@ private:
 
 GenerationRun::GenerationRun(model::Qwen2ForCausalLM& model, const text::Tokenizer* tokenizer,
                              const std::vector<int64_t>& eos, const std::vector<std::vector<TokenId>>& prompts,
-                             const GenerateOptions& options, const GenerateCallbacks& callbacks, GenerationStats& stats)
+                             const GenerateOptions& options, const GenerateCallbacks& callbacks, GenerationStats& stats,
+                             PrefixCache& cache)
     : model_(model),
       prompts_(prompts),
       options_(options),
       callbacks_(callbacks),
       stats_(stats),
+      cache_(cache),
+      forward_(model),
       cfg_(model.config),
       params_opts_(model.model->embed_tokens->weight.options()),
       device_(params_opts_.device()),
-      layers_(cfg_.num_hidden_layers),
       n_(options.num_samples),
       max_rows_(std::max(options.max_batch_size, options.num_samples)),
-      penalty_(options.sampling.repetition_penalty != 1.0),
       stop_ids_(options.stop_token_ids.begin(), options.stop_token_ids.end()) {
     if (!options.ignore_eos) eos_.insert(eos.begin(), eos.end());
     if (!options.prompt_keys.empty() && options.prompt_keys.size() != prompts.size())
@@ -255,13 +252,14 @@ GenerationRun::GenerationRun(model::Qwen2ForCausalLM& model, const text::Tokeniz
 std::vector<Completion> GenerationRun::run() {
     check_kv_cache_fits();
     try {
-        decode_all();
+        loop();
     } catch (const std::exception& e) {
         const std::string why = allocation_failure(e);
         if (why.empty()) throw;
         throw Error("cannot allocate memory for a batch of " + std::to_string(rows_) + " x " + std::to_string(tokens_) +
                     " tokens (its KV cache alone is " +
-                    gib_text(kv_cache_bytes(cfg_, rows_, tokens_, params_opts_.dtype().toScalarType())) +
+                    gib_text(double(rows_) * double(tokens_) *
+                             SequenceKV::bytes_per_token(cfg_, params_opts_.dtype().toScalarType())) +
                     " GiB): " + why + "; lower --batch-size, -n or --max-new-tokens");
     }
     std::vector<Completion> out;
@@ -276,8 +274,9 @@ void GenerationRun::check_kv_cache_fits() const {
     for (const auto& p : prompts_) longest = std::max<int64_t>(longest, p.size());
     const int64_t rows   = std::min<int64_t>(max_rows_, static_cast<int64_t>(seqs_.size()));
     const int64_t tokens = std::min(cfg_.max_position_embeddings, longest + options_.max_new_tokens);
-    const double need    = kv_cache_bytes(cfg_, rows, tokens, params_opts_.dtype().toScalarType());
-    const double have    = physical_memory_bytes();
+    const double need =
+        double(rows) * double(tokens) * SequenceKV::bytes_per_token(cfg_, params_opts_.dtype().toScalarType());
+    const double have = physical_memory_bytes();
     // Only a cache larger than all of the machine's memory is refused up front: the allocation could not succeed,
     // and on Linux it might not even fail but grow until the kernel kills the process.
     if (have > 0 && need > have)
@@ -286,159 +285,169 @@ void GenerationRun::check_kv_cache_fits() const {
                     " GiB; lower --batch-size, -n or --max-new-tokens");
 }
 
-void GenerationRun::decode_all() {
-    Batch running(layers_);
-    std::size_t next_prompt   = 0;
-    const int64_t refill_rows = std::max<int64_t>(n_, max_rows_ / 4);  // refill in chunks: each join copies the cache
-    while (next_prompt < prompts_.size() || running.rows() > 0) {
-        const int64_t free_rows = max_rows_ - running.rows();
-        if (next_prompt < prompts_.size() && (running.rows() == 0 || free_rows >= refill_rows)) {
-            const std::size_t last = prefill_group_end(next_prompt, free_rows);
-            Batch incoming         = prefill(next_prompt, last);
-            next_prompt            = last;
-            join(running, incoming);
+void GenerationRun::take_cached_chunks(Prefill& p) {
+    const auto& prompt = prompts_[p.prompt];
+    const int64_t len  = static_cast<int64_t>(prompt.size());
+    while (p.kv.length() + kPrefillChunk < len) {
+        const TokenId* tokens = prompt.data() + p.kv.length();
+        const uint64_t key    = PrefixCache::chunk_key(p.key, tokens, kPrefillChunk);
+        const at::Tensor* hit = cache_.find(key, p.key, tokens);
+        if (!hit) return;
+        p.kv.append_block(*hit);
+        p.key = key;
+        stats_.cached_prompt_tokens += kPrefillChunk;
+    }
+}
+
+void GenerationRun::loop() {
+    std::deque<std::size_t> waiting;
+    for (std::size_t i = 0; i < prompts_.size(); ++i) waiting.push_back(i);
+    std::deque<Prefill> prefilling;    // admission order
+    std::vector<std::size_t> running;  // sequences decoding
+    const int64_t ctx = cfg_.max_position_embeddings;
+    while (!waiting.empty() || !prefilling.empty() || !running.empty()) {
+        // Admit prompts while their samples have rows (a prompt being prefilled holds its n rows already).
+        while (!waiting.empty() &&
+               static_cast<int64_t>(running.size()) + n_ * static_cast<int64_t>(prefilling.size() + 1) <= max_rows_) {
+            Prefill p;
+            p.prompt       = waiting.front();
+            const auto len = static_cast<int64_t>(prompts_[p.prompt].size());
+            p.kv = SequenceKV(cfg_, params_opts_, std::min(ctx, len + std::min<int64_t>(options_.max_new_tokens, 256)));
+            stats_.prompt_tokens += len;
+            prefilling.push_back(std::move(p));
+            waiting.pop_front();
+        }
+        const auto t0     = Clock::now();
+        const double cpu0 = process_cpu_seconds();
+        // The forward: one token of every decoding sequence, then the next chunk of each prompt being prefilled
+        // (up to kStepPrefillTokens), skipping a chunk another prompt computes in this very forward (it will be in
+        // the prefix cache next time).
+        std::vector<Segment> segments;
+        for (auto idx : running) segments.push_back({&seqs_[idx].kv, &seqs_[idx].last, 1, true, true});
+        struct Chunk {
+            Prefill* prefill;
+            uint64_t key;  // its prefix-cache key
+            int64_t start, count;
+        };
+        std::vector<Chunk> chunks;
+        std::unordered_set<uint64_t> computing;
+        int64_t prefill_tokens = 0;
+        for (auto& p : prefilling) {
+            if (prefill_tokens >= kStepPrefillTokens) break;
+            take_cached_chunks(p);
+            const auto& prompt  = prompts_[p.prompt];
+            const int64_t start = p.kv.length();
+            const int64_t end   = std::min<int64_t>(static_cast<int64_t>(prompt.size()), start + kPrefillChunk);
+            const uint64_t key  = PrefixCache::chunk_key(p.key, prompt.data() + start, end - start);
+            if (end - start == kPrefillChunk && !computing.insert(key).second) continue;
+            segments.push_back(
+                {&p.kv, prompt.data() + start, end - start, end == static_cast<int64_t>(prompt.size()), false});
+            chunks.push_back({&p, key, start, end - start});
+            prefill_tokens += end - start;
+        }
+        rows_   = static_cast<int64_t>(running.size() + prefilling.size() * n_);
+        tokens_ = 0;
+        for (const auto& s : segments) tokens_ = std::max(tokens_, s.kv->length() + s.count);
+        const auto hidden = forward_.forward(segments);
+        const auto logits = forward_.logits(hidden);  // rows: the decoding sequences, then the prompts that ended
+
+        // Rows of the tokens to choose: each decoding sequence, then n per prompt whose prefill ended.
+        std::vector<std::size_t> seq_of_row(running.begin(), running.end());
+        std::vector<int64_t> logit_row(running.size());
+        for (std::size_t r = 0; r < running.size(); ++r) logit_row[r] = static_cast<int64_t>(r);
+        int64_t next_logit_row = static_cast<int64_t>(running.size());
+        std::vector<Prefill*> ended;
+        for (const auto& c : chunks) {
+            Prefill* p         = c.prefill;
+            const auto& prompt = prompts_[p->prompt];
+            if (c.count == kPrefillChunk) {
+                cache_.insert(c.key, p->key, prompt.data() + c.start, p->kv.block(c.start, kPrefillChunk).clone());
+                p->key = c.key;
+            }
+            if (p->kv.length() == static_cast<int64_t>(prompt.size())) {
+                for (int64_t j = 0; j < n_; ++j) {
+                    seq_of_row.push_back(p->prompt * n_ + j);
+                    logit_row.push_back(next_logit_row);
+                }
+                ++next_logit_row;
+                ended.push_back(p);
+            }
+        }
+        std::vector<float> logprobs;
+        const auto chosen = choose(logits.index_select(0, at::tensor(logit_row, at::kLong).to(logits.device())),
+                                   seq_of_row, options_.logprobs ? &logprobs : nullptr);
+        // Prompts whose prefill ended: their samples get their caches (sample 0 takes the prompt's) and decode.
+        for (Prefill* p : ended) {
+            for (int64_t j = n_ - 1; j >= 0; --j) {
+                Sequence& s        = seqs_[p->prompt * n_ + j];
+                const int64_t room = std::min(ctx, p->kv.length() + std::min<int64_t>(s.budget, 256) + 1);
+                s.kv               = j == 0 ? std::move(p->kv) : p->kv.copy(room);
+            }
+        }
+        std::vector<std::size_t> still;
+        for (std::size_t r = 0; r < seq_of_row.size(); ++r) {
+            Sequence& s = seqs_[seq_of_row[r]];
+            record_token(s, chosen[r], options_.logprobs ? &logprobs[r] : nullptr);
+            s.last = static_cast<TokenId>(chosen[r]);
+            if (s.done) {
+                s.kv = SequenceKV();
+            } else {
+                still.push_back(seq_of_row[r]);
+            }
+        }
+        if (!ended.empty()) {
+            std::deque<Prefill> left;
+            for (auto& p : prefilling)
+                if (std::find(ended.begin(), ended.end(), &p) == ended.end()) left.push_back(std::move(p));
+            prefilling = std::move(left);
+        }
+        const double seconds = seconds_since(t0), cpu = process_cpu_seconds() - cpu0;
+        if (prefill_tokens > 0) {
+            stats_.prefill_seconds += seconds;
+            stats_.prefill_cpu_seconds += cpu;
         } else {
-            decode_step(running);
+            stats_.decode_seconds += seconds;
+            stats_.decode_cpu_seconds += cpu;
+            ++stats_.decode_steps;
+            stats_.decode_tokens += static_cast<int64_t>(running.size());
         }
+        running = std::move(still);
     }
 }
 
-std::size_t GenerationRun::prefill_group_end(std::size_t first, int64_t free_rows) const {
-    std::size_t last = first;
-    int64_t longest  = 0;
-    while (last < prompts_.size() && static_cast<int64_t>(last - first + 1) * n_ <= free_rows) {
-        const int64_t longer = std::max<int64_t>(longest, prompts_[last].size());
-        if (last > first && longer * static_cast<int64_t>(last - first + 1) > kPrefillTokenBudget) break;
-        longest = longer;
-        ++last;
-    }
-    if (last == first) ++last;  // n > free rows only when the batch is empty: max_rows >= n
-    return last;
-}
-
-Batch GenerationRun::prefill(std::size_t first, std::size_t last) {
-    auto t0         = Clock::now();
-    const int64_t G = static_cast<int64_t>(last - first);
-    int64_t Lp      = 0;
-    for (auto i = first; i < last; ++i) Lp = std::max<int64_t>(Lp, prompts_[i].size());
-    rows_   = G * n_;
-    tokens_ = Lp;
-    std::vector<int64_t> ids(G * Lp, 0), pad(G);
-    for (int64_t g = 0; g < G; ++g) {
-        const auto& p = prompts_[first + g];
-        pad[g]        = Lp - static_cast<int64_t>(p.size());
-        std::copy(p.begin(), p.end(), ids.begin() + g * Lp + pad[g]);
-        stats_.prompt_tokens += static_cast<int64_t>(p.size());
-    }
-    Batch batch(layers_);
-    model::ForwardInputs in;
-    in.input_ids = long_tensor(ids, device_).view({G, Lp});
-    in.cache     = &batch.cache;
-    if (std::any_of(pad.begin(), pad.end(), [](int64_t p) { return p > 0; })) {
-        in.attention_mask = mask_from_pad(pad, Lp, device_);
-        // HF generate: positions = cumsum(mask) - 1, padding positions set to 1.
-        in.position_ids = (in.attention_mask.cumsum(1) - 1).masked_fill(in.attention_mask == 0, 1);
-    }
-    in.last_positions = 1;  // every row's last column is a real token (left padding); only its logits are needed
-    auto hidden       = model_.forward_hidden(in).hidden.select(1, 0);
-    auto logits       = model_.logits(hidden).to(at::kFloat);
+std::vector<int64_t> GenerationRun::choose(const at::Tensor& logits, const std::vector<std::size_t>& seqs,
+                                           std::vector<float>* logprobs) {
+    const int64_t R = logits.size(0);
+    if (R == 0) return {};
     at::Tensor seen;
-    if (penalty_) {
-        auto counts = at::zeros({G, cfg_.vocab_size}, at::TensorOptions().dtype(at::kLong).device(device_));
-        auto mask   = in.attention_mask.defined() ? in.attention_mask : at::ones_like(in.input_ids);
-        seen        = counts.scatter_add_(1, in.input_ids, mask) > 0;
-    }
-    for (int64_t g = 0; g < G; ++g) {
-        for (int64_t j = 0; j < n_; ++j) {
-            batch.seqs.push_back((first + g) * n_ + j);
-            batch.pad.push_back(pad[g]);
+    if (options_.sampling.repetition_penalty != 1.0) {
+        // HF's penalty covers the prompt and every generated token.
+        std::vector<int64_t> rows, ids;
+        for (int64_t r = 0; r < R; ++r) {
+            const Sequence& s  = seqs_[seqs[r]];
+            const auto& prompt = prompts_[s.out.prompt_index];
+            for (TokenId t : prompt) rows.push_back(r), ids.push_back(t);
+            for (TokenId t : s.out.ids) rows.push_back(r), ids.push_back(t);
         }
+        seen = at::zeros({R, cfg_.vocab_size}, at::TensorOptions().dtype(at::kBool).device(logits.device()));
+        seen.index_put_(
+            {at::tensor(rows, at::kLong).to(logits.device()), at::tensor(ids, at::kLong).to(logits.device())},
+            at::ones({}, seen.options()));
     }
-    batch.last.assign(batch.seqs.size(), 0);
-    if (n_ > 1) {  // the samples of a prompt share its prefill: copy its cache row n times
-        auto rows = at::arange(G, at::TensorOptions().dtype(at::kLong).device(device_)).repeat_interleave(n_);
-        batch.cache.select_rows(rows);
-        logits = logits.index_select(0, rows);
-        if (penalty_) seen = seen.index_select(0, rows);
-    }
-    batch.seen = seen;
-    advance(batch, logits);
-    stats_.prefill_seconds += seconds_since(t0);
-    return batch;
-}
-
-void GenerationRun::join(Batch& running, Batch& incoming) {
-    if (incoming.rows() == 0) return;
-    if (running.rows() == 0) {
-        std::swap(running, incoming);
-        return;
-    }
-    const int64_t L1 = running.cache.length(), L2 = incoming.cache.length(), T = std::max(L1, L2);
-    std::vector<int64_t> pad;
-    for (auto p : running.pad) pad.push_back(p + T - L1);
-    for (auto p : incoming.pad) pad.push_back(p + T - L2);
-    const int64_t trim = *std::min_element(pad.begin(), pad.end());
-    model::KVCache joined(layers_);
-    for (int64_t l = 0; l < layers_; ++l) {
-        auto [k1, v1] = cache_views(running.cache, l, running.rows(), cfg_, params_opts_);
-        auto [k2, v2] = cache_views(incoming.cache, l, incoming.rows(), cfg_, params_opts_);
-        auto k = at::cat({at::constant_pad_nd(k1, {0, 0, T - L1, 0}), at::constant_pad_nd(k2, {0, 0, T - L2, 0})}, 0);
-        auto v = at::cat({at::constant_pad_nd(v1, {0, 0, T - L1, 0}), at::constant_pad_nd(v2, {0, 0, T - L2, 0})}, 0);
-        joined.append(l, k.narrow(2, trim, T - trim), v.narrow(2, trim, T - trim));
-    }
-    joined.advance(T - trim);
-    running.cache = std::move(joined);
-    for (auto& p : pad) p -= trim;
-    running.pad = std::move(pad);
-    running.seqs.insert(running.seqs.end(), incoming.seqs.begin(), incoming.seqs.end());
-    running.last.insert(running.last.end(), incoming.last.begin(), incoming.last.end());
-    if (penalty_) running.seen = at::cat({running.seen, incoming.seen}, 0);
-}
-
-void GenerationRun::decode_step(Batch& running) {
-    auto t0            = Clock::now();
-    const int64_t rows = running.rows();
-    const int64_t T    = running.cache.length();
-    rows_              = rows;
-    tokens_            = T + 1;
-    std::vector<int64_t> positions(rows);
-    for (int64_t r = 0; r < rows; ++r) positions[r] = T - running.pad[r];
-    model::ForwardInputs in;
-    in.input_ids    = long_tensor(running.last, device_).view({rows, 1});
-    in.position_ids = long_tensor(positions, device_).view({rows, 1});
-    if (running.padded()) in.attention_mask = mask_from_pad(running.pad, T + 1, device_);
-    in.cache    = &running.cache;
-    auto hidden = model_.forward_hidden(in).hidden.select(1, 0);
-    advance(running, model_.logits(hidden).to(at::kFloat));
-    ++stats_.decode_steps;
-    stats_.decode_tokens += rows;
-    stats_.decode_seconds += seconds_since(t0);
-}
-
-void GenerationRun::advance(Batch& batch, const at::Tensor& logits) {
-    const int64_t rows = batch.rows();
-    auto scores        = process_logits(logits, options_.sampling, batch.seen);
+    auto scores = process_logits(logits, options_.sampling, seen);
     std::vector<double> uniforms;
     if (options_.sampling.do_sample)
-        for (auto idx : batch.seqs) uniforms.push_back(seqs_[idx].rng.uniform());
-    auto chosen = choose_tokens(scores, options_.sampling.do_sample, uniforms);
-    at::Tensor logprobs;
-    if (options_.logprobs)
-        logprobs = at::log_softmax(logits, -1).gather(1, chosen.unsqueeze(1)).squeeze(1).to(at::kCPU);
-    if (batch.seen.defined()) batch.seen.scatter_(1, chosen.unsqueeze(1), true);
-    auto tokens        = chosen.to(at::kCPU);
-    const int64_t* tok = tokens.data_ptr<int64_t>();
-    std::vector<int64_t> keep;
-    for (int64_t r = 0; r < rows; ++r) {
-        Sequence& s = seqs_[batch.seqs[r]];
-        record_token(s, tok[r], logprobs, r);
-        if (!s.done) keep.push_back(r);
-        batch.last[r] = tok[r];
+        for (auto idx : seqs) uniforms.push_back(seqs_[idx].rng.uniform());
+    auto picked = choose_tokens(scores, options_.sampling.do_sample, uniforms);
+    if (logprobs) {
+        auto lp = at::log_softmax(logits, -1).gather(1, picked.unsqueeze(1)).squeeze(1).to(at::kCPU).contiguous();
+        logprobs->assign(lp.data_ptr<float>(), lp.data_ptr<float>() + R);
     }
-    if (static_cast<int64_t>(keep.size()) != rows) keep_rows(batch, keep);
+    auto cpu = picked.to(at::kCPU).contiguous();
+    return std::vector<int64_t>(cpu.data_ptr<int64_t>(), cpu.data_ptr<int64_t>() + R);
 }
 
-void GenerationRun::record_token(Sequence& s, int64_t t, const at::Tensor& logprobs, int64_t row) {
+void GenerationRun::record_token(Sequence& s, int64_t t, const float* logprob) {
     ++s.out.generated_tokens;
     ++stats_.generated_tokens;
     if (eos_.count(t)) {
@@ -450,7 +459,7 @@ void GenerationRun::record_token(Sequence& s, int64_t t, const at::Tensor& logpr
         return;
     }
     s.out.ids.push_back(static_cast<TokenId>(t));
-    if (options_.logprobs) s.out.logprobs.push_back(logprobs[row].item<float>());
+    if (logprob) s.out.logprobs.push_back(*logprob);
     if (s.matcher) {
         if (s.matcher->feed(s.decoder->push(static_cast<TokenId>(t)))) {
             finish(s, FinishReason::stop, *s.matcher->matched());
@@ -460,44 +469,6 @@ void GenerationRun::record_token(Sequence& s, int64_t t, const at::Tensor& logpr
         }
     }
     if (!s.done && s.out.generated_tokens >= s.budget) finish(s, FinishReason::length, "");
-}
-
-void GenerationRun::keep_rows(Batch& batch, const std::vector<int64_t>& keep) {
-    if (keep.empty()) {
-        batch.cache.clear();
-        batch.seqs.clear();
-        batch.pad.clear();
-        batch.last.clear();
-        batch.seen = at::Tensor();
-        return;
-    }
-    const int64_t rows = batch.rows();
-    int64_t trim       = batch.pad[keep[0]];
-    for (auto r : keep) trim = std::min(trim, batch.pad[r]);
-    auto rows_t = long_tensor(keep, device_);
-    if (trim == 0) {
-        batch.cache.select_rows(rows_t);
-    } else {
-        const int64_t length = batch.cache.length();
-        model::KVCache kept(layers_);
-        for (int64_t l = 0; l < layers_; ++l) {
-            auto [k, v] = cache_views(batch.cache, l, rows, cfg_, params_opts_);
-            kept.append(l, k.index_select(0, rows_t).narrow(2, trim, length - trim),
-                        v.index_select(0, rows_t).narrow(2, trim, length - trim));
-        }
-        kept.advance(length - trim);
-        batch.cache = std::move(kept);
-    }
-    auto pick = [&](auto& v) {
-        std::remove_reference_t<decltype(v)> out;
-        for (auto r : keep) out.push_back(v[r]);
-        v = std::move(out);
-    };
-    pick(batch.seqs);
-    pick(batch.last);
-    pick(batch.pad);
-    for (auto& p : batch.pad) p -= trim;
-    if (batch.seen.defined()) batch.seen = batch.seen.index_select(0, rows_t);
 }
 
 void GenerationRun::finish(Sequence& s, FinishReason reason, std::string stop) {
@@ -528,7 +499,7 @@ std::vector<Completion> Generator::generate(const std::vector<std::vector<TokenI
     check_prompts(prompts, model_->config);
     c10::InferenceMode inference;
     stats_ = {};
-    GenerationRun run(*model_, tokenizer_.get(), eos_, prompts, options, callbacks, stats_);
+    GenerationRun run(*model_, tokenizer_.get(), eos_, prompts, options, callbacks, stats_, *prefix_cache_);
     return run.run();
 }
 

@@ -1,3 +1,4 @@
+// The IgakuQA evaluator's completion backend on top of the generation engine.
 #include "medllm/generate/eval_backend.h"
 
 #include <c10/core/ScalarType.h>

@@ -1,3 +1,4 @@
+// `medllm generate --input/--output`: prompt records through a Generator into a resumable JSONL.
 #include "medllm/generate/generate_file.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// Loading a model folder (bf16, NF4, adapters) for generation, evaluation and training.
 #include "medllm/generate/load.h"
 
 #include <spdlog/spdlog.h>

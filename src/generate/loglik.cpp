@@ -1,3 +1,4 @@
+// Option log-likelihoods for MCQA scoring, each question's prompt computed once.
 #include "medllm/generate/loglik.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// Logits processors and token choice as HF transformers applies them.
 #include "medllm/generate/sampling.h"
 
 #include <cmath>

@@ -1,3 +1,4 @@
+// Stop strings matched on decoded text across token boundaries.
 #include "medllm/generate/stop.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// A model folder's non-weight files and its identity for resume checks.
 #include "medllm/io/model_files.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// The Qwen2/Qwen2.5 decoder, op for op as HF transformers' Qwen2ForCausalLM.
 #include "medllm/model/qwen2.h"
 
 #include <cmath>

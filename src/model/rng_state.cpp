@@ -1,3 +1,4 @@
+// The generator state a forward draws from (LoRA dropout), saved and restored for checkpointing and exact resume.
 #include "medllm/model/rng_state.h"
 
 #include <mutex>

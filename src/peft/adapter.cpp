@@ -1,3 +1,4 @@
+// PEFT adapter folders: read, write, apply to a model, and `medllm merge` (an adapter folded into its base).
 #include "medllm/peft/adapter.h"
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/core/progress.h"
 #include "medllm/io/model_files.h"
 #include "medllm/io/safetensors.h"
 #include "medllm/model/checkpoint_check.h"
@@ -241,40 +243,125 @@ std::map<std::string, AdapterWeights> read_adapter_weights(const fs::path& dir, 
     return out;
 }
 
-void save_adapter(model::Qwen2ForCausalLM& model, const LoraConfig& cfg, const fs::path& dir) {
+// ---------------------------------------------------------------- stacks
+
+std::vector<StackEntry> read_adapter_stack(const fs::path& dir) {
+    const fs::path path = dir / kAdapterStackFile;
+    if (!fs::exists(path)) return {{"default", dir}};
+    const std::string where = path.string();
+    const json j            = read_json_file(path);
+    if (!j.is_object()) throw UsageError(where + ": expected a JSON object");
+    if (!j.contains("adapters") || !j["adapters"].is_array() || j["adapters"].empty())
+        throw UsageError(where + ": key 'adapters' must be a non-empty list of adapter names (bottom first)");
+    std::vector<StackEntry> out;
+    std::set<std::string> seen;
+    for (const auto& a : j["adapters"]) {
+        if (!a.is_string()) throw UsageError(where + ": key 'adapters' must hold strings, got " + a.dump());
+        const std::string name = a.get<std::string>();
+        validate_adapter_name(name, where + ": key 'adapters'");
+        if (!seen.insert(name).second) throw UsageError(where + ": key 'adapters' names '" + name + "' twice");
+        const fs::path d = name == "default" ? dir : dir / name;
+        if (!fs::is_regular_file(d / kAdapterConfigFile))
+            throw Error(where + ": adapter '" + name + "' has no " + (d / kAdapterConfigFile).string());
+        out.push_back({name, d});
+    }
+    if (!seen.count("default"))
+        throw UsageError(where +
+                         ": key 'adapters' must include 'default' (the adapter in the folder itself, where "
+                         "PEFT saves it)");
+    return out;
+}
+
+json adapter_identity(const fs::path& dir) {
+    if (!fs::exists(dir / kAdapterStackFile)) return io::model_dir_identity(dir);
+    json stack = json::array();
+    for (const auto& e : read_adapter_stack(dir))
+        stack.push_back({{"name", e.name}, {"files", io::model_dir_identity(e.dir)}});
+    return {{"stack", stack}};
+}
+
+namespace {
+
+// One module of one adapter, as saved.
+struct SavedModule {
+    std::string name;
+    at::Tensor A, B;
+    int64_t rank;
+    double scaling;
+};
+
+// One adapter folder in PEFT's format: the weights, and adapter_config.json from `cfg` with the modules whose rank
+// or scaling differ from it recorded as PEFT patterns (full name).
+void write_adapter_folder(const fs::path& dir, const LoraConfig& cfg, const std::vector<SavedModule>& modules) {
+    if (modules.empty()) throw Error("save_adapter: the model has no LoRA adapters");
     fs::create_directories(dir);
     std::vector<std::pair<std::string, at::Tensor>> tensors;
     json config = adapter_config_json(cfg);
     std::set<std::string> targets;
-    for (const auto& [name, layer] : lora_layers(model)) {
-        if (!layer->has_adapter()) continue;
-        tensors.emplace_back(kPeftKeyPrefix + name + ".lora_A.weight",
-                             layer->lora_A->weight.detach().cpu().contiguous());
-        tensors.emplace_back(kPeftKeyPrefix + name + ".lora_B.weight",
-                             layer->lora_B->weight.detach().cpu().contiguous());
-        targets.insert(short_name_of(name));
-        // Modules whose rank or scaling differ from the config's are recorded as PEFT patterns (full name).
-        const int64_t r    = layer->rank();
-        const double alpha = cfg.use_rslora ? layer->scaling() * std::sqrt(static_cast<double>(r))
-                                            : layer->scaling() * static_cast<double>(r);
-        if (r != cfg.r) config["rank_pattern"][name] = r;
+    for (const auto& m : modules) {
+        tensors.emplace_back(kPeftKeyPrefix + m.name + ".lora_A.weight", m.A.detach().cpu().contiguous());
+        tensors.emplace_back(kPeftKeyPrefix + m.name + ".lora_B.weight", m.B.detach().cpu().contiguous());
+        targets.insert(short_name_of(m.name));
+        const double alpha = cfg.use_rslora ? m.scaling * std::sqrt(static_cast<double>(m.rank))
+                                            : m.scaling * static_cast<double>(m.rank);
+        if (m.rank != cfg.r) config["rank_pattern"][m.name] = m.rank;
         if (std::fabs(alpha - cfg.alpha) > 1e-9 * std::max(1.0, std::fabs(cfg.alpha)))
-            config["alpha_pattern"][name] = number_json(alpha);
+            config["alpha_pattern"][m.name] = number_json(alpha);
     }
-    if (tensors.empty()) throw Error("save_adapter: the model has no LoRA adapters");
     config["target_modules"] = std::vector<std::string>(targets.begin(), targets.end());
     io::save_file(dir / kAdapterWeightsFile, tensors, {{"format", "pt"}});
     write_file_atomic(dir / kAdapterConfigFile, config.dump(2) + "\n");
 }
 
-void load_adapter(model::Qwen2ForCausalLM& model, const fs::path& dir) {
-    const AdapterConfig cfg = read_adapter_config(dir);
-    auto weights            = read_adapter_weights(dir, cfg);
+std::vector<SavedModule> trainable_modules(model::Qwen2ForCausalLM& model) {
+    std::vector<SavedModule> out;
+    for (const auto& [name, layer] : lora_layers(model)) {
+        if (!layer->has_adapter()) continue;
+        out.push_back({name, layer->lora_A->weight, layer->lora_B->weight, layer->rank(), layer->scaling()});
+    }
+    return out;
+}
+
+std::vector<SavedModule> frozen_modules(model::Qwen2ForCausalLM& model, const std::string& adapter,
+                                        std::shared_ptr<const LoraConfig>* config) {
+    std::vector<SavedModule> out;
+    for (const auto& [name, layer] : lora_layers(model)) {
+        for (const auto& f : layer->frozen_adapters()) {
+            if (f.name != adapter) continue;
+            out.push_back({name, f.A, f.B, f.A.size(0), f.scaling});
+            if (config && !*config) *config = f.config;
+        }
+    }
+    return out;
+}
+
+std::string join_names(const std::vector<std::string>& names) {
+    std::string out;
+    for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+    return "[" + out + "]";
+}
+
+// Copies one adapter file's weights into the model's trainable adapter (`frozen` empty) or into its frozen adapter
+// `frozen`: every module the model adapts with it must be in the file, with the same shapes, and nothing else.
+void copy_adapter_weights(model::Qwen2ForCausalLM& model, const std::map<std::string, AdapterWeights>& weights,
+                          const fs::path& dir, const std::string& frozen) {
     const std::string where = (dir / kAdapterWeightsFile).string();
     at::NoGradGuard no_grad;
     std::set<std::string> used;
     for (auto& [name, layer] : lora_layers(model)) {
-        if (!layer->has_adapter()) continue;
+        at::Tensor dst_a, dst_b;
+        FrozenAdapter* f = nullptr;
+        if (frozen.empty()) {
+            if (!layer->has_adapter()) continue;
+            dst_a = layer->lora_A->weight;
+            dst_b = layer->lora_B->weight;
+        } else {
+            for (auto& g : layer->frozen_adapters())
+                if (g.name == frozen) f = &layer->frozen_adapter(frozen);
+            if (!f) continue;
+            dst_a = f->A;
+            dst_b = f->B;
+        }
         auto it = weights.find(name);
         if (it == weights.end())
             throw Error(where + ": missing tensor '" + kPeftKeyPrefix + name + ".lora_A.weight' (the model adapts " +
@@ -285,18 +372,78 @@ void load_adapter(model::Qwen2ForCausalLM& model, const fs::path& dir) {
                 throw Error(where + ": tensor '" + kPeftKeyPrefix + name + "." + which + ".weight' has shape " +
                                c10::str(src.sizes()) + " but the model needs " + c10::str(dst.sizes()));
         };
-        check(layer->lora_A->weight, w.A, "lora_A");
-        check(layer->lora_B->weight, w.B, "lora_B");
+        check(dst_a, w.A, "lora_A");
+        check(dst_b, w.B, "lora_B");
         if (layer->merged()) layer->unmerge();
-        layer->lora_A->weight.copy_(w.A);
-        layer->lora_B->weight.copy_(w.B);
-        layer->set_scaling(w.scaling);
+        dst_a.copy_(w.A);
+        dst_b.copy_(w.B);
+        if (f)
+            f->scaling = w.scaling;
+        else
+            layer->set_scaling(w.scaling);
         used.insert(name);
     }
     for (const auto& [module, w] : weights) {
         if (!used.count(module))
             throw Error(where + ": tensor '" + kPeftKeyPrefix + module +
                         ".lora_A.weight' names a module the model does not adapt");
+    }
+}
+
+}  // namespace
+
+void save_adapter(model::Qwen2ForCausalLM& model, const LoraConfig& cfg, const fs::path& dir) {
+    const auto names            = adapter_names(model);
+    const std::string trainable = trainable_adapter_name(model);
+    const bool stacked          = names.size() > 1 || (names.size() == 1 && names[0] != trainable);
+    if (!stacked) {
+        write_adapter_folder(dir, cfg, trainable_modules(model));
+        fs::remove(dir / kAdapterStackFile);  // an earlier stack saved here would otherwise name stale subfolders
+        return;
+    }
+    if (std::find(names.begin(), names.end(), "default") == names.end())
+        throw Error(
+            "save_adapter: a stack needs an adapter named 'default' (PEFT keeps it in the folder itself); "
+            "the model holds " +
+            join_names(names));
+    for (const auto& name : names) {
+        const fs::path d = name == "default" ? dir : dir / name;
+        if (name == trainable) {
+            write_adapter_folder(d, cfg, trainable_modules(model));
+        } else {
+            std::shared_ptr<const LoraConfig> config;
+            const auto modules        = frozen_modules(model, name, &config);
+            LoraConfig c              = config ? *config : cfg;
+            c.base_model_name_or_path = cfg.base_model_name_or_path;
+            write_adapter_folder(d, c, modules);
+        }
+    }
+    json manifest = {{"adapters", names},
+                     {"description",
+                      "medllm adapter stack, bottom first; every adapter is active and the model is the base plus the "
+                      "sum of their deltas. PEFT: PeftModel.from_pretrained(base, <this folder>) loads 'default'; "
+                      "load_adapter(<this folder>/<name>, adapter_name=<name>) each other one; then "
+                      "set_adapter([all names])"}};
+    write_file_atomic(dir / kAdapterStackFile, manifest.dump(2) + "\n");  // last: the stack is complete when named
+}
+
+void load_adapter(model::Qwen2ForCausalLM& model, const fs::path& dir) {
+    if (!fs::exists(dir / kAdapterStackFile)) {
+        const AdapterConfig cfg = read_adapter_config(dir);
+        copy_adapter_weights(model, read_adapter_weights(dir, cfg), dir, "");
+        return;
+    }
+    const auto entries = read_adapter_stack(dir);
+    std::vector<std::string> file_names;
+    for (const auto& e : entries) file_names.push_back(e.name);
+    const auto model_names = adapter_names(model);
+    if (file_names != model_names)
+        throw Error((dir / kAdapterStackFile).string() + ": holds the stack " + join_names(file_names) +
+                    " but the model stacks " + join_names(model_names));
+    const std::string trainable = trainable_adapter_name(model);
+    for (const auto& e : entries) {
+        const AdapterConfig cfg = read_adapter_config(e.dir);
+        copy_adapter_weights(model, read_adapter_weights(e.dir, cfg), e.dir, e.name == trainable ? "" : e.name);
     }
 }
 
@@ -347,29 +494,86 @@ void check_adapter_fits(const std::map<std::string, AdapterWeights>& weights, co
 
 }  // namespace
 
+namespace {
+
+struct LoadedAdapter {
+    StackEntry entry;
+    AdapterConfig config;
+    std::map<std::string, AdapterWeights> weights;
+};
+
+// Every adapter of a folder (a stack's all), read and checked against the base before anything loads.
+std::vector<LoadedAdapter> read_stack_checked(const fs::path& dir, const std::string& base_dir) {
+    std::vector<LoadedAdapter> out;
+    for (const auto& e : read_adapter_stack(dir)) {
+        LoadedAdapter a{e, read_adapter_config(e.dir), {}};
+        a.weights = read_adapter_weights(e.dir, a.config);
+        check_adapter_fits(a.weights, e.dir, base_dir);
+        out.push_back(std::move(a));
+    }
+    return out;
+}
+
+}  // namespace
+
 std::shared_ptr<model::Qwen2ForCausalLM> load_model_with_adapter(const std::string& base_dir,
                                                                  const fs::path& adapter_dir, at::ScalarType dtype,
                                                                  at::Device device, bool quantize_base) {
-    AdapterConfig cfg = read_adapter_config(adapter_dir);
-    auto weights      = read_adapter_weights(adapter_dir, cfg);
-    check_adapter_fits(weights, adapter_dir, base_dir);
+    auto stack         = read_stack_checked(adapter_dir, base_dir);
+    const auto& top    = stack.back();
+    LoraConfig lora    = top.config.lora;
+    lora.adapter_name  = top.entry.name;
+    lora.quantize_base = quantize_base;
     ModuleRanks modules;
-    for (const auto& [name, w] : weights) modules[name] = {w.A.size(0), w.scaling};
-    cfg.lora.quantize_base = quantize_base;
-    auto model             = load_model_for_lora(base_dir, cfg.lora, dtype, device, &modules);
-    load_adapter(*model, adapter_dir);
+    for (const auto& [name, w] : top.weights) modules[name] = {w.A.size(0), w.scaling};
+    auto model = load_model_for_lora(base_dir, lora, dtype, device, &modules);
+    copy_adapter_weights(*model, top.weights, top.entry.dir, "");
+    for (size_t i = 0; i + 1 < stack.size(); ++i)
+        add_frozen_adapter(*model, stack[i].entry.name, stack[i].weights, stack[i].config.lora);
+    if (stack.size() > 1) spdlog::info("{}: adapter stack {}", adapter_dir.string(), join_names(adapter_names(*model)));
     return model;
+}
+
+std::vector<std::string> add_frozen_adapters(model::Qwen2ForCausalLM& model, const fs::path& dir,
+                                             const std::string& base_dir) {
+    std::vector<std::string> names;
+    for (auto& a : read_stack_checked(dir, base_dir)) {
+        add_frozen_adapter(model, a.entry.name, a.weights, a.config.lora);
+        names.push_back(a.entry.name);
+    }
+    return names;
 }
 
 // ---------------------------------------------------------------- merge into a checkpoint
 
-MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& adapter_dir, const fs::path& out_dir,
-                                    uint64_t max_shard_bytes,
+MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const std::vector<fs::path>& adapter_dirs,
+                                    const fs::path& out_dir, uint64_t max_shard_bytes,
                                     const std::function<void(int64_t, int64_t, uint64_t)>& progress) {
     if (!fs::is_directory(base_dir)) throw Error(base_dir.string() + ": not a model directory");
-    check_output_not_input(out_dir, {base_dir, adapter_dir});  // also through a symlink, before anything is written
-    const AdapterConfig cfg = read_adapter_config(adapter_dir);
-    const auto weights      = read_adapter_weights(adapter_dir, cfg);
+    if (adapter_dirs.empty()) throw UsageError("merge: no adapter given");
+    std::vector<fs::path> inputs{base_dir};
+    inputs.insert(inputs.end(), adapter_dirs.begin(), adapter_dirs.end());
+    check_output_not_input(out_dir, inputs);  // also through a symlink, before anything is written
+    // Every adapter of every folder (a stack's whole stack, bottom first), each module's adapters in that order.
+    struct ModuleAdapter {
+        const AdapterWeights* w;
+        fs::path file;
+    };
+    std::vector<std::map<std::string, AdapterWeights>> all_weights;
+    std::vector<fs::path> files;
+    std::string adapters_key;
+    for (const auto& dir : adapter_dirs) {
+        adapters_key += "|" + io::directory_fingerprint(dir);  // one folder: the key a single-adapter merge had
+        for (const auto& e : read_adapter_stack(dir)) {
+            if (e.dir != dir) adapters_key += "|" + io::directory_fingerprint(e.dir);
+            const AdapterConfig cfg = read_adapter_config(e.dir);
+            all_weights.push_back(read_adapter_weights(e.dir, cfg));
+            files.push_back(e.dir / kAdapterWeightsFile);
+        }
+    }
+    std::map<std::string, std::vector<ModuleAdapter>> weights;
+    for (size_t i = 0; i < all_weights.size(); ++i)
+        for (const auto& [module, w] : all_weights[i]) weights[module].push_back({&w, files[i]});
 
     // config.json is copied as is (so every key the base has survives), with the dtype and quantization updated.
     const fs::path config_path = base_dir / "config.json";
@@ -395,8 +599,7 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
     std::set<std::string> merged;
     {
         // Resumable: rerunning the same merge keeps the shards an interrupted run finished.
-        const std::string resume_key =
-            "medllm merge v1|" + io::directory_fingerprint(base_dir) + "|" + io::directory_fingerprint(adapter_dir);
+        const std::string resume_key = "medllm merge v1|" + io::directory_fingerprint(base_dir) + adapters_key;
         io::CheckpointWriter writer(out_dir, max_shard_bytes, {{"format", "pt"}}, "model", resume_key);
         if (writer.resumed_shards() > 0) {
             spdlog::info("merge: resuming; {} shards ({} tensors) of an interrupted run are kept",
@@ -437,13 +640,15 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
                 bytes_read = t.nbytes();
             }
             if (adapter != weights.end()) {
-                const auto& w = adapter->second;
-                if (t.dim() != 2 || t.size(0) != w.B.size(0) || t.size(1) != w.A.size(1))
-                    throw Error((adapter_dir / kAdapterWeightsFile).string() + ": adapter for '" + module + "' is [" +
-                                std::to_string(w.B.size(0)) + ", " + std::to_string(w.A.size(1)) +
-                                "] but the base weight " + name + " is " + c10::str(t.sizes()));
-                auto delta = scaled_mm(w.B.to(at::kFloat), w.A.to(at::kFloat), w.scaling);
-                t          = t.to(at::kFloat) + delta;
+                // Σ of the adapters' deltas in fp32 on the fp32 weight: one rounding to bf16 for the whole stack.
+                t = t.to(at::kFloat);
+                for (const auto& [w, file] : adapter->second) {
+                    if (t.dim() != 2 || t.size(0) != w->B.size(0) || t.size(1) != w->A.size(1))
+                        throw Error(file.string() + ": adapter for '" + module + "' is [" +
+                                    std::to_string(w->B.size(0)) + ", " + std::to_string(w->A.size(1)) +
+                                    "] but the base weight " + name + " is " + c10::str(t.sizes()));
+                    t = t + scaled_mm(w->B.to(at::kFloat), w->A.to(at::kFloat), w->scaling);
+                }
             }
             if (at::isFloatingType(t.scalar_type())) t = t.to(at::kBFloat16);
             writer.add(name, t);
@@ -451,10 +656,10 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
         }
         stats.files = writer.finish();
     }
-    for (const auto& [module, w] : weights) {
+    for (const auto& [module, list] : weights) {
         if (!merged.count(module))
-            throw Error((adapter_dir / kAdapterWeightsFile).string() + ": module '" + module + "' has no weight '" +
-                        module + ".weight' in " + base_dir.string());
+            throw Error(list.front().file.string() + ": module '" + module + "' has no weight '" + module +
+                        ".weight' in " + base_dir.string());
     }
 
     config.erase("quantization_config");
@@ -468,9 +673,17 @@ MergeStats merge_adapter_checkpoint(const fs::path& base_dir, const fs::path& ad
     if (!had_dtype) config["torch_dtype"] = "bfloat16";
     write_file_atomic(out_dir / "config.json", config.dump(2) + "\n");
     io::copy_model_side_files(base_dir, out_dir);  // tokenizer, chat template, generation config
-    spdlog::info("merged {} modules ({} dequantized from NF4) into {} tensors -> {}", stats.merged_modules,
+    spdlog::info("merged {} adapter{} on {} modules ({} dequantized from NF4) into {} tensors -> {}",
+                 all_weights.size(), all_weights.size() == 1 ? "" : "s", stats.merged_modules,
                  stats.dequantized_modules, stats.tensors, out_dir.string());
     return stats;
+}
+
+void run_merge(const MergeConfig& config) {
+    const std::vector<fs::path> adapters(config.adapters.begin(), config.adapters.end());
+    const auto stats = merge_adapter_checkpoint(config.model, adapters, config.output, config.max_shard_bytes,
+                                                progress_callback("merge", "tensors"));
+    spdlog::info("wrote {} files to {}", stats.files.size() + 1, config.output);
 }
 
 }  // namespace medllm::peft

@@ -1,3 +1,4 @@
+// LoRA and QLoRA linear layers as PEFT computes them, applied to a Qwen2 model in place.
 #include "medllm/peft/lora.h"
 
 #include <algorithm>
@@ -43,8 +44,17 @@ void LoraConfig::validate() const {
                              "' (Qwen2 projections: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)");
     }
     if (!at::isFloatingType(adapter_dtype)) throw UsageError("lora: adapter dtype must be a floating type");
+    validate_adapter_name(adapter_name, "lora: adapter name");
     if (quantize_base && !quant::is_valid_nf4_blocksize(blocksize))
         throw UsageError("lora: NF4 blocksize must be a power of two in [32, 4096], got " + std::to_string(blocksize));
+}
+
+void validate_adapter_name(const std::string& name, const std::string& what) {
+    // The name is a folder of a saved stack and part of buffer names: no separators, no dots, nothing to escape.
+    const bool ok = !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    });
+    if (!ok) throw UsageError(what + ": '" + name + "' is not an adapter name (1-64 of A-Z a-z 0-9 _ -)");
 }
 
 // ---------------------------------------------------------------- LoraLayer
@@ -85,11 +95,81 @@ at::Tensor LoraLayer::delta_weight() const {
     return scaled_mm(B, A, scaling_);
 }
 
+at::Tensor LoraLayer::frozen_delta_weight() const {
+    at::NoGradGuard no_grad;
+    if (frozen_.empty()) return at::zeros({out_features_, in_features_}, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor sum;
+    for (const auto& f : frozen_) {
+        auto d = scaled_mm(f.B.to(at::kFloat), f.A.to(at::kFloat), f.scaling);
+        sum    = sum.defined() ? sum + d : d;
+    }
+    return sum;
+}
+
+at::Tensor LoraLayer::merge_delta() const {
+    if (!has_adapter()) return frozen_delta_weight();
+    if (!has_frozen()) return delta_weight();
+    at::Tensor d = frozen_delta_weight();
+    return d.to(lora_A->weight.device()) + delta_weight();
+}
+
+void LoraLayer::add_frozen_adapter(const std::string& name, const at::Tensor& A, const at::Tensor& B, double scaling,
+                                   double dropout, std::shared_ptr<const LoraConfig> config) {
+    if (A.dim() != 2 || B.dim() != 2 || A.size(1) != in_features_ || B.size(0) != out_features_ ||
+        B.size(1) != A.size(0))
+        throw Error("lora: adapter '" + name + "' with A " + c10::str(A.sizes()) + " and B " + c10::str(B.sizes()) +
+                    " does not fit a [" + std::to_string(out_features_) + ", " + std::to_string(in_features_) +
+                    "] layer");
+    for (const auto& f : frozen_)
+        if (f.name == name) throw Error("lora: the layer already holds an adapter named '" + name + "'");
+    if (merged_) throw Error("lora: cannot add adapter '" + name + "' to a merged layer (unmerge first)");
+    at::NoGradGuard no_grad;
+    FrozenAdapter f;
+    f.name    = name;
+    f.A       = register_buffer("frozen_" + name + "_lora_A", A.detach().clone());
+    f.B       = register_buffer("frozen_" + name + "_lora_B", B.detach().clone());
+    f.scaling = scaling;
+    f.dropout = dropout;
+    f.config  = std::move(config);
+    frozen_.push_back(std::move(f));
+}
+
+FrozenAdapter& LoraLayer::frozen_adapter(const std::string& name) {
+    for (auto& f : frozen_)
+        if (f.name == name) return f;
+    throw Error("lora: the layer holds no adapter named '" + name + "'");
+}
+
 at::Tensor LoraLayer::forward(const at::Tensor& x) {
-    if (!has_adapter() || !adapters_enabled || merged_) return base_forward(x);
+    const bool trainable = has_adapter() && adapters_enabled;
+    const bool frozen    = has_frozen() && frozen_enabled;
+    if (merged_ || (!trainable && !frozen)) return base_forward(x);
+    if (frozen) return stacked_forward(x, trainable);
     // Dropout applies to the adapter's input only (PEFT).
     at::Tensor x_lora = (dropout_ > 0.0 && is_training()) ? at::dropout(x, dropout_, true) : x;
     return adapted_forward(x, x_lora);
+}
+
+// Several adapters, as PEFT's forward with several active adapters: the base output, then each adapter's output
+// added in stack order (frozen ones first, the trainable one last), each with its own dropout mask. Autograd
+// carries the gradients (of x through every adapter, of the trainable A and B); the frozen tensors have none.
+at::Tensor LoraLayer::stacked_forward(const at::Tensor& x, bool with_trainable) {
+    const at::Tensor base     = base_forward(x);
+    const auto out_dtype      = base.scalar_type();
+    const auto out_shape      = base.sizes().vec();
+    const bool in_adapter_dty = accumulates_in_adapter_dtype();
+    at::Tensor acc            = base.reshape({-1, out_features_});
+    auto add                  = [&](const at::Tensor& A, const at::Tensor& B, double s, double p) {
+        const at::Tensor xin = (p > 0.0 && is_training()) ? at::dropout(x, p, true) : x;
+        const at::Tensor xa  = at::matmul(xin.to(A.scalar_type()), A.t()).reshape({-1, A.size(0)});
+        if (in_adapter_dty)  // lora.Linear: result + lora (promoted to the adapter dtype), cast back at the end
+            acc = at::addmm(acc.to(A.scalar_type()), xa, B.t(), 1, s);
+        else  // Linear4bit: each output cast to the result's dtype, then added
+            acc = acc + scaled_mm(xa, B.t(), s).to(out_dtype);
+    };
+    for (const auto& f : frozen_) add(f.A, f.B, f.scaling, f.dropout);
+    if (with_trainable) add(lora_A->weight, lora_B->weight, scaling_, dropout_);
+    return acc.to(out_dtype).reshape(out_shape);
 }
 
 // ---------------------------------------------------------------- LoraLinear
@@ -118,16 +198,16 @@ at::Tensor LoraLinear::adapted_forward(const at::Tensor& x, const at::Tensor& x_
 }
 
 void LoraLinear::merge() {
-    if (merged_ || !has_adapter()) return;
+    if (merged_ || (!has_adapter() && !has_frozen())) return;
     at::NoGradGuard no_grad;
-    weight.add_(delta_weight().to(weight.device()));
+    weight.add_(merge_delta().to(weight.device()));
     merged_ = true;
 }
 
 void LoraLinear::unmerge() {
     if (!merged_) return;
     at::NoGradGuard no_grad;
-    weight.sub_(delta_weight().to(weight.device()));
+    weight.sub_(merge_delta().to(weight.device()));
     merged_ = false;
 }
 
@@ -288,9 +368,9 @@ at::Tensor QLoraLinear::adapted_forward(const at::Tensor& x, const at::Tensor& x
 }
 
 void QLoraLinear::merge() {
-    if (merged_ || !has_adapter()) return;
+    if (merged_ || (!has_adapter() && !has_frozen())) return;
     at::NoGradGuard no_grad;
-    merged_weight_ = (dequantized_weight().to(at::kFloat) + delta_weight().to(base.device())).to(base.dtype);
+    merged_weight_ = (dequantized_weight().to(at::kFloat) + merge_delta().to(base.device())).to(base.dtype);
     merged_        = true;
 }
 
@@ -388,6 +468,7 @@ std::vector<NamedLoraLayer> apply_lora_impl(model::Qwen2ForCausalLM& m, const Lo
             layer->reset_adapter(seed);
             if (seed) ++*seed;  // a different but reproducible A per module
         }
+        layer->adapter_name = cfg.adapter_name;
         install(slot, layer);
         if (layer->has_adapter()) adapted.push_back({slot.name, layer});
     }
@@ -492,19 +573,100 @@ std::shared_ptr<model::Qwen2ForCausalLM> load_model_for_lora(const std::string& 
     return m;
 }
 
+// ---------------------------------------------------------------- stacks
+
+std::vector<std::string> adapter_names(model::Qwen2ForCausalLM& model) {
+    // Frozen adapters ordered by when they were added (a later one may adapt an earlier module than the first one).
+    std::map<int64_t, std::string> frozen;
+    std::string trainable;
+    for (const auto& [name, layer] : lora_layers(model)) {
+        for (const auto& f : layer->frozen_adapters()) frozen.emplace(f.position, f.name);
+        if (layer->has_adapter() && trainable.empty()) trainable = layer->adapter_name;
+    }
+    std::vector<std::string> out;
+    for (const auto& [pos, name] : frozen) out.push_back(name);
+    if (!trainable.empty()) out.push_back(trainable);
+    return out;
+}
+
+std::string trainable_adapter_name(model::Qwen2ForCausalLM& model) {
+    for (const auto& [name, layer] : lora_layers(model))
+        if (layer->has_adapter()) return layer->adapter_name;
+    return {};
+}
+
+void add_frozen_adapter(model::Qwen2ForCausalLM& model, const std::string& name,
+                        const std::map<std::string, AdapterWeights>& weights, const LoraConfig& config) {
+    validate_adapter_name(name, "adapter name");
+    const auto names = adapter_names(model);
+    if (std::find(names.begin(), names.end(), name) != names.end())
+        throw UsageError("adapter name '" + name + "': the model already holds an adapter of that name");
+    if (weights.empty()) throw Error("adapter '" + name + "' adapts no module");
+    // Everything is checked before the model changes, so a refused adapter leaves it as it was.
+    const auto slots = projection_slots(model);
+    std::map<std::string, const ProjectionSlot*> by_name;
+    for (const auto& slot : slots) by_name[slot.name] = &slot;
+    for (const auto& [module, w] : weights) {
+        auto it = by_name.find(module);
+        if (it == by_name.end())
+            throw Error("adapter '" + name + "': the model has no projection named '" + module + "'");
+        const auto& proj = **it->second->member;
+        if (w.A.dim() != 2 || w.B.dim() != 2 || w.A.size(1) != proj.in_features() ||
+            w.B.size(0) != proj.out_features() || w.B.size(1) != w.A.size(0))
+            throw Error("adapter '" + name + "': " + module + " has A " + c10::str(w.A.sizes()) + " and B " +
+                        c10::str(w.B.sizes()) + " but the projection is [" + std::to_string(proj.out_features()) +
+                        ", " + std::to_string(proj.in_features()) + "]");
+        if (!std::dynamic_pointer_cast<LoraLayer>(*it->second->member) &&
+            !std::dynamic_pointer_cast<model::DenseLinear>(*it->second->member))
+            throw Error("adapter '" + name + "': " + module + " is neither dense nor a LoRA layer");
+    }
+    const auto shared = std::make_shared<const LoraConfig>(config);
+    int64_t position  = 0;
+    for (const auto& [n, layer] : lora_layers(model))
+        for (const auto& f : layer->frozen_adapters()) position = std::max(position, f.position + 1);
+    const at::Device device     = model.parameters().front().device();
+    const std::string trainable = trainable_adapter_name(model);
+    for (const auto& slot : slots) {
+        auto it = weights.find(slot.name);
+        if (it == weights.end()) continue;
+        auto layer = std::dynamic_pointer_cast<LoraLayer>(*slot.member);
+        if (!layer) {  // a projection the trainable adapter does not adapt: a LoRA layer with no trainable adapter
+            auto dense          = std::dynamic_pointer_cast<model::DenseLinear>(*slot.member);
+            layer               = std::make_shared<LoraLinear>(*dense, 0, 1.0, 0.0, config.adapter_dtype);
+            layer->adapter_name = trainable.empty() ? "default" : trainable;
+            install(slot, layer);
+        }
+        const auto& w = it->second;
+        layer->add_frozen_adapter(name, w.A.to(device, config.adapter_dtype), w.B.to(device, config.adapter_dtype),
+                                  w.scaling, config.dropout, shared);
+        layer->frozen_adapter(name).position = position;
+    }
+}
+
+void set_trainable_adapter_name(model::Qwen2ForCausalLM& model, const std::string& name) {
+    validate_adapter_name(name, "adapter name");
+    for (const auto& [module, layer] : lora_layers(model))
+        for (const auto& f : layer->frozen_adapters())
+            if (f.name == name)
+                throw UsageError("adapter name '" + name + "': a frozen adapter of the model has that name");
+    for (const auto& [module, layer] : lora_layers(model)) layer->adapter_name = name;
+}
+
 // ---------------------------------------------------------------- adapter scopes
 
-AdaptersDisabled::AdaptersDisabled(model::Qwen2ForCausalLM& model) {
+AdaptersDisabled::AdaptersDisabled(model::Qwen2ForCausalLM& model, Disable which) {
     for (auto& [name, layer] : lora_layers(model)) {
-        saved_.push_back({layer, layer->adapters_enabled, layer->merged()});
+        saved_.push_back({layer, layer->adapters_enabled, layer->frozen_enabled, layer->merged()});
         if (layer->merged()) layer->unmerge();
         layer->adapters_enabled = false;
+        if (which == Disable::all) layer->frozen_enabled = false;
     }
 }
 
 AdaptersDisabled::~AdaptersDisabled() {
     for (auto& s : saved_) {
         s.layer->adapters_enabled = s.enabled;
+        s.layer->frozen_enabled   = s.frozen_enabled;
         if (s.merged) s.layer->merge();
     }
 }

@@ -1,3 +1,4 @@
+// build-prefs' library: check each sampled answer, pair them GT > chosen > rejected, and the resumable run.
 #include "medllm/prefs/build_prefs.h"
 
 #include <algorithm>
@@ -99,9 +100,17 @@ CheckedSample check_sample(const PrefQuestion& q, std::string text, const std::s
     s.text          = std::move(text);
     s.finish_reason = finish_reason;
     s.answer        = eval::extract_answer(s.text, eval::answer_spec(q.question));
-    s.parsed        = s.answer.parsed && (s.answer.marker_found || !options.require_marker);
-    s.correct       = s.parsed && eval::official_is_correct(q.question.problem_id, s.answer.items, q.question.answer);
-    s.truncated     = finish_reason == "length";
+    if (!s.answer.parsed && options.answer_by_text && !q.question.is_numeric()) {
+        const std::string letter = eval::choice_named_by_text(s.text, q.question.choices);
+        if (!letter.empty()) {
+            s.answer.parsed = true;
+            s.answer.items  = {letter};
+            s.by_text       = true;
+        }
+    }
+    s.parsed    = s.answer.parsed && (s.answer.marker_found || !options.require_marker);
+    s.correct   = s.parsed && eval::official_is_correct(q.question.problem_id, s.answer.items, q.question.answer);
+    s.truncated = finish_reason == "length";
     // The explanation: the normalised text before the last answer marker, the marker itself taken off.
     const std::string normalized = eval::official_prediction(s.text);
     const std::size_t after      = eval::find_after_last_answer_marker(normalized);
@@ -189,7 +198,7 @@ PairsOutput make_pairs_output(const std::vector<PrefQuestion>& questions, const 
                               const PairOptions& options) {
     PairsOutput out;
     int64_t n_samples = 0, n_chosen = 0, n_rejected = 0, n_unparseable = 0, n_truncated = 0, n_short = 0, n_dropped = 0,
-            n_correct = 0, n_empty = 0;
+            n_correct = 0, n_empty = 0, n_by_text = 0;
     json by_type = json::object();
     std::map<std::string, int64_t> pairs_by_type;
     std::map<std::string, std::vector<std::string>> without;
@@ -220,6 +229,7 @@ PairsOutput make_pairs_output(const std::vector<PrefQuestion>& questions, const 
             if (s.truncated) ++n_truncated;
             if (s.short_explanation) ++n_short;
             if (s.empty) ++n_empty;
+            if (s.by_text) ++n_by_text;
             if (s.status == SampleStatus::chosen) ++n_chosen;
             if (s.status == SampleStatus::rejected) ++n_rejected;
             if (s.status == SampleStatus::dropped) ++n_dropped;
@@ -270,6 +280,7 @@ PairsOutput make_pairs_output(const std::vector<PrefQuestion>& questions, const 
     s["dropped"]           = n_dropped;
     s["empty"]             = n_empty;
     s["correct"]           = n_correct;
+    s["answered_by_text"]  = n_by_text;
     s["sample_accuracy"]   = n_samples ? static_cast<double>(n_correct) / static_cast<double>(n_samples) : 0.0;
     s["accuracy_by_type"]  = by_type;
     json pj                = json::object();
@@ -300,6 +311,7 @@ std::string format_summary(const json& s) {
     row("chosen", num("chosen"));
     row("rejected (incl. unparseable)", num("rejected"));
     row("unparseable", num("unparseable"));
+    row("answered by option text", num("answered_by_text"));
     row("truncated (token limit)", num("truncated"));
     row("short explanation", num("short_explanation"));
     row("dropped (incl. empty)", num("dropped"));
@@ -364,8 +376,9 @@ std::vector<std::vector<CheckedSample>> read_checked_samples(const fs::path& sam
     return checked;
 }
 
-BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
-    const auto t0 = std::chrono::steady_clock::now();
+namespace {
+
+void check_options(const BuildPrefsOptions& o) {
     if (o.output.empty()) throw UsageError("build-prefs: output (--output DIR) is required");
     if (o.model.empty()) throw UsageError("build-prefs: model (--model DIR) is required");
     if (!fs::is_directory(o.model)) throw UsageError("build-prefs: model " + o.model.string() + ": no such directory");
@@ -374,17 +387,34 @@ BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
     if (o.num_samples < 1) throw UsageError("build-prefs: sampling.n must be >= 1");
     if (o.few_shot_k < 0) throw UsageError("build-prefs: few_shot.k must be >= 0");
     if (o.pairs.types.empty()) throw UsageError("build-prefs: pairs.types must name at least one pair type");
-    const PrefPrompt prompt(o.prompt_template);
+    // The guard reads guard.years of the IgakuQA folder: a folder that holds fewer years is named before any work.
+    if (!o.guard.igakuqa_dir.empty()) {
+        if (!fs::is_directory(o.guard.igakuqa_dir / "data"))
+            throw UsageError("build-prefs: guard.igakuqa_dir " + o.guard.igakuqa_dir.string() +
+                             " is not an IgakuQA data folder (no data/ in it)");
+        for (int year : o.guard.years)
+            if (!fs::is_directory(o.guard.igakuqa_dir / "data" / std::to_string(year)))
+                throw UsageError("build-prefs: guard.igakuqa_dir " + o.guard.igakuqa_dir.string() + " has no data/" +
+                                 std::to_string(year) + "; set guard.years to the exam years it holds");
+    }
+}
 
-    // Inputs first: a bad record or an evaluation question is reported before the model loads.
+// The questions to sample and the fixed few-shot examples (if any), checked against the evaluation exams.
+struct Inputs {
     QuestionLoadReport report;
-    const auto questions = load_pref_questions(o.questions, o.load, &report);
-    std::vector<PrefQuestion> fixed;
-    if (!o.few_shot_file.empty()) fixed = load_pref_questions({o.few_shot_file}, {true});
-    spdlog::info("{} questions from {} file(s){}", questions.size(), report.files.size(),
-                 report.problems.empty() ? "" : fmt::format(", {} records skipped", report.problems.size()));
-    std::vector<PrefQuestion> guarded = questions;
-    guarded.insert(guarded.end(), fixed.begin(), fixed.end());
+    std::vector<PrefQuestion> questions;
+    std::vector<PrefQuestion> fixed;                      // few_shot.file's examples; empty: drawn from the questions
+    std::vector<std::vector<const PrefQuestion*>> shots;  // per question: its few-shot examples
+};
+
+Inputs load_inputs(const BuildPrefsOptions& o) {
+    Inputs in;
+    in.questions = load_pref_questions(o.questions, o.load, &in.report);
+    if (!o.few_shot_file.empty()) in.fixed = load_pref_questions({o.few_shot_file}, {true, "few_shot.file"});
+    spdlog::info("{} questions from {} file(s){}", in.questions.size(), in.report.files.size(),
+                 in.report.problems.empty() ? "" : fmt::format(", {} records skipped", in.report.problems.size()));
+    std::vector<PrefQuestion> guarded = in.questions;
+    guarded.insert(guarded.end(), in.fixed.begin(), in.fixed.end());
     if (o.guard.igakuqa_dir.empty())
         spdlog::warn(
             "guard: no IgakuQA directory given (guard.igakuqa_dir): only exam numbers are checked, not "
@@ -400,32 +430,44 @@ BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
         spdlog::warn("{}; kept because of --allow-eval-overlap", msg);
     }
     // Every question's few-shot examples, before the model loads: a fixed file that holds the question itself (or
-    // too few others) is refused here, naming the file and the question.
-    std::vector<std::vector<const PrefQuestion*>> shots(questions.size());
-    for (std::size_t i = 0; i < questions.size(); ++i)
-        shots[i] = o.few_shot_file.empty() ? draw_few_shot(questions, questions[i], o.few_shot_k, o.few_shot_seed)
-                                           : fixed_few_shot(fixed, o.few_shot_file, questions[i], o.few_shot_k);
-    std::vector<fs::path> inputs = report.files;
+    // too few others) is refused here, naming the file and the question. (The pointers are into in.questions and
+    // in.fixed, whose buffers stay put when `in` is moved out.)
+    in.shots.resize(in.questions.size());
+    for (std::size_t i = 0; i < in.questions.size(); ++i)
+        in.shots[i] = o.few_shot_file.empty()
+                          ? draw_few_shot(in.questions, in.questions[i], o.few_shot_k, o.few_shot_seed)
+                          : fixed_few_shot(in.fixed, o.few_shot_file, in.questions[i], o.few_shot_k);
+    return in;
+}
+
+struct OutputPaths {
+    fs::path samples, pairs, summary;
+};
+
+// The output files, none of which may be an input.
+OutputPaths output_paths(const BuildPrefsOptions& o, const Inputs& in) {
+    std::vector<fs::path> inputs = in.report.files;
     for (const auto& p : {o.model, o.adapter, o.few_shot_file})
         if (!p.empty()) inputs.push_back(p);
-    const fs::path samples_path = o.output / "samples.jsonl", pairs_path = o.output / "pairs.jsonl",
-                   summary_path = o.output / "summary.json";
-    for (const auto& out : {samples_path, pairs_path, summary_path}) check_output_not_input(out, inputs);
+    OutputPaths out{o.output / "samples.jsonl", o.output / "pairs.jsonl", o.output / "summary.json"};
+    for (const auto& path : {out.samples, out.pairs, out.summary}) check_output_not_input(path, inputs);
+    return out;
+}
 
-    generate::LoadOptions lo;
-    lo.dtype        = o.dtype;
-    lo.device       = o.device;
-    lo.adapter      = o.adapter.string();
-    auto loaded     = generate::load_model(o.model, lo);
-    const bool chat = o.prompt_format == "chat" || (o.prompt_format == "auto" && loaded.has_chat_template);
-    generate::Generator generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids);
-
-    std::vector<json> prompts;
+// Each question's few-shot prompt: as pairs.jsonl records it (a string, or a message list for chat) and as the
+// engine receives it (rendered text).
+struct Prompts {
+    std::vector<json> shown;
     std::vector<generate::PromptRecord> records;
-    std::string all_prompts;
-    for (std::size_t i = 0; i < questions.size(); ++i) {
-        const auto& q        = questions[i];
-        const auto& examples = shots[i];
+    std::string all;  // every rendered prompt with its index: the run identity's prompts_xxh3
+};
+
+Prompts render_prompts(const BuildPrefsOptions& o, const Inputs& in, const PrefPrompt& prompt, bool chat,
+                       const text::Tokenizer& tokenizer) {
+    Prompts p;
+    for (std::size_t i = 0; i < in.questions.size(); ++i) {
+        const auto& q        = in.questions[i];
+        const auto& examples = in.shots[i];
         generate::PromptRecord r;
         r.index = i;
         r.id    = q.question.problem_id;
@@ -433,30 +475,33 @@ BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
             const json messages = prompt.chat_messages(q, examples);
             std::vector<text::ChatMessage> m;
             for (const auto& msg : messages) m.push_back({msg["role"], msg["content"]});
-            r.text = loaded.tokenizer->apply_chat_template(m, /*add_generation_prompt=*/true);
-            prompts.push_back(messages);
+            r.text = tokenizer.apply_chat_template(m, /*add_generation_prompt=*/true);
+            p.shown.push_back(messages);
         } else {
             r.text = prompt.base_prompt(q, examples);
-            prompts.push_back(r.text);
+            p.shown.push_back(r.text);
         }
-        all_prompts += std::to_string(i) + "\x1e" + r.text + "\x1e";
-        records.push_back(std::move(r));
+        p.all += std::to_string(i) + "\x1e" + r.text + "\x1e";
+        p.records.push_back(std::move(r));
     }
+    return p;
+}
 
-    // A prompt that leaves no room in the context is named by its question (generate_to_file only knows indices).
-    {
-        std::vector<std::string> texts;
-        for (const auto& r : records) texts.push_back(r.text);
-        const auto ids = loaded.tokenizer->encode_batch(texts);
-        for (std::size_t i = 0; i < ids.size(); ++i)
-            if (static_cast<int64_t>(ids[i].size()) >= generator.context_length())
-                throw Error(questions[i].where() + ": problem_id " + questions[i].question.problem_id +
-                            ": the few-shot prompt has " + std::to_string(ids[i].size()) +
-                            " tokens, which leaves no room in the model's context of " +
-                            std::to_string(generator.context_length()) +
-                            " tokens (fewer or shorter few-shot examples: few_shot.k, few_shot.file)");
-    }
+// A prompt that leaves no room in the context is named by its question (generate_to_file only knows indices).
+void check_prompts_fit(const Prompts& p, const std::vector<PrefQuestion>& questions, const text::Tokenizer& tokenizer,
+                       int64_t context_length) {
+    std::vector<std::string> texts;
+    for (const auto& r : p.records) texts.push_back(r.text);
+    const auto ids = tokenizer.encode_batch(texts);
+    for (std::size_t i = 0; i < ids.size(); ++i)
+        if (static_cast<int64_t>(ids[i].size()) >= context_length)
+            throw Error(questions[i].where() + ": problem_id " + questions[i].question.problem_id +
+                        ": the few-shot prompt has " + std::to_string(ids[i].size()) +
+                        " tokens, which leaves no room in the model's context of " + std::to_string(context_length) +
+                        " tokens (fewer or shorter few-shot examples: few_shot.k, few_shot.file)");
+}
 
+generate::GenerateOptions sampling_options(const BuildPrefsOptions& o, const PrefPrompt& prompt) {
     generate::GenerateOptions gen;
     gen.num_samples        = o.num_samples;
     gen.max_new_tokens     = o.max_new_tokens;
@@ -467,7 +512,13 @@ BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
     gen.sampling.top_p = o.top_p;
     gen.sampling.top_k = o.top_k;
     gen.stop_strings   = {prompt.next_block_stop()};
+    return gen;
+}
 
+// samples.jsonl's settings, with the run identity a resume must match.
+generate::GenerateFileOptions samples_file(const BuildPrefsOptions& o, const fs::path& samples_path,
+                                           const generate::LoadedModel& loaded, bool chat, const PrefPrompt& prompt,
+                                           const Inputs& in, const Prompts& prompts) {
     const at::Tensor& weight = loaded.model->lm_head_weight();
     generate::GenerateFileOptions file;
     file.output       = samples_path;
@@ -486,25 +537,51 @@ BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
                           {{"k", o.few_shot_k},
                            {"seed", o.few_shot_seed},
                            {"file", o.few_shot_file.empty() ? json(nullptr) : json(hash_file(o.few_shot_file))}}},
-                         {"questions", questions.size()},
-                         {"prompts_xxh3", hash_bytes(all_prompts)}};
+                         {"questions", in.questions.size()},
+                         {"prompts_xxh3", hash_bytes(prompts.all)}};
+    return file;
+}
+
+}  // namespace
+
+BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
+    const auto t0 = std::chrono::steady_clock::now();
+    check_options(o);
+    const PrefPrompt prompt(o.prompt_template);
+
+    // Inputs first: a bad record or an evaluation question is reported before the model loads.
+    const Inputs in         = load_inputs(o);
+    const OutputPaths paths = output_paths(o, in);
+
+    generate::LoadOptions lo;
+    lo.dtype        = o.dtype;
+    lo.device       = o.device;
+    lo.adapter      = o.adapter.string();
+    auto loaded     = generate::load_model(o.model, lo);
+    const bool chat = o.prompt_format == "chat" || (o.prompt_format == "auto" && loaded.has_chat_template);
+    generate::Generator generator(loaded.model, loaded.tokenizer, loaded.eos_token_ids);
+    const Prompts prompts = render_prompts(o, in, prompt, chat, *loaded.tokenizer);
+    check_prompts_fit(prompts, in.questions, *loaded.tokenizer, generator.context_length());
+
+    const auto gen  = sampling_options(o, prompt);
+    const auto file = samples_file(o, paths.samples, loaded, chat, prompt, in, prompts);
     fs::create_directories(o.output);
     const auto ts                 = std::chrono::steady_clock::now();
-    const auto gr                 = generate::generate_to_file(generator, records, gen, file);
+    const auto gr                 = generate::generate_to_file(generator, prompts.records, gen, file);
     const double sampling_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     if (!o.place.is_main()) return {};  // rank 0 writes pairs.jsonl and summary.json
 
     // Every record of samples.jsonl, in question order (the file is in finishing order).
-    const auto checked = read_checked_samples(samples_path, questions, with_template_marker(o.check, prompt));
-    auto po            = make_pairs_output(questions, prompts, checked, prompt, o.pairs);
+    const auto checked = read_checked_samples(paths.samples, in.questions, with_template_marker(o.check, prompt));
+    auto po            = make_pairs_output(in.questions, prompts.shown, checked, prompt, o.pairs);
     {
-        AtomicFileWriter w(pairs_path);
+        AtomicFileWriter w(paths.pairs);
         for (const auto& r : po.records) w.write(dump_json(r) + "\n");
         w.commit();
     }
     const int64_t generated_samples = static_cast<int64_t>(gr.generated) * o.num_samples;
     json& s                         = po.summary;
-    s["records_skipped"]            = report.problems.size();
+    s["records_skipped"]            = in.report.problems.size();
     s["resumed_questions"]          = gr.resumed;
     s["sampled_questions"]          = gr.generated;
     s["sampled_now"]                = generated_samples;
@@ -512,8 +589,8 @@ BuildPrefsResult build_prefs(const BuildPrefsOptions& o) {
     s["samples_per_second"]         = sampling_seconds > 0 ? generated_samples / sampling_seconds : 0.0;
     s["prompt_format"]              = chat ? "chat" : "base";
     s["seconds"]                    = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    s["files"]                      = {{"samples", samples_path.string()}, {"pairs", pairs_path.string()}};
-    write_file_atomic(summary_path, dump_json(s, 2) + "\n");
+    s["files"]                      = {{"samples", paths.samples.string()}, {"pairs", paths.pairs.string()}};
+    write_file_atomic(paths.summary, dump_json(s, 2) + "\n");
     return {s, format_summary(s)};
 }
 

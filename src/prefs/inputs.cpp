@@ -1,3 +1,4 @@
+// build-prefs' inputs: questions with verified explanations and their few-shot examples.
 #include "medllm/prefs/inputs.h"
 
 #include <algorithm>
@@ -22,7 +23,7 @@ bool ends_with(const std::string& s, const std::string& suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::vector<fs::path> expand_inputs(const std::vector<fs::path>& inputs) {
+std::vector<fs::path> expand_inputs(const std::vector<fs::path>& inputs, const std::string& key) {
     std::vector<fs::path> files;
     for (const auto& in : inputs) {
         if (fs::is_directory(in)) {
@@ -36,13 +37,13 @@ std::vector<fs::path> expand_inputs(const std::vector<fs::path>& inputs) {
                     continue;
                 found.push_back(e.path());
             }
-            if (found.empty()) throw UsageError("questions: " + in.string() + " holds no *.jsonl file");
+            if (found.empty()) throw UsageError(key + ": " + in.string() + " holds no *.jsonl file");
             std::sort(found.begin(), found.end());
             files.insert(files.end(), found.begin(), found.end());
         } else if (fs::exists(in)) {
             files.push_back(in);
         } else {
-            throw UsageError("questions: " + in.string() + ": no such file or directory");
+            throw UsageError(key + ": " + in.string() + ": no such file or directory");
         }
     }
     return files;
@@ -138,10 +139,10 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
 
 std::vector<PrefQuestion> load_pref_questions(const std::vector<fs::path>& inputs, const QuestionLoadOptions& options,
                                               QuestionLoadReport* report) {
-    if (inputs.empty()) throw UsageError("questions: give at least one JSONL file or directory");
+    if (inputs.empty()) throw UsageError(options.key + ": give at least one JSONL file or directory");
     QuestionLoadReport local;
     QuestionLoadReport& rep = report ? *report : local;
-    rep.files               = expand_inputs(inputs);
+    rep.files               = expand_inputs(inputs, options.key);
     std::vector<PrefQuestion> questions;
     std::map<std::string, std::string> seen;  // problem_id -> where
     for (const auto& file : rep.files) {
@@ -170,7 +171,9 @@ std::vector<PrefQuestion> load_pref_questions(const std::vector<fs::path>& input
                 if (j.is_object() && j.contains("problem_id") && j["problem_id"].is_string())
                     id = " problem_id " + j["problem_id"].get<std::string>() + ":";
                 const std::string msg = where + ":" + id + " " + error;
-                if (options.refuse_bad_records) throw Error(msg + " (on_bad_record: refuse)");
+                if (options.refuse_bad_records)
+                    throw Error(msg +
+                                (options.key == "questions" ? " (on_bad_record: refuse)" : " (" + options.key + ")"));
                 spdlog::warn("{}; skipped", msg);
                 rep.problems.push_back(msg);
                 continue;
@@ -181,7 +184,7 @@ std::vector<PrefQuestion> load_pref_questions(const std::vector<fs::path>& input
         }
     }
     if (questions.empty())
-        throw Error("questions: no usable record in " + std::to_string(rep.files.size()) + " file(s)" +
+        throw Error(options.key + ": no usable record in " + std::to_string(rep.files.size()) + " file(s)" +
                     (rep.problems.empty() ? std::string() : "; first problem: " + rep.problems.front()));
     assign_case_groups(questions);
     return questions;
@@ -285,10 +288,9 @@ std::vector<EvalOverlap> find_eval_overlap(const std::vector<PrefQuestion>& ques
     std::map<std::string, bool> eval_ids;
     std::unique_ptr<data::ContaminationGuard> guard;
     if (!options.igakuqa_dir.empty()) {
-        const std::vector<int> years = {2018, 2019, 2020, 2021, 2022};
-        for (const auto& q : eval::load_questions(options.igakuqa_dir, years)) eval_ids[q.problem_id] = true;
+        for (const auto& q : eval::load_questions(options.igakuqa_dir, options.years)) eval_ids[q.problem_id] = true;
         guard = std::make_unique<data::ContaminationGuard>(
-            data::ContaminationGuard::from_igakuqa(options.igakuqa_dir, years, options.text));
+            data::ContaminationGuard::from_igakuqa(options.igakuqa_dir, options.years, options.text));
     }
     for (const auto& pq : questions) {
         const auto& q = pq.question;

@@ -428,7 +428,8 @@ at::Tensor nf4_dequantize(const Nf4Tensor& w, std::optional<at::ScalarType> dtyp
     return out;
 }
 
-at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::optional<at::Tensor>& bias) {
+at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::optional<at::Tensor>& bias,
+                      Nf4CpuPath cpu_path) {
     if (w.shape.size() != 2) throw Error("nf4_linear: weight must be 2-D [out, in], got " + shape_string(w.shape));
     const int64_t out_features = w.shape[0];
     const int64_t in_features  = w.shape[1];
@@ -473,6 +474,10 @@ at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::option
         }
     }
 #endif
+    if (x.is_cpu() && cpu_path != Nf4CpuPath::dequantize_gemm &&
+        (cpu_path == Nf4CpuPath::fused || x.numel() / in_features <= nf4_cpu_gemv_max_rows(x.scalar_type()))) {
+        return nf4_gemv_cpu(x, w, bias_cast);
+    }
     // Without autograd: dequantize into the reused workspace, then one GEMM (cuBLAS / the CPU BLAS).
     return at::linear(x, scratch_weight(w, x.scalar_type()), bias_cast);
 }

@@ -1,3 +1,4 @@
+// `medllm quantize`: a HF checkpoint streamed tensor by tensor into a bitsandbytes-compatible NF4 checkpoint.
 #include "medllm/quant/quantize_checkpoint.h"
 
 #include <algorithm>
@@ -8,8 +9,11 @@
 
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/core/progress.h"
 #include "medllm/io/model_files.h"
 #include "medllm/io/safetensors.h"
+#include "medllm/model/checkpoint_check.h"
+#include "medllm/model/config.h"
 #include "medllm/quant/nf4.h"
 #include "medllm/quant/nf4_serialize.h"
 
@@ -104,6 +108,17 @@ QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::stri
     write_file_atomic(out / "config.json", config.dump(2) + "\n");
     io::copy_model_side_files(in, out);  // tokenizer, chat template, generation config
     return report;
+}
+
+void run_quantize(const QuantizeConfig& config) {
+    // The same check info and generate make, before anything is read or written.
+    const auto model_config = model::Qwen2Config::from_file(config.model);
+    model::validate_checkpoint(io::CheckpointReader(config.model), model_config, config.model);
+    const auto report =
+        quantize_checkpoint(config.model, config.output, config.options, progress_callback("quantize", "tensors"));
+    spdlog::info("wrote {}: {} tensors in NF4, {} kept; {:.2f} GiB -> {:.2f} GiB", config.output,
+                 report.quantized_tensors, report.kept_tensors, report.bytes_in / double(1ull << 30),
+                 report.bytes_out / double(1ull << 30));
 }
 
 }  // namespace medllm::quant

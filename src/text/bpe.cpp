@@ -1,3 +1,4 @@
+// The byte-level BPE tokenizer of Qwen2/Qwen2.5 vocabularies.
 #include "medllm/text/bpe.h"
 
 #include <algorithm>

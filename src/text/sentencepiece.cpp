@@ -1,3 +1,4 @@
+// SentencePiece tokenizers (tokenizer.model) behind the common Tokenizer interface.
 #include "medllm/text/sentencepiece.h"
 
 #include <sentencepiece_processor.h>

@@ -1,3 +1,4 @@
+// Choosing and loading the tokenizer a model folder holds.
 #include "medllm/text/tokenizer.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// UTF-8 repair, NFC and the Qwen2 pre-tokenizer split used by the tokenizers.
 #include "medllm/text/unicode.h"
 
 #include <utf8proc.h>

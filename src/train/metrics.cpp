@@ -1,3 +1,4 @@
+// Training logs: the per-step line, metrics.jsonl and TensorBoard events.
 #include "medllm/train/metrics.h"
 
 #include <sys/resource.h>

@@ -1,3 +1,4 @@
+// AdamW over adapter parameters, update for update as torch.optim.AdamW.
 #include "medllm/train/optimizer.h"
 
 #include <cmath>

@@ -1,3 +1,4 @@
+// Reading TRL-format preference pairs and collating them into rpo batches.
 #include "medllm/train/pair_data.h"
 
 #include <algorithm>

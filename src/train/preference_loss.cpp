@@ -1,3 +1,4 @@
+// DPO and RPO losses as TRL's DPOTrainer computes them.
 #include "medllm/train/preference_loss.h"
 
 #include <cmath>
@@ -101,6 +102,18 @@ PreferenceLossSpec parse_loss_spec(const nlohmann::json& loss_type, const nlohma
             "a preference loss too ([sigmoid, sft])");
     if (!(beta > 0) || !std::isfinite(beta)) throw UsageError("loss.beta: must be > 0");
     if (!std::isfinite(rpo_alpha) || rpo_alpha < 0) throw UsageError("loss.rpo_alpha: must be a finite number >= 0");
+    // The NLL weight has two spellings (TRL <= 0.28's rpo_alpha, TRL >= 1.0's sft entry); both at once would add up
+    // (loss_weights [1, 5] with rpo_alpha 2 trains with alpha 7), which neither TRL version does.
+    for (const auto& t : spec.terms)
+        if (t.type == "sft" && rpo_alpha > 0) {
+            std::ostringstream msg;
+            msg << "loss.rpo_alpha and the sft entry of loss.loss_type both weight the chosen completion's NLL "
+                   "(together alpha = "
+                << t.weight + rpo_alpha
+                << "): give the weight once, as loss.rpo_alpha (TRL <= 0.28) or as the sft entry's "
+                   "loss.loss_weights (TRL >= 1.0)";
+            throw UsageError(msg.str());
+        }
     if (!(label_smoothing >= 0 && label_smoothing < 0.5)) throw UsageError("loss.label_smoothing: must be in [0, 0.5)");
     bool sigmoid = false;
     for (const auto& t : spec.terms) sigmoid = sigmoid || t.type == "sigmoid";

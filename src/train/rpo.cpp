@@ -1,7 +1,8 @@
 // `medllm rpo`: DPO / RPO with QLoRA or LoRA on preference pairs. Reads top-down like the cpt recipe: setup
-// (tokenizer, pairs + guard, model + CPT adapter + LoRA, optimizer, schedule, reference) -> resume -> the loop ->
-// finish; what surrounds the loop is shared (include/medllm/train/recipe.h). The reference is the policy with its
-// trainable adapter disabled (peft::disable_adapters), under no-grad, or log-probs precomputed once into
+// (tokenizer, pairs + guard, model + CPT adapter (merged into the base, or stacked frozen under the new one) + LoRA,
+// optimizer, schedule, reference) -> resume -> the loop -> finish; what surrounds the loop is shared
+// (include/medllm/train/recipe.h). The reference is the policy with its trainable adapter disabled
+// (peft::disable_adapters: a stack's frozen adapters stay on), under no-grad, or log-probs precomputed once into
 // <output>/ref_cache (reference.precompute).
 #include "medllm/train/rpo.h"
 
@@ -77,7 +78,9 @@ void add_rpo_fields(ConfigSchema<RpoConfig>& s) {
                     "the CPT adapter the policy starts from (the paper: RPO on the CPT weights); '' = the base alone");
     s.field("lora.merge_init_adapter", &C::merge_init_adapter,
             "true: merge init_adapter into the base before quantizing (<output>/init_merged, bf16), then a fresh "
-            "LoRA; the reference is the merged model");
+            "LoRA; the reference is the merged model. false (stacked): init_adapter stays frozen, as trained, "
+            "under the fresh LoRA on the unmerged base (no re-quantization); the reference is base + init_adapter; "
+            "<output>/adapter is the stack (PEFT's multi-adapter layout + adapter_stack.json)");
     s.field("lora.resume_adapter", &C::resume_adapter,
             "train this PEFT adapter further instead of a fresh LoRA (its r/alpha/targets are used); the "
             "reference stays the base with the adapter disabled");
@@ -193,7 +196,7 @@ Pairs load_pairs(const RpoConfig& cfg) {
 std::string merged_init_base(const RpoConfig& c, const fs::path& output) {
     const fs::path dir         = output / "init_merged";
     const nlohmann::json ident = {{"base", io::model_dir_identity(c.model_path)},
-                                  {"adapter", io::model_dir_identity(c.lora.init_adapter)}};
+                                  {"adapter", peft::adapter_identity(c.lora.init_adapter)}};
     const fs::path marker      = dir / "medllm_merge.json";
     if (fs::exists(marker)) {
         try {
@@ -207,6 +210,23 @@ std::string merged_init_base(const RpoConfig& c, const fs::path& output) {
     peft::merge_adapter_checkpoint(c.model_path, c.lora.init_adapter, dir);
     write_file_atomic(marker, dump_json(ident, 2) + "\n");
     return dir.string();
+}
+
+// lora.merge_init_adapter false: the CPT adapter (or the stack of earlier rounds) frozen under the fresh trainable
+// adapter, on the base as the CPT run saw it (NF4 from the same checkpoint with lora.quantize_base), so nothing is
+// re-quantized. The trainable adapter is named "rpo" (rpo_2, rpo_3, ... when the stack already has that name).
+std::vector<std::string> stack_init_adapter(Session& s, const RpoConfig& cfg) {
+    std::vector<std::string> names;
+    for (const auto& e : peft::read_adapter_stack(cfg.lora.init_adapter)) names.push_back(e.name);
+    std::string name = "rpo";
+    for (int k = 2; std::find(names.begin(), names.end(), name) != names.end(); ++k) name = "rpo_" + std::to_string(k);
+    peft::set_trainable_adapter_name(*s.model, name);  // first: the frozen stack has a "default"
+    s.lora.adapter_name = name;
+    names               = peft::add_frozen_adapters(*s.model, cfg.lora.init_adapter, cfg.model_path);
+    names.push_back(name);
+    spdlog::info("rpo: {} stacked frozen under the new adapter '{}' (lora.merge_init_adapter: false)",
+                 cfg.lora.init_adapter, name);
+    return names;
 }
 
 // The largest token id and the longest row of the pairs (checked against the model).
@@ -258,7 +278,7 @@ struct Reference {
 // One reference pass over every pair, cached on disk under a key of everything that decides the numbers, and
 // reused by later runs and resumes.
 Reference precompute_reference(const RpoConfig& cfg, const Session& s, const Pairs& p, const PreferenceLossSpec& spec,
-                               bool share_prompt) {
+                               bool share_prompt, bool stacked) {
     Reference ref;
     const fs::path dir = cfg.ref_cache_dir.empty() ? s.output / "ref_cache" : fs::path(cfg.ref_cache_dir);
     nlohmann::json key = {
@@ -266,7 +286,7 @@ Reference precompute_reference(const RpoConfig& cfg, const Session& s, const Pai
         {"tokenizer", io::model_dir_identity(cfg.resolved_tokenizer_dir())},
         {"model", io::model_dir_identity(cfg.model_path)},
         {"init_adapter",
-         cfg.lora.init_adapter.empty() ? nlohmann::json(nullptr) : io::model_dir_identity(cfg.lora.init_adapter)},
+         cfg.lora.init_adapter.empty() ? nlohmann::json(nullptr) : peft::adapter_identity(cfg.lora.init_adapter)},
         {"quantize_base", cfg.lora.quantize_base},
         {"device", s.device.is_cuda() ? "cuda" : "cpu"},
         {"length_normalized", spec.length_normalized()},
@@ -275,6 +295,7 @@ Reference precompute_reference(const RpoConfig& cfg, const Session& s, const Pai
          {cfg.max_length, cfg.max_prompt_length, cfg.max_completion_length, cfg.truncation_mode, cfg.on_invalid,
           cfg.eos_token, cfg.default_system_prompt, cfg.guard.action, cfg.tokenization}},
         {"pairs", p.data.examples.size()}};
+    if (stacked) key["init_adapter_mode"] = "stack";  // another reference model (merge mode keeps its old keys)
     ref.cache_file  = dir / ("ref_logps-" + hash_bytes(key.dump()) + ".safetensors");
     const int64_t n = static_cast<int64_t>(p.data.examples.size());
     // The log-probs' own checksum sits in the file's metadata: a damaged cache is never reused (it would train
@@ -395,14 +416,13 @@ TrainResult run_rpo(const RpoConfig& cfg, const TrainOptions& opts) {
         throw UsageError(
             "lora.init_adapter and lora.resume_adapter: set one (the CPT adapter to start from, or an adapter to "
             "keep training)");
-    if (!cfg.lora.init_adapter.empty() && !cfg.merge_init_adapter)
-        throw UsageError(
-            "lora.merge_init_adapter: false (a frozen CPT adapter stacked under the new one) is not built yet; use "
-            "true (the CPT adapter merged into the base, the paper's setting)");
-    Pairs pairs = load_pairs(cfg);
-    const std::string base_dir =
-        cfg.lora.init_adapter.empty() ? cfg.model_path : merged_init_base(cfg, s.output);  // the model under the LoRA
+    const bool stacked         = !cfg.lora.init_adapter.empty() && !cfg.merge_init_adapter;
+    Pairs pairs                = load_pairs(cfg);
+    const std::string base_dir = cfg.lora.init_adapter.empty() || stacked
+                                     ? cfg.model_path
+                                     : merged_init_base(cfg, s.output);  // the model under the LoRA (and the stack)
     load_policy(s, base_dir, cfg.lora, t.seed, cfg.resume_adapter);
+    const auto stack             = stacked ? stack_init_adapter(s, cfg) : std::vector<std::string>{};
     const auto [max_id, longest] = max_id_and_longest(pairs.data);
     check_fits_model(s, "the pairs", max_id, longest,
                      "a pair row of " + std::to_string(longest) + " tokens (lower data.max_length)");
@@ -430,11 +450,14 @@ TrainResult run_rpo(const RpoConfig& cfg, const TrainOptions& opts) {
         "optimizer steps per epoch; {} steps in all (warmup {}); loss {}; reference {}; device {}",
         n, pairs.data.stats.truncated, pairs.data.stats.dropped_empty, pairs.data.stats.invalid_skipped,
         s.micro_per_epoch, t.batch_size, s.steps_per_epoch, s.total_steps, s.schedule.warmup_steps, spec.describe(),
-        cfg.precompute_ref ? "precomputed" : "adapters disabled", s.device.str());
+        cfg.precompute_ref ? "precomputed"
+        : stacked          ? "trainable adapter disabled, stack on"
+                           : "adapters disabled",
+        s.device.str());
     Reference ref;
     if (cfg.precompute_ref) {  // rank 0 computes and caches the reference log-probs; the others then read the cache
         if (!s.main) s.dist->barrier(std::chrono::hours(24));
-        ref = precompute_reference(cfg, s, pairs, spec, share_prompt);
+        ref = precompute_reference(cfg, s, pairs, spec, share_prompt, stacked);
         if (s.main) s.dist->barrier(std::chrono::hours(24));
     }
 
@@ -522,12 +545,16 @@ TrainResult run_rpo(const RpoConfig& cfg, const TrainOptions& opts) {
         tools.show_live(step_loss, u.lr);
     }
     return finish_run(s, tools, interrupted, t.merge, base_dir, nullptr, [&] {
-        return nlohmann::json{{"pairs_seen", pairs_seen},
-                              {"loss", spec.describe()},
-                              {"reference", cfg.precompute_ref ? "precomputed (" + ref.cache_file.string() + ")"
-                                                               : std::string("policy with the adapter disabled")},
-                              {"data", pairs.data.stats.to_json()},
-                              {"final_step_metrics", last_metrics}};
+        nlohmann::json summary{{"pairs_seen", pairs_seen},
+                               {"loss", spec.describe()},
+                               {"reference", cfg.precompute_ref ? "precomputed (" + ref.cache_file.string() + ")"
+                                             : stacked ? std::string("policy with the trainable adapter disabled "
+                                                                     "(base + the frozen stack)")
+                                                       : std::string("policy with the adapter disabled")},
+                               {"data", pairs.data.stats.to_json()},
+                               {"final_step_metrics", last_metrics}};
+        if (stacked) summary["adapter_stack"] = stack;  // <output>/adapter holds them all, bottom first
+        return summary;
     });
 }
 

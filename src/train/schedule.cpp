@@ -1,3 +1,4 @@
+// Learning-rate schedules (warmup, then constant, linear or cosine) as transformers computes them.
 #include "medllm/train/schedule.h"
 
 #include <algorithm>

@@ -1,3 +1,5 @@
+// One optimizer step's shared pieces: rows to tensors, forward and backward over micro-batches with HF's loss
+// normalization, validation loss.
 #include "medllm/train/step.h"
 
 #include <cmath>

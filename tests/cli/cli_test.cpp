@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "support/run_medllm.h"
+#include "support/shared_data.h"
 
 namespace {
 
@@ -101,11 +102,12 @@ namespace {
 
 // Every shipped stage config parses; the eval one scores the ChatGPT baseline through the config path.
 TEST(Cli, ShippedEvalConfigRuns) {
-    std::string out_dir = "/tmp/medllm_cli_cfg_" + std::to_string(::getpid());
-    auto r              = run_medllm(std::string("eval igakuqa --config ") + MEDLLM_SOURCE_DIR +
-                                     "/configs/qwen2.5-72b/eval_igakuqa.yaml" + " --set data_dir=" + MEDLLM_SHARED_DIR +
-                                     "/igakuqa_data --set mode=standard --set model=" + " --set predictions=" + MEDLLM_SHARED_DIR +
-                                     "/igakuqa_data/baseline_results --set output=" + out_dir);
+    std::string out_dir    = "/tmp/medllm_cli_cfg_" + std::to_string(::getpid());
+    const std::string data = shared_path("igakuqa_data").string();
+    auto r                 = run_medllm(std::string("eval igakuqa --config ") + MEDLLM_SOURCE_DIR +
+                                        "/configs/qwen2.5-72b/eval_igakuqa.yaml" + " --set data_dir=" + data +
+                                        " --set mode=standard --set model=" + " --set predictions=" + data +
+                                        "/baseline_results --set output=" + out_dir);
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("1366 / 2485"), std::string::npos) << r.output;
     std::system(("rm -rf " + out_dir).c_str());

@@ -1,4 +1,4 @@
-// Issue 11, findings 4 (config part), 5 and 8: input validation and bounds, through the binary as a user runs it.
+// Input validation and bounds (config values, flag ranges, malformed files), through the binary as a user runs it.
 // Numeric flags refuse nan/inf/negatives with short messages; absurd config.json sizes and missing keys are named;
 // every command that reads a checkpoint (info, generate, quantize, merge) refuses the same damaged checkpoints;
 // merge's missing input folders are usage errors; token ids and vocabularies are checked; quantize shards and
@@ -143,7 +143,8 @@ TEST(Validation, NumericFlagsRefuseNanInfNegativeAndOutOfRangeWithShortMessages)
         {"info" + m + " --batch nan", "--batch"},
         {"info" + m + " --seq-len -5", "--seq-len"},
         {"info" + m + " --seq-len 1e3", "--seq-len"},
-        {"info" + m + " --lora-rank -1", "--lora-rank"},
+        {"info" + m + " --lora-r -1", "--lora-r"},
+        {"info" + m + " --lora-rank -1", "--lora-r"},
         {"info" + m + " --batch 99999999999999999999", "--batch"},
         {"generate" + m + " --prompt x --temperature nan", "--temperature"},
         {"generate" + m + " --prompt x --temperature inf", "--temperature"},

@@ -16,7 +16,7 @@ namespace {
 
 struct TrainConfig {
     std::string model;
-    int64_t lora_rank                = 16;
+    int64_t lora_r                   = 16;
     double lr                        = 2e-4;
     bool bf16                        = true;
     std::string schedule             = "cosine";
@@ -26,7 +26,7 @@ struct TrainConfig {
 ConfigSchema<TrainConfig> schema() {
     ConfigSchema<TrainConfig> s;
     s.field("model", &TrainConfig::model, "checkpoint dir").required();
-    s.field("lora.rank", &TrainConfig::lora_rank, "adapter rank").range(1, 1024);
+    s.field("lora.r", &TrainConfig::lora_r, "adapter rank").range(1, 1024);
     s.field("lora.target_modules", &TrainConfig::targets, "projections to adapt");
     s.field("optim.lr", &TrainConfig::lr, "peak learning rate").range(0, 1);
     s.field("optim.schedule", &TrainConfig::schedule, "lr schedule").one_of({"cosine", "linear", "constant"});
@@ -56,14 +56,14 @@ protected:
 
 TEST_F(ConfigTest, YamlAndJsonGiveTheSameConfig) {
     auto y = write("c.yaml",
-                   "model: /m\nlora:\n  rank: 64\n  target_modules: [q_proj, k_proj]\noptim:\n  lr: 1.5e-5\n"
+                   "model: /m\nlora:\n  r: 64\n  target_modules: [q_proj, k_proj]\noptim:\n  lr: 1.5e-5\n"
                    "  schedule: linear\nbf16: false\n");
-    auto j = write("c.json", R"({"model": "/m", "lora": {"rank": 64, "target_modules": ["q_proj", "k_proj"]},)"
+    auto j = write("c.json", R"({"model": "/m", "lora": {"r": 64, "target_modules": ["q_proj", "k_proj"]},)"
                              R"( "optim": {"lr": 1.5e-5, "schedule": "linear"}, "bf16": false})");
     for (const auto& path : {y, j}) {
         auto c = schema().load({path, {}});
         EXPECT_EQ(c.model, "/m");
-        EXPECT_EQ(c.lora_rank, 64);
+        EXPECT_EQ(c.lora_r, 64);
         EXPECT_DOUBLE_EQ(c.lr, 1.5e-5);
         EXPECT_EQ(c.schedule, "linear");
         EXPECT_FALSE(c.bf16);
@@ -73,22 +73,22 @@ TEST_F(ConfigTest, YamlAndJsonGiveTheSameConfig) {
 
 TEST_F(ConfigTest, DefaultsApplyWhenKeysAreAbsent) {
     auto c = schema().load({write("c.yaml", "model: x\n"), {}});
-    EXPECT_EQ(c.lora_rank, 16);
+    EXPECT_EQ(c.lora_r, 16);
     EXPECT_DOUBLE_EQ(c.lr, 2e-4);
     EXPECT_TRUE(c.bf16);
 }
 
 TEST_F(ConfigTest, OverridesWinOverTheFileInOrder) {
-    auto path = write("c.yaml", "model: x\nlora:\n  rank: 8\n");
+    auto path = write("c.yaml", "model: x\nlora:\n  r: 8\n");
     std::vector<medllm::ResolvedEntry> resolved;
-    auto c = schema().load({path, {"lora.rank=32", "optim.lr=3e-4", "lora.rank=48", "lora.target_modules=[o_proj]"}},
-                           &resolved);
-    EXPECT_EQ(c.lora_rank, 48);
+    auto c =
+        schema().load({path, {"lora.r=32", "optim.lr=3e-4", "lora.r=48", "lora.target_modules=[o_proj]"}}, &resolved);
+    EXPECT_EQ(c.lora_r, 48);
     EXPECT_DOUBLE_EQ(c.lr, 3e-4);
     EXPECT_EQ(c.targets, (std::vector<std::string>{"o_proj"}));
     bool saw = false;
     for (const auto& e : resolved) {
-        if (e.key == "lora.rank") {
+        if (e.key == "lora.r") {
             EXPECT_EQ(e.value, "48");
             EXPECT_EQ(e.origin, "--set");
             saw = true;
@@ -105,7 +105,7 @@ TEST_F(ConfigTest, OverridesWinOverTheFileInOrder) {
 
 TEST_F(ConfigTest, UnknownKeyNamesFileAndClosestKey) {
     auto msg = error_of({write("cpt.yaml", "model: x\nlora:\n  rnak: 8\n"), {}});
-    EXPECT_EQ(msg, "unknown key 'lora.rnak' in " + (dir / "cpt.yaml").string() + "; did you mean 'lora.rank'?");
+    EXPECT_EQ(msg, "unknown key 'lora.rnak' in " + (dir / "cpt.yaml").string() + "; did you mean 'lora.r'?");
     msg = error_of({write("c.yaml", "model: x\n"), {"optim.learning_rate=1"}});
     EXPECT_NE(msg.find("unknown key 'optim.learning_rate' in --set"), std::string::npos) << msg;
     msg = error_of({write("c.yaml", "model: x\ncompletely_unrelated_thing: 1\n"), {}});
@@ -113,31 +113,31 @@ TEST_F(ConfigTest, UnknownKeyNamesFileAndClosestKey) {
 }
 
 TEST_F(ConfigTest, WrongTypesNameKeyAndValue) {
-    auto msg = error_of({write("c.yaml", "model: x\nlora:\n  rank: sixteen\n"), {}});
-    EXPECT_NE(msg.find("key 'lora.rank'"), std::string::npos) << msg;
+    auto msg = error_of({write("c.yaml", "model: x\nlora:\n  r: sixteen\n"), {}});
+    EXPECT_NE(msg.find("key 'lora.r'"), std::string::npos) << msg;
     EXPECT_NE(msg.find("must be an integer"), std::string::npos) << msg;
     EXPECT_NE(msg.find("'sixteen'"), std::string::npos) << msg;
     msg = error_of({write("c.yaml", "model: x\nbf16: 1\n"), {}});
     EXPECT_NE(msg.find("must be true or false"), std::string::npos) << msg;
-    msg = error_of({write("c.yaml", "model: x\nlora:\n  rank: 2.5\n"), {}});
+    msg = error_of({write("c.yaml", "model: x\nlora:\n  r: 2.5\n"), {}});
     EXPECT_NE(msg.find("must be an integer"), std::string::npos) << msg;
     msg = error_of({write("c.yaml", "model: x\nlora:\n  target_modules: q_proj\n"), {}});
     EXPECT_NE(msg.find("a list of strings"), std::string::npos) << msg;
     // Quoted scalars stay strings even when they look like numbers.
-    msg = error_of({write("c.yaml", "model: x\nlora:\n  rank: \"16\"\n"), {}});
+    msg = error_of({write("c.yaml", "model: x\nlora:\n  r: \"16\"\n"), {}});
     EXPECT_NE(msg.find("must be an integer"), std::string::npos) << msg;
 }
 
 TEST_F(ConfigTest, OutOfRangeValuesNameTheAllowedRange) {
-    auto msg = error_of({write("c.yaml", "model: x\nlora:\n  rank: 0\n"), {}});
-    EXPECT_NE(msg.find("key 'lora.rank' = 0"), std::string::npos) << msg;
+    auto msg = error_of({write("c.yaml", "model: x\nlora:\n  r: 0\n"), {}});
+    EXPECT_NE(msg.find("key 'lora.r' = 0"), std::string::npos) << msg;
     EXPECT_NE(msg.find("between 1 and 1024"), std::string::npos) << msg;
     msg = error_of({write("c.yaml", "model: x\noptim:\n  schedule: cosin\n"), {}});
     EXPECT_NE(msg.find("one of cosine, linear, constant"), std::string::npos) << msg;
 }
 
 TEST_F(ConfigTest, MissingRequiredKeyAndMalformedFiles) {
-    EXPECT_NE(error_of({write("c.yaml", "lora:\n  rank: 4\n"), {}}).find("missing required key 'model'"),
+    EXPECT_NE(error_of({write("c.yaml", "lora:\n  r: 4\n"), {}}).find("missing required key 'model'"),
               std::string::npos);
     auto msg = error_of({write("bad.yaml", "model: x\nlora: [1, 2\n"), {}});
     EXPECT_NE(msg.find("malformed YAML in"), std::string::npos) << msg;
@@ -151,17 +151,17 @@ TEST_F(ConfigTest, MissingRequiredKeyAndMalformedFiles) {
 
 TEST_F(ConfigTest, ResolvedYamlReloadsToTheSameConfig) {
     std::vector<medllm::ResolvedEntry> resolved;
-    auto first = schema().load({write("c.yaml", "model: /ckpt\noptim:\n  lr: 1e-5\n"), {"lora.rank=7"}}, &resolved);
+    auto first = schema().load({write("c.yaml", "model: /ckpt\noptim:\n  lr: 1e-5\n"), {"lora.r=7"}}, &resolved);
     auto out   = (dir / "config.resolved.yaml").string();
     medllm::write_resolved_yaml(resolved, out);
     auto again = schema().load({out, {}});
     EXPECT_EQ(again.model, first.model);
-    EXPECT_EQ(again.lora_rank, 7);
+    EXPECT_EQ(again.lora_r, 7);
     EXPECT_DOUBLE_EQ(again.lr, first.lr);
     EXPECT_EQ(again.targets, first.targets);
     EXPECT_EQ(again.bf16, first.bf16);
     auto table = medllm::format_resolved_table(resolved);
-    EXPECT_NE(table.find("lora.rank"), std::string::npos);
+    EXPECT_NE(table.find("lora.r"), std::string::npos);
     EXPECT_NE(table.find("(--set)"), std::string::npos);
 }
 
@@ -235,15 +235,59 @@ TEST_F(ConfigTest, ListItemErrorsNameTheItemAndKey) {
               std::string::npos);
 }
 
-TEST_F(ConfigTest, StrictSectionsIgnoreOtherCommandsKeysButNotTheirOwn) {
-    auto ok = write("c.yaml", "data:\n  sources: [{path: a}]\ntrain:\n  lr: 1e-4\nlora: {rank: 8}\nseed: 3\n");
-    EXPECT_EQ(corpus_schema().load({ok, {}}).sources.size(), 1u);
+// Every key the command does not read is an error, in any section and from --set: a misspelt section would
+// otherwise train with the defaults.
+TEST_F(ConfigTest, UnknownSectionsAreErrorsEvenWhereOtherCommandsShareTheFile) {
+    EXPECT_NE(corpus_error({write("c.yaml", "data:\n  sources: [{path: a}]\ntrain:\n  lr: 1e-4\n"), {}})
+                  .find("unknown key 'train.lr'"),
+              std::string::npos);
     EXPECT_NE(corpus_error({write("c.yaml", "data:\n  sources: [{path: a}]\n  seq_lne: 8\n"), {}})
                   .find("unknown key 'data.seq_lne'"),
               std::string::npos);
-    // Without strict_sections every unknown key is still an error (the default is unchanged).
-    EXPECT_NE(error_of({write("c.yaml", "model: x\ntrain:\n  lr: 1\n"), {}}).find("unknown key 'train.lr'"),
+    EXPECT_NE(corpus_error({write("c.yaml", "data:\n  sources: [{path: a}]\n"), {"dta.seq_len=8"}})
+                  .find("unknown key 'dta.seq_len' in --set; did you mean 'data.seq_len'?"),
               std::string::npos);
+    EXPECT_NE(
+        error_of({write("c.yaml", "model: x\nlora:\n  r: 4\nlorra:\n  r: 8\n"), {}}).find("unknown key 'lorra.r'"),
+        std::string::npos);
+}
+
+// A file that two commands read: the other command's keys are accepted when named, and nothing else is.
+TEST_F(ConfigTest, AnotherCommandsKeysAreAcceptedOnlyWhenNamed) {
+    auto s = corpus_schema();
+    s.accept_keys({"train.lr", "lora.r", "seed"});
+    auto ok = write("c.yaml", "data:\n  sources: [{path: a}]\ntrain:\n  lr: 1e-4\nlora: {r: 8}\nseed: 3\n");
+    EXPECT_EQ(s.load({ok, {}}).sources.size(), 1u);
+    try {
+        s.load({write("c.yaml", "data:\n  sources: [{path: a}]\ntrain:\n  lrr: 1e-4\n"), {}});
+        FAIL() << "an unknown key of the other command's section was accepted";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("unknown key 'train.lrr'"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("did you mean 'train.lr'"), std::string::npos) << e.what();
+    }
+}
+
+// YAML keeps the last of two equal keys: a second `lora:` section replaced the first one whole. Refused, naming
+// both lines, in every form a key can be written twice.
+TEST_F(ConfigTest, DuplicateKeysAreRefusedNamingBothLines) {
+    auto error = [&](const std::string& text) { return error_of({write("d.yaml", text), {}}); };
+    EXPECT_NE(error("model: x\nlora:\n  r: 4\nbf16: true\nlora:\n  target_modules: [q_proj]\n")
+                  .find("duplicate key 'lora' in " + (dir / "d.yaml").string() + " at lines 2 and 5"),
+              std::string::npos);
+    EXPECT_NE(error("model: x\nlora:\n  r: 4\n  r: 8\n").find("duplicate key 'lora.r'"), std::string::npos);
+    EXPECT_NE(error("model: x\nlora:\n  r: 4\nlora.r: 8\n").find("at lines 3 and 4"), std::string::npos);
+    EXPECT_NE(error("model: x\nmodel: y\n").find("duplicate key 'model'"), std::string::npos);
+    EXPECT_NE(corpus_error({write("d.yaml", "data:\n  sources:\n    - {path: a, weight: 1, weight: 2}\n"), {}})
+                  .find("duplicate key 'data.sources[0].weight'"),
+              std::string::npos);
+    EXPECT_NE(error_of({write("d.json", R"({"model": "x", "lora": {"r": 4}, "lora": {"r": 8}})"), {}})
+                  .find("duplicate key 'lora'"),
+              std::string::npos);
+    // The same key in two list items, or in two different mappings, is no duplicate.
+    EXPECT_EQ(corpus_error({write("d.yaml", "data:\n  sources:\n    - {path: a}\n    - {path: b}\n"), {}}), "");
+    EXPECT_EQ(error("model: x\nlora:\n  r: 4\noptim:\n  lr: 0.1\n"), "");
+    // --set replacing the file's value is what --set is for.
+    EXPECT_EQ(error_of({write("d.yaml", "model: x\nlora:\n  r: 4\n"), {"lora.r=8", "lora.r=9"}}), "");
 }
 
 TEST_F(ConfigTest, ListOfMappingsComesFromSetAndSurvivesTheResolvedYaml) {

@@ -66,7 +66,7 @@ TEST_F(CacheTest, GuardCatchesAQuestionWrittenOverLinesOfALinesFile) {
           "e　オルニチントランスカルバミラーゼ欠損症\n"
           "\n"
           "血液培養は抗菌薬投与前に2セット採取する。\n");
-    const auto guard = ContaminationGuard::from_igakuqa(fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data", {2018}, {});
+    const auto guard = ContaminationGuard::from_igakuqa(shared_path("igakuqa_data"), {2018}, {});
     auto o           = test::options(dir, {{"lines.txt", 1.0, "lines"}});
     o.guard          = &guard;
     o.guard_action   = GuardAction::drop;
@@ -147,6 +147,41 @@ TEST_F(CacheTest, RerunReusesTouchKeepsChangesRebuild) {
     auto damaged = build_token_cache(dir / "cache", o);
     EXPECT_FALSE(damaged.reused);
     EXPECT_NE(damaged.rebuild_reason.find("tokens-00000.u32"), std::string::npos) << damaged.rebuild_reason;
+}
+
+// One token changed to another valid id keeps every size right; the checksums written after the shards catch it:
+// opening the cache names the shard, and the next build rebuilds it to the original tokens.
+TEST_F(CacheTest, AChangedTokenIsCaughtByTheChecksumAndRebuilt) {
+    write("c.jsonl", "{\"text\": \"one two three\"}\n{\"text\": \"four\"}\n");
+    auto o = test::options(dir, {{"c.jsonl"}});
+    ASSERT_FALSE(build_token_cache(dir / "cache", o).reused);
+    std::vector<uint32_t> before;
+    {
+        TokenCache c(dir / "cache");
+        before.assign(c.tokens(0), c.tokens(0) + c.document(0).length);
+    }
+    const fs::path shard = dir / "cache" / "tokens-00000.u32";
+    {
+        std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+        uint32_t t = 0;
+        f.read(reinterpret_cast<char*>(&t), sizeof t);
+        t = t == 100 ? 101 : 100;  // another id well inside the vocabulary
+        f.seekp(0);
+        f.write(reinterpret_cast<const char*>(&t), sizeof t);
+    }
+    try {
+        TokenCache c(dir / "cache");
+        FAIL() << "opened a cache whose shard changed";
+    } catch (const medllm::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("tokens-00000.u32: content does not match"), std::string::npos)
+            << e.what();
+    }
+    const auto rebuilt = build_token_cache(dir / "cache", o);
+    EXPECT_FALSE(rebuilt.reused);
+    EXPECT_NE(rebuilt.rebuild_reason.find("checksum"), std::string::npos) << rebuilt.rebuild_reason;
+    TokenCache c(dir / "cache");
+    EXPECT_EQ(std::vector<uint32_t>(c.tokens(0), c.tokens(0) + c.document(0).length), before);
+    EXPECT_TRUE(build_token_cache(dir / "cache", o).reused);
 }
 
 TEST_F(CacheTest, AnInterruptedBuildNeverLooksComplete) {

@@ -11,11 +11,12 @@
 
 #include "medllm/data/token_cache.h"
 #include "medllm/text/tokenizer.h"
+#include "support/shared_data.h"
 
 namespace test {
 
 inline std::filesystem::path tokenizer_dir() {
-    return std::filesystem::path(MEDLLM_SHARED_DIR) / "qwen_tokenizer";
+    return shared_path("qwen_tokenizer");
 }
 
 inline const medllm::text::Tokenizer& tokenizer() {

@@ -11,6 +11,7 @@
 #include "medllm/core/error.h"
 #include "medllm/data/guard.h"
 #include "medllm/eval/igakuqa_data.h"
+#include "support/shared_data.h"
 
 namespace {
 
@@ -19,7 +20,7 @@ using medllm::data::GuardOptions;
 namespace fs = std::filesystem;
 
 fs::path igakuqa_dir() {
-    return fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data";
+    return shared_path("igakuqa_data");
 }
 
 const std::vector<medllm::eval::Question>& questions() {

@@ -97,6 +97,51 @@ TEST_F(PackingTest, IsolatedCoversEveryTokenOncePerEpochWithRestartingPositions)
     EXPECT_EQ(ds.tokens_per_epoch(), int64_t(cache->num_tokens()));
 }
 
+// split: the same isolation (segments, restarting positions, -100 at each segment's start), but every row but the
+// epoch's last is full, and the pieces of each document, read in row order, are the document again.
+TEST_F(PackingTest, SplitFillsEveryRowAndKeepsDocumentsIsolated) {
+    PackedDataset iso(*cache, opts(Packing::isolated));
+    PackedDataset ds(*cache, opts(Packing::split));
+    ASSERT_EQ(ds.tokens_per_epoch(), int64_t(cache->num_tokens()));
+    EXPECT_EQ(ds.rows_per_epoch(), (int64_t(cache->num_tokens()) + 63) / 64);  // no one-free-token row here
+    EXPECT_LT(ds.rows_per_epoch(), iso.rows_per_epoch());
+    Tokens all;
+    int64_t real = 0;
+    auto opt     = opts(Packing::split);
+    opt.shuffle  = false;  // rows in packing order, so pieces of a document come in order
+    PackedDataset ordered(*cache, opt);
+    for (int64_t i = 0; i < ordered.rows_per_epoch(); ++i) {
+        PackedRow r;
+        ordered.row(0, i, r);
+        if (i + 1 < ordered.rows_per_epoch()) EXPECT_EQ(r.real_tokens, 64) << "row " << i << " is padded";
+        int32_t prev_seg = 0;
+        for (size_t k = 0; k < 64; ++k) {
+            const int32_t seg = r.segment_ids[k];
+            if (seg == 0) {
+                EXPECT_EQ(r.labels[k], -100);
+                continue;
+            }
+            const bool start = k == 0 || seg != prev_seg;
+            EXPECT_EQ(r.position_ids[k], start ? 0 : r.position_ids[k - 1] + 1);
+            EXPECT_EQ(r.labels[k], start ? -100 : r.input_ids[k]);
+            all.push_back(r.input_ids[k]);
+            prev_seg = seg;
+        }
+        real += r.real_tokens;
+    }
+    EXPECT_EQ(real, int64_t(cache->num_tokens()));
+    // Unshuffled, the documents are packed in cache order: the rows' real tokens, read row after row, are every
+    // document once, whole and in order (each cut only where a row ends).
+    Tokens want;
+    for (size_t d = 0; d < cache->num_documents(); ++d) {
+        const auto t = doc(d);
+        want.insert(want.end(), t.begin(), t.end());
+    }
+    EXPECT_EQ(all, want);
+    EXPECT_EQ(parse_packing("split"), Packing::split);
+    EXPECT_STREQ(to_string(Packing::split), "split");
+}
+
 TEST_F(PackingTest, ConcatIsTheStreamCutEverySeqLen) {
     auto o    = opts(Packing::concat, 50);
     o.shuffle = false;  // document order, row order = stream order

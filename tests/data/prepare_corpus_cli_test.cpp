@@ -1,6 +1,14 @@
 // `medllm prepare-corpus` as a user runs it: summary on stdout, reuse, the guard's three actions, bad inputs.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -8,6 +16,7 @@
 #include "data_test_util.h"
 #include "medllm/eval/igakuqa_data.h"
 #include "support/run_medllm.h"
+#include "support/shared_data.h"
 
 namespace {
 
@@ -16,14 +25,14 @@ namespace fs = std::filesystem;
 class PrepareCorpusCli : public test::TempDir {
 protected:
     std::string config(const std::string& extra_data = "", const std::string& guard = "action: refuse") {
-        const std::string text = "model:\n  path: " + test::tokenizer_dir().string() + "\n  quantization: nf4\n" +
-                                 "output: " + (dir / "run").string() + "\n" +
-                                 "train:\n  lr: 1e-4\n"  // another command's section: ignored here
-                                 "data:\n  sources:\n    - {path: " +
-                                 (dir / "corpus").string() +
-                                 "}\n  eos_token: '<|endoftext|>'\n  seq_len: 32\n  validation:\n    fraction: 0.25\n" +
-                                 extra_data + "eval_guard:\n  igakuqa_dir: " + MEDLLM_SHARED_DIR + "/igakuqa_data\n  " +
-                                 guard + "\n";
+        // cpt.yaml's other sections (lora, optim, training) are cpt's: read as keys, not used here.
+        const std::string text =
+            "model:\n  path: " + test::tokenizer_dir().string() + "\n" + "output: " + (dir / "run").string() + "\n" +
+            "lora:\n  r: 8\noptim:\n  lr: 1e-4\n"
+            "data:\n  sources:\n    - {path: " +
+            (dir / "corpus").string() +
+            "}\n  eos_token: '<|endoftext|>'\n  seq_len: 32\n  validation:\n    fraction: 0.25\n" + extra_data +
+            "eval_guard:\n  igakuqa_dir: " + shared_path("igakuqa_data").string() + "\n  " + guard + "\n";
         write("cpt.yaml", text);
         return (dir / "cpt.yaml").string();
     }
@@ -34,7 +43,7 @@ protected:
             "{\"text\": \"血液培養は抗菌薬投与前に2セット採取する。\"}\n"
             "{\"text\": \"インシデントレポートは再発防止のために書く。\"}\n";
         if (planted) {
-            const auto qs = medllm::eval::load_questions(fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data", {2022});
+            const auto qs = medllm::eval::load_questions(shared_path("igakuqa_data"), {2022});
             std::string q = qs[9].problem_text;
             for (const auto& c : qs[9].choices) q += " " + c;
             j += nlohmann::json({{"text", "過去問メモ：" + q}}).dump() + "\n";
@@ -107,6 +116,53 @@ TEST_F(PrepareCorpusCli, BadInputsGiveOneClearLine) {
     auto noguard = run_medllm("prepare-corpus --config " + config() + " --set eval_guard.igakuqa_dir=");
     EXPECT_EQ(noguard.exit_code, 2);
     EXPECT_NE(noguard.output.find("eval_guard.igakuqa_dir is required"), std::string::npos) << noguard.output;
+}
+
+// SIGTERM ends prepare-corpus at once, as before (the cache counts only once its manifest is written, last), but no
+// longer silently: it says the cache is unfinished and which command builds it, on stderr and in medllm.log.
+TEST_F(PrepareCorpusCli, SigtermSaysHowToBuildTheCache) {
+    corpus(false);
+    // Enough text (about 24 MB) to be still tokenizing and guarding when the signal comes.
+    std::string big;
+    for (int i = 0; i < 40000; ++i)
+        big += nlohmann::json(
+                   {{"text", "症例" + std::to_string(i) + "：" + std::string(200, 'a' + static_cast<char>(i % 26)) +
+                                 "。発熱と咳嗽が続き、胸部エックス線写真で浸潤影を認めた。抗菌薬で改善した。"}})
+                   .dump() +
+               "\n";
+    write("corpus/big.jsonl", big);
+    const std::string cfg = config();
+    const fs::path log = dir / "stderr.txt", cache = dir / "run" / "corpus_cache";
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+        ::execl(MEDLLM_BINARY, MEDLLM_BINARY, "prepare-corpus", "--config", cfg.c_str(), static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    // start_run writes config.resolved.yaml just before the command starts its work.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (!fs::exists(cache / "config.resolved.yaml") && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::kill(pid, SIGTERM);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    std::ifstream in(log);
+    const std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ASSERT_TRUE(WIFSIGNALED(status)) << "it was not stopped mid-way:\n" << said;
+    EXPECT_EQ(WTERMSIG(status), SIGTERM);  // ends by the signal, as before
+    const std::string hint =
+        "prepare-corpus: interrupted by SIGTERM; the token cache is unfinished (no manifest), so nothing reads it "
+        "half-built; run the same command again to build it: " +
+        std::string(MEDLLM_BINARY) + " prepare-corpus --config " + cfg + "\n";
+    EXPECT_NE(said.find(hint), std::string::npos) << said;
+    EXPECT_FALSE(fs::exists(cache / "manifest.json"));
+    std::ifstream log_file(cache / "medllm.log");
+    const std::string logged((std::istreambuf_iterator<char>(log_file)), std::istreambuf_iterator<char>());
+    EXPECT_NE(logged.find("fatal: " + hint), std::string::npos) << logged;
 }
 
 }  // namespace

@@ -16,12 +16,15 @@
 #include "medllm/eval/igakuqa_report.h"
 #include "medllm/eval/igakuqa_scoring.h"
 #include "support/run_medllm.h"
+#include "support/shared_data.h"
 
 namespace medllm::eval {
 namespace {
 namespace fs = std::filesystem;
 
-const fs::path kData = fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data";
+fs::path igakuqa_dir() {
+    return shared_path("igakuqa_data");
+}
 
 std::vector<std::string> read_lines(const fs::path& file) {
     std::vector<std::string> lines;
@@ -43,12 +46,12 @@ fs::path make_data(const std::string& name, size_t keep = 0,
     fs::remove_all(dir);
     fs::create_directories(dir / "data" / "2018");
     fs::create_directories(dir / "scripts" / "prompts");
-    fs::copy_file(kData / "scripts" / "prompts" / "prompt.jsonl", dir / "scripts" / "prompts" / "prompt.jsonl");
-    fs::copy_file(kData / "MANIFEST.tsv", dir / "MANIFEST.tsv");
+    fs::copy_file(igakuqa_dir() / "scripts" / "prompts" / "prompt.jsonl", dir / "scripts" / "prompts" / "prompt.jsonl");
+    fs::copy_file(igakuqa_dir() / "MANIFEST.tsv", dir / "MANIFEST.tsv");
     for (char section : kSections) {
         const std::string stem = std::string("112-") + section;
         for (const std::string suffix : {"", "_metadata"}) {
-            auto lines = read_lines(kData / "data" / "2018" / (stem + suffix + ".jsonl"));
+            auto lines = read_lines(igakuqa_dir() / "data" / "2018" / (stem + suffix + ".jsonl"));
             if (keep) lines.resize(keep);
             if (suffix.empty() && edit) {
                 std::vector<nlohmann::json> records;
@@ -78,13 +81,13 @@ ScoreSummary score_all_wrong(const std::vector<Question>& qs) {
 }
 
 TEST(ExamSizes, TableMatchesTheSharedData) {
-    const auto qs = load_questions(kData, parse_years("2018-2022"));
+    const auto qs = load_questions(igakuqa_dir(), parse_years("2018-2022"));
     std::map<int, ExamSize> found;
     for (const auto& q : qs) {
         found[q.year].questions[section_index(q.section)]++;
         found[q.year].points[section_index(q.section)] += q.points;
     }
-    const int published_points[] = {499, 496, 496, 500, 494};  // ../shared/reference/igakuqa.md §3
+    const int published_points[] = {499, 496, 496, 500, 494};  // docs/reference/igakuqa.md §3
     for (int year = 2018; year <= 2022; ++year) {
         SCOPED_TRACE(year);
         const ExamSize* exam = known_exam_size(year);
@@ -130,7 +133,7 @@ TEST(IncompleteExam, CutSectionsAreScoredWithoutPassFail) {
     EXPECT_EQ(yj["no_verdict"], "incomplete: 12 of 400 questions");
 
     // The complete exam gets its verdict.
-    const auto full = score_all_wrong(load_questions(kData, {2018}));
+    const auto full = score_all_wrong(load_questions(igakuqa_dir(), {2018}));
     EXPECT_TRUE(full.years[0].complete);
     ASSERT_TRUE(full.years[0].passed.has_value());
     EXPECT_FALSE(*full.years[0].passed);
@@ -151,8 +154,9 @@ TEST(IncompleteExam, TheCliWarnsAndPrintsNoVerdict) {
     const fs::path dir = make_data("cli_cut", 2);
     const fs::path out = fs::path(testing::TempDir()) / "igakuqa_cli_cut_out";
     fs::remove_all(out);
-    const CliRun run = run_medllm("eval igakuqa --data-dir " + dir.string() + " --predictions " +
-                                  (kData / "baseline_results").string() + " --years 2018 --output " + out.string());
+    const CliRun run =
+        run_medllm("eval igakuqa --data-dir " + dir.string() + " --predictions " +
+                   (igakuqa_dir() / "baseline_results").string() + " --years 2018 --output " + out.string());
     ASSERT_EQ(run.exit_code, 0) << run.output;
     EXPECT_NE(run.output.find("incomplete: 12 of 400 questions (A 2 of 75, B 2 of 49, C 2 of 66, D 2 of 75, E 2 of "
                               "51, F 2 of 84)"),
@@ -166,8 +170,9 @@ TEST(IncompleteExam, TheCliWarnsAndPrintsNoVerdict) {
     EXPECT_EQ(report["modes"]["standard"]["official"]["years"][0]["passed"], nullptr);
 
     // The shipped data: no warning.
-    const CliRun full = run_medllm("eval igakuqa --data-dir " + kData.string() + " --predictions " +
-                                   (kData / "baseline_results").string() + " --years 2018 --output " + out.string());
+    const CliRun full =
+        run_medllm("eval igakuqa --data-dir " + igakuqa_dir().string() + " --predictions " +
+                   (igakuqa_dir() / "baseline_results").string() + " --years 2018 --output " + out.string());
     ASSERT_EQ(full.exit_code, 0) << full.output;
     EXPECT_EQ(full.output.find("incomplete"), std::string::npos) << full.output;
     EXPECT_EQ(full.output.find("MANIFEST.tsv"), std::string::npos) << full.output;
@@ -210,7 +215,7 @@ TEST(AnswerValidation, EmptyChoicesOnALetterQuestionAreRefused) {
 TEST(AnswerValidation, NumericAndTheStoredEitherAnswerAreAccepted) {
     // 112C66 (numeric "26", no choices) and 112B30 ("a or d") load; "a or d" on any other question does not,
     // since the scorer accepts it for 112B30 only.
-    const auto qs = load_questions(kData, {2018});
+    const auto qs = load_questions(igakuqa_dir(), {2018});
     EXPECT_EQ(std::count_if(qs.begin(), qs.end(), [](const Question& q) { return q.is_numeric(); }), 2);
     const fs::path dir = make_data("either", 0, [](const std::string& stem, std::vector<nlohmann::json>& records) {
         if (stem == "112-A") records[0]["answer"] = {"a or d"};
@@ -225,7 +230,7 @@ TEST(AnswerValidation, NumericAndTheStoredEitherAnswerAreAccepted) {
 TEST(AnswerValidation, FewShotExamplesAreCheckedToo) {
     const fs::path dir = fs::path(testing::TempDir()) / "igakuqa_fewshot_bad";
     fs::create_directories(dir);
-    auto lines      = read_lines(kData / "scripts" / "prompts" / "prompt.jsonl");
+    auto lines      = read_lines(igakuqa_dir() / "scripts" / "prompts" / "prompt.jsonl");
     auto first      = nlohmann::json::parse(lines[0]);
     first["answer"] = {"q"};
     lines[0]        = first.dump();

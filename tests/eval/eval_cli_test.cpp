@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include "support/file_limit.h"
 #include "support/run_medllm.h"
+#include "support/shared_data.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -16,12 +17,14 @@
 namespace {
 namespace fs = std::filesystem;
 
-const std::string kData = std::string(MEDLLM_SHARED_DIR) + "/igakuqa_data";
+std::string igakuqa_dir() {
+    return shared_path("igakuqa_data").string();
+}
 
 TEST(EvalIgakuqaCli, ScoresTheChatGptBaselineFolder) {
     const fs::path out = fs::path(testing::TempDir()) / "igakuqa_cli_chatgpt";
     fs::remove_all(out);
-    const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --predictions " + kData +
+    const CliRun run = run_medllm("eval igakuqa --data-dir " + igakuqa_dir() + " --predictions " + igakuqa_dir() +
                                   "/baseline_results --output " + out.string());
     ASSERT_EQ(run.exit_code, 0) << run.output;
     EXPECT_NE(run.output.find("IgakuQA chatgpt standard (official): 1366 / 2485 = 0.5497"), std::string::npos)
@@ -42,7 +45,7 @@ TEST(EvalIgakuqaCli, ScoresOneJsonlFileAndListsMissingQuestions) {
     fs::create_directories(dir);
     std::ofstream(dir / "gpt4o.jsonl") << "{\"problem_id\": \"115A1\", \"prediction\": \"x\"}\n"
                                           "{\"problem_id\": \"115A2\", \"prediction\": \"y\"}\n";
-    const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --predictions " +
+    const CliRun run = run_medllm("eval igakuqa --data-dir " + igakuqa_dir() + " --predictions " +
                                   (dir / "gpt4o.jsonl").string() + " --years 2021 --output " + (dir / "out").string());
     ASSERT_EQ(run.exit_code, 0) << run.output;
     std::ifstream in(dir / "out" / "report.json");
@@ -56,7 +59,7 @@ TEST(EvalIgakuqaCli, ReadsAConfigFileAndFlagsWin) {
     const fs::path dir = fs::path(testing::TempDir()) / "igakuqa_cli_config";
     fs::remove_all(dir);
     fs::create_directories(dir);
-    std::ofstream(dir / "eval.yaml") << "data_dir: " << kData << "\npredictions: " << kData
+    std::ofstream(dir / "eval.yaml") << "data_dir: " << igakuqa_dir() << "\npredictions: " << igakuqa_dir()
                                      << "/baseline_results\nyears: 2018-2019\noutput: " << (dir / "ignored").string()
                                      << "\n";
     const CliRun run = run_medllm("eval igakuqa --config " + (dir / "eval.yaml").string() + " --years 2022 --output " +
@@ -74,7 +77,7 @@ TEST(EvalIgakuqaCli, ReadsAConfigFileAndFlagsWin) {
 
 TEST(EvalIgakuqaCli, MissingModelDirectoryIsAUsageError) {
     // (A run on a real model folder is tested in tests/generate/generate_cli_test.cpp.)
-    const CliRun run = run_medllm("eval igakuqa --data-dir " + kData + " --model /nonexistent --output " +
+    const CliRun run = run_medllm("eval igakuqa --data-dir " + igakuqa_dir() + " --model /nonexistent --output " +
                                   (fs::path(testing::TempDir()) / "igakuqa_cli_model").string());
     EXPECT_EQ(run.exit_code, 2) << run.output;
     EXPECT_NE(run.output.find("/nonexistent: no such model directory"), std::string::npos) << run.output;
@@ -86,8 +89,8 @@ TEST(EvalIgakuqaCli, PredictionsUnderSeveralProcessesAreRefused) {
     const fs::path out = fs::path(testing::TempDir()) / "igakuqa_cli_ranked";
     fs::remove_all(out);
     for (const std::string launch : {std::string("WORLD_SIZE=2 RANK=1 "), std::string("")}) {
-        const CliRun run = run_shell(launch + MEDLLM_BINARY + " eval igakuqa --data-dir " + kData + " --predictions " +
-                                     kData + "/baseline_results --output " + out.string() +
+        const CliRun run = run_shell(launch + MEDLLM_BINARY + " eval igakuqa --data-dir " + igakuqa_dir() +
+                                     " --predictions " + igakuqa_dir() + "/baseline_results --output " + out.string() +
                                      (launch.empty() ? " --world-size 2 --rank 1" : "") + " 2>&1 </dev/null");
         EXPECT_EQ(run.exit_code, 2) << run.output;
         EXPECT_NE(run.output.find("--predictions scores saved predictions in one process"), std::string::npos)
@@ -97,11 +100,11 @@ TEST(EvalIgakuqaCli, PredictionsUnderSeveralProcessesAreRefused) {
 }
 
 TEST(EvalIgakuqaCli, BadArgumentsExitTwo) {
-    const std::string base =
-        "eval igakuqa --data-dir " + kData + " --output " + (fs::path(testing::TempDir()) / "igakuqa_cli_bad").string();
+    const std::string base = "eval igakuqa --data-dir " + igakuqa_dir() + " --output " +
+                             (fs::path(testing::TempDir()) / "igakuqa_cli_bad").string();
     EXPECT_EQ(run_medllm(base).exit_code, 2);  // neither --model nor --predictions
-    EXPECT_EQ(run_medllm(base + " --predictions " + kData + "/baseline_results --years 2017").exit_code, 2);
-    EXPECT_EQ(run_medllm(base + " --predictions " + kData + "/baseline_results --mode sometimes").exit_code, 2);
+    EXPECT_EQ(run_medllm(base + " --predictions " + igakuqa_dir() + "/baseline_results --years 2017").exit_code, 2);
+    EXPECT_EQ(run_medllm(base + " --predictions " + igakuqa_dir() + "/baseline_results --mode sometimes").exit_code, 2);
     EXPECT_EQ(run_medllm(base + " --predictions /nonexistent").exit_code, 2);
 }
 
@@ -113,7 +116,7 @@ TEST(EvalIgakuqaCli, FullDiskExitsOneNamingTheReport) {
     CliRun run;
     {
         ScopedFileSizeLimit limit(8192);  // the log and config.resolved.yaml fit; report.json (~30 KB) does not
-        run = run_medllm("eval igakuqa --data-dir " + kData + " --predictions " + kData +
+        run = run_medllm("eval igakuqa --data-dir " + igakuqa_dir() + " --predictions " + igakuqa_dir() +
                          "/baseline_results --output " + out.string());
     }
     EXPECT_EQ(run.exit_code, 1) << run.output;
@@ -129,7 +132,7 @@ TEST(EvalIgakuqaCli, OutputThatIsAnInputIsRefused) {
     fs::remove_all(dir);
     fs::create_directories(dir / "preds");
     fs::create_directories(dir / "data" / "data");
-    fs::copy(fs::path(kData) / "data" / "2018", dir / "data" / "data" / "2018", fs::copy_options::recursive);
+    fs::copy(fs::path(igakuqa_dir()) / "data" / "2018", dir / "data" / "data" / "2018", fs::copy_options::recursive);
     std::ofstream(dir / "preds" / "m.jsonl") << "{\"problem_id\": \"112A1\", \"prediction\": \"e\"}\n";
     const std::string base = "eval igakuqa --data-dir " + (dir / "data").string() + " --years 2018";
     // --output is the data folder (also through a symlink), the predictions folder or the predictions file.
@@ -161,7 +164,7 @@ TEST(EvalIgakuqaCli, HelpDescribesResumeAndOverwrite) {
     EXPECT_NE(run.output.find("predictions.jsonl.run.json"), std::string::npos) << run.output;
     EXPECT_NE(run.output.find("incomplete: N of M"), std::string::npos) << run.output;
     // --overwrite is for model runs.
-    const CliRun bad = run_medllm("eval igakuqa --data-dir " + kData + " --predictions " + kData +
+    const CliRun bad = run_medllm("eval igakuqa --data-dir " + igakuqa_dir() + " --predictions " + igakuqa_dir() +
                                   "/baseline_results --overwrite --output " +
                                   (fs::path(testing::TempDir()) / "igakuqa_cli_ow").string());
     EXPECT_EQ(bad.exit_code, 2) << bad.output;

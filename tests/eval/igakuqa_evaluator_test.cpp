@@ -17,6 +17,7 @@
 #include "medllm/eval/igakuqa_evaluator.h"
 #include "medllm/eval/igakuqa_report.h"
 #include "support/file_limit.h"
+#include "support/shared_data.h"
 #include "support/text_files.h"
 #include "support/thread_group.h"
 
@@ -24,7 +25,9 @@ namespace medllm::eval {
 namespace {
 namespace fs = std::filesystem;
 
-const std::string kData = std::string(MEDLLM_SHARED_DIR) + "/igakuqa_data";
+std::string igakuqa_dir() {
+    return shared_path("igakuqa_data").string();
+}
 
 int question_number(const Question& q) {
     return std::stoi(q.problem_id.substr(4));
@@ -87,8 +90,8 @@ private:
 class EvaluatorTest : public testing::Test {
 protected:
     void SetUp() override {
-        questions = load_questions(kData, {2018});
-        examples  = load_few_shot_examples(default_prompt_file(kData));
+        questions = load_questions(igakuqa_dir(), {2018});
+        examples  = load_few_shot_examples(default_prompt_file(igakuqa_dir()));
         out_dir   = fs::path(testing::TempDir()) /
                   ("igakuqa_eval_" + std::string(testing::UnitTest::GetInstance()->current_test_info()->name()));
         fs::remove_all(out_dir);
@@ -431,7 +434,7 @@ TEST_F(EvaluatorTest, FullDiskWhileWritingReportsLeavesNoCutReport) {
 }
 
 TEST(EvaluatePredictions, ModeRules) {
-    const auto questions = load_questions(kData, {2018});
+    const auto questions = load_questions(igakuqa_dir(), {2018});
     ExternalPredictions plain;
     plain.model_name           = "m";
     plain.by_mode[""]["112A1"] = {"e", std::nullopt};

@@ -8,17 +8,20 @@
 
 #include "medllm/core/error.h"
 #include "medllm/eval/igakuqa_prompt.h"
+#include "support/shared_data.h"
 
 namespace medllm::eval {
 namespace {
 
-const std::string kData = std::string(MEDLLM_SHARED_DIR) + "/igakuqa_data";
+std::string igakuqa_dir() {
+    return shared_path("igakuqa_data").string();
+}
 
 class PromptTest : public testing::Test {
 protected:
     static void SetUpTestSuite() {
-        questions_ = new std::vector<Question>(load_questions(kData, parse_years("2018-2022")));
-        examples_  = new std::vector<FewShotExample>(load_few_shot_examples(default_prompt_file(kData)));
+        questions_ = new std::vector<Question>(load_questions(igakuqa_dir(), parse_years("2018-2022")));
+        examples_  = new std::vector<FewShotExample>(load_few_shot_examples(default_prompt_file(igakuqa_dir())));
     }
     static void TearDownTestSuite() {
         delete questions_;

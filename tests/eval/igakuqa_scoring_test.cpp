@@ -11,12 +11,15 @@
 #include "medllm/eval/igakuqa_data.h"
 #include "medllm/eval/igakuqa_predictions.h"
 #include "medllm/eval/igakuqa_scoring.h"
+#include "support/shared_data.h"
 
 namespace medllm::eval {
 namespace {
 
-const std::string kData = std::string(MEDLLM_SHARED_DIR) + "/igakuqa_data";
-using Items             = std::vector<std::string>;
+std::string igakuqa_dir() {
+    return shared_path("igakuqa_data").string();
+}
+using Items = std::vector<std::string>;
 
 TEST(OfficialSplit, BehavesLikePythonSplit) {
     EXPECT_EQ(official_split(""), Items{""});
@@ -124,7 +127,7 @@ TEST(Years, ParsesRangesAndLists) {
 }
 
 TEST(LoadQuestions, MatchesTheDocumentedCounts) {
-    const auto qs = load_questions(kData, parse_years("2018-2022"));
+    const auto qs = load_questions(igakuqa_dir(), parse_years("2018-2022"));
     ASSERT_EQ(qs.size(), 2000u);
     int points = 0, numeric = 0, multi = 0, kinki = 0;
     for (const auto& q : qs) {
@@ -160,8 +163,8 @@ TEST(ChatGptBaseline, ReproducesTheReferenceScorerExactly) {
     ASSERT_TRUE(in) << "missing fixture; run scripts/igakuqa_reference_score.py";
     const nlohmann::json ref = nlohmann::json::parse(in);
 
-    const auto qs    = load_questions(kData, parse_years("2018-2022"));
-    const auto preds = load_external_predictions(kData + "/baseline_results");
+    const auto qs    = load_questions(igakuqa_dir(), parse_years("2018-2022"));
+    const auto preds = load_external_predictions(igakuqa_dir() + "/baseline_results");
     EXPECT_EQ(preds.model_name, "chatgpt");
     EXPECT_EQ(preds.files.size(), 30u);
     const ScoreSummary s = score_questions(qs, official_items(qs, preds));
@@ -206,7 +209,7 @@ TEST(ExternalPredictions, MissingQuestionsCountAsWrongAndAreListed) {
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir / "2018");
     std::ofstream(dir / "2018" / "112-A_mymodel.jsonl") << "{\"problem_id\": \"112A1\", \"prediction\": \"e\"}\n";
-    const auto qs    = load_questions(kData, {2018});
+    const auto qs    = load_questions(igakuqa_dir(), {2018});
     const auto preds = load_external_predictions(dir);
     EXPECT_EQ(preds.model_name, "mymodel");
     const ScoreSummary s = score_questions(qs, official_items(qs, preds));

@@ -15,6 +15,7 @@
 
 #include "generate/generate_test_util.h"
 #include "medllm/generate/engine.h"
+#include "support/shared_data.h"
 
 namespace {
 
@@ -182,7 +183,7 @@ TEST(EvalWithModel, IgakuqaRunsEndToEnd) {
     const fs::path work = scratch("gen_eval");
     fs::remove_all(work);
     const fs::path model = gt::make_printable_model_dir(work / "model", /*context=*/16384);
-    const fs::path src   = fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data" / "data" / "2018";
+    const fs::path src   = shared_path("igakuqa_data/data/2018");
     const fs::path data  = work / "data";
     fs::create_directories(data / "data" / "2018");
     int sections = 0;
@@ -210,6 +211,58 @@ TEST(EvalWithModel, IgakuqaRunsEndToEnd) {
     EXPECT_EQ(static_cast<int>(predictions.size()), 2 * sections);
     const auto report = nlohmann::json::parse(std::ifstream(work / "out" / "report.json"));
     EXPECT_EQ(report["model"], "model");
+    fs::remove_all(work);
+}
+
+// `eval igakuqa --limit N`: the first N questions of each year and section; a later run with a larger limit
+// resumes them and adds the rest; with --predictions it is a usage error.
+TEST(EvalWithModel, LimitTakesTheFirstQuestionsOfEachSection) {
+    const fs::path work = scratch("gen_eval_limit");
+    fs::remove_all(work);
+    const fs::path model = gt::make_printable_model_dir(work / "model", /*context=*/16384);
+    const fs::path src   = shared_path("igakuqa_data/data/2018");
+    const fs::path data  = work / "data";
+    fs::create_directories(data / "data" / "2018");
+    std::set<std::string> first, second;  // problem_ids of the first and the second question of each section
+    for (char s : {'A', 'B', 'C', 'D', 'E', 'F'}) {
+        for (const std::string suffix : {".jsonl", "_metadata.jsonl"}) {
+            std::ifstream in(src / ("112-" + std::string(1, s) + suffix));
+            std::ofstream out(data / "data" / "2018" / ("112-" + std::string(1, s) + suffix));
+            std::string line;
+            for (int k = 0; k < 3 && std::getline(in, line); ++k) {
+                out << line << "\n";
+                const std::string id = nlohmann::json::parse(line)["problem_id"];
+                if (k == 0) first.insert(id);
+                if (k == 1) second.insert(id);
+            }
+        }
+    }
+    std::ofstream(work / "fewshot.jsonl")
+        << R"({"problem_id": "100E5", "problem_text": "正しいのはどれか。", "choices": ["甲", "乙"], "text_only": true, "answer": ["a"], "explanation": "甲が正しい。"})"
+        << "\n";
+    const std::string base = "eval igakuqa --data-dir " + data.string() + " --model " + model.string() +
+                             " --years 2018 --prompt-format base --prompt-file " + (work / "fewshot.jsonl").string() +
+                             " --max-new-tokens 2 --output " + (work / "out").string();
+    auto ids = [&] {
+        std::set<std::string> out;
+        for (const auto& line : read_lines(work / "out" / "predictions.jsonl"))
+            out.insert(nlohmann::json::parse(line)["problem_id"].get<std::string>());
+        return out;
+    };
+    const auto one = run_medllm(base + " --limit 1");
+    ASSERT_EQ(one.exit_code, 0) << one.output;
+    EXPECT_EQ(ids(), first);
+    const auto two = run_medllm(base + " --limit 2");
+    ASSERT_EQ(two.exit_code, 0) << two.output;
+    EXPECT_NE(two.output.find("6 saved, 6 to generate"), std::string::npos) << two.output;
+    std::set<std::string> both = first;
+    both.insert(second.begin(), second.end());
+    EXPECT_EQ(ids(), both);
+    const auto bad =
+        run_medllm("eval igakuqa --data-dir " + data.string() + " --predictions " +
+                   (work / "out" / "predictions.jsonl").string() + " --limit 1 --output " + (work / "scored").string());
+    EXPECT_EQ(bad.exit_code, 2) << bad.output;
+    EXPECT_NE(bad.output.find("--limit applies to --model runs"), std::string::npos) << bad.output;
     fs::remove_all(work);
 }
 

@@ -1,4 +1,4 @@
-// `eval mcqa` sharded across processes (issue #14): two Gloo processes write the same predictions and reports as
+// `eval mcqa` sharded across processes: two Gloo processes write the same predictions and reports as
 // one, and the shards a killed group leaves are completed by a rerun without scoring anything twice.
 #include <algorithm>
 #include <filesystem>

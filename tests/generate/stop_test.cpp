@@ -1,3 +1,4 @@
+// Stop strings: matches across token boundaries and partial matches held back until decided.
 #include <gtest/gtest.h>
 
 #include "medllm/generate/stop.h"

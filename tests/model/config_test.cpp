@@ -1,4 +1,4 @@
-// Qwen2Config: the published Qwen2.5 configs (values from ../shared/reference/qwen2.md §2), the transformers 5
+// Qwen2Config: the published Qwen2.5 configs (values from docs/reference/qwen2.md §2), the transformers 5
 // spellings (the fixture config.json was written by transformers 5.17 save_pretrained), and clear rejections.
 #include <unistd.h>
 
@@ -182,7 +182,7 @@ TEST(Qwen2Config, RejectsUnimplementedFeaturesAndBadValuesNamingFileAndKey) {
     expect_usage_error([&] { Qwen2Config::from_json(nlohmann::json::array(), "cfg.json"); }, {"cfg.json", "object"});
 }
 
-// Issue 11 finding 4: `num_hidden_layers: 1e12` (and other absurd sizes) used to be accepted or to grow memory until
+// `num_hidden_layers: 1e12` (and other absurd sizes) used to be accepted or to grow memory until
 // the process was killed. Every size-like key is bounded; the error names the file, the key and the range.
 TEST(Qwen2Config, SizeLikeKeysAreBoundedNamingKeyAndRange) {
     const char* keys[] = {"vocab_size",          "hidden_size",         "intermediate_size", "num_hidden_layers",

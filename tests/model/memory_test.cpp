@@ -112,11 +112,17 @@ TEST(MedllmInfo, WorksOnEveryPublishedConfigAndOnACheckpoint) {
         SCOPED_TRACE(size);
         const auto r =
             run("info --model " + (kRepo / "configs" / "models" / ("qwen2.5-" + std::string(size))).string() +
-                " --batch 2 --seq-len 4096 --lora-rank 16");
+                " --batch 2 --seq-len 4096 --lora-r 16");
         EXPECT_EQ(r.exit_code, 0) << r.output;
+        EXPECT_NE(r.output.find("LoRA r=16"), std::string::npos) << r.output;
         EXPECT_NE(r.output.find("config only"), std::string::npos) << r.output;
         EXPECT_NE(r.output.find("QLoRA training total"), std::string::npos) << r.output;
     }
+    // --lora-rank is the older spelling of --lora-r (the config key is lora.r); both give the same estimate.
+    const auto r_new = run("info --model " + (kRepo / "configs/models/qwen2.5-7b").string() + " --lora-r 8");
+    const auto r_old = run("info --model " + (kRepo / "configs/models/qwen2.5-7b").string() + " --lora-rank 8");
+    EXPECT_EQ(r_new.exit_code, 0) << r_new.output;
+    EXPECT_EQ(r_new.output, r_old.output);
     const auto r05 = run("info --model " + (kRepo / "configs/models/qwen2.5-0.5b").string());
     EXPECT_NE(r05.output.find("494,032,768"), std::string::npos) << r05.output;
 

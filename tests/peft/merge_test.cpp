@@ -145,7 +145,7 @@ TEST(MergeCli, ErrorsAreOneLineWithExitCodes) {
     EXPECT_EQ(missing.exit_code, 2) << missing.output;
     auto no_adapter = run_medllm("merge --model " + peft_test::tiny_model().string() + " --adapter " +
                                  (tmp.path / "none").string() + " --output " + (tmp.path / "o").string());
-    // A missing input folder is a usage error, as in every other subcommand (issue 11).
+    // A missing input folder is a usage error, as in every other subcommand.
     EXPECT_EQ(no_adapter.exit_code, 2) << no_adapter.output;
     EXPECT_NE(no_adapter.output.find((tmp.path / "none").string()), std::string::npos) << no_adapter.output;
     // An adapter folder without adapter_config.json is a runtime error naming the file.

@@ -13,6 +13,7 @@
 #include "peft/peft_test_util.h"
 
 using namespace medllm;
+using peft_test::expect_error;
 using peft_test::fixture_tensor;
 using peft_test::logits_of;
 using peft_test::TempDir;
@@ -26,19 +27,6 @@ std::shared_ptr<model::Qwen2ForCausalLM> base_model() {
 
 std::shared_ptr<model::Qwen2ForCausalLM> adapted(const fs::path& adapter, bool quantize = false) {
     return peft::load_model_with_adapter(peft_test::tiny_model().string(), adapter, at::kFloat, at::kCPU, quantize);
-}
-
-// Expects `fn` to throw T whose message contains every string in `needles`.
-template <typename T, typename Fn>
-void expect_error(Fn fn, std::initializer_list<std::string> needles) {
-    try {
-        fn();
-        ADD_FAILURE() << "no exception";
-    } catch (const T& e) {
-        std::string msg = e.what();
-        for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-        EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-    }
 }
 
 void copy_adapter(const fs::path& from, const fs::path& to) {

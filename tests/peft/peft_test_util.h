@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <initializer_list>
 #include <random>
 #include <string>
 
@@ -57,6 +58,19 @@ inline at::Tensor logits_of(medllm::model::Qwen2ForCausalLM& m, const at::Tensor
     medllm::model::ForwardInputs in;
     in.input_ids = ids;
     return m.forward(in).to(at::kFloat);
+}
+
+// Expects `fn` to throw T whose message contains every string in `needles`, on one line.
+template <typename T, typename Fn>
+void expect_error(Fn fn, std::initializer_list<std::string> needles) {
+    try {
+        fn();
+        ADD_FAILURE() << "no exception";
+    } catch (const T& e) {
+        std::string msg = e.what();
+        for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
+        EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    }
 }
 
 // A fresh directory under the system temp dir, removed at destruction.

@@ -20,6 +20,7 @@
 #include "medllm/generate/load.h"
 #include "medllm/prefs/build_prefs.h"
 #include "support/run_medllm.h"
+#include "support/shared_data.h"
 #include "support/text_files.h"
 
 namespace {
@@ -171,10 +172,12 @@ TEST_F(PrefsRun, ChatFormatWritesMessageLists) {
     EXPECT_EQ(r["rejected"][0]["role"], "assistant");
 }
 
-// Starts the CLI, kills it with SIGKILL once samples.jsonl holds at least one record, and returns how many
-// records the file held (complete lines) when it was killed; -1 when the run finished first.
-int run_and_kill(const std::string& args, const fs::path& samples) {
-    const std::string cmd = std::string(MEDLLM_BINARY) + " " + args + " >/dev/null 2>&1";
+// Starts the CLI, kills it with `sig` once samples.jsonl holds at least one record, and returns how many
+// records the file held (complete lines) when it was killed; -1 when the run finished first. Its stdout and stderr go
+// to `log`.
+int run_and_kill(const std::string& args, const fs::path& samples, int sig = SIGKILL,
+                 const std::string& log = "/dev/null", int* exit_status = nullptr) {
+    const std::string cmd = std::string(MEDLLM_BINARY) + " " + args + " >" + log + " 2>&1";
     const pid_t pid       = fork();
     if (pid == 0) {
         setpgid(0, 0);
@@ -186,8 +189,9 @@ int run_and_kill(const std::string& args, const fs::path& samples) {
         int status = 0;
         if (waitpid(pid, &status, WNOHANG) == pid) return -1;
         if (fs::exists(samples) && !lines_of(samples).empty()) {
-            kill(pid, SIGKILL);
+            kill(pid, sig);
             waitpid(pid, &status, 0);
+            if (exit_status) *exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
             const std::string content = slurp(samples);
             return static_cast<int>(std::count(content.begin(), content.end(), '\n'));
         }
@@ -216,6 +220,36 @@ TEST_F(PrefsRun, ResumeAfterSigkillGivesTheSamePairs) {
     EXPECT_EQ(sa, sb);
     const auto sum = json::parse(slurp(killed / "summary.json"));
     EXPECT_EQ(sum["resumed_questions"], done_when_killed);
+}
+
+// SIGTERM ends build-prefs at once (samples.jsonl keeps what finished) but no longer silently: it prints the command
+// that resumes, on stderr and in medllm.log, and that command, pasted into a shell, resumes the run. (That a resumed
+// run writes the uninterrupted run's pairs is ResumeAfterSigkillGivesTheSamePairs.)
+TEST_F(PrefsRun, SigtermSaysHowToResume) {
+    const fs::path stopped = out("term_stopped");
+    // An argument a shell must see quoted.
+    const std::string kTypes = "--set 'pairs.types=[gt_chosen, gt_rejected, chosen_rejected]'";
+    const fs::path log       = fs::path(::testing::TempDir()) / ("prefs_term_" + std::to_string(::getpid()) + ".log");
+    int status               = 0;
+    const int done = run_and_kill(cli_args(stopped, kTypes), stopped / "samples.jsonl", SIGTERM, log.string(), &status);
+    ASSERT_GE(done, 1) << "the run was not stopped mid-way";
+    ASSERT_LT(done, 8);
+    EXPECT_EQ(status, 128 + SIGTERM);  // ends by the signal, as before
+    const std::string said = slurp(log);
+    const std::string hint =
+        "build-prefs: interrupted by SIGTERM; samples.jsonl keeps every question sampled so far; "
+        "run the same command again to resume: ";
+    const size_t at = said.find(hint);
+    ASSERT_NE(at, std::string::npos) << said;
+    const std::string again = said.substr(at + hint.size(), said.find('\n', at) - at - hint.size());
+    EXPECT_EQ(again, std::string(MEDLLM_BINARY) + " " + cli_args(stopped, kTypes));  // quoted where it must be
+    EXPECT_NE(slurp(stopped / "medllm.log").find("fatal: " + hint), std::string::npos);
+    // The printed line, pasted into a shell, resumes the run.
+    const auto resumed = run_shell(again + " 2>&1 </dev/null");
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+    EXPECT_NE(resumed.output.find("resuming"), std::string::npos) << resumed.output;
+    EXPECT_EQ(json::parse(slurp(stopped / "summary.json"))["resumed_questions"], done);
+    fs::remove(log);
 }
 
 TEST_F(PrefsRun, CliRefusals) {
@@ -262,6 +296,14 @@ TEST_F(PrefsRun, CliRefusals) {
     EXPECT_NE(refused.output.find(bad.filename().string() + ":2: problem_id 105A2: missing field 'explanation'"),
               std::string::npos)
         << refused.output;
+
+    // A missing few-shot file is named by its own key, not as one of the questions.
+    const auto no_shots = run_medllm(cli_args(out("shots"), "--few-shot-file /nonexistent/shots.jsonl"));
+    EXPECT_EQ(no_shots.exit_code, 2) << no_shots.output;
+    EXPECT_NE(no_shots.output.find("few_shot.file: /nonexistent/shots.jsonl: no such file or directory"),
+              std::string::npos)
+        << no_shots.output;
+    EXPECT_EQ(no_shots.output.find("questions:"), std::string::npos) << no_shots.output;
 
     const auto bad_type =
         run_medllm("build-prefs --questions " + kQuestions.string() + " --model " + model_->string() + " --output " +
@@ -321,13 +363,29 @@ TEST_F(PrefsRun, ShippedConfigRuns) {
                                     "/configs/qwen2.5-72b/build_prefs.yaml --set model=" + model_->string() +
                                     " --set 'questions=[" + kQuestions.string() + "]' --set output=" + dir.string() +
                                     " --set device=cpu --set sampling.n=2 --set sampling.max_new_tokens=8" +
-                                    " --set guard.igakuqa_dir=" + MEDLLM_SHARED_DIR + "/igakuqa_data");
+                                    " --set guard.igakuqa_dir=" + shared_path("igakuqa_data").string());
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("build-prefs summary"), std::string::npos) << r.output;
     const auto s = json::parse(slurp(dir / "summary.json"));
     EXPECT_EQ(s["samples"], 16);
     EXPECT_EQ(s["prompt_format"], "chat");  // the tiny tokenizer has a chat template
     EXPECT_TRUE(fs::exists(dir / "config.resolved.yaml"));
+}
+
+// guard.years picks the exam years of guard.igakuqa_dir: the quickstart's exam folder holds 2021 and 2022 only, which
+// the guard could not read before (it had no years key and read all of 2018-2022).
+TEST_F(PrefsRun, GuardYearsFitAFolderOfSomeYears) {
+    const std::string exams = std::string(MEDLLM_SOURCE_DIR) + "/configs/quickstart/igakuqa";
+    const auto all_years    = run_medllm(cli_args(out("years_all"), "--igakuqa-dir " + exams));
+    EXPECT_EQ(all_years.exit_code, 2) << all_years.output;
+    EXPECT_NE(all_years.output.find("has no data/2018; set guard.years"), std::string::npos) << all_years.output;
+    const fs::path dir = out("years_two");
+    const auto two     = run_medllm(cli_args(dir, "--igakuqa-dir " + exams + " --set guard.years=2021-2022"));
+    ASSERT_EQ(two.exit_code, 0) << two.output;
+    EXPECT_NE(slurp(dir / "config.resolved.yaml").find("years: 2021-2022"), std::string::npos);
+    const auto bad = run_medllm(cli_args(out("years_bad"), "--set guard.years=2017"));
+    EXPECT_EQ(bad.exit_code, 2) << bad.output;
+    EXPECT_NE(bad.output.find("guard.years '2017': 2017 is outside the IgakuQA data"), std::string::npos) << bad.output;
 }
 
 TEST_F(PrefsRun, PromptLongerThanTheContextNamesTheQuestion) {

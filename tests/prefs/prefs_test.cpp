@@ -10,6 +10,7 @@
 
 #include "medllm/core/error.h"
 #include "medllm/prefs/build_prefs.h"
+#include "support/shared_data.h"
 
 namespace {
 
@@ -174,7 +175,7 @@ TEST(PrefsGuard, EvaluationExamNumbersAreFound) {
 }
 
 TEST(PrefsGuard, IgakuqaIdsAndCopiedTextAreFound) {
-    const fs::path dir = fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data";
+    const fs::path dir = shared_path("igakuqa_data");
     ASSERT_TRUE(fs::exists(dir / "data" / "2018" / "112-A.jsonl")) << dir;
     // An evaluation question's text under a pre-2018 id, read from ../shared at run time (never copied here).
     const auto eval_q           = medllm::eval::load_questions(dir, {2019}).at(10);
@@ -192,6 +193,23 @@ TEST(PrefsGuard, IgakuqaIdsAndCopiedTextAreFound) {
         << overlap[0].reason;
     EXPECT_EQ(overlap[1].problem_id, "114A3");
     EXPECT_NE(overlap[1].reason.find("problem_id is in"), std::string::npos);
+}
+
+// The guard reads the exam years it is given (guard.years), not always all of 2018-2022.
+TEST(PrefsGuard, ItChecksTheYearsItIsGiven) {
+    const fs::path dir          = shared_path("igakuqa_data");
+    const auto eval_q           = medllm::eval::load_questions(dir, {2019}).at(10);
+    auto qs                     = fixture_questions();
+    qs[1].question.problem_text = eval_q.problem_text;
+    qs[1].question.choices      = eval_q.choices;
+    EvalGuardOptions opt;
+    opt.igakuqa_dir = dir;
+    opt.years       = {2019};
+    const auto hit  = find_eval_overlap(qs, opt);
+    ASSERT_EQ(hit.size(), 1u);
+    EXPECT_NE(hit[0].reason.find(eval_q.problem_id), std::string::npos) << hit[0].reason;
+    opt.years = {2021, 2022};  // a question of 2019 is no evaluation question then
+    EXPECT_TRUE(find_eval_overlap(qs, opt).empty());
 }
 
 // ---------------------------------------------------------------- template
@@ -289,6 +307,24 @@ TEST(PrefsCheck, RealisticOutputs) {
     drop.drop_flagged = true;
     EXPECT_EQ(check_sample(by_id(qs, "105A1"), "\n Answer:c", "stop", drop).status, SampleStatus::dropped);
     EXPECT_EQ(check_sample(by_id(qs, "105A1"), " x\n Answer:c", "length", drop).status, SampleStatus::dropped);
+    // An answer naming an option by its text: unparseable for the official letters, read as that option's letter
+    // with answer_by_text (and then right or wrong as a letter would be). A letter, when there is one, decides.
+    auto by_text           = opt;
+    by_text.answer_by_text = true;
+    const auto& q1         = by_id(qs, "105A1");  // c = 網赤血球数
+    EXPECT_FALSE(check_sample(q1, " 鉄剤で最初に増える。\n Answer: 網赤血球数", "stop", opt).parsed);
+    const auto right = check_sample(q1, " 鉄剤で最初に増える。\n Answer: 網赤血球数", "stop", by_text);
+    EXPECT_TRUE(right.parsed && right.correct && right.by_text);
+    EXPECT_EQ(right.status, SampleStatus::chosen);
+    EXPECT_EQ(right.answer.as_prediction(), "c");
+    const auto wrong = check_sample(q1, " 貯蔵鉄が先。\n Answer: 血清フェリチン", "stop", by_text);
+    EXPECT_TRUE(wrong.parsed && !wrong.correct && wrong.by_text);
+    EXPECT_EQ(wrong.status, SampleStatus::rejected);
+    EXPECT_FALSE(check_sample(q1, " x\n Answer: 網赤血球数か血清フェリチン", "stop", by_text).parsed);  // two named
+    EXPECT_FALSE(check_sample(q1, " 網赤血球数", "eos", by_text).parsed);  // no marker: still unparseable
+    const auto letter = check_sample(q1, " x\n Answer: a", "stop", by_text);
+    EXPECT_FALSE(letter.by_text);
+    EXPECT_FALSE(letter.correct);
     // Without require_marker the first line is read.
     auto lenient           = opt;
     lenient.require_marker = false;

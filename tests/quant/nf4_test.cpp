@@ -131,9 +131,10 @@ TEST(Nf4Reference, LinearEqualsLinearOnDequantizedWeight) {
     at::manual_seed(3);
     const at::Tensor weight = at::randn({48, 64});
     const at::Tensor bias   = at::randn({48});
-    const at::Tensor x      = at::randn({2, 3, 64});
-    const Nf4Tensor w       = nf4_quantize(weight, 64, true);
-    const at::Tensor y      = nf4_linear(x, w, bias);
+    // The dequantize + GEMM path (nf4_gemv_cpu_test covers the fused one and the choice between them).
+    const at::Tensor x = at::randn({2, 3, 64});
+    const Nf4Tensor w  = nf4_quantize(weight, 64, true);
+    const at::Tensor y = nf4_linear(x, w, bias, Nf4CpuPath::dequantize_gemm);
     EXPECT_EQ(y.sizes(), (at::IntArrayRef{2, 3, 48}));
     EXPECT_TRUE(at::equal(y, at::linear(x, nf4_dequantize(w), bias)));
     EXPECT_THROW(nf4_linear(at::randn({2, 63}), w), Error);
@@ -151,8 +152,8 @@ TEST(Nf4Reference, WorkspacePathsEqualDenseMathAndDoNotAlias) {
     const at::Tensor x_big   = at::randn({5, 128}).to(at::kBFloat16);
     const at::Tensor x_small = at::randn({3, 64}).to(at::kBFloat16);  // fp16 weight, bf16 compute: cast path
 
-    const at::Tensor y_big   = nf4_linear(x_big, big);
-    const at::Tensor y_small = nf4_linear(x_small, small);
+    const at::Tensor y_big   = nf4_linear(x_big, big, std::nullopt, Nf4CpuPath::dequantize_gemm);
+    const at::Tensor y_small = nf4_linear(x_small, small, std::nullopt, Nf4CpuPath::dequantize_gemm);
     EXPECT_TRUE(at::equal(y_big, at::linear(x_big, nf4_dequantize(big))));
     EXPECT_TRUE(at::equal(y_small, at::linear(x_small, nf4_dequantize(small).to(at::kBFloat16))));
 

@@ -7,11 +7,12 @@
 #include <string>
 
 #include "medllm/text/tokenizer.h"
+#include "support/shared_data.h"
 
 namespace medllm::text {
 
 inline std::filesystem::path qwen_dir() {
-    return std::filesystem::path(MEDLLM_SHARED_DIR) / "qwen_tokenizer";
+    return shared_path("qwen_tokenizer");
 }
 inline std::filesystem::path fixtures_dir() {
     return std::filesystem::path(MEDLLM_FIXTURES_DIR) / "text";

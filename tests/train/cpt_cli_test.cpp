@@ -5,6 +5,7 @@
 
 #include "medllm/core/files.h"
 #include "support/run_medllm.h"
+#include "support/shared_data.h"
 #include "train_test_util.h"
 
 namespace fs = std::filesystem;
@@ -52,7 +53,7 @@ TEST_F(CptCli, TrainsResumesAndRefusesBadInputWithOneLine) {
 
     // The shared Qwen2.5 tokenizer's ids exceed the tiny model's 512-entry vocabulary.
     auto wrong_tokenizer = ov;
-    wrong_tokenizer.push_back(std::string("model.tokenizer=") + MEDLLM_SHARED_DIR + "/qwen_tokenizer");
+    wrong_tokenizer.push_back("model.tokenizer=" + shared_path("qwen_tokenizer").string());
     wrong_tokenizer.push_back("data.cache_dir=" + (dir / "qwen_cache").string());
     r = run_medllm(command(wrong_tokenizer) + " --resume never --overwrite");
     EXPECT_EQ(r.exit_code, 2) << r.output;

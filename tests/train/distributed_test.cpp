@@ -29,6 +29,7 @@
 #include "medllm/train/checkpoint.h"
 #include "support/processes.h"
 #include "support/run_medllm.h"
+#include "support/shared_data.h"
 #include "train_test_util.h"
 
 using namespace medllm;
@@ -243,6 +244,30 @@ TEST(DistributedGroup, RendezvousTimeoutNamesAddressAndMissingRank) {
     EXPECT_LT(s, 10.0);
     EXPECT_NE(msg.find("127.0.0.1:" + std::to_string(port)), std::string::npos) << msg;
     EXPECT_NE(msg.find("rank(s) 1, 2 of 3 did not arrive"), std::string::npos) << msg;
+}
+
+TEST(DistributedGroup, RanksWithDifferentWorldSizesAreNamedNotLeftWaiting) {
+    // Rank 0 launched for 2 processes, rank 1 for 3: both stop within the timeout naming the two sizes, instead of
+    // waiting for a rank 2 that never comes.
+    const int port = free_port();
+    std::string msg[2];
+    std::vector<std::thread> threads;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int r = 0; r < 2; ++r)
+        threads.emplace_back([&, r] {
+            try {
+                Distributed::create(local_launch(r, r == 0 ? 2 : 3, port, 20.0), "cpu");
+                msg[r] = "(no error)";
+            } catch (const Error& e) {
+                msg[r] = e.what();
+            }
+        });
+    for (auto& th : threads) th.join();
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 15.0);
+    for (int r = 0; r < 2; ++r) {
+        EXPECT_NE(msg[r].find("rank 1 was launched with world size 3, rank 0 with 2"), std::string::npos) << msg[r];
+        EXPECT_NE(msg[r].find("--world-size"), std::string::npos) << msg[r];
+    }
 }
 
 TEST(DistributedGroup, WorldSizeOneHasNoGroup) {
@@ -522,7 +547,7 @@ protected:
     void SetUp() override {
         TrainTempDir::SetUp();
         model              = gt::make_printable_model_dir(dir / "model", /*context=*/16384);
-        const fs::path src = fs::path(MEDLLM_SHARED_DIR) / "igakuqa_data" / "data" / "2018";
+        const fs::path src = shared_path("igakuqa_data/data/2018");
         data               = dir / "data";
         fs::create_directories(data / "data" / "2018");
         for (char s : {'A', 'B', 'C', 'D', 'E', 'F'})

@@ -1,4 +1,4 @@
-// `medllm rpo`: the losses against the worked vectors of ../shared/reference/preference_losses.md §9 and TRL's own
+// `medllm rpo`: the losses against the worked vectors of docs/reference/preference-losses.md §9 and TRL's own
 // dpo_loss; the data path (TRL v0.28 tokenization/truncation, collation, bad rows); one full DPO and one full RPO
 // step on the tiny fixture model against TRL 0.28 (rpo_alpha) and TRL 1.16 (loss_type [sigmoid, sft]) — loss,
 // every metric, the gradients and the adapter after the step (fixtures: scripts/make_rpo_fixtures.py); a toy run
@@ -22,6 +22,7 @@
 #include "medllm/train/pair_data.h"
 #include "medllm/train/preference_loss.h"
 #include "medllm/train/rpo.h"
+#include "support/shared_data.h"
 #include "train_test_util.h"
 
 using namespace medllm;
@@ -41,6 +42,14 @@ PreferenceLossSpec spec_of(nlohmann::json type = nullptr, nlohmann::json weights
 
 fs::path rpo_fixtures() {
     return test::fixtures() / "train" / "rpo";
+}
+
+// The fixture's 6 pairs, tokenized as TRL does with the byte tokenizer (EOS 256).
+PrefDataset fixture_pairs() {
+    auto tok = text::Tokenizer::from_dir(test::fixtures() / "train" / "byte-tokenizer");
+    PrefDataOptions po;
+    po.eos_id = 256;
+    return load_pref_dataset(rpo_fixtures() / "pairs.jsonl", *tok, po);
 }
 
 // Vector B of the reference: hidden rows = the logits, lm_head = identity (V = H = 4).
@@ -375,7 +384,7 @@ TEST(PrefDataTrl, BuildPrefsFilesTokenizeAsTrl028) {
     // scripts/make_rpo_fixtures.py: TRL 0.28's maybe_apply_chat_template + tokenize_row on build-prefs' pairs files
     // (strings and message lists) with the Qwen2.5 tokenizer and instruct template, max_prompt_length 16.
     const auto ref = read_json_file(rpo_fixtures() / "trl028_tokenized.json");
-    const auto tok = text::Tokenizer::from_dir(fs::path(MEDLLM_SHARED_DIR) / "qwen_tokenizer");
+    const auto tok = text::Tokenizer::from_dir(shared_path("qwen_tokenizer"));
     PrefDataOptions o;
     o.max_prompt_length = 16;
     o.max_length        = 0;
@@ -402,7 +411,7 @@ TEST(PrefDataTrl, TokenizationMatchesEachTrlEra) {
     // 1.16's whole-sequence tokenization split where the tokens diverge (joint), with the Qwen2.5 tokenizer and
     // instruct template, no truncation, on pairs whose prompt ends where tokens merge ("答え:" + "e", "\n Answer:" +
     // "c", a trailing space) or do not, message lists, and build-prefs' own pairs files. Exact ids.
-    const auto tok = text::Tokenizer::from_dir(fs::path(MEDLLM_SHARED_DIR) / "qwen_tokenizer");
+    const auto tok = text::Tokenizer::from_dir(shared_path("qwen_tokenizer"));
     std::map<std::string, nlohmann::json> by_mode;
     for (const char* era : {"028", "1x"}) {
         const auto ref = read_json_file(rpo_fixtures() / (std::string("tokenization_trl") + era + ".json"));
@@ -554,10 +563,7 @@ TEST_F(RpoRun, GradientsMatchTrl) {
         auto model     = peft::load_model_with_adapter((test::fixtures() / "model" / "qwen2-tiny-tied").string(),
                                                        rpo_fixtures() / "init_adapter", at::kFloat);
         model->eval();
-        auto tok = text::Tokenizer::from_dir(test::fixtures() / "train" / "byte-tokenizer");
-        PrefDataOptions po;
-        po.eos_id     = 256;
-        const auto ds = load_pref_dataset(rpo_fixtures() / "pairs.jsonl", *tok, po);
+        const auto ds = fixture_pairs();
         std::vector<const PrefExample*> pairs;
         for (const auto& e : ds.examples) pairs.push_back(&e);
         const auto batch    = collate_pairs(pairs, 256, at::kCPU);
@@ -582,10 +588,7 @@ TEST_F(RpoRun, GradientsMatchTrl) {
 TEST_F(RpoRun, SharedPromptGivesTheSameLogpsAndGradients) {
     // The fixture pairs in one packed row each (training.share_prompt) against separate rows: the same
     // log-probs, NLL and adapter gradients up to fp32 rounding.
-    auto tok = text::Tokenizer::from_dir(test::fixtures() / "train" / "byte-tokenizer");
-    PrefDataOptions po;
-    po.eos_id     = 256;
-    const auto ds = load_pref_dataset(rpo_fixtures() / "pairs.jsonl", *tok, po);
+    const auto ds = fixture_pairs();
     std::vector<const PrefExample*> pairs;
     for (const auto& e : ds.examples) pairs.push_back(&e);
     const auto spec = spec_of(nullptr, nullptr, 10, 0, "pooled", false);
@@ -723,6 +726,104 @@ TEST_F(RpoRun, MergedInitAdapterIsThePolicyStartAndTheReference) {
     EXPECT_EQ(fs::last_write_time(dir / "merged" / "init_merged" / "medllm_merge.json"), marker);
 }
 
+// lora.merge_init_adapter: false: the CPT adapter stays frozen (unmerged, not re-quantized) under a fresh trainable
+// adapter. The reference log-probs (precomputed, so they can be read) are those of the CPT model computed apart: the
+// fp32 base with the CPT adapter merged in fp32 — no bf16 init_merged folder, no re-quantization; the output is the
+// stack, and training.merge folds all of it.
+TEST_F(RpoRun, StackedInitAdapterIsFrozenUnderTheNewOneAndIsTheReference) {
+    const fs::path out = dir / "stacked";
+    const auto tiny    = (test::fixtures() / "model" / "qwen2-tiny-tied").string();
+    const auto cpt     = rpo_fixtures() / "init_adapter";
+    auto o             = base_overrides(out);
+    for (const char* s : {"training.batch_size=6", "training.max_steps=2", "lora.r=4", "optim.lr=0.01",
+                          "reference.precompute=true", "lora.merge_init_adapter=false", "training.merge=true"})
+        o.push_back(s);
+    o.push_back("lora.init_adapter=" + cpt.string());
+    std::vector<nlohmann::json> recs;
+    const auto res = run(o, &recs);
+    ASSERT_EQ(recs.size(), 2u);
+    EXPECT_FALSE(fs::exists(out / "init_merged"));  // nothing merged or re-quantized
+    // Step 1: the trainable adapter starts at B = 0, so policy = reference = base + CPT adapter.
+    EXPECT_NEAR(recs[0]["loss"].get<double>(), std::log(2.0), 1e-6);
+    EXPECT_NEAR(recs[0]["rewards/margins"].get<double>(), 0.0, 1e-6);
+    EXPECT_GT(recs[1]["rewards/margins"].get<double>(), 0.0);  // and then it trains
+
+    // The reference cache against the CPT model computed apart.
+    std::vector<fs::path> caches;
+    for (const auto& e : fs::directory_iterator(out / "ref_cache")) caches.push_back(e.path());
+    ASSERT_EQ(caches.size(), 1u);
+    io::SafetensorsFile cache(caches[0]);
+    const auto ref_c = cache.tensor("chosen"), ref_r = cache.tensor("rejected");
+    const auto ds = fixture_pairs();
+    std::vector<const PrefExample*> pairs;
+    for (const auto& e : ds.examples) pairs.push_back(&e);
+    const auto batch = collate_pairs(pairs, 256, at::kCPU);
+    const auto spec  = spec_of();
+    auto logps_of    = [&](model::Qwen2ForCausalLM& m) {
+        at::NoGradGuard no_grad;
+        m.eval();
+        const auto l = pair_logps(m, batch, spec, 1024, false);
+        return at::cat({l.chosen, l.rejected}).to(at::kDouble);
+    };
+    auto merged = peft::load_model_with_adapter(tiny, cpt, at::kFloat);
+    peft::merge_adapters(*merged);  // W + s·B·A in fp32, in place
+    const auto want = logps_of(*merged), have = at::cat({ref_c, ref_r}).to(at::kDouble);
+    // fp32, the same model in two associations (W·x + s·B·A·x vs (W + s·B·A)·x): sums of ~100 token log-probs of
+    // magnitude ~5, so 1e-6 relative (observed below 1e-6).
+    EXPECT_LE((want - have).abs().max().item<double>(), 1e-6 * want.abs().max().item<double>());
+    auto base = model::Qwen2ForCausalLM::from_pretrained(tiny, at::kFloat);
+    EXPECT_GT((logps_of(*base) - have).abs().max().item<double>(), 1e-2);  // the CPT adapter matters
+
+    // The output is the stack: the CPT adapter unchanged as "default", the trained one as "rpo".
+    EXPECT_EQ(read_json_file(res.adapter_dir / peft::kAdapterStackFile)["adapters"],
+              nlohmann::json::array({"default", "rpo"}));
+    const auto frozen = adapter(res.adapter_dir), original = adapter(cpt);
+    ASSERT_EQ(frozen.size(), original.size());
+    for (const auto& [k, t] : original) EXPECT_TRUE(at::equal(frozen.at(k), t)) << k;
+    double trained_b = 0;
+    for (const auto& [k, t] : adapter(res.adapter_dir / "rpo"))
+        if (k.find("lora_B") != std::string::npos) trained_b = std::max(trained_b, t.abs().max().item<double>());
+    EXPECT_GT(trained_b, 0.0);
+    const auto summary = read_json_file(out / "summary.json");
+    EXPECT_EQ(summary["adapter_stack"], nlohmann::json::array({"default", "rpo"}));
+    // training.merge folds the whole stack into the base: the stacked model's logits up to bf16 weights.
+    auto stacked_model = peft::load_model_with_adapter(tiny, res.adapter_dir, at::kFloat);
+    auto merged_out    = model::Qwen2ForCausalLM::from_pretrained((out / "merged").string(), at::kFloat);
+    const auto a = logps_of(*stacked_model), b = logps_of(*merged_out);
+    EXPECT_LE((a - b).abs().max().item<double>(), 0.02 * a.abs().max().item<double>());
+    peft::unmerge_adapters(*merged);
+    EXPECT_GT((a - logps_of(*merged)).abs().max().item<double>(), 1e-3);  // the trained adapter is in it
+}
+
+// A stacked run stopped and resumed gives the steps and the stack of a straight run (the checkpoints hold the
+// stack; the resume loads it into the same stack).
+TEST_F(RpoRun, StackedRunResumesExactly) {
+    auto o = base_overrides(dir / "unused");
+    for (const char* s : {"training.batch_size=2", "training.max_steps=3", "training.save_steps=1", "optim.lr=0.01",
+                          "lora.r=4", "loss.rpo_alpha=10", "lora.merge_init_adapter=false"})
+        o.push_back(s);
+    o.push_back("lora.init_adapter=" + (rpo_fixtures() / "init_adapter").string());
+    auto with_out = [&](const fs::path& out) {
+        auto v = o;
+        v.push_back("output=" + out.string());
+        return v;
+    };
+    std::vector<nlohmann::json> straight, resumed;
+    const auto a     = run(with_out(dir / "a"), &straight);
+    const auto first = run(with_out(dir / "b"), &resumed, [](int64_t step) {
+        if (step == 2) request_stop();
+    });
+    EXPECT_TRUE(first.interrupted);
+    EXPECT_TRUE(fs::exists(first.last_checkpoint / "adapter" / peft::kAdapterStackFile));
+    const auto b = run(with_out(dir / "b"), &resumed);
+    ASSERT_EQ(resumed.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed[i].dump(), straight[i].dump()) << "step " << i + 1;
+    for (const char* sub : {"", "rpo"}) {
+        const auto want = adapter(a.adapter_dir / sub), have = adapter(b.adapter_dir / sub);
+        for (const auto& [k, t] : want) EXPECT_TRUE(at::equal(have.at(k), t)) << sub << " " << k;
+    }
+}
+
 TEST_F(RpoRun, PrecomputedReferenceGivesTheSameStep) {
     auto o = trl_step(dir / "pre");
     o.push_back("reference.precompute=true");
@@ -750,9 +851,6 @@ TEST_F(RpoRun, BadInputsAreOneClearLine) {
     EXPECT_NE(msg({"loss.loss_type=[sigmoid, sft]", "loss.loss_weights=[1]"}).find("loss.loss_weights"),
               std::string::npos);
     EXPECT_NE(msg({"eval_guard.enabled=true"}).find("eval_guard.igakuqa_dir is required"), std::string::npos);
-    EXPECT_NE(msg({"lora.init_adapter=" + (rpo_fixtures() / "init_adapter").string(), "lora.merge_init_adapter=false"})
-                  .find("lora.merge_init_adapter"),
-              std::string::npos);
     EXPECT_NE(msg({"model.tokenizer=" + (dir / "nope").string()}).find("tokenizer folder"), std::string::npos);
     // A resume with other loss settings is refused naming the key.
     auto o = trl_step(dir / "resume");

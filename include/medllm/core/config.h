@@ -12,9 +12,10 @@
 // Keys are dotted paths into nested mappings. Unknown keys are an error that names the closest valid key.
 // A list of mappings (`data.sources: [{path: a.jsonl, weight: 2}, ...]`) is a list_field with its own item
 // schema: every item is checked like a config of its own, errors name `data.sources[1].weight`.
-// Several commands may read one file (prepare-corpus and cpt read cpt.yaml): strict_sections() limits the
-// unknown-key error to the sections the command owns and ignores the rest (with a warning when an ignored key is
-// one edit away from a known one, so `dta.sources` does not pass unnoticed).
+// Every key the command does not read is an error, in every section (a misspelt `trainig:` would otherwise train
+// with the defaults). Several commands may read one file (prepare-corpus and cpt read cpt.yaml): accept_keys()
+// names the other command's keys, which are then accepted and left to it, and nothing else is. A key written twice
+// in one file (a second `lora:` section) is an error naming both lines.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +45,9 @@ namespace config_detail {
 struct FlatValue {
     nlohmann::json value;
     std::string origin;  // "cpt.yaml" or "--set"
+    // How the key was written where it came from, before the schema's key: "rpo." for a key of a pipeline file's
+    // rpo: section, so messages name `rpo.lora.rnak`, the key the user wrote, not the stage's own `lora.rnak`.
+    std::string key_prefix;
 };
 using FlatDoc = std::map<std::string, FlatValue>;
 
@@ -52,11 +56,10 @@ FlatDoc load_flat(const ConfigSource& source);  // parse file (YAML/JSON) and ap
 FlatDoc flatten_mapping(const nlohmann::json& mapping, const std::string& origin);
 // The items of a list-of-mappings value; UsageError naming `key` when it is not one.
 std::vector<nlohmann::json> list_of_mappings(const std::string& key, const FlatValue& v);
-// Logs a warning for a key that strict_sections() ignores when its section is one slip away from an owned one.
-void note_ignored_key(const std::string& key, const std::vector<std::string>& strict_sections,
-                      const std::string& where);
 std::string closest_key(const std::string& key, const std::vector<std::string>& candidates);
 std::string render_value(const nlohmann::json& v);
+// The origin load_flat gives a file's values: its base name ("configs/tiny/cpt.yaml" -> "cpt.yaml").
+std::string file_origin(const std::string& path);
 
 // Typed conversion with errors naming key, value and what is allowed.
 void convert(const std::string& key, const FlatValue& v, std::string& out);
@@ -168,11 +171,22 @@ public:
         return *self;
     }
 
-    // Unknown keys are errors only under these top-level names; every other key belongs to another command
-    // reading the same file and is ignored.
-    ConfigSchema& strict_sections(std::vector<std::string> sections) {
-        strict_sections_ = std::move(sections);
+    // Kept so that schemas written when keys outside these sections were ignored still compile: it has no effect
+    // now that every unknown key is an error (see accept_keys for a file that two commands read).
+    ConfigSchema& strict_sections(std::vector<std::string>) { return *this; }
+
+    // Keys another command reads from the same file (prepare-corpus accepts cpt's keys in cpt.yaml): accepted and
+    // not read here; any other unknown key is still an error.
+    ConfigSchema& accept_keys(std::vector<std::string> keys) {
+        accepted_.insert(accepted_.end(), keys.begin(), keys.end());
         return *this;
+    }
+
+    // The keys this schema reads, in order.
+    std::vector<std::string> keys() const {
+        std::vector<std::string> out;
+        for (const auto& f : fields_) out.push_back(f->key_);
+        return out;
     }
 
     // Parse, validate and return the typed config; `resolved` (optional) receives the table.
@@ -184,21 +198,23 @@ public:
     // load() on an already flattened document; `prefix` ("data.sources[2]") is prepended to keys in messages.
     T load_doc(const config_detail::FlatDoc& doc, const std::string& where, const std::string& prefix,
                std::vector<ResolvedEntry>* resolved = nullptr) const {
-        std::vector<std::string> known;
-        for (const auto& f : fields_) known.push_back(f->key_);
-        const auto shown = [&](const std::string& key) { return prefix.empty() ? key : prefix + "." + key; };
+        std::vector<std::string> known = keys();
+        known.insert(known.end(), accepted_.begin(), accepted_.end());
+        // A key as the user wrote it: the list item's prefix, or the section a pipeline file nests it under.
+        const auto shown = [&](const std::string& key, const config_detail::FlatValue* v = nullptr) {
+            if (!prefix.empty()) return prefix + "." + key;
+            return v ? v->key_prefix + key : key;
+        };
         for (const auto& [key, v] : doc) {
             bool found = false;
-            for (const auto& f : fields_) found = found || f->key_ == key;
+            for (const auto& k : known) found = found || k == key;
             if (found) continue;
-            const std::string in = v.origin == "--set" ? "--set" : where;
-            if (!is_strict(key)) {
-                config_detail::note_ignored_key(key, strict_sections_, in);
-                continue;
-            }
-            std::string msg  = "unknown key '" + shown(key) + "' in " + in;
-            std::string near = config_detail::closest_key(key, known);
-            if (!near.empty()) msg += "; did you mean '" + shown(near) + "'?";
+            // The file the schema was given is named by its path; a value from elsewhere (--set, a stage config a
+            // pipeline file names) by its origin.
+            const std::string in = v.origin == config_detail::file_origin(where) ? where : v.origin;
+            std::string msg      = "unknown key '" + shown(key, &v) + "' in " + in;
+            std::string near     = config_detail::closest_key(key, known);
+            if (!near.empty()) msg += "; did you mean '" + shown(near, &v) + "'?";
             throw UsageError(msg);
         }
         T obj{};
@@ -206,12 +222,12 @@ public:
             auto it            = doc.find(f->key_);
             std::string origin = "default";
             if (it != doc.end()) {
-                f->assign_(obj, shown(f->key_), it->second);
+                f->assign_(obj, shown(f->key_, &it->second), it->second);
                 origin = it->second.origin;
             } else if (f->required_) {
                 throw UsageError("missing required key '" + shown(f->key_) + "' in " + where + " (" + f->help_ + ")");
             }
-            f->check_(obj, shown(f->key_), origin);
+            f->check_(obj, shown(f->key_, it != doc.end() ? &it->second : nullptr), origin);
             if (resolved) resolved->push_back({f->key_, f->show_(obj), origin});
         }
         return obj;
@@ -266,14 +282,6 @@ private:
         return *self;
     }
 
-    bool is_strict(const std::string& key) const {
-        if (strict_sections_.empty()) return true;
-        const std::string section = key.substr(0, key.find('.'));
-        for (const auto& s : strict_sections_)
-            if (s == section) return true;
-        return false;
-    }
-
     template <class V>
     static void check_value(const Field& f, const std::string& key, const V& v, const std::string& origin) {
         if constexpr (std::is_same_v<V, int64_t> || std::is_same_v<V, double>) {
@@ -296,11 +304,15 @@ private:
     }
 
     std::vector<std::unique_ptr<Field>> fields_;
-    std::vector<std::string> strict_sections_;
+    std::vector<std::string> accepted_;
 };
 
 // Print the resolved table (two columns) through the logger and write it as YAML.
 std::string format_resolved_table(const std::vector<ResolvedEntry>& entries);
 void write_resolved_yaml(const std::vector<ResolvedEntry>& entries, const std::string& path);
+
+// Starts a run's output folder: creates it, adds <dir>/medllm.log to the log, logs the resolved config as a
+// two-column table and writes <dir>/config.resolved.yaml.
+void start_run(const std::string& output_dir, const std::vector<ResolvedEntry>& resolved);
 
 }  // namespace medllm

@@ -134,4 +134,23 @@ int64_t unix_mtime_ns(const std::filesystem::path& path);
 // output does not exist yet but resolves to an input's path): UsageError naming both, before anything is written.
 void check_output_not_input(const std::filesystem::path& output, const std::vector<std::filesystem::path>& inputs);
 
+// ---------------------------------------------------------------- model folders
+
+// Files a derived checkpoint (`medllm quantize`, `medllm merge`) copies from its source so it loads and chats the
+// same way: tokenizer (every format we read), chat template (tokenizer_config.json's, or transformers 5's
+// chat_template.jinja / chat_template.json) and generation_config.json. config.json is not in the list: each
+// command writes its own.
+inline const std::vector<std::string> kModelSideFiles = {
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+};
+
 }  // namespace medllm

@@ -64,8 +64,10 @@ void add_corpus_fields(ConfigSchema<Config>& s) {
     s.field("data.append_eos", m(&C::append_eos), "end every document with the tokenizer's EOS token");
     s.field("data.eos_token", m(&C::eos_token), "EOS token text when the tokenizer names none ('' = its own)");
     s.field("data.seq_len", m(&C::seq_len), "tokens per training row").range(2, 1 << 24);
-    s.field("data.packing", m(&C::packing), "isolated (no attention across documents), concat or none (padded)")
-        .one_of({"isolated", "concat", "none"});
+    s.field("data.packing", m(&C::packing),
+            "isolated (no attention across documents), split (isolated, rows filled: documents continue in the next "
+            "row), concat or none (padded)")
+        .one_of({"isolated", "split", "concat", "none"});
     s.field("data.seed", m(&C::seed), "packing order, per-epoch shuffle, split and fractional weights").range(0, 9e15);
     s.field("data.validation.fraction", m(&C::validation_fraction), "share of documents held out for validation")
         .range(0, 0.99);
@@ -90,5 +92,9 @@ PrepareResult prepare_corpus(const CorpusConfig& config, bool force_rebuild = fa
 
 // The packing options the config implies (rank/world size 0/1; the trainer sets them).
 PackingOptions packing_options(const CorpusConfig& config, Split split = Split::train);
+
+// `medllm prepare-corpus`: starts the cache folder's log (medllm.log, config.resolved.yaml from `resolved`), runs
+// prepare_corpus and prints the summary.
+void run_prepare_corpus(const CorpusConfig& config, const std::vector<ResolvedEntry>& resolved, bool force_rebuild);
 
 }  // namespace medllm::data

@@ -1,12 +1,17 @@
 // Rows for the trainer: a token cache packed into fixed-length rows, shuffled per epoch, sharded by rank, with a
 // cursor that saves and restores exactly. Plain buffers, no LibTorch (the trainer wraps them in tensors).
 //
-// Packing modes (HF names in ../shared/reference/training.md §2):
+// Packing modes (HF names in docs/reference/training.md §2.5):
 //   isolated (default)  whole documents packed into rows in a seeded order (next fit); every document is its own
 //                       segment: segment_ids 1, 2, ... along the row, position_ids restart at 0, and the first
 //                       label of each segment is -100, so no token is predicted from another document (HF
 //                       DataCollatorWithFlattening). A document longer than seq_len is cut into seq_len chunks,
 //                       each a segment of its own.
+//   split               as isolated, but every row is filled to seq_len: a document that does not fit in what is
+//                       left of a row fills it and continues at the start of the next row as a segment of its own
+//                       (positions restart, its first label there is -100: the token before it is in another
+//                       row). Only the epoch's last row is padded (torchtune's split_across_pack, with each piece
+//                       isolated). A row with one free token is closed instead (a one-token piece has no label).
 //   concat              the documents concatenated (in the same seeded order) and cut every seq_len tokens; one
 //                       segment per row, attention crosses documents (HF group_texts).
 //   none                one document (or seq_len chunk of one) per row, padded.
@@ -30,7 +35,7 @@
 
 namespace medllm::data {
 
-enum class Packing { isolated, concat, none };
+enum class Packing { isolated, split, concat, none };
 Packing parse_packing(const std::string& name);  // UsageError naming the allowed values
 const char* to_string(Packing p);
 

@@ -121,7 +121,8 @@ std::string tokenizer_hash(const std::filesystem::path& dir);
 class TokenCache {
 public:
     // Throws Error naming the folder when the manifest is missing (an incomplete build), unreadable, of another
-    // format version, or when a shard or the index does not have the size the manifest records.
+    // format version, or when a shard or the index does not have the size or the XXH3 checksum the manifest records
+    // (every open hashes the whole cache once: a changed token is caught even when it is still a valid id).
     explicit TokenCache(const std::filesystem::path& dir);
     ~TokenCache();
     TokenCache(const TokenCache&)            = delete;

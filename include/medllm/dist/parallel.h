@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "medllm/core/config.h"
 #include "medllm/core/shards.h"
 #include "medllm/dist/distributed.h"
 
@@ -21,6 +23,15 @@ struct Parallel {
     bool allow_world_size_change = false;  // --resume-world-size-change
     // The group to use: `group`, or a single-process one on `device_setting` (UsageError if world_size > 1).
     std::shared_ptr<Distributed> resolve(const std::string& device_setting) const;
+};
+
+// What the body of a command that can run as several processes (build-prefs, generate, eval igakuqa, eval mcqa)
+// takes besides its settings. The body checks its settings first and joins the group only then, so a bad setting is
+// named at once instead of after a rendezvous.
+struct RunOptions {
+    std::vector<ResolvedEntry> resolved;  // the resolved config: rank 0 logs it and writes config.resolved.yaml
+    bool overwrite = false;               // --overwrite: start the outputs over instead of resuming them
+    LaunchFlags launch;                   // --world-size, --rank, ...; unset fields come from torchrun / Slurm
 };
 
 // Joins the process group that `flags` + the environment describe (world size 1: a group of one). On ranks other

@@ -1,5 +1,5 @@
 // IgakuQA data: questions with their metadata, the few-shot examples, and year selection.
-// Layout and field meanings: ../shared/reference/igakuqa.md §1-3.
+// Layout and field meanings: docs/reference/igakuqa.md §1-3.
 #pragma once
 
 #include <array>
@@ -29,7 +29,7 @@ struct ExamSize {
 
 // The exam's size for 2018..2022, nullptr for any other year. The table is derived from the data files of
 // jungokasai/IgakuQA commit 2bc4c3d (../shared/igakuqa_data; scripts/igakuqa_exam_sizes.py prints it again) and
-// agrees with ../shared/reference/igakuqa.md §3. A data directory whose sections hold other counts is incomplete:
+// agrees with docs/reference/igakuqa.md §3. A data directory whose sections hold other counts is incomplete:
 // its scores are reported, its pass/fail is not.
 const ExamSize* known_exam_size(int year);
 
@@ -73,6 +73,10 @@ std::vector<int> parse_years(const std::string& spec);
 // Warns (does not throw) when a year's sections do not hold the exam's question counts (known_exam_size), and
 // when a file differs from the data's MANIFEST.tsv (records or bytes), when the directory has one.
 std::vector<Question> load_questions(const std::filesystem::path& data_dir, const std::vector<int>& years);
+
+// `eval igakuqa --limit N` (a smoke run): the first `limit` questions of every year and section, in the order
+// given; every question when limit <= 0. A later run with a larger limit resumes the questions already done.
+std::vector<Question> first_questions_per_section(std::vector<Question> questions, int64_t limit);
 
 // The few-shot examples (scripts/prompts/prompt.jsonl), in file order; answers are validated against the choices
 // as in load_questions.

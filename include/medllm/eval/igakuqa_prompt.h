@@ -1,4 +1,4 @@
-// The IgakuQA 3-shot prompt (../shared/reference/igakuqa.md §6), in two modes and two renderings.
+// The IgakuQA 3-shot prompt (docs/reference/igakuqa.md §6), in two modes and two renderings.
 //
 // standard:    the original chatgpt.py messages, character for character: system "医師国家試験を解きます。",
 //              user turns "問題: …\na: …\n必ずa,b,c,d,eの中からちょうどN個選んでください。\n答え:" (numeric questions:

@@ -1,5 +1,5 @@
 // IgakuQA scoring: the official rule of scripts/evaluate_main.py, exactly, plus the MHLW pass criteria.
-// ../shared/reference/igakuqa.md §4-5.
+// docs/reference/igakuqa.md §4-5.
 #pragma once
 
 #include <map>

@@ -1,10 +1,18 @@
-// The generation engine: batched decoding with a KV cache over prompts of different lengths.
+// The generation engine: continuous batching over prompts of any lengths, without padding, with prefix caching.
 //
-// Prompts are left-padded and prefilled together (positions = cumsum(mask) - 1, as HF generate), then decoded
-// one token per step for the whole batch. A finished sequence leaves the batch at once (KVCache::select_rows),
-// and freed slots are refilled from the waiting prompts (continuous batching): the new prompts are prefilled on
-// their own and their cache rows are joined to the running ones, left-padded to a common length. `n` samples of a
-// prompt share one prefill. Greedy results do not depend on the batch composition (up to float rounding).
+// Every step is one forward (RaggedForward, ragged_forward.h) over one new token of each decoding sequence and the
+// next chunk of each prompt being prefilled, packed into one token list; each sequence attends over its own KV
+// cache. Prompts are prefilled in 64-token chunks at fixed positions, and full chunks go into a prefix cache kept
+// by the Generator across calls: a prompt that starts with the same tokens as an earlier one (the few-shot examples
+// every IgakuQA question carries, an instruction every task prompt repeats) continues from the cached keys and
+// values instead of computing them again. A finished sequence frees its row at once and waiting prompts take the
+// free rows. `n` samples of a prompt share its prefill.
+//
+// A sequence's numbers do not depend on the other sequences of the call, the batch size, the slot it runs in or
+// what the prefix cache holds (ragged_forward.h says how), and each sequence draws from its own random stream
+// (sampling.h): a sampled completion is a function of the seed, the prompt's key and the sample index only, so one
+// process and several, a resumed run and an uninterrupted one, write the same samples (on the CPU, bit for bit;
+// on CUDA up to the kernels cuBLAS picks per shape).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +29,8 @@
 #include "medllm/text/tokenizer.h"
 
 namespace medllm::generate {
+
+class PrefixCache;
 
 using text::TokenId;
 
@@ -58,12 +68,19 @@ struct Completion {
 };
 
 struct GenerationStats {
-    int64_t prompt_tokens    = 0;  // prefilled (each prompt once, whatever num_samples)
-    int64_t generated_tokens = 0;
-    int64_t decode_steps     = 0;
-    int64_t decode_tokens  = 0;  // tokens chosen by decode steps (the first token of each sequence comes from prefill)
+    int64_t prompt_tokens        = 0;  // prompt tokens (each prompt once, whatever num_samples)
+    int64_t cached_prompt_tokens = 0;  // of those, taken from the prefix cache instead of computed
+    int64_t generated_tokens     = 0;
+    // Steps are prefill steps (forwards with prompt chunks; decoding rows ride along, their tokens are counted in
+    // generated_tokens only) or decode steps (decoding rows only), each timed with its token choice.
+    int64_t decode_steps   = 0;
+    int64_t decode_tokens  = 0;  // tokens chosen by decode steps
     double prefill_seconds = 0;
-    double decode_seconds  = 0;  // decode forwards + sampling
+    double decode_seconds  = 0;
+    // The same steps' CPU time (the process's, all threads): what benchmarks on a shared machine compare, where
+    // wall time depends on the other processes.
+    double prefill_cpu_seconds = 0;
+    double decode_cpu_seconds  = 0;
 };
 
 struct GenerateCallbacks {
@@ -77,8 +94,11 @@ class Generator {
 public:
     // `tokenizer` may be null: then completions carry ids only and stop strings are refused.
     // `eos_token_ids`: usually from load_eos_token_ids().
+    // The model's weights must not change while the Generator is used (the prefix cache holds keys and values
+    // computed with them); call clear_prefix_cache() after changing them.
     Generator(std::shared_ptr<model::Qwen2ForCausalLM> model, std::shared_ptr<const text::Tokenizer> tokenizer,
               std::vector<int64_t> eos_token_ids);
+    ~Generator();
 
     // Completions for every prompt × sample, ordered by prompt then sample. Throws before generating anything
     // when a prompt is empty or does not leave room for one new token in the model's context
@@ -91,12 +111,16 @@ public:
     model::Qwen2ForCausalLM& model() { return *model_; }
     const text::Tokenizer* tokenizer() const { return tokenizer_.get(); }
     int64_t context_length() const { return model_->config.max_position_embeddings; }
+    // The prefix cache (1 GiB by default; least recently used chunks go first). Emptying it changes no result.
+    void clear_prefix_cache();
+    void set_prefix_cache_bytes(double bytes);
 
 private:
     std::shared_ptr<model::Qwen2ForCausalLM> model_;
     std::shared_ptr<const text::Tokenizer> tokenizer_;
     std::vector<int64_t> eos_;
     GenerationStats stats_;
+    std::unique_ptr<PrefixCache> prefix_cache_;
 };
 
 }  // namespace medllm::generate

@@ -7,24 +7,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "medllm/core/files.h"
+
 namespace medllm::io {
 
-// Files a derived checkpoint (`medllm quantize`, `medllm merge`) copies from its source so it loads and chats the
-// same way: tokenizer (every format we read), chat template (tokenizer_config.json's, or transformers 5's
-// chat_template.jinja / chat_template.json) and generation_config.json. config.json is not in the list: each
-// command writes its own.
-inline const std::vector<std::string> kModelSideFiles = {
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "chat_template.json",
-};
+// kModelSideFiles, the files beside a model's weights, are in core (include/medllm/core/files.h): `medllm
+// tokenize`, in text, keeps its output off them too.
 
 // Copies the kModelSideFiles that exist in `src` into `dst` (each written atomically, a failed write naming the
 // file); returns the names copied.

@@ -1,7 +1,7 @@
 // Qwen2 / Qwen2.5 model configuration, read from a Hugging Face config.json (model_type "qwen2").
 // Every value comes from the file. The five size keys (vocab_size, hidden_size, intermediate_size,
 // num_hidden_layers, num_attention_heads) are required; HF class defaults are used only for the other keys the
-// file omits, exactly as transformers does (they are NOT the Qwen2.5 values, see ../shared/reference/qwen2.md §1).
+// file omits, exactly as transformers does (they are NOT the Qwen2.5 values, see docs/reference/qwen2.md §1).
 // Size-like keys are bounded (e.g. at most 1024 layers, hidden_size 65536; config.cpp lists the limits), far
 // above any published model, so a typo such as 1e12 layers is a one-line error, not an allocation that never ends.
 #pragma once

@@ -1,5 +1,5 @@
 // Qwen2 / Qwen2.5 decoder in LibTorch, numerically following HF transformers' Qwen2ForCausalLM
-// (see ../shared/reference/qwen2.md §3 and §5). Parameter names equal HF's, so a checkpoint loads by name:
+// (see docs/reference/qwen2.md §3 and §5). Parameter names equal HF's, so a checkpoint loads by name:
 //   model.embed_tokens.weight, model.layers.N.{input_layernorm,self_attn.{q,k,v,o}_proj,
 //   post_attention_layernorm,mlp.{gate,up,down}_proj}.*, model.norm.weight, lm_head.weight (absent when tied).
 //

@@ -30,7 +30,10 @@ enum class SampleStatus { chosen, rejected, dropped };
 const char* to_string(SampleStatus status);
 
 struct SampleCheckOptions {
-    bool require_marker           = true;   // a response without an answer marker is unparseable
+    bool require_marker = true;  // a response without an answer marker is unparseable
+    // A response whose answer names no letter but names exactly one option by its text (「答え:肺炎」) is read as
+    // that option's letter (eval::choice_named_by_text); off = the official scorer's letters only.
+    bool answer_by_text           = false;
     int64_t min_explanation_chars = 1;      // shorter explanations (code points, spaces excluded) are flagged
     bool drop_flagged             = false;  // flagged (short explanation, cut by the token limit): drop, not reject
     // The template's answer marker as normalised text ("\n answer:"), taken off the explanation before it is
@@ -44,6 +47,7 @@ struct CheckedSample {
     std::string text;           // the response as generated (after the prompt's explanation marker)
     std::string finish_reason;  // "stop" | "eos" | "length"
     eval::ExtractedAnswer answer;
+    bool by_text              = false;  // the answer was read from an option's text (answer_by_text)
     bool parsed               = false;
     bool correct              = false;
     bool truncated            = false;  // finish_reason "length"

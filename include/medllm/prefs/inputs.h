@@ -1,7 +1,7 @@
 // The inputs of `medllm build-prefs`: exam questions with verified explanations, the few-shot examples drawn for
 // each question, the evaluation-overlap guard, and the reasoning prompt template.
 //
-// Questions use IgakuQA's record format (../shared/reference/igakuqa.md §2) plus `explanation`:
+// Questions use IgakuQA's record format (docs/reference/igakuqa.md §2) plus `explanation`:
 //   {"problem_id": "111A1", "problem_text": "...", "choices": ["...", ...], "answer": ["c"], "points": "1",
 //    "text_only": true, "explanation": "..."}
 // and optionally `case_id` (questions of one linked case share it; see case_group()).
@@ -29,7 +29,8 @@ struct PrefQuestion {
 };
 
 struct QuestionLoadOptions {
-    bool refuse_bad_records = false;  // false: a record missing a needed field is reported and skipped
+    bool refuse_bad_records = false;        // false: a record missing a needed field is reported and skipped
+    std::string key         = "questions";  // the config key that named the files, in messages (few_shot.file)
 };
 
 struct QuestionLoadReport {
@@ -72,6 +73,7 @@ std::vector<const PrefQuestion*> fixed_few_shot(const std::vector<PrefQuestion>&
 struct EvalGuardOptions {
     std::vector<int64_t> eval_exams = {112, 113, 114, 115, 116};  // IgakuQA 2018-2022
     std::filesystem::path igakuqa_dir;                            // empty: no problem_id / text check
+    std::vector<int> years = {2018, 2019, 2020, 2021, 2022};      // igakuqa_dir's years that are checked
     data::GuardOptions text;                                      // the corpus guard's n-gram settings
 };
 

@@ -102,10 +102,34 @@ at::Tensor nf4_absmax(const Nf4Tensor& w);
 // Dequantizes to `dtype` (default: the original dtype) with the original shape, on the tensor's device.
 at::Tensor nf4_dequantize(const Nf4Tensor& w, std::optional<at::ScalarType> dtype = std::nullopt);
 
-// y = x W^T (+ bias) for x [..., in] and W [out, in]. Without autograd, decode-sized inputs (at most 4 rows) on CUDA
-// use the fused dequantize-GEMV kernel and everything else dequantizes into a reused per-thread (CPU) / per-stream
-// (CUDA) workspace and calls one GEMM; when autograd is recording, the dense weight is a fresh tensor it may keep.
-at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::optional<at::Tensor>& bias = std::nullopt);
+// y = x W^T (+ bias) for x [..., in] and W [out, in]. Without autograd, decode-sized inputs use a fused kernel that
+// never builds the dense weight (CUDA: at most 4 rows, kernels/nf4_gemv.cu; CPU: up to nf4_cpu_gemv_max_rows,
+// nf4_gemv_cpu) and everything else dequantizes into a reused per-thread (CPU) / per-stream (CUDA) workspace and
+// calls one GEMM; when autograd is recording, the dense weight is a fresh tensor it may keep.
+// `cpu_path` forces one of the two CPU paths (benchmarks and tests); it does not affect CUDA or autograd.
+enum class Nf4CpuPath { by_rows, fused, dequantize_gemm };
+at::Tensor nf4_linear(const at::Tensor& x, const Nf4Tensor& w, const std::optional<at::Tensor>& bias = std::nullopt,
+                      Nf4CpuPath cpu_path = Nf4CpuPath::by_rows);
+
+// Most rows (tokens) for which nf4_linear takes nf4_gemv_cpu on the CPU with activations of dtype `compute`; more
+// rows dequantize once into the workspace and call the BLAS GEMM. Measured crossover (`scripts/bench-nf4.sh
+// cpu-decode`, Qwen2.5-0.5B and 7B projections, AVX2 CPU): fp32 GEMM overtakes the fused kernel between 48 and 96
+// rows, so fp32 takes it up to 48; LibTorch's bf16/fp16 GEMM has no native instructions on a CPU without
+// AVX512-BF16 or AMX and stays 3-5x slower than the fused kernel up to 512 rows, so there 16-bit activations take it
+// at every row count; on a CPU with them, 16-bit activations use the fp32 threshold.
+int64_t nf4_cpu_gemv_max_rows(at::ScalarType compute);
+
+// The fused CPU matrix-vector product behind nf4_linear for few rows: y = x W^T (+ bias) for x [..., in]
+// (fp32/bf16/fp16, output in x's dtype) without a dense weight. Each weight is rounded exactly as dequantize-then-
+// matmul rounds it (code * absmax to the stored dtype, then to x's dtype when that is another 16-bit type) and the
+// products accumulate in fp32, so the result equals at::linear(x, nf4_dequantize(w).to(x's dtype), bias) up to the
+// order of the fp32 additions. `scalar` forces the portable kernel (the tests' reference for the AVX2 ones).
+at::Tensor nf4_gemv_cpu(const at::Tensor& x, const Nf4Tensor& w, const at::Tensor& bias = at::Tensor(),
+                        bool scalar = false);
+// True when nf4_gemv_cpu runs an AVX2 kernel for weights stored as `stored`, activations of dtype `compute` and rows
+// of `in_features` (a CPU with AVX2, FMA and F16C; rows a multiple of 32 when the weights end up bf16, of 16
+// otherwise); false when it runs the scalar kernel.
+bool nf4_gemv_cpu_vectorized(at::ScalarType stored, at::ScalarType compute, int64_t in_features);
 
 // grad_x = grad_y · dequant(W) for grad_y [..., out]: the input gradient of nf4_linear (no autograd), through the
 // same reused workspace, so the frozen weight is never kept dense. Dequantizes to the stored dtype, then casts to

@@ -31,4 +31,15 @@ using CheckpointProgress = std::function<void(int64_t done, int64_t total, uint6
 QuantizeReport quantize_checkpoint(const std::string& model_dir, const std::string& output_dir,
                                    const QuantizeOptions& options, const CheckpointProgress& progress = {});
 
+// `medllm quantize`'s flags.
+struct QuantizeConfig {
+    std::string model;   // the HF checkpoint to quantize
+    std::string output;  // the 4-bit checkpoint's folder
+    QuantizeOptions options;
+};
+
+// The command: checks the checkpoint against its config.json (as info and generate do) before anything is read or
+// written, quantizes it with its progress logged (rate, ETA), then logs what was written.
+void run_quantize(const QuantizeConfig& config);
+
 }  // namespace medllm::quant

@@ -1,6 +1,6 @@
 // Preference pairs for `medllm rpo`: TRL's preference JSONL (`prompt`, `chosen`, `rejected`, each a string or a
 // list of {role, content} messages; other fields such as `pair_type` kept), tokenized and truncated as TRL
-// v0.12-v0.28's DPOTrainer does (../shared/reference/preference_losses.md §5), and collated into one
+// v0.12-v0.28's DPOTrainer does (docs/reference/preference-losses.md §5), and collated into one
 // [chosen rows; rejected rows] batch per micro-batch.
 //
 // Tokenization (data.tokenization):

@@ -1,4 +1,4 @@
-// Preference losses as TRL's DPOTrainer computes them (../shared/reference/preference_losses.md §1-§3, §7): the
+// Preference losses as TRL's DPOTrainer computes them (docs/reference/preference-losses.md §1-§3, §7): the
 // sequence log-probabilities of completions (summed over completion tokens, log-softmax in fp32, chunked over the
 // vocabulary so [rows, S, V] logits never exist), the DPO family (sigmoid with label smoothing = cDPO, ipo, hinge),
 // the NLL of the chosen completion (RPO), and the metrics under TRL's names.

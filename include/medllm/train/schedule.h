@@ -1,6 +1,6 @@
 // Learning-rate schedules equal to transformers' (transformers.optimization, LambdaLR): lr(step) = base_lr ·
 // lambda(step), where `step` is the number of optimizer steps already taken (the first step runs at lambda(0),
-// which is 0 when there is warmup). Formulas in ../shared/reference/training.md §2.
+// which is 0 when there is warmup). Formulas in docs/reference/training.md §2.3.
 #pragma once
 
 #include <cstdint>
