@@ -84,7 +84,7 @@ eval_shard() {  # eval igakuqa on the quickstart world on cuda:0: one process, t
 }
 
 prefs_shard() {  # build-prefs (sampled) on the quickstart model on cuda:0: one process, then two ranks sharing the GPU
-  local args=(build-prefs --questions configs/quickstart/past_exams/past_small.jsonl --model configs/quickstart/model
+  local args=(build-prefs --questions configs/quickstart/past_exams/past.jsonl --model configs/quickstart/model
     --template ja --prompt-format base -n 4 --temperature 1.0 --max-new-tokens 48 --batch-size 6
     --set 'guard.eval_exams=[115,116]' --device cuda)
   local port=$((20000 + RANDOM % 20000)) pids=() rc=0

@@ -8,7 +8,6 @@ Everything the embedded pipeline needs, with no downloads:
   corpus/texts.jsonl         CPT corpus: explanatory texts about every disease, several paraphrases each, and
                              practice questions answered with the option text (never an evaluation question)
   past_exams/past.jsonl      "past exams" (exam 105) with verified explanations: build-prefs' input
-                             (past_small.jsonl: the first 24 of them, for the CI config)
   igakuqa/data/<year>/...    held-out "evaluation exams" in IgakuQA's record format and layout (2021 and 2022,
                              sections A-F, with *_metadata.jsonl), so `medllm eval igakuqa` reads them unchanged
   igakuqa/scripts/prompts/prompt.jsonl   the 3 few-shot examples (past-exam questions with explanations)
@@ -392,7 +391,6 @@ def main():
 
     write_jsonl(f"{out}/corpus/texts.jsonl", docs)
     write_jsonl(f"{out}/past_exams/past.jsonl", past_for_prefs)
-    write_jsonl(f"{out}/past_exams/past_small.jsonl", past_for_prefs[:24])   # the CI config's subset
     write_jsonl(f"{out}/igakuqa/scripts/prompts/prompt.jsonl", few_shot)
     for (year, exam, s), (qs, meta) in eval_records.items():
         write_jsonl(f"{out}/igakuqa/data/{year}/{exam}-{s}.jsonl", qs)

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <ctime>
 
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
@@ -45,10 +46,26 @@ nlohmann::json run_identity_config(const std::vector<ResolvedEntry>& resolved, c
 namespace {
 
 std::atomic<bool> g_stop{false};
+std::atomic<int64_t> g_first_signal_ns{0};
 
+int64_t monotonic_ns() {  // clock_gettime is async-signal-safe
+    timespec t{};
+    ::clock_gettime(CLOCK_MONOTONIC, &t);
+    return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
+}
+
+// The first signal asks the loop to stop after its step; a second one ends the process at once — unless it comes
+// within a second of the first: a pipeline stage gets its parent-death SIGTERM once per thread of the dying
+// pipeline (Linux re-parents the stage to each remaining thread in turn and signals each time), and those repeats
+// must not turn a clean stop into a kill.
 extern "C" void on_stop_signal(int sig) {
+    const int64_t now = monotonic_ns();
     g_stop.store(true);
-    std::signal(sig, SIG_DFL);  // a second signal ends the process at once
+    int64_t first = 0;
+    if (g_first_signal_ns.compare_exchange_strong(first, now)) return;
+    if (now - first < 1000000000) return;
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
 }
 
 }  // namespace
@@ -61,6 +78,7 @@ struct LoopTools::Signals {
     void (*old_int)(int), (*old_term)(int);
     Signals() {
         g_stop.store(false);
+        g_first_signal_ns.store(0);
         old_int  = std::signal(SIGINT, on_stop_signal);
         old_term = std::signal(SIGTERM, on_stop_signal);
     }

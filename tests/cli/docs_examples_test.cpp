@@ -357,6 +357,9 @@ std::vector<std::string> key_mentions(const std::string& text) {
     std::vector<std::string> out;
     for (auto it = std::sregex_iterator(text.begin(), text.end(), dotted); it != std::sregex_iterator(); ++it) {
         const std::string k = (*it)[2];
+        // `model.load_adapter(...)` is a call in a code sample, not a key.
+        const size_t end = static_cast<size_t>(it->position(2) + it->length(2));
+        if (end < text.size() && text[end] == '(') continue;
         if (!sections.count(k.substr(0, k.find_first_of(".[")))) continue;
         const size_t dot = k.rfind('.');
         if (dot != std::string::npos && extensions.count(k.substr(dot + 1))) continue;
@@ -519,6 +522,7 @@ TEST(DocsExamples, EveryKeyMentionedIsAKey) {
     EXPECT_TRUE(commands().is_key("pipeline", "cpt.lora.r"));
     EXPECT_TRUE(commands().is_key("pipeline", "rpo.set.loss.beta"));
     EXPECT_FALSE(commands().is_key("pipeline", "cpt.lora.rank"));
+    EXPECT_EQ(key_mentions("`model.load_adapter(\"x\")` and `lora.r`"), std::vector<std::string>{"lora.r"});
     EXPECT_TRUE(commands().is_key("cpt", "data.sources[0].path"));
     EXPECT_FALSE(commands().is_key("cpt", "data.sources[0].paht"));
     EXPECT_EQ(check_example({"test", "medllm cpt --config configs/tiny/cpt.yaml --set lora.rank=8"}),
