@@ -6,6 +6,13 @@
 //   build/bench/bench_guard_calibrate ../shared/igakuqa_data --years   (the default settings only: a matrix of
 //   false-positive rates, corpus year x guarded year, e.g. the 2018 questions checked against the 2022 exam, and
 //   the flagged 2018-2021 vs 2022 pairs with their overlap, to read whether they are recurring questions)
+//   build/bench/bench_guard_calibrate ../shared/igakuqa_data --english   (IgakuQA's English translations, n 8/10/12
+//   x min_ngrams_en 20..80 and none: each year's English questions as the guard, the other years' English questions
+//   as documents (false positives) and its own printed with labels and re-wrapped (recall); and the Japanese guard
+//   on English documents; the flagged pairs at the default settings)
+//   build/bench/bench_guard_calibrate ../shared/igakuqa_data --lines   (the default settings on `format: lines`
+//   text: every question written over lines -- stem, one line per choice -- between ordinary lines, checked line
+//   by line (as before line windows) and as runs of lines; false positives: the other years' questions as lines)
 #include <cstdio>
 #include <map>
 #include <string>
@@ -93,11 +100,130 @@ static void year_matrix(const std::vector<eval::Question>& all) {
     for (const auto& p : pairs) std::printf("  %s\n", p.c_str());
 }
 
+static int year_of(const std::string& id) {
+    return std::stoi(id.substr(0, 3)) + 1906;
+}
+
+// English translations: per year, its English guard against the other years' English questions (false positives)
+// and its own English questions printed with labels and re-wrapped (recall); the Japanese guard of each year on
+// the other years' English questions (cross-language false positives).
+static void english(const std::string& dir, const std::vector<eval::Question>& all, int ngram, int64_t min_en) {
+    data::GuardOptions o;
+    o.ngram         = ngram;
+    o.min_ngrams_en = min_en;
+    const auto en   = data::load_igakuqa_translations(dir, {2018, 2019, 2020, 2021, 2022}, nullptr);
+    int64_t fp = 0, checked = 0, caught = 0, planted = 0, cross_fp = 0;
+    std::vector<std::string> flagged;
+    for (int year = 2018; year <= 2022; ++year) {
+        std::vector<data::GuardQuestion> guard_en, guard_ja;
+        for (const auto& q : en)
+            if (year_of(q.id) == year) guard_en.push_back(q);
+        for (const auto& q : all)
+            if (q.year == year) guard_ja.push_back({q.problem_id, q.problem_text, q.choices});
+        const data::ContaminationGuard g(guard_en, o), gj(guard_ja, o);
+        for (const auto& q : en) {
+            std::string doc = q.problem_text;
+            for (size_t i = 0; i < q.choices.size(); ++i)
+                doc += "\n" + std::string(1, char('a' + i)) + ") " + q.choices[i];
+            if (year_of(q.id) == year) {
+                ++planted;
+                std::string wrapped;  // a line break every 23 bytes outside multi-byte characters
+                for (size_t i = 0; i < doc.size(); ++i) {
+                    wrapped += doc[i];
+                    if (i % 23 == 22 && static_cast<unsigned char>(doc[i]) < 0x80) wrapped += '\n';
+                }
+                for (const auto& h : g.check(wrapped)) caught += h.problem_id == q.id;
+            } else {
+                ++checked;
+                const auto hits = g.check(doc);
+                fp += !hits.empty();
+                if (!hits.empty() && flagged.size() < 12)
+                    flagged.push_back(q.id + " -> " + hits.front().problem_id + " (" +
+                                      std::to_string(hits.front().overlap).substr(0, 4) + ")");
+                cross_fp += !gj.check(doc).empty();
+            }
+        }
+    }
+    std::printf(
+        "English, n=%d threshold=%.2f min_ngrams_en=%lld: false positives %lld / %lld = %.4f, recall %lld / "
+        "%lld; Japanese guard on English documents: %lld / %lld flagged\n",
+        o.ngram, o.threshold, (long long)o.min_ngrams_en, (long long)fp, (long long)checked, double(fp) / checked,
+        (long long)caught, (long long)planted, (long long)cross_fp, (long long)checked);
+    if (ngram == data::GuardOptions{}.ngram && min_en == data::GuardOptions{}.min_ngrams_en)
+        for (const auto& f : flagged) std::printf("  %s\n", f.c_str());
+}
+
+// `format: lines`: each question written over lines (stem, one labelled choice per line), questions separated by
+// an ordinary line; per year: caught checking each line alone vs. as runs of lines (recall), and the other
+// years' questions as lines against the year's guard (false positives: questions with any line flagged).
+static void lines(const std::vector<eval::Question>& all) {
+    const data::GuardOptions o;
+    const std::string filler =
+        "診察では圧痛の部位と腹膜刺激徴候を確かめ、血液検査と画像検査を組み合わせて重症度を判断する。";
+    int64_t alone = 0, windows = 0, planted = 0, fp = 0, checked = 0;
+    for (int year = 2018; year <= 2022; ++year) {
+        std::vector<data::GuardQuestion> qs;
+        for (const auto& q : all)
+            if (q.year == year) qs.push_back({q.problem_id, q.problem_text, q.choices});
+        const data::ContaminationGuard g(qs, o);
+        std::vector<std::string> text;
+        std::vector<std::pair<size_t, size_t>> span;
+        std::vector<const eval::Question*> who;
+        for (const auto& q : all) {
+            text.push_back(filler);
+            const size_t first = text.size();
+            text.push_back(q.problem_id + "　" + q.problem_text);
+            for (size_t i = 0; i < q.choices.size(); ++i)
+                text.push_back(std::string(1, char('a' + i)) + "　" + q.choices[i]);
+            span.emplace_back(first, text.size());
+            who.push_back(&q);
+        }
+        const auto hits    = g.check_lines(text);
+        int64_t year_alone = 0, year_windows = 0;
+        for (size_t k = 0; k < who.size(); ++k) {
+            const auto& q  = *who[k];
+            bool any_alone = false, any_window = false, any_flag = false;
+            for (size_t i = span[k].first; i < span[k].second; ++i) {
+                for (const auto& h : g.check(text[i])) any_alone = any_alone || h.problem_id == q.problem_id;
+                for (const auto& h : hits[i]) any_window = any_window || h.problem_id == q.problem_id;
+                any_flag = any_flag || !hits[i].empty();
+            }
+            if (q.year == year) {
+                ++planted;
+                year_alone += any_alone;
+                year_windows += any_window;
+            } else {
+                ++checked;
+                fp += any_flag;
+            }
+        }
+        alone += year_alone;
+        windows += year_windows;
+        std::printf("%d: caught line by line %lld / 400, as runs of lines %lld / 400\n", year, (long long)year_alone,
+                    (long long)year_windows);
+    }
+    std::printf(
+        "format lines, n=%d threshold=%.2f: caught line by line %lld / %lld, as runs of lines %lld / %lld; "
+        "other years' questions flagged %lld / %lld = %.4f\n",
+        o.ngram, o.threshold, (long long)alone, (long long)planted, (long long)windows, (long long)planted,
+        (long long)fp, (long long)checked, double(fp) / checked);
+}
+
 int main(int argc, char** argv) {
     const std::string dir = argc > 1 ? argv[1] : "../shared/igakuqa_data";
     const auto all        = eval::load_questions(dir, {2018, 2019, 2020, 2021, 2022});
     if (argc > 2 && std::string(argv[2]) == "--years") {
         year_matrix(all);
+        return 0;
+    }
+    if (argc > 2 && std::string(argv[2]) == "--english") {
+        for (int n : {8, 10, 12})
+            for (int64_t m : {int64_t(20), int64_t(40), int64_t(60), int64_t(80), int64_t(1) << 40})
+                english(dir, all, n, m);
+        return 0;
+    }
+    if (argc > 2 && std::string(argv[2]) == "--lines") {
+        lines(all);
         return 0;
     }
     std::printf("n  threshold  false-positive docs (other years vs one year's guard, mean over years)  recall\n");

@@ -12,7 +12,10 @@ option's log-likelihood exactly as lm-evaluation-harness's HFLM does for a `mult
     summed; is_greedy = every continuation token is the argmax;
   * lm_eval/api/task.py ConfigurableTask.process_results: pred = np.argmax(lls),
     pred_norm = np.argmax(lls / completion_len) with completion_len = len(choice) (Python str: code points);
-    acc / acc_norm = mean over questions of (pred == gold) / (pred_norm == gold).
+    acc / acc_norm = mean over questions of (pred == gold) / (pred_norm == gold);
+  * JMedBench's own scorer (nii-nlp/med-eval evaluate_mcqa.py, "norm_accuracy"): pred_norm_tokens =
+    np.argmin(loss / n_valid_tokens) with loss = -ll and n_valid_tokens = the option's continuation tokens (those
+    after the prompt's); acc_norm_tokens = mean of (pred_norm_tokens == gold).
 
 The tokenizer is the tests' tiny byte-level BPE (tests/generate/generate_test_util.h write_tiny_tokenizer: ids 0..2
 special, 3..258 bytes, five merges) with Qwen2's pre-tokenizer regex and NFC, as medllm's BPE backend runs it.
@@ -224,14 +227,17 @@ def main():
             completion_len = np.array([float(len(c)) for c in choices])
             pred = int(np.argmax(lls))
             pred_norm = int(np.argmax(np.array(lls) / completion_len))
+            pred_norm_tokens = int(np.argmin([-ll / len(c) for ll, c in zip(lls, cont_ids)]))
             out_qs.append(dict(id=q["id"], prompt=prompt, choices=choices, continuations=conts, gold=q["answer"],
                                context_ids=ctx_ids, continuation_ids=cont_ids, logprobs=lls, greedy=greedy,
-                               pred=pred, pred_norm=pred_norm))
+                               pred=pred, pred_norm=pred_norm, pred_norm_tokens=pred_norm_tokens))
         acc = float(np.mean([q["pred"] == q["gold"] for q in out_qs]))
         acc_norm = float(np.mean([q["pred_norm"] == q["gold"] for q in out_qs]))
+        acc_norm_tokens = float(np.mean([q["pred_norm_tokens"] == q["gold"] for q in out_qs]))
         ref["cases"].append(dict(name=name, task=task, overrides=overrides, data=data, prompt_format=prompt_format,
-                                 questions=out_qs, acc=acc, acc_norm=acc_norm))
-        print(f"{name}: {len(out_qs)} questions, acc {acc:.3f}, acc_norm {acc_norm:.3f}")
+                                 questions=out_qs, acc=acc, acc_norm=acc_norm, acc_norm_tokens=acc_norm_tokens))
+        print(f"{name}: {len(out_qs)} questions, acc {acc:.3f}, acc_norm {acc_norm:.3f}, "
+              f"acc_norm_tokens {acc_norm_tokens:.3f}")
     with open(os.path.join(OUT, "reference.json"), "w", encoding="utf-8") as f:
         json.dump(ref, f, ensure_ascii=False, indent=1)
         f.write("\n")

@@ -38,18 +38,7 @@ import tempfile
 
 import torch
 
-import trl.import_utils as _tiu
-
-if not isinstance(_tiu._is_package_available("torch"), bool):
-    # TRL 0.28 predates transformers 5's _is_package_available returning (available, version): every optional
-    # package then looks installed (weave first). Only the boolean form is patched, and only inside TRL.
-    _orig = _tiu._is_package_available
-
-    def _available(name, return_version=False):
-        found = _orig(name, return_version=True)
-        return found if return_version else bool(found[0])
-
-    _tiu._is_package_available = _available
+import trl_compat  # noqa: F401,E402  (TRL 0.28 under transformers 5; before `import trl`)
 
 import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402

@@ -1,6 +1,7 @@
 // The CPT corpus settings (data.*, eval_guard.*) and `medllm prepare-corpus`: tokenize once into the token cache.
 #include "medllm/data/corpus_config.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include <spdlog/spdlog.h>
@@ -71,12 +72,19 @@ PrepareResult prepare_corpus(const CorpusConfig& c, bool force_rebuild) {
     if (guard) {
         const auto years = eval::parse_years(c.guard.years);
         const auto& g    = guard->options();
-        // The exam files' contents are part of the identity: a changed question set re-checks the corpus.
-        std::string exam_hashes;
+        // The exam files' contents (questions and their English translations) are part of the identity: a changed
+        // question set re-checks the corpus. Sorted, so the directory's listing order does not matter.
+        std::vector<fs::path> exam_files;
         for (int y : years)
-            for (const auto& e : fs::directory_iterator(fs::path(c.guard.igakuqa_dir) / "data" / std::to_string(y)))
-                if (e.path().extension() == ".jsonl" && e.path().filename().string().find("_") == std::string::npos)
-                    exam_hashes += e.path().filename().string() + "=" + hash_file(e.path()) + ";";
+            for (const auto& e : fs::directory_iterator(fs::path(c.guard.igakuqa_dir) / "data" / std::to_string(y))) {
+                const std::string name = e.path().filename().string();
+                if (e.path().extension() == ".jsonl" &&
+                    (name.find("_") == std::string::npos || name.find("_translate.jsonl") != std::string::npos))
+                    exam_files.push_back(e.path());
+            }
+        std::sort(exam_files.begin(), exam_files.end());
+        std::string exam_hashes;
+        for (const auto& f : exam_files) exam_hashes += f.filename().string() + "=" + hash_file(f) + ";";
         o.guard          = guard.get();
         o.guard_action   = parse_guard_action(c.guard.action);
         o.guard_identity = {{"years", years},
@@ -84,7 +92,11 @@ PrepareResult prepare_corpus(const CorpusConfig& c, bool force_rebuild) {
                             {"exams", hash_bytes(exam_hashes)},
                             {"ngram", g.ngram},
                             {"threshold", g.threshold},
-                            {"min_ngrams", g.min_ngrams}};
+                            {"min_ngrams", g.min_ngrams},
+                            {"min_ngrams_en", g.min_ngrams_en},
+                            // format: lines files are checked as runs of lines (a guard before this rule let
+                            // questions written over several lines through, so its caches are rebuilt)
+                            {"line_span_factor", kLineSpanFactor}};
     }
 
     std::unique_ptr<ProgressLog> progress;

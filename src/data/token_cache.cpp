@@ -12,7 +12,9 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <future>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -290,6 +292,63 @@ void clear_cache(const fs::path& cache_dir) {
     fs::remove(cache_dir / kReport);
 }
 
+// The guard over every `format: lines` file, where each line is a document but a question may be written over
+// several (stem, then one choice per line): the lines are streamed through a LineWindow in blocks, their postings
+// computed in parallel. Returns (file, line) -> hits for the flagged lines; the main pass takes these instead of
+// checking each line alone. Lines are numbered as DocumentReader numbers them (every physical line).
+std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> guard_line_files(const std::vector<CorpusFile>& files,
+                                                                                const ContaminationGuard& guard,
+                                                                                int threads) {
+    std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> out;
+    // Blocks of ~1 MB: the next block's postings (the n-gram lookups, parallel) are computed while this block's
+    // lines go through the window (in order, one thread), so the two overlap.
+    constexpr std::size_t kBlockBytes = 1u << 20;
+    struct Block {
+        uint64_t first_line = 0;
+        std::vector<std::string> lines;
+    };
+    auto postings_of = [&](std::shared_ptr<Block> b) {
+        std::vector<ContaminationGuard::LinePostings> p(b->lines.size());
+        parallel_for_each(b->lines.size(), std::max(1, threads - 1),
+                          [&](std::size_t i) { p[i] = guard.line_postings(b->lines[i]); });
+        return p;
+    };
+    for (uint32_t fi = 0; fi < files.size(); ++fi) {
+        if (files[fi].format != "lines") continue;
+        std::ifstream in(files[fi].path, std::ios::binary);
+        if (!in) throw Error(files[fi].path.string() + ": cannot open: " + std::strerror(errno));
+        LineWindow window(guard);
+        uint64_t line_no = 0;
+        auto read_block  = [&] {
+            auto b            = std::make_shared<Block>();
+            b->first_line     = line_no + 1;
+            std::size_t bytes = 0;
+            for (std::string line; bytes < kBlockBytes && std::getline(in, line);) {
+                ++line_no;
+                bytes += line.size() + 1;
+                b->lines.push_back(std::move(line));
+            }
+            if (in.bad()) throw Error(files[fi].path.string() + ": read failed: " + std::strerror(errno));
+            return b;
+        };
+        auto block   = read_block();
+        auto pending = std::async(std::launch::async, postings_of, block);
+        while (!block->lines.empty()) {
+            auto postings = pending.get();
+            auto next     = read_block();
+            pending       = std::async(std::launch::async, postings_of, next);
+            for (std::size_t i = 0; i < postings.size(); ++i)
+                window.push(block->first_line + i, std::move(postings[i]));
+            for (auto& [line, hits] : window.take()) out[{fi, line}] = std::move(hits);
+            block = std::move(next);
+        }
+        pending.get();
+        window.finish();
+        for (auto& [line, hits] : window.take()) out[{fi, line}] = std::move(hits);
+    }
+    return out;
+}
+
 // A rebuild in progress: the shards and the index being written (each file appears under its name only when
 // committed), the guard's findings and the report's counts.
 class CacheBuilder {
@@ -306,6 +365,11 @@ public:
           report_(report),
           threads_(thread_count(o.threads)),
           index_(dir / kIndex) {
+        if (o.guard) {
+            const auto g0 = std::chrono::steady_clock::now();
+            line_hits_    = guard_line_files(files, *o.guard, threads_);
+            report_.guard_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
+        }
         open_shard();
     }
 
@@ -332,7 +396,13 @@ private:
         std::vector<std::vector<GuardHit>> hits(batch.size());
         if (!o_.guard) return hits;
         const auto g0 = std::chrono::steady_clock::now();
-        parallel_for_each(batch.size(), threads_, [&](std::size_t i) { hits[i] = o_.guard->check(batch[i].text); });
+        parallel_for_each(batch.size(), threads_, [&](std::size_t i) {
+            if (files_[batch[i].file].format != "lines") {
+                hits[i] = o_.guard->check(batch[i].text);
+            } else if (auto it = line_hits_.find({batch[i].file, batch[i].line}); it != line_hits_.end()) {
+                hits[i] = it->second;
+            }
+        });
         report_.guard_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
         return hits;
     }
@@ -359,7 +429,8 @@ private:
     void record_hit(const RawDocument& doc, const std::vector<GuardHit>& hits) {
         ++report_.flagged;
         nlohmann::json matches = nlohmann::json::array();
-        for (const auto& h : hits) matches.push_back({{"problem_id", h.problem_id}, {"overlap", h.overlap}});
+        for (const auto& h : hits)
+            matches.push_back({{"problem_id", h.problem_id}, {"overlap", h.overlap}, {"language", h.language}});
         const auto where = where_of(identity_["files"], doc.file, static_cast<uint32_t>(doc.line));
         flagged_docs_.push_back({{"file", identity_["files"][doc.file]["path"]},
                                  {"line", doc.line},
@@ -368,7 +439,8 @@ private:
         if (report_.first_hits.size() < kFirstHits) {
             char buf[32];
             std::snprintf(buf, sizeof buf, "%.2f", hits[0].overlap);
-            report_.first_hits.push_back(where + ": " + hits[0].problem_id + " (" + buf + ")");
+            report_.first_hits.push_back(where + ": " + hits[0].problem_id +
+                                         (hits[0].language == "en" ? " in English" : "") + " (" + buf + ")");
         }
     }
 
@@ -464,6 +536,8 @@ private:
     const std::optional<text::TokenId> eos_;
     CacheBuildReport& report_;
     const int threads_;
+    // format: lines files, checked as runs of lines before the main pass: (file, line) -> hits of flagged lines
+    std::map<std::pair<uint32_t, uint64_t>, std::vector<GuardHit>> line_hits_;
     AtomicFileWriter index_;
     ShardWriter shard_;
     nlohmann::json shards_       = nlohmann::json::array();

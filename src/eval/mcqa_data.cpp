@@ -633,6 +633,16 @@ McqaDataset load_mcqa_dataset(const McqaTask& task, const fs::path& file_or_dir)
     if (out.questions.empty())
         throw Error("task " + task.name + ": " + file_or_dir.string() + " holds no question" +
                     (task.subjects.empty() ? "" : " of subjects " + join(task.subjects, ", ")));
+    // Predictions and scores are per question id: two rows with one id would be scored twice (and a resumed run
+    // could not tell their records apart).
+    std::map<std::string, const McqaQuestion*> by_id;
+    for (const auto& q : out.questions) {
+        const auto [it, fresh] = by_id.emplace(q.id, &q);
+        if (!fresh)
+            throw Error("task " + task.name + ": " + file_or_dir.string() + ": question id '" + q.id + "' at " +
+                        it->second->source + " and again at " + q.source +
+                        " (each question needs its own id; it would be scored twice)");
+    }
     for (const auto& s : out.skipped) spdlog::warn("task {}: skipped {}", task.name, s);
     return out;
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <regex>
 
 #include <spdlog/spdlog.h>
 
@@ -32,8 +33,11 @@ size_t codepoint_length(const std::string& text) {
     return n;
 }
 
-LoglikChoice choose_by_loglik(const std::vector<double>& logprobs, const std::vector<std::string>& choices) {
+LoglikChoice choose_by_loglik(const std::vector<double>& logprobs, const std::vector<std::string>& choices,
+                              const std::vector<int64_t>& tokens) {
     if (logprobs.size() != choices.size()) throw Error("choose_by_loglik: one log-likelihood per choice expected");
+    if (!tokens.empty() && tokens.size() != logprobs.size())
+        throw Error("choose_by_loglik: one token count per choice expected");
     LoglikChoice c;
     c.pred = argmax_first(logprobs);
     std::vector<double> normed;
@@ -41,6 +45,14 @@ LoglikChoice choose_by_loglik(const std::vector<double>& logprobs, const std::ve
     for (size_t i = 0; i < choices.size(); ++i)
         normed.push_back(logprobs[i] / static_cast<double>(std::max<size_t>(1, codepoint_length(choices[i]))));
     c.pred_norm = argmax_first(normed);
+    if (!tokens.empty()) {
+        // JMedBench: np.argmin(loss / n_valid_tokens) with loss = -ll, i.e. the first maximum of ll / tokens
+        // (-ll / n is exactly -(ll / n) in IEEE arithmetic, so ties fall the same way).
+        std::vector<double> per_token;
+        for (size_t i = 0; i < tokens.size(); ++i)
+            per_token.push_back(logprobs[i] / static_cast<double>(std::max<int64_t>(1, tokens[i])));
+        c.pred_norm_tokens = argmax_first(per_token);
+    }
     return c;
 }
 
@@ -158,6 +170,37 @@ struct Saved {
     std::string where;  // file:line, for errors
 };
 
+// A backend's error for one request of a batch, as the user can act on it: the question's file:line and id first,
+// and the backend's own batch position ("log-likelihood request 3: ", "prompt 3 ") left out.
+[[noreturn]] void rethrow_for_question(const Error& e, const McqaQuestion& q) {
+    static const std::regex position("^(log-likelihood request [0-9]+: |prompt [0-9]+ )");
+    std::string what = e.what();
+    std::smatch m;
+    if (std::regex_search(what, m, position))
+        what = (m.str(0).rfind("prompt", 0) == 0 ? "the prompt " : "") + what.substr(m.length(0));
+    throw Error(q.source + ": question " + q.id + ": " + what);
+}
+
+// Runs `call` on a batch of questions; when it throws, runs the batch's questions one at a time until one fails
+// and names that question (a long question among 16 is otherwise "request 0" of nothing the user can find).
+template <class Result, class Call>
+std::vector<Result> per_question_errors(const std::vector<const McqaQuestion*>& questions, Call call) {
+    try {
+        return call(0, questions.size());
+    } catch (const Error& batch_error) {
+        if (questions.size() > 1) {
+            for (size_t k = 0; k < questions.size(); ++k) {
+                try {
+                    call(k, k + 1);
+                } catch (const Error& e) {
+                    rethrow_for_question(e, *questions[k]);
+                }
+            }
+        }
+        rethrow_for_question(batch_error, *questions.front());
+    }
+}
+
 std::string record_key(size_t index, const std::string& mode) {
     return std::to_string(index) + "/" + mode;
 }
@@ -236,15 +279,22 @@ public:
 
     // Scores from the records (fresh or resumed alike), so a resumed run reports what a fresh one would.
     void tally(McqaTaskResult& result, bool do_loglik, bool do_generate) const {
-        std::map<std::string, std::array<McqaMetrics, 3>> by_subject;
+        std::map<std::string, std::array<McqaMetrics, 4>> by_subject;
         for (size_t i = 0; i < count_; ++i) {
             auto& sub = by_subject[qs_[i].subject];
             if (do_loglik) {
                 const auto& r   = record_of(i, "loglik");
                 const bool hit  = r["pred"].get<int>() == qs_[i].answer;
                 const bool hitn = r["pred_norm"].get<int>() == qs_[i].answer;
+                // Per-token normalization from the saved log-likelihoods and token counts (records written before
+                // it was reported have both).
+                const auto by_tokens = choose_by_loglik(r["logprobs"].get<std::vector<double>>(),
+                                                        r["choices"].get<std::vector<std::string>>(),
+                                                        r["tokens"].get<std::vector<int64_t>>());
+                const bool hitt      = by_tokens.pred_norm_tokens == qs_[i].answer;
                 for (auto* m : {&result.acc, &sub[0]}) m->n++, m->correct += hit;
                 for (auto* m : {&result.acc_norm, &sub[1]}) m->n++, m->correct += hitn;
+                for (auto* m : {&result.acc_norm_tokens, &sub[3]}) m->n++, m->correct += hitt;
             }
             if (do_generate) {
                 const auto& r  = record_of(i, "generate");
@@ -302,6 +352,7 @@ private:
 
     void loglik_batch(const std::vector<size_t>& todo, size_t begin, size_t end) {
         std::vector<LoglikRequest> requests;
+        std::vector<const McqaQuestion*> batch_questions;
         for (size_t k = begin; k < end; ++k) {
             const auto& q = qs_[todo[k]];
             LoglikRequest r;
@@ -309,8 +360,14 @@ private:
             for (size_t o = 0; o < q.options.size(); ++o)
                 r.continuations.push_back(mcqa_continuation(task_, q, o, options_.format));
             requests.push_back(std::move(r));
+            batch_questions.push_back(&q);
         }
-        const auto scores = backend_.loglikelihood(requests);
+        const auto scores =
+            per_question_errors<std::vector<ContinuationScore>>(batch_questions, [&](size_t from, size_t to) {
+                return backend_.loglikelihood(
+                    std::vector<LoglikRequest>(requests.begin() + static_cast<std::ptrdiff_t>(from),
+                                               requests.begin() + static_cast<std::ptrdiff_t>(to)));
+            });
         if (scores.size() != requests.size()) throw Error("backend returned the wrong number of score lists");
         for (size_t k = begin; k < end; ++k) save_loglik(todo[k], scores[k - begin]);
     }
@@ -328,7 +385,7 @@ private:
             greedy.push_back(s[o].greedy);
             choices.push_back(mcqa_choice_text(task_, q, o));
         }
-        const auto c = choose_by_loglik(lls, choices);
+        const auto c = choose_by_loglik(lls, choices, tokens);
         nlohmann::json rec{{"index", i},
                            {"id", q.id},
                            {"mode", "loglik"},
@@ -341,15 +398,24 @@ private:
                            {"tokens", tokens},
                            {"greedy", greedy},
                            {"pred", c.pred},
-                           {"pred_norm", c.pred_norm}};
+                           {"pred_norm", c.pred_norm},
+                           {"pred_norm_tokens", c.pred_norm_tokens}};
         store_.append(rec);
         saved_[record_key(i, "loglik")] = Saved{rec, store_.own_path().string()};
     }
 
     void generate_batch(const std::vector<size_t>& todo, size_t begin, size_t end, const GenerationParams& params) {
         std::vector<std::string> batch_prompts;
-        for (size_t k = begin; k < end; ++k) batch_prompts.push_back(prompts_[todo[k]]);
-        const auto outputs = backend_.complete(batch_prompts, params);
+        std::vector<const McqaQuestion*> batch_questions;
+        for (size_t k = begin; k < end; ++k) {
+            batch_prompts.push_back(prompts_[todo[k]]);
+            batch_questions.push_back(&qs_[todo[k]]);
+        }
+        const auto outputs = per_question_errors<std::string>(batch_questions, [&](size_t from, size_t to) {
+            return backend_.complete(std::vector<std::string>(batch_prompts.begin() + static_cast<std::ptrdiff_t>(from),
+                                                              batch_prompts.begin() + static_cast<std::ptrdiff_t>(to)),
+                                     params);
+        });
         if (outputs.size() != batch_prompts.size()) throw Error("backend returned the wrong number of completions");
         for (size_t k = begin; k < end; ++k) {
             const size_t i = todo[k];
@@ -448,7 +514,12 @@ nlohmann::json mcqa_report_json(const McqaResult& result) {
                      {"scoring", to_string(result.scoring)},
                      {"metrics",
                       {{"acc", "argmax of summed option log-likelihood (lm-evaluation-harness acc)"},
-                       {"acc_norm", "argmax of log-likelihood / len(choice) in Unicode code points (lm-eval acc_norm)"},
+                       {"acc_norm",
+                        "argmax of log-likelihood / len(choice) in Unicode code points (lm-evaluation-harness "
+                        "acc_norm)"},
+                       {"acc_norm_tokens",
+                        "argmax of log-likelihood / the option's token count (JMedBench's own scorer, "
+                        "nii-nlp/med-eval norm_accuracy)"},
                        {"generate", "greedy answer, label extracted by the answer module"}}}};
     j["tasks"] = nlohmann::json::array();
     for (const auto& t : result.tasks) {
@@ -459,8 +530,9 @@ nlohmann::json mcqa_report_json(const McqaResult& result) {
                           {"skipped", t.skipped},
                           {"definition", t.definition}};
         if (has_loglik(result.scoring)) {
-            tj["acc"]      = metric_json(t.acc);
-            tj["acc_norm"] = metric_json(t.acc_norm);
+            tj["acc"]             = metric_json(t.acc);
+            tj["acc_norm"]        = metric_json(t.acc_norm);
+            tj["acc_norm_tokens"] = metric_json(t.acc_norm_tokens);
         }
         if (has_generate(result.scoring)) {
             tj["generate"]          = metric_json(t.generate);
@@ -470,7 +542,11 @@ nlohmann::json mcqa_report_json(const McqaResult& result) {
             nlohmann::json subs = nlohmann::json::object();
             for (const auto& [name, m] : t.subjects) {
                 nlohmann::json sj;
-                if (has_loglik(result.scoring)) sj["acc"] = metric_json(m[0]), sj["acc_norm"] = metric_json(m[1]);
+                if (has_loglik(result.scoring)) {
+                    sj["acc"]             = metric_json(m[0]);
+                    sj["acc_norm"]        = metric_json(m[1]);
+                    sj["acc_norm_tokens"] = metric_json(m[3]);
+                }
                 if (has_generate(result.scoring)) sj["generate"] = metric_json(m[2]);
                 subs[name.empty() ? "(none)" : name] = sj;
             }
@@ -480,8 +556,9 @@ nlohmann::json mcqa_report_json(const McqaResult& result) {
     }
     nlohmann::json avg{{"tasks", result.tasks.size()}};
     if (has_loglik(result.scoring)) {
-        avg["acc"]      = average(result, &McqaTaskResult::acc);
-        avg["acc_norm"] = average(result, &McqaTaskResult::acc_norm);
+        avg["acc"]             = average(result, &McqaTaskResult::acc);
+        avg["acc_norm"]        = average(result, &McqaTaskResult::acc_norm);
+        avg["acc_norm_tokens"] = average(result, &McqaTaskResult::acc_norm_tokens);
     }
     if (has_generate(result.scoring)) avg["generate"] = average(result, &McqaTaskResult::generate);
     j["average"] = avg;
@@ -505,8 +582,13 @@ std::string mcqa_report_markdown(const McqaResult& result) {
     if (has_loglik(result.scoring)) {
         row("acc", &McqaTaskResult::acc);
         row("acc_norm", &McqaTaskResult::acc_norm);
+        row("acc_norm_tokens", &McqaTaskResult::acc_norm_tokens);
     }
     if (has_generate(result.scoring)) row("generate", &McqaTaskResult::generate);
+    if (has_loglik(result.scoring))
+        md +=
+            "\nacc_norm divides each option's log-likelihood by its length in characters (lm-evaluation-harness); "
+            "acc_norm_tokens by its token count (JMedBench's own scorer).\n";
     md += "\n| Task | Questions | Skipped rows |";
     if (has_generate(result.scoring)) md += " Unparsed answers |";
     md += "\n|---|---:|---:|";
@@ -520,16 +602,17 @@ std::string mcqa_report_markdown(const McqaResult& result) {
     for (const auto& t : result.tasks) {
         if (t.subjects.empty()) continue;
         md += "\n## " + t.task + " by subject\n\n| Subject | Questions |";
-        if (has_loglik(result.scoring)) md += " acc | acc_norm |";
+        if (has_loglik(result.scoring)) md += " acc | acc_norm | acc_norm_tokens |";
         if (has_generate(result.scoring)) md += " generate |";
         md += "\n|---|---:|";
-        if (has_loglik(result.scoring)) md += "---:|---:|";
+        if (has_loglik(result.scoring)) md += "---:|---:|---:|";
         if (has_generate(result.scoring)) md += "---:|";
         md += "\n";
         for (const auto& [name, m] : t.subjects) {
             const int64_t n = has_loglik(result.scoring) ? m[0].n : m[2].n;
             md += "| " + (name.empty() ? std::string("(none)") : name) + " | " + std::to_string(n) + " |";
-            if (has_loglik(result.scoring)) md += " " + pct(m[0].acc()) + " | " + pct(m[1].acc()) + " |";
+            if (has_loglik(result.scoring))
+                md += " " + pct(m[0].acc()) + " | " + pct(m[1].acc()) + " | " + pct(m[3].acc()) + " |";
             if (has_generate(result.scoring)) md += " " + pct(m[2].acc()) + " |";
             md += "\n";
         }

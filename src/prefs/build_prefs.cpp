@@ -403,7 +403,8 @@ void check_options(const BuildPrefsOptions& o) {
 struct Inputs {
     QuestionLoadReport report;
     std::vector<PrefQuestion> questions;
-    std::vector<PrefQuestion> fixed;  // few_shot.file's examples; empty: drawn from the questions
+    std::vector<PrefQuestion> fixed;                      // few_shot.file's examples; empty: drawn from the questions
+    std::vector<std::vector<const PrefQuestion*>> shots;  // per question: its few-shot examples
 };
 
 Inputs load_inputs(const BuildPrefsOptions& o) {
@@ -428,6 +429,14 @@ Inputs load_inputs(const BuildPrefsOptions& o) {
         if (!o.allow_eval_overlap) throw UsageError(msg + "; remove them or pass --allow-eval-overlap");
         spdlog::warn("{}; kept because of --allow-eval-overlap", msg);
     }
+    // Every question's few-shot examples, before the model loads: a fixed file that holds the question itself (or
+    // too few others) is refused here, naming the file and the question. (The pointers are into in.questions and
+    // in.fixed, whose buffers stay put when `in` is moved out.)
+    in.shots.resize(in.questions.size());
+    for (std::size_t i = 0; i < in.questions.size(); ++i)
+        in.shots[i] = o.few_shot_file.empty()
+                          ? draw_few_shot(in.questions, in.questions[i], o.few_shot_k, o.few_shot_seed)
+                          : fixed_few_shot(in.fixed, o.few_shot_file, in.questions[i], o.few_shot_k);
     return in;
 }
 
@@ -457,13 +466,8 @@ Prompts render_prompts(const BuildPrefsOptions& o, const Inputs& in, const PrefP
                        const text::Tokenizer& tokenizer) {
     Prompts p;
     for (std::size_t i = 0; i < in.questions.size(); ++i) {
-        const auto& q = in.questions[i];
-        std::vector<const PrefQuestion*> examples;
-        if (!in.fixed.empty()) {
-            for (const auto& f : in.fixed) examples.push_back(&f);
-        } else {
-            examples = draw_few_shot(in.questions, q, o.few_shot_k, o.few_shot_seed);
-        }
+        const auto& q        = in.questions[i];
+        const auto& examples = in.shots[i];
         generate::PromptRecord r;
         r.index = i;
         r.id    = q.question.problem_id;

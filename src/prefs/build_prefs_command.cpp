@@ -31,9 +31,12 @@ void add_build_prefs_fields(ConfigSchema<BuildPrefsConfig>& s) {
     s.field("template.separator", &C::separator, "between few-shot blocks (default a blank line)");
     s.field("template.answer_separator", &C::answer_separator, "between answer letters (default ',')");
     s.field("template.system", &C::system, "chat system message (default: the preset's)");
-    s.field("few_shot.k", &C::few_shot_k, "examples drawn per question from the pool").range(0, 64);
+    s.field("few_shot.k", &C::few_shot_k, "examples per question (drawn from the pool, or taken from few_shot.file)")
+        .range(0, 64);
     s.field("few_shot.seed", &C::few_shot_seed, "seed of the draw").range(0, 1e18);
-    s.field("few_shot.file", &C::few_shot_file, "a fixed set of examples (same record format) instead of drawing");
+    s.field("few_shot.file", &C::few_shot_file,
+            "fixed examples (same record format): the first few_shot.k that are not the question itself (fewer "
+            "left: refused)");
     s.field("guard.igakuqa_dir", &C::igakuqa_dir, "IgakuQA data folder: its problem_ids and texts are refused");
     s.field("guard.years", &C::guard_years,
             "years of guard.igakuqa_dir whose problem_ids and texts are refused, e.g. 2018-2022 or 2021,2022");

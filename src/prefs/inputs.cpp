@@ -246,6 +246,41 @@ std::vector<const PrefQuestion*> draw_few_shot(const std::vector<PrefQuestion>& 
     return candidates;
 }
 
+namespace {
+
+// The question as the guard sees it (normalized text, choices in order): equal for the same question in two files.
+std::u32string question_key(const eval::Question& q) {
+    std::u32string key = data::normalize_for_guard(q.problem_text);
+    for (const auto& c : q.choices) key += U'\x1f' + data::normalize_for_guard(c);
+    return key;
+}
+
+}  // namespace
+
+std::vector<const PrefQuestion*> fixed_few_shot(const std::vector<PrefQuestion>& shots, const fs::path& file,
+                                                const PrefQuestion& target, int64_t k) {
+    std::vector<const PrefQuestion*> out;
+    const std::u32string key = question_key(target.question);
+    std::string excluded;
+    for (const auto& s : shots) {
+        if (static_cast<int64_t>(out.size()) == k) break;
+        const bool same_id   = s.question.problem_id == target.question.problem_id;
+        const bool same_case = !target.case_group.empty() && s.case_group == target.case_group;
+        if (same_id || same_case || question_key(s.question) == key) {
+            excluded += (excluded.empty() ? "" : ", ") + s.where();
+            continue;
+        }
+        out.push_back(&s);
+    }
+    if (static_cast<int64_t>(out.size()) < k)
+        throw UsageError("few_shot.file " + file.string() + ": question " + target.question.problem_id + " (" +
+                         target.where() + ") needs " + std::to_string(k) + " examples but only " +
+                         std::to_string(out.size()) + " remain" +
+                         (excluded.empty() ? std::string() : " without itself or its linked case (" + excluded + ")") +
+                         "; add examples to the file, lower few_shot.k, or leave the question out");
+    return out;
+}
+
 std::vector<EvalOverlap> find_eval_overlap(const std::vector<PrefQuestion>& questions,
                                            const EvalGuardOptions& options) {
     std::vector<EvalOverlap> out;

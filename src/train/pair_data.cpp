@@ -22,6 +22,7 @@ nlohmann::json PrefDataStats::to_json() const {
             {"guard_flagged", guard_flagged},
             {"guard_dropped", guard_dropped},
             {"chat_rows", chat_rows},
+            {"boundary_merged", boundary_merged},
             {"pair_types", pair_types}};
 }
 
@@ -138,6 +139,33 @@ std::vector<int32_t> encode(const text::Tokenizer& tok, const std::string& s) {
     return std::vector<int32_t>(ids.begin(), ids.end());
 }
 
+size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+    size_t n = 0;
+    while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+    return n;
+}
+
+// TRL >= v0.29's split: the prompt's tokens up to where they and both whole sequences' tokens stop agreeing, each
+// completion the rest of its whole sequence. (TRL tokenizes with add_special_tokens at its default; no Qwen2.5
+// tokenizer adds a token there, so plain encode is the same.)
+struct JointSplit {
+    std::vector<int32_t> prompt, chosen, rejected;
+    bool merged = false;  // the prompt lost tokens at its end
+};
+JointSplit split_joint(const text::Tokenizer& tok, const std::string& prompt, const std::string& prompt_chosen,
+                       const std::string& prompt_rejected) {
+    JointSplit s;
+    s.prompt        = encode(tok, prompt);
+    auto pc         = encode(tok, prompt_chosen);
+    auto pr         = encode(tok, prompt_rejected);
+    const size_t at = std::min(common_prefix(s.prompt, pc), common_prefix(s.prompt, pr));
+    s.merged        = at < s.prompt.size();
+    s.prompt.resize(at);
+    s.chosen.assign(pc.begin() + static_cast<std::ptrdiff_t>(at), pc.end());
+    s.rejected.assign(pr.begin() + static_cast<std::ptrdiff_t>(at), pr.end());
+    return s;
+}
+
 // The text the guard checks: the prompt string, or every message's content.
 std::string guard_text(const nlohmann::json& prompt) {
     if (prompt.is_string()) return prompt.get<std::string>();
@@ -156,6 +184,14 @@ PrefDataset load_pref_dataset(const fs::path& path, const text::Tokenizer& tok, 
         throw UsageError("the tokenizer names no EOS token (TRL appends it to every completion): set data.eos_token");
     const std::string system =
         o.default_system_prompt == "auto" ? tok.default_system_prompt() : o.default_system_prompt;
+    if (o.tokenization != "separate" && o.tokenization != "joint")
+        throw UsageError("data.tokenization must be separate (TRL v0.12-v0.28) or joint (TRL >= v0.29), got '" +
+                         o.tokenization + "'");
+    const bool joint           = o.tokenization == "joint";
+    const std::string eos_text = tok.id_to_token(*eos).value_or("");
+    if (joint && eos_text.empty())
+        throw UsageError("data.tokenization joint appends the EOS token's text, but token " + std::to_string(*eos) +
+                         " has none");
     PrefDataset ds;
     std::string line;
     int64_t lineno = 0;
@@ -189,10 +225,23 @@ PrefDataset load_pref_dataset(const fs::path& path, const text::Tokenizer& tok, 
                 pair_type = j["pair_type"].get<std::string>();
             }
             std::string prompt_text, chosen_text, rejected_text;
+            // tokenization joint: the prompt as rendered alone, and prompt + completion as one text
+            std::string prompt_alone, whole_chosen, whole_rejected;
             if (!chat) {
                 prompt_text   = j["prompt"].get<std::string>();
                 chosen_text   = j["chosen"].get<std::string>();
                 rejected_text = j["rejected"].get<std::string>();
+                prompt_alone  = prompt_text;
+                if (joint) {
+                    // TRL >= v0.29 appends the EOS text to a completion that does not end in it, then tokenizes.
+                    auto with_eos = [&](const std::string& c) {
+                        const bool has = c.size() >= eos_text.size() &&
+                                         c.compare(c.size() - eos_text.size(), eos_text.size(), eos_text) == 0;
+                        return prompt_text + c + (has ? "" : eos_text);
+                    };
+                    whole_chosen   = with_eos(chosen_text);
+                    whole_rejected = with_eos(rejected_text);
+                }
             } else {
                 // TRL's maybe_apply_chat_template: the prompt with a generation prompt when it ends on a user
                 // turn; each completion = render(prompt + completion) after the common prefix with the prompt.
@@ -208,6 +257,10 @@ PrefDataset load_pref_dataset(const fs::path& path, const text::Tokenizer& tok, 
                     return text::render_chatml(all, false, system);
                 };
                 const std::string pc = full(c), pr = full(r);
+                // TRL >= v0.29 tokenizes the prompt alone with a generation prompt whatever its last role.
+                prompt_alone   = gen ? prompt_text : text::render_chatml(p, true, system);
+                whole_chosen   = pc;
+                whole_rejected = pr;
                 prompt_text.resize(common_prefix(prompt_text, pc));
                 chosen_text = pc.substr(prompt_text.size());
                 prompt_text.resize(common_prefix(prompt_text, pr));
@@ -236,10 +289,19 @@ PrefDataset load_pref_dataset(const fs::path& path, const text::Tokenizer& tok, 
                     spdlog::warn("{} (eval_guard.action: warn, kept)", msg);
                 }
             }
-            PrefExample ex = truncate_pair(encode(tok, prompt_text), encode(tok, chosen_text),
-                                           encode(tok, rejected_text), chat, *eos, o);
-            ex.line        = lineno;
-            ex.pair_type   = pair_type;
+            PrefExample ex;
+            if (joint) {
+                auto split = split_joint(tok, prompt_alone, whole_chosen, whole_rejected);
+                ds.stats.boundary_merged += split.merged;
+                // EOS is already in the whole sequences (the EOS text, or the chat template's end of turn).
+                ex = truncate_pair(std::move(split.prompt), std::move(split.chosen), std::move(split.rejected),
+                                   /*is_chat (no EOS appended)=*/true, *eos, o);
+            } else {
+                ex = truncate_pair(encode(tok, prompt_text), encode(tok, chosen_text), encode(tok, rejected_text), chat,
+                                   *eos, o);
+            }
+            ex.line      = lineno;
+            ex.pair_type = pair_type;
             if (ex.truncated) ++ds.stats.truncated;
             if (ex.chosen.completion_len() <= 0 || ex.rejected.completion_len() <= 0) {
                 ++ds.stats.dropped_empty;
@@ -260,6 +322,12 @@ PrefDataset load_pref_dataset(const fs::path& path, const text::Tokenizer& tok, 
                          std::to_string(ds.stats.lines) + " lines, " + std::to_string(ds.stats.invalid_skipped) +
                          " invalid, " + std::to_string(ds.stats.dropped_empty) + " without completion tokens, " +
                          std::to_string(ds.stats.guard_dropped) + " dropped by the guard)");
+    if (ds.stats.boundary_merged > 0)
+        spdlog::warn(
+            "{}: in {} of {} pairs the prompt's last tokens merge with the completion's first (data.tokenization: "
+            "joint, as TRL >= 0.29): the completion starts with the merged token and the prompt is trained without "
+            "them; data.tokenization: separate keeps the prompt whole",
+            path.string(), ds.stats.boundary_merged, ds.stats.examples);
     if (ds.stats.dropped_empty > 0)
         spdlog::warn(
             "{}: {} pairs have no completion token left after truncation (data.max_length {}, "

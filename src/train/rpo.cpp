@@ -62,6 +62,10 @@ void add_rpo_fields(ConfigSchema<RpoConfig>& s) {
     s.field("data.truncation_mode", &C::truncation_mode,
             "a row over max_length keeps its end (keep_end, TRL v0.28) or its start (keep_start, TRL >= 0.29)")
         .one_of({"keep_end", "keep_start"});
+    s.field("data.tokenization", &C::tokenization,
+            "separate: prompt and completions tokenized on their own (TRL v0.12-v0.28, the TRL of the paper's "
+            "time); joint: prompt + completion tokenized whole and split where the tokens diverge (TRL >= v0.29)")
+        .one_of({"separate", "joint"});
     s.field("data.shuffle", &C::shuffle, "shuffle the pairs every epoch (seeded by data.seed + epoch)");
     s.field("data.seed", &C::data_seed, "pair order").range(0, 9e15);
     s.field("data.eos_token", &C::eos_token, "EOS token text when the tokenizer names none ('' = its own)");
@@ -168,6 +172,7 @@ Pairs load_pairs(const RpoConfig& cfg) {
     po.max_prompt_length             = cfg.max_prompt_length;
     po.max_completion_length         = cfg.max_completion_length;
     po.truncation_mode               = cfg.truncation_mode;
+    po.tokenization                  = cfg.tokenization;
     po.on_invalid                    = cfg.on_invalid;
     po.default_system_prompt         = cfg.default_system_prompt;
     po.guard_action                  = cfg.guard.action;
@@ -288,7 +293,7 @@ Reference precompute_reference(const RpoConfig& cfg, const Session& s, const Pai
         {"share_prompt", share_prompt},
         {"data_options",
          {cfg.max_length, cfg.max_prompt_length, cfg.max_completion_length, cfg.truncation_mode, cfg.on_invalid,
-          cfg.eos_token, cfg.default_system_prompt, cfg.guard.action}},
+          cfg.eos_token, cfg.default_system_prompt, cfg.guard.action, cfg.tokenization}},
         {"pairs", p.data.examples.size()}};
     if (stacked) key["init_adapter_mode"] = "stack";  // another reference model (merge mode keeps its old keys)
     ref.cache_file  = dir / ("ref_logps-" + hash_bytes(key.dump()) + ".safetensors");

@@ -11,6 +11,7 @@
 #include "data_test_util.h"
 #include "medllm/core/error.h"
 #include "medllm/core/files.h"
+#include "medllm/data/guard.h"
 #include "medllm/data/token_cache.h"
 #include "medllm/text/tokenizer.h"
 #include "support/file_limit.h"
@@ -49,6 +50,44 @@ TEST_F(CacheTest, TokensAreTheTokenizersPlusEosForJsonlTextAndLines) {
     EXPECT_EQ(r.tokens, total);
     EXPECT_EQ(cache.num_tokens(), uint64_t(total));
     EXPECT_EQ(cache.file_source(cache.document(4).file), 1u);
+}
+
+// A `format: lines` corpus holding an exam question written over lines (stem, then one choice per line): each
+// line alone is a document and holds too little of the question (112A1's stem is 11 of its 32 n-grams), so the
+// question used to enter the cache; the guard now checks runs of lines and flags the stem and every choice line.
+TEST_F(CacheTest, GuardCatchesAQuestionWrittenOverLinesOfALinesFile) {
+    write("lines.txt",
+          "急性虫垂炎は若年者に多い腹部救急疾患である。\n"
+          "高アンモニア血症をきたす疾患はどれか。\n"
+          "a　Gaucher病\n"
+          "b　von Gierke病\n"
+          "c　Hurler症候群\n"
+          "d　メープルシロップ尿症\n"
+          "e　オルニチントランスカルバミラーゼ欠損症\n"
+          "\n"
+          "血液培養は抗菌薬投与前に2セット採取する。\n");
+    const auto guard = ContaminationGuard::from_igakuqa(shared_path("igakuqa_data"), {2018}, {});
+    auto o           = test::options(dir, {{"lines.txt", 1.0, "lines"}});
+    o.guard          = &guard;
+    o.guard_action   = GuardAction::drop;
+    const auto r     = build_token_cache(dir / "cache", o);
+    EXPECT_EQ(r.flagged, 6);
+    EXPECT_EQ(r.dropped, 6);
+    EXPECT_EQ(r.documents, 2);  // the two ordinary lines
+    const auto report = nlohmann::json::parse(std::ifstream(dir / "cache" / "guard_report.json"));
+    ASSERT_EQ(report["documents"].size(), 6u);
+    for (size_t i = 0; i < 6; ++i) {
+        EXPECT_EQ(report["documents"][i]["line"], i + 2);
+        EXPECT_EQ(report["documents"][i]["matches"][0]["problem_id"], "112A1");
+    }
+    o.guard_action  = GuardAction::refuse;
+    o.force_rebuild = true;
+    try {
+        build_token_cache(dir / "cache2", o);
+        FAIL() << "the question entered the cache";
+    } catch (const medllm::UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("lines.txt:2: 112A1"), std::string::npos) << e.what();
+    }
 }
 
 TEST_F(CacheTest, InvalidRecordsAreCountedOrNamedWithFileAndLine) {

@@ -81,6 +81,38 @@ TEST_F(McqaData, FileWithoutUsableRowsIsAnError) {
     EXPECT_THROW(load_mcqa_dataset(builtin_mcqa_task("medqa-jp"), dir_ / "empty"), UsageError);
 }
 
+TEST_F(McqaData, ADuplicateQuestionIdIsRefusedNamingTheFileBothLinesAndTheId) {
+    // Scored twice before: two rows, one id. Also across the files of a folder.
+    fs::create_directories(dir_ / "set");
+    write("set/a.jsonl",
+          "{\"id\": \"q1\", \"question\": \"Q1\", \"options\": [\"x\", \"y\"], \"answer\": 0}\n"
+          "{\"id\": \"q2\", \"question\": \"Q2\", \"options\": [\"x\", \"y\"], \"answer\": 1}\n"
+          "{\"id\": \"q1\", \"question\": \"Q1 again\", \"options\": [\"x\", \"y\"], \"answer\": 1}\n");
+    try {
+        load_mcqa_dataset(builtin_mcqa_task("medqa-jp"), dir_ / "set" / "a.jsonl");
+        FAIL() << "a duplicate id was accepted";
+    } catch (const Error& e) {
+        const std::string m = e.what();
+        EXPECT_NE(m.find((dir_ / "set" / "a.jsonl").string()), std::string::npos) << m;
+        EXPECT_NE(m.find("question id 'q1' at a.jsonl:1 and again at a.jsonl:3"), std::string::npos) << m;
+    }
+    fs::remove(dir_ / "set" / "a.jsonl");
+    write("set/a.jsonl", "{\"id\": \"q1\", \"question\": \"Q1\", \"options\": [\"x\", \"y\"], \"answer\": 0}\n");
+    write("set/b.jsonl", "{\"id\": \"q1\", \"question\": \"Q1\", \"options\": [\"x\", \"y\"], \"answer\": 0}\n");
+    try {
+        load_mcqa_dataset(builtin_mcqa_task("medqa-jp"), dir_ / "set");
+        FAIL() << "a duplicate id across files was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("'q1' at a.jsonl:1 and again at b.jsonl:1"), std::string::npos)
+            << e.what();
+    }
+    // Rows without ids are told apart by file:line, so they never collide.
+    write("noid.jsonl",
+          "{\"question\": \"Q\", \"options\": [\"x\", \"y\"], \"answer\": 0}\n"
+          "{\"question\": \"Q\", \"options\": [\"x\", \"y\"], \"answer\": 0}\n");
+    EXPECT_EQ(load_mcqa_dataset(builtin_mcqa_task("medqa-jp"), dir_ / "noid.jsonl").questions.size(), 2u);
+}
+
 TEST_F(McqaData, CsvQuotedFieldsAndLines) {
     const auto t = parse_csv(
         "\xEF\xBB\xBF"

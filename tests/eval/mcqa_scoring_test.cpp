@@ -27,30 +27,49 @@ TEST(McqaMetrics, ArgmaxAndLengthAsLmEval) {
     const auto c = choose_by_loglik({-6.0, -7.0, -9.0}, {"yes", "no", "maybe"});
     EXPECT_EQ(c.pred, 0);
     EXPECT_EQ(c.pred_norm, 2);
+    EXPECT_EQ(c.pred_norm_tokens, -1);  // no token counts given
+    // JMedBench divides by the option's tokens instead: "maybe" as 1 token at -9 loses to "yes" as 2 tokens at -6
+    // (-9 < -3), while per character it wins; "ヘモグロビン" (6 characters, 4 tokens) shows the two can disagree.
+    const auto t = choose_by_loglik({-6.0, -7.0, -9.0}, {"yes", "no", "maybe"}, {2, 1, 1});
+    EXPECT_EQ(t.pred_norm, 2);
+    EXPECT_EQ(t.pred_norm_tokens, 0);
+    EXPECT_EQ(choose_by_loglik({-12.0, -8.0}, {"ヘモグロビン", "鉄"}, {4, 1}).pred_norm_tokens, 0);  // -3 > -8
+    EXPECT_EQ(choose_by_loglik({-12.0, -8.0}, {"ヘモグロビン", "鉄"}, {4, 1}).pred_norm, 0);         // -2 > -8
+    EXPECT_EQ(choose_by_loglik({-12.0, -2.5}, {"ヘモグロビン", "鉄"}, {4, 1}).pred_norm_tokens, 1);  // -3 < -2.5
+    EXPECT_EQ(choose_by_loglik({-12.0, -2.5}, {"ヘモグロビン", "鉄"}, {4, 1}).pred_norm, 0);         // -2 > -2.5
+    EXPECT_THROW(choose_by_loglik({-1.0, -2.0}, {"a", "b"}, {1}), Error);
 }
 
 // The fixture's log-likelihoods (from transformers) through choose_by_loglik give the choices and the acc /
-// acc_norm that scripts/make_mcqa_fixtures.py computed with lm-eval's formulas (numpy) on the same numbers.
+// acc_norm that scripts/make_mcqa_fixtures.py computed with lm-eval's formulas (numpy) on the same numbers, and
+// acc_norm_tokens with JMedBench's (loss / the option's tokens).
 TEST(McqaMetrics, MatchLmEvalOnFixtureNumbers) {
     const auto ref = read_json_file(fs::path(MEDLLM_FIXTURES_DIR) / "eval" / "mcqa" / "reference.json");
-    int differing  = 0;
+    int differing = 0, norms_differ = 0;
     for (const auto& c : ref["cases"]) {
         SCOPED_TRACE(c["name"].get<std::string>());
-        int acc = 0, acc_norm = 0, n = 0;
+        int acc = 0, acc_norm = 0, acc_norm_tokens = 0, n = 0;
         for (const auto& q : c["questions"]) {
+            std::vector<int64_t> tokens;
+            for (const auto& ids : q["continuation_ids"]) tokens.push_back(static_cast<int64_t>(ids.size()));
             const auto choice = choose_by_loglik(q["logprobs"].get<std::vector<double>>(),
-                                                 q["choices"].get<std::vector<std::string>>());
+                                                 q["choices"].get<std::vector<std::string>>(), tokens);
             EXPECT_EQ(choice.pred, q["pred"].get<int>());
             EXPECT_EQ(choice.pred_norm, q["pred_norm"].get<int>());
+            EXPECT_EQ(choice.pred_norm_tokens, q["pred_norm_tokens"].get<int>());
             differing += choice.pred != choice.pred_norm;
+            norms_differ += choice.pred_norm != choice.pred_norm_tokens;
             acc += choice.pred == q["gold"].get<int>();
             acc_norm += choice.pred_norm == q["gold"].get<int>();
+            acc_norm_tokens += choice.pred_norm_tokens == q["gold"].get<int>();
             ++n;
         }
         EXPECT_DOUBLE_EQ(static_cast<double>(acc) / n, c["acc"].get<double>());
         EXPECT_DOUBLE_EQ(static_cast<double>(acc_norm) / n, c["acc_norm"].get<double>());
+        EXPECT_DOUBLE_EQ(static_cast<double>(acc_norm_tokens) / n, c["acc_norm_tokens"].get<double>());
     }
     EXPECT_GT(differing, 0) << "the fixture should exercise acc_norm choosing differently from acc";
+    EXPECT_GT(norms_differ, 0) << "the fixture should exercise the two normalizations choosing differently";
 }
 
 TEST(McqaMetrics, GeneratedChoice) {
@@ -260,6 +279,53 @@ TEST_F(McqaEval, EditedPromptInPredictionsIsRefused) {
     }
 }
 
+// What the model backend does with a prompt longer than the model's context (src/generate/loglik.cpp, engine.cpp):
+// an error naming the request's position in the batch.
+class ShortContextBackend : public ScriptedBackend {
+public:
+    std::vector<std::vector<ContinuationScore>> loglikelihood(const std::vector<LoglikRequest>& requests) override {
+        for (size_t i = 0; i < requests.size(); ++i)
+            if (requests[i].context.size() > 4096)
+                throw Error("log-likelihood request " + std::to_string(i) + ": prompt + option is " +
+                            std::to_string(requests[i].context.size()) + " tokens, the model's context is 4096");
+        return ScriptedBackend::loglikelihood(requests);
+    }
+    std::vector<std::string> complete(const std::vector<std::string>& prompts, const GenerationParams& p) override {
+        for (size_t i = 0; i < prompts.size(); ++i)
+            if (prompts[i].size() > 4096)
+                throw Error("prompt " + std::to_string(i) + " has " + std::to_string(prompts[i].size()) +
+                            " tokens; the model's context is 4096");
+        return ScriptedBackend::complete(prompts, p);
+    }
+};
+
+TEST_F(McqaEval, AQuestionTooLongForTheModelIsNamedByFileLineAndId) {
+    {
+        std::ofstream data(dir_ / "long.jsonl");
+        for (int i = 0; i < 4; ++i) {
+            const std::string text = i == 2 ? std::string(100000, 'x') : "Q" + std::to_string(i);
+            data << "{\"id\": \"q" << i << "\", \"question\": \"" << text
+                 << "\", \"options\": [\"a\", \"b\", \"c\"], \"answer\": 0}\n";
+        }
+    }
+    const auto data = load_mcqa_dataset(task_, dir_ / "long.jsonl");
+    for (auto scoring : {McqaScoring::loglik, McqaScoring::generate}) {
+        ShortContextBackend b;
+        auto o    = options(4);
+        o.scoring = scoring;
+        try {
+            evaluate_mcqa_task(task_, data, b, o);
+            FAIL() << "a prompt longer than the context was scored";
+        } catch (const Error& e) {
+            const std::string m = e.what();
+            EXPECT_EQ(m.rfind("long.jsonl:3: question q2: ", 0), 0u) << m;
+            EXPECT_EQ(m.find("request"), std::string::npos) << m;
+            EXPECT_EQ(m.find("prompt 2"), std::string::npos) << m;
+            EXPECT_NE(m.find("the model's context is 4096"), std::string::npos) << m;
+        }
+    }
+}
+
 TEST_F(McqaEval, ReportsHaveTable3Shape) {
     ScriptedBackend b;
     McqaResult result;
@@ -280,7 +346,17 @@ TEST_F(McqaEval, ReportsHaveTable3Shape) {
     const std::string md = read_text_file(dir_ / "report" / "report.md");
     EXPECT_NE(md.find("| Model | Metric | medmcqa-jp | second | Average |"), std::string::npos) << md;
     EXPECT_NE(md.find("| scripted | acc_norm |"), std::string::npos) << md;
+    EXPECT_NE(md.find("| scripted | acc_norm_tokens |"), std::string::npos) << md;
+    EXPECT_NE(md.find("(lm-evaluation-harness)"), std::string::npos) << md;
+    EXPECT_NE(md.find("(JMedBench's own scorer)"), std::string::npos) << md;
     EXPECT_NE(md.find("| scripted | generate |"), std::string::npos) << md;
+    // Both normalizations, named, in report.json; the scripted backend gives every option 1 token, so per token
+    // is plain acc here, and per character the same with one-character options.
+    EXPECT_NE(j["metrics"]["acc_norm"].get<std::string>().find("code points (lm-evaluation-harness"),
+              std::string::npos);
+    EXPECT_NE(j["metrics"]["acc_norm_tokens"].get<std::string>().find("JMedBench"), std::string::npos);
+    EXPECT_EQ(j["tasks"][0]["acc_norm_tokens"]["correct"], j["tasks"][0]["acc"]["correct"]);
+    EXPECT_TRUE(j["average"].contains("acc_norm_tokens"));
 }
 
 }  // namespace

@@ -117,6 +117,7 @@ TEST(McqaBatch, ScoresDoNotDependOnBatchSize) {
         const auto r = eval::evaluate_mcqa_task(task, data, backend(), o);
         EXPECT_DOUBLE_EQ(r.acc.acc(), c["acc"].get<double>());
         EXPECT_DOUBLE_EQ(r.acc_norm.acc(), c["acc_norm"].get<double>());
+        EXPECT_DOUBLE_EQ(r.acc_norm_tokens.acc(), c["acc_norm_tokens"].get<double>());
         nlohmann::json lls = nlohmann::json::array();
         {
             JsonlRecordFile saved(out / "predictions" / "medqa-jp.jsonl", nullptr);
@@ -209,6 +210,38 @@ TEST(McqaLoglik, TooLongPromptIsRefused) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("context is 256"), std::string::npos) << e.what();
     }
+}
+
+// Through the evaluator, such a question (100,000 characters among short ones) is named by file, line and id, for
+// both scorings, instead of "request 0" of a batch.
+TEST(McqaLoglik, ALongQuestionIsNamedByFileLineAndId) {
+    const fs::path dir = scratch("long");
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    {
+        std::ofstream data(dir / "long.jsonl");
+        for (int i = 0; i < 3; ++i)
+            data << "{\"id\": \"q" << i << "\", \"question\": \"" << (i == 1 ? std::string(100000, 'x') : "Q")
+                 << "\", \"options\": [\"a\", \"b\"], \"answer\": 0}\n";
+    }
+    const auto task = eval::builtin_mcqa_task("medqa-jp");
+    const auto data = eval::load_mcqa_dataset(task, dir / "long.jsonl");
+    for (auto scoring : {eval::McqaScoring::loglik, eval::McqaScoring::generate}) {
+        eval::McqaOptions o;
+        o.scoring    = scoring;
+        o.batch_size = 3;
+        o.output_dir = dir / "out";
+        o.overwrite  = true;
+        try {
+            eval::evaluate_mcqa_task(task, data, backend(), o);
+            FAIL() << "a question longer than the context was scored";
+        } catch (const Error& e) {
+            const std::string m = e.what();
+            EXPECT_EQ(m.rfind("long.jsonl:2: question q1: ", 0), 0u) << m;
+            EXPECT_EQ(m.find("request"), std::string::npos) << m;
+        }
+    }
+    fs::remove_all(dir);
 }
 
 // The command end to end: a tasks config with the three formats, both scorings, the reports and a resume.

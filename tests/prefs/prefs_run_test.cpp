@@ -312,6 +312,51 @@ TEST_F(PrefsRun, CliRefusals) {
     EXPECT_NE(bad_type.output.find("best_worst"), std::string::npos) << bad_type.output;
 }
 
+TEST_F(PrefsRun, AFewShotFileHoldingTheQuestionIsRefusedOrExcluded) {
+    // A few-shot file of three records, one of them the target question 105A1: with k = 3 that question would see
+    // its own explanation and answer (or get 2 shots): refused before the model loads, naming the file and the id.
+    const fs::path three = fs::path(::testing::TempDir()) / ("prefs_shots3_" + std::to_string(::getpid()) + ".jsonl");
+    const auto all       = lines_of(kQuestions);
+    std::ofstream(three) << all[0] << "\n" << all[1] << "\n" << all[2] << "\n";
+    auto o          = options(out("shots3"));
+    o.few_shot_file = three;
+    try {
+        build_prefs(o);
+        FAIL() << "a few-shot file holding the question was used";
+    } catch (const medllm::UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("few_shot.file " + three.string() + ": question 105A1"), std::string::npos)
+            << e.what();
+    }
+    EXPECT_FALSE(fs::exists(out("shots3") / "samples.jsonl"));
+    // The CLI: exit 2 with the same line.
+    const auto cli = run_medllm(cli_args(out("shots3cli"), "--few-shot-file " + three.string()));
+    EXPECT_EQ(cli.exit_code, 2) << cli.output;
+    EXPECT_NE(cli.output.find("question 105A1"), std::string::npos) << cli.output;
+
+    // Four records: every question still gets 3 shots, never itself.
+    const fs::path four = fs::path(::testing::TempDir()) / ("prefs_shots4_" + std::to_string(::getpid()) + ".jsonl");
+    std::ofstream(four) << all[0] << "\n" << all[1] << "\n" << all[2] << "\n" << all[3] << "\n";
+    const fs::path dir = out("shots4");
+    o                  = options(dir);
+    o.few_shot_file    = four;
+    build_prefs(o);
+    const auto qs    = load_pref_questions({kQuestions}, {});
+    const auto shots = load_pref_questions({four}, {});
+    const PrefPrompt prompt(template_preset("paper"));
+    std::set<std::string> seen;
+    for (const auto& line : lines_of(dir / "pairs.jsonl")) {
+        const auto r = json::parse(line);
+        for (const auto& q : qs) {
+            if (q.question.problem_id != r["problem_id"]) continue;
+            const std::string p = r["prompt"];
+            EXPECT_EQ(p.find(q.explanation), std::string::npos) << q.question.problem_id << " sees its explanation";
+            EXPECT_EQ(p, prompt.base_prompt(q, fixed_few_shot(shots, four, q, 3)));
+            seen.insert(q.question.problem_id);
+        }
+    }
+    EXPECT_GE(seen.size(), 4u) << "pairs of most questions are checked";
+}
+
 TEST_F(PrefsRun, ShippedConfigRuns) {
     const fs::path dir = out("config");
     const auto r       = run_medllm(std::string("build-prefs --config ") + MEDLLM_SOURCE_DIR +

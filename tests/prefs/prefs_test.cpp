@@ -123,6 +123,41 @@ TEST(PrefsFewShot, NeverTheTargetNorItsCaseAndSeeded) {
     }
 }
 
+TEST(PrefsFewShot, AFixedFileNeverGivesAQuestionItsOwnExplanationAndKeepsK) {
+    // The few-shot file is the question file itself: every target is in it, so each must skip itself (and its
+    // linked case) and still get k examples, the first ones of the file in order.
+    const auto qs    = fixture_questions();
+    const fs::path f = fixture("prefs_questions.jsonl");
+    for (const auto& target : qs) {
+        const auto ex = fixed_few_shot(qs, f, target, 3);
+        ASSERT_EQ(ex.size(), 3u) << target.question.problem_id;
+        for (const auto* e : ex) {
+            EXPECT_NE(e->question.problem_id, target.question.problem_id);
+            if (!target.case_group.empty()) EXPECT_NE(e->case_group, target.case_group);
+            EXPECT_EQ(PrefPrompt(template_preset("paper")).base_prompt(target, ex).find(target.explanation),
+                      std::string::npos)
+                << target.question.problem_id << " sees its own explanation";
+        }
+    }
+    EXPECT_EQ(fixed_few_shot(qs, f, by_id(qs, "105A2"), 2)[0]->question.problem_id, "105A1");
+    EXPECT_EQ(fixed_few_shot(qs, f, by_id(qs, "105A1"), 2)[0]->question.problem_id, "105A2");
+
+    // The same question under another id (a copy in another file) is the question too.
+    auto copy                = by_id(qs, "105A1");
+    copy.question.problem_id = "90A1";
+    std::vector<PrefQuestion> shots{copy, by_id(qs, "105A2"), by_id(qs, "105A3")};
+    EXPECT_EQ(fixed_few_shot(shots, f, by_id(qs, "105A1"), 2).size(), 2u);
+    try {
+        fixed_few_shot(shots, f, by_id(qs, "105A1"), 3);
+        FAIL() << "k = 3 became 2 without a word";
+    } catch (const medllm::UsageError& e) {
+        const std::string m = e.what();
+        EXPECT_NE(m.find("few_shot.file " + f.string()), std::string::npos) << m;
+        EXPECT_NE(m.find("question 105A1 ("), std::string::npos) << m;
+        EXPECT_NE(m.find("needs 3 examples but only 2 remain"), std::string::npos) << m;
+    }
+}
+
 // ---------------------------------------------------------------- guard
 
 TEST(PrefsGuard, EvaluationExamNumbersAreFound) {

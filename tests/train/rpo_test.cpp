@@ -5,6 +5,7 @@
 // whose margins rise; exact resume with and without the precomputed reference; bad inputs.
 #include <cmath>
 #include <fstream>
+#include <map>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -403,6 +404,51 @@ TEST(PrefDataTrl, BuildPrefsFilesTokenizeAsTrl028) {
             }
         }
     }
+}
+
+TEST(PrefDataTrl, TokenizationMatchesEachTrlEra) {
+    // scripts/make_pair_tokenization_fixtures.py: TRL 0.28's tokenize_row (data.tokenization: separate) and TRL
+    // 1.16's whole-sequence tokenization split where the tokens diverge (joint), with the Qwen2.5 tokenizer and
+    // instruct template, no truncation, on pairs whose prompt ends where tokens merge ("答え:" + "e", "\n Answer:" +
+    // "c", a trailing space) or do not, message lists, and build-prefs' own pairs files. Exact ids.
+    const auto tok = text::Tokenizer::from_dir(shared_path("qwen_tokenizer"));
+    std::map<std::string, nlohmann::json> by_mode;
+    for (const char* era : {"028", "1x"}) {
+        const auto ref = read_json_file(rpo_fixtures() / (std::string("tokenization_trl") + era + ".json"));
+        PrefDataOptions o;
+        o.max_prompt_length     = 0;
+        o.max_length            = 0;
+        o.tokenization          = ref["tokenization"];
+        o.eos_id                = *tok->token_to_id("<|endoftext|>");
+        by_mode[o.tokenization] = ref;
+        for (const auto& [name, rows] : ref["files"].items()) {
+            const auto ds = load_pref_dataset(test::fixtures() / "train" / name, *tok, o);
+            ASSERT_GE(ds.examples.size(), rows.size()) << name;
+            for (size_t i = 0; i < rows.size(); ++i) {
+                const auto prompt = rows[i]["prompt_ids"].get<std::vector<int32_t>>();
+                for (const char* side : {"chosen", "rejected"}) {
+                    auto want = prompt;
+                    for (int32_t id : rows[i][std::string(side) + "_ids"].get<std::vector<int32_t>>())
+                        want.push_back(id);
+                    const auto& got = std::string(side) == "chosen" ? ds.examples[i].chosen : ds.examples[i].rejected;
+                    EXPECT_EQ(got.ids, want) << era << " " << name << " row " << i << " " << side;
+                    EXPECT_EQ(got.prompt_len, static_cast<int64_t>(prompt.size())) << era << " " << name << " " << i;
+                }
+            }
+            if (name == "rpo/tokenization_pairs_base.jsonl")  // rows 0, 1, 2 and 4 merge across the boundary
+                EXPECT_EQ(ds.stats.boundary_merged, o.tokenization == "joint" ? 4 : 0) << era;
+        }
+    }
+    // The eras really differ where tokens merge: "答え:" + "e" is [..., 答え, :] + [e] apart, [..., 答え] + [:e] whole.
+    const auto& sep   = by_mode.at("separate")["files"]["rpo/tokenization_pairs_base.jsonl"][0];
+    const auto& joint = by_mode.at("joint")["files"]["rpo/tokenization_pairs_base.jsonl"][0];
+    EXPECT_EQ(sep["prompt_ids"].size(), joint["prompt_ids"].size() + 1);
+    EXPECT_NE(sep["chosen_ids"], joint["chosen_ids"]);
+    EXPECT_EQ(tok->decode({joint["chosen_ids"][0].get<int32_t>()}), ":e");
+    // An unknown mode is refused naming the key.
+    PrefDataOptions bad;
+    bad.tokenization = "together";
+    EXPECT_THROW(load_pref_dataset(rpo_fixtures() / "tokenization_pairs_base.jsonl", *tok, bad), UsageError);
 }
 
 // ---------------------------------------------------------------- full steps against TRL

@@ -9,6 +9,9 @@
 //   * acc_norm = [argmax_i ll_i / len(choice_i) == gold], len = the number of Unicode code points of the choice
 //                string without the delimiter (Python len(str) in lm_eval/api/task.py process_results; not bytes,
 //                not tokens); np.argmax: the first index among equal maxima.
+//   * acc_norm_tokens = [argmax_i ll_i / tokens_i == gold], tokens_i = the continuation's token count: JMedBench's
+//                own scorer (nii-nlp/med-eval evaluate_mcqa.py "norm_accuracy": np.argmin(loss_i / n_valid_tokens_i),
+//                the option's tokens after the prompt's), a different normalization from lm-eval's.
 // Generative scoring: greedy completion of the same prompt (max_new_tokens of the task), the label read with the
 // evaluator's answer module (extract_answer), else an option's text or label at the start of the answer.
 #pragma once
@@ -56,10 +59,13 @@ int argmax_first(const std::vector<double>& values);
 size_t codepoint_length(const std::string& text);
 
 struct LoglikChoice {
-    int pred      = -1;  // argmax of ll
-    int pred_norm = -1;  // argmax of ll / len(choice)
+    int pred             = -1;  // argmax of ll
+    int pred_norm        = -1;  // argmax of ll / len(choice) in code points (lm-eval acc_norm)
+    int pred_norm_tokens = -1;  // argmax of ll / the option's tokens (JMedBench norm_accuracy); -1 without tokens
 };
-LoglikChoice choose_by_loglik(const std::vector<double>& logprobs, const std::vector<std::string>& choices);
+// `tokens`: each option's scored token count (empty: pred_norm_tokens stays -1). A count of 0 divides by 1.
+LoglikChoice choose_by_loglik(const std::vector<double>& logprobs, const std::vector<std::string>& choices,
+                              const std::vector<int64_t>& tokens = {});
 
 // The option index a generated answer names, or -1: extract_answer's letter (labels compared case-insensitively
 // after zen_to_han), else the first line starting with an option's label or text (case-insensitive, longest match).
@@ -98,9 +104,10 @@ struct McqaTaskResult {
     int64_t questions = 0;
     std::vector<std::string> skipped;
     McqaMetrics acc, acc_norm, generate;  // acc/acc_norm: log-likelihood scoring
+    McqaMetrics acc_norm_tokens;          // log-likelihood per option token (JMedBench's normalization)
     int64_t generate_unparsed = 0;
-    // per subject (mmmlu) -> the same three
-    std::vector<std::pair<std::string, std::array<McqaMetrics, 3>>> subjects;
+    // per subject (mmmlu) -> acc, acc_norm, generate, acc_norm_tokens
+    std::vector<std::pair<std::string, std::array<McqaMetrics, 4>>> subjects;
 };
 
 struct McqaResult {

@@ -58,6 +58,16 @@ void assign_case_groups(std::vector<PrefQuestion>& questions);
 std::vector<const PrefQuestion*> draw_few_shot(const std::vector<PrefQuestion>& pool, const PrefQuestion& target,
                                                int64_t k, uint64_t seed);
 
+// Few-shot examples for `target` from a fixed file (few_shot.file, loaded as `shots`): the first k of its questions,
+// in file order, that are not the target itself (the same problem_id, or the same question text and choices after
+// the guard's normalization) nor of the target's linked case -- a question never sees its own explanation and
+// answer. Throws UsageError naming `file`, the target's problem_id and where it is when fewer than k remain
+// (refused rather than run with fewer shots: a prompt with fewer examples is another experimental condition, and
+// the fix -- one more example in the file, or the question out of the questions -- is quick before the model loads).
+std::vector<const PrefQuestion*> fixed_few_shot(const std::vector<PrefQuestion>& shots,
+                                                const std::filesystem::path& file, const PrefQuestion& target,
+                                                int64_t k);
+
 // ---------------------------------------------------------------- evaluation-overlap guard
 
 struct EvalGuardOptions {

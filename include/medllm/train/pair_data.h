@@ -2,6 +2,15 @@
 // list of {role, content} messages; other fields such as `pair_type` kept), tokenized and truncated as TRL
 // v0.12-v0.28's DPOTrainer does (docs/reference/preference-losses.md §5), and collated into one
 // [chosen rows; rejected rows] batch per micro-batch.
+//
+// Tokenization (data.tokenization):
+//   separate  TRL v0.12-v0.28 (tokenize_row): prompt, chosen and rejected tokenized on their own (for message
+//             lists: the texts maybe_apply_chat_template renders), EOS appended to string completions.
+//   joint     TRL >= v0.29 / 1.x: prompt, prompt + chosen and prompt + rejected tokenized whole (string
+//             completions get the EOS text unless they end in it; message lists are rendered whole), and the
+//             completions start where the prompt's tokens and each whole sequence's tokens first differ (the smaller
+//             of the two, so both sides share one prompt). Differs from `separate` when tokens merge across the
+//             boundary ("答え:" + "a"): the merged token then belongs to the completion and the prompt loses it.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +33,7 @@ struct PrefDataOptions {
     int64_t max_prompt_length         = 512;         // 0 = none (the prompt keeps its last tokens)
     int64_t max_completion_length     = 0;           // 0 = none (completions keep their first tokens)
     std::string truncation_mode       = "keep_end";  // keep_end | keep_start (prompt + completion > max_length)
+    std::string tokenization          = "separate";  // separate (TRL v0.12-v0.28) | joint (TRL >= v0.29)
     std::string on_invalid            = "error";     // error | skip
     std::string default_system_prompt = "auto";      // chat rows without a system turn; auto = the tokenizer's
     std::optional<int32_t> eos_id;                   // appended to string completions (default: the tokenizer's)
@@ -54,6 +64,8 @@ struct PrefDataStats {
     int64_t guard_flagged   = 0;  // prompts holding an evaluation question
     int64_t guard_dropped   = 0;
     int64_t chat_rows       = 0;  // message-list rows (chat template), the others are strings
+    int64_t boundary_merged =
+        0;  // tokenization joint: rows whose prompt lost end tokens to a merge with the completion
     std::map<std::string, int64_t> pair_types;
     nlohmann::json to_json() const;
 };

@@ -27,6 +27,7 @@ struct RpoConfig {
     int64_t max_prompt_length     = 512;
     int64_t max_completion_length = 0;
     std::string truncation_mode   = "keep_end";  // keep_end | keep_start (TRL's names)
+    std::string tokenization      = "separate";  // separate (TRL v0.12-v0.28) | joint (TRL >= v0.29)
     bool shuffle                  = true;
     int64_t data_seed             = 42;
     std::string eos_token;                       // when the tokenizer names none ('' = its own)
