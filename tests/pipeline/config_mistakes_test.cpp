@@ -156,7 +156,7 @@ TEST(ConfigMistakes, EveryStageSectionIsCheckedByItsCommandsSchema) {
     };
     const fs::path file           = dir / "pipeline.yaml";
     const std::vector<Case> cases = {
-        {with("  few_shot:\n    k: 3\n", "  few_shot:\n    kk: 3\n"),
+        {with("  few_shot:\n    k: 0", "  few_shot:\n    kk: 0"),
          "unknown key 'build_prefs.few_shot.kk' in " + file.string() + "; did you mean 'build_prefs.few_shot.k'?"},
         {with("  mode: standard", "  mdoe: standard"),
          "unknown key 'eval.mdoe' in " + file.string() + "; did you mean 'eval.mode'?"},

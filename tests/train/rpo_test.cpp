@@ -435,8 +435,9 @@ TEST(PrefDataTrl, TokenizationMatchesEachTrlEra) {
                     EXPECT_EQ(got.prompt_len, static_cast<int64_t>(prompt.size())) << era << " " << name << " " << i;
                 }
             }
-            if (name == "rpo/tokenization_pairs_base.jsonl")  // rows 0, 1, 2 and 4 merge across the boundary
+            if (name == "rpo/tokenization_pairs_base.jsonl") {  // rows 0, 1, 2 and 4 merge across the boundary
                 EXPECT_EQ(ds.stats.boundary_merged, o.tokenization == "joint" ? 4 : 0) << era;
+            }
         }
     }
     // The eras really differ where tokens merge: "答え:" + "e" is [..., 答え, :] + [e] apart, [..., 答え] + [:e] whole.
